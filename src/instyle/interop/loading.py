@@ -1,0 +1,276 @@
+"""Load pSp models and StyleGAN2 generators from any supported file.
+
+Supported inputs:
+
+* instyle's own format (a directory with ``config.json`` + ``model.safetensors``),
+* official pixel2style2pixel checkpoints (``{'state_dict', 'opts', 'latent_avg'?}``),
+* rosinality StyleGAN2 checkpoints (``{'g_ema', 'g', 'd', 'args', ...}``), generators only,
+* NVIDIA StyleGAN2-ADA ``.pkl`` files, generators only (see :mod:`instyle.interop.nvidia`).
+
+The architecture always comes from the file. Files are read without executing code.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from instyle.interop.errors import CheckpointError
+from instyle.interop.keymaps import (
+    ArchitectureError,
+    generator_config_from_state_dict,
+    psp_config_from_official,
+    strip_prefix,
+)
+from instyle.interop.own_format import is_own_format, load_own
+from instyle.interop.safe_load import safe_torch_load
+from instyle.models.psp import PSP, PSPConfig
+from instyle.models.stylegan2 import Generator
+
+__all__ = [
+    "PUBLISHED_CHECKPOINTS",
+    "cache_dir",
+    "resolve_path",
+    "read_official_psp",
+    "load_psp",
+    "load_generator",
+    "load_state_checked",
+    "detect_format",
+]
+
+#: The checkpoints published with the pSp paper (file name -> task and output size).
+#: Their sha256 sums are not documented upstream, so they are not checked.
+PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "psp_ffhq_encode.pt": {"task": "inversion", "output_size": 1024, "input_nc": 3},
+    "psp_ffhq_frontalization.pt": {"task": "frontalization", "output_size": 1024, "input_nc": 3},
+    "psp_celebs_sketch_to_face.pt": {"task": "sketch2face", "output_size": 1024, "input_nc": 1},
+    "psp_celebs_seg_to_face.pt": {"task": "seg2face", "output_size": 1024, "input_nc": 19},
+    "psp_celebs_super_resolution.pt": {"task": "super_resolution", "output_size": 1024, "input_nc": 3},
+    "psp_ffhq_toonify.pt": {"task": "image2image", "output_size": 1024, "input_nc": 3},
+}
+OFFICIAL_DOWNLOADS = "https://github.com/eladrich/pixel2style2pixel#pretrained-models"
+
+
+def cache_dir() -> Path:
+    """Folder searched for weight files given by bare name: ``$INSTYLE_CACHE`` or
+    ``~/.cache/instyle``."""
+    env = os.environ.get("INSTYLE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "instyle"
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else the same name in :func:`cache_dir`.
+
+    Raises:
+        CheckpointError: found nowhere (naming both places and, for a published file
+            name, where to download it).
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    cached = cache_dir() / p.name
+    if not p.is_absolute() and cached.exists():
+        return cached
+    hint = ""
+    if p.name in PUBLISHED_CHECKPOINTS:
+        info = PUBLISHED_CHECKPOINTS[p.name]
+        hint = (
+            f" It is the published pSp {info['task']} checkpoint ({info['output_size']}px); download it from "
+            f"{OFFICIAL_DOWNLOADS} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
+        )
+    raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
+
+
+def load_state_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file and both shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing from the file, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def detect_format(obj: Any) -> str:
+    """Name the format of a loaded checkpoint object: ``psp``, ``rosinality``,
+    ``generator_state_dict`` or ``unknown``."""
+    if isinstance(obj, Mapping):
+        sd = obj.get("state_dict")
+        if isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd):
+            return "psp"
+        if "g_ema" in obj or "g" in obj:
+            return "rosinality"
+        if "style.1.weight" in obj and "conv1.conv.weight" in obj:
+            return "generator_state_dict"
+    return "unknown"
+
+
+def _official_latent_avg(ckpt: Mapping) -> torch.Tensor | None:
+    avg = ckpt.get("latent_avg")
+    if avg is None:
+        return None
+    if not isinstance(avg, torch.Tensor):
+        raise CheckpointError("'latent_avg' is not a tensor")
+    return avg.float()
+
+
+def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPConfig, dict, torch.Tensor | None, list[str]]:
+    """Pure conversion of a loaded official pSp checkpoint object.
+
+    Returns:
+        ``(config, state_dict, latent_avg or None, notes)``; the state dict keys are
+        already instyle's (the official names are kept as they are).
+    """
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{source}: no 'state_dict' in this pSp checkpoint")
+    opts = ckpt.get("opts")
+    if opts is not None and not isinstance(opts, Mapping):
+        opts = vars(opts) if hasattr(opts, "__dict__") else None
+    try:
+        config, notes = psp_config_from_official(sd, opts, "latent_avg" in ckpt)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+    return config, state, _official_latent_avg(ckpt), notes
+
+
+def _check_expected(config: PSPConfig, expected: PSPConfig | None, source: Any) -> None:
+    if expected is None:
+        return
+    a, b = config.to_dict(), expected.to_dict()
+    diffs = []
+    for section in ("encoder", "generator"):
+        for k in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(k) != b[section].get(k):
+                diffs.append(f"{section}.{k}: file {a[section].get(k)!r} vs expected {b[section].get(k)!r}")
+    if diffs:
+        raise CheckpointError(f"{source}: architecture differs from the expected one: " + "; ".join(diffs[:5]))
+
+
+def load_psp(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expected: PSPConfig | None = None,
+) -> PSP:
+    """Load a pSp model (own format directory or official ``.pt``) in eval mode.
+
+    Args:
+        path: file or directory (bare published names are also looked up in the cache).
+        device: where to put the model.
+        expected: if given, the file's architecture must equal it.
+    """
+    p = resolve_path(path)
+    if is_own_format(p):
+        model = load_own(p)
+        if not isinstance(model, PSP):
+            raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
+        _check_expected(model.config, expected, p)
+        return model.to(device).eval()
+    if p.is_dir():
+        raise CheckpointError(f"{p}: a directory without config.json is not an instyle model")
+    if p.suffix == ".pkl":
+        raise CheckpointError(
+            f"{p}: an NVIDIA .pkl holds a generator, not a pSp model; use instyle.load_generator or `instyle convert`"
+        )
+    ckpt = safe_torch_load(p, "pSp checkpoint")
+    fmt = detect_format(ckpt)
+    if fmt != "psp":
+        what = {"rosinality": "a StyleGAN2 generator (rosinality) file", "generator_state_dict": "a generator state dict"}
+        raise CheckpointError(
+            f"{p}: expected a pSp checkpoint (a dict with 'state_dict' holding encoder.* and decoder.* "
+            f"tensors), but this is {what.get(fmt, 'not a pSp checkpoint')}"
+            + ("; load it with instyle.load_generator" if fmt in what else "")
+        )
+    config, state, latent_avg, notes = read_official_psp(ckpt, p)
+    _check_expected(config, expected, p)
+    model = PSP(config)
+    load_state_checked(model, {**state, "latent_avg": model.latent_avg}, p)
+    if latent_avg is not None:
+        try:
+            model.set_latent_avg(latent_avg)
+        except ValueError as e:
+            raise CheckpointError(f"{p}: {e}") from None
+    elif config.start_from_latent_avg:
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
+        model.set_latent_avg(model.decoder.mean_latent(4096, seed=0))
+    for note in notes:
+        warnings.warn(f"{p}: {note}", stacklevel=2)
+    model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
+    model.source = str(p)
+    return model.to(device).eval()
+
+
+def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
+    try:
+        config = generator_config_from_state_dict(sd)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    g = Generator(config)
+    load_state_checked(g, dict(sd), source)
+    return g
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", latent_avg_samples: int = 4096) -> Generator:
+    """Load a StyleGAN2 generator from any supported file, in eval mode.
+
+    Accepts own-format directories (generator or pSp: its decoder), rosinality ``.pt``
+    (``g_ema`` preferred), official pSp ``.pt`` (the decoder) and NVIDIA ``.pkl``.
+    ``generator.latent_avg`` ([1, style_dim]) comes from the file, or is estimated with
+    ``mean_latent(latent_avg_samples, seed=0)`` and a warning says so.
+    """
+    p = resolve_path(path)
+    if is_own_format(p):
+        m = load_own(p)
+        g = m.decoder if isinstance(m, PSP) else m
+    elif p.suffix == ".pkl":
+        from instyle.interop.nvidia import load_nvidia_generator
+
+        g = load_nvidia_generator(p)
+    else:
+        ckpt = safe_torch_load(p, "generator checkpoint")
+        fmt = detect_format(ckpt)
+        if fmt == "psp":
+            config, state, latent_avg, _ = read_official_psp(ckpt, p)
+            g = _generator_from_state(strip_prefix(state, "decoder."), p)
+            if latent_avg is not None:
+                g.latent_avg = latent_avg.reshape(-1, latent_avg.shape[-1]).mean(0, keepdim=True)
+        elif fmt == "rosinality":
+            key = "g_ema" if "g_ema" in ckpt else "g"
+            g = _generator_from_state(ckpt[key], f"{p} [{key}]")
+            avg = ckpt.get("latent_avg")
+            if isinstance(avg, torch.Tensor):
+                g.latent_avg = avg.float().reshape(-1, avg.shape[-1]).mean(0, keepdim=True)
+        elif fmt == "generator_state_dict":
+            g = _generator_from_state(ckpt, p)
+        else:
+            raise CheckpointError(
+                f"{p}: not a StyleGAN2 generator file: expected an instyle directory, a rosinality "
+                "checkpoint (with 'g_ema'), a pSp checkpoint or an NVIDIA .pkl"
+            )
+    if g.latent_avg is None:
+        warnings.warn(
+            f"{p}: the file has no average latent; estimated it with mean_latent({latent_avg_samples}, seed=0)",
+            stacklevel=2,
+        )
+        g.latent_avg = g.mean_latent(latent_avg_samples, seed=0)
+    g.source = str(p)
+    return g.to(device).eval()

@@ -1,0 +1,317 @@
+"""pixel2style2pixel: an encoder into W+ feeding a frozen StyleGAN2 generator.
+
+``PSP.forward`` keeps the original's signature and meaning (including
+``randomize_noise=True`` by default) so code written for the official model runs
+unchanged; ``encode`` / ``decode`` are the deterministic building blocks every
+instyle tool uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.registry import build_encoder, register_config
+from instyle.models.stylegan2 import Generator, GeneratorConfig
+from instyle.utils.config import ConfigError, from_dict
+
+__all__ = ["PSPConfig", "PSP"]
+
+
+@dataclass
+class PSPConfig:
+    """Full description of a pSp model.
+
+    Attributes:
+        encoder: encoder architecture (its ``n_styles`` must equal the generator's
+            ``n_latent`` unless the encoder outputs a single w).
+        generator: StyleGAN2 architecture (``size`` is the output resolution).
+        start_from_latent_avg: add the generator's average latent to the encoder output.
+        learn_in_w: the encoder predicts one w (``[B, 512]``), repeated over all styles.
+        task: name of the task preset this model was trained for (see ``instyle.tasks``).
+        label_nc: number of label classes for segmentation input (0 otherwise).
+        resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original).
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    start_from_latent_avg: bool = True
+    learn_in_w: bool = False
+    task: str = "inversion"
+    label_nc: int = 0
+    resize_to: int = 256
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig.from_dict(self.encoder)
+        if isinstance(self.generator, dict):
+            self.generator = GeneratorConfig.from_dict(self.generator)
+        w_encoder = self.encoder.type == "BackboneEncoderUsingLastLayerIntoW"
+        if w_encoder != self.learn_in_w:
+            raise ConfigError(
+                f"learn_in_w={self.learn_in_w} does not fit encoder.type={self.encoder.type!r}: "
+                "learn_in_w must be True exactly for BackboneEncoderUsingLastLayerIntoW"
+            )
+        if self.encoder.style_dim != self.generator.style_dim:
+            raise ConfigError(
+                f"encoder.style_dim={self.encoder.style_dim} differs from generator.style_dim="
+                f"{self.generator.style_dim}"
+            )
+        if not self.learn_in_w and self.encoder.n_styles != self.generator.n_latent:
+            raise ConfigError(
+                f"encoder.n_styles={self.encoder.n_styles} but a {self.generator.size}px generator takes "
+                f"n_latent={self.generator.n_latent} styles (2*log2(size)-2)"
+            )
+
+    @property
+    def n_styles(self) -> int:
+        return self.generator.n_latent
+
+    @property
+    def output_size(self) -> int:
+        return self.generator.size
+
+    def to_dict(self) -> dict:
+        return {
+            "encoder": self.encoder.to_dict(),
+            "generator": self.generator.to_dict(),
+            "start_from_latent_avg": self.start_from_latent_avg,
+            "learn_in_w": self.learn_in_w,
+            "task": self.task,
+            "label_nc": self.label_nc,
+            "resize_to": self.resize_to,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PSPConfig:
+        d = dict(d)
+        enc = EncoderConfig.from_dict(d.pop("encoder", {}))
+        gen = GeneratorConfig.from_dict(d.pop("generator", {}))
+        return from_dict(cls, {**d, "encoder": enc, "generator": gen}, "psp")
+
+    @classmethod
+    def for_output_size(
+        cls, output_size: int = 1024, encoder_type: str = "GradualStyleEncoder", input_nc: int = 3, **kw
+    ) -> PSPConfig:
+        """The published architecture for a given output size and encoder type."""
+        gen = GeneratorConfig(size=output_size)
+        enc = EncoderConfig(type=encoder_type, input_nc=input_nc, n_styles=gen.n_latent)
+        return cls(encoder=enc, generator=gen, learn_in_w=encoder_type == "BackboneEncoderUsingLastLayerIntoW", **kw)
+
+
+class PSP(nn.Module):
+    """The pSp model: ``encoder`` + ``decoder`` (StyleGAN2) + ``face_pool`` + ``latent_avg``.
+
+    ``latent_avg`` is stored as ``[n_styles, style_dim]`` for W+ encoders and
+    ``[1, style_dim]`` for W encoders (the shapes the original broadcasts to).
+    """
+
+    def __init__(self, config: PSPConfig | None = None, latent_avg: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config if config is not None else PSPConfig()
+        cfg = self.config
+        self.encoder = build_encoder(cfg.encoder)
+        self.decoder = Generator(cfg.generator)
+        self.face_pool = nn.AdaptiveAvgPool2d((cfg.resize_to, cfg.resize_to))
+        rows = 1 if cfg.learn_in_w else cfg.n_styles
+        if latent_avg is None:
+            latent_avg = torch.zeros(rows, cfg.generator.style_dim)
+        self.register_buffer("latent_avg", self.normalize_latent_avg(latent_avg))
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def n_styles(self) -> int:
+        return self.config.n_styles
+
+    @property
+    def input_nc(self) -> int:
+        return self.config.encoder.input_nc
+
+    @property
+    def input_size(self) -> int:
+        return self.config.encoder.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.config.output_size
+
+    def normalize_latent_avg(self, latent_avg: torch.Tensor) -> torch.Tensor:
+        """Bring a ``[512]``, ``[1, 512]`` or ``[n_styles, 512]`` average latent to the
+        stored shape. The three broadcast identically in the original forward."""
+        cfg = self.config
+        d = cfg.generator.style_dim
+        t = torch.as_tensor(latent_avg, dtype=torch.float32).detach()
+        if t.ndim == 1:
+            t = t[None]
+        rows = 1 if cfg.learn_in_w else cfg.n_styles
+        if t.ndim != 2 or t.shape[-1] != d or t.shape[0] not in (1, rows):
+            raise ValueError(
+                f"latent_avg of shape {tuple(latent_avg.shape)} does not fit this model: expected "
+                f"[{d}], [1, {d}] or [{rows}, {d}]"
+            )
+        if t.shape[0] != rows:
+            t = t.expand(rows, d)
+        return t.clone().contiguous()
+
+    def set_latent_avg(self, latent_avg: torch.Tensor) -> None:
+        self.latent_avg = self.normalize_latent_avg(latent_avg).to(self.latent_avg.device)
+
+    # ----------------------------------------------------------------- building blocks
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        s, c = self.input_size, self.input_nc
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(
+                f"pSp expects images [B, {c}, {s}, {s}], got {tuple(x.shape)}; resize to {s}x{s} first "
+                "(instyle.inference.preprocess does it like the original test transforms)"
+            )
+
+    def encode_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output with ``latent_avg`` added (when configured), in the original's shape:
+        ``[B, n_styles, 512]`` (W+) or ``[B, 512]`` (learn_in_w)."""
+        self._check_image(x)
+        codes = self.encoder(x)
+        if self.config.start_from_latent_avg:
+            avg = self.latent_avg.to(codes.dtype)
+            codes = codes + (avg if self.config.learn_in_w else avg[None])
+        return codes
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, input_nc, S, S]`` -> W+ latents ``[B, n_styles, 512]`` (latent_avg added)."""
+        codes = self.encode_codes(x)
+        if codes.ndim == 2:
+            codes = codes.unsqueeze(1).repeat(1, self.n_styles, 1)
+        return codes
+
+    def decode(
+        self,
+        w_plus: torch.Tensor,
+        noise: Sequence[torch.Tensor] | None = None,
+        resize: bool = False,
+        randomize_noise: bool = False,
+    ) -> torch.Tensor:
+        """W+ latents ``[B, n_styles, 512]`` (or w ``[B, 512]``) -> images.
+
+        Args:
+            w_plus: latent codes fed to the synthesis network.
+            noise: per-layer noise maps; default the stored buffers (deterministic).
+            resize: pool the output to ``resize_to`` (256) like ``forward(resize=True)``.
+            randomize_noise: draw fresh noise instead of the stored buffers.
+
+        Returns:
+            ``[B, 3, H, W]`` raw generator output (not clamped).
+        """
+        images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+        return self.face_pool(images) if resize else images
+
+    # ----------------------------------------------------------------- original forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        resize: bool = True,
+        latent_mask: Sequence[int] | None = None,
+        input_code: bool = False,
+        randomize_noise: bool = True,
+        inject_latent: torch.Tensor | None = None,
+        return_latents: bool = False,
+        alpha: float | None = None,
+    ):
+        """The official pSp forward.
+
+        Args:
+            x: images ``[B, input_nc, S, S]``, or with ``input_code`` a **z** code that goes
+                through the mapping network (exactly the original's meaning).
+            resize: pool the output to 256x256.
+            latent_mask: 0-based style indices to replace or blend with ``inject_latent``
+                (set to 0 when no ``inject_latent`` is given).
+            input_code: treat ``x`` as z codes instead of images.
+            randomize_noise: fresh noise per layer (original default) or the stored buffers.
+            inject_latent: ``[B or 1, n_styles, 512]`` latents for ``latent_mask``.
+            return_latents: also return the W+ tensor fed to the synthesis network.
+            alpha: blend factor for ``latent_mask``; None replaces.
+
+        Returns:
+            images ``[B, 3, H, W]``, or ``(images, latents [B, n_styles, 512])``.
+        """
+        if input_code:
+            codes = x.clone() if latent_mask is not None else x
+        else:
+            codes = self.encode_codes(x)
+
+        if latent_mask is not None:
+            for i in latent_mask:
+                if inject_latent is not None:
+                    if alpha is not None:
+                        codes[:, i] = alpha * inject_latent[:, i] + (1 - alpha) * codes[:, i]
+                    else:
+                        codes[:, i] = inject_latent[:, i]
+                else:
+                    codes[:, i] = 0
+
+        images, result_latent = self.decoder(
+            [codes],
+            input_is_latent=not input_code,
+            randomize_noise=randomize_noise,
+            return_latents=return_latents,
+        )
+        if resize:
+            images = self.face_pool(images)
+        if return_latents:
+            return images, result_latent
+        return images
+
+    # ----------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
+        from instyle.interop.own_format import save_psp
+
+        return save_psp(self, directory, extra=extra)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> PSP:
+        """Load any supported pSp checkpoint (own format directory or official ``.pt``)."""
+        from instyle.interop import load_psp
+
+        return load_psp(path, device=device)
+
+
+# --------------------------------------------------------------------------- named configs
+
+
+@register_config("psp_ffhq_1024")
+def _psp_ffhq_1024() -> PSPConfig:
+    """The published FFHQ model: IR-SE-50 FPN encoder, 1024 px generator."""
+    return PSPConfig.for_output_size(1024)
+
+
+@register_config("psp_256")
+def _psp_256() -> PSPConfig:
+    return PSPConfig.for_output_size(256)
+
+
+@register_config("psp_w_1024")
+def _psp_w_1024() -> PSPConfig:
+    return PSPConfig.for_output_size(1024, "BackboneEncoderUsingLastLayerIntoW")
+
+
+@register_config("psp_wplus_1024")
+def _psp_wplus_1024() -> PSPConfig:
+    return PSPConfig.for_output_size(1024, "BackboneEncoderUsingLastLayerIntoWPlus")
+
+
+@register_config("tiny")
+def _tiny() -> PSPConfig:
+    """A narrow model for tests and the quickstart: 64 px input, 64 px output, 64-D styles."""
+    gen = GeneratorConfig(size=64, style_dim=64, n_mlp=2, channels={4: 64, 8: 64, 16: 32, 32: 32, 64: 16})
+    enc = EncoderConfig(
+        n_styles=gen.n_latent, style_dim=64, widths=(8, 16, 32, 64), units=(1, 2, 2, 1), input_size=64
+    )
+    return PSPConfig(encoder=enc, generator=gen, resize_to=64)

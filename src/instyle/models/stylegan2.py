@@ -1,0 +1,579 @@
+"""StyleGAN2 generator (config-f) in plain PyTorch.
+
+A small vocabulary of layers -- equalised linear, modulated convolution, styled
+convolution, noise injection, ToRGB -- composes the generator top-down as in the
+paper's figure. Parameter and buffer names follow rosinality's
+``stylegan2-pytorch`` (``style.N``, ``input.input``, ``conv1``, ``to_rgb1``,
+``convs.N``, ``to_rgbs.N``, ``noises.noise_N``) so its checkpoints load by a
+plain key map (see :mod:`instyle.interop`).
+
+Images are ``[B, 3, size, size]``, nominally in [-1, 1] (never clamped here);
+latents are ``[B, style_dim]`` (one code) or ``[B, n_latent, style_dim]`` (W+).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
+from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two
+
+__all__ = [
+    "GeneratorConfig",
+    "Generator",
+    "EqualLinear",
+    "EqualConv2d",
+    "PixelNorm",
+    "ModulatedConv2d",
+    "StyledConv",
+    "ToRGB",
+    "NoiseInjection",
+    "ConstantInput",
+    "rosinality_channels",
+    "nvidia_channels",
+]
+
+
+def rosinality_channels(channel_multiplier: int = 2) -> dict[int, int]:
+    """rosinality's channel table: 512 up to 32 px, then ``(256, 128, 64, 32, 16) * cm``."""
+    cm = channel_multiplier
+    return {
+        4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm,
+        256: 64 * cm, 512: 32 * cm, 1024: 16 * cm, 2048: 8 * cm,
+    }
+
+
+def nvidia_channels(size: int, channel_base: int = 32768, channel_max: int = 512) -> dict[int, int]:
+    """NVIDIA's (StyleGAN2-ADA) channel table ``min(channel_base // res, channel_max)``."""
+    return {2**i: min(channel_base // 2**i, channel_max) for i in range(2, int(math.log2(size)) + 1)}
+
+
+@dataclass
+class GeneratorConfig:
+    """Architecture of a StyleGAN2 generator.
+
+    Attributes:
+        size: output resolution, a power of two >= 8.
+        style_dim: width of z and w.
+        n_mlp: number of mapping-network layers.
+        channel_multiplier: rosinality channel table multiplier (ignored when ``channels``).
+        channels: explicit ``{resolution: channels}`` table (e.g. NVIDIA's formula or a
+            narrow test model); must cover 4 .. size.
+        blur_kernel: separable FIR taps used for upsampling.
+        lr_mlp: learning-rate multiplier of the mapping network.
+        conv_clamp: if set, clamp every conv/ToRGB activation to [-c, c] (NVIDIA).
+    """
+
+    size: int = 1024
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    channels: dict[int, int] | None = None
+    blur_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    lr_mlp: float = 0.01
+    conv_clamp: float | None = None
+
+    def __post_init__(self):
+        check_power_of_two("generator.size", self.size, minimum=8)
+        check_positive_int("generator.style_dim", self.style_dim)
+        check_positive_int("generator.n_mlp", self.n_mlp)
+        check_positive_int("generator.channel_multiplier", self.channel_multiplier)
+        self.blur_kernel = tuple(self.blur_kernel)
+        if self.channels is not None:
+            table = {int(k): int(v) for k, v in self.channels.items()}
+            need = [2**i for i in range(2, self.log_size + 1)]
+            missing = [r for r in need if r not in table]
+            if missing:
+                raise ConfigError(
+                    f"generator.channels lacks resolutions {missing}; it must give channels for "
+                    f"every resolution {need}"
+                )
+            self.channels = {r: table[r] for r in need}
+
+    @property
+    def log_size(self) -> int:
+        return int(math.log2(self.size))
+
+    @property
+    def n_latent(self) -> int:
+        """Number of W+ style vectors: ``2 * log2(size) - 2``."""
+        return self.log_size * 2 - 2
+
+    @property
+    def num_layers(self) -> int:
+        """Number of noise inputs (one per styled conv)."""
+        return (self.log_size - 2) * 2 + 1
+
+    def channel_table(self) -> dict[int, int]:
+        if self.channels is not None:
+            return dict(self.channels)
+        table = rosinality_channels(self.channel_multiplier)
+        return {2**i: table[2**i] for i in range(2, self.log_size + 1)}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["blur_kernel"] = list(self.blur_kernel)
+        if self.channels is not None:
+            d["channels"] = {str(k): v for k, v in self.channels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GeneratorConfig:
+        from instyle.utils.config import from_dict
+
+        return from_dict(cls, d, "generator")
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class PixelNorm(nn.Module):
+    """Normalise each vector to unit second moment over dim 1: ``[B, C, ...] -> same``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x**2, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate.
+
+    Args:
+        in_dim: input features.
+        out_dim: output features.
+        bias: whether to learn a bias.
+        bias_init: initial bias value.
+        lr_mul: learning-rate multiplier (stored weights are ``w / lr_mul``).
+        activation: None or ``"fused_lrelu"`` (bias + leaky ReLU 0.2 + gain √2).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: str | None = None,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init)) if bias else None
+        self.activation = activation
+        self.scale = (1 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale)
+            return fused_leaky_relu(out, bias)
+        return F.linear(x, self.weight * self.scale, bias=bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}"
+
+
+class EqualConv2d(nn.Module):
+    """Conv2d with equalised learning rate (used by discriminators and encoders)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
+        self.stride, self.padding = stride, padding
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, bias=self.bias, stride=self.stride, padding=self.padding)
+
+
+class Blur(nn.Module):
+    """FIR low-pass filter with padding (``kernel`` buffer as rosinality)."""
+
+    def __init__(self, kernel: Sequence[int], pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * (upsample_factor**2)
+        self.register_buffer("kernel", k)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling (used on the ToRGB skip path)."""
+
+    def __init__(self, kernel: Sequence[int], factor: int = 2):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(kernel) * (factor**2))
+        p = len(kernel) - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, down=1, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Modulated (and optionally demodulated) convolution, grouped-conv formulation.
+
+    Args:
+        in_channel: input channels.
+        out_channel: output channels.
+        kernel_size: square kernel size.
+        style_dim: width of the style vector.
+        demodulate: normalise each output filter to unit norm per sample.
+        upsample: 2x upsampling by transposed conv followed by an FIR blur.
+        blur_kernel: FIR taps for the blur.
+    """
+
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+    ):
+        super().__init__()
+        self.eps = 1e-8
+        self.kernel_size = kernel_size
+        self.in_channel = in_channel
+        self.out_channel = out_channel
+        self.upsample = upsample
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+        self.demodulate = demodulate
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channel}, {self.out_channel}, {self.kernel_size}, "
+            f"upsample={self.upsample}, demodulate={self.demodulate}"
+        )
+
+    def modulated_weight(self, style: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights ``[B, out, in, k, k]`` for styles ``[B, style_dim]``."""
+        batch = style.shape[0]
+        s = self.modulation(style).view(batch, 1, self.in_channel, 1, 1)
+        weight = self.scale * self.weight * s
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + self.eps)
+            weight = weight * demod.view(batch, self.out_channel, 1, 1, 1)
+        return weight
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        batch, in_channel, height, width = x.shape
+        if in_channel != self.in_channel or style.shape[0] != batch:
+            raise ValueError(
+                f"ModulatedConv2d expects x [B, {self.in_channel}, H, W] and style [B, D]; "
+                f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
+            )
+        k = self.kernel_size
+        weight = self.modulated_weight(style)
+        if self.upsample:
+            x = x.reshape(1, batch * in_channel, height, width)
+            weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
+            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=batch)
+            out = out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
+            return self.blur(out)
+        x = x.reshape(1, batch * in_channel, height, width)
+        weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
+        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
+        return out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
+
+
+class NoiseInjection(nn.Module):
+    """Adds ``weight * noise``; fresh N(0, 1) noise when none is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            batch, _, height, width = image.shape
+            noise = image.new_empty(batch, 1, height, width).normal_()
+        return image + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 constant, repeated over the batch."""
+
+    def __init__(self, channel: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.repeat(batch, 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv + noise + bias/leaky-ReLU (optionally clamped)."""
+
+    def __init__(
+        self,
+        in_channel: int,
+        out_channel: int,
+        kernel_size: int,
+        style_dim: int,
+        upsample: bool = False,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+        demodulate: bool = True,
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        self.conv = ModulatedConv2d(
+            in_channel, out_channel, kernel_size, style_dim,
+            upsample=upsample, blur_kernel=blur_kernel, demodulate=demodulate,
+        )
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, style)
+        out = self.noise(out, noise=noise)
+        out = self.activate(out)
+        if self.conv_clamp is not None:
+            # NVIDIA clamps after the gain: clamp * sqrt(2) around the activation output.
+            c = self.conv_clamp * math.sqrt(2.0)
+            out = out.clamp(-c, c)
+        return out
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) to RGB, plus the upsampled skip."""
+
+    def __init__(
+        self,
+        in_channel: int,
+        style_dim: int,
+        upsample: bool = True,
+        blur_kernel: Sequence[int] = (1, 3, 3, 1),
+        conv_clamp: float | None = None,
+    ):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.conv_clamp = conv_clamp
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias
+        if self.conv_clamp is not None:
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator (config-f, skip architecture).
+
+    Build from a :class:`GeneratorConfig` (or keyword overrides of it)::
+
+        g = Generator(GeneratorConfig(size=256))
+        img, _ = g([z])                                # z: [B, 512]
+        img, w = g([w_plus], input_is_latent=True, randomize_noise=False, return_latents=True)
+    """
+
+    def __init__(self, config: GeneratorConfig | None = None, **overrides):
+        super().__init__()
+        if config is None:
+            config = GeneratorConfig(**overrides)
+        elif overrides:
+            config = GeneratorConfig(**{**config.to_dict(), **overrides})
+        self.config = config
+        self.size = config.size
+        self.style_dim = config.style_dim
+        self.log_size = config.log_size
+        self.num_layers = config.num_layers
+        self.n_latent = config.n_latent
+        self.channels = config.channel_table()
+        blur = config.blur_kernel
+        clamp = config.conv_clamp
+
+        layers: list[nn.Module] = [PixelNorm()]
+        for _ in range(config.n_mlp):
+            layers.append(
+                EqualLinear(config.style_dim, config.style_dim, lr_mul=config.lr_mlp, activation="fused_lrelu")
+            )
+        self.style = nn.Sequential(*layers)
+
+        self.input = ConstantInput(self.channels[4])
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, config.style_dim, blur_kernel=blur, conv_clamp=clamp)
+        self.to_rgb1 = ToRGB(self.channels[4], config.style_dim, upsample=False, conv_clamp=clamp)
+
+        # Average w of the mapping network ([1, style_dim]) when known (from a checkpoint or
+        # mean_latent()). Not part of the state dict so rosinality/official keys map 1:1.
+        self.register_buffer("latent_avg", None, persistent=False)
+
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for layer_idx in range(self.num_layers):
+            res = (layer_idx + 5) // 2
+            self.noises.register_buffer(f"noise_{layer_idx}", torch.randn(1, 1, 2**res, 2**res))
+
+        in_channel = self.channels[4]
+        for i in range(3, self.log_size + 1):
+            out_channel = self.channels[2**i]
+            self.convs.append(
+                StyledConv(in_channel, out_channel, 3, config.style_dim, upsample=True, blur_kernel=blur, conv_clamp=clamp)
+            )
+            self.convs.append(StyledConv(out_channel, out_channel, 3, config.style_dim, blur_kernel=blur, conv_clamp=clamp))
+            self.to_rgbs.append(ToRGB(out_channel, config.style_dim, blur_kernel=blur, conv_clamp=clamp))
+            in_channel = out_channel
+
+    # ----------------------------------------------------------------- helpers
+
+    def make_noise(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Fresh noise maps, one per layer: ``[1, 1, r, r]`` each."""
+        device = self.input.input.device
+        noises = []
+        for layer_idx in range(self.num_layers):
+            res = 2 ** ((layer_idx + 5) // 2)
+            noises.append(torch.randn(1, 1, res, res, device=device, generator=generator))
+        return noises
+
+    def fixed_noise(self) -> list[torch.Tensor]:
+        """The stored noise buffers (used when ``randomize_noise=False``)."""
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
+    @torch.no_grad()
+    def mean_latent(self, n_latent: int = 4096, seed: int | None = 0) -> torch.Tensor:
+        """Average w over ``n_latent`` random z: ``[1, style_dim]``. Seeded for reproducibility."""
+        device = self.input.input.device
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        z = torch.randn(n_latent, self.style_dim, generator=gen).to(device)
+        return self.style(z).mean(0, keepdim=True)
+
+    def get_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Map z ``[..., style_dim]`` to w through the mapping network."""
+        return self.style(z)
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        styles: Sequence[torch.Tensor] | torch.Tensor,
+        return_latents: bool = False,
+        return_features: bool = False,
+        inject_index: int | None = None,
+        truncation: float = 1.0,
+        truncation_latent: torch.Tensor | None = None,
+        input_is_latent: bool = False,
+        noise: Sequence[torch.Tensor | None] | None = None,
+        randomize_noise: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Synthesise images.
+
+        Args:
+            styles: list of one or two codes, each ``[B, style_dim]`` (z, or w when
+                ``input_is_latent``) or ``[B, n_latent, style_dim]`` (W+). Two codes are
+                mixed at ``inject_index``.
+            return_latents: also return the W+ tensor ``[B, n_latent, style_dim]``.
+            return_features: return the last feature map instead of the latents.
+            inject_index: style-mixing crossover layer (random when None and mixing).
+            truncation: ψ; codes move towards ``truncation_latent`` when < 1.
+            truncation_latent: ``[1, style_dim]`` centre of truncation (e.g. mean_latent()).
+            input_is_latent: the codes are already w (skip the mapping network).
+            noise: one map per layer (``[B or 1, 1, r, r]``) or None.
+            randomize_noise: when ``noise`` is None, draw fresh noise (True) or use the
+                stored buffers (False).
+
+        Returns:
+            ``(image [B, 3, size, size], latents or features or None)``.
+        """
+        if isinstance(styles, torch.Tensor):
+            styles = [styles]
+        styles = list(styles)
+        if not 1 <= len(styles) <= 2:
+            raise ValueError(f"expected one or two style codes, got {len(styles)}")
+        for s in styles:
+            if s.shape[-1] != self.style_dim or s.ndim not in (2, 3):
+                raise ValueError(
+                    f"style codes must be [B, {self.style_dim}] or [B, {self.n_latent}, {self.style_dim}]; "
+                    f"got {tuple(s.shape)}"
+                )
+            if s.ndim == 3 and s.shape[1] != self.n_latent:
+                raise ValueError(
+                    f"W+ codes for a {self.size}px generator must be [B, {self.n_latent}, {self.style_dim}]; "
+                    f"got {tuple(s.shape)}"
+                )
+        if not input_is_latent:
+            # Each row of a [B, n, D] code is mapped independently (the original's CUDA
+            # kernel mixed bias entries across rows there; we do not copy that accident).
+            styles = [self.style(s.reshape(-1, self.style_dim)).view(s.shape) for s in styles]
+
+        if noise is None:
+            noise = [None] * self.num_layers if randomize_noise else self.fixed_noise()
+        elif len(noise) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
+
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent())")
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+
+        if len(styles) < 2:
+            latent = styles[0]
+            if latent.ndim < 3:
+                latent = latent.unsqueeze(1).repeat(1, self.n_latent, 1)
+        else:
+            if inject_index is None:
+                inject_index = random.randint(1, self.n_latent - 1)
+            a, b = (s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles)
+            latent = torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
+
+        out = self.input(latent.shape[0])
+        out = self.conv1(out, latent[:, 0], noise=noise[0])
+        skip = self.to_rgb1(out, latent[:, 1])
+        i = 1
+        for conv1, conv2, noise1, noise2, to_rgb in zip(
+            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
+        ):
+            out = conv1(out, latent[:, i], noise=noise1)
+            out = conv2(out, latent[:, i + 1], noise=noise2)
+            skip = to_rgb(out, latent[:, i + 2], skip)
+            i += 2
+        image = skip
+
+        if return_latents:
+            return image, latent
+        if return_features:
+            return image, out
+        return image, None
+
+    def synthesize(self, w_plus: torch.Tensor, noise=None, randomize_noise: bool = False) -> torch.Tensor:
+        """W+ ``[B, n_latent, style_dim]`` (or w ``[B, style_dim]``) to images ``[B, 3, size, size]``.
+
+        Deterministic by default (stored noise buffers)."""
+        image, _ = self(
+            [w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise
+        )
+        return image
+

@@ -1,0 +1,20 @@
+"""Low-level ops: reference implementations first, optional fast paths behind the same
+functions (see :mod:`instyle.ops._backend`)."""
+
+from instyle.ops._backend import get_backend, register_fast_path, set_backend, use_backend
+from instyle.ops.fused_act import FusedLeakyReLU, fused_leaky_relu, fused_leaky_relu_reference
+from instyle.ops.upfirdn2d import UpFirDn2d, make_kernel, upfirdn2d, upfirdn2d_reference
+
+__all__ = [
+    "FusedLeakyReLU",
+    "UpFirDn2d",
+    "fused_leaky_relu",
+    "fused_leaky_relu_reference",
+    "get_backend",
+    "make_kernel",
+    "register_fast_path",
+    "set_backend",
+    "upfirdn2d",
+    "upfirdn2d_reference",
+    "use_backend",
+]

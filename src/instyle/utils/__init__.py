@@ -1,0 +1,1 @@
+"""Small shared helpers (config validation, atomic file writes, devices)."""

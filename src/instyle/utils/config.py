@@ -1,0 +1,121 @@
+"""Validation helpers for the typed dataclass configs.
+
+Every error names the bad value and what is accepted, so a wrong config fails at
+the boundary rather than deep inside a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it and the accepted values."""
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not accepted; choose one of {choices}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+def check_power_of_two(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> None:
+    check_positive_int(name, value)
+    if value & (value - 1) or value < minimum or (maximum is not None and value > maximum):
+        hi = f" and <= {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name}={value!r} must be a power of two >= {minimum}{hi}")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Coerce JSON-ish ``value`` to the annotated type ``tp`` (tuples, optionals, ints)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(name, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} must be a list")
+        inner = args[0] if args else Any
+        return tuple(_coerce(name, v, inner) for v in value)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} must be a list")
+        inner = args[0] if args else Any
+        return [_coerce(name, v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r} must be a mapping")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(name, k, kt): _coerce(name, v, vt) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r} must be a mapping")
+        return from_dict(tp, value, name)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r} must be a number") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} must be a string")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown {prefix + ' ' if prefix else ''}key(s) {unknown}; accepted keys: {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = _coerce(f"{prefix}.{k}" if prefix else k, v, hints[k])
+    return cls(**kwargs)
