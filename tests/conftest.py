@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny deterministic models and the location of ``../shared``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+#: The shared fixtures folder beside the project root (override with INSTYLE_SHARED).
+SHARED = Path(os.environ.get("INSTYLE_SHARED", REPO.parent / "shared")).resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ``../shared``; skips the calling test with a reason when absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs {p} (the shared fixtures beside the project root; set INSTYLE_SHARED to relocate)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return shared_path()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return shared_path("data", "faces")
+
+
+@pytest.fixture
+def tiny_psp():
+    """A tiny randomly initialised pSp (64 px in/out, 64-D styles) in eval mode, seeded."""
+    from instyle.models import create_psp
+
+    torch.manual_seed(0)
+    model = create_psp("tiny")
+    model.set_latent_avg(model.decoder.mean_latent(512, seed=0))
+    return model.eval()
