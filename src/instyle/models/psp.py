@@ -315,3 +315,14 @@ def _tiny() -> PSPConfig:
         n_styles=gen.n_latent, style_dim=64, widths=(8, 16, 32, 64), units=(1, 2, 2, 1), input_size=64
     )
     return PSPConfig(encoder=enc, generator=gen, resize_to=64)
+
+
+@register_config("quickstart")
+def _quickstart() -> PSPConfig:
+    """A narrow 256->256 model with the published layout (IR-SE-50 depth, FPN, 14 styles),
+    fast on a laptop CPU; used by ``instyle quickstart`` with random weights."""
+    gen = GeneratorConfig(
+        size=256, style_dim=128, n_mlp=4, channels={4: 128, 8: 128, 16: 128, 32: 64, 64: 64, 128: 32, 256: 32}
+    )
+    enc = EncoderConfig(n_styles=gen.n_latent, style_dim=128, widths=(16, 32, 64, 128))
+    return PSPConfig(encoder=enc, generator=gen)

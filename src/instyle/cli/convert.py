@@ -1,0 +1,73 @@
+"""``instyle convert``: official pSp / rosinality / NVIDIA files -> instyle's own format."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from instyle.cli.common import error
+
+DESCRIPTION = """\
+Convert a model file to instyle's own format (a folder with config.json +
+model.safetensors), which loads without executing any code and records the
+architecture explicitly.
+
+Accepted inputs: official pSp checkpoints (.pt), rosinality StyleGAN2 checkpoints
+(.pt, the g_ema generator), NVIDIA StyleGAN2-ADA pickles (.pkl, read without
+running code from the file) and instyle folders. The kind (pSp model or generator)
+is detected from the file.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert official/rosinality/NVIDIA files to instyle's safetensors format",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="model file or folder")
+    p.add_argument("out_dir", help="output folder (created)")
+    p.add_argument(
+        "--kind", choices=["auto", "psp", "generator"], default="auto", help="what to extract (default: auto-detect)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from instyle.interop import CheckpointError, load_generator, load_psp, save_generator, save_psp
+    from instyle.interop.loading import detect_format, resolve_path
+    from instyle.interop.own_format import is_own_format, read_config
+    from instyle.interop.safe_load import safe_torch_load
+
+    try:
+        src = resolve_path(args.input)
+        kind = args.kind
+        if kind == "auto":
+            if is_own_format(src):
+                kind = read_config(src)["kind"]
+            elif src.suffix == ".pkl":
+                kind = "generator"
+            else:
+                kind = "psp" if detect_format(safe_torch_load(src)) == "psp" else "generator"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if kind == "psp":
+                model = load_psp(src)
+                save_psp(model, args.out_dir, extra={"converted_from": src.name})
+                desc = (
+                    f"pSp model: {model.config.encoder.type}, input {model.input_nc}x{model.input_size}px, "
+                    f"output {model.output_size}px, {model.n_styles} styles, task {model.config.task}"
+                )
+            else:
+                g = load_generator(src)
+                save_generator(g, args.out_dir, extra={"converted_from": src.name})
+                desc = f"generator: {g.size}px, style_dim {g.style_dim}, {g.n_latent} styles"
+        for w in caught:
+            print(f"instyle: note: {w.message}", file=sys.stderr)
+    except CheckpointError as e:
+        error(str(e))
+        return 2
+    print(f"wrote {args.out_dir} ({desc})")
+    return 0

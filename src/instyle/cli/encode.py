@@ -1,0 +1,176 @@
+"""``instyle encode``: images -> W+ latents -> reconstructions, for files, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from instyle.cli.common import add_device_arg, error
+
+DESCRIPTION = """\
+Encode images with a pSp checkpoint and write the reconstructions (and optionally the
+W+ latents). Inputs are files, folders (searched recursively) or glob patterns.
+Photos are prepared like the original test transforms (resize to 256x256 bilinear,
+normalise to [-1, 1]); sketches, label maps, low-resolution or masked inputs are
+prepared according to the checkpoint's task.
+
+Bad inputs (corrupt, truncated, non-image, too small or too large files) are reported
+one line each and skipped; the other files are still processed and the exit code is 1
+when anything failed. Outputs are written atomically. Results are deterministic
+(stored noise maps, --seed for anything random).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "encode",
+        help="encode images into W+ and write reconstructions",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_device_arg(p)
+    p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
+    p.add_argument(
+        "--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px like the original)"
+    )
+    p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
+    p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
+    p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
+    p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    p.set_defaults(func=run)
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """Output stems that never collide (``a``, ``a_1``, ...)."""
+    used: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = p.stem
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        names.append(stem if n == 0 else f"{stem}_{n}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
+    from instyle.inference.latents import save_latent
+    from instyle.inference.preprocess import prepare_input
+    from instyle.interop import CheckpointError, load_psp
+    from instyle.utils.device import resolve_device
+
+    if args.batch_size < 1:
+        error(f"--batch-size={args.batch_size} must be >= 1")
+        return 2
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        error(str(e))
+        return 2
+    torch.manual_seed(args.seed)
+    try:
+        model = load_psp(args.checkpoint, device=device)
+    except CheckpointError as e:
+        error(str(e))
+        return 2
+
+    paths, problems = collect_inputs(args.inputs)
+    for msg in problems:
+        print(f"instyle: skipped {msg}", file=sys.stderr)
+    failed = len(problems)
+    if not paths:
+        error("no input images found")
+        return 1
+
+    aligner = None
+    if args.align:
+        try:
+            from instyle.alignment import align_face_file  # type: ignore[attr-defined]
+        except ImportError as e:
+            error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
+            return 2
+        aligner = align_face_file
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(paths)
+    grid_rows = []
+    done = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(paths), unit="img", desc="encode", file=sys.stderr, disable=None)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = list(zip(paths[start : start + args.batch_size], names[start : start + args.batch_size]))
+        tensors, kept = [], []
+        for path, name in chunk:
+            try:
+                src = aligner(path, size=model.input_size) if aligner else path
+                tensors.append(prepare_input(src, model.config))
+                kept.append((path, name))
+            except (ImageLoadError, ValueError, OSError) as e:
+                msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+                tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
+                failed += 1
+            bar.update(0)
+        if tensors:
+            x = torch.stack(tensors).to(device)
+            with torch.inference_mode():
+                w = model.encode(x)
+                y = model.decode(w, resize=not args.full_resolution)
+            for (path, name), xi, yi, wi in zip(kept, x, y, w):
+                out_img = tensor_to_pil(yi)
+                if args.side_by_side:
+                    out_img = make_grid([[_input_preview(xi), out_img]], cell=out_img.size[1], pad=0)
+                try:
+                    save_image(out_img, out / f"{name}.{args.format}")
+                    if args.save_latents:
+                        save_latent(out / "latents" / f"{name}.npy", wi.float().cpu())
+                except OSError as e:
+                    tqdm.write(f"instyle: could not write output for {path}: {e}", file=sys.stderr)
+                    failed += 1
+                    continue
+                done += 1
+                if args.grid and len(grid_rows) < 16:
+                    grid_rows.append([_input_preview(xi), tensor_to_pil(yi)])
+        bar.update(len(chunk))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if grid_rows:
+        save_image(make_grid(grid_rows, cell=256), out / "grid.png")
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "device": str(device),
+        "encoded": done,
+        "failed": failed,
+        "seconds": round(elapsed, 3),
+        "output_size": model.output_size if args.full_resolution else model.config.resize_to,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"encoded {done} image(s) into {out} in {elapsed:.1f}s" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _input_preview(x: torch.Tensor):
+    """A viewable picture of a network input (RGB, grayscale, or a label map's argmax)."""
+    from instyle.inference.io import tensor_to_pil
+
+    if x.shape[0] in (1, 3):
+        return tensor_to_pil(x)
+    try:
+        from instyle.tasks.seg2face import labels_to_palette  # type: ignore[attr-defined]
+
+        return labels_to_palette(x.argmax(0))
+    except ImportError:
+        labels = x.argmax(0).float()
+        return tensor_to_pil((labels / max(x.shape[0] - 1, 1) * 2 - 1)[None])

@@ -1,0 +1,97 @@
+"""A friendly high-level layer over :class:`~instyle.models.psp.PSP`.
+
+    from instyle import Inverter
+    inv = Inverter("psp_ffhq_encode.pt")              # or an instyle model directory
+    result = inv.invert("face.jpg")                   # InversionResult
+    result.image.save("out.png"); result.latent       # PIL image, [n_styles, 512] tensor
+
+Deterministic by default: stored noise buffers, no random draws.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from instyle.inference.io import tensor_to_pil
+from instyle.inference.preprocess import prepare_input
+from instyle.models.psp import PSP
+from instyle.utils.device import resolve_device
+
+__all__ = ["InversionResult", "Inverter"]
+
+ImageLike = str | os.PathLike | Image.Image | torch.Tensor
+
+
+@dataclass
+class InversionResult:
+    """One inverted image: the reconstruction, its W+ code ``[n_styles, D]`` and the input."""
+
+    image: Image.Image
+    latent: torch.Tensor
+    input: torch.Tensor
+
+
+class Inverter:
+    """Encode images into W+ and decode latents into images.
+
+    Args:
+        model: a :class:`PSP`, or a path to any supported pSp checkpoint.
+        device: ``auto``, ``cpu``, ``cuda``, ``mps`` or a torch device.
+        full_resolution: decode at the generator's size instead of ``resize_to`` (256).
+    """
+
+    def __init__(self, model: PSP | str | os.PathLike, device: str | torch.device = "auto", full_resolution: bool = False):
+        self.device = resolve_device(device)
+        if not isinstance(model, PSP):
+            from instyle.interop import load_psp
+
+            model = load_psp(model, device=self.device)
+        self.model = model.to(self.device).eval()
+        self.full_resolution = full_resolution
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def prepare(self, images: Iterable[ImageLike]) -> torch.Tensor:
+        """Inputs -> batch ``[B, input_nc, S, S]`` on the model's device."""
+        return torch.stack([prepare_input(im, self.config) for im in images]).to(self.device)
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[ImageLike] | torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """Images -> W+ latents ``[B, n_styles, D]`` (latent_avg included)."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            batches = [images[i : i + batch_size].to(self.device) for i in range(0, len(images), batch_size)]
+        else:
+            images = list(images)
+            batches = [self.prepare(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return torch.cat([self.model.encode(b) for b in batches]).float()
+
+    @torch.inference_mode()
+    def decode_tensor(self, w_plus: torch.Tensor, noise=None, full_resolution: bool | None = None) -> torch.Tensor:
+        """W+ latents ``[B, n_styles, D]`` -> images ``[B, 3, H, W]`` (raw, not clamped)."""
+        full = self.full_resolution if full_resolution is None else full_resolution
+        return self.model.decode(w_plus.to(self.device), noise=noise, resize=not full)
+
+    def decode(self, w_plus: torch.Tensor, noise=None, full_resolution: bool | None = None) -> list[Image.Image]:
+        """W+ latents -> PIL images."""
+        if w_plus.ndim == 2:
+            w_plus = w_plus[None]
+        return [tensor_to_pil(t) for t in self.decode_tensor(w_plus, noise=noise, full_resolution=full_resolution)]
+
+    def invert(self, image: ImageLike) -> InversionResult:
+        """One image -> its reconstruction and latent."""
+        return self.invert_batch([image])[0]
+
+    def invert_batch(self, images: Sequence[ImageLike]) -> list[InversionResult]:
+        x = self.prepare(images)
+        w = self.encode(x)
+        outs = self.decode_tensor(w)
+        return [InversionResult(tensor_to_pil(o), wi.cpu(), xi.cpu()) for o, wi, xi in zip(outs, w, x)]
+
+    __call__ = invert

@@ -1,0 +1,72 @@
+"""Turn user inputs (paths, PIL images, arrays, tensors) into network inputs.
+
+Photos follow the original test transforms: resize to the encoder's input size
+(bilinear), ``ToTensor``, ``Normalize(0.5, 0.5)`` -> [-1, 1]. Inputs of other tasks
+(sketches, label maps, low-resolution or masked faces) are prepared by the model's
+task preset (:mod:`instyle.tasks`) when it defines ``prepare_inference_input``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from instyle.inference.io import load_image, pil_to_tensor
+from instyle.models.psp import PSPConfig
+
+__all__ = ["get_task_for", "prepare_input"]
+
+
+def get_task_for(config: PSPConfig):
+    """The task preset object of a model config, or None when presets are unavailable."""
+    try:
+        from instyle.tasks import get_task
+    except ImportError:
+        return None
+    try:
+        return get_task(config.task)
+    except (KeyError, ValueError):
+        return None
+
+
+def prepare_input(
+    image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor, config: PSPConfig
+) -> torch.Tensor:
+    """One input -> ``[input_nc, S, S]`` float32 tensor for a model with ``config``.
+
+    Tensors are taken as already prepared (shape-checked). Paths are read with
+    :func:`instyle.inference.io.load_image` (raising ``ImageLoadError`` on bad files).
+    """
+    nc, size = config.encoder.input_nc, config.encoder.input_size
+    if isinstance(image, torch.Tensor):
+        t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+        if t.ndim != 3 or t.shape[0] != nc:
+            raise ValueError(f"expected a tensor [{nc}, H, W], got {tuple(image.shape)}")
+        if t.shape[-2:] != (size, size):
+            t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+        return t.float()
+    task = get_task_for(config)
+    if task is not None and getattr(task, "input_nc", None) == nc:
+        if isinstance(image, (str, os.PathLike, Path)):
+            image = load_image(image, mode=None)  # keep palette / grayscale for label maps and sketches
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        if getattr(task, "size", size) != size:
+            task = task.with_options(size=size)
+        return task.prepare_inference_input(image)
+    if isinstance(image, (str, os.PathLike, Path)):
+        image = load_image(image, mode="RGB" if nc == 3 else "L")
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if nc == 3:
+        return pil_to_tensor(image.convert("RGB"), size)
+    if nc == 1:
+        return pil_to_tensor(image.convert("L"), size)
+    raise ValueError(
+        f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
+        f"[{nc}, {size}, {size}] or install the task presets that convert such files"
+    )
