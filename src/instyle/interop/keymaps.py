@@ -167,7 +167,7 @@ def psp_config_from_official(
 
     def check(key, value, default=None):
         given = opts.get(key, default)
-        if key not in opts:
+        if key not in opts and default is not None:
             notes.append(f"opts has no {key!r}; using {default!r}")
         if given is not None and given != value:
             raise ArchitectureError(
