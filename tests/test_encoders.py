@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import shared_path
 from instyle.models import GeneratorConfig, PSPConfig, build_encoder, list_encoders
 from instyle.models.encoders import (
     ENCODER_TYPES,
@@ -213,14 +212,14 @@ def test_ir_encoder_runs():
 # --------------------------------------------------------------------------- official key lists
 
 
-def _official_encoder_rows(name: str) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = _read_key_list(shared_path("conformance", "keys", name))
+def _official_encoder_rows(shared_dir, name: str) -> list[tuple[str, tuple[int, ...], str]]:
+    rows = _read_key_list(shared_dir / "conformance" / "keys" / name)
     return [(k[len("encoder."):], s, d) for k, s, d in rows if k.startswith("encoder.")]
 
 
-def test_gradual_encoder_keys_equal_official_key_list():
+def test_gradual_encoder_keys_equal_official_key_list(shared_dir):
     """Full-size IR-SE-50 FPN encoder for a 256 px model (config A): names, shapes, order."""
-    expected = _official_encoder_rows("A.txt")
+    expected = _official_encoder_rows(shared_dir, "A.txt")
     with torch.device("meta"):
         enc = build_encoder(EncoderConfig(type=GRADUAL, n_styles=14))
     got = _state_rows(enc)
@@ -228,9 +227,9 @@ def test_gradual_encoder_keys_equal_official_key_list():
     assert got == expected
 
 
-def test_w_encoder_keys_equal_official_key_list():
+def test_w_encoder_keys_equal_official_key_list(shared_dir):
     """Full-size IR-SE-50 W encoder (config B): names, shapes, order."""
-    expected = _official_encoder_rows("B.txt")
+    expected = _official_encoder_rows(shared_dir, "B.txt")
     with torch.device("meta"):
         enc = build_encoder(EncoderConfig(type=INTO_W, n_styles=10))
     got = _state_rows(enc)
@@ -249,8 +248,8 @@ def test_wplus_encoder_full_size_layout():
     assert len({k.split(".")[1] for k in sd if k.startswith("body.")}) == 24
 
 
-def test_arcface_backbone_keys_equal_official_ir_se50():
-    expected = _read_key_list(shared_path("conformance", "training", "keys", "ir_se50.txt"))
+def test_arcface_backbone_keys_equal_official_ir_se50(shared_dir):
+    expected = _read_key_list(shared_dir / "conformance" / "training" / "keys" / "ir_se50.txt")
     with torch.device("meta"):
         net = Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
     got = _state_rows(net)

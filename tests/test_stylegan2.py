@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
 from instyle.models import Generator, GeneratorConfig
 from instyle.models.stylegan2 import ModulatedConv2d, nvidia_channels, rosinality_channels
 from instyle.utils.config import ConfigError
@@ -358,10 +357,10 @@ def _read_key_list(path) -> list[tuple[str, tuple[int, ...], str]]:
     return rows
 
 
-def test_state_dict_equals_official_decoder_key_list():
+def test_state_dict_equals_official_decoder_key_list(shared_dir):
     """Names, shapes, dtypes and order of a 256 px, channel_multiplier 2 generator vs the
     decoder entries of the official checkpoint's key list (config A)."""
-    path = shared_path("conformance", "keys", "A.txt")
+    path = shared_dir / "conformance" / "keys" / "A.txt"
     expected = [(n[len("decoder."):], s, d) for n, s, d in _read_key_list(path) if n.startswith("decoder.")]
     g = Generator(GeneratorConfig(size=256, channel_multiplier=2))
     got = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in g.state_dict().items()]
