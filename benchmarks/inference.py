@@ -53,6 +53,36 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def bench_size(size: int, args, device: torch.device, dtype: torch.dtype) -> list[tuple]:
+    """Rows (model, part, batch, img/s, ms/img, GFLOP/s) for one published output size."""
+    model = random_psp(get_config("psp_256" if size == 256 else "psp_ffhq_1024"), seed=0, latent_samples=512)
+    model = model.to(device=device, dtype=dtype).eval()
+    enc_p, dec_p = count_params(model.encoder), count_params(model.decoder)
+    print(f"\n{size}px pSp: encoder {enc_p / 1e6:.1f} M params, generator {dec_p / 1e6:.1f} M params")
+    x1 = torch.randn(1, 3, 256, 256, device=device, dtype=dtype)
+    with torch.inference_mode():
+        enc_gmac = flops(lambda: model.encoder(x1)) / 2e9
+        w = model.encode(x1)
+        dec_gmac = flops(lambda: model.decode(w)) / 2e9
+    print(f"  per image: encoder {enc_gmac:.1f} GMAC, generator {dec_gmac:.1f} GMAC, total {enc_gmac + dec_gmac:.1f} GMAC")
+    rows = []
+    for b in args.batch:
+        x = torch.randn(b, 3, 256, 256, device=device, dtype=dtype)
+        with torch.inference_mode():
+            t_enc = time_call(lambda x=x: model.encoder(x), device, args.reps)
+            t_full = time_call(lambda x=x: model(x, resize=True, randomize_noise=False), device, args.reps)
+        for what, t, gmac in (("encoder", t_enc, enc_gmac), ("full pSp", t_full, enc_gmac + dec_gmac)):
+            rows.append((f"{size}px", what, b, b / t, 1000 * t / b, 2 * gmac * b / t))
+    if args.profile and size == 1024:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.inference_mode(), profile(activities=acts) as prof:
+            model(x1, resize=True, randomize_noise=False)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -72,31 +102,7 @@ def main() -> None:
 
     rows = []
     for size in args.sizes:
-        model = random_psp(get_config("psp_256" if size == 256 else "psp_ffhq_1024"), seed=0, latent_samples=512)
-        model = model.to(device=device, dtype=dtype).eval()
-        enc_p, dec_p = count_params(model.encoder), count_params(model.decoder)
-        print(f"\n{size}px pSp: encoder {enc_p / 1e6:.1f} M params, generator {dec_p / 1e6:.1f} M params")
-        x1 = torch.randn(1, 3, 256, 256, device=device, dtype=dtype)
-        with torch.inference_mode():
-            enc_gmac = flops(lambda: model.encoder(x1)) / 2e9
-            w = model.encode(x1)
-            dec_gmac = flops(lambda: model.decode(w)) / 2e9
-        print(f"  per image: encoder {enc_gmac:.1f} GMAC, generator {dec_gmac:.1f} GMAC, total {enc_gmac + dec_gmac:.1f} GMAC")
-        for b in args.batch:
-            x = torch.randn(b, 3, 256, 256, device=device, dtype=dtype)
-            with torch.inference_mode():
-                t_enc = time_call(lambda: model.encoder(x), device, args.reps)
-                t_full = time_call(lambda: model(x, resize=True, randomize_noise=False), device, args.reps)
-            for what, t, gmac in (("encoder", t_enc, enc_gmac), ("full pSp", t_full, enc_gmac + dec_gmac)):
-                rows.append((f"{size}px", what, b, b / t, 1000 * t / b, 2 * gmac * b / t))
-        if args.profile and size == 1024:
-            from torch.profiler import ProfilerActivity, profile
-
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with torch.inference_mode(), profile(activities=acts) as prof:
-                model(x1, resize=True, randomize_noise=False)
-            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-        del model
+        rows += bench_size(size, args, device, dtype)
 
     print(f"\n{'model':>7} {'part':>9} {'batch':>5} {'img/s':>8} {'ms/img':>9} {'GFLOP/s':>8}")
     for r in rows:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two
+from instyle.utils.config import ConfigError, check_positive_int, check_power_of_two
 
 __all__ = [
     "GeneratorConfig",
@@ -352,9 +352,8 @@ class StyledConv(nn.Module):
         out = self.noise(out, noise=noise)
         out = self.activate(out)
         if self.conv_clamp is not None:
-            # NVIDIA clamps after the gain: clamp * sqrt(2) around the activation output.
-            c = self.conv_clamp * math.sqrt(2.0)
-            out = out.clamp(-c, c)
+            # NVIDIA's bias_act clamps after the activation's sqrt(2) gain, at +-conv_clamp.
+            out = out.clamp(-self.conv_clamp, self.conv_clamp)
         return out
 
 
