@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
     from instyle.inference.latents import save_latent
+    from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
     from instyle.inference.preprocess import prepare_input
     from instyle.interop import CheckpointError, load_psp
     from instyle.utils.device import resolve_device
@@ -74,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         error(f"--batch-size={args.batch_size} must be >= 1")
         return 2
+    rank, world_size = world()
     try:
         device = resolve_device(args.device)
+        if world_size > 1 and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     except ValueError as e:
         error(str(e))
         return 2
@@ -87,78 +92,90 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     paths, problems = collect_inputs(args.inputs)
-    for msg in problems:
+    for msg in problems if rank == 0 else []:
         print(f"instyle: skipped {msg}", file=sys.stderr)
-    failed = len(problems)
+    failed = len(problems) if rank == 0 else 0
     if not paths:
         error("no input images found")
         return 1
 
-    aligner = None
+    align = None
     if args.align:
         try:
-            from instyle.alignment import align_face_file  # type: ignore[attr-defined]
+            from instyle.alignment import align_for_encoding
         except ImportError as e:
             error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
             return 2
-        aligner = align_face_file
+        align = align_for_encoding
+
+    def prepare(item):
+        path, _name = item
+        try:
+            return prepare_input(align(path, model.input_size) if align else path, model.config)
+        except (ImageLoadError, ValueError, OSError) as e:
+            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _unique_names(paths)
+    # Names are fixed over the whole input list, so every torchrun process agrees on them.
+    items = shard(list(zip(paths, _unique_names(paths))))
     grid_rows = []
-    done = 0
+    encoded = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(paths), unit="img", desc="encode", file=sys.stderr, disable=None)
-    for start in range(0, len(paths), args.batch_size):
-        chunk = list(zip(paths[start : start + args.batch_size], names[start : start + args.batch_size]))
-        tensors, kept = [], []
-        for path, name in chunk:
-            try:
-                src = aligner(path, size=model.input_size) if aligner else path
-                tensors.append(prepare_input(src, model.config))
-                kept.append((path, name))
-            except (ImageLoadError, ValueError, OSError) as e:
-                msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+    bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if rank == 0 else True)
+    with BackgroundWriter() as writer:
+        for batch in prefetch_batches(items, prepare, args.batch_size, errors=(ValueError,)):
+            for _item, msg in batch.failures:
                 tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
-                failed += 1
-            bar.update(0)
-        if tensors:
-            x = torch.stack(tensors).to(device)
-            with torch.inference_mode():
-                w = model.encode(x)
-                y = model.decode(w, resize=not args.full_resolution)
-            for (path, name), xi, yi, wi in zip(kept, x, y, w):
-                out_img = tensor_to_pil(yi)
-                if args.side_by_side:
-                    out_img = make_grid([[_input_preview(xi), out_img]], cell=out_img.size[1], pad=0)
-                try:
-                    save_image(out_img, out / f"{name}.{args.format}")
+            failed += len(batch.failures)
+            if batch.tensors is not None:
+                x = batch.tensors.to(device)
+                encoded += len(batch.items)
+                with torch.inference_mode():
+                    w = model.encode(x)
+                    y = model.decode(w, resize=not args.full_resolution)
+                for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
+                    out_img = tensor_to_pil(yi)
+                    if args.side_by_side:
+                        out_img = make_grid([[_input_preview(xi), out_img]], cell=out_img.size[1], pad=0)
+                    writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
                     if args.save_latents:
-                        save_latent(out / "latents" / f"{name}.npy", wi.float().cpu())
-                except OSError as e:
-                    tqdm.write(f"instyle: could not write output for {path}: {e}", file=sys.stderr)
-                    failed += 1
-                    continue
-                done += 1
-                if args.grid and len(grid_rows) < 16:
-                    grid_rows.append([_input_preview(xi), tensor_to_pil(yi)])
-        bar.update(len(chunk))
+                        writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
+                    if args.grid and len(grid_rows) < 16:
+                        grid_rows.append([_input_preview(xi), tensor_to_pil(yi)])
+            bar.update(len(batch.items) + len(batch.failures))
     bar.close()
+    bad_paths = {str(tag) for tag, _ in writer.errors}
+    for tag, e in writer.errors:
+        print(f"instyle: could not write output for {tag}: {e}", file=sys.stderr)
+    failed += len(bad_paths)
+    done = encoded - len(bad_paths)
     elapsed = time.perf_counter() - t0
+    suffix = "" if world_size == 1 else f"_rank{rank}"
     if grid_rows:
-        save_image(make_grid(grid_rows, cell=256), out / "grid.png")
+        save_image(_pair_grid(grid_rows), out / f"grid{suffix}.png")
     summary = {
         "checkpoint": str(args.checkpoint),
         "device": str(device),
         "encoded": done,
         "failed": failed,
         "seconds": round(elapsed, 3),
+        "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if args.full_resolution else model.config.resize_to,
+        "rank": rank,
+        "world_size": world_size,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"encoded {done} image(s) into {out} in {elapsed:.1f}s" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _pair_grid(pairs: list[list]):
+    """Input|output pairs laid out four pairs per row."""
+    from instyle.inference.io import make_grid
+
+    rows = [sum(pairs[i : i + 4], []) for i in range(0, len(pairs), 4)]
+    return make_grid(rows, cell=256)
 
 
 def _input_preview(x: torch.Tensor):
