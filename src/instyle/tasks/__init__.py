@@ -5,7 +5,15 @@ Each task is one small declarative file registering a :class:`~instyle.tasks.bas
 """
 
 # Built-in task files register themselves on import.
-from instyle.tasks import frontalization, inversion  # noqa: E402,F401,I001
+from instyle.tasks import (  # noqa: E402,F401,I001
+    frontalization,
+    image2image,
+    inpainting,
+    inversion,
+    seg2face,
+    sketch2face,
+    super_resolution,
+)
 from instyle.tasks.base import (
     LOSS_LAMBDAS,
     TRAINING_DEFAULTS,
