@@ -195,3 +195,16 @@ def test_cli_help_and_exit_code_subprocess(tiny_dir, tmp_path):
         capture_output=True, text=True,
     )
     assert r.returncode == 1 and "bad.png: not an image" in r.stderr
+
+
+def test_encode_align_reports_faceless_images(tiny_dir, faces_dir, tmp_path, capsys):
+    pytest.importorskip("dlib", reason="face alignment needs dlib (pip install 'instyle[faces]')")
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "face.jpg").write_bytes((faces_dir / "unaligned" / "img5.jpg").read_bytes())
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(src / "flat.png")
+    out = tmp_path / "o"
+    rc = main(["encode", "-c", str(tiny_dir), str(src), "--out", str(out), "--device", "cpu", "--align"])
+    assert rc == 1
+    assert (out / "face.png").is_file() and not (out / "flat.png").exists()
+    assert "flat.png: no face found" in capsys.readouterr().err

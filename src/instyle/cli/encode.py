@@ -101,12 +101,16 @@ def run(args: argparse.Namespace) -> int:
 
     align = None
     if args.align:
+        from instyle.alignment import AlignmentUnavailable
+        from instyle.alignment.models import require_dlib
+        from instyle.inference.preprocess import align_input
+
         try:
-            from instyle.alignment import align_for_encoding
-        except ImportError as e:
+            require_dlib()
+        except AlignmentUnavailable as e:
             error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
             return 2
-        align = align_for_encoding
+        align = align_input
 
     def prepare(item):
         path, _name = item

@@ -18,7 +18,7 @@ from PIL import Image
 from instyle.inference.io import load_image, pil_to_tensor
 from instyle.models.psp import PSPConfig
 
-__all__ = ["get_task_for", "prepare_input"]
+__all__ = ["align_input", "get_task_for", "prepare_input"]
 
 
 def get_task_for(config: PSPConfig):
@@ -70,3 +70,20 @@ def prepare_input(
         f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
         f"[{nc}, {size}, {size}] or install the task presets that convert such files"
     )
+
+
+def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detector: str = "auto") -> Image.Image:
+    """FFHQ-align the largest face of a photo (path or PIL image) to ``size x size``.
+
+    Raises:
+        ValueError: no face was found (the message names the file).
+        instyle.alignment.AlignmentUnavailable: dlib or its landmark model is missing.
+    """
+    from instyle.alignment import align_face
+
+    name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
+    img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
+    face = align_face(img, size=size, detector=detector)
+    if face is None:
+        raise ValueError(f"{name}: no face found to align (try `instyle align --detector cnn`)")
+    return face.image
