@@ -212,7 +212,7 @@ class _Taker:
         return t.detach().float().contiguous()
 
 
-def _styled_conv(take: _Taker, nv: str, ro: str, cin: int, cout: int, w_dim: int, res: int, up: bool, out: dict) -> None:
+def _styled_conv(take: _Taker, nv: str, ro: str, cin: int, cout: int, w_dim: int, up: bool, out: dict) -> None:
     out[f"{ro}.conv.weight"] = take(f"{nv}.weight", (cout, cin, 3, 3)).unsqueeze(0)
     out[f"{ro}.conv.modulation.weight"] = take(f"{nv}.affine.weight", (cin, w_dim))
     out[f"{ro}.conv.modulation.bias"] = take(f"{nv}.affine.bias", (cin,))
@@ -311,13 +311,13 @@ def convert_generator(
 
     c4 = channels[4]
     out["input.input"] = take("synthesis.b4.const", (c4, 4, 4)).unsqueeze(0)
-    _styled_conv(take, "synthesis.b4.conv1", "conv1", c4, c4, w_dim, 4, False, out)
+    _styled_conv(take, "synthesis.b4.conv1", "conv1", c4, c4, w_dim, False, out)
     noises = [_noise(take, "synthesis.b4.conv1", 4)]
     _to_rgb(take, "synthesis.b4.torgb", "to_rgb1", c4, w_dim, out)
     for j, res in enumerate(resolutions[1:]):
         nv, cin, cout = f"synthesis.b{res}", channels[res // 2], channels[res]
-        _styled_conv(take, f"{nv}.conv0", f"convs.{2 * j}", cin, cout, w_dim, res, True, out)
-        _styled_conv(take, f"{nv}.conv1", f"convs.{2 * j + 1}", cout, cout, w_dim, res, False, out)
+        _styled_conv(take, f"{nv}.conv0", f"convs.{2 * j}", cin, cout, w_dim, True, out)
+        _styled_conv(take, f"{nv}.conv1", f"convs.{2 * j + 1}", cout, cout, w_dim, False, out)
         noises += [_noise(take, f"{nv}.conv0", res), _noise(take, f"{nv}.conv1", res)]
         _to_rgb(take, f"{nv}.torgb", f"to_rgbs.{j}", cout, w_dim, out)
         out[f"to_rgbs.{j}.upsample.kernel"] = take(f"{nv}.resample_filter") * 4
