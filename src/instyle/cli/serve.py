@@ -1,0 +1,71 @@
+"""``instyle serve``: the local web demo and service (Gradio), see ``docs/demo.md``."""
+
+from __future__ import annotations
+
+import argparse
+
+from instyle.cli.common import add_device_arg, error
+
+DESCRIPTION = """\
+Start a local web page where you drop a face photo, sketch or label map and see its
+reconstruction, style-mixed variants and an interpolation; the same server answers
+programs through Gradio's client API, and GET /healthz reports readiness.
+
+Every --checkpoint is loaded once at start; visitors choose among them by name (never by
+path). Without a checkpoint the server runs the quickstart model with RANDOM weights and
+says so on the page. Binds to 127.0.0.1 by default; nothing is fetched from the internet.
+Needs the demo extra: pip install 'instyle[demo]'.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start the local web demo and API server",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint", "-c", action="append", default=[], metavar="CKPT",
+        help="pSp checkpoint (official .pt or instyle model folder); repeat to offer several",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    add_device_arg(p)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
+    p.add_argument(
+        "--max-pixels", type=int, default=25_000_000, help="largest accepted image in pixels (default: 25000000)"
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default: 1)")
+    p.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: 64)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from instyle.demo import ModelStore, ServeSettings
+    from instyle.interop import CheckpointError
+    from instyle.utils.config import ConfigError
+
+    if importlib.util.find_spec("gradio") is None:
+        error("`instyle serve` needs the demo extra: pip install 'instyle[demo]'")
+        return 2
+    try:
+        settings = ServeSettings(
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+            max_pixels=args.max_pixels,
+            concurrency=args.concurrency,
+            queue_size=args.queue_size,
+            device=args.device,
+        )
+        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        error(str(e))
+        return 2
+    from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good
+
+    serve(settings, store)
+    return 0

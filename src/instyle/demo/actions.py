@@ -1,0 +1,161 @@
+"""What the demo's tabs do, as plain functions of a model and PIL images (no Gradio here).
+
+Every model call runs under ``torch.inference_mode``. Images come back as PIL images of the
+model's output size (``config.resize_to``, 256 px for published checkpoints), latents as
+``[n_styles, D]`` float32 tensors on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from instyle.demo.inputs import DemoInputError
+from instyle.inference.io import tensor_to_pil
+from instyle.inference.preprocess import prepare_input
+from instyle.models.psp import PSP
+
+__all__ = [
+    "Reconstruction",
+    "align",
+    "decode",
+    "encode",
+    "input_preview",
+    "interpolate",
+    "mix",
+    "reconstruct",
+    "write_animation",
+    "write_latent",
+]
+
+
+@dataclass
+class Reconstruction:
+    """One encoded input: what the network saw, its reconstruction and its W+ code ``[n_styles, D]``."""
+
+    input: Image.Image
+    output: Image.Image
+    latent: torch.Tensor
+
+
+def align(image: Image.Image, size: int = 256) -> Image.Image:
+    """The largest face of ``image``, FFHQ-aligned to ``size`` px.
+
+    Raises:
+        DemoInputError: no face found, or the face tools (dlib) are not installed.
+    """
+    try:
+        from instyle.alignment import AlignmentUnavailable, align_face
+    except ImportError as e:  # pragma: no cover - the package is part of instyle
+        raise DemoInputError(f"face alignment is unavailable: {e}") from None
+    try:
+        face = align_face(image, size=size)
+    except AlignmentUnavailable as e:
+        raise DemoInputError(f"face alignment is unavailable on this server: {e}") from None
+    if face is None:
+        raise DemoInputError("no face was found in the photo; untick 'Align face' to encode it as it is")
+    return face.image
+
+
+def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
+    """A viewable picture of one network input ``[C, S, S]``: RGB, grayscale or a label map in colour."""
+    if x.shape[0] == 3:
+        return tensor_to_pil(x)
+    if x.shape[0] == 1:
+        # Sketches are fed in [0, 1] (the original's ToTensor without normalisation).
+        return tensor_to_pil(x * 2 - 1 if float(x.min()) >= 0 else x)
+    try:
+        from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
+
+        return labels_to_palette_image(onehot_to_labels(x), None).convert("RGB")
+    except ImportError:  # pragma: no cover - fallback when the task helpers are absent
+        labels = x.argmax(0).float()
+        return tensor_to_pil((labels / max(x.shape[0] - 1, 1) * 2 - 1)[None])
+
+
+def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
+    """PIL image -> ``[1, input_nc, S, S]`` on the model's device, prepared for the model's task."""
+    try:
+        x = prepare_input(image, model.config)
+    except ValueError as e:  # TaskInputError, LabelError, ...: bad content for this task
+        raise DemoInputError(str(e)) from None
+    return x[None].to(next(model.parameters()).device)
+
+
+@torch.inference_mode()
+def encode(model: PSP, image: Image.Image) -> torch.Tensor:
+    """One input image -> its W+ code ``[n_styles, D]`` (CPU, float32)."""
+    return model.encode(_prepare(model, image))[0].float().cpu()
+
+
+@torch.inference_mode()
+def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8) -> list[Image.Image]:
+    """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``)."""
+    device = next(model.parameters()).device
+    out: list[Image.Image] = []
+    for i in range(0, len(w_plus), batch_size):
+        y = model.decode(w_plus[i : i + batch_size].to(device), resize=True)
+        out.extend(tensor_to_pil(t) for t in y)
+    return out
+
+
+@torch.inference_mode()
+def reconstruct(model: PSP, image: Image.Image) -> Reconstruction:
+    """Encode and decode one input (photo, sketch, label map, ... as the model's task takes)."""
+    x = _prepare(model, image)
+    w = model.encode(x)
+    y = model.decode(w, resize=True)
+    return Reconstruction(input_preview(x[0].cpu(), model.config.task), tensor_to_pil(y[0]), w[0].float().cpu())
+
+
+def mix(
+    model: PSP,
+    latent: torch.Tensor,
+    n_outputs: int,
+    layers: str | Sequence[int] | None = None,
+    alpha: float | None = None,
+    seed: int = 0,
+    truncation: float = 1.0,
+) -> list[Image.Image]:
+    """Multi-modal variants of one code: ``layers`` (0-based, e.g. ``"8-17"``) come from random styles.
+
+    Raises:
+        DemoInputError: malformed layer range or out-of-range settings (message from the library).
+    """
+    from instyle.inference.mixing import style_mix
+
+    try:
+        codes = style_mix(model, latent[None], n_outputs, latent_mask=layers or None, alpha=alpha, seed=seed, truncation=truncation)
+    except ValueError as e:
+        raise DemoInputError(str(e)) from None
+    return decode(model, codes[0])
+
+
+def interpolate(model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int) -> list[Image.Image]:
+    """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+."""
+    from instyle.inference.interpolation import interpolate as lerp
+
+    try:
+        frames = lerp(w_a, w_b, steps)
+    except ValueError as e:
+        raise DemoInputError(str(e)) from None
+    return decode(model, frames)
+
+
+def write_latent(latent: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read."""
+    from instyle.inference.latents import save_latent
+
+    return save_latent(path, latent.float().cpu())
+
+
+def write_animation(frames: Sequence[Image.Image], path: str | os.PathLike, fps: float = 8.0) -> Path:
+    """Write frames as a looping GIF (forward then back)."""
+    from instyle.inference.interpolation import save_animation
+
+    return save_animation(list(frames), path, fps=fps, boomerang=True)

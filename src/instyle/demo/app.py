@@ -1,0 +1,379 @@
+"""The Gradio web app behind ``instyle serve``, and the FastAPI server it is mounted in.
+
+``build_demo`` lays out the page (one tab per capability), ``create_app`` wraps it in a FastAPI
+app with a ``/healthz`` readiness route, ``serve`` runs it with uvicorn. This is the only module
+of instyle that imports Gradio; analytics and update checks are switched off *before* that import.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+# Must precede the gradio import: no telemetry, no version check, no hub calls.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("GRADIO_SSR_MODE", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from instyle import __version__  # noqa: E402
+from instyle.demo import actions  # noqa: E402
+from instyle.demo.inputs import DemoInputError, read_upload, upload_file  # noqa: E402
+from instyle.demo.settings import ServeSettings  # noqa: E402
+from instyle.demo.store import ModelStore  # noqa: E402
+from instyle.demo.theme import CSS, local_theme  # noqa: E402
+
+__all__ = ["API_EXAMPLE", "build_demo", "create_app", "serve"]
+
+log = logging.getLogger("instyle.serve")
+
+#: Shown on the page and in docs/demo.md: calling the server from Python.
+API_EXAMPLE = """\
+from gradio_client import Client, handle_file
+
+client = Client("http://127.0.0.1:7860/")
+image, network_input, latent_npy = client.predict(
+    None,                          # model: None = the server's default
+    handle_file("face.jpg"),       # the photo
+    False,                         # align the face first
+    api_name="/reconstruct",
+)
+"""
+
+#: Tabs for task inputs: title, input label and how the input is given.
+TASK_TABS = {
+    "sketch2face": ("Sketch → face", "a sketch (dark lines on white)", "sketch"),
+    "seg2face": ("Label map → face", "a label map (class-index or palette PNG)", "labels"),
+    "super_resolution": ("Super-resolution", "a low-resolution face", "image"),
+    "inpainting": ("Inpainting", "a face with the region to fill painted white", "paint"),
+    "frontalization": ("Frontalization", "a face photo (any pose)", "image"),
+    "image2image": ("Image → image", "an input image", "image"),
+}
+
+
+#: Output images: shown large, with download/fullscreen but no "share" button (it would upload elsewhere).
+VIEW = {"height": 256, "buttons": ["download", "fullscreen"]}
+
+
+class OutputDir:
+    """Files the server hands out (latents, GIFs), in a private temp folder; old ones are pruned."""
+
+    def __init__(self, max_age_s: float = 3600.0):
+        self.root = Path(tempfile.mkdtemp(prefix="instyle-serve-"))
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+
+    def new(self, filename: str) -> Path:
+        """A fresh path ``<root>/<unique>/<filename>`` (the visitor downloads it under ``filename``)."""
+        self._prune()
+        folder = self.root / uuid.uuid4().hex
+        folder.mkdir()
+        return folder / filename
+
+    def _prune(self) -> None:
+        now = time.time()
+        with self._lock:
+            for folder in self.root.iterdir():
+                try:
+                    if now - folder.stat().st_mtime > self.max_age_s:
+                        for f in folder.iterdir():
+                            f.unlink()
+                        folder.rmdir()
+                except OSError:
+                    pass
+
+
+def _guard(fn: Callable) -> Callable:
+    """Turn input problems into a message on the page and anything else into a short notice
+    (the traceback goes to the server log, never to the visitor)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DemoInputError as e:
+            raise gr.Error(str(e), duration=30, print_exception=False) from None
+        except gr.Error:
+            raise
+        except torch.OutOfMemoryError:
+            raise gr.Error("The server ran out of memory for this request; please try a smaller input later.") from None
+        except Exception:
+            log.exception("request failed")
+            raise gr.Error("Something went wrong on the server; the details are in its log.", print_exception=False) from None
+
+    return wrapper
+
+
+def _stem(payload, default: str) -> str:
+    """A safe file stem for downloads, from the visitor's file name."""
+    try:
+        found = upload_file(payload)
+    except DemoInputError:
+        found = None
+    stem = Path(found[1]).stem if found else default
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:64] or default
+
+
+def _header(store: ModelStore, settings: ServeSettings) -> str:
+    rows = "\n".join(
+        f"| {d['name']} | {d['task']} | {d['input_channels']} × {d['input_size']}² | {d['output_size']}² | {d['n_styles']} |"
+        for d in store.describe()
+    )
+    return (
+        "# instyle: pixel2style2pixel\n"
+        "Encode a face photo, sketch or label map into StyleGAN2's W+ space and decode it back.\n\n"
+        "| model | task | input | output | styles |\n|---|---|---|---|---|\n"
+        f"{rows}\n\n"
+        f"Uploads: PNG, JPEG or WebP, at most {settings.max_upload_mb:g} MB and "
+        f"{settings.max_pixels / 1e6:g} megapixels."
+    )
+
+
+RANDOM_WARNING = (
+    "**No checkpoint was given: this server runs the quickstart model with RANDOM weights.** "
+    "It is not a trained pSp model, so its outputs are abstract textures, not faces. Start the "
+    "server with `instyle serve --checkpoint psp_ffhq_encode.pt` for real results."
+)
+
+
+def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs: OutputDir | None = None) -> gr.Blocks:
+    """The page: one tab per capability. Model calls share one queue with ``settings.concurrency`` slots."""
+    settings = settings or ServeSettings()
+    outputs = outputs or OutputDir()
+    limits = {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False}
+
+    def model_choice(task: str | None = None, label: str = "Model"):
+        names = store.names_for(task)
+        return gr.Dropdown(choices=names, value=names[0], label=label, interactive=len(names) > 1)
+
+    def latent_file(latent, stem: str):
+        return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.npy")))
+
+    # --- handlers (payloads arrive unprocessed: preprocess=False; every upload is checked here) ---
+
+    @_guard
+    def reconstruct(model_name, photo, align):
+        entry = store.get(model_name)
+        image = read_upload(photo, "a face photo", settings)
+        if align:
+            image = actions.align(image, size=max(256, entry.model.input_size))
+        r = actions.reconstruct(entry.model, image)
+        return r.output, r.input, latent_file(r.latent, _stem(photo, "image"))
+
+    @_guard
+    def task_run(model_name, payload):
+        entry = store.get(model_name)
+        what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
+        image = read_upload(payload, what, settings, mode=None)
+        r = actions.reconstruct(entry.model, image)
+        return r.output, r.input, latent_file(r.latent, _stem(payload, entry.task))
+
+    @_guard
+    def preview_labels(model_name, payload):
+        if upload_file(payload) is None:
+            return None
+        entry = store.get(model_name)
+        image = read_upload(payload, "a label map", settings, mode=None)
+        x = actions._prepare(entry.model, image)[0].cpu()
+        return actions.input_preview(x, entry.task)
+
+    @_guard
+    def mix(model_name, photo, n_outputs, layers, blend, alpha, seed, truncation):
+        entry = store.get(model_name)
+        n = int(n_outputs)
+        if not 1 <= n <= settings.max_mix_outputs:
+            raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
+        image = read_upload(photo, "a face photo", settings, mode=None)
+        latent = actions.encode(entry.model, image)
+        images = actions.mix(
+            entry.model,
+            latent,
+            n,
+            layers=str(layers or "").strip() or None,
+            alpha=float(alpha) if blend else None,
+            seed=int(seed),
+            truncation=float(truncation),
+        )
+        return [(im, f"variant {k + 1}") for k, im in enumerate(images)]
+
+    @_guard
+    def interpolate(model_name, photo_a, photo_b, frames):
+        entry = store.get(model_name)
+        steps = int(frames)
+        if not 2 <= steps <= settings.max_frames:
+            raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
+        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=None))
+        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=None))
+        images = actions.interpolate(entry.model, w_a, w_b, steps)
+        gif = actions.write_animation(images, outputs.new("interpolation.gif"))
+        return [(im, f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)], str(gif), str(gif)
+
+    # --- layout ---
+
+    with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        gr.Markdown(_header(store, settings))
+        if store.any_random:
+            gr.Markdown(RANDOM_WARNING, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+
+        with gr.Tab("Reconstruct"):
+            with gr.Row():
+                with gr.Column():
+                    model = model_choice()
+                    photo = gr.Image(type="filepath", label="Face photo", sources=["upload", "clipboard"], elem_id="rec-input", height=320)
+                    align = gr.Checkbox(label="Align face first (FFHQ crop; needs dlib)", value=False)
+                    run = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
+                with gr.Column():
+                    out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
+                    seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
+                    npy = gr.File(label="W+ latent (.npy, float32 [n_styles, 512])", elem_id="rec-latent")
+            run.click(reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **limits)
+
+        for task in store.tasks:
+            if task not in TASK_TABS or task == "inversion":
+                continue
+            title, what, kind = TASK_TABS[task]
+            with gr.Tab(title):
+                with gr.Row():
+                    with gr.Column():
+                        t_model = model_choice(task)
+                        if kind == "sketch":
+                            t_in = gr.ImageEditor(
+                                type="filepath",
+                                label="Draw a sketch, or upload one",
+                                value={"background": _blank(256), "layers": [], "composite": None},
+                                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
+                                canvas_size=(256, 256),
+                                format="png",
+                            )
+                        elif kind == "paint":
+                            t_in = gr.ImageEditor(
+                                type="filepath",
+                                label="Upload a face, then paint the region to fill in white",
+                                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                                format="png",
+                            )
+                        else:
+                            t_in = gr.Image(type="filepath", label=what[0].upper() + what[1:], image_mode=None)
+                        t_run = gr.Button("Generate", variant="primary")
+                    with gr.Column():
+                        t_out = gr.Image(type="pil", format="png", label="Output", interactive=False, **VIEW)
+                        t_seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
+                        t_npy = gr.File(label="W+ latent (.npy)")
+                if kind == "labels":
+                    t_in.upload(preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
+                t_run.click(task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **limits)
+
+        with gr.Tab("Style mixing"):
+            with gr.Row():
+                with gr.Column():
+                    m_model = model_choice()
+                    m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
+                    m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
+                    m_layers = gr.Textbox(
+                        label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
+                        placeholder="8-17",
+                    )
+                    with gr.Row():
+                        m_blend = gr.Checkbox(label="Blend instead of replace", value=False)
+                        m_alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α (weight of the random style)")
+                    with gr.Row():
+                        m_seed = gr.Number(value=0, precision=0, label="Seed")
+                        m_trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation ψ (1 = none)")
+                    m_run = gr.Button("Mix styles", variant="primary", elem_id="mix-run")
+                with gr.Column():
+                    m_out = gr.Gallery(label="Variants", columns=4, format="png", elem_id="mix-output", buttons=["download", "fullscreen"])
+            m_run.click(
+                mix, [m_model, m_photo, m_n, m_layers, m_blend, m_alpha, m_seed, m_trunc], [m_out], api_name="mix", **limits
+            )
+
+        with gr.Tab("Interpolation"):
+            with gr.Row():
+                with gr.Column():
+                    i_model = model_choice()
+                    with gr.Row():
+                        i_a = gr.Image(type="filepath", label="Photo A", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-a")
+                        i_b = gr.Image(type="filepath", label="Photo B", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-b")
+                    i_n = gr.Slider(2, settings.max_frames, value=min(8, settings.max_frames), step=1, label="Frames")
+                    i_run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
+                with gr.Column():
+                    i_frames = gr.Gallery(label="Frames (A → B)", columns=4, format="png", elem_id="interp-frames", buttons=["download", "fullscreen"])
+                    i_gif = gr.Image(type="filepath", label="Animation", format="gif", interactive=False, elem_id="interp-gif", **VIEW)
+                    i_file = gr.File(label="GIF download")
+            i_run.click(interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **limits)
+
+        with gr.Tab("API"):
+            gr.Markdown(
+                "This server also answers programs. Readiness: `GET /healthz`. "
+                "Python (`pip install gradio_client`):\n\n"
+                f"```python\n{API_EXAMPLE}```\n"
+                "Endpoints: `/reconstruct`, `/mix`, `/interpolate` and one per task tab; "
+                "the *Use via API* link at the bottom lists their parameters."
+            )
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    return demo
+
+
+def _blank(size: int):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), (255, 255, 255))
+
+
+def create_app(store: ModelStore, settings: ServeSettings | None = None):
+    """FastAPI app: ``GET /healthz`` (JSON readiness) plus the Gradio page mounted at ``/``."""
+    import fastapi
+
+    settings = settings or ServeSettings()
+    outputs = OutputDir()
+    demo = build_demo(store, settings, outputs)
+    app = fastapi.FastAPI(title="instyle serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "device": str(store.device),
+            "models": store.describe(),
+        }
+
+    return gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        server_name=settings.host,
+        server_port=settings.port,
+        footer_links=["api"],
+        allowed_paths=[str(outputs.root)],
+        show_error=True,
+        max_file_size=settings.max_upload_bytes,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        theme=local_theme(),
+        css=CSS,
+    )
+
+
+def serve(settings: ServeSettings, store: ModelStore) -> None:
+    """Run the server until interrupted (blocking)."""
+    import uvicorn
+
+    app = create_app(store, settings)
+    url = f"http://{settings.host}:{settings.port}/"
+    print(f"instyle serve: {url}  (models: {', '.join(store.names)}; device {store.device})", flush=True)
+    if store.any_random:
+        print("instyle serve: no --checkpoint given: serving the RANDOM-WEIGHT quickstart model", flush=True)
+    if not settings.is_loopback:
+        print(f"instyle serve: WARNING: listening on {settings.host}: other machines can reach this demo", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)

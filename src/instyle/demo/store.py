@@ -1,0 +1,151 @@
+"""The models a demo server offers: loaded once at start, chosen by name, never by path.
+
+Visitors pick a model from the names the server was started with; a name that is not in
+the store is refused, so no visitor-typed path ever reaches the loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from instyle.models.psp import PSP
+from instyle.utils.device import resolve_device
+
+__all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore"]
+
+#: Name of the random-weight model used when the server is started without checkpoints.
+QUICKSTART_NAME = "quickstart (random weights)"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One loaded model.
+
+    Attributes:
+        name: the label visitors choose (file or folder name, made unique).
+        model: the :class:`PSP`, in eval mode on the server's device.
+        source: where it was loaded from (``None`` for the built-in random-weight model).
+        random_weights: True for the quickstart model (its outputs are textures, not faces).
+    """
+
+    name: str
+    model: PSP
+    source: str | None = None
+    random_weights: bool = False
+
+    @property
+    def task(self) -> str:
+        return self.model.config.task
+
+    def describe(self) -> dict:
+        """JSON-able summary (shown on the page and by ``/healthz``)."""
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "task": cfg.task,
+            "input_channels": cfg.encoder.input_nc,
+            "input_size": cfg.encoder.input_size,
+            "output_size": cfg.resize_to,
+            "n_styles": cfg.n_styles,
+            "random_weights": self.random_weights,
+        }
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names, used = [], set()
+    for p in paths:
+        base = p.name.rstrip("/") or str(p)
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base} ({k})"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+class ModelStore:
+    """Named models, each loaded exactly once.
+
+    Args:
+        entries: the models; the first is the default choice.
+    """
+
+    def __init__(self, entries: Sequence[ModelEntry]):
+        if not entries:
+            raise ValueError("a ModelStore needs at least one model")
+        self._entries = {e.name: e for e in entries}
+        if len(self._entries) != len(entries):
+            raise ValueError(f"model names must be unique, got {[e.name for e in entries]}")
+        self.device = next(entries[0].model.parameters()).device
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:
+        """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
+
+        Raises:
+            instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
+        """
+        if not checkpoints:
+            return cls.quickstart(device)
+        from instyle.interop import load_psp
+
+        dev = resolve_device(device)
+        paths = [Path(c) for c in checkpoints]
+        entries = [
+            ModelEntry(name, load_psp(p, device=dev).eval(), source=str(p)) for name, p in zip(_unique_names(paths), paths)
+        ]
+        return cls(entries)
+
+    @classmethod
+    def quickstart(cls, device: str | torch.device = "auto", config: str = "quickstart", seed: int = 0) -> ModelStore:
+        """The store of ``instyle serve`` without checkpoints: one random-weight model."""
+        from instyle.models import get_config
+        from instyle.models.init import random_psp
+
+        model = random_psp(get_config(config), seed=seed).to(resolve_device(device)).eval()
+        return cls([ModelEntry(QUICKSTART_NAME, model, source=None, random_weights=True)])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    @property
+    def default(self) -> str:
+        return self.names[0]
+
+    def names_for(self, task: str | None = None) -> list[str]:
+        """Names of the models trained for ``task`` (all models when ``None``)."""
+        return [n for n, e in self._entries.items() if task is None or e.task == task]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Distinct tasks of the stored models, in store order."""
+        return list(dict.fromkeys(e.task for e in self._entries.values()))
+
+    @property
+    def any_random(self) -> bool:
+        return any(e.random_weights for e in self._entries.values())
+
+    def get(self, name: str | None) -> ModelEntry:
+        """The entry called ``name`` (``None`` or empty: the default).
+
+        Raises:
+            DemoInputError: unknown name (lists the available ones).
+        """
+        from instyle.demo.inputs import DemoInputError
+
+        if not name:
+            name = self.default
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise DemoInputError(f"unknown model {name!r}; this server offers: {', '.join(self.names)}") from None
+
+    def describe(self) -> list[dict]:
+        return [e.describe() for e in self._entries.values()]
