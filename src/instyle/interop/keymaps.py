@@ -166,9 +166,12 @@ def psp_config_from_official(
     enc = encoder_config_from_state_dict(enc_sd, n_styles=gen.n_latent)
 
     def check(key, value, default=None):
-        given = opts.get(key, default)
-        if key not in opts and default is not None:
-            notes.append(f"opts has no {key!r}; using {default!r}")
+        # Old official opts lack some keys (e.g. output_size, default 1024): the weights decide.
+        if key not in opts:
+            if default is not None:
+                notes.append(f"opts has no {key!r}; derived {key}={value!r} from the weights")
+            return
+        given = opts[key]
         if given is not None and given != value:
             raise ArchitectureError(
                 f"opts[{key!r}]={given!r} but the weights describe {key}={value!r}"

@@ -123,12 +123,12 @@ def detect_format(obj: Any) -> str:
     return "unknown"
 
 
-def _official_latent_avg(ckpt: Mapping) -> torch.Tensor | None:
+def _official_latent_avg(ckpt: Mapping, source: Any = "checkpoint") -> torch.Tensor | None:
     avg = ckpt.get("latent_avg")
     if avg is None:
         return None
     if not isinstance(avg, torch.Tensor):
-        raise CheckpointError("'latent_avg' is not a tensor")
+        raise CheckpointError(f"{source}: 'latent_avg' is a {type(avg).__name__}, expected a tensor")
     return avg.float()
 
 
@@ -150,7 +150,7 @@ def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPCon
     except (ArchitectureError, ValueError) as e:
         raise CheckpointError(f"{source}: {e}") from None
     state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
-    return config, state, _official_latent_avg(ckpt), notes
+    return config, state, _official_latent_avg(ckpt, source), notes
 
 
 def _check_expected(config: PSPConfig, expected: PSPConfig | None, source: Any) -> None:

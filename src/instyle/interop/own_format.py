@@ -97,6 +97,8 @@ def load_own(directory: str | Path) -> PSP | Generator:
             config = PSPConfig.from_dict(doc["config"])
             model = PSP(config, latent_avg=tensors.get("latent_avg"))
             load_state_checked(model, tensors, directory)
+            if config.start_from_latent_avg:  # as load_psp: the decoder's own average latent
+                model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
         else:
             config = GeneratorConfig.from_dict(doc["config"])
             model = Generator(config)

@@ -9,6 +9,7 @@ A file that needs anything else is refused with a message naming the global.
 from __future__ import annotations
 
 import argparse
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -46,8 +47,8 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         msg = str(e)
         m = re.search(r"GLOBAL\s+([\w.]+)", msg)
         if m or "Weights only load failed" in msg:
-            glob = next((g for g in (m.groups() if m else ()) if g), None)
-            need = f" it would need the Python global {glob!r}," if glob else ""
+            globs = [m.group(1)] if m else _unsafe_globals(path)
+            need = f" it would need the Python global(s) {', '.join(map(repr, globs))}," if globs else ""
             raise CheckpointError(
                 f"{path}: refused to load this {what}:{need} which is not on instyle's allow-list "
                 "of safe types. Nothing from the file was executed. If it is an NVIDIA StyleGAN2-ADA "
@@ -61,3 +62,59 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(
             f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {msg.splitlines()[0][:200] if msg else ''})"
         ) from None
+
+
+# Globals that torch's weights-only unpickler accepts anyway (used only to pick the
+# offending names for the error message; refusing is torch's job).
+_HARMLESS_MODULES = ("torch", "collections", "argparse", "_codecs", "builtins", "numpy")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Globals a pickle-based file refers to, read from its opcodes (nothing is executed).
+
+    Torch's message names the global only when it gets that far; for raw pickles of a
+    newer protocol it stops at an unsupported opcode first.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                pkls = [n for n in zf.namelist() if n.endswith(".pkl")]
+                names = [g for n in pkls for g in _globals_in(zf.read(n))]
+        else:
+            names = _globals_in(path.read_bytes())
+    except (OSError, zipfile.BadZipFile, RuntimeError):
+        return []
+    seen = dict.fromkeys(n for n in names if n.split(".")[0] not in _HARMLESS_MODULES)
+    return list(seen)[:5]
+
+
+def _globals_in(data: bytes) -> list[str]:
+    """``module.name`` of every GLOBAL / STACK_GLOBAL in the pickle(s) at the start of ``data``."""
+    import io
+
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # legacy torch files are several pickles in a row
+        strings: list[str] = []  # string pushes, for STACK_GLOBAL's module and name
+        memo: dict[int, str | None] = {}
+        pushed: str | None = None  # the string the previous opcode pushed, if any
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.append(".".join(str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed
+                    continue
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = pushed
+                    continue
+                elif op.name in ("GET", "BINGET", "LONG_BINGET") and memo.get(int(arg)) is not None:
+                    strings.append(memo[int(arg)])
+                pushed = arg if isinstance(arg, str) and "UNICODE" in op.name else None
+                if pushed is not None:
+                    strings.append(pushed)
+        except Exception:  # raw tensor bytes after the pickles, or a corrupt stream
+            break
+    return found
