@@ -47,6 +47,15 @@ TOLERANCES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (no OpenMP spin-waiting against other processes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --------------------------------------------------------------------------- naive formulas
 
 

@@ -16,6 +16,15 @@ from instyle.utils.config import ConfigError
 STYLE_DIM = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models run fastest on one thread (no OpenMP spin-waiting against other processes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def narrow_config(size: int, style_dim: int = STYLE_DIM, width: int = 8) -> GeneratorConfig:
     """A fast generator: ``width`` channels up to 32 px, half of it above."""
     channels = {2**i: width if 2**i <= 32 else max(width // 2, 2) for i in range(2, int(math.log2(size)) + 1)}
