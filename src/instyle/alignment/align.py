@@ -49,6 +49,7 @@ def align_faces(
     all_faces: bool = False,
     detector: str = "auto",
     upsample: int = 1,
+    extra_threshold: float = 0.5,
 ) -> list[AlignedFace]:
     """FFHQ-aligned crops of the faces in ``image``, largest first (empty list: no face found).
 
@@ -58,13 +59,14 @@ def align_faces(
         all_faces: every detected face instead of only the largest.
         detector: ``hog``, ``cnn`` or ``auto`` (see :mod:`instyle.alignment.detect`).
         upsample: detector upsampling (raise it for tiny faces).
+        extra_threshold: with ``all_faces``, faces other than the largest need at least this
+            detector score (background blobs score 0-0.3 with HOG, real faces 1-3).
     """
     check_positive_int("size", size)
     rgb = image.convert("RGB")
     arr = np.asarray(rgb)
     detections = detect_faces(arr, detector=detector, upsample=upsample)
-    if not all_faces:
-        detections = detections[:1]
+    detections = detections[:1] + [d for d in detections[1:] if all_faces and d.score >= extra_threshold]
     out = []
     for det in detections:
         lm = face_landmarks(arr, det.box) + 0.5

@@ -3,7 +3,9 @@
 Detectors: ``hog`` (fast, frontal-ish faces of at least ~40 px after upsampling), ``cnn``
 (dlib's MMOD CNN: also near-profile and rotated faces, several times slower on CPU) and
 ``auto`` (HOG first, CNN only when HOG finds nothing). Detection runs on a copy shrunk to
-``max_side`` for speed; landmarks are always fitted on the full-resolution image.
+``max_side`` for speed (CNN: at most :data:`CNN_MAX_SIDE`, one upsampling level less than
+HOG, which keeps it to seconds on a CPU; faces under ~80 px of that copy are then missed);
+landmarks are always fitted on the full-resolution image.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import numpy as np
 from instyle.alignment.models import cnn_detector, hog_detector, require_dlib, shape_predictor
 from instyle.utils.config import check_choice
 
-__all__ = ["DETECTORS", "Detection", "detect_faces", "face_landmarks"]
+__all__ = ["CNN_MAX_SIDE", "DEFAULT_THRESHOLDS", "DETECTORS", "Detection", "detect_faces", "face_landmarks"]
 
 DETECTORS = ("auto", "hog", "cnn")
+#: Longest side of the copy the CNN detector runs on.
+CNN_MAX_SIDE = 640
+#: Default minimum scores: dlib's own for HOG; CNN (MMOD) confidences of real faces are ~1.
+DEFAULT_THRESHOLDS = {"hog": 0.0, "cnn": 0.3}
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ def _run(kind: str, arr: np.ndarray, upsample: int, threshold: float) -> list[tu
 
 
 def detect_faces(
-    image, detector: str = "auto", upsample: int = 1, max_side: int | None = 1024, threshold: float = 0.5
+    image, detector: str = "auto", upsample: int = 1, max_side: int | None = 1024, threshold: float | None = None
 ) -> list[Detection]:
     """Faces in ``image`` (PIL image or ``[H, W, 3]`` uint8 RGB array), largest first.
 
@@ -73,16 +79,22 @@ def detect_faces(
         detector: ``hog``, ``cnn`` or ``auto`` (HOG, then CNN when HOG finds none).
         upsample: dlib's pyramid upsampling count (1 finds faces down to ~40 px).
         max_side: detect on a copy whose longer side is at most this (``None``: full size).
-        threshold: minimum detector score (dlib's own default, 0, lets through background
-            blobs; real faces score about 1-3). Lower it for tiny or blurred faces.
+        threshold: minimum detector score (default :data:`DEFAULT_THRESHOLDS`; real faces
+            score about 1-3 with HOG). Lower it for tiny or blurred faces.
     """
     check_choice("detector", detector, DETECTORS)
     arr = _as_uint8_rgb(image)
-    small, scale = _shrunk(arr, max_side)
     kinds = ["hog", "cnn"] if detector == "auto" else [detector]
     out: list[Detection] = []
     for kind in kinds:
-        found = _run(kind, small, upsample, threshold)
+        if kind == "hog":
+            small, scale = _shrunk(arr, max_side)
+            levels = upsample
+        else:
+            small, scale = _shrunk(arr, min(max_side or CNN_MAX_SIDE, CNN_MAX_SIDE))
+            levels = max(0, upsample - 1)
+        limit = DEFAULT_THRESHOLDS[kind] if threshold is None else threshold
+        found = _run(kind, small, levels, limit)
         out = [Detection(tuple(v / scale for v in box), score, kind) for box, score in found]
         if out:
             break

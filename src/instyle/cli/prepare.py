@@ -1,0 +1,186 @@
+"""``instyle prepare``: make a task's training pairs from a folder of face photos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zlib
+from pathlib import Path
+
+from instyle.cli.common import error
+
+DESCRIPTION = """\
+Write the (input, target) pairs a task trains on, paired by file name:
+  OUT/target/<name>.png   the photo resized to --size (optionally FFHQ-aligned first)
+  OUT/source/<name>.png   the task's input for it:
+    sketch2face       pencil sketch (L, lines on white)
+    seg2face          label map (P: pixel value = CelebAMask-HQ class) drawn from dlib
+                      landmarks, or converted from --labels DIR (index or palette PNGs)
+    super_resolution  bicubic down/up-sampled photo, factor drawn from --option factors=...
+    inpainting        photo with the masked region filled
+    image2image       the file of the same name in --inputs DIR, resized
+    inversion, frontalization: no source/ (the input is the photo itself)
+Random choices are seeded per file (--seed), so reruns are identical. Files whose outputs
+exist are skipped (resumable; --overwrite redoes them). Unusable files are reported and
+listed in the summary; the exit code is 1 when any file failed.
+Examples:
+  instyle prepare sketch2face --photos faces/ --out data/sketch
+  instyle prepare super_resolution --photos faces/ --out data/sr --option factors=4,8
+  instyle prepare seg2face --photos celebamask/img --labels celebamask/mask --out data/seg
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="make a task's training pairs (sketches, label maps, low-res, masked) from photos",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("task", metavar="TASK", help="task preset name (see docs/tasks.md)")
+    p.add_argument("--photos", required=True, help="folder of target photos (searched recursively)")
+    p.add_argument("--out", "-o", required=True, help="output folder (gets target/ and source/)")
+    p.add_argument("--labels", help="seg2face: folder of label maps named like the photos")
+    p.add_argument("--inputs", help="image2image: folder of input images named like the photos")
+    p.add_argument("--size", type=int, default=256, help="side of the written images (default: 256)")
+    p.add_argument("--align", action="store_true", help="FFHQ-align each photo (largest face) first")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="task option, e.g. factors=4 or mask=random"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-file random choices (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="redo files whose outputs exist")
+    p.set_defaults(func=run)
+
+
+def _parse_value(text: str):
+    if "," in text:
+        return [_parse_value(t) for t in text.split(",") if t]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(items: list[str]) -> dict:
+    """``["factors=4,8", "mask=random"]`` -> ``{"factors": [4, 8], "mask": "random"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {item!r} must look like KEY=VALUE")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _index(folder: str | None, what: str) -> dict[str, Path]:
+    from instyle.inference.io import IMAGE_EXTENSIONS
+
+    if folder is None:
+        return {}
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} folder {root} does not exist")
+    return {
+        p.relative_to(root).with_suffix("").as_posix(): p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    }
+
+
+def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_file=None):
+    """``(target, source or None)`` PIL images for one photo (``source`` None: the photo is the input)."""
+    import numpy as np
+    from PIL import Image
+
+    from instyle.inference.io import load_image
+    from instyle.tasks import Task
+    from instyle.tasks.transforms import labels_to_palette_image
+
+    target = photo.resize((task.size, task.size), Image.Resampling.BILINEAR) if photo.size != (task.size,) * 2 else photo
+    if task.name == "seg2face" and label_file is not None:
+        labels = task.labels_from_file_image(load_image(label_file, mode=None))
+        return target, labels_to_palette_image(labels)
+    if task.needs_source and task.name != "seg2face":
+        if input_file is None:
+            raise ValueError(f"no input image named {key!r} (give --inputs DIR with files named like the photos)")
+        src = load_image(input_file)
+        return target, src.resize((task.size, task.size), Image.Resampling.BICUBIC)
+    if type(task).make_input_image is Task.make_input_image:
+        return target, None
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    return target, task.make_input_image(target, rng)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from instyle.inference.io import ImageLoadError, collect_inputs, load_image, save_image
+    from instyle.tasks import get_task
+    from instyle.utils.atomic import atomic_write_bytes
+    from instyle.utils.config import ConfigError
+
+    try:
+        task = get_task(args.task, size=args.size, **parse_options(args.option))
+        labels = _index(args.labels, "--labels")
+        inputs = _index(args.inputs, "--inputs")
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:
+        error(str(e))
+        return 2
+    if task.name == "image2image" and not inputs:
+        error("image2image needs --inputs DIR (input images named like the photos)")
+        return 2
+    align = None
+    if args.align:
+        from instyle.alignment import AlignmentUnavailable, align_face
+        from instyle.alignment.models import require_dlib
+
+        try:
+            require_dlib()
+        except AlignmentUnavailable as e:
+            error(str(e))
+            return 2
+        align = align_face
+    root = Path(args.photos)
+    if not root.is_dir():
+        error(f"--photos {root} is not a folder")
+        return 2
+    paths, _ = collect_inputs([root])
+    if not paths:
+        error(f"no images found in {root}")
+        return 1
+    out = Path(args.out)
+    (out / "target").mkdir(parents=True, exist_ok=True)
+    record = {"task": task.name, "size": task.size, "options": parse_options(args.option), "seed": args.seed}
+    atomic_write_bytes(out / "prepare.json", (json.dumps(record, indent=1) + "\n").encode())
+    written = resumed = 0
+    failures: list[str] = []
+    for path in tqdm(paths, unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
+        key = path.relative_to(root).with_suffix("").as_posix()
+        target_file, source_file = out / "target" / f"{key}.png", out / "source" / f"{key}.png"
+        if not args.overwrite and target_file.is_file():  # the target is written last
+            resumed += 1
+            continue
+        try:
+            photo = load_image(path)
+            if align is not None:
+                face = align(photo, size=task.size)
+                if face is None:
+                    raise ValueError("no face found to align")
+                photo = face.image
+            target, source = make_pair_images(task, photo, key, args.seed, labels.get(key), inputs.get(key))
+        except (ImageLoadError, ValueError, OSError) as e:
+            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
+            failures.append(msg)
+            tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
+            continue
+        if source is not None:
+            save_image(source, source_file)
+        save_image(target, target_file)  # last: its presence marks the pair as done
+        written += 1
+    print(f"prepared {written} pair(s) for {task.name} in {out}; {resumed} already done, {len(failures)} skipped")
+    if failures:
+        print("skipped files:", file=sys.stderr)
+        for msg in failures:
+            print(f"  {msg}", file=sys.stderr)
+    return 1 if failures else 0
