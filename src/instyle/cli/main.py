@@ -19,7 +19,10 @@ COMMANDS = [
     "quickstart",
     "encode",
     "convert",
+    "train",
     "serve",
+    "align",
+    "prepare",
 ]
 
 EPILOG = """\
