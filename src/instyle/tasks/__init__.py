@@ -1,19 +1,11 @@
 """The paper's image-to-image tasks as named presets.
 
 Each task is one small declarative file registering a :class:`~instyle.tasks.base.Task`;
-``get_task(name)`` finds it, ``list_tasks()`` lists them. See ``docs/tasks.md``.
+``get_task(name)`` finds it, ``list_tasks()`` lists them. Importing this package also makes
+every task a training preset of :mod:`instyle.training.presets`. See ``docs/tasks.md``.
 """
 
-# Built-in task files register themselves on import.
-from instyle.tasks import (  # noqa: E402,F401,I001
-    frontalization,
-    image2image,
-    inpainting,
-    inversion,
-    seg2face,
-    sketch2face,
-    super_resolution,
-)
+# isort: off
 from instyle.tasks.base import (
     LOSS_LAMBDAS,
     TRAINING_DEFAULTS,
@@ -24,6 +16,22 @@ from instyle.tasks.base import (
     register_task,
     task_for_dataset_type,
 )
+
+# Built-in task files register themselves on import.
+from instyle.tasks import (  # noqa: F401
+    frontalization,
+    image2image,
+    inpainting,
+    inversion,
+    seg2face,
+    sketch2face,
+    super_resolution,
+)
+from instyle.tasks.train_presets import register_training_presets
+
+# isort: on
+
+register_training_presets([get_task(name) for name in list_tasks()])
 
 __all__ = [
     "LOSS_LAMBDAS",

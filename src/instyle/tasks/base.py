@@ -80,7 +80,7 @@ def photo_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
-def _frozen_loss(loss: Mapping[str, float]) -> Mapping[str, float]:
+def _full_loss(loss: Mapping[str, float]) -> dict[str, float]:
     unknown = sorted(set(loss) - set(LOSS_LAMBDAS))
     if unknown:
         raise ConfigError(f"unknown loss weight(s) {unknown}; accepted: {list(LOSS_LAMBDAS)}")
@@ -88,7 +88,7 @@ def _frozen_loss(loss: Mapping[str, float]) -> Mapping[str, float]:
     bad = {k: v for k, v in full.items() if not v >= 0.0}
     if bad:
         raise ConfigError(f"loss weights must be >= 0, got {bad}")
-    return MappingProxyType(full)
+    return full
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class Task:
             raise ConfigError(f"{self.name}.label_nc={self.label_nc!r} must be an integer >= 0")
         if self.flip_target_only and self.hflip_pairs:
             raise ConfigError(f"{self.name}: flip_target_only and hflip_pairs exclude each other")
-        object.__setattr__(self, "loss", _frozen_loss(self.loss))
+        object.__setattr__(self, "loss", _full_loss(self.loss))
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
     # --- what the trainer reads -------------------------------------------------------

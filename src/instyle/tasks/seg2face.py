@@ -76,3 +76,16 @@ SEG2FACE = register_task(
         metrics=("l2", "lpips"),
     )
 )
+
+
+def colors_to_labels(image: Image.Image, label_nc: int = 19) -> np.ndarray:
+    """A CelebAMask-HQ colour map (RGB) -> ``[H, W]`` int64 classes (errors name unknown colours)."""
+    from instyle.tasks.transforms.labels import default_palette, palette_to_labels
+
+    return palette_to_labels(np.asarray(image.convert("RGB")), default_palette(label_nc))
+
+
+def labels_to_palette(labels) -> Image.Image:
+    """``[H, W]`` classes (array or tensor) -> a mode ``P`` image in CelebAMask-HQ colours."""
+    arr = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return labels_to_palette_image(arr)

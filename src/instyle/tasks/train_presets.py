@@ -1,0 +1,102 @@
+"""Expose every task as a training preset of :mod:`instyle.training.presets`.
+
+The trainer reads presets (config overrides + an input transform); this module derives them
+from the :class:`~instyle.tasks.base.Task` objects, so task files stay declarative and the
+trainer never imports a task. Registered when :mod:`instyle.tasks` is imported.
+
+Data flow: without a source folder the dataset hands the (already flipped) target as the
+source, and :class:`TaskInputTransform` makes the task's input from it (sketch, low-res,
+masked). With prepared sources (``train_source``, from ``instyle prepare``) the transform is
+off and files are read as ``source_mode`` says -- give ``val_source`` too in that case.
+Frontalization: the dataset flips input and target together and the transform flips the
+input alone with p=0.5, which gives the same pairs as flipping only the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from instyle.tasks.base import TRAINING_DEFAULTS, Task
+
+__all__ = ["TaskInputTransform", "preset_overrides", "register_training_presets"]
+
+
+def _tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+class TaskInputTransform:
+    """Picklable ``(source [3, S, S] in [-1, 1], torch.Generator) -> input [input_nc, S, S]``."""
+
+    def __init__(self, task: Task, make_input: bool = True):
+        self.task = task
+        self.make_input = make_input
+
+    def __call__(self, source: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        x = source
+        if self.make_input and source.shape[0] == 3 and type(self.task).make_input_image is not Task.make_input_image:
+            x = self.task.make_input(_tensor_to_pil(source), rng)
+        if self.task.flip_target_only and rng.random() < 0.5:
+            x = x.flip(-1)
+        return x
+
+
+def _source_mode(task: Task) -> str:
+    if task.label_nc > 1:
+        return "label"
+    return "gray" if task.input_nc == 1 else "rgb"
+
+
+def preset_overrides(task: Task) -> dict:
+    """``TrainConfig`` overrides of ``task`` (the original's option names)."""
+    out = {k: v for k, v in TRAINING_DEFAULTS.items()}
+    out.update(task.loss)
+    out.update(
+        task=task.name,
+        input_nc=task.input_nc,
+        label_nc=task.label_nc,
+        source_mode=_source_mode(task),
+        flip=bool(task.hflip_pairs or task.flip_target_only),
+    )
+    factors = getattr(task, "factors", None)
+    if factors is not None:
+        out["resize_factors"] = ",".join(str(f) for f in factors)
+    return out
+
+
+def _transform_factory(task: Task):
+    def factory(cfg):
+        t = task
+        if getattr(cfg, "image_size", t.size) != t.size:
+            t = t.with_options(size=cfg.image_size)
+        if getattr(t, "factors", None) is not None and getattr(cfg, "resize_factors", None):
+            t = t.with_options(factors=tuple(int(f) for f in str(cfg.resize_factors).split(",") if f.strip()))
+        prepared = bool(getattr(cfg, "train_source", None))
+        makes_input = type(t).make_input_image is not Task.make_input_image
+        if t.needs_source or (not t.flip_target_only and (prepared or not makes_input)):
+            return None
+        return TaskInputTransform(t, make_input=not prepared)
+
+    return factory
+
+
+def register_training_presets(tasks: list[Task]) -> None:
+    """Register one training preset per task (no-op when the training package is absent)."""
+    try:
+        from instyle.training.presets import TrainPreset, register_preset
+    except ImportError:
+        return
+    for task in tasks:
+        register_preset(
+            TrainPreset(
+                name=task.name,
+                overrides=preset_overrides(task),
+                input_transform=_transform_factory(task),
+                description=task.description,
+            )
+        )
