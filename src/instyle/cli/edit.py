@@ -1,0 +1,238 @@
+"""``instyle edit``: latent directions, layer-wise style combination and local input edits."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from instyle.cli.common import error
+from instyle.cli.mix import add_model_args, decode, load_model, load_sources, preview
+
+DESCRIPTION = """\
+Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
+
+  instyle edit direction INPUT... --direction smile.npy --strengths=-3:3:7 [--layers 0-7]
+      w + s * d for each strength s (start:stop:count or a list); the direction is a .npy of
+      shape [512] or [n_styles, 512] (InterFaceGAN, GANSpace, ... directions you bring).
+  instyle edit combine A B --layers 0-3
+      A's code with the styles of --layers taken from B (0-3: pose and shape; 4-7:
+      features; 8+: colours and fine detail).
+  instyle edit local INPUT --labels-from OTHER --classes 13        (label-map models)
+  instyle edit local INPUT --box L,T,R,B --set-label 0             (label-map models)
+  instyle edit local INPUT --region-from OTHER --box L,T,R,B | --mask M.png
+      edit the *input* (a label map, a sketch or a photo) and encode it again, so only that
+      part of the face changes: take the region of some classes from another label map,
+      paint a box with one class, or copy a box / mask region of another input. Writes the
+      edited input, both outputs and a comparison grid.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "edit",
+        help="edit latents (directions, style combination) or inputs (local editing)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    modes = p.add_subparsers(dest="mode", metavar="MODE")
+
+    d = modes.add_parser("direction", help="apply a latent direction with a range of strengths")
+    d.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs or latent files")
+    add_model_args(d)
+    d.add_argument("--direction", "-d", required=True, help=".npy direction, [512] or [n_styles, 512]")
+    d.add_argument(
+        "--strengths",
+        "-s",
+        default="-3:3:7",
+        help="start:stop:count or a list like -2,0,2; write --strengths=-2,0,2 when it starts with a minus (default: -3:3:7)",
+    )
+    d.add_argument("--layers", default=None, help="0-based layers to edit, e.g. 0-7 (default: all)")
+    d.set_defaults(func=run_direction)
+
+    c = modes.add_parser("combine", help="take some layers' styles of A from B")
+    c.add_argument("inputs", nargs=2, metavar="INPUT", help="A and B: images or latent files")
+    add_model_args(c)
+    c.add_argument("--layers", required=True, help="0-based layers taken from B, e.g. 0-3")
+    c.set_defaults(func=run_combine)
+
+    loc = modes.add_parser("local", help="edit a region of the input (label map, sketch, photo) and re-encode")
+    loc.add_argument("input", metavar="INPUT", help="the input image in the model's format")
+    add_model_args(loc)
+    loc.add_argument("--labels-from", help="label map whose --classes region replaces the input's")
+    loc.add_argument("--classes", help="class ids for --labels-from, e.g. 13 or 4,5")
+    loc.add_argument("--region-from", help="image whose --box / --mask region is copied into the input")
+    loc.add_argument("--box", help="region L,T,R,B in pixels of the input (right/bottom exclusive)")
+    loc.add_argument("--mask", help="region as a mask image (non-zero = region), resized to the input")
+    loc.add_argument("--set-label", type=int, help="paint the --box / --mask region with this class id")
+    loc.set_defaults(func=run_local)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _layers(spec: str | None, n_styles: int) -> list[int] | None:
+    from instyle.inference.mixing import parse_latent_mask
+
+    return None if spec is None else parse_latent_mask(spec, n_styles)
+
+
+def run_direction(args: argparse.Namespace) -> int:
+    from instyle.inference.editing import apply_direction, load_direction, parse_strengths
+    from instyle.inference.io import make_grid, save_image
+
+    loaded = load_model(args)
+    if loaded is None:
+        return 2
+    model, device = loaded
+    try:
+        direction = load_direction(args.direction, model.n_styles, model.config.generator.style_dim).to(device)
+        strengths = parse_strengths(args.strengths)
+        layers = _layers(args.layers, model.n_styles)
+    except ValueError as e:
+        error(str(e))
+        return 2
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size)
+    if not sources:
+        error("no usable inputs")
+        return 1
+    out = Path(args.out)
+    rows = []
+    for src in sources:
+        images = decode(model, apply_direction(src.w, direction, strengths, layers), args.full_resolution, args.batch_size)
+        for s, im in zip(strengths, images):
+            save_image(im, out / src.name / f"strength_{s:+.3f}.{args.format}")
+        row = ([src.preview] if src.preview is not None else []) + images
+        save_image(make_grid([row], cell=images[0].size[1]), out / f"{src.name}.{args.format}")
+        if len(rows) < 16:
+            rows.append(row)
+    save_image(make_grid(rows, cell=256), out / "grid.png")
+    print(f"edited {len(sources)} input(s) at {len(strengths)} strengths into {out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def run_combine(args: argparse.Namespace) -> int:
+    from instyle.inference.editing import combine_styles
+    from instyle.inference.io import make_grid, save_image
+
+    loaded = load_model(args)
+    if loaded is None:
+        return 2
+    model, device = loaded
+    try:
+        layers = _layers(args.layers, model.n_styles)
+    except ValueError as e:
+        error(f"--layers: {e}")
+        return 2
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
+    if len(sources) != 2:
+        error("combine needs both inputs A and B")
+        return 1
+    a, b = sources
+    w = combine_styles(a.w, b.w, layers)
+    out_a, out_b, mixed = decode(model, torch.stack([a.w, b.w, w]), args.full_resolution, 3)
+    out = Path(args.out)
+    save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
+    save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")
+    print(f"combined {a.name} with layers {args.layers} of {b.name} into {out}")
+    return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------- local editing
+
+
+def _read(path: str, mode: str | None):
+    from instyle.inference.io import load_image
+
+    return load_image(path, mode=mode)
+
+
+def _region(args, shape: tuple[int, int]) -> np.ndarray | None:
+    from PIL import Image
+
+    from instyle.inference.editing import box_mask
+
+    if args.box:
+        try:
+            box = tuple(int(v) for v in args.box.split(","))
+            if len(box) != 4:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--box {args.box!r}: give L,T,R,B in pixels") from None
+        return box_mask(shape, box)
+    if args.mask:
+        m = _read(args.mask, "L").resize((shape[1], shape[0]), Image.Resampling.NEAREST)
+        return np.asarray(m) > 0
+    return None
+
+
+def _edited_input(args, model):
+    """``(original PIL, edited PIL)`` in the input's own mode (palette kept for label maps)."""
+    from PIL import Image
+
+    from instyle.inference.editing import label_map_to_array, paint_labels, paste_region, transplant_labels
+
+    is_labels = model.config.label_nc > 1
+    original = _read(args.input, None if is_labels else ("L" if model.input_nc == 1 else "RGB"))
+    if args.labels_from or args.set_label is not None:
+        if not is_labels:
+            raise ValueError("--labels-from / --set-label edit label maps; this model takes images (use --region-from)")
+        labels = label_map_to_array(original, model.config.label_nc)
+        if args.labels_from:
+            if not args.classes:
+                raise ValueError("--labels-from needs --classes (the class ids whose region to take)")
+            other = _read(args.labels_from, None)
+            if other.size != original.size:
+                other = other.resize(original.size, Image.Resampling.NEAREST)
+            classes = [int(c) for c in args.classes.split(",")]
+            edited = transplant_labels(labels, label_map_to_array(other, model.config.label_nc), classes)
+        else:
+            region = _region(args, labels.shape)
+            if region is None:
+                raise ValueError("--set-label needs a --box or --mask region")
+            edited = paint_labels(labels, region, args.set_label)
+        img = Image.fromarray(edited.astype(np.uint8), mode="L")
+        if original.mode == "P":
+            img = img.convert("P")
+            img.putpalette(original.getpalette())
+        return original, img
+    if args.region_from:
+        other = _read(args.region_from, original.mode)
+        if other.size != original.size:
+            other = other.resize(original.size, Image.Resampling.BILINEAR)
+        region = _region(args, (original.size[1], original.size[0]))
+        if region is None:
+            raise ValueError("--region-from needs a --box or --mask region")
+        arr = paste_region(np.asarray(original), np.asarray(other), region)
+        return original, Image.fromarray(arr, mode=original.mode)
+    raise ValueError("say what to edit: --labels-from + --classes, --set-label + --box/--mask, or --region-from + --box/--mask")
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from instyle.inference.io import ImageLoadError, make_grid, save_image, tensor_to_pil
+    from instyle.inference.preprocess import prepare_input
+
+    loaded = load_model(args)
+    if loaded is None:
+        return 2
+    model, device = loaded
+    try:
+        original, edited = _edited_input(args, model)
+        x = torch.stack([prepare_input(original, model.config), prepare_input(edited, model.config)]).to(device)
+    except (ImageLoadError, ValueError, OSError) as e:
+        error(str(e))
+        return 1
+    with torch.inference_mode():
+        w = model.encode(x)
+    before, after = decode(model, w, args.full_resolution, 2)
+    out = Path(args.out)
+    name = Path(args.input).stem
+    save_image(edited, out / f"{name}_edited_input.png")
+    save_image(before, out / f"{name}_output.{args.format}")
+    save_image(after, out / f"{name}_edited_output.{args.format}")
+    diff = (x[0] != x[1]).any(0).float()[None] * 2 - 1
+    row = [preview(x[0]), preview(x[1]), tensor_to_pil(diff), before, after]
+    save_image(make_grid([row], cell=min(256, before.size[1])), out / "grid.png")
+    changed = float((diff > 0).float().mean()) * 100
+    print(f"edited {changed:.1f}% of the input of {name} and re-encoded it; outputs in {out}")
+    return 0

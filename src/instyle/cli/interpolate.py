@@ -1,0 +1,86 @@
+"""``instyle interpolate``: linear interpolation in W+ between two or more inputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from instyle.cli.common import error
+from instyle.cli.mix import add_model_args, decode, load_model, load_sources
+
+DESCRIPTION = """\
+Encode A, B (and more) and decode w' = lambda * w_A + (1 - lambda) * w_B for lambda from 1
+to 0 in --steps frames per segment (A -> B -> C ...; shared endpoints appear once). Inputs
+are images or latent files (.npy/.npz). Writes frames/frame_NNNN.<fmt>, grid.png (one row,
+at most --grid-frames frames) and an animation (GIF by default; MP4 needs imageio-ffmpeg).
+An unreadable input is reported and skipped (exit code 1) as long as two inputs remain.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="interpolate between encoded images in W+ (frames, grid, GIF/MP4)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="two or more images or latent files, in path order")
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=8, help="frames per segment, endpoints included (default: 8)")
+    p.add_argument("--animation", default="gif", choices=["gif", "webp", "mp4", "none"], help="animation format (default: gif)")
+    p.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default: 10)")
+    p.add_argument("--boomerang", action="store_true", help="animation plays forward then backward")
+    p.add_argument("--grid-frames", type=int, default=12, help="most frames shown in grid.png (default: 12)")
+    p.add_argument("--save-latents", action="store_true", help="also write latents.npy [frames, n_styles, 512]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from instyle.inference.interpolation import interpolate_path, save_animation
+    from instyle.inference.io import make_grid, save_image
+    from instyle.inference.latents import save_latent
+
+    if len(args.inputs) < 2:
+        error("interpolation needs at least two inputs (A B [C ...])")
+        return 2
+    if args.steps < 2:
+        error(f"--steps={args.steps} must be >= 2")
+        return 2
+    loaded = load_model(args)
+    if loaded is None:
+        return 2
+    model, device = loaded
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
+    if len(sources) < 2:
+        error(f"only {len(sources)} usable input(s); interpolation needs two")
+        return 1
+    w = interpolate_path([s.w for s in sources], args.steps)
+    out = Path(args.out)
+    frames = []
+    for start in tqdm(range(0, len(w), args.batch_size), unit="batch", desc="interpolate", disable=None):
+        frames.extend(decode(model, w[start : start + args.batch_size], args.full_resolution, args.batch_size))
+    for i, im in enumerate(frames):
+        save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
+    pick = _spread(len(frames), max(2, args.grid_frames))
+    save_image(make_grid([[frames[i] for i in pick]], cell=min(256, frames[0].size[1])), out / "grid.png")
+    if args.save_latents:
+        save_latent(out / "latents.npy", w.cpu())
+    written = f"{len(frames)} frames"
+    if args.animation != "none":
+        try:
+            path = save_animation(frames, out / f"interpolation.{args.animation}", fps=args.fps, boomerang=args.boomerang)
+            written += f" and {path.name}"
+        except RuntimeError as e:
+            error(str(e))
+            failed += 1
+    print(f"interpolated {len(sources)} inputs: {written} in {out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """At most ``k`` indices spread evenly over ``range(n)``, first and last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
