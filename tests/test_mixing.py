@@ -137,3 +137,17 @@ def test_cli_mix_help_explains_indexing(capsys):
         main(["mix", "--help"])
     text = capsys.readouterr().out
     assert "0-BASED" in text and "1-based" in text and "--mix-alpha" in text
+
+
+def test_inverter_verbs(tiny):
+    from instyle.inference.inverter import Inverter
+
+    inv = Inverter(tiny, device="cpu")
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    assert len(inv.mix(photo, n_outputs=2, seed=1)) == 2
+    code = random_w_plus(tiny, 1, seed=1)[0]
+    frames = inv.interpolate(photo, code, photo, steps=3)
+    assert len(frames) == 5 and frames[0].size == (64, 64)
+    edits = inv.edit(code, torch.ones(64), strengths=[0.0, 1.0])
+    same_batch = inv.decode(torch.stack([code, code + 1.0]))
+    assert np.array_equal(np.asarray(edits[0]), np.asarray(same_batch[0]))

@@ -23,6 +23,10 @@ COMMANDS = [
     "serve",
     "align",
     "prepare",
+    "mix",
+    "interpolate",
+    "edit",
+    "evaluate",
 ]
 
 EPILOG = """\

@@ -95,3 +95,42 @@ class Inverter:
         return [InversionResult(tensor_to_pil(o), wi.cpu(), xi.cpu()) for o, wi, xi in zip(outs, w, x)]
 
     __call__ = invert
+
+    # ----------------------------------------------------------------- inference tools (instyle.inference.*)
+
+    def _code(self, item: ImageLike) -> torch.Tensor:
+        """An image (anything :meth:`prepare` takes) or a W+ code ``[n_styles, D]`` -> ``[n_styles, D]``."""
+        if isinstance(item, torch.Tensor) and item.ndim == 2:
+            return item.to(self.device).float()
+        return self.encode([item])[0]
+
+    def mix(
+        self, image: ImageLike, n_outputs: int = 5, latent_mask=None, alpha: float | None = None, seed: int = 0,
+        truncation: float = 1.0,
+    ) -> list[Image.Image]:
+        """Style-mixed variants of one image (see :func:`instyle.inference.mixing.style_mix`)."""
+        from instyle.inference.mixing import style_mix
+
+        w = style_mix(self.model, self._code(image)[None], n_outputs, latent_mask, alpha, seed, truncation)
+        return self.decode(w[0])
+
+    def interpolate(self, *items: ImageLike, steps: int = 8) -> list[Image.Image]:
+        """Frames from the first image (or code) to the last through the others, ``steps`` per segment."""
+        from instyle.inference.interpolation import interpolate_path
+
+        return self.decode(interpolate_path([self._code(i) for i in items], steps))
+
+    def edit(self, image: ImageLike, direction, strengths=(-3.0, 0.0, 3.0), layers=None) -> list[Image.Image]:
+        """Images of ``w + s * direction`` for each strength (direction: tensor or ``.npy`` path)."""
+        from instyle.inference.editing import apply_direction, load_direction
+
+        if not isinstance(direction, torch.Tensor):
+            direction = load_direction(direction, self.model.n_styles, self.config.generator.style_dim)
+        return self.decode(apply_direction(self._code(image), direction.to(self.device), strengths, layers))
+
+    def evaluate(self, data_dir, out_dir=None, **kwargs) -> dict:
+        """Metrics of this model on a folder (see :func:`instyle.evaluation.report.evaluate`)."""
+        from instyle.evaluation.report import evaluate
+
+        kwargs.setdefault("device", self.device)
+        return evaluate(self.model, data_dir, out_dir=out_dir, **kwargs)
