@@ -31,6 +31,7 @@ from instyle.demo.inputs import DemoInputError, read_upload, upload_file  # noqa
 from instyle.demo.settings import ServeSettings  # noqa: E402
 from instyle.demo.store import ModelStore  # noqa: E402
 from instyle.demo.theme import CSS, local_theme  # noqa: E402
+from instyle.inference.io import save_image  # noqa: E402
 
 __all__ = ["API_EXAMPLE", "build_demo", "create_app", "serve"]
 
@@ -113,6 +114,12 @@ def _guard(fn: Callable) -> Callable:
     return wrapper
 
 
+def _mode_for(entry) -> str | None:
+    """PIL mode uploads are read in: label-map models keep palette / index images as they are,
+    everything else becomes RGB (transparent pixels over white)."""
+    return None if entry.model.config.encoder.input_nc > 3 else "RGB"
+
+
 def _stem(payload, default: str) -> str:
     """A safe file stem for downloads, from the visitor's file name."""
     try:
@@ -158,6 +165,12 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     def latent_file(latent, stem: str):
         return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.npy")))
 
+    def png(img, stem: str = "image") -> str:
+        # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
+        # rewrites PIL outputs in place under a content hash, so two requests with identical
+        # outputs could truncate the file while the other's client downloads it.
+        return str(save_image(img, outputs.new(f"{stem}.png")))
+
     # --- handlers (payloads arrive unprocessed: preprocess=False; every upload is checked here) ---
 
     @_guard
@@ -167,15 +180,17 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         if align:
             image = actions.align(image, size=max(256, entry.model.input_size))
         r = actions.reconstruct(entry.model, image)
-        return r.output, r.input, latent_file(r.latent, _stem(photo, "image"))
+        return png(r.output), png(r.input, "input"), latent_file(r.latent, _stem(photo, "image"))
 
     @_guard
     def task_run(model_name, payload):
         entry = store.get(model_name)
         what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
-        image = read_upload(payload, what, settings, mode=None)
+        image = read_upload(payload, what, settings, mode=_mode_for(entry))
         r = actions.reconstruct(entry.model, image)
-        return r.output, r.input, latent_file(r.latent, _stem(payload, entry.task))
+        drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
+        stem = entry.task if drawn else _stem(payload, entry.task)
+        return png(r.output), png(r.input, "input"), latent_file(r.latent, stem)
 
     @_guard
     def preview_labels(model_name, payload):
@@ -184,7 +199,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         entry = store.get(model_name)
         image = read_upload(payload, "a label map", settings, mode=None)
         x = actions._prepare(entry.model, image)[0].cpu()
-        return actions.input_preview(x, entry.task)
+        return png(actions.input_preview(x, entry.task), "input")
 
     @_guard
     def mix(model_name, photo, n_outputs, layers, blend, alpha, seed, truncation):
@@ -192,7 +207,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         n = int(n_outputs)
         if not 1 <= n <= settings.max_mix_outputs:
             raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
-        image = read_upload(photo, "a face photo", settings, mode=None)
+        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry))
         latent = actions.encode(entry.model, image)
         images = actions.mix(
             entry.model,
@@ -203,7 +218,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
             seed=int(seed),
             truncation=float(truncation),
         )
-        return [(im, f"variant {k + 1}") for k, im in enumerate(images)]
+        return [(png(im, f"variant_{k + 1}"), f"variant {k + 1}") for k, im in enumerate(images)]
 
     @_guard
     def interpolate(model_name, photo_a, photo_b, frames):
@@ -211,11 +226,12 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         steps = int(frames)
         if not 2 <= steps <= settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=None))
-        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=None))
+        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry)))
+        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry)))
         images = actions.interpolate(entry.model, w_a, w_b, steps)
         gif = actions.write_animation(images, outputs.new("interpolation.gif"))
-        return [(im, f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)], str(gif), str(gif)
+        frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
+        return frames_out, str(gif), str(gif)
 
     # --- layout ---
 
@@ -234,7 +250,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
                 with gr.Column():
                     out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
                     seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
-                    npy = gr.File(label="W+ latent (.npy, float32 [n_styles, 512])", elem_id="rec-latent")
+                    npy = gr.File(label="W+ latent (.npy, float32 [n_styles, style_dim])", elem_id="rec-latent")
             run.click(reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **limits)
 
         for task in store.tasks:
@@ -253,6 +269,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
                                 brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
                                 canvas_size=(256, 256),
                                 format="png",
+                                elem_id=f"task-{task}-input",
                             )
                         elif kind == "paint":
                             t_in = gr.ImageEditor(
@@ -260,9 +277,16 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
                                 label="Upload a face, then paint the region to fill in white",
                                 brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
                                 format="png",
+                                elem_id=f"task-{task}-input",
                             )
                         else:
-                            t_in = gr.Image(type="filepath", label=what[0].upper() + what[1:], image_mode=None)
+                            t_in = gr.Image(
+                                type="filepath",
+                                label=what[0].upper() + what[1:],
+                                image_mode=None,
+                                sources=["upload", "clipboard"],
+                                elem_id=f"task-{task}-input",
+                            )
                         t_run = gr.Button("Generate", variant="primary")
                     with gr.Column():
                         t_out = gr.Image(type="pil", format="png", label="Output", interactive=False, **VIEW)

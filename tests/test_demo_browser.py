@@ -1,0 +1,175 @@
+"""End to end: ``instyle serve`` started as a user would, driven in headless Chromium.
+
+Uses the system's Chromium (Debian's ``chromium``; ``INSTYLE_CHROMIUM`` overrides the path)
+through Playwright -- no browser is ever downloaded. Screenshots go to the test's temporary
+folder, and are also copied to ``INSTYLE_DEMO_SCREENSHOTS`` when that variable names a folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium() -> str:
+    path = os.environ.get("INSTYLE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("needs Chromium (Debian: apt-get install chromium; or set INSTYLE_CHROMIUM)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``python -m instyle.cli.main serve`` with a tiny generated checkpoint, on a free loopback port."""
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    from instyle.models import get_config
+    from instyle.models.init import random_psp
+
+    root = tmp_path_factory.mktemp("serve")
+    random_psp(get_config("tiny"), seed=0, latent_samples=512).save_pretrained(root / "tiny")
+    port = _free_port()
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio")}
+    log = open(root / "server.log", "w")  # noqa: SIM115 (closed at teardown)
+    cmd = [sys.executable, "-m", "instyle.cli.main", "serve", "-c", str(root / "tiny"), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    health = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as r:
+                health = json.loads(r.read())
+                break
+        except OSError:
+            time.sleep(0.5)
+    if health is None:
+        proc.kill()
+        log.close()
+        pytest.fail(f"`instyle serve` did not become ready; its log:\n{(root / 'server.log').read_text()[-3000:]}")
+    yield url, health
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the Playwright package (pip install playwright)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _save(page, name: str, tmp_path: Path) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    extra = os.environ.get("INSTYLE_DEMO_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / name)
+    return path
+
+
+def _fetch_image(page, selector: str) -> Image.Image:
+    src = page.locator(selector).get_attribute("src")
+    body = page.request.get(src).body()
+    img = Image.open(io.BytesIO(body))
+    img.load()
+    return img
+
+
+def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, faces_dir, tmp_path):
+    url, health = served
+    photos = sorted((faces_dir / "ffhq_aligned").glob("*.png"))
+    if len(photos) < 2:
+        pytest.skip(f"needs two photos in {faces_dir / 'ffhq_aligned'}")
+    out_size = health["models"][0]["output_size"]
+    requests: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.on("request", lambda r: requests.append(r.url))
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(url)
+        page.get_by_role("button", name="Reconstruct").wait_for()
+        assert "tiny" in page.inner_text("body")
+        assert page.locator("#random-weights-warning").count() == 0  # a real checkpoint was given
+
+        # A real photo -> a reconstruction of the model's output size.
+        page.locator("#rec-input input[type=file]").set_input_files(str(photos[0]))
+        page.locator("#rec-input img").wait_for()
+        page.click("#rec-run")
+        page.locator("#rec-output img").wait_for()
+        out = _fetch_image(page, "#rec-output img")
+        assert out.format == "PNG" and out.size == (out_size, out_size) and out.mode == "RGB"
+        assert max(hi - lo for lo, hi in out.getextrema()) > 0  # not a blank image
+        link = page.locator('#rec-latent a[download$="_latent.npy"]')
+        link.wait_for()
+        latent = np.load(io.BytesIO(page.request.get(link.get_attribute("href")).body()))
+        assert latent.shape == (health["models"][0]["n_styles"], 64) and latent.dtype == np.float32
+        _save(page, "demo_reconstruct.png", tmp_path)
+
+        # A file that is not an image -> a message on the page, no stack trace.
+        page.reload()
+        bad = tmp_path / "notes.png"
+        bad.write_text("these are notes, not a picture")
+        page.locator("#rec-input input[type=file]").set_input_files(str(bad))
+        page.click("#rec-run")
+        message = page.get_by_text("notes.png: not an image file")
+        message.first.wait_for()
+        text = page.inner_text("body")
+        assert "Traceback" not in text and "UnidentifiedImageError" not in text
+        _save(page, "demo_bad_upload.png", tmp_path)
+        page.reload()  # clears the message toast
+
+        # Style mixing: the requested number of variants.
+        page.get_by_role("tab", name="Style mixing").click()
+        page.locator("#mix-input input[type=file]").set_input_files(str(photos[0]))
+        page.locator("#mix-input img").wait_for()
+        page.click("#mix-run")
+        page.locator("#mix-output img").nth(3).wait_for()
+        assert page.locator("#mix-output .thumbnail-item img, #mix-output .grid-wrap img").count() in (0, 4)
+        _save(page, "demo_mixing.png", tmp_path)
+
+        # Interpolation between two uploads: frames and an animated GIF.
+        page.get_by_role("tab", name="Interpolation").click()
+        page.locator("#interp-a input[type=file]").set_input_files(str(photos[0]))
+        page.locator("#interp-b input[type=file]").set_input_files(str(photos[1]))
+        page.locator("#interp-a img").wait_for()
+        page.locator("#interp-b img").wait_for()
+        page.click("#interp-run")
+        page.locator("#interp-gif img").wait_for()
+        gif = _fetch_image(page, "#interp-gif img")
+        assert gif.format == "GIF" and gif.n_frames > 2 and gif.size == (out_size, out_size)
+        _save(page, "demo_interpolation.png", tmp_path)
+    finally:
+        context.close()
+
+    # Every request the page made went to the demo server itself.
+    outside = sorted({u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))})
+    assert requests and not outside, f"requests to other hosts: {outside}"
