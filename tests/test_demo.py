@@ -22,7 +22,10 @@ from instyle.demo.inputs import read_upload, upload_file
 from instyle.utils.config import ConfigError
 
 # Gradio's own queue code trips a pandas deprecation warning; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+]
 
 # ----------------------------------------------------------------------------- settings
 
