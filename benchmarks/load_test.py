@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=8, help="client threads (default: 8)")
     p.add_argument("--server-concurrency", type=int, default=1, help="server's model slots (default: 1)")
     p.add_argument("--warmup", type=int, default=3, help="requests before measuring (default: 3)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the load; RSS is reported after each (default: 1)")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1:
@@ -135,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warm-up failed: {warm_errors[0]}", file=sys.stderr)
                 return 1
             rss_before = rss_mb(proc.pid)
+            latencies, errors, rss_rounds = [], [], []
             t0 = time.perf_counter()
-            latencies, errors = run_load(url, image, args.requests, args.concurrency)
+            for _ in range(max(args.rounds, 1)):
+                lat, err = run_load(url, image, args.requests, args.concurrency)
+                latencies += lat
+                errors += err
+                rss_rounds.append(rss_mb(proc.pid))
             wall = time.perf_counter() - t0
-            rss_after = rss_mb(proc.pid)
+            rss_after = rss_rounds[-1]
         except RuntimeError as e:
             print(f"load test: {e}\n{(work / 'server.log').read_text()[-2000:]}", file=sys.stderr)
             return 1
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": health["models"][0],
         "device": health["device"],
-        "requests": args.requests,
+        "requests": args.requests * max(args.rounds, 1),
         "client_concurrency": args.concurrency,
         "server_concurrency": args.server_concurrency,
         "failed": len(errors),
@@ -168,19 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         else {},
         "throughput_rps": len(latencies) / wall,
         "wall_s": wall,
-        "rss_mb": {"before": rss_before, "after": rss_after, "delta": rss_after - rss_before},
+        "rss_mb": {"before": rss_before, "after": rss_after, "delta": rss_after - rss_before, "after_each_round": rss_rounds},
     }
     lat = result["latency_s"]
     m = result["model"]
     print(f"model {m['name']} ({m['task']}, {m['input_size']} px in, {m['output_size']} px out) on {result['device']}")
-    print(f"{args.requests} requests, {args.concurrency} client threads, {args.server_concurrency} server slot(s)")
+    print(f"{result['requests']} requests, {args.concurrency} client threads, {args.server_concurrency} server slot(s)")
     print(f"failed: {result['failed']}" + (f"  e.g. {result['errors'][0]}" if errors else ""))
     if lat:
         print(
             f"latency s: p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  max {lat['max']:.3f}  "
             f"(mean {lat['mean']:.3f}); throughput {result['throughput_rps']:.2f} req/s over {wall:.1f} s"
         )
-    print(f"server RSS MiB: before {rss_before:.1f}  after {rss_after:.1f}  delta {rss_after - rss_before:+.1f}")
+    rounds = "" if len(rss_rounds) < 2 else "  (after each round: " + ", ".join(f"{r:.1f}" for r in rss_rounds) + ")"
+    print(f"server RSS MiB: before {rss_before:.1f}  after {rss_after:.1f}  delta {rss_after - rss_before:+.1f}{rounds}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 1 if errors else 0
