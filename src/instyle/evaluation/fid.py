@@ -12,6 +12,7 @@ rank-deficient and the FID is biased upwards.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -45,7 +46,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError("the two feature statistics differ in dimension")
-    covmean = linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular products are handled below
+        covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         # Singular product (few samples): regularise as the reference implementation does.
         eps = np.eye(s1.shape[0]) * 1e-6
@@ -63,8 +66,6 @@ class InceptionFeatures(torch.nn.Module):
 
     def __init__(self, weights: str | os.PathLike):
         super().__init__()
-        import warnings
-
         from torchvision.models import inception_v3
 
         from instyle.interop.loading import load_state_checked

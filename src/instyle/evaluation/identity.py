@@ -239,7 +239,7 @@ class ArcFaceIdentity:
         load_state_checked(self.net, fill_num_batches_tracked(self.net, state), path)
         self.net.eval().requires_grad_(False).to(self.device)
         self.weights = str(path)
-        self.mtcnn = _make_mtcnn(self.device) if use_mtcnn else None
+        self.mtcnn, self._no_mtcnn = _make_mtcnn(self.device) if use_mtcnn else (None, "MTCNN switched off")
 
     @property
     def name(self) -> str:
@@ -247,7 +247,7 @@ class ArcFaceIdentity:
         crop = (
             "MTCNN 5-point alignment on the target (facenet-pytorch)"
             if self.mtcnn is not None
-            else "pSp training crop [35:223, 32:220] of 256 px pooled to 112 (facenet-pytorch not installed, no MTCNN)"
+            else f"pSp training crop [35:223, 32:220] of 256 px pooled to 112 (no MTCNN: {self._no_mtcnn})"
         )
         return f"ArcFace-style {net}, cosine similarity, face crop: {crop}"
 
@@ -281,12 +281,13 @@ class ArcFaceIdentity:
         return out
 
 
-def _make_mtcnn(device: torch.device):
+def _make_mtcnn(device: torch.device) -> tuple[object | None, str]:
+    """``(MTCNN or None, why not)``."""
     try:
         from facenet_pytorch import MTCNN
-    except ImportError:
-        return None
-    return MTCNN(select_largest=True, post_process=False, device=device)
+    except ImportError as e:
+        return None, f"facenet-pytorch not importable: {e}"
+    return MTCNN(select_largest=True, post_process=False, device=device), ""
 
 
 def build_identity(spec: str | None = "dlib", face_box="aligned", device: str | torch.device = "cpu"):
