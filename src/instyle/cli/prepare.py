@@ -15,7 +15,7 @@ Write the (input, target) pairs a task trains on, paired by file name:
   OUT/target/<name>.png   the photo resized to --size (optionally FFHQ-aligned first)
   OUT/source/<name>.png   the task's input for it:
     sketch2face       pencil sketch (L, lines on white)
-    seg2face          label map (P: pixel value = CelebAMask-HQ class) drawn from dlib
+    seg2face          label map (L: pixel value = CelebAMask-HQ class) drawn from dlib
                       landmarks, or converted from --labels DIR (index or palette PNGs)
     super_resolution  bicubic down/up-sampled photo, factor drawn from --option factors=...
     inpainting        photo with the masked region filled
@@ -95,12 +95,11 @@ def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_fi
 
     from instyle.inference.io import load_image
     from instyle.tasks import Task
-    from instyle.tasks.transforms import labels_to_palette_image
 
     target = photo.resize((task.size, task.size), Image.Resampling.BILINEAR) if photo.size != (task.size,) * 2 else photo
     if task.name == "seg2face" and label_file is not None:
         labels = task.labels_from_file_image(load_image(label_file, mode=None))
-        return target, labels_to_palette_image(labels)
+        return target, Image.fromarray(labels.astype(np.uint8))  # L index image, as CelebAMask-HQ
     if task.needs_source and task.name != "seg2face":
         if input_file is None:
             raise ValueError(f"no input image named {key!r} (give --inputs DIR with files named like the photos)")

@@ -37,16 +37,22 @@ class SegmentationTask(Task):
         super().__post_init__()
 
     def make_input_image(self, photo: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
-        """Approximate label map (mode ``P``, CelebAMask-HQ colours) from the photo's dlib landmarks."""
+        """Approximate label map from the photo's dlib landmarks, as an ``L`` index image (value = class).
+
+        Index images are what CelebAMask-HQ ships and what every reader decodes the same way
+        (a palette image converted to ``L`` would turn colours into luminance).
+        """
         from instyle.alignment import detect_faces, face_landmarks
 
-        rgb = photo.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
-        arr = np.asarray(rgb)
+        # Landmarks need a face of ~100+ px: detect on a copy of at least 256 px, draw at ``size``.
+        rgb = photo.convert("RGB")
+        side = max(256, *rgb.size)
+        arr = np.asarray(rgb.resize((side, side), Image.Resampling.BICUBIC) if rgb.size != (side, side) else rgb)
         faces = detect_faces(arr, detector="auto")
         if not faces:
             raise TaskInputError("no face found to draw a label map from")
-        lm = face_landmarks(arr, faces[0].box) + 0.5
-        return labels_to_palette_image(labels_from_landmarks(lm, rgb.size))
+        lm = (face_landmarks(arr, faces[0].box) + 0.5) * (self.size / side)
+        return Image.fromarray(labels_from_landmarks(lm, (self.size, self.size)))
 
     def labels_from_file_image(self, image: Image.Image) -> np.ndarray:
         """A label file (index or palette colours) -> ``[size, size]`` classes (nearest resize)."""
