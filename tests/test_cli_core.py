@@ -208,3 +208,52 @@ def test_encode_align_reports_faceless_images(tiny_dir, faces_dir, tmp_path, cap
     assert rc == 1
     assert (out / "face.png").is_file() and not (out / "flat.png").exists()
     assert "flat.png: no face found" in capsys.readouterr().err
+
+
+def _task_model_dir(tmp_path, task: str, input_nc: int, label_nc: int) -> Path:
+    cfg = get_config("tiny").to_dict()
+    cfg["encoder"]["input_nc"] = input_nc
+    cfg.update(task=task, label_nc=label_nc)
+    from instyle.models.psp import PSPConfig
+
+    d = tmp_path / task
+    random_psp(PSPConfig.from_dict(cfg), seed=0, latent_samples=64).save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("label_nc", [19, 11])
+def test_encode_seg2face_accepts_palette_and_label_id_pngs(tmp_path, label_nc):
+    from instyle.tasks.seg2face import labels_to_palette
+
+    model_dir = _task_model_dir(tmp_path, "seg2face", label_nc, label_nc)
+    labels = np.zeros((64, 64), dtype=np.uint8)
+    labels[16:48, 16:48] = 1
+    labels[20:28, 20:30] = 4 if label_nc == 19 else 2
+    src = tmp_path / "maps"
+    src.mkdir()
+    labels_to_palette(labels).save(src / "palette.png")
+    Image.fromarray(labels, "L").save(src / "ids.png")
+    bad = labels.copy()
+    bad[0, 0] = label_nc + 5
+    Image.fromarray(bad, "L").save(src / "out_of_range.png")
+    out = tmp_path / "o"
+    rc = main(["encode", "-c", str(model_dir), str(src), "--out", str(out), "--device", "cpu", "--side-by-side",
+               "--save-latents"])
+    assert rc == 1  # the out-of-range map is reported
+    assert (out / "palette.png").is_file() and (out / "ids.png").is_file() and not (out / "out_of_range.png").exists()
+    a = np.load(out / "latents" / "palette.npy")
+    b = np.load(out / "latents" / "ids.npy")
+    np.testing.assert_allclose(a, b, atol=1e-6)  # both file kinds give the same one-hot input
+
+
+def test_encode_sketch2face_preview(tmp_path):
+    model_dir = _task_model_dir(tmp_path, "sketch2face", 1, 1)
+    sketch = np.full((64, 64), 255, dtype=np.uint8)
+    sketch[10:54, 30:33] = 0
+    p = tmp_path / "sketch.png"
+    Image.fromarray(sketch, "L").save(p)
+    out = tmp_path / "o"
+    assert main(["encode", "-c", str(model_dir), str(p), "--out", str(out), "--device", "cpu", "--side-by-side"]) == 0
+    pair = np.asarray(Image.open(out / "sketch.png").convert("L"))
+    left = pair[:, :64]
+    assert left.max() >= 250 and left.min() <= 5  # white paper and black line, not a washed-out preview

@@ -141,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
                 for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
                     out_img = tensor_to_pil(yi)
                     if args.side_by_side:
-                        out_img = make_grid([[_input_preview(xi), out_img]], cell=out_img.size[1], pad=0)
+                        out_img = make_grid([[_input_preview(xi, model.config), out_img]], cell=out_img.size[1], pad=0)
                     writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
                     if args.save_latents:
                         writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
                     if args.grid and len(grid_rows) < 16:
-                        grid_rows.append([_input_preview(xi), tensor_to_pil(yi)])
+                        grid_rows.append([_input_preview(xi, model.config), tensor_to_pil(yi)])
             bar.update(len(batch.items) + len(batch.failures))
     bar.close()
     bad_paths = {str(tag) for tag, _ in writer.errors}
@@ -182,16 +182,15 @@ def _pair_grid(pairs: list[list]):
     return make_grid(rows, cell=256)
 
 
-def _input_preview(x: torch.Tensor):
-    """A viewable picture of a network input (RGB, grayscale, or a label map's argmax)."""
+def _input_preview(x: torch.Tensor, config):
+    """A viewable picture of a network input: RGB, a sketch, or a label map in its palette."""
     from instyle.inference.io import tensor_to_pil
 
-    if x.shape[0] in (1, 3):
+    if x.shape[0] == 3:
         return tensor_to_pil(x)
-    try:
-        from instyle.tasks.seg2face import labels_to_palette  # type: ignore[attr-defined]
+    if x.shape[0] == 1:
+        # Task sketches are in [0, 1] (ToTensor without normalisation); other 1-channel inputs in [-1, 1].
+        return tensor_to_pil(x * 2 - 1 if config.task == "sketch2face" else x)
+    from instyle.tasks.seg2face import labels_to_palette
 
-        return labels_to_palette(x.argmax(0))
-    except ImportError:
-        labels = x.argmax(0).float()
-        return tensor_to_pil((labels / max(x.shape[0] - 1, 1) * 2 - 1)[None])
+    return labels_to_palette(x.argmax(0).cpu().numpy())

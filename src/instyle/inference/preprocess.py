@@ -28,7 +28,10 @@ def get_task_for(config: PSPConfig):
     except ImportError:
         return None
     try:
-        return get_task(config.task)
+        task = get_task(config.task)
+        if config.label_nc and getattr(task, "label_nc", 0) and task.label_nc != config.label_nc:
+            task = task.with_options(label_nc=config.label_nc)  # e.g. an 11-class (Helen) seg2face model
+        return task
     except (KeyError, ValueError):
         return None
 
