@@ -1,0 +1,100 @@
+"""Image decoding and the original pSp training transforms, plus the task hook.
+
+Targets: ``Resize((S, S))`` (PIL bilinear) -> ``ToTensor`` -> ``Normalize(0.5, 0.5)``:
+``[3, S, S]`` in [-1, 1]. Sources (encoder inputs read from a file) come in three
+modes: ``rgb`` (as targets), ``gray`` (sketches: ``[1, S, S]`` in [0, 1], not
+normalised, as the original) and ``label`` (segmentation maps: nearest-neighbour
+resize, one-hot ``[label_nc, S, S]``). A random horizontal flip, when enabled, is
+applied to source and target together (only for photos: a flipped label map would
+need its left/right classes swapped too).
+
+Tasks that *make* the encoder input from the image (super-resolution, inpainting,
+colourisation ...) plug in an :class:`InputTransform`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "SOURCE_MODES",
+    "InputTransform",
+    "decode_image",
+    "to_target_tensor",
+    "to_source_tensor",
+    "hflip",
+]
+
+SOURCE_MODES = ("rgb", "gray", "label")
+
+
+@runtime_checkable
+class InputTransform(Protocol):
+    """Makes the encoder input from the source image of a training pair.
+
+    Called in the data-loading workers as ``transform(source, generator)``:
+
+    * ``source``: the source tensor after the standard transforms (``[3, S, S]`` in
+      [-1, 1] for ``rgb``; for pairs without a source folder this is a copy of the
+      target, already flipped together with it);
+    * ``generator``: a ``torch.Generator`` seeded per sample from (run seed, epoch,
+      position), the only randomness a transform may use, so runs (and resumed runs)
+      see the same inputs.
+
+    Returns the encoder input ``[input_nc, S, S]``. Implementations must be picklable
+    (a module-level class or function) so ``workers > 0`` can use them.
+    """
+
+    def __call__(self, source: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+def decode_image(path, mode: str = "RGB") -> Image.Image:
+    """Open and fully decode an image file in PIL ``mode`` (``RGB`` or ``L``).
+
+    Raises:
+        OSError / ValueError / Image.DecompressionBombError for unreadable files.
+    """
+    with Image.open(path) as im:
+        im.load()
+        return im.convert(mode)
+
+
+def _resize(img: Image.Image, size: int, resample: int) -> Image.Image:
+    return img if img.size == (size, size) else img.resize((size, size), resample)
+
+
+def to_target_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> ``[3, size, size]`` float32 in [-1, 1] (Resize, ToTensor, Normalize 0.5)."""
+    arr = np.asarray(_resize(img.convert("RGB"), size, Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().sub_(0.5).div_(0.5)
+
+
+def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) -> torch.Tensor:
+    """Source PIL image -> encoder input tensor.
+
+    ``rgb``: ``[3, S, S]`` in [-1, 1]; ``gray``: ``[1, S, S]`` in [0, 1];
+    ``label``: one-hot ``[label_nc, S, S]`` from the class ids in the (L-mode) map
+    (ids >= label_nc are an error).
+    """
+    if mode == "rgb":
+        return to_target_tensor(img, size)
+    if mode == "gray":
+        arr = np.asarray(_resize(img.convert("L"), size, Image.BILINEAR), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr)[None].contiguous()
+    if mode == "label":
+        if label_nc < 1:
+            raise ValueError("label source mode needs label_nc >= 1")
+        ids = torch.from_numpy(np.asarray(_resize(img.convert("L"), size, Image.NEAREST), dtype=np.int64).copy())
+        if int(ids.max()) >= label_nc:
+            raise ValueError(f"label map has class id {int(ids.max())} but label_nc={label_nc}")
+        return torch.nn.functional.one_hot(ids, label_nc).permute(2, 0, 1).float().contiguous()
+    raise ValueError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
+
+
+def hflip(t: torch.Tensor) -> torch.Tensor:
+    """Mirror ``[C, H, W]`` left-right."""
+    return torch.flip(t, dims=[-1])

@@ -1,0 +1,243 @@
+"""The training configuration: every option of the original ``train_options.py`` plus
+instyle's own (seed, precision, noise, ...). Saved as ``config.json`` in the run folder,
+so a run can be reproduced from its folder alone.
+
+Defaults are the original's command-line defaults (e.g. ``id_lambda=0``,
+``start_from_latent_avg=False``); the task presets (``--preset inversion`` ...) apply
+the published recipes on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from instyle.data.transforms import SOURCE_MODES
+from instyle.losses.objective import ObjectiveConfig
+from instyle.models.encoders import ENCODER_TYPES
+from instyle.training.optim import OPTIMIZERS
+from instyle.utils.atomic import atomic_path
+from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
+
+__all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+ENCODER_INITS = ("ir_se50", "random")
+
+
+@dataclass
+class TrainConfig:
+    """All options of a training run (flat, JSON-serialisable).
+
+    Data:
+        task: name of the preset the run was set up from (stored in the model config).
+        train_target, train_source: target folder and optional input folder (paired by
+            file name; without a source folder the target is the input, possibly
+            through the task's input transform). Same for ``val_*`` (optional).
+        source_mode: ``rgb`` | ``gray`` (sketches) | ``label`` (segmentation maps).
+        flip: random horizontal flip of source and target together (photos only).
+        image_size: side of inputs and targets, and of ``resize=True`` outputs (256).
+        input_nc, label_nc: encoder input channels; label classes (``label`` mode).
+        resize_factors: super-resolution factors (e.g. ``"1,2,4,8,16,32"``), for tasks.
+        batch_size, test_batch_size: per process. workers, test_workers: loader workers.
+    Model:
+        stylegan_weights: pretrained StyleGAN2 (any format ``instyle.load_generator``
+            reads), for training from scratch.
+        checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
+        encoder_type, output_size (None: the generator's), start_from_latent_avg,
+        learn_in_w, train_decoder: as the original.
+        encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
+            ``random``. encoder_widths / encoder_units: narrow encoders (tests, demos).
+    Objective: see :class:`instyle.losses.ObjectiveConfig` (same names).
+    Optimisation: optim_name (``ranger``/``adam``), learning_rate (1e-4 as the code;
+        the paper says 1e-3), max_steps, seed, randomize_noise (fresh StyleGAN noise
+        every forward, as the original; False uses the stored noise buffers).
+    Logging: board_interval (scalars), image_interval (image grids), val_interval,
+        save_interval (None: only at the end), val_max_batches, progress (bar).
+    Performance: device, precision (``fp32``/``bf16``/``fp16``), channels_last,
+        sync_batchnorm (multi-GPU only).
+    """
+
+    # data
+    task: str = "inversion"
+    train_target: str | None = None
+    train_source: str | None = None
+    val_target: str | None = None
+    val_source: str | None = None
+    source_mode: str = "rgb"
+    flip: bool = True
+    image_size: int = 256
+    input_nc: int = 3
+    label_nc: int = 0
+    resize_factors: str | None = None
+    batch_size: int = 4
+    test_batch_size: int = 2
+    workers: int = 4
+    test_workers: int = 2
+    # model
+    stylegan_weights: str | None = None
+    checkpoint_path: str | None = None
+    encoder_type: str = "GradualStyleEncoder"
+    output_size: int | None = None
+    start_from_latent_avg: bool = False
+    learn_in_w: bool = False
+    train_decoder: bool = False
+    encoder_init: str = "ir_se50"
+    encoder_widths: tuple[int, int, int, int] | None = None
+    encoder_units: tuple[int, int, int, int] | None = None
+    # objective
+    id_lambda: float = 0.0
+    l2_lambda: float = 1.0
+    lpips_lambda: float = 0.8
+    lpips_lambda_crop: float = 0.0
+    l2_lambda_crop: float = 0.0
+    w_norm_lambda: float = 0.0
+    moco_lambda: float = 0.0
+    lpips_net: str = "alex"
+    lpips_weights: str | None = None
+    ir_se50_weights: str | None = None
+    moco_weights: str | None = None
+    random_loss_networks: bool = False
+    # optimisation
+    optim_name: str = "ranger"
+    learning_rate: float = 1e-4
+    max_steps: int = 500000
+    seed: int = 0
+    randomize_noise: bool = True
+    # logging and checkpoints
+    image_interval: int = 100
+    board_interval: int = 50
+    val_interval: int = 1000
+    save_interval: int | None = None
+    val_max_batches: int | None = None
+    progress: bool = True
+    # performance
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    sync_batchnorm: bool = False
+
+    def __post_init__(self):
+        check_choice("source_mode", self.source_mode, SOURCE_MODES)
+        check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
+        check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        check_choice("optim_name", self.optim_name, OPTIMIZERS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_power_of_two("image_size", self.image_size, minimum=32)
+        if self.output_size is not None:
+            check_power_of_two("output_size", self.output_size, minimum=8)
+        for name in ("input_nc", "batch_size", "test_batch_size", "max_steps", "image_interval", "board_interval",
+                     "val_interval"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("save_interval", "val_max_batches"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        for name in ("workers", "test_workers", "label_nc"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be > 0")
+        if self.learn_in_w != (self.encoder_type == "BackboneEncoderUsingLastLayerIntoW"):
+            raise ConfigError(
+                f"learn_in_w={self.learn_in_w} does not fit encoder_type={self.encoder_type!r}: learn_in_w must be "
+                "true exactly for BackboneEncoderUsingLastLayerIntoW"
+            )
+        if self.source_mode == "label" and (self.label_nc < 1 or self.input_nc != self.label_nc):
+            raise ConfigError(f"source_mode='label' needs label_nc >= 1 and input_nc == label_nc (got {self.label_nc}, {self.input_nc})")
+        if self.source_mode == "gray" and self.input_nc != 1:
+            raise ConfigError(f"source_mode='gray' gives 1-channel inputs, but input_nc={self.input_nc}")
+        if self.flip and self.source_mode == "label":
+            raise ConfigError("flip=true with label-map inputs would mirror left/right classes; set flip=false")
+        if self.image_size != 256 and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
+            raise ConfigError(
+                f"id_lambda, lpips_lambda_crop and l2_lambda_crop use the 256x256 face window; image_size="
+                f"{self.image_size} needs them at 0"
+            )
+        self.objective()  # validates the loss weights
+
+    # ------------------------------------------------------------------ views
+
+    def objective(self) -> ObjectiveConfig:
+        """The :class:`ObjectiveConfig` part of this config."""
+        names = [f.name for f in dataclasses.fields(ObjectiveConfig)]
+        values = {n: getattr(self, n) for n in names if n != "start_from_latent_avg"}
+        return ObjectiveConfig(start_from_latent_avg=self.start_from_latent_avg, **values)
+
+    @property
+    def effective_save_interval(self) -> int:
+        return self.save_interval or self.max_steps
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("encoder_widths", "encoder_units"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return from_dict(cls, d, "")
+
+    def replace(self, **changes) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: str | Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: unreadable training config ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a training config must be a JSON object")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def accepted_keys() -> list[str]:
+    return sorted(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _is_str_field(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict. Values are JSON when they parse (``0.5``, ``true``,
+    ``[8,16,32,64]``, ``null``), else strings; string options keep the text as is.
+
+    Raises:
+        ConfigError: malformed item or unknown key (listing the accepted keys).
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if key not in hints:
+            raise ConfigError(f"unknown config key {key!r}; accepted keys: {accepted_keys()}")
+        if text.lower() in ("null", "none"):
+            out[key] = None
+        elif _is_str_field(hints[key]):
+            out[key] = text
+        else:
+            try:
+                out[key] = json.loads(text)
+            except json.JSONDecodeError:
+                out[key] = text
+    return out
+

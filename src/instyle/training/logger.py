@@ -1,0 +1,93 @@
+"""Run logging on rank 0: console lines, ``metrics.jsonl``, TensorBoard scalars and
+image grids (input | target | output), and a progress bar with rate and ETA."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["RunLogger", "input_to_rgb", "image_grid"]
+
+log = logging.getLogger("instyle.training")
+
+# A fixed palette for label maps (class i -> colour), values in [-1, 1].
+_PALETTE = torch.tensor(
+    [[0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
+     [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
+     [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0]],
+    dtype=torch.float32,
+) / 127.5 - 1
+
+
+def input_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Encoder inputs ``[B, C, S, S]`` -> ``[B, 3, S, S]`` in [-1, 1] for display: RGB as
+    is, 1 channel (sketch, [0, 1]) as grey, more channels (one-hot labels) coloured."""
+    x = x.detach().float().cpu()
+    if x.shape[1] == 3:
+        return x
+    if x.shape[1] == 1:
+        return (x * 2 - 1).repeat(1, 3, 1, 1)
+    ids = x.argmax(1) % len(_PALETTE)
+    return _PALETTE[ids].permute(0, 3, 1, 2)
+
+
+def image_grid(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, max_images: int = 4) -> torch.Tensor:
+    """``[3, H, W]`` grid in [0, 1]: one row per sample, columns input | target | output."""
+    from torchvision.utils import make_grid
+
+    n = min(max_images, x.shape[0])
+    size = y.shape[-1]
+    xs = torch.nn.functional.interpolate(input_to_rgb(x[:n]), size=(size, size), mode="nearest")
+    ys = y[:n].detach().float().cpu()
+    outs = torch.nn.functional.interpolate(y_hat[:n].detach().float().cpu(), size=(size, size), mode="nearest")
+    cells = torch.stack([xs, ys, outs.clamp(-1, 1)], dim=1).flatten(0, 1)
+    return make_grid((cells + 1) / 2, nrow=3, padding=2)
+
+
+class RunLogger:
+    """Everything a run reports. On non-main ranks every method is a no-op."""
+
+    def __init__(self, run_root: Path, enabled: bool, total_steps: int, start_step: int, progress: bool = True):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        self.metrics_path = Path(run_root) / "metrics.jsonl"
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run_root) / "logs"))
+        except ImportError:
+            log.warning("tensorboard is not installed: no TensorBoard logs (pip install 'instyle[train]')")
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not progress)
+
+    def scalars(self, prefix: str, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"{prefix}/{k}", v, step)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"split": prefix, "step": step, **values}) + "\n")
+        text = ", ".join(f"{k}={v:.4f}" for k, v in values.items())
+        (self.bar.write if self.bar is not None and not self.bar.disable else log.info)(f"[{prefix}] step {step}: {text}")
+
+    def images(self, tag: str, step: int, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.add_image(tag, image_grid(x, y, y_hat), step)
+
+    def advance(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

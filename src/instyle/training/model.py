@@ -1,0 +1,125 @@
+"""Building the pSp model to train: from scratch (pretrained generator + ArcFace
+backbone) or from an existing pSp checkpoint."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from instyle.interop import load_generator, load_psp
+from instyle.losses.identity import read_ir_se50
+from instyle.models.encoders import EncoderConfig
+from instyle.models.psp import PSP, PSPConfig
+from instyle.models.stylegan2 import GeneratorConfig
+from instyle.training.config import TrainConfig
+from instyle.utils.config import ConfigError
+
+__all__ = ["psp_config_for", "build_model", "init_encoder_from_ir_se50", "prepare_for_training"]
+
+log = logging.getLogger("instyle.training")
+
+
+def psp_config_for(cfg: TrainConfig, generator: GeneratorConfig) -> PSPConfig:
+    """The pSp architecture a training config describes around a given generator."""
+    if cfg.output_size is not None and cfg.output_size != generator.size:
+        raise ConfigError(f"output_size={cfg.output_size} but the generator produces {generator.size}px images")
+    enc = {
+        "type": cfg.encoder_type,
+        "input_nc": cfg.input_nc,
+        "n_styles": generator.n_latent,
+        "style_dim": generator.style_dim,
+        "input_size": cfg.image_size,
+    }
+    if cfg.encoder_widths is not None:
+        enc["widths"] = cfg.encoder_widths
+    if cfg.encoder_units is not None:
+        enc["units"] = cfg.encoder_units
+    return PSPConfig(
+        encoder=EncoderConfig(**enc),
+        generator=generator,
+        start_from_latent_avg=cfg.start_from_latent_avg,
+        learn_in_w=cfg.learn_in_w,
+        task=cfg.task,
+        label_nc=cfg.label_nc,
+        resize_to=cfg.image_size,
+    )
+
+
+def init_encoder_from_ir_se50(encoder: nn.Module, state: dict[str, torch.Tensor], input_nc: int) -> int:
+    """Copy the ArcFace IR-SE-50 weights into the encoder's ``input_layer`` / ``body``
+    (the original's ``load_state_dict(strict=False)``); the input layer is left at its
+    random initialisation when the input is not RGB. Returns the number of tensors copied.
+
+    Raises:
+        ConfigError: a shared name has a different shape (a non-standard encoder) or
+            nothing matched.
+    """
+    own = encoder.state_dict()
+    picked = {k: v for k, v in state.items() if k in own and not (input_nc != 3 and k.startswith("input_layer."))}
+    wrong = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}" for k, v in picked.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ConfigError(
+            f"the IR-SE-50 weights do not fit this encoder ({len(wrong)} shape mismatches, e.g. {wrong[:2]}); "
+            "use the standard 50-layer IR-SE encoder or set encoder_init=random"
+        )
+    if not picked:
+        raise ConfigError("the IR-SE-50 weights file shares no tensor names with the encoder (wrong file?)")
+    encoder.load_state_dict(picked, strict=False)
+    return len(picked)
+
+
+def _check_checkpoint_matches(cfg: TrainConfig, model: PSP) -> None:
+    mc = model.config
+    found = {
+        "encoder_type": mc.encoder.type,
+        "input_nc": mc.encoder.input_nc,
+        "learn_in_w": mc.learn_in_w,
+        "start_from_latent_avg": mc.start_from_latent_avg,
+        "image_size": mc.encoder.input_size,
+    }
+    if cfg.output_size is not None:
+        found["output_size"] = mc.output_size
+    diffs = [f"{k}: config {getattr(cfg, k)!r} vs checkpoint {v!r}" for k, v in found.items() if getattr(cfg, k) != v]
+    if diffs:
+        raise ConfigError(f"{cfg.checkpoint_path}: the checkpoint's architecture differs from the config: " + "; ".join(diffs))
+
+
+def build_model(cfg: TrainConfig) -> PSP:
+    """The model a run starts from (on the CPU, train mode).
+
+    * ``checkpoint_path``: that pSp checkpoint (official or own format); its architecture
+      must agree with the config.
+    * else ``stylegan_weights``: a new pSp around that generator: ``latent_avg`` from the
+      generator (estimated with 4096 samples when the file has none), encoder seeded
+      with ``seed`` and its backbone loaded from ``ir_se50_weights`` (``encoder_init``).
+    """
+    if cfg.checkpoint_path:
+        model = load_psp(cfg.checkpoint_path)
+        _check_checkpoint_matches(cfg, model)
+        return model.train()
+    if not cfg.stylegan_weights:
+        raise ConfigError("give a pretrained generator (--generator / stylegan_weights) or a pSp checkpoint_path")
+    generator = load_generator(cfg.stylegan_weights)
+    config = psp_config_for(cfg, generator.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = PSP(config, latent_avg=generator.latent_avg)
+    model.decoder.load_state_dict(generator.state_dict())
+    model.decoder.latent_avg = generator.latent_avg.clone()
+    if cfg.encoder_init == "ir_se50":
+        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), cfg.input_nc)
+        log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
+    return model.train()
+
+
+def prepare_for_training(model: PSP, cfg: TrainConfig) -> list[nn.Parameter]:
+    """Freeze what is not trained and return the parameters to optimise (encoder, plus
+    the decoder with ``train_decoder``), in a fixed order."""
+    model.encoder.requires_grad_(True)
+    model.decoder.requires_grad_(cfg.train_decoder)
+    params = list(model.encoder.parameters())
+    if cfg.train_decoder:
+        params += list(model.decoder.parameters())
+    return params

@@ -1,0 +1,114 @@
+"""One optimisation step, split into its parts (so tests can inspect gradients between
+``backward`` and the update):
+
+``zero_grad -> forward_loss -> backward -> apply_update`` = :func:`train_step`.
+
+The model runs in train mode (encoder BatchNorms use batch statistics and update
+their running stats, as the original); the forward is ``net(x, resize=True,
+return_latents=True, randomize_noise=...)`` on the (possibly DDP-wrapped) pSp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from instyle.losses.objective import Objective, ObjectiveOutput
+
+__all__ = ["Precision", "StepOutput", "forward_loss", "backward", "apply_update", "train_step"]
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """Autocast setting of the forward pass (and the fp16 gradient scaler)."""
+
+    name: str = "fp32"
+    device_type: str = "cpu"
+
+    def __post_init__(self):
+        if self.name not in _DTYPES:
+            raise ValueError(f"precision={self.name!r} is not accepted; choose one of {sorted(_DTYPES)}")
+        if self.name == "fp16" and self.device_type != "cuda":
+            raise ValueError("precision=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on this device")
+
+    def autocast(self):
+        dtype = _DTYPES[self.name]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=dtype)
+
+    def make_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+@dataclass
+class StepOutput:
+    """``objective``: loss, terms (the original's loss_dict), id_logs; ``y_hat``:
+    the output images ``[B, 3, S, S]``; ``latent``: the W+ codes fed to the generator
+    ``[B, n_styles, 512]`` (both detached)."""
+
+    objective: ObjectiveOutput
+    y_hat: torch.Tensor
+    latent: torch.Tensor
+
+
+def forward_loss(
+    net: nn.Module,
+    objective: Objective,
+    latent_avg: torch.Tensor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    randomize_noise: bool = True,
+    precision: Precision | None = None,
+) -> StepOutput:
+    """Forward the pSp ``net`` on ``x`` and evaluate the objective against ``y``.
+
+    Args:
+        net: the pSp model (or its DDP wrapper).
+        latent_avg: the model's average latent (w-norm).
+        x: encoder inputs ``[B, input_nc, S, S]``; y: targets ``[B, 3, S, S]`` in [-1, 1].
+        randomize_noise: fresh StyleGAN noise (original training) or the stored buffers.
+    """
+    precision = precision or Precision()
+    with precision.autocast():
+        y_hat, latent = net(x, resize=True, return_latents=True, randomize_noise=randomize_noise)
+        out = objective(x, y, y_hat, latent, latent_avg)
+    return StepOutput(out, y_hat.detach(), latent.detach())
+
+
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def train_step(
+    net: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    latent_avg: torch.Tensor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    randomize_noise: bool = True,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> StepOutput:
+    """The body of the original training loop: ``net.train(); zero_grad(); forward;
+    calc_loss; backward; step``."""
+    net.train()
+    optimizer.zero_grad(set_to_none=True)
+    out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
+    backward(out.objective.loss, scaler)
+    apply_update(optimizer, scaler)
+    return out
