@@ -87,8 +87,19 @@ def resolve_path(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
 
 
-def load_state_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the file and both shapes."""
+def build_empty(cls, *args, **kwargs):
+    """Construct a model on the meta device: no memory, no random initialisation. Its
+    weights must then come from :func:`load_state_checked` with ``assign=True``."""
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def load_state_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any, assign: bool = False
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file and both shapes.
+
+    ``assign=True`` adopts the given tensors (for models made with :func:`build_empty`)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -106,7 +117,7 @@ def load_state_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def detect_format(obj: Any) -> str:
@@ -202,19 +213,19 @@ def load_psp(
         )
     config, state, latent_avg, notes = read_official_psp(ckpt, p)
     _check_expected(config, expected, p)
-    model = PSP(config)
-    load_state_checked(model, {**state, "latent_avg": model.latent_avg}, p)
-    if latent_avg is not None:
-        try:
-            model.set_latent_avg(latent_avg)
-        except ValueError as e:
-            raise CheckpointError(f"{p}: {e}") from None
-    elif config.start_from_latent_avg:
+    model = build_empty(PSP, config)
+    try:
+        avg = model.normalize_latent_avg(latent_avg if latent_avg is not None else torch.zeros(1, config.generator.style_dim))
+    except ValueError as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
+    if latent_avg is None and config.start_from_latent_avg:
         warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
         model.set_latent_avg(model.decoder.mean_latent(4096, seed=0))
     for note in notes:
         warnings.warn(f"{p}: {note}", stacklevel=2)
-    model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
+    if config.start_from_latent_avg:  # otherwise unknown; load_generator estimates it on demand
+        model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
     model.source = str(p)
     return model.to(device).eval()
 
@@ -224,8 +235,8 @@ def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Genera
         config = generator_config_from_state_dict(sd)
     except (ArchitectureError, ValueError) as e:
         raise CheckpointError(f"{source}: {e}") from None
-    g = Generator(config)
-    load_state_checked(g, dict(sd), source)
+    g = build_empty(Generator, config)
+    load_state_checked(g, dict(sd), source, assign=True)
     return g
 
 

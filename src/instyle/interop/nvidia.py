@@ -367,10 +367,10 @@ def load_nvidia_generator(path: str | os.PathLike) -> Generator:
     ``generator.latent_avg`` is NVIDIA's ``w_avg`` (``[1, w_dim]``; None if the file has
     none). With ``randomize_noise=False`` the output equals NVIDIA's ``noise_mode='const'``.
     """
-    from instyle.interop.loading import load_state_checked
+    from instyle.interop.loading import build_empty, load_state_checked
 
     config, state, latent_avg = read_nvidia_generator(path)
-    g = Generator(config)
-    load_state_checked(g, state, path)
+    g = build_empty(Generator, config)
+    load_state_checked(g, state, path, assign=True)
     g.latent_avg = latent_avg
     return g.eval()

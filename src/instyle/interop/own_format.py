@@ -90,20 +90,20 @@ def load_own(directory: str | Path) -> PSP | Generator:
     directory = Path(directory)
     doc = read_config(directory)
     tensors = _read_tensors(directory)
-    from instyle.interop.loading import load_state_checked
+    from instyle.interop.loading import build_empty, load_state_checked
 
     try:
         if doc["kind"] == "psp":
             config = PSPConfig.from_dict(doc["config"])
-            model = PSP(config, latent_avg=tensors.get("latent_avg"))
-            load_state_checked(model, tensors, directory)
+            model = build_empty(PSP, config)
+            load_state_checked(model, tensors, directory, assign=True)
             if config.start_from_latent_avg:  # as load_psp: the decoder's own average latent
                 model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
         else:
             config = GeneratorConfig.from_dict(doc["config"])
-            model = Generator(config)
+            model = build_empty(Generator, config)
             avg = tensors.pop("latent_avg", None)
-            load_state_checked(model, tensors, directory)
+            load_state_checked(model, tensors, directory, assign=True)
             if avg is not None:
                 model.latent_avg = avg
     except (ValueError, TypeError) as e:
