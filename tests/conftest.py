@@ -40,3 +40,13 @@ def tiny_psp():
     model = create_psp("tiny")
     model.set_latent_avg(model.decoder.mean_latent(512, seed=0))
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny models on one thread: faster than OpenMP spin-waiting on a busy
+    2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -24,13 +24,7 @@ GRADUAL, INTO_W, INTO_WPLUS = ENCODER_TYPES
 NARROW = {"widths": (4, 8, 8, 16), "units": (1, 2, 1, 1), "style_dim": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (no OpenMP spin-waiting against other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def narrow_encoder(kind: str, input_nc: int = 3, n_styles: int = 10, input_size: int = 64, seed: int = 0):

@@ -36,13 +36,7 @@ GRADUAL, INTO_W, INTO_WPLUS = (
 STYLE_DIM = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (no OpenMP spin-waiting against other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --------------------------------------------------------------------------- tiny models

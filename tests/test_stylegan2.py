@@ -16,13 +16,7 @@ from instyle.utils.config import ConfigError
 STYLE_DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest on one thread (no OpenMP spin-waiting against other processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def narrow_config(size: int, style_dim: int = STYLE_DIM, width: int = 8) -> GeneratorConfig:
