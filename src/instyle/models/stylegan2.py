@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, upfirdn2d
+from instyle.models import fast
+from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
 from instyle.utils.config import ConfigError, check_positive_int, check_power_of_two
 
 __all__ = [
@@ -285,6 +286,8 @@ class ModulatedConv2d(nn.Module):
                 f"ModulatedConv2d expects x [B, {self.in_channel}, H, W] and style [B, D]; "
                 f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
             )
+        if get_backend() != "reference":
+            return fast.modulated_conv2d(self, x, style)
         k = self.kernel_size
         weight = self.modulated_weight(style)
         if self.upsample:
@@ -376,6 +379,8 @@ class ToRGB(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if get_backend() != "reference":
+            return fast.to_rgb(self, x, style, skip)
         out = self.conv(x, style) + self.bias
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)

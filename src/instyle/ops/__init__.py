@@ -1,6 +1,8 @@
 """Low-level ops: reference implementations first, optional fast paths behind the same
 functions (see :mod:`instyle.ops._backend`)."""
 
+# Importing the fast modules registers their fast paths (cheap: nothing is compiled).
+from instyle.ops import fast_act, fast_upfirdn2d  # noqa: F401
 from instyle.ops._backend import get_backend, register_fast_path, set_backend, use_backend
 from instyle.ops.fused_act import FusedLeakyReLU, fused_leaky_relu, fused_leaky_relu_reference
 from instyle.ops.upfirdn2d import UpFirDn2d, make_kernel, upfirdn2d, upfirdn2d_reference

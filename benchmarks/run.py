@@ -1,0 +1,357 @@
+"""Reference ops vs fast paths, side by side, in one table.
+
+    python benchmarks/run.py            # CPU: 256 and 1024 output, batch 1 and 8 (+ GPU rows when CUDA is there)
+    python benchmarks/run.py --quick    # smoke run: 256-px model, batch 1 and 2, one repetition
+
+Every CPU row times the plain reference path (``INSTYLE_OPS=reference``, default glibc
+allocator) and the fast path (fast ops + :func:`instyle.ops.fast_memory.retain_freed_memory`)
+**interleaved**: each repetition runs reference then fast, and the table reports medians,
+so background load hits both alike. FLOPs are counted once per model part on the
+reference path with ``torch.utils.flop_counter.FlopCounterMode`` (the useful work; a fast
+path that does extra arithmetic gets no credit for it). "% peak" compares with a 4096^2
+float32 matmul measured in the same run. Peak RSS is the process's resident high-water
+mark during that row (weights included), reset before each row where Linux allows it.
+
+Models have seeded random weights of the published sizes (``random_psp``): IR-SE-50 FPN
+encoder at 256 px input, config-f generator at 256 or 1024 px output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from instyle.models import get_config
+from instyle.models.init import random_psp
+from instyle.ops import use_backend
+from instyle.ops.fast_memory import retain_freed_memory, retained_memory
+
+PARTS = ("encoder", "generator", "pSp")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident high-water mark (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Resident high-water mark of this process in MiB (since the last reset on Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 4096, reps: int = 3) -> float:
+    """Median GFLOP/s of an ``n x n`` matmul."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    torch.mm(a, b)
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+@dataclass
+class Variant:
+    """One way of running the same model: ops backend + allocator policy."""
+
+    name: str
+    backend: str
+    retain_memory: bool
+
+    def context(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(use_backend(self.backend))
+        stack.enter_context(retained_memory(self.retain_memory))
+        return stack
+
+
+VARIANTS = {
+    "reference": Variant("reference", "reference", False),
+    "fast": Variant("fast", "auto", True),
+    # Decompositions of the gain, for the docs (``--variants reference,reference+mem,fast-mem,fast``).
+    "reference+mem": Variant("reference+mem", "reference", True),
+    "fast-mem": Variant("fast-mem", "auto", False),
+}
+
+
+@dataclass
+class Row:
+    config: str
+    part: str
+    device: str
+    dtype: str
+    batch: int
+    variant: str
+    seconds: float  # median per batch
+    gflop_per_image: float
+    peak_rss: float | None = None
+    speedup: float | None = None
+    note: str = ""
+
+    @property
+    def ms_per_image(self) -> float:
+        return self.seconds / self.batch * 1e3
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds
+
+    def gflops(self) -> float:
+        return self.gflop_per_image * self.images_per_s
+
+
+# --------------------------------------------------------------------------- CPU rows
+
+
+def cpu_rows(config_name: str, batches: list[int], reps: int, variants: list[Variant]) -> list[Row]:
+    model = random_psp(get_config(config_name), seed=0, latent_samples=1024)
+    size = model.input_size
+    with torch.no_grad(), use_backend("reference"):
+        x1 = torch.randn(1, model.input_nc, size, size)
+        w1 = model.encode(x1)
+        gflop = {
+            "encoder": count_flops(lambda: model.encode(x1)) / 1e9,
+            "generator": count_flops(lambda: model.decode(w1)) / 1e9,
+        }
+    gflop["pSp"] = gflop["encoder"] + gflop["generator"]
+
+    rows: list[Row] = []
+    with torch.no_grad():  # warm-up: oneDNN primitive caches, the weight-energy cache
+        for v in variants:
+            with v.context():
+                model.decode(model.encode(x1))
+    for batch in batches:
+        x = torch.randn(batch, model.input_nc, size, size, generator=torch.Generator().manual_seed(batch))
+        times = {v.name: {p: [] for p in PARTS} for v in variants}
+        rss: dict[str, float | None] = {}
+        with torch.no_grad():
+            for rep in range(reps):
+                for v in variants:
+                    if rep == 0:  # the first repetition also records the peak RSS
+                        retain_freed_memory(False)
+                        can_reset = reset_peak_rss()
+                    with v.context():
+                        t0 = time.perf_counter()
+                        w = model.encode(x)
+                        t1 = time.perf_counter()
+                        model.decode(w)
+                        t2 = time.perf_counter()
+                    if rep == 0:
+                        rss[v.name] = peak_rss_mib() if can_reset else None
+                    times[v.name]["encoder"].append(t1 - t0)
+                    times[v.name]["generator"].append(t2 - t1)
+                    times[v.name]["pSp"].append(t2 - t0)
+        for part in PARTS:
+            ref = statistics.median(times[variants[0].name][part])
+            for v in variants:
+                sec = statistics.median(times[v.name][part])
+                rows.append(
+                    Row(
+                        config_name, part, "cpu", "float32", batch, v.name, sec, gflop[part],
+                        peak_rss=rss[v.name] if part == "pSp" else None, speedup=ref / sec,
+                    )
+                )
+        print(f"  measured {config_name} batch {batch}", file=sys.stderr, flush=True)
+    retain_freed_memory(False)
+    return rows
+
+
+# --------------------------------------------------------------------------- GPU rows
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
+    """PSNR in dB of ``a`` against ``b`` for images in [-1, 1]."""
+    mse = (a.float() - b.float()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
+
+
+def gpu_rows(config_name: str, batch: int, reps: int) -> list[Row]:
+    """One CUDA device: the float32 reference path as the baseline, the fast path in float32,
+    then bfloat16/float16 autocast + channels-last + ``torch.compile`` (throughput at
+    ``batch``, batch-1 latency, PSNR of the low-precision output against float32)."""
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    model = random_psp(get_config(config_name), seed=0, latent_samples=1024).to(device)
+    size = model.input_size
+    with torch.no_grad(), use_backend("reference"):
+        x1 = torch.randn(1, model.input_nc, size, size, device=device)
+        gflop = count_flops(lambda: model.decode(model.encode(x1))) / 1e9
+
+    def full(inp):
+        return model.decode(model.encode(inp))
+
+    def timed(fn, inp) -> tuple[float, float]:
+        """(median seconds, peak GPU MiB) of ``fn(inp)``."""
+        fn(inp)
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(inp)
+            sync(device)
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts), torch.cuda.max_memory_allocated(device) / 2**20
+
+    rows: list[Row] = []
+    xb = torch.randn(batch, model.input_nc, size, size, device=device)
+    with torch.no_grad():
+        with use_backend("reference"):
+            base, mem = timed(full, xb)
+            ref_out = full(xb[:4]).float()
+        rows.append(Row(config_name, "pSp", name, "float32", batch, "reference", base, gflop, mem, 1.0))
+        with use_backend("auto"):
+            sec, mem = timed(full, xb)
+        rows.append(Row(config_name, "pSp", name, "float32", batch, "fast", sec, gflop, mem, base / sec))
+
+    model.to(memory_format=torch.channels_last)
+    compiled = torch.compile(full, dynamic=False)
+    xcl = xb.contiguous(memory_format=torch.channels_last)
+    for dtype in (torch.bfloat16, torch.float16):
+        label = str(dtype).replace("torch.", "")
+        try:
+            with torch.no_grad(), use_backend("auto"), torch.autocast("cuda", dtype=dtype):
+                quality = psnr(compiled(xcl[:4]).clamp(-1, 1), ref_out.clamp(-1, 1))
+                sec, mem = timed(compiled, xcl)
+                lat, _ = timed(compiled, xcl[:1])
+            note = f"PSNR {quality:.1f} dB vs fp32"
+            rows.append(Row(config_name, "pSp", name, label, batch, "fast+CL+compile", sec, gflop, mem, base / sec, note))
+            rows.append(Row(config_name, "pSp", name, label, 1, "fast+CL+compile", lat, gflop, None, None, "latency"))
+        except Exception as e:  # report in the table, keep the other rows
+            rows.append(Row(config_name, "pSp", name, label, batch, "fast+CL+compile", math.nan, gflop, note=f"failed: {e!r}"[:60]))
+    return rows
+
+
+# --------------------------------------------------------------------------- table
+
+
+def print_table(rows: list[Row], peak: dict[str, float]) -> None:
+    head = ["model config", "part", "device", "dtype", "batch", "path", "images/s", "ms/image", "GFLOP/s",
+            "% peak", "speed-up", "peak MiB", "note"]
+    lines = []
+    for r in rows:
+        ok = math.isfinite(r.seconds)
+        gf = r.gflops() if ok else math.nan
+        pk = peak.get((r.device, "float32" if r.dtype == "float32" else "16-bit"))
+        lines.append([
+            r.config, r.part, r.device, r.dtype, str(r.batch), r.variant,
+            f"{r.images_per_s:.2f}" if ok else "-",
+            f"{r.ms_per_image:.0f}" if ok else "-",
+            f"{gf:.0f}" if ok else "-",
+            f"{100 * gf / pk:.0f}%" if ok and pk else "-",
+            f"{r.speedup:.2f}x" if r.speedup else "-",
+            f"{r.peak_rss:.0f}" if r.peak_rss else "-",
+            r.note,
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*head))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt.format(*line))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 256-px model, batch 1 and 2, one repetition")
+    parser.add_argument("--configs", default="psp_256,psp_ffhq_1024", help="comma-separated registered pSp configs")
+    parser.add_argument("--batches", default="1,8", help="comma-separated CPU batch sizes")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per path (median reported)")
+    parser.add_argument("--variants", default="reference,fast", help=f"paths to compare, first is the baseline; of {list(VARIANTS)}")
+    parser.add_argument("--gpu-batch", type=int, default=32, help="batch size of the GPU throughput rows")
+    parser.add_argument("--no-gpu", action="store_true", help="skip GPU rows even when CUDA is available")
+    args = parser.parse_args(argv)
+
+    configs = [c for c in args.configs.split(",") if c]
+    batches = [int(b) for b in args.batches.split(",") if b]
+    reps = args.reps
+    if args.quick:
+        configs, batches, reps = ["psp_256"], [1, 2], 1
+    try:
+        variants = [VARIANTS[v] for v in args.variants.split(",") if v]
+    except KeyError as e:
+        parser.error(f"unknown variant {e}; accepted: {', '.join(VARIANTS)}")
+
+    torch.manual_seed(0)
+    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+    cpu = torch.device("cpu")
+    mm_reps = 1 if args.quick else 3
+    peak_runs = [matmul_peak(cpu, reps=mm_reps)]
+    rows: list[Row] = []
+    for config in configs:
+        rows += cpu_rows(config, batches, reps, variants)
+    peak_runs.append(matmul_peak(cpu, reps=mm_reps))  # again after the rows: load may have changed
+    peak = {("cpu", "float32"): max(peak_runs)}
+    gpu_names = []
+    if torch.cuda.is_available() and not args.no_gpu:
+        dev = torch.device("cuda")
+        name = torch.cuda.get_device_name(dev)
+        gpu_names.append(name)
+        peak[(name, "float32")] = matmul_peak(dev, torch.float32, reps=5)
+        peak[(name, "16-bit")] = matmul_peak(dev, torch.bfloat16, reps=5)
+        for config in configs:
+            try:
+                rows += gpu_rows(config, args.gpu_batch, reps=max(reps, 5))
+            except Exception as e:
+                print(f"GPU rows for {config} failed: {e!r}", file=sys.stderr)
+    load1 = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    print(f"instyle benchmark: torch {torch.__version__}, CPU {platform.processor() or platform.machine()} "
+          f"with {torch.get_num_threads()} threads, 4096^2 float32 matmul {peak[('cpu', 'float32')]:.0f} GFLOP/s "
+          f"(runs: {', '.join(f'{p:.0f}' for p in peak_runs)})")
+    for name in gpu_names:
+        print(f"GPU {name}: 4096^2 matmul float32 {peak[(name, 'float32')]:.0f}, "
+              f"bfloat16 {peak[(name, '16-bit')]:.0f} GFLOP/s")
+    if load0 and load1:
+        print(f"load average (1 min): {load0[0]:.2f} at start, {load1[0]:.2f} at end; paths alternate, "
+              f"medians of {reps} repetitions; GFLOP counted on the reference path")
+    print_table(rows, peak)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
