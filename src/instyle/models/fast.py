@@ -43,10 +43,20 @@ def _grad_needed(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def _weight_energy(layer) -> torch.Tensor:
-    """``[out, in]`` sums over the kernel window of ``(scale * W)^2`` (cached when possible)."""
+    """``[out, in]`` sums over the kernel window of ``(scale * W)^2``.
+
+    Cached on the layer while no gradient is recorded, keyed by the weight's storage and
+    version counter: in-place updates (optimizers, ``load_state_dict``) invalidate it;
+    writes through ``weight.data`` bypass the version counter and are not seen.
+    """
     weight = layer.weight
-    if _grad_needed(weight) or torch.compiler.is_compiling():
+    if _grad_needed(weight) or _compiling():
         return (weight[0] * layer.scale).square().sum([2, 3])
     key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, layer.scale)
     cached = layer.__dict__.get("_fast_energy")
