@@ -81,10 +81,8 @@ class LPIPSLoss(nn.Module):
         except ImportError:
             raise ImportError("the LPIPS loss needs the 'lpips' package: pip install 'instyle[train]'") from None
         self.net = net
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained`
-            self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-        if not random_backbone:
+        path = None
+        if not random_backbone:  # find the file first: a missing file fails fast
             info = LPIPS_NETS[net]
             path = find_weights(
                 weights,
@@ -95,7 +93,11 @@ class LPIPSLoss(nn.Module):
                 "features.* entries) with --set lpips_weights=PATH.",
             )
             state = lpips_backbone_state(read_state_dict(path, f"LPIPS {net}"), net, path)
-            missing, unexpected = self.model.net.load_state_dict(state, strict=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained`
+            self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+        if path is not None:
+            missing, _ = self.model.net.load_state_dict(state, strict=False)
             if missing:
                 raise LossWeightsError(f"{path}: {len(missing)} backbone tensors missing, e.g. {missing[:3]}")
         self.model.eval()

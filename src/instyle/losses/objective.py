@@ -121,14 +121,18 @@ class Objective(nn.Module):
         super().__init__()
         self.config = c = config
         rand = c.random_loss_networks
-        if c.lpips_lambda > 0 or c.lpips_lambda_crop > 0:
-            lpips = lpips or LPIPSLoss(c.lpips_net, c.lpips_weights, random_backbone=rand)
+        # Random loss networks (tests) are seeded, so every process builds the same ones.
+        with torch.random.fork_rng(devices=[], enabled=rand):
+            if rand:
+                torch.manual_seed(0)
+            if c.lpips_lambda > 0 or c.lpips_lambda_crop > 0:
+                lpips = lpips or LPIPSLoss(c.lpips_net, c.lpips_weights, random_backbone=rand)
+            if c.id_lambda > 0:
+                identity = identity or IDLoss(c.ir_se50_weights, random_init=rand)
+            if c.moco_lambda > 0:
+                moco = moco or MocoLoss(c.moco_weights, random_init=rand)
         self.lpips = lpips
-        if c.id_lambda > 0:
-            identity = identity or IDLoss(c.ir_se50_weights, random_init=rand)
         self.identity = identity
-        if c.moco_lambda > 0:
-            moco = moco or MocoLoss(c.moco_weights, random_init=rand)
         self.moco = moco
         self.w_norm = WNormLoss(c.start_from_latent_avg)
 

@@ -11,6 +11,7 @@ Typical use::
     train(cfg, "runs/ffhq_encode")
 """
 
+from instyle.losses.objective import build_objective
 from instyle.training.config import PRECISIONS, TrainConfig, accepted_keys, parse_overrides
 from instyle.training.loop import TrainResult, train
 from instyle.training.model import build_model, init_encoder_from_ir_se50, prepare_for_training, psp_config_for
@@ -32,6 +33,7 @@ __all__ = [
     "apply_update",
     "backward",
     "build_model",
+    "build_objective",
     "build_optimizer",
     "forward_loss",
     "get_preset",

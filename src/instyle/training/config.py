@@ -51,6 +51,8 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
+        freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
+            (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
             ``random``. encoder_widths / encoder_units: narrow encoders (tests, demos).
     Objective: see :class:`instyle.losses.ObjectiveConfig` (same names).
@@ -87,6 +89,7 @@ class TrainConfig:
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False
+    freeze_batchnorm: bool = False
     encoder_init: str = "ir_se50"
     encoder_widths: tuple[int, int, int, int] | None = None
     encoder_units: tuple[int, int, int, int] | None = None

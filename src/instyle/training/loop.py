@@ -32,7 +32,7 @@ from instyle.models.psp import PSP
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
 from instyle.training.logger import RunLogger
-from instyle.training.model import build_model, prepare_for_training
+from instyle.training.model import build_model, prepare_for_training, reallocate
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_training_state, restore_rng, write_checkpoint
@@ -107,7 +107,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         if folder is None:
             raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/latest with a training state)")
         model, state = read_training_state(folder)
-        model.train()
+        reallocate(model).train()
     else:
         if run.resumable() is not None:
             raise ConfigError(f"{run.root} already holds a training run; resume it (--resume) or choose another --out")
@@ -117,8 +117,8 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         cfg.save(run.config)
     params = prepare_for_training(model, cfg)
     model.to(ctx.device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if cfg.channels_last:  # the encoder's convs (the generator's modulated convs reshape their weights anyway)
+        model.encoder.to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     session = Session(
@@ -280,7 +280,8 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
             bad.record(batch["bad"])
             x, y = _to_device(batch, s)
             out = train_step(
-                s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler
+                s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
+                cfg.freeze_batchnorm,
             )
             s.step += 1
             terms = out.objective.terms

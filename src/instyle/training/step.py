@@ -18,7 +18,7 @@ from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
 
-__all__ = ["Precision", "StepOutput", "forward_loss", "backward", "apply_update", "train_step"]
+__all__ = ["Precision", "StepOutput", "set_train_mode", "forward_loss", "backward", "apply_update", "train_step"]
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -81,6 +81,17 @@ def forward_loss(
     return StepOutput(out, y_hat.detach(), latent.detach())
 
 
+def set_train_mode(net: nn.Module, freeze_batchnorm: bool = False) -> None:
+    """Train mode for the whole model; with ``freeze_batchnorm`` the BatchNorm layers stay
+    in eval mode (running statistics, not updated) -- for small-batch fine-tuning, and what
+    makes a multi-process CPU run equal to one process on the combined batch."""
+    net.train()
+    if freeze_batchnorm:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None) -> None:
     (scaler.scale(loss) if scaler is not None else loss).backward()
 
@@ -103,10 +114,11 @@ def train_step(
     randomize_noise: bool = True,
     precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    freeze_batchnorm: bool = False,
 ) -> StepOutput:
     """The body of the original training loop: ``net.train(); zero_grad(); forward;
     calc_loss; backward; step``."""
-    net.train()
+    set_train_mode(net, freeze_batchnorm)
     optimizer.zero_grad(set_to_none=True)
     out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
     backward(out.objective.loss, scaler)
