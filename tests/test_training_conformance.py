@@ -32,7 +32,8 @@ from instyle.training.optim import Ranger
 
 from .conftest import shared_path
 
-pytestmark = pytest.mark.conformance
+# One intra-op thread: on a busy 2-core machine OpenMP spin-waiting makes 2 threads slower.
+pytestmark = [pytest.mark.conformance, pytest.mark.usefixtures("single_thread")]
 
 STEP_LOSS_KEYS = ["id_improve", "loss", "loss_id", "loss_l2", "loss_lpips"]
 
@@ -195,7 +196,7 @@ def _make_checkpoint(name: str, seed: int, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def step_results(fixtures, aux_weights, tmp_path_factory) -> dict:
+def step_results(fixtures, aux_weights, tmp_path_factory, single_thread) -> dict:
     """Configs A and B, one after the other (A needs several GB: nothing else is kept)."""
     results = {}
     out = tmp_path_factory.mktemp("ckpt")
