@@ -231,7 +231,7 @@ def run_local(args: argparse.Namespace) -> int:
     save_image(before, out / f"{name}_output.{args.format}")
     save_image(after, out / f"{name}_edited_output.{args.format}")
     diff = (x[0] != x[1]).any(0).float()[None] * 2 - 1
-    row = [preview(x[0]), preview(x[1]), tensor_to_pil(diff), before, after]
+    row = [preview(x[0], model.config), preview(x[1], model.config), tensor_to_pil(diff), before, after]
     save_image(make_grid([row], cell=min(256, before.size[1])), out / "grid.png")
     changed = float((diff > 0).float().mean()) * 100
     print(f"edited {changed:.1f}% of the input of {name} and re-encoded it; outputs in {out}")

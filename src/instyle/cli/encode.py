@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
     from instyle.inference.latents import save_latent
     from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
-    from instyle.inference.preprocess import prepare_input
+    from instyle.inference.preprocess import input_preview, prepare_input
     from instyle.interop import CheckpointError, load_psp
     from instyle.utils.device import resolve_device
 
@@ -141,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
                 for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
                     out_img = tensor_to_pil(yi)
                     if args.side_by_side:
-                        out_img = make_grid([[_input_preview(xi, model.config), out_img]], cell=out_img.size[1], pad=0)
+                        out_img = make_grid([[input_preview(xi, model.config), out_img]], cell=out_img.size[1], pad=0)
                     writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
                     if args.save_latents:
                         writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
                     if args.grid and len(grid_rows) < 16:
-                        grid_rows.append([_input_preview(xi, model.config), tensor_to_pil(yi)])
+                        grid_rows.append([input_preview(xi, model.config), tensor_to_pil(yi)])
             bar.update(len(batch.items) + len(batch.failures))
     bar.close()
     bad_paths = {str(tag) for tag, _ in writer.errors}
@@ -180,17 +180,3 @@ def _pair_grid(pairs: list[list]):
 
     rows = [sum(pairs[i : i + 4], []) for i in range(0, len(pairs), 4)]
     return make_grid(rows, cell=256)
-
-
-def _input_preview(x: torch.Tensor, config):
-    """A viewable picture of a network input: RGB, a sketch, or a label map in its palette."""
-    from instyle.inference.io import tensor_to_pil
-
-    if x.shape[0] == 3:
-        return tensor_to_pil(x)
-    if x.shape[0] == 1:
-        # Task sketches are in [0, 1] (ToTensor without normalisation); other 1-channel inputs in [-1, 1].
-        return tensor_to_pil(x * 2 - 1 if config.task == "sketch2face" else x)
-    from instyle.tasks.seg2face import labels_to_palette
-
-    return labels_to_palette(x.argmax(0).cpu().numpy())

@@ -144,15 +144,15 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
         with torch.inference_mode():
             w = model.encode(x).float()
         for (i, path, name, t), wi in zip(chunk, w):
-            loaded[i] = Source(path, name, wi, preview(t))
+            loaded[i] = Source(path, name, wi, preview(t, model.config))
     return [s for s in loaded if s is not None], failed
 
 
-def preview(x: torch.Tensor):
-    """A viewable picture of a network input (RGB, grayscale, or a label map's argmax)."""
-    from instyle.cli.encode import _input_preview
+def preview(x: torch.Tensor, config):
+    """A viewable picture of a network input (photo, sketch or label map)."""
+    from instyle.inference.preprocess import input_preview
 
-    return _input_preview(x)
+    return input_preview(x, config)
 
 
 def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int) -> list:

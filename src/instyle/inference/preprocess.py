@@ -18,7 +18,7 @@ from PIL import Image
 from instyle.inference.io import load_image, pil_to_tensor
 from instyle.models.psp import PSPConfig
 
-__all__ = ["align_input", "get_task_for", "prepare_input"]
+__all__ = ["align_input", "get_task_for", "input_preview", "prepare_input"]
 
 
 def get_task_for(config: PSPConfig):
@@ -90,3 +90,17 @@ def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detecto
     if face is None:
         raise ValueError(f"{name}: no face found to align (try `instyle align --detector cnn`)")
     return face.image
+
+
+def input_preview(x: torch.Tensor, config: PSPConfig) -> Image.Image:
+    """A viewable picture of a prepared network input ``[C, S, S]``: the photo, the sketch
+    (task sketches are in [0, 1], other 1-channel inputs in [-1, 1]) or a label map in its palette."""
+    from instyle.inference.io import tensor_to_pil
+
+    if x.shape[0] == 3:
+        return tensor_to_pil(x)
+    if x.shape[0] == 1:
+        return tensor_to_pil(x * 2 - 1 if config.task == "sketch2face" else x)
+    from instyle.tasks.seg2face import labels_to_palette
+
+    return labels_to_palette(x.argmax(0).cpu().numpy()).convert("RGB")

@@ -80,9 +80,12 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing weights file next to {CONFIG_NAME}")
     try:
-        return load_file(str(path), device="cpu")
+        tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    # Tensors read from the file may sit at unaligned addresses inside one buffer; copy each
+    # into its own storage so kernels take their aligned (bit-stable, faster) paths.
+    return {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
 def load_own(directory: str | Path) -> PSP | Generator:
