@@ -166,3 +166,21 @@ def test_eval_sampler():
     assert [[i for i, _ in b] for b in ranks[0]] == [[0, 1]]
     assert [[i for i, _ in b] for b in ranks[1]] == [[2, 3]]
     assert len(EvalBatchSampler(100, 2, max_batches=3)) == 3
+
+
+def test_label_sources_in_palette_and_colour_files_read_as_classes(tmp_path):
+    from instyle.tasks.seg2face import labels_to_palette
+
+    write_image(tmp_path / "t" / "0.png", 0, size=40)
+    labels = np.random.default_rng(1).integers(0, 19, (40, 40), dtype=np.uint8)
+    results = []
+    for kind in ("index", "palette", "colour"):
+        src = tmp_path / f"s_{kind}"
+        src.mkdir()
+        img = {"index": Image.fromarray(labels, "L"), "palette": labels_to_palette(labels),
+               "colour": labels_to_palette(labels).convert("RGB")}[kind]
+        img.save(src / "0.png")
+        ds = PairedImageDataset.from_folders(tmp_path / "t", src, image_size=40, source_mode="label", label_nc=19)
+        results.append(ds.load(0, 0)[0])
+    assert torch.equal(results[0].argmax(0), torch.from_numpy(labels.astype(np.int64)))
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])

@@ -196,7 +196,7 @@ def _make_checkpoint(name: str, seed: int, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def step_results(fixtures, aux_weights, tmp_path_factory, single_thread) -> dict:
+def step_results(fixtures, aux_weights, tmp_path_factory) -> dict:
     """Configs A and B, one after the other (A needs several GB: nothing else is kept)."""
     results = {}
     out = tmp_path_factory.mktemp("ckpt")

@@ -90,7 +90,8 @@ class PairedImageDataset(Dataset):
         if source_path is None:
             x = y.clone()
         else:
-            mode = "RGB" if self.source_mode == "rgb" else "L"
+            # Label maps keep their file mode: palette/colour maps are decoded to class ids, not brightness.
+            mode = {"rgb": "RGB", "gray": "L"}.get(self.source_mode)
             x = to_source_tensor(decode_image(source_path, mode), self.image_size, self.source_mode, self.label_nc)
         if flip:
             x, y = hflip(x), hflip(y)

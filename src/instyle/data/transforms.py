@@ -52,15 +52,16 @@ class InputTransform(Protocol):
     def __call__(self, source: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
 
-def decode_image(path, mode: str = "RGB") -> Image.Image:
-    """Open and fully decode an image file in PIL ``mode`` (``RGB`` or ``L``).
+def decode_image(path, mode: str | None = "RGB") -> Image.Image:
+    """Open and fully decode an image file in PIL ``mode`` (``RGB``, ``L``, or None to keep
+    the file's mode, as label maps need).
 
     Raises:
         OSError / ValueError / Image.DecompressionBombError for unreadable files.
     """
     with Image.open(path) as im:
         im.load()
-        return im.convert(mode)
+        return im.convert(mode) if mode is not None else im.copy()
 
 
 def _resize(img: Image.Image, size: int, resample: int) -> Image.Image:
@@ -88,9 +89,11 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
     if mode == "label":
         if label_nc < 1:
             raise ValueError("label source mode needs label_nc >= 1")
-        ids = torch.from_numpy(np.asarray(_resize(img.convert("L"), size, Image.NEAREST), dtype=np.int64).copy())
-        if int(ids.max()) >= label_nc:
-            raise ValueError(f"label map has class id {int(ids.max())} but label_nc={label_nc}")
+        from instyle.tasks.transforms.labels import labels_from_image
+
+        # Index (L/P) maps carry the class as the pixel value; colour maps are read with the palette.
+        classes = labels_from_image(img, label_nc).astype(np.uint8)
+        ids = torch.from_numpy(np.asarray(_resize(Image.fromarray(classes, "L"), size, Image.NEAREST), dtype=np.int64).copy())
         return torch.nn.functional.one_hot(ids, label_nc).permute(2, 0, 1).float().contiguous()
     raise ValueError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
 
