@@ -24,6 +24,11 @@ Bad inputs (corrupt, truncated, non-image, too small or too large files) are rep
 one line each and skipped; the other files are still processed and the exit code is 1
 when anything failed. Outputs are written atomically. Results are deterministic
 (stored noise maps, --seed for anything random).
+
+Large folders stream: images are decoded in background threads while the model
+runs, outputs are written by a background thread, and memory stays flat. Under
+`torchrun --nproc_per_node=N -m instyle.cli.main encode ...` each process takes
+every N-th image (one GPU per process when --device is cuda).
 """
 
 
@@ -85,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         error(str(e))
         return 2
     torch.manual_seed(args.seed)
+    if device.type == "cpu":
+        from instyle.ops.fast_memory import retain_freed_memory
+
+        retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
         model = load_psp(args.checkpoint, device=device)
     except CheckpointError as e:
