@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from instyle.ops._backend import register_fast_path
-from instyle.ops.upfirdn2d import _pad4, _pair
+from instyle.ops.upfirdn2d import parse_upfirdn2d_args
 
 __all__ = ["upfirdn2d_fast"]
 
@@ -62,15 +62,7 @@ def upfirdn2d_fast(
     pad: int | Sequence[int] = 0,
 ) -> torch.Tensor:
     """Upsample, FIR-filter and downsample ``x [B, C, H, W]`` (see ``upfirdn2d_reference``)."""
-    if x.ndim != 4:
-        raise ValueError(f"upfirdn2d expects x of shape [B, C, H, W], got {tuple(x.shape)}")
-    if kernel.ndim != 2:
-        raise ValueError(f"upfirdn2d expects a 2-D kernel, got shape {tuple(kernel.shape)}")
-    up_x, up_y = _pair(up)
-    down_x, down_y = _pair(down)
-    px0, px1, py0, py1 = _pad4(pad)
-    if min(up_x, up_y, down_x, down_y) < 1:
-        raise ValueError(f"up and down must be >= 1, got up={up!r} down={down!r}")
+    up_x, up_y, down_x, down_y, px0, px1, py0, py1 = parse_upfirdn2d_args(x, kernel, up, down, pad)
     channels = x.shape[1]
     kh, kw = kernel.shape
 

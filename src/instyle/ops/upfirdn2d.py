@@ -59,6 +59,22 @@ def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return k / k.sum()
 
 
+def parse_upfirdn2d_args(
+    x: torch.Tensor, kernel: torch.Tensor, up, down, pad
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """Validate ``upfirdn2d`` arguments; return ``(up_x, up_y, down_x, down_y, px0, px1, py0, py1)``."""
+    if x.ndim != 4:
+        raise ValueError(f"upfirdn2d expects x of shape [B, C, H, W], got {tuple(x.shape)}")
+    if kernel.ndim != 2:
+        raise ValueError(f"upfirdn2d expects a 2-D kernel, got shape {tuple(kernel.shape)}")
+    up_x, up_y = _pair(up)
+    down_x, down_y = _pair(down)
+    px0, px1, py0, py1 = _pad4(pad)
+    if min(up_x, up_y, down_x, down_y) < 1:
+        raise ValueError(f"up and down must be >= 1, got up={up!r} down={down!r}")
+    return up_x, up_y, down_x, down_y, px0, px1, py0, py1
+
+
 def upfirdn2d_reference(
     x: torch.Tensor,
     kernel: torch.Tensor,
@@ -78,15 +94,7 @@ def upfirdn2d_reference(
     Returns:
         ``[B, C, H', W']`` with ``H' = (H*up_y + y0 + y1 - kh) // down_y + 1`` (same for W).
     """
-    if x.ndim != 4:
-        raise ValueError(f"upfirdn2d expects x of shape [B, C, H, W], got {tuple(x.shape)}")
-    if kernel.ndim != 2:
-        raise ValueError(f"upfirdn2d expects a 2-D kernel, got shape {tuple(kernel.shape)}")
-    up_x, up_y = _pair(up)
-    down_x, down_y = _pair(down)
-    px0, px1, py0, py1 = _pad4(pad)
-    if min(up_x, up_y, down_x, down_y) < 1:
-        raise ValueError(f"up and down must be >= 1, got up={up!r} down={down!r}")
+    up_x, up_y, down_x, down_y, px0, px1, py0, py1 = parse_upfirdn2d_args(x, kernel, up, down, pad)
 
     b, c, h, w = x.shape
     kh, kw = kernel.shape
