@@ -17,7 +17,7 @@ from instyle.inference.io import pil_to_tensor
 from instyle.models import get_config
 from instyle.models.init import random_psp
 
-from .test_inference_io import png_header_only, rgb
+from .helpers import png_header_only, rgb
 
 
 @pytest.fixture(scope="module")

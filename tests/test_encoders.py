@@ -20,6 +20,8 @@ from instyle.models.encoders import (
 from instyle.models.encoders.backbone import UNITS, stage_specs
 from instyle.utils.config import ConfigError
 
+from .helpers import read_key_list
+
 GRADUAL, INTO_W, INTO_WPLUS = ENCODER_TYPES
 NARROW = {"widths": (4, 8, 8, 16), "units": (1, 2, 1, 1), "style_dim": 16}
 
@@ -31,16 +33,6 @@ def narrow_encoder(kind: str, input_nc: int = 3, n_styles: int = 10, input_size:
     torch.manual_seed(seed)
     cfg = EncoderConfig(type=kind, input_nc=input_nc, n_styles=n_styles, input_size=input_size, **NARROW)
     return build_encoder(cfg).eval()
-
-
-def _read_key_list(path) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape, dtype = line.split()
-            dims = shape.strip("[]")
-            rows.append((name, tuple(int(d) for d in dims.split(",")) if dims else (), dtype))
-    return rows
 
 
 def _state_rows(module: torch.nn.Module) -> list[tuple[str, tuple[int, ...], str]]:
@@ -216,7 +208,7 @@ def test_ir_encoder_runs():
 
 
 def _official_encoder_rows(shared_dir, name: str) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = _read_key_list(shared_dir / "conformance" / "keys" / name)
+    rows = read_key_list(shared_dir / "conformance" / "keys" / name)
     return [(k[len("encoder."):], s, d) for k, s, d in rows if k.startswith("encoder.")]
 
 
@@ -252,7 +244,7 @@ def test_wplus_encoder_full_size_layout():
 
 
 def test_arcface_backbone_keys_equal_official_ir_se50(shared_dir):
-    expected = _read_key_list(shared_dir / "conformance" / "training" / "keys" / "ir_se50.txt")
+    expected = read_key_list(shared_dir / "conformance" / "training" / "keys" / "ir_se50.txt")
     with torch.device("meta"):
         net = Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
     got = _state_rows(net)

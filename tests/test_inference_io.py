@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +20,7 @@ from instyle.inference.io import (
 )
 from instyle.inference.latents import load_latent, save_latent
 
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A syntactically valid PNG whose header claims ``width x height`` (no real pixel data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-    path.write_bytes(data)
-    return path
-
-
-def rgb(size=(40, 30), seed=0) -> Image.Image:
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(arr, "RGB")
+from .helpers import png_header_only, rgb
 
 
 @pytest.fixture

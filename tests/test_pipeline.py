@@ -16,7 +16,7 @@ from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard
 from instyle.models import get_config
 from instyle.models.init import random_psp
 
-from .test_inference_io import rgb
+from .helpers import rgb
 
 
 def test_prefetch_keeps_order_and_reports_failures():

@@ -13,6 +13,8 @@ from instyle.models import Generator, GeneratorConfig
 from instyle.models.stylegan2 import ModulatedConv2d, nvidia_channels, rosinality_channels
 from instyle.utils.config import ConfigError
 
+from .helpers import read_key_list
+
 STYLE_DIM = 16
 
 
@@ -350,21 +352,11 @@ def test_rosinality_parameter_names(g32):
     assert "convs.1.conv.blur.kernel" not in sd  # only the upsampling convs blur
 
 
-def _read_key_list(path) -> list[tuple[str, tuple[int, ...], str]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, shape, dtype = line.split()
-            dims = shape.strip("[]")
-            rows.append((name, tuple(int(d) for d in dims.split(",")) if dims else (), dtype))
-    return rows
-
-
 def test_state_dict_equals_official_decoder_key_list(shared_dir):
     """Names, shapes, dtypes and order of a 256 px, channel_multiplier 2 generator vs the
     decoder entries of the official checkpoint's key list (config A)."""
     path = shared_dir / "conformance" / "keys" / "A.txt"
-    expected = [(n[len("decoder."):], s, d) for n, s, d in _read_key_list(path) if n.startswith("decoder.")]
+    expected = [(n[len("decoder."):], s, d) for n, s, d in read_key_list(path) if n.startswith("decoder.")]
     g = Generator(GeneratorConfig(size=256, channel_multiplier=2))
     got = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in g.state_dict().items()]
     assert len(got) == len(expected)

@@ -1,0 +1,38 @@
+"""Small helpers shared by several test modules (not fixtures)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A syntactically valid PNG whose header claims ``width x height`` (no real pixel data)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    path.write_bytes(data)
+    return path
+
+
+def rgb(size=(40, 30), seed=0) -> Image.Image:
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def read_key_list(path) -> list[tuple[str, tuple[int, ...], str]]:
+    """Rows ``(name, shape, dtype)`` of a shared ``keys/*.txt`` file (``name [d0,d1] dtype``)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, shape, dtype = line.split()
+            dims = shape.strip("[]")
+            rows.append((name, tuple(int(d) for d in dims.split(",")) if dims else (), dtype))
+    return rows
