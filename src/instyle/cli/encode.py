@@ -148,14 +148,15 @@ def run(args: argparse.Namespace) -> int:
                     w = model.encode(x)
                     y = model.decode(w, resize=not args.full_resolution)
                 for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
-                    out_img = tensor_to_pil(yi)
-                    if args.side_by_side:
-                        out_img = make_grid([[input_preview(xi, model.config), out_img]], cell=out_img.size[1], pad=0)
+                    recon = tensor_to_pil(yi)
+                    want_grid = args.grid and len(grid_rows) < 16
+                    preview = input_preview(xi, model.config) if args.side_by_side or want_grid else None
+                    out_img = make_grid([[preview, recon]], cell=recon.size[1], pad=0) if args.side_by_side else recon
                     writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
                     if args.save_latents:
                         writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
-                    if args.grid and len(grid_rows) < 16:
-                        grid_rows.append([input_preview(xi, model.config), tensor_to_pil(yi)])
+                    if want_grid:
+                        grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))
     bar.close()
     bad_paths = {str(tag) for tag, _ in writer.errors}

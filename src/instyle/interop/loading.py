@@ -224,8 +224,7 @@ def load_psp(
         model.set_latent_avg(model.decoder.mean_latent(4096, seed=0))
     for note in notes:
         warnings.warn(f"{p}: {note}", stacklevel=2)
-    if config.start_from_latent_avg:  # otherwise unknown; load_generator estimates it on demand
-        model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
+    model.sync_decoder_latent_avg()  # otherwise unknown; load_generator estimates it on demand
     model.source = str(p)
     return model.to(device).eval()
 

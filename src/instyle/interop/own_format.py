@@ -100,8 +100,7 @@ def load_own(directory: str | Path) -> PSP | Generator:
             config = PSPConfig.from_dict(doc["config"])
             model = build_empty(PSP, config)
             load_state_checked(model, tensors, directory, assign=True)
-            if config.start_from_latent_avg:  # as load_psp: the decoder's own average latent
-                model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
+            model.sync_decoder_latent_avg()
         else:
             config = GeneratorConfig.from_dict(doc["config"])
             model = build_empty(Generator, config)

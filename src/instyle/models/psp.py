@@ -162,6 +162,12 @@ class PSP(nn.Module):
     def set_latent_avg(self, latent_avg: torch.Tensor) -> None:
         self.latent_avg = self.normalize_latent_avg(latent_avg).to(self.latent_avg.device)
 
+    def sync_decoder_latent_avg(self) -> None:
+        """With ``start_from_latent_avg`` the stored average is the generator's average w:
+        give it to the decoder too (``decoder.latent_avg``, ``[1, D]``, used for truncation)."""
+        if self.config.start_from_latent_avg:
+            self.decoder.latent_avg = self.latent_avg.mean(0, keepdim=True).clone()
+
     # ----------------------------------------------------------------- building blocks
 
     def _check_image(self, x: torch.Tensor) -> None:
