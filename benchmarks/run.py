@@ -2,6 +2,7 @@
 
     python benchmarks/run.py            # CPU: 256 and 1024 output, batch 1 and 8 (+ GPU rows when CUDA is there)
     python benchmarks/run.py --quick    # smoke run: 256-px model, batch 1 and 2, one repetition
+    python benchmarks/run.py --configs "" --train psp_256   # training step: the original loop vs instyle's
 
 Every CPU row times the plain reference path (``INSTYLE_OPS=reference``, default glibc
 allocator) and the fast path (fast ops + :func:`instyle.ops.fast_memory.retain_freed_memory`)
@@ -266,6 +267,108 @@ def gpu_rows(config_name: str, batch: int, reps: int) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- training rows
+
+
+def _loss_networks_grad(objective, on: bool) -> None:
+    """What the original training loop leaves on: gradients of the ArcFace network's
+    weights (its ``IDLoss`` never freezes them). LPIPS was frozen there too."""
+    if objective.identity is not None:
+        objective.identity.facenet.requires_grad_(on)
+
+
+def train_rows(config_name: str, batch: int, reps: int, device: torch.device) -> list[Row]:
+    """One pSp training step (forward, L2 + LPIPS + ID loss, backward, Ranger update),
+    ``batch`` images, the original's loop against instyle's, interleaved.
+
+    * ``original loop``: reference ops, float32, and the work the original does but never
+      uses -- weight gradients of the frozen decoder and of the ArcFace network.
+    * ``instyle``: fast ops, decoder and loss networks frozen (``prepare_for_training``);
+      on CUDA also bfloat16 autocast with a channels-last encoder.
+
+    GFLOP are those of the instyle step on the reference path (the useful work).
+    """
+    from instyle.losses import IDLoss, LPIPSLoss, Objective, ObjectiveConfig
+    from instyle.training import TrainConfig, build_optimizer, prepare_for_training, train_step
+    from instyle.training.step import Precision
+
+    model = random_psp(get_config(config_name), seed=0, latent_samples=1024).to(device).train()
+    out_size = model.config.resize_to
+    with_id = out_size == 256  # the ArcFace crop is defined on 256x256 outputs (tiny configs go without)
+    objective = Objective(
+        ObjectiveConfig(id_lambda=0.1 if with_id else 0.0, l2_lambda=1.0, lpips_lambda=0.8,
+                        start_from_latent_avg=True, random_loss_networks=True),
+        lpips=LPIPSLoss(random_backbone=True),
+        identity=IDLoss(random_init=True) if with_id else None,
+    ).to(device)
+    optimizer = build_optimizer(prepare_for_training(model, TrainConfig(optim_name="ranger")), "ranger", 1e-4)
+    gen = torch.Generator().manual_seed(batch)
+    size = model.input_size
+    x = (torch.rand(batch, model.input_nc, size, size, generator=gen) * 2 - 1).to(device)
+    y = (torch.rand(batch, 3, out_size, out_size, generator=gen) * 2 - 1).to(device)
+    fp32 = Precision("fp32", device.type)
+    low = Precision("bf16", device.type) if device.type == "cuda" else fp32
+
+    @contextlib.contextmanager
+    def original_loop():
+        model.decoder.requires_grad_(True)
+        _loss_networks_grad(objective, True)
+        try:
+            with use_backend("reference"):
+                yield fp32
+        finally:
+            model.decoder.requires_grad_(False)
+            _loss_networks_grad(objective, False)
+            for p in model.decoder.parameters():
+                p.grad = None
+
+    @contextlib.contextmanager
+    def instyle_loop():
+        fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        model.encoder.to(memory_format=fmt)
+        try:
+            with use_backend("auto"):
+                yield low
+        finally:
+            model.encoder.to(memory_format=torch.contiguous_format)
+
+    loops = {"original loop": original_loop, "instyle": instyle_loop}
+
+    def step(precision):
+        train_step(model, objective, optimizer, model.latent_avg, x, y, True, precision)
+        sync(device)
+
+    with use_backend("reference"):
+        gflop = count_flops(lambda: step(fp32)) / 1e9 / batch
+    for loop in loops.values():  # warm-up
+        with loop() as precision:
+            step(precision)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    peak: dict[str, float | None] = {}
+    for rep in range(reps):
+        for name, loop in loops.items():
+            with loop() as precision:
+                if rep == 0:  # the first repetition also records the peak memory
+                    can_reset = reset_peak_rss() if device.type == "cpu" else torch.cuda.reset_peak_memory_stats(device)
+                t = time.perf_counter()
+                step(precision)
+                times[name].append(time.perf_counter() - t)
+                if rep == 0:
+                    if device.type == "cuda":
+                        peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
+                    else:
+                        peak[name] = peak_rss_mib() if can_reset else None
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    base = statistics.median(times["original loop"])
+    rows = []
+    for name in loops:
+        sec = statistics.median(times[name])
+        dtype = "float32" if name == "original loop" or device.type != "cuda" else "bfloat16"
+        rows.append(Row(config_name, "train step", dev_name, dtype, batch, name, sec, gflop, peak[name], base / sec))
+    print(f"  measured training {config_name} batch {batch} on {dev_name}", file=sys.stderr, flush=True)
+    return rows
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -304,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="reference,fast", help=f"paths to compare, first is the baseline; of {list(VARIANTS)}")
     parser.add_argument("--gpu-batch", type=int, default=32, help="batch size of the GPU throughput rows")
     parser.add_argument("--no-gpu", action="store_true", help="skip GPU rows even when CUDA is available")
+    parser.add_argument("--train", default="", metavar="CONFIG[,CONFIG]",
+                        help="also time training steps of these configs: the original loop vs instyle's "
+                             "(e.g. psp_256; CPU at --train-batch, GPU at --gpu-train-batch)")
+    parser.add_argument("--train-batch", type=int, default=2, help="CPU batch size of the training rows")
+    parser.add_argument("--gpu-train-batch", type=int, default=8, help="GPU batch size of the training rows")
     args = parser.parse_args(argv)
 
     configs = [c for c in args.configs.split(",") if c]
@@ -324,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for config in configs:
         rows += cpu_rows(config, batches, reps, variants)
+    train_configs = [c for c in args.train.split(",") if c]
+    for config in train_configs:
+        rows += train_rows(config, args.train_batch, reps, cpu)
     peak_runs.append(matmul_peak(cpu, reps=mm_reps))  # again after the rows: load may have changed
     peak = {("cpu", "float32"): max(peak_runs)}
     gpu_names = []
@@ -338,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows += gpu_rows(config, args.gpu_batch, reps=max(reps, 5))
             except Exception as e:
                 print(f"GPU rows for {config} failed: {e!r}", file=sys.stderr)
+        for config in train_configs:
+            try:
+                rows += train_rows(config, args.gpu_train_batch, max(reps, 5), dev)
+            except Exception as e:
+                print(f"GPU training rows for {config} failed: {e!r}", file=sys.stderr)
     load1 = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     print(f"instyle benchmark: torch {torch.__version__}, CPU {platform.processor() or platform.machine()} "

@@ -1,0 +1,66 @@
+"""The benchmark scripts run end to end on a tiny config (smoke test: no timings asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _load("run")
+
+
+def test_training_rows_compare_the_original_loop_with_instyle(run, single_thread):
+    rows = run.train_rows("tiny", batch=2, reps=1, device=torch.device("cpu"))
+    assert [r.variant for r in rows] == ["original loop", "instyle"]
+    for r in rows:
+        assert r.part == "train step" and r.batch == 2
+        assert math.isfinite(r.seconds) and r.seconds > 0 and r.gflop_per_image > 0
+    assert rows[0].speedup == 1.0 and rows[1].speedup > 0
+
+
+def test_original_loop_leaves_the_model_as_training_wants_it(run, single_thread, monkeypatch):
+    """The baseline turns decoder / ArcFace gradients on for its own steps only."""
+    seen = {}
+    real = run.train_rows.__globals__["random_psp"]
+
+    def spy(*args, **kw):
+        seen["model"] = model = real(*args, **kw)
+        return model
+
+    monkeypatch.setitem(run.train_rows.__globals__, "random_psp", spy)
+    rows = run.train_rows("tiny", batch=1, reps=1, device=torch.device("cpu"))
+    model = seen["model"]
+    assert len(rows) == 2
+    assert not any(p.requires_grad for p in model.decoder.parameters())
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_table_prints_every_row(run, single_thread, capsys):
+    rc = run.main(["--configs", "tiny", "--batches", "1", "--reps", "1", "--no-gpu", "--train", "tiny",
+                   "--train-batch", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = [line for line in out.splitlines() if line.startswith("tiny ")]
+    parts = [(line.split("|")[1].strip(), line.split("|")[5].strip()) for line in lines]
+    for part in ("encoder", "generator", "pSp"):
+        assert (part, "reference") in parts and (part, "fast") in parts
+    assert ("train step", "original loop") in parts and ("train step", "instyle") in parts
+    assert "matmul" in out and "speed-up" in out
