@@ -133,6 +133,27 @@ def test_frontalization_flips_the_target_only():
     assert 0 < flipped < 8
 
 
+def test_frontalization_flips_training_inputs_but_not_validation_inputs():
+    from types import SimpleNamespace
+
+    from instyle.data import validation_transform
+    from instyle.training.presets import get_preset
+
+    train_t = get_preset("frontalization").make_input_transform(SimpleNamespace(image_size=32, train_source=None))
+    val_t = validation_transform(train_t)
+    source = torch.rand(3, 32, 32) * 2 - 1
+    outs = [train_t(source, torch.Generator().manual_seed(i)) for i in range(16)]
+    assert all(torch.equal(x, source) or torch.equal(x, source.flip(-1)) for x in outs)
+    assert 0 < sum(torch.equal(x, source.flip(-1)) for x in outs) < 16
+    assert all(torch.equal(val_t(source, torch.Generator().manual_seed(i)), source) for i in range(16))
+    # Transforms without training-only randomness are used for validation as they are.
+    assert validation_transform(None) is None
+    def plain(source, generator):
+        return source
+
+    assert validation_transform(plain) is plain
+
+
 # ---------------------------------------------------------------- super-resolution
 
 

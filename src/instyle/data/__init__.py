@@ -5,7 +5,13 @@ from instyle.data.dataset import BadFileLog, PairedImageDataset, collate_pairs
 from instyle.data.folders import IMAGE_EXTENSIONS, Pairs, list_images, pair_folders
 from instyle.data.loader import make_loader
 from instyle.data.sampler import EvalBatchSampler, TrainBatchSampler, derive_seed
-from instyle.data.transforms import SOURCE_MODES, InputTransform, to_source_tensor, to_target_tensor
+from instyle.data.transforms import (
+    SOURCE_MODES,
+    InputTransform,
+    to_source_tensor,
+    to_target_tensor,
+    validation_transform,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -13,6 +19,7 @@ __all__ = [
     "BadFileLog",
     "EvalBatchSampler",
     "InputTransform",
+    "validation_transform",
     "PairedImageDataset",
     "Pairs",
     "TrainBatchSampler",

@@ -27,6 +27,7 @@ __all__ = [
     "to_target_tensor",
     "to_source_tensor",
     "hflip",
+    "validation_transform",
 ]
 
 SOURCE_MODES = ("rgb", "gray", "label")
@@ -46,7 +47,9 @@ class InputTransform(Protocol):
       see the same inputs.
 
     Returns the encoder input ``[input_nc, S, S]``. Implementations must be picklable
-    (a module-level class or function) so ``workers > 0`` can use them.
+    (a module-level class or function) so ``workers > 0`` can use them. A transform with
+    training-only randomness may also define ``for_validation()`` returning the transform
+    for validation pairs (see :func:`validation_transform`).
     """
 
     def __call__(self, source: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
@@ -101,3 +104,10 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
 def hflip(t: torch.Tensor) -> torch.Tensor:
     """Mirror ``[C, H, W]`` left-right."""
     return torch.flip(t, dims=[-1])
+
+
+def validation_transform(transform: InputTransform | None) -> InputTransform | None:
+    """The transform for validation pairs: ``transform.for_validation()`` where defined
+    (training-only randomness off), else ``transform`` itself."""
+    make = getattr(transform, "for_validation", None)
+    return make() if callable(make) else transform

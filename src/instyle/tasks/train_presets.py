@@ -9,7 +9,8 @@ source, and :class:`TaskInputTransform` makes the task's input from it (sketch, 
 masked). With prepared sources (``train_source``, from ``instyle prepare``) the transform is
 off and files are read as ``source_mode`` says -- give ``val_source`` too in that case.
 Frontalization: the dataset flips input and target together and the transform flips the
-input alone with p=0.5, which gives the same pairs as flipping only the target.
+input alone with p=0.5, which gives the same pairs as flipping only the target; validation
+pairs are not flipped at all (:meth:`TaskInputTransform.for_validation`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,23 @@ def _tensor_to_pil(x: torch.Tensor) -> Image.Image:
 
 
 class TaskInputTransform:
-    """Picklable ``(source [3, S, S] in [-1, 1], torch.Generator) -> input [input_nc, S, S]``."""
+    """Picklable ``(source [3, S, S] in [-1, 1], torch.Generator) -> input [input_nc, S, S]``.
 
-    def __init__(self, task: Task, make_input: bool = True):
+    Args:
+        task: the task that makes the input (and says whether to flip it).
+        make_input: degrade the source into the task's input (off for prepared sources).
+        train: apply the training-only randomness (frontalization's input flip); the
+            validation copy from :meth:`for_validation` leaves pairs unflipped, as the
+            original's test transforms do.
+    """
+
+    def __init__(self, task: Task, make_input: bool = True, train: bool = True):
         self.task = task
         self.make_input = make_input
+        self.train = train
+
+    def for_validation(self) -> TaskInputTransform:
+        return TaskInputTransform(self.task, self.make_input, train=False)
 
     def __call__(self, source: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -41,7 +54,7 @@ class TaskInputTransform:
         x = source
         if self.make_input and source.shape[0] == 3 and type(self.task).make_input_image is not Task.make_input_image:
             x = self.task.make_input(_tensor_to_pil(source), rng)
-        if self.task.flip_target_only and rng.random() < 0.5:
+        if self.train and self.task.flip_target_only and rng.random() < 0.5:
             x = x.flip(-1)
         return x
 

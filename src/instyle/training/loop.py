@@ -25,6 +25,7 @@ from instyle.data import (
     PairedImageDataset,
     TrainBatchSampler,
     make_loader,
+    validation_transform,
 )
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
@@ -255,7 +256,9 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
         raise ConfigError("no training images: give --train DIR (config key train_target)")
     transform = transform if transform is not None else _default_transform(cfg)
     train_set = _dataset(cfg, cfg.train_target, cfg.train_source, True, transform)
-    val_set = _dataset(cfg, cfg.val_target, cfg.val_source, False, transform) if cfg.val_target else None
+    val_set = (
+        _dataset(cfg, cfg.val_target, cfg.val_source, False, validation_transform(transform)) if cfg.val_target else None
+    )
     s, state = _setup(cfg, run, resume, ctx)
     if state is not None:
         log.info("resuming %s at step %d", run.root, s.step)
