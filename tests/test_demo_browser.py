@@ -42,15 +42,19 @@ def _free_port() -> int:
 def served(tmp_path_factory):
     """``python -m instyle.cli.main serve`` with a tiny generated checkpoint, on a free loopback port."""
     pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
-    from instyle.models import get_config
+    from instyle.models import PSPConfig, get_config
     from instyle.models.init import random_psp
 
     root = tmp_path_factory.mktemp("serve")
     random_psp(get_config("tiny"), seed=0, latent_samples=512).save_pretrained(root / "tiny")
+    seg = get_config("tiny").to_dict()
+    seg.update(task="seg2face", label_nc=19)
+    seg["encoder"]["input_nc"] = 19
+    random_psp(PSPConfig.from_dict(seg), seed=1, latent_samples=512).save_pretrained(root / "tiny-seg")
     port = _free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio")}
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed at teardown)
-    cmd = [sys.executable, "-m", "instyle.cli.main", "serve", "-c", str(root / "tiny"), "--port", str(port), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "instyle.cli.main", "serve", "-c", str(root / "tiny"), "-c", str(root / "tiny-seg"), "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -173,3 +177,37 @@ def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, fac
     # Every request the page made went to the demo server itself.
     outside = sorted({u for u in requests if not u.startswith(url) and not u.startswith(("data:", "blob:"))})
     assert requests and not outside, f"requests to other hosts: {outside}"
+
+
+def test_browser_label_map_tab(served, browser, tmp_path):
+    """The task tab of a label-map model: a palette PNG in, its colour preview and an output out."""
+    from instyle.tasks.transforms import CELEBAMASK_PALETTE, labels_to_palette_image, palette_to_labels
+
+    url, health = served
+    seg = next(m for m in health["models"] if m["task"] == "seg2face")
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, 19, (8, 8)), np.ones((8, 8), dtype=np.int64))
+    path = tmp_path / "labels.png"
+    labels_to_palette_image(labels).save(path)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Label map → face").click()
+        page.locator("#task-seg2face-input input[type=file]").set_input_files(str(path))
+        page.locator("#task-seg2face-seen img").wait_for()  # the colour preview of the classes
+        seen = _fetch_image(page, "#task-seg2face-seen img").convert("RGB")
+        assert np.array_equal(palette_to_labels(np.asarray(seen), CELEBAMASK_PALETTE), labels)  # classes intact
+        page.click("#task-seg2face-run")
+        page.locator("#task-seg2face-output img").wait_for()
+        out = _fetch_image(page, "#task-seg2face-output img")
+        assert out.size == (seg["output_size"], seg["output_size"]) and out.mode == "RGB"
+        assert max(hi - lo for lo, hi in out.getextrema()) > 0
+        link = page.locator('#task-seg2face-latent a[download$="_latent.npy"]')
+        link.wait_for()
+        latent = np.load(io.BytesIO(page.request.get(link.get_attribute("href")).body()))
+        assert latent.shape == (seg["n_styles"], 64)
+        assert "Traceback" not in page.inner_text("body")
+        _save(page, "demo_label_map.png", tmp_path)
+    finally:
+        page.close()

@@ -287,11 +287,17 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
                                 sources=["upload", "clipboard"],
                                 elem_id=f"task-{task}-input",
                             )
-                        t_run = gr.Button("Generate", variant="primary")
+                        t_run = gr.Button("Generate", variant="primary", elem_id=f"task-{task}-run")
                     with gr.Column():
-                        t_out = gr.Image(type="pil", format="png", label="Output", interactive=False, **VIEW)
-                        t_seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
-                        t_npy = gr.File(label="W+ latent (.npy)")
+                        t_out = gr.Image(
+                            type="pil", format="png", label="Output", interactive=False,
+                            elem_id=f"task-{task}-output", **VIEW,
+                        )
+                        t_seen = gr.Image(
+                            type="pil", format="png", label="Network input", interactive=False,
+                            elem_id=f"task-{task}-seen", **VIEW,
+                        )
+                        t_npy = gr.File(label="W+ latent (.npy)", elem_id=f"task-{task}-latent")
                 if kind == "labels":
                     t_in.upload(preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
                 t_run.click(task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **limits)
