@@ -83,6 +83,20 @@ def test_config_validation_names_bad_values():
     assert TrainConfig().learning_rate == 1e-4 and TrainConfig().optim_name == "ranger"
 
 
+def test_train_config_loss_defaults_are_the_objective_defaults():
+    """TrainConfig repeats the loss options under the original's flat names; the two sets of
+    defaults must not drift apart, and every ObjectiveConfig field must be reachable."""
+    import dataclasses
+
+    from instyle.losses import ObjectiveConfig
+
+    cfg = TrainConfig()
+    assert cfg.objective() == ObjectiveConfig(start_from_latent_avg=cfg.start_from_latent_avg)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {f.name for f in dataclasses.fields(ObjectiveConfig)} <= train_fields
+    assert cfg.replace(id_lambda=0.3, lpips_net="vgg").objective().id_lambda == 0.3
+
+
 def test_config_overrides_and_json_round_trip(tmp_path):
     o = parse_overrides(["lpips_lambda=0.5", "train_decoder=true", "encoder_widths=[8,16,32,64]",
                          "train_target=123", "val_target=null", "workers=2"])
