@@ -19,7 +19,6 @@ __all__ = [
     "BadFileLog",
     "EvalBatchSampler",
     "InputTransform",
-    "validation_transform",
     "PairedImageDataset",
     "Pairs",
     "TrainBatchSampler",
@@ -30,4 +29,5 @@ __all__ = [
     "pair_folders",
     "to_source_tensor",
     "to_target_tensor",
+    "validation_transform",
 ]
