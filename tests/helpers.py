@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import zlib
 from pathlib import Path
@@ -36,3 +37,10 @@ def read_key_list(path) -> list[tuple[str, tuple[int, ...], str]]:
             dims = shape.strip("[]")
             rows.append((name, tuple(int(d) for d in dims.split(",")) if dims else (), dtype))
     return rows
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ the tabs, and the running server through Gradio's client API (loopback only)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,8 @@ from PIL import Image
 from instyle.demo import DemoInputError, ModelEntry, ModelStore, ServeSettings, actions
 from instyle.demo.inputs import read_upload, upload_file
 from instyle.utils.config import ConfigError
+
+from .helpers import free_port
 
 # Gradio's own queue code trips a pandas deprecation warning; not ours to fix.
 pytestmark = [
@@ -225,12 +226,6 @@ def test_cli_help_and_bad_checkpoint(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the running server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app of ``instyle serve`` on a loopback port, in a thread of this process."""
@@ -244,7 +239,7 @@ def server(tmp_path_factory):
     model = create_psp("tiny")
     model.set_latent_avg(model.decoder.mean_latent(512, seed=0))
     store = ModelStore([ModelEntry("tiny", model.eval())])
-    settings = ServeSettings(port=_free_port(), max_upload_mb=0.05, max_pixels=512 * 512)
+    settings = ServeSettings(port=free_port(), max_upload_mb=0.05, max_pixels=512 * 512)
     app = create_app(store, settings)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .helpers import free_port
+
 pytestmark = pytest.mark.slow
 
 
@@ -30,12 +31,6 @@ def _chromium() -> str:
     if not path:
         pytest.skip("needs Chromium (Debian: apt-get install chromium; or set INSTYLE_CHROMIUM)")
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def served(tmp_path_factory):
     seg.update(task="seg2face", label_nc=19)
     seg["encoder"]["input_nc"] = 19
     random_psp(PSPConfig.from_dict(seg), seed=1, latent_samples=512).save_pretrained(root / "tiny-seg")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio")}
     log = open(root / "server.log", "w")  # noqa: SIM115 (closed at teardown)
     cmd = [sys.executable, "-m", "instyle.cli.main", "serve", "-c", str(root / "tiny"), "-c", str(root / "tiny-seg"), "--port", str(port), "--device", "cpu"]
