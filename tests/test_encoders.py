@@ -212,21 +212,16 @@ def _official_encoder_rows(shared_dir, name: str) -> list[tuple[str, tuple[int, 
     return [(k[len("encoder."):], s, d) for k, s, d in rows if k.startswith("encoder.")]
 
 
-def test_gradual_encoder_keys_equal_official_key_list(shared_dir):
-    """Full-size IR-SE-50 FPN encoder for a 256 px model (config A): names, shapes, order."""
-    expected = _official_encoder_rows(shared_dir, "A.txt")
+@pytest.mark.parametrize(
+    "key_list, encoder_type, n_styles",
+    [("A.txt", GRADUAL, 14), ("B.txt", INTO_W, 10)],
+    ids=["gradual-256px-config-A", "w-config-B"],
+)
+def test_encoder_keys_equal_official_key_list(shared_dir, key_list, encoder_type, n_styles):
+    """Full-size IR-SE-50 encoders of configs A (FPN, 256 px model) and B (W): names, shapes, order."""
+    expected = _official_encoder_rows(shared_dir, key_list)
     with torch.device("meta"):
-        enc = build_encoder(EncoderConfig(type=GRADUAL, n_styles=14))
-    got = _state_rows(enc)
-    assert [k for k, _, _ in got] == [k for k, _, _ in expected]
-    assert got == expected
-
-
-def test_w_encoder_keys_equal_official_key_list(shared_dir):
-    """Full-size IR-SE-50 W encoder (config B): names, shapes, order."""
-    expected = _official_encoder_rows(shared_dir, "B.txt")
-    with torch.device("meta"):
-        enc = build_encoder(EncoderConfig(type=INTO_W, n_styles=10))
+        enc = build_encoder(EncoderConfig(type=encoder_type, n_styles=n_styles))
     got = _state_rows(enc)
     assert [k for k, _, _ in got] == [k for k, _, _ in expected]
     assert got == expected
