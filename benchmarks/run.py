@@ -288,18 +288,16 @@ def train_rows(config_name: str, batch: int, reps: int, device: torch.device) ->
 
     GFLOP are those of the instyle step on the reference path (the useful work).
     """
-    from instyle.losses import IDLoss, LPIPSLoss, Objective, ObjectiveConfig
+    from instyle.losses import Objective, ObjectiveConfig
     from instyle.training import TrainConfig, build_optimizer, prepare_for_training, train_step
     from instyle.training.step import Precision
 
     model = random_psp(get_config(config_name), seed=0, latent_samples=1024).to(device).train()
     out_size = model.config.resize_to
     with_id = out_size == 256  # the ArcFace crop is defined on 256x256 outputs (tiny configs go without)
-    objective = Objective(
+    objective = Objective(  # builds seeded random LPIPS / ArcFace networks of the real sizes
         ObjectiveConfig(id_lambda=0.1 if with_id else 0.0, l2_lambda=1.0, lpips_lambda=0.8,
-                        start_from_latent_avg=True, random_loss_networks=True),
-        lpips=LPIPSLoss(random_backbone=True),
-        identity=IDLoss(random_init=True) if with_id else None,
+                        start_from_latent_avg=True, random_loss_networks=True)
     ).to(device)
     optimizer = build_optimizer(prepare_for_training(model, TrainConfig(optim_name="ranger")), "ranger", 1e-4)
     gen = torch.Generator().manual_seed(batch)

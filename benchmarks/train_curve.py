@@ -27,7 +27,7 @@ import torch
 
 import instyle
 from instyle.data import PairedImageDataset
-from instyle.losses import IDLoss, LPIPSLoss, Objective, ObjectiveConfig
+from instyle.losses import LPIPSLoss, Objective, ObjectiveConfig
 from instyle.models import PSPConfig
 from instyle.models.init import random_psp
 from instyle.training import TrainConfig, build_optimizer, prepare_for_training, train, train_step
@@ -114,7 +114,7 @@ def speed(args) -> None:
                 model = random_psp(PSPConfig.for_output_size(size), seed=0).train()
                 obj_cfg = ObjectiveConfig(id_lambda=0.1, l2_lambda=1.0, lpips_lambda=0.8, start_from_latent_avg=True,
                                           random_loss_networks=True)
-                objective = Objective(obj_cfg, lpips=LPIPSLoss(random_backbone=True), identity=IDLoss(random_init=True))
+                objective = Objective(obj_cfg)  # seeded random LPIPS / ArcFace networks
                 cfg = TrainConfig(image_size=256, optim_name="ranger")
             model.to(device)
             objective.to(device)

@@ -38,13 +38,13 @@ def test_training_rows_compare_the_original_loop_with_instyle(run, single_thread
 def test_original_loop_leaves_the_model_as_training_wants_it(run, single_thread, monkeypatch):
     """The baseline turns decoder / ArcFace gradients on for its own steps only."""
     seen = {}
-    real = run.train_rows.__globals__["random_psp"]
+    real = run.random_psp
 
     def spy(*args, **kw):
         seen["model"] = model = real(*args, **kw)
         return model
 
-    monkeypatch.setitem(run.train_rows.__globals__, "random_psp", spy)
+    monkeypatch.setattr(run, "random_psp", spy)
     rows = run.train_rows("tiny", batch=1, reps=1, device=torch.device("cpu"))
     model = seen["model"]
     assert len(rows) == 2
