@@ -330,6 +330,10 @@ def _latest_step(run: Path) -> int | None:
         return None
 
 
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
 
@@ -359,6 +363,8 @@ def test_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     subprocess.run([sys.executable, str(script), str(killed / "config.json"), str(killed), "resume"], env=env,
                    check=True, capture_output=True)
     assert _latest_step(killed) == n
+    # metrics.jsonl: the records of the uninterrupted run, none twice
+    assert _metrics(killed) == _metrics(full)
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

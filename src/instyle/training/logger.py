@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["RunLogger", "input_to_rgb", "image_grid"]
+from instyle.utils.atomic import atomic_write_bytes
+
+__all__ = ["RunLogger", "input_to_rgb", "image_grid", "truncate_metrics"]
 
 log = logging.getLogger("instyle.training")
 
@@ -48,6 +50,28 @@ def image_grid(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, max_images
     return make_grid((cells + 1) / 2, nrow=3, padding=2)
 
 
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (the step a run starts or
+    resumes from): a killed run logged steps past its last checkpoint, which the resumed
+    run logs again. Unreadable lines (a record cut off by the kill) go too. Returns the
+    number of lines removed."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if int(record["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        atomic_write_bytes(path, "".join(k + "\n" for k in kept).encode())
+    return len(lines) - len(kept)
+
+
 class RunLogger:
     """Everything a run reports. On non-main ranks every method is a no-op."""
 
@@ -58,10 +82,13 @@ class RunLogger:
         self.metrics_path = Path(run_root) / "metrics.jsonl"
         if not enabled:
             return
+        truncate_metrics(self.metrics_path, start_step)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(run_root) / "logs"))
+            # purge_step: TensorBoard hides the events a killed run wrote after its checkpoint.
+            purge = start_step + 1 if start_step > 0 else None
+            self.writer = SummaryWriter(log_dir=str(Path(run_root) / "logs"), purge_step=purge)
         except ImportError:
             log.warning("tensorboard is not installed: no TensorBoard logs (pip install 'instyle[train]')")
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not progress)

@@ -36,7 +36,7 @@ from instyle.training.logger import RunLogger
 from instyle.training.model import build_model, prepare_for_training, reallocate
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
-from instyle.training.state import RunFolder, capture_rng, read_training_state, restore_rng, write_checkpoint
+from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
 from instyle.training.step import Precision, forward_loss, train_step
 from instyle.utils.config import ConfigError
 
@@ -104,10 +104,10 @@ def _to_device(batch: dict, s: Session) -> tuple[torch.Tensor, torch.Tensor]:
 def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> tuple[Session, dict | None]:
     state = None
     if resume:
-        folder = run.resumable()
-        if folder is None:
+        found = read_latest_state(run)
+        if found is None:
             raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/latest with a training state)")
-        model, state = read_training_state(folder)
+        _, model, state = found
         reallocate(model).train()
     else:
         if run.resumable() is not None:
