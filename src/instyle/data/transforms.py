@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.data.image_file import load_image
+
 __all__ = [
     "SOURCE_MODES",
     "InputTransform",
@@ -57,14 +59,13 @@ class InputTransform(Protocol):
 
 def decode_image(path, mode: str | None = "RGB") -> Image.Image:
     """Open and fully decode an image file in PIL ``mode`` (``RGB``, ``L``, or None to keep
-    the file's mode, as label maps need).
+    the file's mode, as label maps need) -- with the same reader as inference
+    (:func:`instyle.data.image_file.load_image`: EXIF orientation, 16-bit and float images).
 
     Raises:
-        OSError / ValueError / Image.DecompressionBombError for unreadable files.
+        ImageLoadError (a ValueError) for unreadable files.
     """
-    with Image.open(path) as im:
-        im.load()
-        return im.convert(mode) if mode is not None else im.copy()
+    return load_image(path, mode=mode)
 
 
 def _resize(img: Image.Image, size: int, resample: int) -> Image.Image:
