@@ -4,6 +4,8 @@ temporary folders and reports random-weight models however they were given."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tracemalloc
 
 import numpy as np
@@ -74,3 +76,39 @@ def test_cli_latent_mask_and_layers_refuse_huge_ranges(tiny_dir, photo, tmp_path
                "--layers", "0-1000000000"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "0-1000000000" in err and "[0, 9]" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- random weights travel with the files
+
+
+def test_random_weights_flag_travels_with_the_model_files(tiny_dir, tmp_path, tiny_psp):
+    from instyle.demo import ModelStore
+    from instyle.interop import load_psp
+
+    assert json.loads((tiny_dir / "config.json").read_text())["random_weights"] is True
+    assert load_psp(tiny_dir).random_weights is True
+    store = ModelStore.from_checkpoints([tiny_dir], device="cpu")
+    assert store.any_random and store.describe()[0]["random_weights"] is True
+    # Re-saving a loaded random model keeps the flag.
+    load_psp(tiny_dir).save_pretrained(tmp_path / "again")
+    assert load_psp(tmp_path / "again").random_weights is True
+    # A model not made by random init, and a file written before the flag existed: not random.
+    tiny_psp.save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["random_weights"] is False
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dir, old)
+    doc = json.loads((old / "config.json").read_text())
+    del doc["random_weights"]
+    (old / "config.json").write_text(json.dumps(doc))
+    assert load_psp(old).random_weights is False
+    assert not ModelStore.from_checkpoints([old, tmp_path / "plain"], device="cpu").any_random
+
+
+def test_page_shows_the_banner_for_a_random_checkpoint(tiny_dir):
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    from instyle.demo import ModelStore
+    from instyle.demo.app import build_demo
+
+    demo = build_demo(ModelStore.from_checkpoints([tiny_dir], device="cpu"))
+    banners = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "random-weights-warning"]
+    assert len(banners) == 1 and "RANDOM weights" in banners[0].value and "tiny" in banners[0].value
