@@ -41,7 +41,12 @@ def is_own_format(path: str | Path) -> bool:
 
 
 def _write(
-    directory: Path, kind: str, config: dict, tensors: dict[str, torch.Tensor], metadata: dict | None, random_weights: bool
+    directory: Path,
+    kind: str,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict | None,
+    random_weights: bool,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -65,7 +70,12 @@ def save_generator(generator: Generator, directory: str | Path, extra: dict | No
     if generator.latent_avg is not None:
         tensors["latent_avg"] = generator.latent_avg
     return _write(
-        Path(directory), "generator", generator.config.to_dict(), tensors, extra, getattr(generator, "random_weights", False)
+        Path(directory),
+        "generator",
+        generator.config.to_dict(),
+        tensors,
+        extra,
+        getattr(generator, "random_weights", False),
     )
 
 
