@@ -146,10 +146,14 @@ def _header(store: ModelStore, settings: ServeSettings) -> str:
 
 
 RANDOM_WARNING = (
-    "**No checkpoint was given: this server runs the quickstart model with RANDOM weights.** "
+    "**This server runs a model with RANDOM weights: {names}.** "
     "It is not a trained pSp model, so its outputs are abstract textures, not faces. Start the "
     "server with `instyle serve --checkpoint psp_ffhq_encode.pt` for real results."
 )
+
+
+def _random_names(store: ModelStore) -> str:
+    return ", ".join(d["name"] for d in store.describe() if d["random_weights"])
 
 
 def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs: OutputDir | None = None) -> gr.Blocks:
@@ -238,7 +242,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
         gr.Markdown(_header(store, settings))
         if store.any_random:
-            gr.Markdown(RANDOM_WARNING, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+            gr.Markdown(RANDOM_WARNING.format(names=_random_names(store)), elem_classes=["instyle-warning"], elem_id="random-weights-warning")
 
         with gr.Tab("Reconstruct"):
             with gr.Row():
@@ -403,7 +407,7 @@ def serve(settings: ServeSettings, store: ModelStore) -> None:
     url = f"http://{settings.host}:{settings.port}/"
     print(f"instyle serve: {url}  (models: {', '.join(store.names)}; device {store.device})", flush=True)
     if store.any_random:
-        print("instyle serve: no --checkpoint given: serving the RANDOM-WEIGHT quickstart model", flush=True)
+        print(f"instyle serve: serving RANDOM-WEIGHT (untrained) models: {_random_names(store)}", flush=True)
     if not settings.is_loopback:
         print(f"instyle serve: WARNING: listening on {settings.host}: other machines can reach this demo", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)

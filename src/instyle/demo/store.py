@@ -30,7 +30,8 @@ class ModelEntry:
         name: the label visitors choose (file or folder name, made unique).
         model: the :class:`PSP`, in eval mode on the server's device.
         source: where it was loaded from (``None`` for the built-in random-weight model).
-        random_weights: True for the quickstart model (its outputs are textures, not faces).
+        random_weights: True for an untrained model (the quickstart model, or a checkpoint whose
+            files say so): its outputs are textures, not faces.
     """
 
     name: str
@@ -97,9 +98,10 @@ class ModelStore:
 
         dev = resolve_device(device)
         paths = [Path(c) for c in checkpoints]
-        entries = [
-            ModelEntry(name, load_psp(p, device=dev).eval(), source=str(p)) for name, p in zip(_unique_names(paths), paths)
-        ]
+        entries = []
+        for name, p in zip(_unique_names(paths), paths):
+            model = load_psp(p, device=dev).eval()
+            entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)
 
     @classmethod

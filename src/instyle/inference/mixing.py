@@ -16,11 +16,20 @@ super-resolution).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["DEFAULT_MASK_START", "default_latent_mask", "parse_latent_mask", "random_w_plus", "mix_latents", "style_mix"]
+__all__ = [
+    "DEFAULT_MASK_START",
+    "MAX_STYLE_LAYERS",
+    "default_latent_mask",
+    "mix_latents",
+    "parse_latent_mask",
+    "random_w_plus",
+    "style_mix",
+]
 
 #: First 0-based layer taken from the random style by default (the original's published command).
 DEFAULT_MASK_START = 8
@@ -31,40 +40,56 @@ def default_latent_mask(n_styles: int) -> list[int]:
     return list(range(min(DEFAULT_MASK_START, n_styles), n_styles))
 
 
+#: Largest layer count any StyleGAN2 has (18 at 1024 px); bounds ranges parsed without a model.
+MAX_STYLE_LAYERS = 64
+
+_INDEX = re.compile(r"[0-9]+")
+
+
+def _check_index(i: int, part: str, n_styles: int | None) -> None:
+    """Refuse an index outside ``[0, n_styles)`` (or ``MAX_STYLE_LAYERS``) before anything is expanded."""
+    if n_styles is not None and not 0 <= i < n_styles:
+        raise ValueError(
+            f"latent mask {part!r}: index {i} is outside the model's 0-based style layers [0, {n_styles - 1}]"
+        )
+    if n_styles is None and not 0 <= i < MAX_STYLE_LAYERS:
+        raise ValueError(f"latent mask {part!r}: index {i} must be >= 0 and at most {MAX_STYLE_LAYERS - 1}")
+
+
 def parse_latent_mask(spec: str | Sequence[int], n_styles: int | None = None) -> list[int]:
     """``"8-17"``, ``"0,1,4-6"`` or a list of ints -> sorted unique 0-based layer indices.
 
-    Ranges are inclusive at both ends. With ``n_styles`` every index is checked to lie in
-    ``[0, n_styles)``; negative indices are always refused.
+    Ranges are inclusive at both ends; indices are plain decimal digits. Every bound is
+    checked against ``[0, n_styles)`` (without ``n_styles``: ``[0, MAX_STYLE_LAYERS)``)
+    *before* a range is expanded, so ``"0-1000000000"`` is refused at once.
 
     Raises:
         ValueError: a malformed part or an index out of range (the message names it).
     """
+    out: set[int] = set()
     if isinstance(spec, str):
-        out: list[int] = []
         for part in spec.replace(" ", "").split(","):
             if not part:
                 continue
             lo, sep, hi = part.partition("-")
-            try:
-                a = int(lo)
-                b = int(hi) if sep else a
-            except ValueError:
+            if not _INDEX.fullmatch(lo) or (sep and not _INDEX.fullmatch(hi)):
                 raise ValueError(
                     f"latent mask part {part!r} is not an index or a range like '8-17' (0-based, inclusive)"
-                ) from None
+                )
+            a = int(lo)
+            b = int(hi) if sep else a
             if b < a:
                 raise ValueError(f"latent mask range {part!r} runs backwards; write it as '{b}-{a}'")
-            out.extend(range(a, b + 1))
+            _check_index(a, part, n_styles)
+            _check_index(b, part, n_styles)
+            out.update(range(a, b + 1))
         if not out:
             raise ValueError(f"latent mask {spec!r} names no layers; give e.g. '8-17' or '0,1,4-6'")
     else:
-        out = [int(i) for i in spec]
-    for i in out:
-        if i < 0 or (n_styles is not None and i >= n_styles):
-            hi = f" [0, {n_styles - 1}]" if n_styles is not None else " (>= 0)"
-            raise ValueError(f"latent mask index {i} is outside the model's 0-based style layers{hi}")
-    return sorted(set(out))
+        for i in spec:
+            _check_index(int(i), str(i), n_styles)
+            out.add(int(i))
+    return sorted(out)
 
 
 def _truncation_center(model) -> torch.Tensor:

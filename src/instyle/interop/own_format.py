@@ -3,7 +3,11 @@
 ``config.json``::
 
     {"format": "instyle", "kind": "psp" | "generator", "version": 1,
-     "config": {...architecture...}, "metadata": {...free-form provenance...}}
+     "config": {...architecture...}, "metadata": {...free-form provenance...},
+     "random_weights": false}
+
+``random_weights`` (true for an untrained, randomly initialised model) is read back onto the
+model; files written before it existed load as ``false``.
 
 Safetensors holds only tensors (no code can run on load). Both files are written
 to temporary names and renamed into place, so a crash never leaves a half-written
@@ -36,12 +40,20 @@ def is_own_format(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG_NAME).is_file()
 
 
-def _write(directory: Path, kind: str, config: dict, tensors: dict[str, torch.Tensor], metadata: dict | None) -> Path:
+def _write(
+    directory: Path,
+    kind: str,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict | None,
+    random_weights: bool,
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "instyle", "kind": kind})
     doc = {"format": "instyle", "kind": kind, "version": FORMAT_VERSION, "config": config, "metadata": metadata or {}}
+    doc["random_weights"] = bool(random_weights)
     with atomic_path(directory / CONFIG_NAME) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return directory
@@ -49,7 +61,7 @@ def _write(directory: Path, kind: str, config: dict, tensors: dict[str, torch.Te
 
 def save_psp(model: PSP, directory: str | Path, extra: dict | None = None) -> Path:
     """Save a :class:`PSP` (state dict incl. ``latent_avg``) in the own format."""
-    return _write(Path(directory), "psp", model.config.to_dict(), model.state_dict(), extra)
+    return _write(Path(directory), "psp", model.config.to_dict(), model.state_dict(), extra, model.random_weights)
 
 
 def save_generator(generator: Generator, directory: str | Path, extra: dict | None = None) -> Path:
@@ -57,7 +69,14 @@ def save_generator(generator: Generator, directory: str | Path, extra: dict | No
     tensors = dict(generator.state_dict())
     if generator.latent_avg is not None:
         tensors["latent_avg"] = generator.latent_avg
-    return _write(Path(directory), "generator", generator.config.to_dict(), tensors, extra)
+    return _write(
+        Path(directory),
+        "generator",
+        generator.config.to_dict(),
+        tensors,
+        extra,
+        getattr(generator, "random_weights", False),
+    )
 
 
 def read_config(directory: str | Path) -> dict:
@@ -113,4 +132,5 @@ def load_own(directory: str | Path) -> PSP | Generator:
             raise
         raise CheckpointError(f"{directory}: {e}") from None
     model.metadata = doc.get("metadata", {})
+    model.random_weights = doc.get("random_weights") is True
     return model.eval()

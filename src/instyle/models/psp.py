@@ -109,7 +109,12 @@ class PSP(nn.Module):
 
     ``latent_avg`` is stored as ``[n_styles, style_dim]`` for W+ encoders and
     ``[1, style_dim]`` for W encoders (the shapes the original broadcasts to).
+
+    ``random_weights`` is True for a model made by random initialisation (not trained); it is
+    saved with the model files so tools can warn that its outputs are textures, not faces.
     """
+
+    random_weights: bool = False
 
     def __init__(self, config: PSPConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
