@@ -135,10 +135,10 @@ def test_arcface_backbone_rejects_wrong_input():
         ({"type": "ResNetEncoder"}, r"encoder.type='ResNetEncoder' is not accepted; choose one of \['GradualStyle"),
         ({"mode": "se"}, r"encoder.mode='se' is not accepted; choose one of \['ir', 'ir_se'\]"),
         ({"num_layers": 34}, r"encoder.num_layers=34 is not accepted; choose one of \[50, 100, 152\]"),
-        ({"input_nc": 0}, r"encoder.input_nc=0 must be a positive integer"),
+        ({"input_nc": 0}, r"encoder.input_nc=0 must be an integer in \[1, 256\]"),
         ({"input_size": 100}, r"encoder.input_size=100 must be a power of two"),
-        ({"widths": (8, 8, 8)}, r"encoder.widths=\(8, 8, 8\) must be 4 positive integers"),
-        ({"units": (1, 0, 1, 1)}, r"encoder.units=\(1, 0, 1, 1\) must be 4 positive integers"),
+        ({"widths": (8, 8, 8)}, r"encoder.widths=\(8, 8, 8\) must be 4 integers in \[1, 2048\]"),
+        ({"units": (1, 0, 1, 1)}, r"encoder.units=\(1, 0, 1, 1\) must be 4 integers in \[1, 64\]"),
         ({"coarse": 5, "middle": 3}, r"coarse=5 and middle=3"),
     ],
 )

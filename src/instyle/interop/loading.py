@@ -108,16 +108,36 @@ def load_state_checked(
         for k in own
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong:
+    dtypes = [
+        f"{k}: dtype {_dtype_name(state_dict[k].dtype)}, expected {_dtype_name(own[k].dtype)}"
+        for k in own
+        if k in state_dict and state_dict[k].dtype != own[k].dtype
+    ]
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if wrong:
             parts.append(f"{len(wrong)} shape mismatch(es), e.g. " + "; ".join(wrong[:3]))
+        if dtypes:
+            parts.append(f"{len(dtypes)} tensor(s) of the wrong dtype, e.g. " + "; ".join(dtypes[:3]))
         if missing:
             parts.append(f"{len(missing)} tensor(s) missing from the file, e.g. {missing[:3]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
         raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor | None], source: Any) -> None:
+    """Refuse NaN / Inf in floating tensors: such weights silently give black images."""
+    for k, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            raise CheckpointError(f"{source}: tensor '{k}' holds {what} values; the weights are corrupt")
 
 
 def detect_format(obj: Any) -> str:
@@ -276,6 +296,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
                 f"{p}: not a StyleGAN2 generator file: expected an instyle directory, a rosinality "
                 "checkpoint (with 'g_ema'), a pSp checkpoint or an NVIDIA .pkl"
             )
+    check_finite({"latent_avg": g.latent_avg}, p)
     if g.latent_avg is None:
         warnings.warn(
             f"{p}: the file has no average latent; estimated it with mean_latent({latent_avg_samples}, seed=0)",

@@ -37,7 +37,7 @@ import torch
 from instyle.interop.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
-from instyle.models.stylegan2 import Generator, GeneratorConfig, rosinality_channels
+from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig, rosinality_channels
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -246,9 +246,11 @@ def _check_structure(sd: Mapping[str, torch.Tensor]) -> list[int]:
         raise ArchitectureError(
             f"conditional generators (c_dim={c_dim}) are not supported yet: instyle's generator takes no class label"
         )
-    resolutions = sorted({int(m.group(1)) for k in sd if (m := re.match(r"synthesis\.b(\d+)\.", k))})
+    resolutions = sorted({int(m.group(1)) for k in sd if (m := re.match(r"synthesis\.b(\d{1,9})\.", k))})
     if not resolutions or resolutions[0] != 4 or "synthesis.b4.const" not in sd:
         raise ArchitectureError("not a StyleGAN2 synthesis network: no 'synthesis.b4.const'")
+    if resolutions[-1] > MAX_SIZE:
+        raise ArchitectureError(f"a {resolutions[-1]} px synthesis network is beyond StyleGAN2's range (<= {MAX_SIZE} px)")
     expected = [2**i for i in range(2, int(math.log2(resolutions[-1])) + 1)]
     if resolutions != expected:
         raise ArchitectureError(f"synthesis blocks {resolutions} are not the full ladder {expected}")
@@ -280,9 +282,21 @@ def convert_generator(
     resolutions = _check_structure(sd)
     take = _Taker(sd)
     n_mlp = len([k for k in sd if re.fullmatch(r"mapping\.fc\d+\.weight", k)])
-    if n_mlp == 0:
-        raise ArchitectureError("the mapping network has no 'mapping.fc*' layers")
+    if n_mlp == 0 or f"mapping.fc{n_mlp - 1}.weight" not in sd:
+        raise ArchitectureError("the mapping network has no 'mapping.fc0' .. 'mapping.fc<n-1>' layers")
     w_dim = int(sd[f"mapping.fc{n_mlp - 1}.weight"].shape[0])
+    channels = {r: int(sd[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in resolutions if f"synthesis.b{r}.conv1.weight" in sd}
+    if len(channels) != len(resolutions):
+        raise ArchitectureError("a synthesis block lacks its conv1 layer")
+    # Only the filters of upsampling paths (block skip, conv0) act; the 4x4 block's and the
+    # conv1 layers' are stored but unused by NVIDIA's forward pass.
+    ref_filter = sd["synthesis.b8.resample_filter"].float()
+    taps = _filter_taps(ref_filter)
+    # validated (bounded) before any tensor is copied or any noise buffer is made
+    config = GeneratorConfig(
+        size=resolutions[-1], style_dim=w_dim, n_mlp=n_mlp, blur_kernel=taps, lr_mlp=options.lr_multiplier,
+        conv_clamp=options.conv_clamp, **_channel_fields(channels),
+    )
     out: dict[str, torch.Tensor] = {}
     for i in range(n_mlp):
         w = sd.get(f"mapping.fc{i}.weight")
@@ -295,13 +309,6 @@ def convert_generator(
         out[f"style.{i + 1}.weight"] = take(f"mapping.fc{i}.weight")
         out[f"style.{i + 1}.bias"] = take(f"mapping.fc{i}.bias", (w_dim,))
 
-    channels = {r: int(sd[f"synthesis.b{r}.conv1.weight"].shape[0]) for r in resolutions if f"synthesis.b{r}.conv1.weight" in sd}
-    if len(channels) != len(resolutions):
-        raise ArchitectureError("a synthesis block lacks its conv1 layer")
-    # Only the filters of upsampling paths (block skip, conv0) act; the 4x4 block's and the
-    # conv1 layers' are stored but unused by NVIDIA's forward pass.
-    ref_filter = sd["synthesis.b8.resample_filter"].float()
-    taps = _filter_taps(ref_filter)
     for r in resolutions[1:]:
         for k in (f"synthesis.b{r}.resample_filter", f"synthesis.b{r}.conv0.resample_filter"):
             f = sd.get(k)
@@ -329,10 +336,6 @@ def convert_generator(
     if leftovers:
         raise ArchitectureError(f"{len(leftovers)} tensor(s) have no counterpart in instyle's generator: {leftovers[:5]}")
 
-    config = GeneratorConfig(
-        size=resolutions[-1], style_dim=w_dim, n_mlp=n_mlp, blur_kernel=taps, lr_mlp=options.lr_multiplier,
-        conv_clamp=options.conv_clamp, **_channel_fields(channels),
-    )
     return config, out, latent_avg
 
 
@@ -357,8 +360,12 @@ def read_nvidia_generator(
     try:
         options = generator_options(record)
         return convert_generator(record.state_dict(), options)
-    except (ArchitectureError, ConfigError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    except (ArchitectureError, ConfigError, CheckpointError, TypeError, ValueError, KeyError, AttributeError) as e:
+        # malformed records (a dict where a number belongs, ...) are refused like wrong shapes
+        raise CheckpointError(f"{source}: {type(e).__name__ + ': ' if type(e) in _PLAIN else ''}{e}") from None
+
+
+_PLAIN = (TypeError, ValueError, KeyError, AttributeError)
 
 
 def load_nvidia_generator(path: str | os.PathLike) -> Generator:

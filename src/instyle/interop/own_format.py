@@ -111,20 +111,25 @@ def load_own(directory: str | Path) -> PSP | Generator:
     """Load an own-format directory into a :class:`PSP` or :class:`Generator` (CPU, eval)."""
     directory = Path(directory)
     doc = read_config(directory)
-    tensors = _read_tensors(directory)
-    from instyle.interop.loading import build_empty, load_state_checked
+    from instyle.interop.loading import build_empty, check_finite, load_state_checked
 
+    try:  # the architecture is validated (bounded) before any weight is read
+        config = (PSPConfig if doc["kind"] == "psp" else GeneratorConfig).from_dict(doc["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+    tensors = _read_tensors(directory)
     try:
         if doc["kind"] == "psp":
-            config = PSPConfig.from_dict(doc["config"])
             model = build_empty(PSP, config)
             load_state_checked(model, tensors, directory, assign=True)
             model.sync_decoder_latent_avg()
         else:
-            config = GeneratorConfig.from_dict(doc["config"])
             model = build_empty(Generator, config)
             avg = tensors.pop("latent_avg", None)
             load_state_checked(model, tensors, directory, assign=True)
+            if avg is not None and avg.dtype != torch.float32:
+                raise CheckpointError(f"{directory}: latent_avg has dtype {avg.dtype}, expected torch.float32")
+            check_finite({"latent_avg": avg}, directory)
             if avg is not None:
                 model.latent_avg = avg
     except (ValueError, TypeError) as e:

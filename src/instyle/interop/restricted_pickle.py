@@ -14,12 +14,16 @@ files contain, each to a data-only stand-in of our own:
   plain values.
 
 Any other global is refused with a :class:`CheckpointError` naming the file and the global.
+Sizes the file declares (storages, zip members, tensor views, the module tree) are
+checked against its bytes before anything of that size is built
+(:mod:`instyle.interop.bounds`).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from instyle.interop.bounds import MAX_NESTING, BoundedReader, check_torch_bytes, check_zip_members
 from instyle.interop.errors import CheckpointError
 
 __all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
@@ -65,10 +70,24 @@ class PersistentObject:
                     yield k, v
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """All tensors of this module and its children, named as ``nn.Module.state_dict``."""
-        out = {f"{prefix}{k}": v for k, v in self.own_tensors()}
-        for name, child in self.modules.items():
-            out.update(child.state_dict(f"{prefix}{name}."))
+        """All tensors of this module and its children, named as ``nn.Module.state_dict``.
+
+        Raises:
+            CheckpointError: a module reached twice (a cycle, or a shared sub-tree whose
+                paths would double at every level) or nested deeper than ``MAX_NESTING``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        stack: list[tuple[str, PersistentObject, int]] = [(prefix, self, 0)]
+        while stack:
+            at, module, depth = stack.pop()
+            if id(module) in seen:
+                raise CheckpointError(f"module '{at.rstrip('.')}' appears twice in the network tree (shared or cyclic)")
+            if depth > MAX_NESTING:
+                raise CheckpointError(f"the network tree is nested deeper than {MAX_NESTING} levels")
+            seen.add(id(module))
+            out.update((f"{at}{k}", v) for k, v in module.own_tensors())
+            stack.extend((f"{at}{name}.", child, depth + 1) for name, child in reversed(module.modules.items()))
         return out
 
 
@@ -88,6 +107,7 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
 def _load_from_bytes(data: Any) -> Any:
     if not isinstance(data, (bytes, bytearray)):
         raise pickle.UnpicklingError("tensor storage record does not hold bytes")
+    check_torch_bytes(bytes(data), "a tensor storage record")  # declared sizes vs. its bytes
     storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"tensor storage record holds a {type(storage).__name__}, not a storage")
@@ -97,7 +117,24 @@ def _load_from_bytes(data: Any) -> Any:
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError(f"tensor record refers to a {type(storage).__name__}, not a typed storage")
+    _check_view(storage.size(), storage_offset, size, stride)
     return torch._utils._rebuild_tensor(storage, int(storage_offset), tuple(size), tuple(stride))
+
+
+def _check_view(available: int, offset: Any, size: Any, stride: Any) -> None:
+    """A tensor record may only view elements its storage holds, each at most once: a
+    stride-0 view of one float declared as [100000, 100000] would become 40 GB on the
+    first copy."""
+    dims = (offset, *size, *stride) if isinstance(size, tuple) and isinstance(stride, tuple) else (None,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims) or len(size) != len(stride) \
+            or len(size) > 16:
+        raise pickle.UnpicklingError(f"malformed tensor record (offset {offset!r}, size {size!r}, stride {stride!r})")
+    numel = math.prod(size)
+    if numel and (offset + sum((n - 1) * s for n, s in zip(size, stride)) >= available or numel > available):
+        raise CheckpointError(
+            f"refused: a tensor record declares shape {list(size)} ({numel} elements) over a storage of "
+            f"{available} elements"
+        )
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -170,8 +207,11 @@ class TensorFlowPickleError(CheckpointError):
     """The file is a TensorFlow-era StyleGAN pickle (not supported)."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle._Unpickler):
     """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS`.
+
+    It extends the pure-Python unpickler, whose memo is a dict: the C one grows a table to
+    the largest memo index a file names, so 10 bytes naming index 2**30 cost 8 GB.
 
     Args:
         file: binary file object positioned at the pickle.
@@ -216,8 +256,9 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def _read_zip(path: Path) -> Any:
+def _read_zip(path: Path, size: int) -> Any:
     with zipfile.ZipFile(path) as zf:
+        check_zip_members(zf, size, path)
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkls) != 1:
             raise CheckpointError(f"{path}: a zip file that is not a PyTorch archive (no single data.pkl)")
@@ -248,11 +289,13 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
         if zipfile.is_zipfile(path):
-            return _read_zip(path)
+            return _read_zip(path, size)
         with open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, path).load()
-    except CheckpointError:
-        raise
+            obj = RestrictedUnpickler(BoundedReader(f, size), path).load()
+    except CheckpointError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, RuntimeError, OSError, zipfile.BadZipFile,
             IndexError, KeyError, AttributeError, MemoryError) as e:
         first = str(e).splitlines()[0][:200] if str(e) else ""

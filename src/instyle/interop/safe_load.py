@@ -3,7 +3,9 @@
 Files are opened with ``torch.load(weights_only=True)``, which only rebuilds
 tensors and plain containers, plus a short allow-list of harmless classes that
 the supported formats contain (``argparse.Namespace`` in rosinality checkpoints).
-A file that needs anything else is refused with a message naming the global.
+A file that needs anything else is refused with a message naming the global. Sizes a
+file declares are checked against its bytes before torch allocates them, and the loaded
+tensors against the file's size afterwards (:mod:`instyle.interop.bounds`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from instyle.interop.bounds import check_declared_storages, check_loaded_tensors, check_zip_members
 from instyle.interop.errors import CheckpointError
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
@@ -41,8 +44,13 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     if size == 0:
         raise CheckpointError(f"{path}: the {what} file is empty (0 bytes)")
     try:
+        _check_declared_sizes(path, size, what)
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_loaded_tensors(obj, size, path)
+        return obj
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises many exception types for bad files
         msg = str(e)
         m = re.search(r"GLOBAL\s+([\w.]+)", msg)
@@ -62,6 +70,17 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(
             f"{path}: not a readable PyTorch {what} ({type(e).__name__}: {msg.splitlines()[0][:200] if msg else ''})"
         ) from None
+
+
+def _check_declared_sizes(path: Path, size: int, what: str) -> None:
+    """Refuse, before torch allocates anything, a file whose zip members or legacy
+    storages declare more bytes than it has (see :mod:`instyle.interop.bounds`)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            check_zip_members(zf, size, path)
+        return
+    with open(path, "rb") as f:
+        check_declared_storages(f, size, path)
 
 
 # Globals that torch's weights-only unpickler accepts anyway (used only to pick the

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
 from instyle.models.registry import build_encoder, register_config
-from instyle.models.stylegan2 import Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, from_dict
+from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
+from instyle.utils.config import ConfigError, check_int_range, from_dict
 
 __all__ = ["PSPConfig", "PSP"]
 
@@ -35,7 +35,8 @@ class PSPConfig:
         learn_in_w: the encoder predicts one w (``[B, 512]``), repeated over all styles.
         task: name of the task preset this model was trained for (see ``instyle.tasks``).
         label_nc: number of label classes for segmentation input (0 otherwise).
-        resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original).
+        resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original;
+            at most ``MAX_SIZE``).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -51,6 +52,9 @@ class PSPConfig:
             self.encoder = EncoderConfig.from_dict(self.encoder)
         if isinstance(self.generator, dict):
             self.generator = GeneratorConfig.from_dict(self.generator)
+        # resize_to sizes the pooled output of every forward pass: bounded like the generator
+        check_int_range("resize_to", self.resize_to, 1, MAX_SIZE)
+        check_int_range("label_nc", self.label_nc, 0, MAX_INPUT_NC)
         w_encoder = self.encoder.type == "BackboneEncoderUsingLastLayerIntoW"
         if w_encoder != self.learn_in_w:
             raise ConfigError(

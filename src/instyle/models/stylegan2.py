@@ -24,7 +24,12 @@ from torch import nn
 
 from instyle.models import fast
 from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
-from instyle.utils.config import ConfigError, check_positive_int, check_power_of_two
+from instyle.utils.config import (
+    ConfigError,
+    check_int_range,
+    check_positive_finite,
+    check_power_of_two,
+)
 
 __all__ = [
     "GeneratorConfig",
@@ -39,7 +44,17 @@ __all__ = [
     "ConstantInput",
     "rosinality_channels",
     "nvidia_channels",
+    "MAX_SIZE",
+    "MAX_CHANNELS",
+    "MAX_MLP",
 ]
+
+
+#: Architecture bounds (StyleGAN2's range with room to spare). Files are refused beyond
+#: them before anything is built: a few bytes of config must not ask for gigabytes.
+MAX_SIZE = 2048
+MAX_CHANNELS = 2048
+MAX_MLP = 32
 
 
 def rosinality_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -61,15 +76,16 @@ class GeneratorConfig:
     """Architecture of a StyleGAN2 generator.
 
     Attributes:
-        size: output resolution, a power of two >= 8.
-        style_dim: width of z and w.
-        n_mlp: number of mapping-network layers.
+        size: output resolution, a power of two in [8, :data:`MAX_SIZE`].
+        style_dim: width of z and w (at most :data:`MAX_CHANNELS`).
+        n_mlp: number of mapping-network layers (1 .. :data:`MAX_MLP`).
         channel_multiplier: rosinality channel table multiplier (ignored when ``channels``).
         channels: explicit ``{resolution: channels}`` table (e.g. NVIDIA's formula or a
             narrow test model); must cover 4 .. size.
         blur_kernel: separable FIR taps used for upsampling.
         lr_mlp: learning-rate multiplier of the mapping network.
-        conv_clamp: if set, clamp every conv/ToRGB activation to [-c, c] (NVIDIA).
+        conv_clamp: if set (a finite number > 0), clamp every conv/ToRGB activation to
+            [-c, c] (NVIDIA).
     """
 
     size: int = 1024
@@ -82,14 +98,29 @@ class GeneratorConfig:
     conv_clamp: float | None = None
 
     def __post_init__(self):
-        check_power_of_two("generator.size", self.size, minimum=8)
-        check_positive_int("generator.style_dim", self.style_dim)
-        check_positive_int("generator.n_mlp", self.n_mlp)
-        check_positive_int("generator.channel_multiplier", self.channel_multiplier)
+        # Bounds first: every loader builds its config before any tensor or module, so a
+        # crafted file asking for a huge model is refused here, before anything is allocated.
+        check_power_of_two("generator.size", self.size, minimum=8, maximum=MAX_SIZE)
+        check_int_range("generator.style_dim", self.style_dim, 1, MAX_CHANNELS)
+        check_int_range("generator.n_mlp", self.n_mlp, 1, MAX_MLP)
+        check_int_range("generator.channel_multiplier", self.channel_multiplier, 1, 8)
+        check_positive_finite("generator.lr_mlp", self.lr_mlp)
+        check_positive_finite("generator.conv_clamp", self.conv_clamp, optional=True)
         self.blur_kernel = tuple(self.blur_kernel)
+        if not 1 <= len(self.blur_kernel) <= 16 or not all(isinstance(t, int) and abs(t) <= 1024 for t in self.blur_kernel) \
+                or sum(self.blur_kernel) == 0:
+            raise ConfigError(
+                f"generator.blur_kernel={list(self.blur_kernel)} must be 1 to 16 integer taps in [-1024, 1024] "
+                "with a non-zero sum"
+            )
         if self.channels is not None:
+            if not isinstance(self.channels, dict) or len(self.channels) > 64:
+                raise ConfigError("generator.channels must be a mapping {resolution: channels} of at most 64 entries")
             table = {int(k): int(v) for k, v in self.channels.items()}
             need = [2**i for i in range(2, self.log_size + 1)]
+            for r in need:
+                if r in table:
+                    check_int_range(f"generator.channels[{r}]", table[r], 1, MAX_CHANNELS)
             missing = [r for r in need if r not in table]
             if missing:
                 raise ConfigError(

@@ -7,6 +7,7 @@ the boundary rather than deep inside a model.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -26,6 +27,22 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 def check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+
+def check_int_range(name: str, value: Any, minimum: int, maximum: int) -> None:
+    """``value`` is an integer in ``[minimum, maximum]`` (bounds keep crafted files from
+    asking for huge models)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value!r} must be an integer in [{minimum}, {maximum}]")
+
+
+def check_positive_finite(name: str, value: Any, optional: bool = False) -> None:
+    """``value`` is a finite number > 0 (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        none = " or null" if optional else ""
+        raise ConfigError(f"{name}={value!r} must be a finite number > 0{none}")
 
 
 def check_power_of_two(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> None:

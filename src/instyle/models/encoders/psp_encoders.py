@@ -18,8 +18,8 @@ from torch import nn
 
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, make_body, make_input_layer
 from instyle.models.registry import register_encoder
-from instyle.models.stylegan2 import EqualLinear
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two
+from instyle.models.stylegan2 import MAX_CHANNELS, MAX_SIZE, EqualLinear
+from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two
 
 __all__ = [
     "EncoderConfig",
@@ -36,6 +36,13 @@ ENCODER_TYPES = (
     "BackboneEncoderUsingLastLayerIntoWPlus",
 )
 
+#: Encoder bounds: input side (published 256), input channels (19 for segmentation maps),
+#: residual units per stage (IR-152 has 36) and styles (a MAX_SIZE generator's n_latent).
+MAX_INPUT_SIZE = 1024
+MAX_INPUT_NC = 256
+MAX_UNITS = 64
+MAX_STYLES = 2 * int(math.log2(MAX_SIZE)) - 2
+
 
 @dataclass
 class EncoderConfig:
@@ -50,7 +57,8 @@ class EncoderConfig:
         style_dim: width of each style vector (512 for StyleGAN2).
         widths: channels of the 4 backbone stages (narrow values give tiny test models).
         units: residual units per stage; default from ``num_layers``.
-        input_size: spatial input size (256 published; any power of two >= 64 for FPN).
+        input_size: spatial input size (256 published; any power of two >= 64 for FPN, at
+            most :data:`MAX_INPUT_SIZE`).
         coarse: styles ``[0, coarse)`` read the coarsest map (GradualStyleEncoder).
         middle: styles ``[coarse, middle)`` read the middle map; the rest the finest.
     """
@@ -72,19 +80,22 @@ class EncoderConfig:
         check_choice("encoder.mode", self.mode, ("ir", "ir_se"))
         if self.units is None:
             check_choice("encoder.num_layers", self.num_layers, sorted(UNITS))
-        check_positive_int("encoder.input_nc", self.input_nc)
-        check_positive_int("encoder.n_styles", self.n_styles)
-        check_positive_int("encoder.style_dim", self.style_dim)
-        check_power_of_two("encoder.input_size", self.input_size, minimum=32)
+        # Bounds keep a crafted config from asking for a huge model or input (see MAX_*).
+        check_int_range("encoder.input_nc", self.input_nc, 1, MAX_INPUT_NC)
+        check_int_range("encoder.n_styles", self.n_styles, 1, MAX_STYLES)
+        check_int_range("encoder.style_dim", self.style_dim, 1, MAX_CHANNELS)
+        check_power_of_two("encoder.input_size", self.input_size, minimum=32, maximum=MAX_INPUT_SIZE)
         self.widths = tuple(int(w) for w in self.widths)
-        if len(self.widths) != 4 or min(self.widths) < 1:
-            raise ConfigError(f"encoder.widths={self.widths!r} must be 4 positive integers")
+        if len(self.widths) != 4 or not all(1 <= w <= MAX_CHANNELS for w in self.widths):
+            raise ConfigError(f"encoder.widths={self.widths!r} must be 4 integers in [1, {MAX_CHANNELS}]")
         if self.units is not None:
             self.units = tuple(int(u) for u in self.units)
-            if len(self.units) != 4 or min(self.units) < 1:
-                raise ConfigError(f"encoder.units={self.units!r} must be 4 positive integers")
-        if not 0 < self.coarse <= self.middle:
-            raise ConfigError(f"encoder.coarse={self.coarse} and middle={self.middle} need 0 < coarse <= middle")
+            if len(self.units) != 4 or not all(1 <= u <= MAX_UNITS for u in self.units):
+                raise ConfigError(f"encoder.units={self.units!r} must be 4 integers in [1, {MAX_UNITS}]")
+        if not 0 < self.coarse <= self.middle <= MAX_STYLES:
+            raise ConfigError(
+                f"encoder.coarse={self.coarse} and middle={self.middle} need 0 < coarse <= middle <= {MAX_STYLES}"
+            )
 
     def to_dict(self) -> dict:
         d = asdict(self)
