@@ -111,7 +111,8 @@ def test_encode_duplicate_stems_do_not_overwrite(tiny_dir, tmp_path):
     out = tmp_path / "o"
     assert main(["encode", "-c", str(tiny_dir), str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(out),
                  "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["face.png", "face_1.png"]
+    # Same relative path under two input roots: the root's name keeps them apart (no made-up counter).
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["x/face.png", "y/face.png"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "truncated"])

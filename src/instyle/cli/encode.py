@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-from pathlib import Path
 
 import torch
 
@@ -56,38 +53,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
-    """Output stems that never collide (``a``, ``a_1``, ...)."""
-    used: dict[str, int] = {}
-    names = []
-    for p in paths:
-        stem = p.stem
-        n = used.get(stem, 0)
-        used[stem] = n + 1
-        names.append(stem if n == 0 else f"{stem}_{n}")
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
-    from instyle.inference.latents import save_latent
-    from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
-    from instyle.inference.preprocess import input_preview, prepare_input
+    from instyle.inference.io import collect_input_files
+    from instyle.inference.pipeline import EncodeOptions, OutputFolderError, encode_files, world
     from instyle.interop import CheckpointError, load_psp
+    from instyle.utils.config import ConfigError
     from instyle.utils.device import resolve_device
 
-    if args.batch_size < 1:
-        error(f"--batch-size={args.batch_size} must be >= 1")
-        return 2
     rank, world_size = world()
     try:
+        options = EncodeOptions(
+            batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
+            side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
+        )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    except ValueError as e:
-        error(str(e))
+    except (ConfigError, ValueError) as e:
+        error(str(e).replace("batch_size=", "--batch-size="))
+        return 2
+    if args.align and not _face_tools_ready():
         return 2
     torch.manual_seed(args.seed)
     if device.type == "cpu":
@@ -100,93 +87,32 @@ def run(args: argparse.Namespace) -> int:
         error(str(e))
         return 2
 
-    paths, problems = collect_inputs(args.inputs)
+    files, problems = collect_input_files(args.inputs, exclude=[args.out])
     for msg in problems if rank == 0 else []:
         print(f"instyle: skipped {msg}", file=sys.stderr)
-    failed = len(problems) if rank == 0 else 0
-    if not paths:
+    if not files:
         error("no input images found")
         return 1
-
-    align = None
-    if args.align:
-        from instyle.alignment import AlignmentUnavailable
-        from instyle.alignment.models import require_dlib
-        from instyle.inference.preprocess import align_input
-
-        try:
-            require_dlib()
-        except AlignmentUnavailable as e:
-            error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
-            return 2
-        align = align_input
-
-    def prepare(item):
-        path, _name = item
-        try:
-            return prepare_input(align(path, model.input_size) if align else path, model.config)
-        except (ImageLoadError, ValueError, OSError) as e:
-            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Names are fixed over the whole input list, so every torchrun process agrees on them.
-    items = shard(list(zip(paths, _unique_names(paths))))
-    grid_rows = []
-    encoded = 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if rank == 0 else True)
-    with BackgroundWriter() as writer:
-        for batch in prefetch_batches(items, prepare, args.batch_size, errors=(ValueError,)):
-            for _item, msg in batch.failures:
-                tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
-            failed += len(batch.failures)
-            if batch.tensors is not None:
-                x = batch.tensors.to(device)
-                encoded += len(batch.items)
-                with torch.inference_mode():
-                    w = model.encode(x)
-                    y = model.decode(w, resize=not args.full_resolution)
-                for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
-                    recon = tensor_to_pil(yi)
-                    want_grid = args.grid and len(grid_rows) < 16
-                    preview = input_preview(xi, model.config) if args.side_by_side or want_grid else None
-                    out_img = make_grid([[preview, recon]], cell=recon.size[1], pad=0) if args.side_by_side else recon
-                    writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
-                    if args.save_latents:
-                        writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
-                    if want_grid:
-                        grid_rows.append([preview, recon])
-            bar.update(len(batch.items) + len(batch.failures))
-    bar.close()
-    bad_paths = {str(tag) for tag, _ in writer.errors}
-    for tag, e in writer.errors:
-        print(f"instyle: could not write output for {tag}: {e}", file=sys.stderr)
-    failed += len(bad_paths)
-    done = encoded - len(bad_paths)
-    elapsed = time.perf_counter() - t0
-    suffix = "" if world_size == 1 else f"_rank{rank}"
-    if grid_rows:
-        save_image(_pair_grid(grid_rows), out / f"grid{suffix}.png")
-    summary = {
-        "checkpoint": str(args.checkpoint),
-        "device": str(device),
-        "encoded": done,
-        "failed": failed,
-        "seconds": round(elapsed, 3),
-        "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
-        "output_size": model.output_size if args.full_resolution else model.config.resize_to,
-        "rank": rank,
-        "world_size": world_size,
-    }
-    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"encoded {done} image(s) into {out} in {elapsed:.1f}s" + (f"; {failed} failed" if failed else ""))
-    return 1 if failed else 0
+    log = (lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)) if rank == 0 else (lambda msg: None)
+    try:
+        summary = encode_files(
+            model, files, args.out, options, log=log, progress=rank == 0, meta={"checkpoint": str(args.checkpoint)}, skipped=problems
+        )
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    failed = summary["failed"] + summary["not_done"]
+    print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed or not summary["summary_written"] else 0
 
 
-def _pair_grid(pairs: list[list]):
-    """Input|output pairs laid out four pairs per row."""
-    from instyle.inference.io import make_grid
+def _face_tools_ready() -> bool:
+    from instyle.alignment import AlignmentUnavailable
+    from instyle.alignment.models import require_dlib
 
-    rows = [sum(pairs[i : i + 4], []) for i in range(0, len(pairs), 4)]
-    return make_grid(rows, cell=256)
+    try:
+        require_dlib()
+        return True
+    except AlignmentUnavailable as e:
+        error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,37 +95,50 @@ def load_model(args):
         return None
 
 
-def _unique(paths: list[Path]) -> list[str]:
-    used: dict[str, int] = {}
-    names = []
-    for p in paths:
-        n = used.get(p.stem, 0)
-        used[p.stem] = n + 1
-        names.append(p.stem if n == 0 else f"{p.stem}_{n}")
-    return names
+def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None, reserved=()):
+    """``(files, output names, problems)`` for ``inputs``; with ``out`` the output folder is
+    excluded from folder scans and checked (it must not be an input folder nor overwrite an input).
+
+    Raises:
+        instyle.inference.pipeline.OutputFolderError: one line naming the folder or files.
+    """
+    from instyle.inference.io import InputFile, collect_input_files, output_names
+    from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
+
+    if expand:
+        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [])
+    else:
+        files, problems = [InputFile(Path(p), Path(p).parent) for p in inputs], []
+    outputs = outputs or (lambda name: [name])
+    try:
+        names = output_names(files, outputs, reserved)
+    except ValueError as e:
+        raise OutputFolderError(str(e)) from None
+    if out is not None:
+        prepare_output_folder(out, files, [Path(out) / o for n in names for o in outputs(n)])
+    return files, names, problems
 
 
-def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: bool = True) -> tuple[list[Source], int]:
+def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: bool = True, plan=None) -> tuple[list[Source], int]:
     """Encode images / read latent files. Bad inputs are reported on stderr and counted.
+
+    ``plan`` is a :func:`plan_sources` result (default: planned here without an output folder).
 
     Returns:
         ``(sources in input order, number of failures)``.
     """
-    from instyle.inference.io import ImageLoadError, collect_inputs
+    from instyle.inference.io import ImageLoadError
     from instyle.inference.latents import load_latent
     from instyle.inference.preprocess import prepare_input
 
-    if expand:
-        paths, problems = collect_inputs(inputs)
-    else:
-        paths, problems = [Path(p) for p in inputs], []
+    files, names, problems = plan if plan is not None else plan_sources(inputs, expand)
     for msg in problems:
         print(f"instyle: skipped {msg}", file=sys.stderr)
     failed = len(problems)
     shape = (model.n_styles, model.config.generator.style_dim)
     loaded: list[Source | None] = []
     pending: list[tuple[int, Path, str, torch.Tensor]] = []
-    for path, name in zip(paths, _unique(paths)):
+    for path, name in zip((f.path for f in files), names):
         try:
             if path.suffix.lower() in (".npy", ".npz"):
                 w, _, _ = load_latent(path)
@@ -173,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.mixing import default_latent_mask, parse_latent_mask, style_mix
+    from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
 
     if args.n_outputs < 1:
         error(f"--n-outputs={args.n_outputs} must be >= 1")
@@ -192,12 +207,25 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         error(f"--latent-mask: {e}")
         return 2
-    sources, failed = load_sources(model, device, args.inputs, args.batch_size)
+    from instyle.inference.pipeline import OutputFolderError
+    from instyle.utils.atomic import atomic_write_bytes
+
+    def outputs(name: str) -> list[str]:
+        files = [f"{name}.{args.format}"] + [f"outputs/{name}_{k}.{args.format}" for k in range(args.n_outputs)]
+        return files + ([f"latents/{name}.npy"] if args.save_latents else [])
+
+    try:
+        plan = plan_sources(args.inputs, out=args.out, outputs=outputs, reserved=["grid.png", "summary.json"])
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size, plan=plan)
     if not sources:
         error("no usable inputs")
         return 1
     out = Path(args.out)
     grid_rows = []
+    records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in plan[0]}
     done = 0
     for src in tqdm(sources, unit="img", desc="mix", file=sys.stderr, disable=None):
         mixed = style_mix(
@@ -213,14 +241,23 @@ def run(args: argparse.Namespace) -> int:
             if args.save_latents:
                 save_latent(out / "latents" / f"{src.name}.npy", mixed.cpu())
         except OSError as e:
-            tqdm.write(f"instyle: could not write outputs for {src.path}: {e}", file=sys.stderr)
+            tqdm.write(f"instyle: could not write outputs for {src.path}: {e.strerror or e}", file=sys.stderr)
             failed += 1
+            if e.errno in FATAL_WRITE_ERRNOS:
+                break
             continue
+        records[str(src.path)].update(outputs=outputs(src.name), status="mixed")
         done += 1
         if len(grid_rows) < 16:
             grid_rows.append(row)
-    if grid_rows:
-        save_image(make_grid(grid_rows, cell=256), out / "grid.png")
+    try:
+        if grid_rows:
+            save_image(make_grid(grid_rows, cell=256), out / "grid.png")
+        summary = {"mixed": done, "failed": failed, "n_outputs": args.n_outputs, "files": list(records.values())}
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    except OSError as e:
+        error(f"could not write {out / 'summary.json'} or grid.png: {e.strerror or e}")
+        failed += 1
     alpha = "replace" if args.mix_alpha is None else f"alpha {args.mix_alpha}"
     print(
         f"mixed {done} input(s) x {args.n_outputs} outputs into {out} "

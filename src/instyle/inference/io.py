@@ -9,8 +9,10 @@ rename): an interrupted job never leaves a half-written image behind.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,10 @@ __all__ = [
     "ImageLoadError",
     "MAX_PIXELS",
     "MIN_SIDE",
+    "InputFile",
+    "collect_input_files",
     "collect_inputs",
+    "output_names",
     "load_image",
     "save_image",
     "pil_to_tensor",
@@ -34,43 +39,166 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-def collect_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[Path], list[str]]:
-    """Expand files, folders and glob patterns into a sorted, de-duplicated list of files.
 
-    Folders contribute files with an image extension (recursively by default); explicit
-    files are kept whatever their extension (they get a clear error later if not images).
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file of a batch job and the folder its output name is relative to.
+
+    ``root`` is the folder given on the command line (or the fixed part of a glob, or the
+    parent of a single file); ``rel`` is the POSIX path of the file inside it.
+    """
+
+    path: Path
+    root: Path
+
+    @property
+    def rel(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+
+def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    real = path.resolve()
+    return any(real == f or f in real.parents for f in folders)
+
+
+def _scan_folder(root: Path, recursive: bool, exclude: Sequence[Path], problems: list[str]) -> list[Path]:
+    """Image files under ``root``, sorted; unreadable folders, broken links and special files are
+    reported in ``problems``; ``exclude``d folders (resolved) are not entered."""
+    found: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def on_error(e: OSError) -> None:
+        problems.append(f"{e.filename}: cannot read folder ({e.strerror or e})")
+
+    for folder, dirs, files in os.walk(root, onerror=on_error, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen_dirs or _inside(Path(folder), exclude):
+            dirs[:] = []  # a symlink loop, or the output folder of this job
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(dirs) if recursive else []
+        for name in files:
+            p = Path(folder) / name
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or _inside(p, exclude):
+                continue
+            if p.is_symlink() and not p.exists():
+                problems.append(f"{p}: broken symbolic link (its target {os.readlink(p)} does not exist)")
+            elif not p.is_file():
+                problems.append(f"{p}: not a regular file")
+            else:
+                found.append(p)
+    return sorted(found)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The leading folders of a glob pattern without wildcards (``photos/**/*.png`` -> ``photos``)."""
+    parts = Path(pattern).expanduser().parts
+    fixed = [q for q in itertools.takewhile(lambda q: not any(ch in q for ch in "*?["), parts)]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def collect_input_files(
+    inputs: Iterable[str | os.PathLike], recursive: bool = True, exclude: Iterable[str | os.PathLike] = ()
+) -> tuple[list[InputFile], list[str]]:
+    """Expand files, folders and glob patterns into de-duplicated :class:`InputFile` s.
+
+    Folders contribute files with an image extension (recursively by default, sorted), never
+    entering the ``exclude`` folders (e.g. the job's output folder); explicit files are kept
+    whatever their extension (they get a clear error later if not images).
 
     Returns:
-        ``(paths, problems)`` where problems are messages for inputs that matched nothing.
+        ``(files, problems)``: problems name inputs that matched nothing, unreadable
+        folders, broken symbolic links and special files (one line each).
     """
-    out: list[Path] = []
+    skip = [Path(e).expanduser().resolve() for e in exclude]
+    out: list[InputFile] = []
     problems: list[str] = []
     for item in inputs:
-        s = str(item)
+        s = os.fspath(item)
         p = Path(s).expanduser()
         if p.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(q for q in p.glob(pattern) if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
+            before = len(problems)
+            inner = [e for e in skip if p.resolve() in e.parents]  # only folders strictly inside this input
+            found = _scan_folder(p, recursive, inner, problems)
+            if not found and len(problems) == before:
                 problems.append(f"{p}: folder contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-            out.extend(found)
+            out.extend(InputFile(q, p) for q in found)
         elif p.exists():
-            out.append(p)
+            out.append(InputFile(p, p.parent))
+        elif p.is_symlink():
+            problems.append(f"{p}: broken symbolic link (its target {os.readlink(p)} does not exist)")
         elif any(ch in s for ch in "*?["):
-            found = sorted(Path(m) for m in glob.glob(s, recursive=True) if Path(m).is_file())
+            root = _glob_root(s)
+            found = sorted(Path(m) for m in glob.glob(s, recursive=True) if Path(m).is_file() and not _inside(Path(m), skip))
             if not found:
                 problems.append(f"{s}: pattern matched no files")
-            out.extend(found)
+            out.extend(InputFile(q, root) for q in found)
         else:
             problems.append(f"{p}: no such file or folder")
     seen: set[Path] = set()
     unique = []
-    for p in out:
-        key = p.resolve()
+    for f in out:
+        key = f.path.resolve()
         if key not in seen:
             seen.add(key)
-            unique.append(p)
+            unique.append(f)
     return unique, problems
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> tuple[list[Path], list[str]]:
+    """Like :func:`collect_input_files`, returning only the paths."""
+    files, problems = collect_input_files(inputs, recursive)
+    return [f.path for f in files], problems
+
+
+def _strip_suffix(rel: str) -> str:
+    head, _, name = rel.rpartition("/")
+    stem = Path(name).stem or name
+    return f"{head}/{stem}" if head else stem
+
+
+def output_names(
+    files: Sequence[InputFile],
+    outputs: Callable[[str], Iterable[str]] = lambda name: [name],
+    reserved: Iterable[str] = (),
+) -> list[str]:
+    """Output names for ``files`` whose written paths never collide, by construction.
+
+    A name is the file's path relative to its input root without the suffix (``sub/face``).
+    Files whose outputs (``outputs(name)``: the relative paths a job writes for one name)
+    would collide -- with each other or with the ``reserved`` paths of the job -- keep more
+    of their path, step by step, never a made-up counter: the suffix (``sub/face.jpg``),
+    then the input root's name in front (``photos/sub/face``, ``photos/sub/face.jpg``).
+    Paths are compared case-insensitively (safe on macOS and Windows folders too).
+
+    Raises:
+        ValueError: naming two inputs that would still write the same file (e.g. the same
+            relative path under two input folders with the same name).
+    """
+    def candidates(f: InputFile) -> list[str]:
+        label = f.root.resolve().name or "root"
+        return [_strip_suffix(f.rel), f.rel, f"{label}/{_strip_suffix(f.rel)}", f"{label}/{f.rel}"]
+
+    levels = [0] * len(files)
+    options = [candidates(f) for f in files]
+    taken = {r.casefold() for r in reserved}
+    while True:
+        owners: dict[str, list[int]] = {}
+        for i, opts in enumerate(options):
+            for path in outputs(opts[levels[i]]):
+                owners.setdefault(path.casefold(), []).append(i)
+        clashes = {i for key, idx in owners.items() if len(idx) > 1 or key in taken for i in idx}
+        if not clashes:
+            return [opts[levels[i]] for i, opts in enumerate(options)]
+        movable = [i for i in clashes if levels[i] < len(options[i]) - 1]
+        if not movable:
+            others = [str(files[i].path) for i in sorted(clashes)]
+            raise ValueError(
+                f"these inputs would write the same output file: {', '.join(others)}; give them separate output folders"
+            )
+        for i in movable:
+            levels[i] += 1
 
 
 def pil_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:

@@ -10,19 +10,37 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import queue
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from instyle.inference.io import InputFile, make_grid, save_image, tensor_to_pil
+from instyle.utils.atomic import atomic_write_bytes
+
 T = TypeVar("T")
 
-__all__ = ["Batch", "BackgroundWriter", "prefetch_batches", "shard", "world"]
+__all__ = [
+    "Batch",
+    "BackgroundWriter",
+    "EncodeOptions",
+    "OutputFolderError",
+    "encode_files",
+    "prefetch_batches",
+    "prepare_output_folder",
+    "shard",
+    "world",
+]
 
 
 @dataclass
@@ -137,3 +155,224 @@ def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = 
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
     return list(items[rank::world_size])
+
+
+# --------------------------------------------------------------------------- batch jobs
+
+#: errno values after which no further file can be written (full disk, quota, read-only).
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be used: it is an input folder, would overwrite an input, or
+    cannot be created. ``str(e)`` is one line naming the folder or file."""
+
+
+def prepare_output_folder(out: str | os.PathLike, files: Sequence[InputFile], planned: Sequence[Path] = ()) -> Path:
+    """Create ``out`` after checking that no planned output path is an input file.
+
+    Raises:
+        OutputFolderError: ``out`` is one of the input folders (its photos would be
+            overwritten), a planned output is an input file, or ``out`` cannot be created.
+    """
+    out = Path(out)
+    if out.resolve() in {f.root.resolve() for f in files}:
+        raise OutputFolderError(
+            f"--out {out} is an input folder: its files would be overwritten; choose another folder (e.g. {out / 'out'})"
+        )
+    inputs = {f.path.resolve() for f in files}
+    for p in planned:
+        if Path(p).resolve() in inputs:
+            raise OutputFolderError(f"{p}: this output would overwrite an input file; choose another --out folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".instyle-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise OutputFolderError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
+@dataclass
+class EncodeOptions:
+    """Settings of :func:`encode_files` (validated on creation)."""
+
+    batch_size: int = 4
+    save_latents: bool = False
+    full_resolution: bool = False
+    side_by_side: bool = False
+    grid: bool = False
+    align: bool = False
+    format: str = "png"
+
+    def __post_init__(self) -> None:
+        from instyle.utils.config import ConfigError
+
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
+        if self.format not in ("png", "jpg"):
+            raise ConfigError(f"format={self.format!r} is not one of: png, jpg")
+
+    def outputs(self, name: str) -> list[str]:
+        """Paths (relative to the output folder) written for the input named ``name``."""
+        return [f"{name}.{self.format}"] + ([f"latents/{name}.npy"] if self.save_latents else [])
+
+
+def _is_fatal(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in FATAL_WRITE_ERRNOS
+
+
+def encode_files(
+    model,
+    files: Sequence[InputFile],
+    out: str | os.PathLike,
+    options: EncodeOptions,
+    *,
+    log: Callable[[str], None],
+    progress: bool = False,
+    meta: dict | None = None,
+    skipped: Sequence[str] = (),
+) -> dict:
+    """Encode ``files`` with a pSp ``model`` and write reconstructions (and latents) under ``out``.
+
+    Output names keep each file's path relative to its input root (:func:`output_names`); bad
+    inputs are reported through ``log`` (one line each) and skipped; a full disk stops the job.
+    Under ``torchrun`` this process takes its :func:`shard` of the files.
+
+    ``meta`` (e.g. the checkpoint's name) is copied into the summary; ``skipped`` lists inputs
+    already refused while collecting them (counted as failed, by process 0).
+
+    Returns:
+        The summary (also written atomically to ``out/summary[_rankN].json``): counts, timing
+        and ``files``: one ``{"input", "outputs", "status", "error"}`` record per file.
+
+    Raises:
+        OutputFolderError: before any work, when ``out`` is unusable (see :func:`prepare_output_folder`).
+    """
+    from instyle.inference.io import output_names
+
+    rank, world_size = world()
+    suffix = "" if world_size == 1 else f"_rank{rank}"
+    reserved = [f"grid{suffix}.png", f"summary{suffix}.json"]
+    try:
+        names = output_names(files, options.outputs, reserved)
+    except ValueError as e:
+        raise OutputFolderError(str(e)) from None
+    out = prepare_output_folder(out, files, [Path(out) / o for n in names for o in options.outputs(n)])
+    # Names are fixed over the whole input list, so every torchrun process agrees on them.
+    records = [{"input": str(f.path), "outputs": options.outputs(n), "status": "pending", "error": None} for f, n in zip(files, names)]
+    items = shard(list(enumerate(names)))
+    t0 = time.perf_counter()
+    grid_rows, stopped = _encode_items(model, files, items, records, out, options, log, progress)
+    elapsed = time.perf_counter() - t0
+    if grid_rows and not stopped:
+        _write_or_log(log, lambda: save_image(_pair_grid(grid_rows), out / reserved[0]), out / reserved[0])
+    mine = [records[i] for i, _ in items]
+    done = sum(r["status"] == "encoded" for r in mine)
+    summary = {
+        **(meta or {}),
+        "device": str(next(model.parameters()).device),
+        "encoded": done,
+        "failed": sum(r["status"] == "failed" for r in mine) + (len(skipped) if rank == 0 else 0),
+        "not_done": sum(r["status"] == "pending" for r in mine),
+        "seconds": round(elapsed, 3),
+        "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
+        "output_size": model.output_size if options.full_resolution else model.config.resize_to,
+        "rank": rank,
+        "world_size": world_size,
+        "files": mine,
+        "skipped": list(skipped) if rank == 0 else [],
+    }
+    for r in mine:
+        if r["status"] != "encoded":
+            r["outputs"] = []
+    summary["summary_written"] = _write_or_log(
+        log, lambda: atomic_write_bytes(out / reserved[1], (json.dumps(summary, indent=2) + "\n").encode()), out / reserved[1]
+    )
+    return summary
+
+
+def _write_or_log(log: Callable[[str], None], write: Callable[[], Any], path: Path) -> bool:
+    try:
+        write()
+        return True
+    except OSError as e:
+        log(f"could not write {path}: {e.strerror or e}")
+        return False
+
+
+def _input_preparer(model, align: bool) -> Callable[[Path], torch.Tensor]:
+    from instyle.inference.io import ImageLoadError
+    from instyle.inference.preprocess import align_input, prepare_input
+
+    def prepare(path: Path) -> torch.Tensor:
+        try:
+            return prepare_input(align_input(path, model.input_size) if align else path, model.config)
+        except (ImageLoadError, ValueError, OSError) as e:
+            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+
+    return prepare
+
+
+def _encode_items(model, files, items, records, out: Path, options: EncodeOptions, log, progress: bool):
+    """The encode loop of :func:`encode_files`: ``(grid rows, whether a full disk stopped it)``."""
+    from tqdm import tqdm
+
+    from instyle.inference.latents import save_latent
+    from instyle.inference.preprocess import input_preview
+
+    device = next(model.parameters()).device
+    prepare = _input_preparer(model, options.align)
+    grid_rows: list[list] = []
+    stopped = False
+    bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)
+    batches = prefetch_batches(items, lambda item: prepare(files[item[0]].path), options.batch_size, errors=(ValueError,))
+    with BackgroundWriter() as writer:
+        for batch in batches:
+            for (i, _), msg in batch.failures:
+                records[i].update(status="failed", error=msg)
+                log(f"skipped {msg}")
+            if batch.tensors is not None:
+                x = batch.tensors.to(device)
+                with torch.inference_mode():
+                    w = model.encode(x)
+                    y = model.decode(w, resize=not options.full_resolution)
+                for (i, name), xi, yi, wi in zip(batch.items, x, y, w):
+                    recon = tensor_to_pil(yi)
+                    want_grid = options.grid and len(grid_rows) < 16
+                    preview = input_preview(xi, model.config) if options.side_by_side or want_grid else None
+                    image = make_grid([[preview, recon]], cell=recon.size[1], pad=0) if options.side_by_side else recon
+                    records[i]["status"] = "encoded"
+                    writer.submit(save_image, image, out / f"{name}.{options.format}", tag=i)
+                    if options.save_latents:
+                        writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=i)
+                    if want_grid:
+                        grid_rows.append([preview, recon])
+            bar.update(len(batch.items) + len(batch.failures))
+            if any(_is_fatal(e) for _, e in writer.errors):
+                stopped = True
+                break
+    batches.close()
+    bar.close()
+    _record_write_errors(writer.errors, records, files, log)
+    return grid_rows, stopped
+
+
+def _record_write_errors(errors, records, files, log) -> None:
+    """Mark files whose outputs failed to write; a full disk is reported once, not per file."""
+    fatal_logged = False
+    for i, e in errors:
+        records[i].update(status="failed", error=f"could not write output: {e.strerror if isinstance(e, OSError) else e}")
+        if _is_fatal(e):
+            if not fatal_logged:
+                log(f"could not write output for {files[i].path}: {e.strerror or e}; stopped (outputs written so far are complete)")
+            fatal_logged = True
+        else:
+            log(f"could not write output for {files[i].path}: {e}")
+
+
+def _pair_grid(pairs: list[list]):
+    """Input|output pairs laid out four pairs per row."""
+    rows = [sum(pairs[i : i + 4], []) for i in range(0, len(pairs), 4)]
+    return make_grid(rows, cell=256)

@@ -1,14 +1,32 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename."""
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+The temporary file is created like a plain ``open(path, "w")`` would create the target
+(mode 0666 minus the process umask), so results are readable by whoever could read a
+normally written file -- unlike :func:`tempfile.mkstemp`, which always makes them 0600.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes"]
+
+
+def _create_temp(target: Path) -> Path:
+    """Create an empty, new file next to ``target``; the kernel applies the umask to 0o666."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp{target.suffix}"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {target}")
 
 
 @contextlib.contextmanager
@@ -19,9 +37,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(target)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
