@@ -5,7 +5,7 @@ Readers never execute code from a file; converters are pure key-mapping function
 (:mod:`instyle.interop.keymaps`).
 """
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.loading import (
     PUBLISHED_CHECKPOINTS,
     cache_dir,
@@ -16,7 +16,7 @@ from instyle.interop.loading import (
     read_official_psp,
     resolve_path,
 )
-from instyle.interop.own_format import load_own, save_generator, save_psp
+from instyle.models.own_format import load_own, save_generator, save_psp
 from instyle.interop.safe_load import safe_torch_load
 
 __all__ = [

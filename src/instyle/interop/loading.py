@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
     ArchitectureError,
     generator_config_from_state_dict,
     psp_config_from_official,
     strip_prefix,
 )
-from instyle.interop.own_format import is_own_format, load_own
+from instyle.models.own_format import is_own_format, load_own
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import Generator

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
 from instyle.models.stylegan2 import Generator, GeneratorConfig, rosinality_channels

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 
 __all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
 

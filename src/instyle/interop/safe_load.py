@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
 

@@ -277,7 +277,7 @@ class PSP(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
-        from instyle.interop.own_format import save_psp
+        from instyle.models.own_format import save_psp
 
         return save_psp(self, directory, extra=extra)
 

@@ -27,7 +27,7 @@ from instyle.tasks import (  # noqa: F401
     sketch2face,
     super_resolution,
 )
-from instyle.tasks.train_presets import register_training_presets
+from instyle.training.task_presets import register_training_presets
 
 # isort: on
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
