@@ -11,12 +11,14 @@ from instyle.interop.loading import (
     cache_dir,
     detect_format,
     load_generator,
+    load_own,
     load_psp,
     load_state_checked,
     read_official_psp,
     resolve_path,
+    save_generator,
+    save_psp,
 )
-from instyle.models.own_format import load_own, save_generator, save_psp
 from instyle.interop.safe_load import safe_torch_load
 
 __all__ = [

@@ -8,23 +8,39 @@
 Safetensors holds only tensors (no code can run on load). Both files are written
 to temporary names and renamed into place, so a crash never leaves a half-written
 model behind.
+
+The models own their format: :meth:`PSP.save_pretrained` / :meth:`PSP.from_pretrained` (and
+the generator's) use the helpers here and need nothing from :mod:`instyle.interop`, which
+reads the foreign formats on top of the models.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from instyle.errors import CheckpointError
-from instyle.models.psp import PSP, PSPConfig
-from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
 
-__all__ = ["FORMAT_VERSION", "save_psp", "save_generator", "load_own", "is_own_format", "read_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "adopt_state",
+    "build_empty",
+    "is_own_format",
+    "load_state_checked",
+    "read_config",
+    "read_pretrained",
+    "write_pretrained",
+]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -36,7 +52,11 @@ def is_own_format(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG_NAME).is_file()
 
 
-def _write(directory: Path, kind: str, config: dict, tensors: dict[str, torch.Tensor], metadata: dict | None) -> Path:
+def write_pretrained(
+    directory: str | Path, kind: str, config: dict, tensors: Mapping[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` of a model of ``kind`` into ``directory``."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
@@ -45,19 +65,6 @@ def _write(directory: Path, kind: str, config: dict, tensors: dict[str, torch.Te
     with atomic_path(directory / CONFIG_NAME) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return directory
-
-
-def save_psp(model: PSP, directory: str | Path, extra: dict | None = None) -> Path:
-    """Save a :class:`PSP` (state dict incl. ``latent_avg``) in the own format."""
-    return _write(Path(directory), "psp", model.config.to_dict(), model.state_dict(), extra)
-
-
-def save_generator(generator: Generator, directory: str | Path, extra: dict | None = None) -> Path:
-    """Save a :class:`Generator` (and its ``latent_avg`` when known) in the own format."""
-    tensors = dict(generator.state_dict())
-    if generator.latent_avg is not None:
-        tensors["latent_avg"] = generator.latent_avg
-    return _write(Path(directory), "generator", generator.config.to_dict(), tensors, extra)
 
 
 def read_config(directory: str | Path) -> dict:
@@ -88,29 +95,71 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
-def load_own(directory: str | Path) -> PSP | Generator:
-    """Load an own-format directory into a :class:`PSP` or :class:`Generator` (CPU, eval)."""
-    directory = Path(directory)
-    doc = read_config(directory)
-    tensors = _read_tensors(directory)
-    from instyle.interop.loading import build_empty, load_state_checked
+def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config.json document, tensors)`` of an own-format directory holding a ``kind`` model.
 
+    Raises:
+        CheckpointError: not an instyle directory, unreadable files, or another kind of model.
+    """
+    directory = Path(directory)
+    if not is_own_format(directory):
+        raise CheckpointError(
+            f"{directory}: not an instyle model directory (no {CONFIG_NAME}); "
+            "use instyle.load / instyle.load_generator for other checkpoint files"
+        )
+    doc = read_config(directory)
+    if doc["kind"] != kind:
+        names = {"psp": "pSp model", "generator": "generator"}
+        hint = "instyle.load_generator" if doc["kind"] == "generator" else "instyle.load"
+        raise CheckpointError(
+            f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"
+        )
+    return doc, _read_tensors(directory)
+
+
+def build_empty(cls, *args, **kwargs):
+    """Construct a model on the meta device: no memory, no random initialisation. Its
+    weights must then come from :func:`load_state_checked` with ``assign=True``."""
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def load_state_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any, assign: bool = False
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file and both shapes.
+
+    ``assign=True`` adopts the given tensors (for models made with :func:`build_empty`)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing from the file, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def adopt_state(cls, make_config: Callable[[], Any], tensors: Mapping[str, torch.Tensor], source: Any) -> nn.Module:
+    """``cls(make_config())`` built on meta, then given ``tensors`` (strict, shapes checked).
+
+    A config that cannot be built or weights that do not fit raise :class:`CheckpointError`
+    naming ``source``."""
     try:
-        if doc["kind"] == "psp":
-            config = PSPConfig.from_dict(doc["config"])
-            model = build_empty(PSP, config)
-            load_state_checked(model, tensors, directory, assign=True)
-            model.sync_decoder_latent_avg()
-        else:
-            config = GeneratorConfig.from_dict(doc["config"])
-            model = build_empty(Generator, config)
-            avg = tensors.pop("latent_avg", None)
-            load_state_checked(model, tensors, directory, assign=True)
-            if avg is not None:
-                model.latent_avg = avg
+        model = build_empty(cls, make_config())
+        load_state_checked(model, tensors, source, assign=True)
+    except CheckpointError:
+        raise
     except (ValueError, TypeError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{directory}: {e}") from None
-    model.metadata = doc.get("metadata", {})
-    return model.eval()
+        raise CheckpointError(f"{source}: {e}") from None
+    return model
