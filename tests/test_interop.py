@@ -217,6 +217,28 @@ def test_own_format_generator_round_trip(tmp_path):
     assert str(tmp_path / "g") in str(info.value)
 
 
+def test_from_pretrained_honours_cls_and_refuses_other_files(tmp_path):
+    class MyPSP(PSP):
+        pass
+
+    class MyGenerator(Generator):
+        pass
+
+    model = make_psp(tiny_config())
+    loaded = MyPSP.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert type(loaded) is MyPSP and not loaded.training
+    assert_same_state(model, loaded)
+    g = MyGenerator.from_pretrained(model.decoder.save_pretrained(tmp_path / "g"))
+    assert type(g) is MyGenerator
+    assert_same_state(model.decoder, g)
+    with pytest.raises(CheckpointError, match="is a generator, not a pSp model"):
+        PSP.from_pretrained(tmp_path / "g")
+    with pytest.raises(CheckpointError, match="is a pSp model, not a generator"):
+        Generator.from_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="not an instyle model directory.*instyle.load"):
+        PSP.from_pretrained(tmp_path / "missing.pt")
+
+
 def test_load_generator_reads_own_format_psp_decoder(tmp_path):
     model = make_psp(tiny_config())
     save_psp(model, tmp_path / "m")

@@ -23,6 +23,8 @@ from instyle.cli import train as train_cli
 from instyle.data import PairedImageDataset
 from instyle.losses import LAMBDAS, LPIPSLoss
 from instyle.models.encoders import Backbone
+from instyle.tasks import Task, register_task
+from instyle.tasks import base as task_base
 from instyle.training import (
     TrainConfig,
     TrainPreset,
@@ -30,9 +32,9 @@ from instyle.training import (
     build_objective,
     build_optimizer,
     get_preset,
+    list_presets,
     parse_overrides,
     prepare_for_training,
-    register_preset,
     train,
     train_step,
 )
@@ -114,13 +116,17 @@ def test_config_overrides_and_json_round_trip(tmp_path):
     assert obj.id_lambda == 0.1 and obj.start_from_latent_avg
 
 
-def test_presets_registry():
+def test_presets_registry(monkeypatch):
     inv = get_preset("inversion")
     cfg = TrainConfig.from_dict(dict(inv.overrides))
     assert cfg.id_lambda == 0.1 and cfg.lpips_lambda == 0.8 and cfg.start_from_latent_avg
-    register_preset(TrainPreset("unit_test_noise", {"l2_lambda": 2.0}, input_transform=lambda c: "made", description="t"))
+    # A new preset is a new task: one registry.
+    monkeypatch.setattr(task_base, "_REGISTRY", dict(task_base._REGISTRY))  # undone after the test
+    register_task(Task("unit_test_noise", description="t", loss={"l2_lambda": 2.0}))
     p = get_preset("unit_test_noise")
-    assert p.make_input_transform(cfg) == "made" and p.overrides["l2_lambda"] == 2.0
+    assert isinstance(p, TrainPreset) and p.description == "t" and p.overrides["l2_lambda"] == 2.0
+    assert "unit_test_noise" in list_presets()
+    assert TrainConfig.from_dict(dict(p.overrides)).task == "unit_test_noise"
     with pytest.raises(ConfigError, match="inversion"):
         get_preset("no_such_preset")
 

@@ -11,10 +11,9 @@ Quick use::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from instyle.interop import CheckpointError, load_generator
 from instyle.models import PSP, EncoderConfig, Generator, GeneratorConfig, PSPConfig, create_psp
+from instyle.version import __version__
 
 
 def load(path, device="cpu", expected: PSPConfig | None = None) -> PSP:

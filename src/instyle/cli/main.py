@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from instyle import __version__
+from instyle.version import __version__
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = [

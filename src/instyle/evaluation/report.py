@@ -37,6 +37,7 @@ from PIL import Image
 
 from instyle.evaluation.metrics import mse, psnr, ssim
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
 
@@ -452,8 +453,6 @@ def evaluate(
 
 
 def _version() -> str:
-    from instyle import __version__
-
     return __version__
 
 

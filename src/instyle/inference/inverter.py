@@ -127,10 +127,3 @@ class Inverter:
         if not isinstance(direction, torch.Tensor):
             direction = load_direction(direction, self.model.n_styles, self.config.generator.style_dim)
         return self.decode(apply_direction(self._code(image), direction.to(self.device), strengths, layers))
-
-    def evaluate(self, data_dir, out_dir=None, **kwargs) -> dict:
-        """Metrics of this model on a folder (see :func:`instyle.evaluation.report.evaluate`)."""
-        from instyle.evaluation.report import evaluate
-
-        kwargs.setdefault("device", self.device)
-        return evaluate(self.model, data_dir, out_dir=out_dir, **kwargs)

@@ -5,18 +5,20 @@ Readers never execute code from a file; converters are pure key-mapping function
 (:mod:`instyle.interop.keymaps`).
 """
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.loading import (
     PUBLISHED_CHECKPOINTS,
     cache_dir,
     detect_format,
     load_generator,
+    load_own,
     load_psp,
     load_state_checked,
     read_official_psp,
     resolve_path,
+    save_generator,
+    save_psp,
 )
-from instyle.interop.own_format import load_own, save_generator, save_psp
 from instyle.interop.safe_load import safe_torch_load
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 
 __all__ = [
     "MAX_NESTING",

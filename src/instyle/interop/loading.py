@@ -19,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
     ArchitectureError,
     generator_config_from_state_dict,
     psp_config_from_official,
     strip_prefix,
 )
-from instyle.interop.own_format import is_own_format, load_own
 from instyle.interop.safe_load import safe_torch_load
+from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import Generator
 
@@ -40,8 +39,11 @@ __all__ = [
     "read_official_psp",
     "load_psp",
     "load_generator",
+    "load_own",
     "load_state_checked",
     "detect_format",
+    "save_generator",
+    "save_psp",
 ]
 
 #: The checkpoints published with the pSp paper (file name -> task and output size).
@@ -87,57 +89,20 @@ def resolve_path(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
 
 
-def build_empty(cls, *args, **kwargs):
-    """Construct a model on the meta device: no memory, no random initialisation. Its
-    weights must then come from :func:`load_state_checked` with ``assign=True``."""
-    with torch.device("meta"):
-        return cls(*args, **kwargs)
+def load_own(directory: str | os.PathLike) -> PSP | Generator:
+    """An own-format directory as a :class:`PSP` or :class:`Generator` (CPU, eval), by its kind."""
+    kind = read_config(directory)["kind"]
+    return (PSP if kind == "psp" else Generator).from_pretrained(directory)
 
 
-def load_state_checked(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any, assign: bool = False
-) -> None:
-    """``load_state_dict(strict=True)`` with an error that names the file and both shapes.
-
-    ``assign=True`` adopts the given tensors (for models made with :func:`build_empty`)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    wrong = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    dtypes = [
-        f"{k}: dtype {_dtype_name(state_dict[k].dtype)}, expected {_dtype_name(own[k].dtype)}"
-        for k in own
-        if k in state_dict and state_dict[k].dtype != own[k].dtype
-    ]
-    if missing or unexpected or wrong or dtypes:
-        parts = []
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatch(es), e.g. " + "; ".join(wrong[:3]))
-        if dtypes:
-            parts.append(f"{len(dtypes)} tensor(s) of the wrong dtype, e.g. " + "; ".join(dtypes[:3]))
-        if missing:
-            parts.append(f"{len(missing)} tensor(s) missing from the file, e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
-        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
-    check_finite(state_dict, source)
-    model.load_state_dict(state_dict, strict=True, assign=assign)
+def save_psp(model: PSP, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Same as ``model.save_pretrained(directory, extra)``."""
+    return model.save_pretrained(directory, extra)
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def check_finite(tensors: Mapping[str, torch.Tensor | None], source: Any) -> None:
-    """Refuse NaN / Inf in floating tensors: such weights silently give black images."""
-    for k, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            what = "NaN" if bool(torch.isnan(t).any()) else "Inf"
-            raise CheckpointError(f"{source}: tensor '{k}' holds {what} values; the weights are corrupt")
+def save_generator(generator: Generator, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Same as ``generator.save_pretrained(directory, extra)``."""
+    return generator.save_pretrained(directory, extra)
 
 
 def detect_format(obj: Any) -> str:
@@ -211,9 +176,7 @@ def load_psp(
     """
     p = resolve_path(path)
     if is_own_format(p):
-        model = load_own(p)
-        if not isinstance(model, PSP):
-            raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
+        model = PSP.from_pretrained(p)
         _check_expected(model.config, expected, p)
         return model.to(device).eval()
     if p.is_dir():

@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
+from instyle.models.own_format import build_empty, load_state_checked
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig, rosinality_channels
 from instyle.utils.config import ConfigError
 
@@ -374,8 +375,6 @@ def load_nvidia_generator(path: str | os.PathLike) -> Generator:
     ``generator.latent_avg`` is NVIDIA's ``w_avg`` (``[1, w_dim]``; None if the file has
     none). With ``randomize_noise=False`` the output equals NVIDIA's ``noise_mode='const'``.
     """
-    from instyle.interop.loading import build_empty, load_state_checked
-
     config, state, latent_avg = read_nvidia_generator(path)
     g = build_empty(Generator, config)
     load_state_checked(g, state, path, assign=True)

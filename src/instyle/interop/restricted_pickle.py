@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from instyle.errors import CheckpointError
 from instyle.interop.bounds import MAX_NESTING, BoundedReader, check_torch_bytes, check_zip_members
-from instyle.interop.errors import CheckpointError
 
 __all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
 

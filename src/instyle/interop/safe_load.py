@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from instyle.errors import CheckpointError
 from instyle.interop.bounds import check_declared_storages, check_loaded_tensors, check_zip_members
-from instyle.interop.errors import CheckpointError
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
 

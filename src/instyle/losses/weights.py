@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.safe_load import safe_torch_load
 
 __all__ = ["LossWeightsError", "hub_checkpoint_dir", "find_weights", "read_state_dict"]

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
+from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, register_config
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
 from instyle.utils.config import ConfigError, check_int_range, from_dict
+from instyle.utils.device import resolve_device
 
 __all__ = ["PSPConfig", "PSP"]
 
@@ -285,17 +287,21 @@ class PSP(nn.Module):
     # ----------------------------------------------------------------- persistence
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
-        from instyle.interop.own_format import save_psp
-
-        return save_psp(self, directory, extra=extra)
+        """Write ``config.json`` + ``model.safetensors`` (state dict incl. ``latent_avg``) into
+        ``directory`` (atomically); ``extra`` is stored as free-form metadata."""
+        return write_pretrained(directory, "psp", self.config.to_dict(), self.state_dict(), extra, self.random_weights)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> PSP:
-        """Load any supported pSp checkpoint (own format directory or official ``.pt``)."""
-        from instyle.interop import load_psp
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PSP:
+        """Load a directory written by :meth:`save_pretrained` as ``cls``, in eval mode.
 
-        return load_psp(path, device=device)
+        Official ``.pt`` files and other formats: :func:`instyle.load`."""
+        doc, tensors = read_pretrained(directory, "psp")
+        model = adopt_state(cls, lambda: PSPConfig.from_dict(doc["config"]), tensors, Path(directory))
+        model.sync_decoder_latent_avg()
+        model.metadata = doc.get("metadata", {})
+        model.random_weights = doc.get("random_weights") is True
+        return model.to(resolve_device(device)).eval()
 
 
 # --------------------------------------------------------------------------- named configs

@@ -17,12 +17,15 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instyle.errors import CheckpointError
 from instyle.models import fast
+from instyle.models.own_format import adopt_state, check_finite, read_pretrained, write_pretrained
 from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
 from instyle.utils.config import (
     ConfigError,
@@ -30,6 +33,7 @@ from instyle.utils.config import (
     check_positive_finite,
     check_power_of_two,
 )
+from instyle.utils.device import resolve_device
 
 __all__ = [
     "GeneratorConfig",
@@ -612,3 +616,32 @@ class Generator(nn.Module):
         )
         return image
 
+
+    # ----------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (and ``latent_avg`` when known) into
+        ``directory`` (atomically); ``extra`` is stored as free-form metadata."""
+        tensors = dict(self.state_dict())
+        if self.latent_avg is not None:
+            tensors["latent_avg"] = self.latent_avg
+        return write_pretrained(
+            directory, "generator", self.config.to_dict(), tensors, extra, getattr(self, "random_weights", False)
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Generator:
+        """Load a directory written by :meth:`save_pretrained` as ``cls``, in eval mode.
+
+        rosinality / pSp ``.pt`` and NVIDIA ``.pkl`` files: :func:`instyle.load_generator`."""
+        doc, tensors = read_pretrained(directory, "generator")
+        avg = tensors.pop("latent_avg", None)
+        g = adopt_state(cls, lambda: GeneratorConfig.from_dict(doc["config"]), tensors, Path(directory))
+        if avg is not None:
+            if avg.dtype != torch.float32:
+                raise CheckpointError(f"{directory}: latent_avg has dtype {avg.dtype}, expected torch.float32")
+            check_finite({"latent_avg": avg}, directory)
+            g.latent_avg = avg
+        g.metadata = doc.get("metadata", {})
+        g.random_weights = doc.get("random_weights") is True
+        return g.to(resolve_device(device)).eval()

@@ -1,8 +1,8 @@
 """The paper's image-to-image tasks as named presets.
 
 Each task is one small declarative file registering a :class:`~instyle.tasks.base.Task`;
-``get_task(name)`` finds it, ``list_tasks()`` lists them. Importing this package also makes
-every task a training preset of :mod:`instyle.training.presets`. See ``docs/tasks.md``.
+``get_task(name)`` finds it, ``list_tasks()`` lists them; training builds its presets from
+them (:mod:`instyle.training.presets`). See ``docs/tasks.md``.
 """
 
 # isort: off
@@ -27,11 +27,8 @@ from instyle.tasks import (  # noqa: F401
     sketch2face,
     super_resolution,
 )
-from instyle.tasks.train_presets import register_training_presets
 
 # isort: on
-
-register_training_presets([get_task(name) for name in list_tasks()])
 
 __all__ = [
     "LOSS_LAMBDAS",

@@ -220,14 +220,9 @@ def register_task(task: Task) -> Task:
     return task
 
 
-def _ensure_builtin() -> None:
-    # Importing the package registers the built-in task files.
-    import instyle.tasks  # noqa: F401
-
-
 def list_tasks() -> list[str]:
-    """Names of the registered tasks, sorted."""
-    _ensure_builtin()
+    """Names of the registered tasks, sorted (importing ``instyle.tasks``, the parent
+    package of this module, has registered the built-in ones)."""
     return sorted(_REGISTRY)
 
 
@@ -237,7 +232,6 @@ def get_task(name: str, **overrides) -> Task:
     Raises:
         ConfigError: unknown name (the message lists the available ones) or bad override.
     """
-    _ensure_builtin()
     task = _REGISTRY.get(name)
     if task is None:
         raise ConfigError(f"unknown task {name!r}; available tasks: {sorted(_REGISTRY)}")

@@ -16,7 +16,7 @@ from instyle.training.config import PRECISIONS, TrainConfig, accepted_keys, pars
 from instyle.training.loop import TrainResult, train
 from instyle.training.model import build_model, init_encoder_from_ir_se50, prepare_for_training, psp_config_for
 from instyle.training.optim import OPTIMIZERS, Ranger, build_optimizer
-from instyle.training.presets import TrainPreset, get_preset, list_presets, register_preset
+from instyle.training.presets import TrainPreset, get_preset, list_presets, preset_from_task
 from instyle.training.state import RunFolder
 from instyle.training.step import Precision, apply_update, backward, forward_loss, train_step
 
@@ -40,9 +40,9 @@ __all__ = [
     "init_encoder_from_ir_se50",
     "list_presets",
     "parse_overrides",
+    "preset_from_task",
     "prepare_for_training",
     "psp_config_for",
-    "register_preset",
     "train",
     "train_step",
 ]

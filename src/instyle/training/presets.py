@@ -1,32 +1,28 @@
 """Training presets: a task's recipe (config overrides) and its input transform.
 
-Tasks register presets; the trainer only reads them::
+A preset is built on demand from the task of the same name (:mod:`instyle.tasks`), so there
+is one registry -- the tasks'. Training imports tasks, never the reverse::
 
-    from instyle.training.presets import TrainPreset, register_preset
+    from instyle.training.presets import get_preset
 
-    register_preset(TrainPreset(
-        name="super_resolution",
-        overrides={"lpips_lambda": 0.8, "l2_lambda": 1.0, "id_lambda": 0.1, "resize_factors": "1,2,4,8,16,32"},
-        input_transform=lambda cfg: BilinearDownUp(cfg.resize_factors),   # an InputTransform or None
-        description="low-resolution face -> face",
-    ))
+    preset = get_preset("super_resolution")          # from get_task("super_resolution")
+    cfg = TrainConfig.from_dict({**preset.overrides, ...})
+    transform = preset.make_input_transform(cfg)     # an InputTransform or None
 
-``get_preset`` imports :mod:`instyle.tasks` (when that package exists) so its
-registrations are visible; a built-in ``inversion`` preset (the original FFHQ
-encoding recipe) is always available unless a task package replaces it.
+A new preset is a new task: ``instyle.tasks.register_task(Task(name=..., ...))``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from instyle.data.transforms import InputTransform
-from instyle.utils.config import ConfigError
+from instyle.tasks import Task, get_task, list_tasks
+from instyle.training.task_presets import preset_overrides, transform_factory
 
-__all__ = ["TrainPreset", "register_preset", "get_preset", "list_presets"]
+__all__ = ["TrainPreset", "get_preset", "list_presets", "preset_from_task"]
 
 
 @dataclass(frozen=True)
@@ -50,53 +46,21 @@ class TrainPreset:
         return self.input_transform(config) if self.input_transform is not None else None
 
 
-_PRESETS: dict[str, TrainPreset] = {}
-
-#: The original's FFHQ inversion recipe (``scripts/train.py --dataset_type=ffhq_encode``).
-INVERSION = TrainPreset(
-    name="inversion",
-    overrides={
-        "task": "inversion",
-        "encoder_type": "GradualStyleEncoder",
-        "start_from_latent_avg": True,
-        "lpips_lambda": 0.8,
-        "l2_lambda": 1.0,
-        "id_lambda": 0.1,
-        "w_norm_lambda": 0.0,
-        "source_mode": "rgb",
-        "input_nc": 3,
-        "flip": True,
-    },
-    description="face photo -> the same face (FFHQ encoding recipe of the paper)",
-)
-
-
-def register_preset(preset: TrainPreset) -> TrainPreset:
-    """Add (or replace) a preset by name."""
-    if not preset.name or not isinstance(preset.name, str):
-        raise ValueError(f"preset name must be a non-empty string, got {preset.name!r}")
-    _PRESETS[preset.name] = preset
-    return preset
-
-
-def _load_task_presets() -> None:
-    try:
-        importlib.import_module("instyle.tasks")
-    except ModuleNotFoundError as e:
-        if e.name not in ("instyle.tasks",):
-            raise
-    _PRESETS.setdefault(INVERSION.name, INVERSION)
+def preset_from_task(task: Task) -> TrainPreset:
+    """The training recipe of ``task``: its ``TrainConfig`` overrides and input transform."""
+    return TrainPreset(
+        name=task.name,
+        overrides=preset_overrides(task),
+        input_transform=transform_factory(task),
+        description=task.description,
+    )
 
 
 def list_presets() -> list[str]:
-    _load_task_presets()
-    return sorted(_PRESETS)
+    """Names of the presets: the registered tasks."""
+    return list_tasks()
 
 
 def get_preset(name: str) -> TrainPreset:
-    """The preset called ``name`` (raises :class:`ConfigError` listing the known ones)."""
-    _load_task_presets()
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; available: {sorted(_PRESETS)}") from None
+    """The preset of the task called ``name`` (raises :class:`ConfigError` listing the known ones)."""
+    return preset_from_task(get_task(name))

@@ -1,8 +1,6 @@
-"""Expose every task as a training preset of :mod:`instyle.training.presets`.
-
-The trainer reads presets (config overrides + an input transform); this module derives them
-from the :class:`~instyle.tasks.base.Task` objects, so task files stay declarative and the
-trainer never imports a task. Registered when :mod:`instyle.tasks` is imported.
+"""What training derives from a :class:`~instyle.tasks.base.Task`: its ``TrainConfig``
+overrides and the transform that makes its input (see :mod:`instyle.training.presets`).
+Task files stay declarative; tasks never import training.
 
 Data flow: without a source folder the dataset hands the (already flipped) target as the
 source, and :class:`TaskInputTransform` makes the task's input from it (sketch, low-res,
@@ -21,7 +19,7 @@ from PIL import Image
 
 from instyle.tasks.base import TRAINING_DEFAULTS, Task
 
-__all__ = ["TaskInputTransform", "preset_overrides", "register_training_presets"]
+__all__ = ["TaskInputTransform", "preset_overrides", "transform_factory"]
 
 
 def _tensor_to_pil(x: torch.Tensor) -> Image.Image:
@@ -82,7 +80,9 @@ def preset_overrides(task: Task) -> dict:
     return out
 
 
-def _transform_factory(task: Task):
+def transform_factory(task: Task):
+    """``config -> TaskInputTransform | None`` for ``task`` (None: the source is the input)."""
+
     def factory(cfg):
         t = task
         if getattr(cfg, "image_size", t.size) != t.size:
@@ -96,20 +96,3 @@ def _transform_factory(task: Task):
         return TaskInputTransform(t, make_input=not prepared)
 
     return factory
-
-
-def register_training_presets(tasks: list[Task]) -> None:
-    """Register one training preset per task (no-op when the training package is absent)."""
-    try:
-        from instyle.training.presets import TrainPreset, register_preset
-    except ImportError:
-        return
-    for task in tasks:
-        register_preset(
-            TrainPreset(
-                name=task.name,
-                overrides=preset_overrides(task),
-                input_transform=_transform_factory(task),
-                description=task.description,
-            )
-        )

@@ -1,0 +1,196 @@
+"""instyle's own model format: a directory with ``config.json`` + ``model.safetensors``.
+
+``config.json``::
+
+    {"format": "instyle", "kind": "psp" | "generator", "version": 1,
+     "config": {...architecture...}, "metadata": {...free-form provenance...},
+     "random_weights": false}
+
+``random_weights`` (true for an untrained, randomly initialised model) is read back onto the
+model; files written before it existed load as ``false``.
+
+Safetensors holds only tensors (no code can run on load). Both files are written
+to temporary names and renamed into place, so a crash never leaves a half-written
+model behind.
+
+The models own their format: :meth:`PSP.save_pretrained` / :meth:`PSP.from_pretrained` (and
+the generator's) use the helpers here and need nothing from :mod:`instyle.interop`, which
+reads the foreign formats on top of the models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from instyle.errors import CheckpointError
+from instyle.utils.atomic import atomic_path
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "adopt_state",
+    "build_empty",
+    "check_finite",
+    "is_own_format",
+    "load_state_checked",
+    "read_config",
+    "read_pretrained",
+    "write_pretrained",
+]
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def is_own_format(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_NAME).is_file()
+
+
+def write_pretrained(
+    directory: str | Path,
+    kind: str,
+    config: dict,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: dict | None = None,
+    random_weights: bool = False,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` of a model of ``kind`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "instyle", "kind": kind})
+    doc = {"format": "instyle", "kind": kind, "version": FORMAT_VERSION, "config": config, "metadata": metadata or {}}
+    doc["random_weights"] = bool(random_weights)
+    with atomic_path(directory / CONFIG_NAME) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    path = Path(directory) / CONFIG_NAME
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable instyle config ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in ("psp", "generator"):
+        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind psp|generator)")
+    if int(doc.get("version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer instyle (format version {doc['version']} > {FORMAT_VERSION}); upgrade instyle"
+        )
+    return doc
+
+
+def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing weights file next to {CONFIG_NAME}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    # Tensors read from the file may sit at unaligned addresses inside one buffer; copy each
+    # into its own storage so kernels take their aligned (bit-stable, faster) paths.
+    return {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+
+
+def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(config.json document, tensors)`` of an own-format directory holding a ``kind`` model.
+
+    Raises:
+        CheckpointError: not an instyle directory, unreadable files, or another kind of model.
+    """
+    directory = Path(directory)
+    if not is_own_format(directory):
+        raise CheckpointError(
+            f"{directory}: not an instyle model directory (no {CONFIG_NAME}); "
+            "use instyle.load / instyle.load_generator for other checkpoint files"
+        )
+    doc = read_config(directory)
+    if doc["kind"] != kind:
+        names = {"psp": "pSp model", "generator": "generator"}
+        hint = "instyle.load_generator" if doc["kind"] == "generator" else "instyle.load"
+        raise CheckpointError(
+            f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"
+        )
+    return doc, _read_tensors(directory)
+
+
+def build_empty(cls, *args, **kwargs):
+    """Construct a model on the meta device: no memory, no random initialisation. Its
+    weights must then come from :func:`load_state_checked` with ``assign=True``."""
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def load_state_checked(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: Any, assign: bool = False
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file and both shapes.
+
+    ``assign=True`` adopts the given tensors (for models made with :func:`build_empty`)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    dtypes = [
+        f"{k}: dtype {_dtype_name(state_dict[k].dtype)}, expected {_dtype_name(own[k].dtype)}"
+        for k in own
+        if k in state_dict and state_dict[k].dtype != own[k].dtype
+    ]
+    if missing or unexpected or wrong or dtypes:
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. " + "; ".join(wrong[:3]))
+        if dtypes:
+            parts.append(f"{len(dtypes)} tensor(s) of the wrong dtype, e.g. " + "; ".join(dtypes[:3]))
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing from the file, e.g. {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) in the file, e.g. {unexpected[:3]}")
+        raise CheckpointError(f"{source}: weights do not fit the model: " + "; ".join(parts))
+    check_finite(state_dict, source)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor | None], source: Any) -> None:
+    """Refuse NaN / Inf in floating tensors: such weights silently give black images."""
+    for k, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            raise CheckpointError(f"{source}: tensor '{k}' holds {what} values; the weights are corrupt")
+
+
+def adopt_state(cls, make_config: Callable[[], Any], tensors: Mapping[str, torch.Tensor], source: Any) -> nn.Module:
+    """``cls(make_config())`` built on meta, then given ``tensors`` (strict, shapes checked).
+
+    A config that cannot be built or weights that do not fit raise :class:`CheckpointError`
+    naming ``source``."""
+    try:
+        model = build_empty(cls, make_config())
+        load_state_checked(model, tensors, source, assign=True)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return model
