@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import instyle
@@ -83,6 +84,20 @@ def test_config_validation_names_bad_values():
         TrainConfig(precision="fp8")
     assert set(LAMBDAS) <= set(TrainConfig().to_dict())
     assert TrainConfig().learning_rate == 1e-4 and TrainConfig().optim_name == "ranger"
+
+
+def test_default_loader_workers_fit_the_cpus(monkeypatch):
+    """The original's 4 / 2 workers, but never more than the CPUs (on 2 cores, 4 workers only
+    contend and PyTorch warns 'suggested max number of worker ... is 2')."""
+    from instyle.training import config as config_module
+
+    monkeypatch.setattr(config_module, "available_cpus", lambda: 2)
+    assert (TrainConfig().workers, TrainConfig().test_workers) == (2, 2)
+    monkeypatch.setattr(config_module, "available_cpus", lambda: 1)
+    assert (TrainConfig().workers, TrainConfig().test_workers) == (1, 1)
+    monkeypatch.setattr(config_module, "available_cpus", lambda: 64)
+    assert (TrainConfig().workers, TrainConfig().test_workers) == (4, 2)
+    assert TrainConfig(workers=8).workers == 8  # an explicit value is kept
 
 
 def test_train_config_loss_defaults_are_the_objective_defaults():
@@ -232,6 +247,11 @@ def test_cli_run_folder_contents_and_resume_extension(toy, tmp_path, capsys):
     assert [r["step"] for r in records if r["split"] == "val"] == [2, 4]
     assert set(records[0]) >= {"loss", "loss_l2", "loss_lpips", "lr"}
     assert list((run / "logs").glob("events.out.tfevents.*"))
+    # sample grids as files, like the original's images/train/faces/*.jpg: steps 1, 2, 4 (train), 2, 4 (val)
+    assert sorted(p.name for p in (run / "images" / "train").iterdir()) == ["000001.png", "000002.png", "000004.png"]
+    assert sorted(p.name for p in (run / "images" / "val").iterdir()) == ["000002.png", "000004.png"]
+    grid = Image.open(run / "images" / "train" / "000002.png")
+    assert grid.width > 3 * 32 and grid.height > 32  # input | target | output per row
     state = torch.load(run / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
     assert state["step"] == 4 and "slow_buffer" in state["optimizer"]["state"][0]
     # a fresh run into an existing run folder is refused; --resume extends it

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass
@@ -30,6 +31,20 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ENCODER_INITS = ("ir_se50", "random")
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(original: int) -> int:
+    """The original's loader worker count, capped at the CPUs this process may use (more
+    processes than CPUs only contend, and PyTorch warns about it)."""
+    return max(0, min(original, available_cpus()))
+
+
 @dataclass
 class TrainConfig:
     """All options of a training run (flat, JSON-serialisable).
@@ -44,7 +59,8 @@ class TrainConfig:
         image_size: side of inputs and targets, and of ``resize=True`` outputs (256).
         input_nc, label_nc: encoder input channels; label classes (``label`` mode).
         resize_factors: super-resolution factors (e.g. ``"1,2,4,8,16,32"``), for tasks.
-        batch_size, test_batch_size: per process. workers, test_workers: loader workers.
+        batch_size, test_batch_size: per process. workers, test_workers: loader workers
+        (default: the original's 4 and 2, capped at the CPUs this process may use).
     Model:
         stylegan_weights: pretrained StyleGAN2 (any format ``instyle.load_generator``
             reads), for training from scratch.
@@ -79,8 +95,8 @@ class TrainConfig:
     resize_factors: str | None = None
     batch_size: int = 4
     test_batch_size: int = 2
-    workers: int = 4
-    test_workers: int = 2
+    workers: int = dataclasses.field(default_factory=lambda: default_workers(4))
+    test_workers: int = dataclasses.field(default_factory=lambda: default_workers(2))
     # model
     stylegan_weights: str | None = None
     checkpoint_path: str | None = None

@@ -1,13 +1,16 @@
 """Run logging on rank 0: console lines, ``metrics.jsonl``, TensorBoard scalars and
-image grids (input | target | output), and a progress bar with rate and ETA."""
+image grids (input | target | output, also as PNG files under ``images/``), and a progress
+bar with rate and ETA."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from instyle.utils.atomic import atomic_write_bytes
@@ -79,7 +82,8 @@ class RunLogger:
         self.enabled = enabled
         self.writer = None
         self.bar = None
-        self.metrics_path = Path(run_root) / "metrics.jsonl"
+        self.root = Path(run_root)
+        self.metrics_path = self.root / "metrics.jsonl"
         if not enabled:
             return
         truncate_metrics(self.metrics_path, start_step)
@@ -105,8 +109,17 @@ class RunLogger:
         (self.bar.write if self.bar is not None and not self.bar.disable else log.info)(f"[{prefix}] step {step}: {text}")
 
     def images(self, tag: str, step: int, x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor) -> None:
-        if self.enabled and self.writer is not None:
-            self.writer.add_image(tag, image_grid(x, y, y_hat), step)
+        """The input | target | output grid to TensorBoard and, as the original did, to
+        ``RUN_DIR/images/<split>/<step>.png`` (``tag`` is ``images/<split>``)."""
+        if not self.enabled:
+            return
+        grid = image_grid(x, y, y_hat)
+        if self.writer is not None:
+            self.writer.add_image(tag, grid, step)
+        arr = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        atomic_write_bytes(self.root / tag / f"{step:06d}.png", buf.getvalue())
 
     def advance(self, loss: float) -> None:
         if self.bar is not None:
