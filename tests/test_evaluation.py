@@ -161,3 +161,30 @@ def test_evaluate_reports_bad_files_and_missing_networks(setup, tmp_path, capsys
     assert "nope.pth" in report["unavailable"]["lpips"]
     assert "n/a" in (out / "report.md").read_text()
     assert main(["evaluate", "--data", str(data), "--out", str(out)]) == 2
+
+
+def test_fid_caveat_below_the_comparable_size():
+    from instyle.evaluation.fid import FID_MIN_COMPARABLE, fid_caveat
+
+    assert "NOT comparable" in fid_caveat(8) and "8 images" in fid_caveat(8)
+    assert fid_caveat(FID_MIN_COMPARABLE - 1) is not None
+    assert fid_caveat(FID_MIN_COMPARABLE) is None
+
+
+@pytest.mark.slow
+def test_fid_over_a_few_images_is_reported_with_the_caveat(setup, tmp_path):
+    """FID through the real path (a random Inception-v3 in torchvision's file format)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    data = shared_path("data", "faces", "celeba_hq")
+    out = tmp_path / "report"
+    rc = main(["evaluate", "--checkpoint", str(setup / "tiny"), "--data", str(data), "--out", str(out),
+               "--device", "cpu", "--inception-weights", str(weights), "--max-images", "4"])
+    assert rc == 0
+    report = load_report(out)
+    assert math.isfinite(report["fid"]) and "fid" not in report["unavailable"]
+    assert "4 images is NOT comparable" in report["caveats"]["fid"]
+    assert "4 images is NOT comparable" in (out / "report.md").read_text()

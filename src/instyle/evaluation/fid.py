@@ -58,6 +58,22 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
 
+#: Below this many images FID is strongly biased upwards (its estimate of the 2048x2048
+#: covariance is poor); published FIDs use 50,000 generated or all test images.
+FID_MIN_COMPARABLE = 2000
+
+
+def fid_caveat(n_images: int) -> str | None:
+    """The warning to print beside an FID computed over ``n_images``, or None."""
+    if n_images >= FID_MIN_COMPARABLE:
+        return None
+    return (
+        f"FID over only {n_images} images is NOT comparable to published values (biased upwards below "
+        f"~{FID_MIN_COMPARABLE:,} images; papers use 50,000 or the whole test set); compare it only with FIDs "
+        "computed over the same images"
+    )
+
+
 class InceptionFeatures(torch.nn.Module):
     """torchvision Inception-v3 from a weights file -> ``[B, 2048]`` pool features.
 

@@ -184,6 +184,7 @@ class _Measures:
     def __init__(self, device, lpips_weights, lpips_net, identity, face_box, inception_weights):
         self.networks: dict[str, str] = {}
         self.unavailable: dict[str, str] = {}
+        self.caveats: dict[str, str] = {}
         self.lpips = self._try("lpips", lambda: self._lpips(lpips_net, lpips_weights, device))
         self.identity = self._try("identity", lambda: self._identity(identity, face_box, device))
         self.fid = None
@@ -247,12 +248,15 @@ class _Measures:
     def fid_value(self) -> float | None:
         if self.fid is None or not self.fid_features[0]:
             return None
-        from instyle.evaluation.fid import feature_stats, frechet_distance
+        from instyle.evaluation.fid import feature_stats, fid_caveat, frechet_distance
 
         p, t = (np.concatenate(f) for f in self.fid_features)
         if len(p) < 2:
             self.unavailable["fid"] = "FID needs at least 2 images"
             return None
+        caveat = fid_caveat(len(p))
+        if caveat is not None:
+            self.caveats["fid"] = caveat
         return frechet_distance(*feature_stats(p), *feature_stats(t))
 
 
@@ -442,6 +446,7 @@ def evaluate(
         "unavailable": measures.unavailable,
         "metrics": {k: _summary([r.get(k) for r in rows]) for k in METRICS},
         "fid": measures.fid_value(),
+        "caveats": measures.caveats,
         "grid_order": [name for _, name, _, _ in cases.items],
         "per_image": rows,
     }
@@ -527,6 +532,8 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- {key}: {desc}")
     for key, why in report.get("unavailable", {}).items():
         notes.append(f"- {key}: not computed -- {why}")
+    for key, caveat in report.get("caveats", {}).items():
+        notes.append(f"- **{key}: {caveat}**")
     return f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"
 
 
