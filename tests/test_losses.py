@@ -148,6 +148,9 @@ def test_lpips_missing_weights_explain_how_to_provide(tmp_path, monkeypatch):
     with pytest.raises(LossWeightsError, match="lpips_weights") as e:
         LPIPSLoss("alex")
     assert "alexnet-owt-7be5be79.pth" in str(e.value) and "downloaded" in str(e.value)
+    # each command's own flag: evaluate has --lpips-weights, not train's --set
+    assert "instyle evaluate --lpips-weights PATH" in str(e.value)
+    assert "instyle train --set lpips_weights=PATH" in str(e.value)
     with pytest.raises(LossWeightsError, match="no such"):
         LPIPSLoss("vgg", tmp_path / "nope.pth")
 

@@ -90,7 +90,8 @@ class LPIPSLoss(nn.Module):
                 f"LPIPS {net} backbone",
                 f"Give the ImageNet weights of torchvision's {net} (e.g. the file {info['hub_names'][0]} that "
                 f"{info['torchvision']} downloads into torch.hub.get_dir()/checkpoints, or a state dict with its "
-                "features.* entries) with --set lpips_weights=PATH.",
+                "features.* entries): `instyle train --set lpips_weights=PATH`, "
+                "`instyle evaluate --lpips-weights PATH`, or LPIPSLoss(weights=PATH).",
             )
             state = lpips_backbone_state(read_state_dict(path, f"LPIPS {net}"), net, path)
         with warnings.catch_warnings():
