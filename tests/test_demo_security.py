@@ -5,8 +5,13 @@ temporary folders and reports random-weight models however they were given."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+import time
 import tracemalloc
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,8 @@ from instyle.cli.main import main
 from instyle.inference.mixing import parse_latent_mask
 from instyle.models import get_config
 from instyle.models.init import random_psp
+
+from .helpers import free_port
 
 # Gradio's own queue code trips a pandas deprecation warning; not ours to fix.
 pytestmark = [
@@ -112,3 +119,131 @@ def test_page_shows_the_banner_for_a_random_checkpoint(tiny_dir):
     demo = build_demo(ModelStore.from_checkpoints([tiny_dir], device="cpu"))
     banners = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "random-weights-warning"]
     assert len(banners) == 1 and "RANDOM weights" in banners[0].value and "tiny" in banners[0].value
+
+
+# ----------------------------------------------------------------------------- the running server: only uploads are read
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app of ``instyle serve`` on a loopback port, in a thread of this process, with its
+    own Gradio upload folder."""
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    import uvicorn
+
+    from instyle.demo import ModelEntry, ModelStore, ServeSettings
+    from instyle.demo.app import create_app
+
+    upload_dir = tmp_path_factory.mktemp("gradio-uploads")
+    old = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)
+    try:
+        store = ModelStore([ModelEntry("tiny", random_psp(get_config("tiny"), seed=0, latent_samples=256))])
+        settings = ServeSettings(port=free_port(), max_upload_mb=0.05, max_pixels=512 * 512)
+        app = create_app(store, settings)
+    finally:
+        if old is None:
+            del os.environ["GRADIO_TEMP_DIR"]
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = old
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the demo server did not start within 60 s")
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{settings.port}/"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _upload(url: str, path: Path) -> str:
+    """POST one file to Gradio's upload route; its path on the server."""
+    boundary = "instyleboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(
+        url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())[0]
+
+
+def _file(path: str) -> dict:
+    return {"path": path, "orig_name": "face.png", "meta": {"_type": "gradio.FileData"}}
+
+
+def _call(url: str, api: str, data: list, timeout: float = 60) -> tuple[str, object]:
+    """One call through Gradio's HTTP API: ``("complete", outputs)`` or ``("error", message)``."""
+    req = urllib.request.Request(
+        f"{url}gradio_api/call/{api}", data=json.dumps({"data": data}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        event_id = json.loads(r.read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api}/{event_id}", timeout=timeout) as r:
+        event = None
+        for raw in r:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: ") and event in ("complete", "error"):
+                data = json.loads(line[len("data: ") :])
+                return event, data["error"] if isinstance(data, dict) and "error" in data else data
+    raise AssertionError(f"no result from /{api}")
+
+
+def _healthy(url: str, timeout: float = 5) -> bool:
+    with urllib.request.urlopen(url + "healthz", timeout=timeout) as r:
+        return json.loads(r.read())["status"] == "ok"
+
+
+def test_api_reads_nothing_but_uploads(server, photo, tmp_path):
+    url = server
+    ok = _call(url, "reconstruct", [None, _file(_upload(url, photo)), False])
+    assert ok[0] == "complete", ok  # a real upload works
+
+    # A symlink inside the upload folder pointing out of it (the upload replaced after the fact).
+    linked = Path(_upload(url, photo.with_name("face.png")))
+    outside = tmp_path / "outside.png"
+    shutil.copy(photo, outside)
+    linked.unlink()
+    linked.symlink_to(outside)
+    refused = {
+        "server file": _file("/etc/passwd"),
+        "image outside the upload folder": _file(str(outside)),
+        "missing file": _file(str(tmp_path / "missing.png")),
+        "symlink out of the upload folder": _file(str(linked)),
+        "relative path": _file("../../etc/passwd"),
+        "URL": _file("https://example.com/face.png"),
+        "URL of this server": _file(f"{url}gradio_api/file={outside}"),
+        "bare path string": "/etc/passwd",
+        "bare URL string": "https://example.com/face.png",
+    }
+    messages = {}
+    for what, payload in refused.items():
+        event, msg = _call(url, "reconstruct", [None, payload, False])
+        assert event == "error", f"{what}: {msg}"
+        messages[what] = msg
+    assert len({json.dumps(m) for m in messages.values()}) == 1, messages  # one generic message: no existence/size leak
+    msg = next(iter(messages.values()))
+    assert "upload" in msg and "passwd" not in msg and str(tmp_path) not in msg
+    # Every endpoint taking images is guarded, not just /reconstruct.
+    assert _call(url, "mix", [None, _file(str(outside)), 2, "", False, 0.5, 0, 1.0]) == ("error", msg)
+    assert _call(url, "interpolate", [None, _file(_upload(url, photo)), _file("/etc/hostname"), 2]) == ("error", msg)
+
+
+def test_special_files_never_freeze_the_server(server, photo):
+    url = server
+    fifo = Path(_upload(url, photo))
+    fifo.unlink()
+    os.mkfifo(fifo)  # a FIFO where an upload was: opening it for reading would block forever
+    for payload in (_file("/dev/zero"), _file("/dev/urandom"), _file(str(fifo)), _file("/proc/self/environ")):
+        started = time.monotonic()
+        event, msg = _call(url, "reconstruct", [None, payload, False], timeout=30)
+        assert event == "error" and "upload" in msg, (payload, msg)
+        assert time.monotonic() - started < 20
+        assert _healthy(url)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from instyle import __version__  # noqa: E402
 from instyle.demo import actions  # noqa: E402
-from instyle.demo.inputs import DemoInputError, read_upload, upload_file  # noqa: E402
+from instyle.demo.inputs import DemoInputError, UploadArea, read_upload, upload_file  # noqa: E402
 from instyle.demo.settings import ServeSettings  # noqa: E402
 from instyle.demo.store import ModelStore  # noqa: E402
 from instyle.demo.theme import CSS, local_theme  # noqa: E402
@@ -91,6 +91,32 @@ class OutputDir:
                         folder.rmdir()
                 except OSError:
                     pass
+
+
+#: Inputs whose values name files on the server.
+_FILE_INPUTS = (gr.Image, gr.ImageEditor, gr.File, gr.Gallery)
+
+
+class _UploadsOnlyBlocks(gr.Blocks):
+    """``gr.Blocks`` that checks every file an event's inputs name *before* Gradio acts on it.
+
+    Gradio hashes and copies a named file into its cache before any handler runs (and under
+    ``mount_gradio_app`` its own "was this uploaded?" check is skipped), so a client naming
+    ``/etc/passwd``, ``/dev/zero`` or a URL would have it read, on the event loop. Here only
+    uploads of this server pass (:meth:`UploadArea.check_payload`, no file is opened);
+    everything else gets the one message :data:`~instyle.demo.inputs.NOT_AN_UPLOAD`.
+    """
+
+    uploads: UploadArea | None = None
+
+    async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
+        if self.uploads is not None:
+            for block, value in zip(block_fn.inputs, inputs):
+                try:
+                    self.uploads.check_payload(value, file_slot=isinstance(block, _FILE_INPUTS))
+                except DemoInputError as e:
+                    raise gr.Error(str(e), duration=30, print_exception=False) from None
+        return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
 
 
 def _guard(fn: Callable) -> Callable:
@@ -161,6 +187,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     settings = settings or ServeSettings()
     outputs = outputs or OutputDir()
     limits = {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False}
+    uploads: UploadArea | None = None  # set once the page exists (its upload folder and known files)
 
     def model_choice(task: str | None = None, label: str = "Model"):
         names = store.names_for(task)
@@ -180,7 +207,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     @_guard
     def reconstruct(model_name, photo, align):
         entry = store.get(model_name)
-        image = read_upload(photo, "a face photo", settings)
+        image = read_upload(photo, "a face photo", settings, uploads=uploads)
         if align:
             image = actions.align(image, size=max(256, entry.model.input_size))
         r = actions.reconstruct(entry.model, image)
@@ -190,7 +217,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     def task_run(model_name, payload):
         entry = store.get(model_name)
         what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
-        image = read_upload(payload, what, settings, mode=_mode_for(entry))
+        image = read_upload(payload, what, settings, mode=_mode_for(entry), uploads=uploads)
         r = actions.reconstruct(entry.model, image)
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
@@ -201,7 +228,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         if upload_file(payload) is None:
             return None
         entry = store.get(model_name)
-        image = read_upload(payload, "a label map", settings, mode=None)
+        image = read_upload(payload, "a label map", settings, mode=None, uploads=uploads)
         x = actions._prepare(entry.model, image)[0].cpu()
         return png(actions.input_preview(x, entry.task), "input")
 
@@ -211,7 +238,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         n = int(n_outputs)
         if not 1 <= n <= settings.max_mix_outputs:
             raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
-        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry))
+        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry), uploads=uploads)
         latent = actions.encode(entry.model, image)
         images = actions.mix(
             entry.model,
@@ -230,8 +257,8 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         steps = int(frames)
         if not 2 <= steps <= settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry)))
-        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry)))
+        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry), uploads=uploads))
+        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry), uploads=uploads))
         images = actions.interpolate(entry.model, w_a, w_b, steps)
         gif = actions.write_animation(images, outputs.new("interpolation.gif"))
         frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
@@ -239,7 +266,10 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
 
     # --- layout ---
 
-    with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+    with _UploadsOnlyBlocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        uploads = demo.uploads = UploadArea(
+            demo.GRADIO_CACHE, settings.max_upload_bytes, known=lambda p: any(p in s for s in demo.temp_file_sets)
+        )
         gr.Markdown(_header(store, settings))
         if store.any_random:
             gr.Markdown(RANDOM_WARNING.format(names=_random_names(store)), elem_classes=["instyle-warning"], elem_id="random-weights-warning")
