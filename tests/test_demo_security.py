@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from instyle.cli.main import main
+from instyle.demo.inputs import NOT_AN_UPLOAD, DemoInputError, UploadArea
 from instyle.inference.mixing import parse_latent_mask
 from instyle.models import get_config
 from instyle.models.init import random_psp
@@ -163,9 +164,13 @@ def _upload(url: str, path: Path) -> str:
     """POST one file to Gradio's upload route; its path on the server."""
     boundary = "instyleboundary"
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     req = urllib.request.Request(
         url + "gradio_api/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
@@ -180,7 +185,9 @@ def _file(path: str) -> dict:
 def _call(url: str, api: str, data: list, timeout: float = 60) -> tuple[str, object]:
     """One call through Gradio's HTTP API: ``("complete", outputs)`` or ``("error", message)``."""
     req = urllib.request.Request(
-        f"{url}gradio_api/call/{api}", data=json.dumps({"data": data}).encode(), headers={"Content-Type": "application/json"}
+        f"{url}gradio_api/call/{api}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         event_id = json.loads(r.read())["event_id"]
@@ -247,3 +254,89 @@ def test_special_files_never_freeze_the_server(server, photo):
         assert event == "error" and "upload" in msg, (payload, msg)
         assert time.monotonic() - started < 20
         assert _healthy(url)
+
+
+# ----------------------------------------------------------------------------- the upload area, without a server
+
+
+@pytest.fixture
+def area(tmp_path, photo):
+    root = tmp_path / "uploads"
+    (root / "abc").mkdir(parents=True)
+    shutil.copy(photo, root / "abc" / "face.png")
+    return UploadArea(root, max_bytes=50_000)
+
+
+def test_upload_area_accepts_only_regular_files_inside_it(area, photo, tmp_path):
+    inside = area.root / "abc" / "face.png"
+    assert area.verify(str(inside)) == inside
+    (area.root / "abc" / "alias.png").symlink_to(inside)  # a link that stays inside is fine
+    assert area.verify(str(area.root / "abc" / "alias.png")) == inside
+    (area.root / "abc" / "out.png").symlink_to(photo)
+    os.mkfifo(area.root / "abc" / "fifo.png")
+    (area.root / "abc" / "big.png").write_bytes(b"\0" * 50_001)
+    for bad in [str(photo), str(area.root / "abc" / "out.png"), str(area.root / "abc" / "fifo.png"),
+                str(area.root / "abc" / "big.png"), str(area.root / "abc"), str(area.root), str(area.root / "nope.png"),
+                f"{area.root}/abc/../../{photo.parent.name}/{photo.name}", f"file://{inside}", "/dev/zero", "", None, 3,
+                f"{inside}\0.png"]:  # fmt: skip
+        with pytest.raises(DemoInputError) as e:
+            area.verify(bad)
+        assert str(e.value) == NOT_AN_UPLOAD, bad
+    assert UploadArea(area.root, 50_000, known=lambda p: False).check_payload(None) is None
+    with pytest.raises(DemoInputError, match="only images uploaded"):
+        UploadArea(area.root, 50_000, known=lambda p: False).verify(str(inside))
+
+
+def test_upload_area_walks_editor_payloads(area):
+    good = {"path": str(area.root / "abc" / "face.png"), "meta": {"_type": "gradio.FileData"}}
+    area.check_payload(good)
+    area.check_payload({"background": good, "layers": [good, None], "composite": None, "id": "x"})
+    area.check_payload("8-17", file_slot=False)  # text inputs are not file names
+    for bad in ["/etc/passwd", {"background": "/etc/passwd"}, {"layers": ["/etc/passwd"]}, {"url": "http://x/y.png"},
+                {"composite": {"path": "/etc/passwd"}}, [good, {"path": "/etc/hosts"}]]:  # fmt: skip
+        with pytest.raises(DemoInputError, match="only images uploaded"):
+            area.check_payload(bad)
+    with pytest.raises(DemoInputError):  # a file payload in any input is checked
+        area.check_payload({"path": "/etc/passwd"}, file_slot=False)
+
+
+def test_read_upload_is_bounded_and_never_blocks(area, photo, tmp_path):
+    from instyle.demo import ServeSettings
+    from instyle.demo.inputs import read_upload
+
+    s = ServeSettings(max_upload_mb=0.05)
+    assert read_upload({"path": str(area.root / "abc" / "face.png")}, "a photo", s, uploads=area).size == (64, 64)
+    assert read_upload(photo.read_bytes(), "a photo", s).size == (64, 64)
+    with pytest.raises(DemoInputError, match="only images uploaded"):
+        read_upload({"path": str(photo)}, "a photo", s, uploads=area)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(DemoInputError, match="only images uploaded"):
+        read_upload(str(fifo), "a photo", s)  # even a trusted caller's FIFO is refused, not waited on
+    with pytest.raises(DemoInputError, match="only images uploaded"):
+        read_upload("/dev/zero", "a photo", s)
+    assert time.monotonic() - started < 5
+    with pytest.raises(DemoInputError, match="uploads are limited to 0.0 MB"):
+        read_upload(b"\0" * 60_000, "a photo", ServeSettings(max_upload_mb=0.05))
+
+
+def test_the_sketch_editor_default_canvas_counts_as_this_servers_file(tiny_psp):
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    import gradio as gr
+
+    from instyle.demo import ModelEntry, ModelStore
+    from instyle.demo.app import build_demo
+    from instyle.models import PSPConfig
+
+    cfg = get_config("tiny").to_dict()
+    cfg.update(task="sketch2face")
+    cfg["encoder"]["input_nc"] = 1
+    demo = build_demo(
+        ModelStore([ModelEntry("sketch", random_psp(PSPConfig.from_dict(cfg), seed=0, latent_samples=64))])
+    )
+    editors = [b for b in demo.blocks.values() if isinstance(b, gr.ImageEditor)]
+    assert len(editors) == 1
+    background = editors[0].value["background"]
+    path = background["path"] if isinstance(background, dict) else background.path
+    demo.uploads.check_payload({"background": {"path": path}, "layers": [], "composite": None})

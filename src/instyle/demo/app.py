@@ -257,8 +257,9 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         steps = int(frames)
         if not 2 <= steps <= settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry), uploads=uploads))
-        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry), uploads=uploads))
+        mode = _mode_for(entry)
+        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=mode, uploads=uploads))
+        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=mode, uploads=uploads))
         images = actions.interpolate(entry.model, w_a, w_b, steps)
         gif = actions.write_animation(images, outputs.new("interpolation.gif"))
         frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
@@ -272,7 +273,8 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         )
         gr.Markdown(_header(store, settings))
         if store.any_random:
-            gr.Markdown(RANDOM_WARNING.format(names=_random_names(store)), elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+            warning = RANDOM_WARNING.format(names=_random_names(store))
+            gr.Markdown(warning, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
 
         with gr.Tab("Reconstruct"):
             with gr.Row():

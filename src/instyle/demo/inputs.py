@@ -178,7 +178,9 @@ def read_upload(
     if isinstance(payload, (bytes, bytearray)):
         path, name, data = Path("upload"), "the upload", bytes(payload)
         if len(data) > settings.max_upload_bytes:
-            raise DemoInputError(f"{what}: the file is {_mb(len(data))}; uploads are limited to {_mb(settings.max_upload_bytes)}")
+            raise DemoInputError(
+                f"{what}: the file is {_mb(len(data))}; uploads are limited to {_mb(settings.max_upload_bytes)}"
+            )
     else:
         found = upload_file(payload)
         if found is None:
