@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -340,3 +344,81 @@ def test_the_sketch_editor_default_canvas_counts_as_this_servers_file(tiny_psp):
     background = editors[0].value["background"]
     path = background["path"] if isinstance(background, dict) else background.path
     demo.uploads.check_payload({"background": {"path": path}, "layers": [], "composite": None})
+
+
+# ----------------------------------------------------------------------------- `instyle serve` as a process
+
+
+def _start_serve(tmp_path, tiny_dir, port):
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    (tmp_path / "tmp").mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "instyle.cli.main",
+        "serve",
+        "-c",
+        str(tiny_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed by the caller's finally)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log
+
+
+def _wait_ready(proc, url: str, log_path: Path) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"`instyle serve` did not become ready; its log:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_serve_reports_random_checkpoints_and_removes_its_temp_folder_on_sigterm(tmp_path, tiny_dir, photo):
+    # (Ctrl-C takes the same path through uvicorn: SIGINT and SIGTERM are handled alike.)
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc, log = _start_serve(tmp_path, tiny_dir, port)
+    try:
+        health = _wait_ready(proc, url, tmp_path / "server.log")
+        # A random-weight checkpoint given with --checkpoint: reported and warned about.
+        assert [m["random_weights"] for m in health["models"]] == [True]
+        with urllib.request.urlopen(url + "config", timeout=10) as r:
+            assert "random-weights-warning" in r.read().decode()
+        # An output is written into the server's temporary folder ...
+        assert _call(url, "reconstruct", [None, _file(_upload(url, photo)), False])[0] == "complete"
+        made = list((tmp_path / "tmp").glob("instyle-serve-*"))
+        assert len(made) == 1 and any(made[0].rglob("*.npy"))
+        # ... and the folder is gone once the server is stopped.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert list((tmp_path / "tmp").glob("instyle-serve-*")) == [], (tmp_path / "server.log").read_text()[-2000:]
+
+
+@pytest.mark.slow
+def test_serve_removes_its_temp_folder_when_it_cannot_start(tmp_path, tiny_dir):
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        proc, log = _start_serve(tmp_path, tiny_dir, busy.getsockname()[1])
+        try:
+            rc = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    assert rc != 0
+    assert list((tmp_path / "tmp").glob("instyle-serve-*")) == [], (tmp_path / "server.log").read_text()[-2000:]

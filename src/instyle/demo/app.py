@@ -7,9 +7,11 @@ of instyle that imports Gradio; analytics and update checks are switched off *be
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -66,7 +68,8 @@ VIEW = {"height": 256, "buttons": ["download", "fullscreen"]}
 
 
 class OutputDir:
-    """Files the server hands out (latents, GIFs), in a private temp folder; old ones are pruned."""
+    """Files the server hands out (latents, GIFs), in a private temp folder; old ones are pruned
+    and the folder is removed by :meth:`close` (the server calls it when it stops)."""
 
     def __init__(self, max_age_s: float = 3600.0):
         self.root = Path(tempfile.mkdtemp(prefix="instyle-serve-"))
@@ -79,6 +82,10 @@ class OutputDir:
         folder = self.root / uuid.uuid4().hex
         folder.mkdir()
         return folder / filename
+
+    def close(self) -> None:
+        """Remove the folder and everything in it (safe to call more than once)."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def _prune(self) -> None:
         now = time.time()
@@ -395,13 +402,26 @@ def _blank(size: int):
 
 
 def create_app(store: ModelStore, settings: ServeSettings | None = None):
-    """FastAPI app: ``GET /healthz`` (JSON readiness) plus the Gradio page mounted at ``/``."""
+    """FastAPI app: ``GET /healthz`` (JSON readiness) plus the Gradio page mounted at ``/``.
+
+    The app's temporary output folder (``app.state.outputs``) is removed when the server shuts
+    down (its lifespan ends: normal exit, Ctrl-C or SIGTERM).
+    """
     import fastapi
 
     settings = settings or ServeSettings()
     outputs = OutputDir()
     demo = build_demo(store, settings, outputs)
-    app = fastapi.FastAPI(title="instyle serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            outputs.close()
+
+    app = fastapi.FastAPI(title="instyle serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.outputs = outputs
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -442,4 +462,9 @@ def serve(settings: ServeSettings, store: ModelStore) -> None:
         print(f"instyle serve: serving RANDOM-WEIGHT (untrained) models: {_random_names(store)}", flush=True)
     if not settings.is_loopback:
         print(f"instyle serve: WARNING: listening on {settings.host}: other machines can reach this demo", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        # SIGTERM / Ctrl-C: uvicorn shuts down gracefully (the app's lifespan removes its
+        # temporary folder) and then re-raises the signal; other exits end here.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        app.state.outputs.close()
