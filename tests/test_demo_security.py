@@ -116,6 +116,21 @@ def test_random_weights_flag_travels_with_the_model_files(tiny_dir, tmp_path, ti
     assert not ModelStore.from_checkpoints([old, tmp_path / "plain"], device="cpu").any_random
 
 
+def test_training_from_a_random_checkpoint_does_not_keep_the_flag(tmp_path):
+    from instyle.training import build_model
+    from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
+
+    g = toy_generator(size=32, style_dim=16, seed=0)
+    save_toy_generator(g, tmp_path / "gen")
+    write_toy_dataset(g, tmp_path / "train", 2, seed=1)
+    cfg = dict(encoder_type="BackboneEncoderUsingLastLayerIntoW", learn_in_w=True)
+    start = build_model(toy_config(tmp_path / "gen", tmp_path / "train", **cfg))
+    start.random_weights = True  # e.g. the quickstart model
+    start.save_pretrained(tmp_path / "psp")
+    cfg["checkpoint_path"] = str(tmp_path / "psp")
+    assert build_model(toy_config(tmp_path / "gen", tmp_path / "train", **cfg)).random_weights is False
+
+
 def test_page_shows_the_banner_for_a_random_checkpoint(tiny_dir):
     pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
     from instyle.demo import ModelStore
@@ -258,6 +273,14 @@ def test_special_files_never_freeze_the_server(server, photo):
         assert event == "error" and "upload" in msg, (payload, msg)
         assert time.monotonic() - started < 20
         assert _healthy(url)
+
+
+def test_api_mix_refuses_a_huge_layer_range_at_once(server, photo):
+    url = server
+    started = time.monotonic()
+    event, msg = _call(url, "mix", [None, _file(_upload(url, photo)), 2, "0-1000000000", False, 0.5, 0, 1.0])
+    assert event == "error" and "0-1000000000" in msg and "[0, 9]" in msg, msg
+    assert time.monotonic() - started < 20 and _healthy(url)
 
 
 # ----------------------------------------------------------------------------- the upload area, without a server
