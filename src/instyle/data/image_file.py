@@ -8,7 +8,9 @@ continue. It applies the EXIF orientation, as every photo viewer does.
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -72,29 +74,38 @@ def load_image(
     mode: str | None = "RGB",
     max_pixels: int = MAX_PIXELS,
     min_side: int = MIN_SIDE,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Open an image file as a fully decoded PIL image in ``mode`` (None keeps the file's
     mode, e.g. palette label maps; 16-bit images still become 8-bit ``L``).
 
     Applies the EXIF orientation, converts grayscale / palette / RGBA (over white) /
     16-bit images, and refuses images larger than ``max_pixels`` before decoding them.
+    With ``data`` (the file's bytes, read by the caller within its own limits) the file is
+    not opened again and ``path`` only names it in messages.
 
     Raises:
         ImageLoadError: with a one-line reason naming the file.
     """
     p = Path(path)
-    if p.is_dir():
+    if data is not None:
+        size = len(data)
+    elif p.is_dir():
         raise ImageLoadError(p, "is a folder, not an image file")
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise ImageLoadError(p, f"cannot read ({e.strerror or e})") from None
+    else:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise ImageLoadError(p, f"cannot read ({e.strerror or e})") from None
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+            raise ImageLoadError(p, "not a regular file")
+        size = st.st_size
     if size == 0:
         raise ImageLoadError(p, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(p if data is None else io.BytesIO(data)) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(

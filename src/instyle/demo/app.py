@@ -7,9 +7,11 @@ of instyle that imports Gradio; analytics and update checks are switched off *be
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 
 from instyle import __version__  # noqa: E402
 from instyle.demo import actions  # noqa: E402
-from instyle.demo.inputs import DemoInputError, read_upload, upload_file  # noqa: E402
+from instyle.demo.inputs import DemoInputError, UploadArea, read_upload, upload_file  # noqa: E402
 from instyle.demo.settings import ServeSettings  # noqa: E402
 from instyle.demo.store import ModelStore  # noqa: E402
 from instyle.demo.theme import CSS, local_theme  # noqa: E402
@@ -66,7 +68,8 @@ VIEW = {"height": 256, "buttons": ["download", "fullscreen"]}
 
 
 class OutputDir:
-    """Files the server hands out (latents, GIFs), in a private temp folder; old ones are pruned."""
+    """Files the server hands out (latents, GIFs), in a private temp folder; old ones are pruned
+    and the folder is removed by :meth:`close` (the server calls it when it stops)."""
 
     def __init__(self, max_age_s: float = 3600.0):
         self.root = Path(tempfile.mkdtemp(prefix="instyle-serve-"))
@@ -80,6 +83,10 @@ class OutputDir:
         folder.mkdir()
         return folder / filename
 
+    def close(self) -> None:
+        """Remove the folder and everything in it (safe to call more than once)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def _prune(self) -> None:
         now = time.time()
         with self._lock:
@@ -91,6 +98,32 @@ class OutputDir:
                         folder.rmdir()
                 except OSError:
                     pass
+
+
+#: Inputs whose values name files on the server.
+_FILE_INPUTS = (gr.Image, gr.ImageEditor, gr.File, gr.Gallery)
+
+
+class _UploadsOnlyBlocks(gr.Blocks):
+    """``gr.Blocks`` that checks every file an event's inputs name *before* Gradio acts on it.
+
+    Gradio hashes and copies a named file into its cache before any handler runs (and under
+    ``mount_gradio_app`` its own "was this uploaded?" check is skipped), so a client naming
+    ``/etc/passwd``, ``/dev/zero`` or a URL would have it read, on the event loop. Here only
+    uploads of this server pass (:meth:`UploadArea.check_payload`, no file is opened);
+    everything else gets the one message :data:`~instyle.demo.inputs.NOT_AN_UPLOAD`.
+    """
+
+    uploads: UploadArea | None = None
+
+    async def preprocess_data(self, block_fn, inputs, *args, **kwargs):
+        if self.uploads is not None:
+            for block, value in zip(block_fn.inputs, inputs):
+                try:
+                    self.uploads.check_payload(value, file_slot=isinstance(block, _FILE_INPUTS))
+                except DemoInputError as e:
+                    raise gr.Error(str(e), duration=30, print_exception=False) from None
+        return await super().preprocess_data(block_fn, inputs, *args, **kwargs)
 
 
 def _guard(fn: Callable) -> Callable:
@@ -161,6 +194,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     settings = settings or ServeSettings()
     outputs = outputs or OutputDir()
     limits = {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False}
+    uploads: UploadArea | None = None  # set once the page exists (its upload folder and known files)
 
     def model_choice(task: str | None = None, label: str = "Model"):
         names = store.names_for(task)
@@ -180,7 +214,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     @_guard
     def reconstruct(model_name, photo, align):
         entry = store.get(model_name)
-        image = read_upload(photo, "a face photo", settings)
+        image = read_upload(photo, "a face photo", settings, uploads=uploads)
         if align:
             image = actions.align(image, size=max(256, entry.model.input_size))
         r = actions.reconstruct(entry.model, image)
@@ -190,7 +224,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     def task_run(model_name, payload):
         entry = store.get(model_name)
         what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
-        image = read_upload(payload, what, settings, mode=_mode_for(entry))
+        image = read_upload(payload, what, settings, mode=_mode_for(entry), uploads=uploads)
         r = actions.reconstruct(entry.model, image)
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
@@ -201,7 +235,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         if upload_file(payload) is None:
             return None
         entry = store.get(model_name)
-        image = read_upload(payload, "a label map", settings, mode=None)
+        image = read_upload(payload, "a label map", settings, mode=None, uploads=uploads)
         x = actions._prepare(entry.model, image)[0].cpu()
         return png(actions.input_preview(x, entry.task), "input")
 
@@ -211,7 +245,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         n = int(n_outputs)
         if not 1 <= n <= settings.max_mix_outputs:
             raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
-        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry))
+        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry), uploads=uploads)
         latent = actions.encode(entry.model, image)
         images = actions.mix(
             entry.model,
@@ -230,8 +264,9 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         steps = int(frames)
         if not 2 <= steps <= settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry)))
-        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry)))
+        mode = _mode_for(entry)
+        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=mode, uploads=uploads))
+        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=mode, uploads=uploads))
         images = actions.interpolate(entry.model, w_a, w_b, steps)
         gif = actions.write_animation(images, outputs.new("interpolation.gif"))
         frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
@@ -239,10 +274,14 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
 
     # --- layout ---
 
-    with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+    with _UploadsOnlyBlocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        uploads = demo.uploads = UploadArea(
+            demo.GRADIO_CACHE, settings.max_upload_bytes, known=lambda p: any(p in s for s in demo.temp_file_sets)
+        )
         gr.Markdown(_header(store, settings))
         if store.any_random:
-            gr.Markdown(RANDOM_WARNING.format(names=_random_names(store)), elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+            warning = RANDOM_WARNING.format(names=_random_names(store))
+            gr.Markdown(warning, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
 
         with gr.Tab("Reconstruct"):
             with gr.Row():
@@ -363,13 +402,26 @@ def _blank(size: int):
 
 
 def create_app(store: ModelStore, settings: ServeSettings | None = None):
-    """FastAPI app: ``GET /healthz`` (JSON readiness) plus the Gradio page mounted at ``/``."""
+    """FastAPI app: ``GET /healthz`` (JSON readiness) plus the Gradio page mounted at ``/``.
+
+    The app's temporary output folder (``app.state.outputs``) is removed when the server shuts
+    down (its lifespan ends: normal exit, Ctrl-C or SIGTERM).
+    """
     import fastapi
 
     settings = settings or ServeSettings()
     outputs = OutputDir()
     demo = build_demo(store, settings, outputs)
-    app = fastapi.FastAPI(title="instyle serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            outputs.close()
+
+    app = fastapi.FastAPI(title="instyle serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.outputs = outputs
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -410,4 +462,9 @@ def serve(settings: ServeSettings, store: ModelStore) -> None:
         print(f"instyle serve: serving RANDOM-WEIGHT (untrained) models: {_random_names(store)}", flush=True)
     if not settings.is_loopback:
         print(f"instyle serve: WARNING: listening on {settings.host}: other machines can reach this demo", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        # SIGTERM / Ctrl-C: uvicorn shuts down gracefully (the app's lifespan removes its
+        # temporary folder) and then re-raises the signal; other exits end here.
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        app.state.outputs.close()

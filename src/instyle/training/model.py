@@ -98,6 +98,7 @@ def build_model(cfg: TrainConfig) -> PSP:
     if cfg.checkpoint_path:
         model = reallocate(load_psp(cfg.checkpoint_path))
         _check_checkpoint_matches(cfg, model)
+        model.random_weights = False  # a random-weight start (quickstart) is trained from here on
         return model.train()
     if not cfg.stylegan_weights:
         raise ConfigError("give a pretrained generator (--generator / stylegan_weights) or a pSp checkpoint_path")
