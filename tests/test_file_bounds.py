@@ -301,3 +301,45 @@ def test_deeply_nested_checkpoint_is_refused(tmp_path):
     torch.save({"g_ema": obj}, path)
     with pytest.raises(CheckpointError, match=r"deep\.pt.*nested deeper than 64"):
         instyle.load_generator(path)
+
+
+# ----------------------------------------------------------------------------- training states
+
+
+def _valid_state() -> dict:
+    from instyle.training.state import capture_rng
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    return {
+        "step": 3, "best_val_loss": None, "best_step": None, "optimizer": opt.state_dict(), "scaler": None,
+        "rng": [capture_rng()], "world_size": 1, "batch_size": 2, "seed": 0, "dataset_size": 4, "bad_files": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": None}, r"'optimizer' is a NoneType, expected an optimizer state dict"),
+        ({"optimizer": {"state": {}}}, r"'optimizer' is a dict, expected an optimizer state dict"),
+        ({"step": "12"}, r"'step' is a str, expected an integer >= 0"),
+        ({"rng": [{"torch": "seed"}]}, r"'rng' is a list, expected a list of per-rank RNG states"),
+        ({"bad_files": "a.png"}, r"'bad_files' is a str"),
+        ({"step": None, "drop": "step"}, r"no 'step'"),
+    ],
+)
+def test_malformed_training_state_is_refused(tiny_psp, tmp_path, change, message):
+    from instyle.training.state import RunFolder, read_training_state, write_checkpoint
+
+    state = {**_valid_state(), **change}
+    state.pop(state.pop("drop", "drop"), None)
+    folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, state)
+    with pytest.raises(CheckpointError, match=rf"training_state\.pt: malformed training state: {message}"):
+        read_training_state(folder)
+
+
+def test_well_formed_training_state_is_read(tiny_psp, tmp_path):
+    from instyle.training.state import RunFolder, read_training_state, write_checkpoint
+
+    folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, _valid_state())
+    _, state = read_training_state(folder)
+    assert state["step"] == 3
