@@ -266,6 +266,17 @@ def test_convert_refuses_exponential_module_tree_in_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.timeout(30)
+def test_train_generator_refuses_exponential_module_tree(tmp_path):
+    from instyle.training import TrainConfig
+    from instyle.training.model import build_model
+
+    path = _dag_pickle(tmp_path / "dag.pkl")
+    cfg = TrainConfig(stylegan_weights=str(path), encoder_type="BackboneEncoderUsingLastLayerIntoW", learn_in_w=True)
+    with pytest.raises(CheckpointError, match=r"dag\.pkl.*appears twice"):
+        build_model(cfg)
+
+
 def test_pickle_memo_bomb_is_not_allocated(tmp_path):
     path = tmp_path / "memo.pkl"  # 11 bytes: store None at memo index 2**30 (the C unpickler: an 8 GB table)
     path.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**30) + b".")

@@ -82,7 +82,9 @@ class PersistentObject:
         while stack:
             at, module, depth = stack.pop()
             if id(module) in seen:
-                raise CheckpointError(f"module '{at.rstrip('.')}' appears twice in the network tree (shared or cyclic)")
+                name = at.rstrip(".")
+                name = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]}"
+                raise CheckpointError(f"module '{name}' appears twice in the network tree (shared or cyclic)")
             if depth > MAX_NESTING:
                 raise CheckpointError(f"the network tree is nested deeper than {MAX_NESTING} levels")
             seen.add(id(module))
