@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from instyle.interop.bounds import MAX_NESTING, BoundedReader, check_torch_bytes, check_zip_members
+from instyle.interop.bounds import (
+    MAX_NESTING,
+    BoundedReader,
+    check_loaded_tensors,
+    check_torch_bytes,
+    check_zip_members,
+)
 from instyle.interop.errors import CheckpointError
 
 __all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
@@ -291,9 +297,10 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
         if zipfile.is_zipfile(path):
-            return _read_zip(path, size)
-        with open(path, "rb") as f:
-            obj = RestrictedUnpickler(BoundedReader(f, size), path).load()
+            obj = _read_zip(path, size)
+        else:
+            with open(path, "rb") as f:
+                obj = RestrictedUnpickler(BoundedReader(f, size), path).load()
     except CheckpointError as e:
         if str(e).startswith(str(path)):
             raise
@@ -304,6 +311,7 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(
             f"{path}: not a readable network pickle (truncated or corrupt, {size} bytes): {type(e).__name__}: {first}"
         ) from None
+    check_loaded_tensors(obj, size, path)  # views sharing storages, absurd nesting
     if isinstance(obj, int) and obj == _LEGACY_TORCH_MAGIC:
         raise CheckpointError(
             f"{path}: a legacy (pre-1.6) torch.save file, not an NVIDIA network pickle; re-save it with a current "
