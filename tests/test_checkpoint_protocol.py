@@ -15,7 +15,7 @@ import shutil
 import pytest
 import torch
 
-from instyle.training.state import RunFolder, read_training_state, write_checkpoint
+from instyle.training.state import RunFolder, capture_rng, read_training_state, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,7 +46,9 @@ class Crash:
 
 
 def _state(step: int) -> dict:
-    return {"step": step, "optimizer": {"dummy": torch.full((3,), float(step))}, "rng": {}}
+    """A minimal well-formed training state whose optimizer entry records ``step``."""
+    optimizer = {"state": {0: {"dummy": torch.full((3,), float(step))}}, "param_groups": [{"params": [0]}]}
+    return {"step": step, "optimizer": optimizer, "rng": [capture_rng()]}
 
 
 def _save(run: RunFolder, model, step: int) -> None:
@@ -68,7 +70,7 @@ def _resume_step(run: RunFolder) -> int:
     folder = run.resumable()
     assert folder is not None, f"nothing to resume in {sorted(p.name for p in run.checkpoints.iterdir())}"
     model, state = read_training_state(folder)
-    assert int(state["optimizer"]["dummy"][0]) == state["step"]
+    assert int(state["optimizer"]["state"][0]["dummy"][0]) == state["step"]
     return int(state["step"])
 
 

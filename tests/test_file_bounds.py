@@ -131,3 +131,238 @@ def test_wrong_dtype_safetensors_is_refused_in_one_line(tmp_path, dtype, capsys)
     rc, err = _run_cli("convert", str(d), str(tmp_path / "out"), capsys=capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and name in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- crafted pickles and archives
+
+
+def _load_nvidia_writer():
+    import importlib.util
+
+    path = Path(__file__).parent / "fixtures" / "nvidia" / "nvidia_pickle.py"
+    spec = importlib.util.spec_from_file_location("nvidia_pickle_fixture_bounds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+nvp = _load_nvidia_writer()
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _legacy_storage_stream(numel: int, payload: bytes = b"\0" * 4) -> bytes:
+    """A legacy (pre-1.6) ``torch.save`` stream of one float storage declaring ``numel``
+    elements while holding only ``payload``; torch allocates the declared size first."""
+    marker = object()
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel, None) if obj is marker else None
+
+    buf = io.BytesIO()
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    for header in (LEGACY_MAGIC, 1001, sys_info):
+        pickle.dump(header, buf, protocol=2)
+    Writer(buf, protocol=2).dump(marker)
+    pickle.dump(["0"], buf, protocol=2)
+    buf.write(struct.pack("<q", numel) + payload)
+    return buf.getvalue()
+
+
+class _StorageRecord:
+    """Pickles as NVIDIA's storages do: ``torch.storage._load_from_bytes(stream)``."""
+
+    def __init__(self, stream: bytes):
+        self.stream = stream
+
+    def __reduce__(self):
+        return torch.storage._load_from_bytes, (self.stream,)
+
+
+def _rss_growth_mb(fn) -> float:
+    """Peak resident memory growth of this process while ``fn`` runs (MB)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def test_nvidia_pickle_with_forged_storage_size_is_refused(tmp_path):
+    path = tmp_path / "forged.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": _StorageRecord(_legacy_storage_stream(10**9))}, protocol=3))
+    assert path.stat().st_size < 4096
+    with pytest.raises(CheckpointError, match=r"forged\.pkl.*declare 4000000000 bytes"):
+        instyle.load_generator(path)
+
+
+def test_legacy_torch_file_with_forged_storage_size_is_refused(tmp_path):
+    path = tmp_path / "forged.pt"
+    path.write_bytes(_legacy_storage_stream(10**9))
+    with pytest.raises(CheckpointError, match=r"forged\.pt.*declare 4000000000 bytes"):
+        instyle.load_generator(path)
+
+
+def test_legacy_torch_files_still_load(tmp_path):
+    g = _tiny_generator()
+    path = tmp_path / "legacy.pt"
+    torch.save({"g_ema": g.state_dict(), "latent_avg": g.latent_avg}, path, _use_new_zipfile_serialization=False)
+    loaded = instyle.load_generator(path)
+    torch.testing.assert_close(loaded.state_dict(), g.state_dict(), rtol=0, atol=0)
+
+
+def test_stride_zero_tensor_in_torch_file_is_refused(tmp_path):
+    g = _tiny_generator()
+    path = tmp_path / "expanded.pt"  # latent_avg [30000, 30000] over one stored float: 3.6 GB on reshape
+    torch.save({"g_ema": g.state_dict(), "latent_avg": torch.zeros(1).expand(30000, 30000)}, path)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(CheckpointError, match=r"expanded\.pt.*tensors would take more than"):
+        instyle.load_generator(path)
+
+
+def test_stride_zero_tensor_in_nvidia_pickle_is_refused(tmp_path):
+    g = nvp.build_generator(nvp.CONFIGS["g32"])
+    huge = torch.ones(1).expand(40000, 40000)  # 6.4 GB once copied; a 4-byte storage in the file
+    for _, rec in g.walk():
+        if "resample_filter" in rec.buffers:
+            rec.buffers["resample_filter"] = huge
+    path = nvp.dump({"G_ema": g}, tmp_path / "expanded.pkl")
+    with pytest.raises(CheckpointError, match=r"expanded\.pkl.*shape \[40000, 40000\].*storage of 1 elements"):
+        instyle.load_generator(path)
+
+
+def _dag_pickle(path: Path, depth: int = 60) -> Path:
+    """A ~2 KB NVIDIA-style pickle whose module tree has 2**depth paths (each level holds
+    the previous one twice): walking it naively never ends."""
+    node = nvp.Record("SynthesisLayer")
+    for _ in range(depth):
+        node = nvp.Record("SynthesisLayer", modules={"a": node, "b": node})
+    synthesis = nvp.Record("SynthesisNetwork", modules={"b4": node})
+    g = nvp.Record("Generator", modules={"mapping": nvp.Record("MappingNetwork"), "synthesis": synthesis})
+    for _, rec in [("", g), ("", synthesis), ("", node)]:
+        rec.module_src = ""
+    return nvp.dump({"G_ema": g}, path)
+
+
+@pytest.mark.timeout(30)
+def test_nvidia_pickle_with_exponential_module_tree_is_refused(tmp_path):
+    path = _dag_pickle(tmp_path / "dag.pkl")
+    assert path.stat().st_size < 20_000
+    with pytest.raises(CheckpointError, match=r"dag\.pkl.*(appears twice in the network tree|nested deeper than 64)"):
+        instyle.load_generator(path)
+
+
+def test_shared_or_cyclic_modules_are_refused_by_the_tree_walk():
+    from instyle.interop.restricted_pickle import PersistentObject
+
+    def module(**children):
+        return PersistentObject("M", 1, {"_modules": children, "_parameters": {"w": torch.zeros(1)}})
+
+    leaf = module()
+    assert set(module(a=module(x=leaf)).state_dict()) == {"w", "a.w", "a.x.w"}
+    with pytest.raises(CheckpointError, match=r"module 'b' appears twice"):
+        module(a=leaf, b=leaf).state_dict()
+    loop = module()
+    loop.state["_modules"]["self"] = loop
+    with pytest.raises(CheckpointError, match=r"module 'self' appears twice"):
+        loop.state_dict()
+
+
+@pytest.mark.timeout(30)
+def test_convert_refuses_exponential_module_tree_in_one_line(tmp_path, capsys):
+    path = _dag_pickle(tmp_path / "dag.pkl")
+    out = tmp_path / "out"
+    rc, err = _run_cli("convert", str(path), str(out), capsys=capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "appears twice" in err or "nested deeper" in err
+    assert not out.exists()
+
+
+@pytest.mark.timeout(30)
+def test_train_generator_refuses_exponential_module_tree(tmp_path):
+    from instyle.training import TrainConfig
+    from instyle.training.model import build_model
+
+    path = _dag_pickle(tmp_path / "dag.pkl")
+    cfg = TrainConfig(stylegan_weights=str(path), encoder_type="BackboneEncoderUsingLastLayerIntoW", learn_in_w=True)
+    with pytest.raises(CheckpointError, match=r"dag\.pkl.*(appears twice|nested deeper)"):
+        build_model(cfg)
+
+
+def test_pickle_memo_bomb_is_not_allocated(tmp_path):
+    path = tmp_path / "memo.pkl"  # 11 bytes: store None at memo index 2**30 (the C unpickler: an 8 GB table)
+    path.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**30) + b".")
+
+    def load():
+        with pytest.raises(CheckpointError, match=r"memo\.pkl.*holds a NoneType"):
+            instyle.load_generator(path)
+
+    assert _rss_growth_mb(load) < 500
+
+
+def _zip_bomb(path: Path, member: str, inflated: int = 64 << 20) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+        zf.writestr("archive/version", b"3\n")
+        zf.writestr(member, b"\0" * inflated)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pkl"])
+def test_zip_bomb_is_refused_before_inflating(tmp_path, suffix):
+    path = _zip_bomb(tmp_path / f"bomb{suffix}", "archive/data/0")
+    assert path.stat().st_size < 200_000
+    with pytest.raises(CheckpointError, match=rf"bomb\{suffix}.*zip members declare \d+ bytes uncompressed"):
+        instyle.load_generator(path)
+
+
+def test_deeply_nested_checkpoint_is_refused(tmp_path):
+    obj: list = []
+    for _ in range(200):
+        obj = [obj]
+    path = tmp_path / "deep.pt"
+    torch.save({"g_ema": obj}, path)
+    with pytest.raises(CheckpointError, match=r"deep\.pt.*nested deeper than 64"):
+        instyle.load_generator(path)
+
+
+# ----------------------------------------------------------------------------- training states
+
+
+def _valid_state() -> dict:
+    from instyle.training.state import capture_rng
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    return {
+        "step": 3, "best_val_loss": None, "best_step": None, "optimizer": opt.state_dict(), "scaler": None,
+        "rng": [capture_rng()], "world_size": 1, "batch_size": 2, "seed": 0, "dataset_size": 4, "bad_files": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": None}, r"'optimizer' is a NoneType, expected an optimizer state dict"),
+        ({"optimizer": {"state": {}}}, r"'optimizer' is a dict, expected an optimizer state dict"),
+        ({"step": "12"}, r"'step' is a str, expected an integer >= 0"),
+        ({"rng": [{"torch": "seed"}]}, r"'rng' is a list, expected a list of per-rank RNG states"),
+        ({"bad_files": "a.png"}, r"'bad_files' is a str"),
+        ({"step": None, "drop": "step"}, r"no 'step'"),
+    ],
+)
+def test_malformed_training_state_is_refused(tiny_psp, tmp_path, change, message):
+    from instyle.training.state import RunFolder, read_training_state, write_checkpoint
+
+    state = {**_valid_state(), **change}
+    state.pop(state.pop("drop", "drop"), None)
+    folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, state)
+    with pytest.raises(CheckpointError, match=rf"training_state\.pt: malformed training state: {message}"):
+        read_training_state(folder)
+
+
+def test_well_formed_training_state_is_read(tiny_psp, tmp_path):
+    from instyle.training.state import RunFolder, read_training_state, write_checkpoint
+
+    folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, _valid_state())
+    _, state = read_training_state(folder)
+    assert state["step"] == 3

@@ -106,14 +106,19 @@ class _Stub:
     def extend(self, values: Any) -> None:
         pass
 
+    def add(self, value: Any) -> None:
+        pass
+
+
+#: Bytes per element of the storage classes ``torch.save`` names (unknown names: 8).
+_ITEM_SIZES = {
+    "Untyped": 1, "Byte": 1, "Char": 1, "Bool": 1, "QInt8": 1, "QUInt8": 1, "Short": 2, "Half": 2, "BFloat16": 2,
+    "Int": 4, "Float": 4, "QInt32": 4, "Long": 8, "Double": 8, "ComplexFloat": 8, "ComplexDouble": 16,
+}
+
 
 def _storage_item_size(ref: tuple[str, str]) -> int:
-    module, name = ref
-    storage = getattr(torch, name, None) if module == "torch" and name.endswith("Storage") else None
-    if name == "UntypedStorage":
-        return 1
-    dtype = getattr(storage, "dtype", None)
-    return dtype.itemsize if isinstance(dtype, torch.dtype) else 8
+    return _ITEM_SIZES.get(ref[1].removesuffix("Storage"), 8)
 
 
 class _SkeletonUnpickler(pickle._Unpickler):  # pure Python: its memo is a dict, not a table
@@ -156,18 +161,20 @@ def check_declared_storages(f: BinaryIO, file_bytes: int, source: Any) -> None:
     start = f.tell()
     reader = BoundedReader(f, file_bytes)
     try:
-        magic, _ = _skeleton(reader)
+        try:
+            magic, _ = _skeleton(reader)
+        except Exception:  # not a pickle: torch.load refuses it in its own words
+            return
         if magic != LEGACY_TORCH_MAGIC:
             return
-        _skeleton(reader)  # protocol version
-        _skeleton(reader)  # sys_info
-        _, declared = _skeleton(reader)
-    except CheckpointError:
-        raise
-    except Exception as e:  # a corrupt stream: torch.load reports it in its own words
-        if isinstance(e, MemoryError):
-            raise CheckpointError(f"{source}: refused: its pickle asks for too much memory") from None
-        return
+        try:
+            _skeleton(reader)  # protocol version
+            _skeleton(reader)  # sys_info
+            _, declared = _skeleton(reader)
+        except Exception as e:  # fail closed: what cannot be measured is not loaded
+            raise CheckpointError(
+                f"{source}: a corrupt legacy PyTorch file ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
     finally:
         f.seek(start)
     total = sum(declared.values())
@@ -225,4 +232,4 @@ def check_torch_bytes(data: bytes, source: Any) -> None:
         with zipfile.ZipFile(f) as zf:
             check_zip_members(zf, len(data), source)
     else:
-        check_declared_storages(f, len(data), source)
+        check_declared_storages(io.BytesIO(data), len(data), source)

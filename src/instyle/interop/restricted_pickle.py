@@ -35,7 +35,13 @@ import numpy as np
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.bounds import MAX_NESTING, BoundedReader, check_torch_bytes, check_zip_members
+from instyle.interop.bounds import (
+    MAX_NESTING,
+    BoundedReader,
+    check_loaded_tensors,
+    check_torch_bytes,
+    check_zip_members,
+)
 
 __all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
 
@@ -82,7 +88,9 @@ class PersistentObject:
         while stack:
             at, module, depth = stack.pop()
             if id(module) in seen:
-                raise CheckpointError(f"module '{at.rstrip('.')}' appears twice in the network tree (shared or cyclic)")
+                name = at.rstrip(".")
+                name = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]}"
+                raise CheckpointError(f"module '{name}' appears twice in the network tree (shared or cyclic)")
             if depth > MAX_NESTING:
                 raise CheckpointError(f"the network tree is nested deeper than {MAX_NESTING} levels")
             seen.add(id(module))
@@ -289,9 +297,10 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
         if zipfile.is_zipfile(path):
-            return _read_zip(path, size)
-        with open(path, "rb") as f:
-            obj = RestrictedUnpickler(BoundedReader(f, size), path).load()
+            obj = _read_zip(path, size)
+        else:
+            with open(path, "rb") as f:
+                obj = RestrictedUnpickler(BoundedReader(f, size), path).load()
     except CheckpointError as e:
         if str(e).startswith(str(path)):
             raise
@@ -302,6 +311,7 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(
             f"{path}: not a readable network pickle (truncated or corrupt, {size} bytes): {type(e).__name__}: {first}"
         ) from None
+    check_loaded_tensors(obj, size, path)  # views sharing storages, absurd nesting
     if isinstance(obj, int) and obj == _LEGACY_TORCH_MAGIC:
         raise CheckpointError(
             f"{path}: a legacy (pre-1.6) torch.save file, not an NVIDIA network pickle; re-save it with a current "

@@ -49,6 +49,7 @@ import torch
 from instyle.interop import CheckpointError, load_psp, save_psp
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.psp import PSP
+from instyle.training.state_schema import check_training_state
 from instyle.utils.atomic import atomic_path, atomic_write_bytes
 
 __all__ = [
@@ -273,8 +274,9 @@ def read_training_state(folder: Path) -> tuple[PSP, dict]:
     state = safe_torch_load(folder / STATE_NAME, "training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{folder / STATE_NAME}: not an instyle training state")
-    if int(state.get("version", 0)) > STATE_VERSION:
+    if not isinstance(state.get("version", 0), int) or state.get("version", 0) > STATE_VERSION:
         raise CheckpointError(f"{folder / STATE_NAME}: written by a newer instyle; upgrade to resume")
+    check_training_state(state, folder / STATE_NAME)
     return load_psp(folder), state
 
 
