@@ -3,9 +3,14 @@ inside input folders, resumable alignment, file modes, full disks and malformed 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ from instyle.models import get_config
 from instyle.models.init import random_psp
 from instyle.utils.atomic import atomic_path, atomic_write_bytes
 
+from .conftest import shared_path
 from .helpers import rgb
 
 
@@ -152,3 +158,124 @@ def test_unreadable_input_folder_is_named(tmp_path, monkeypatch, capsys):
     files, problems = collect_input_files([d])
     assert [f.path.name for f in files] == ["ok.png"]
     assert problems == [f"{d / 'locked'}: cannot read folder (Permission denied)"]
+
+
+# --------------------------------------------------------------------------- full disk, unwritable output
+
+
+def _full_disk(monkeypatch):
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("instyle.utils.atomic.os.fsync", fsync)
+
+
+@pytest.mark.parametrize("command", ["encode", "mix"])
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_stems, tmp_path, monkeypatch, capsys, command):
+    out = tmp_path / "out"
+    _full_disk(monkeypatch)
+    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(out), "--device", "cpu", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if "No space left on device" in line]
+    assert 1 <= len(lines) <= 2, err  # the first failed output (and the summary), not one line per file
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no partial outputs, no temporary files
+
+
+@pytest.mark.parametrize("command", ["encode", "mix"])
+def test_unwritable_output_folder_is_one_line(tiny_dir, same_stems, tmp_path, capsys, command):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(blocker / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "cannot write there" in err and str(blocker / "out") in err
+
+
+# --------------------------------------------------------------------------- face alignment in threads, resume
+
+SMALL_UNALIGNED = ["img5.jpg", "img12.jpg", "img46.jpg", "img50.jpg"]
+
+
+@pytest.fixture
+def unaligned_copy(tmp_path) -> Path:
+    pytest.importorskip("dlib", reason="face alignment needs dlib (pip install 'instyle[faces]')")
+    src = shared_path("data", "faces", "unaligned")
+    d = tmp_path / "photos"
+    d.mkdir()
+    for name in SMALL_UNALIGNED:
+        shutil.copy(src / name, d / name)
+    return d
+
+
+def test_dlib_models_are_one_per_thread():
+    pytest.importorskip("dlib")
+    from instyle.alignment.models import hog_detector
+
+    main_thread = hog_detector()
+    assert hog_detector() is main_thread
+    other = []
+    t = threading.Thread(target=lambda: other.append(hog_detector()))
+    t.start()
+    t.join()
+    assert other[0] is not main_thread
+
+
+@pytest.mark.slow
+def test_encode_align_over_several_batches_does_not_crash(tiny_dir, unaligned_copy, tmp_path):
+    # Background loaders align while the model runs: a shared dlib detector segfaulted here (rc 139).
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "instyle.cli.main", "encode", "-c", str(tiny_dir), str(unaligned_copy), "--out", str(out),
+           "--device", "cpu", "--align", "--batch-size", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(n.replace(".jpg", ".png") for n in SMALL_UNALIGNED)
+
+
+@pytest.mark.slow
+def test_align_workers_match_a_single_thread(unaligned_copy, tmp_path):
+    outs = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        assert main(["align", str(unaligned_copy), "--out", str(out), "--size", "64", "--workers", str(workers)]) == 0
+        outs.append(out)
+    assert _files(outs[0]) == _files(outs[1])
+
+
+def test_align_killed_run_resumes_with_every_crop_recorded(unaligned_copy, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    real_save = Image.Image.save
+    calls = []
+
+    def dies_on_third_crop(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stands for the kill
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dies_on_third_crop)
+    assert main(["align", str(unaligned_copy), "--out", str(out), "--size", "64"]) != 0
+    monkeypatch.undo()
+    assert len(list(out.glob("*.png"))) == 2
+    assert main(["align", str(unaligned_copy), "--out", str(out), "--size", "64"]) == 0
+    index = json.loads((out / "alignment.json").read_text())
+    crops = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(index) == crops and len(crops) == len(SMALL_UNALIGNED)
+    for name, record in index.items():
+        assert Path(record["source"]).name == name.replace(".png", ".jpg") and len(record["quad"]) == 4
+    assert "2 already done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"img5.png": {"quad": [1, 2]}}', b"\xff\xfe"])
+def test_align_rebuilds_a_corrupt_index(unaligned_copy, tmp_path, capsys, content):
+    out = tmp_path / "out"
+    assert main(["align", str(unaligned_copy / "img5.jpg"), "--out", str(out), "--size", "64"]) == 0
+    (out / "alignment.json").write_bytes(content)
+    capsys.readouterr()
+    assert main(["align", str(unaligned_copy / "img5.jpg"), "--out", str(out), "--size", "64"]) == 0
+    err = capsys.readouterr().err
+    assert "alignment.json is corrupt" in err and "Traceback" not in err
+    assert (out / "alignment.json.corrupt").read_bytes() == content
+    assert list(json.loads((out / "alignment.json").read_text())) == ["img5.png"]
