@@ -279,3 +279,75 @@ def test_align_rebuilds_a_corrupt_index(unaligned_copy, tmp_path, capsys, conten
     assert "alignment.json is corrupt" in err and "Traceback" not in err
     assert (out / "alignment.json.corrupt").read_bytes() == content
     assert list(json.loads((out / "alignment.json").read_text())) == ["img5.png"]
+
+
+# --------------------------------------------------------------------------- evaluate and prepare: shared stems, odd names
+
+
+@pytest.fixture
+def odd_names(tmp_path) -> Path:
+    """a.png + a.jpg (a shared stem), a file name that is not UTF-8, and two corrupt files sharing a stem."""
+    d = tmp_path / "faces"
+    d.mkdir()
+    rgb((64, 64), 1).save(d / "a.png")
+    rgb((64, 64), 2).save(d / "a.jpg", quality=95)
+    rgb((64, 64), 3).save(os.path.join(os.fsencode(d), b"\xffodd.png"))
+    (d / "c.png").write_bytes(b"")
+    (d / "c.jpg").write_bytes(b"garbage")
+    return d
+
+
+def test_evaluate_keeps_shared_stems_and_odd_names(tiny_dir, odd_names, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = main(["evaluate", "-c", str(tiny_dir), "--data", str(odd_names), "--out", str(out), "--device", "cpu",
+               "--identity", "none"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err  # 1: the two corrupt files
+    assert "c.png: empty file" in err and "c.jpg: not an image" in err
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(r["name"] for r in report["per_image"]) == ["a.jpg", "a.png", "\udcffodd"]
+    assert len(report["failed"]) == 2
+    csv_rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(csv_rows) == 4 and any("\\udcffodd" in row for row in csv_rows)
+    assert (out / "report.md").is_file() and (out / "best_worst.png").is_file()
+
+
+def test_prepare_makes_one_pair_per_photo_and_accepts_odd_names(odd_names, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    assert main(["prepare", "sketch2face", "--photos", str(odd_names), "--out", str(out), "--size", "32"]) == 1
+    captured = capsys.readouterr()
+    assert "prepared 3 pair(s)" in captured.out and "0 already done" in captured.out
+    assert "codec" not in captured.err and "Traceback" not in captured.err
+    names = sorted(os.listdir(os.fsencode(out / "target")))
+    assert names == [b"a.jpg.png", b"a.png.png", b"\xffodd.png"]
+    assert sorted(os.listdir(os.fsencode(out / "source"))) == names
+
+
+# --------------------------------------------------------------------------- malformed values and files
+
+
+def test_evaluate_exits_nonzero_when_named_weights_are_refused(tiny_dir, odd_names, tmp_path, capsys):
+    bad = tmp_path / "alexnet.pth"
+    bad.write_bytes(b"not a state dict")
+    data = tmp_path / "good"
+    data.mkdir()
+    shutil.copy(odd_names / "a.png", data / "a.png")
+    rc = main(["evaluate", "-c", str(tiny_dir), "--data", str(data), "--out", str(tmp_path / "r"), "--device", "cpu",
+               "--identity", "none", "--lpips-weights", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"--lpips-weights {bad}: the weights were refused" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"[1, 2]", b'{"metrics": []}', b'{"metrics": {"mse": "abc"}}', b'{"metrics": {"mse": {"mean": [1]}}}',
+     b'{"metrics": {}, "fid": {"x": 1}}'],
+)
+def test_malformed_compare_report_is_one_line(tmp_path, capsys, content):
+    good = {"method": "a", "metrics": {"mse": {"mean": 0.1, "std": 0.0, "n": 1}}, "fid": None}
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "bad.json").write_bytes(content)
+    rc = main(["evaluate", "--compare", str(tmp_path / "good.json"), str(tmp_path / "bad.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "bad.json" in err
