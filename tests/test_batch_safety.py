@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from instyle.cli.main import main
@@ -351,3 +352,38 @@ def test_malformed_compare_report_is_one_line(tmp_path, capsys, content):
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "bad.json" in err
+
+
+@pytest.fixture
+def latent_and_direction(tmp_path) -> tuple[Path, Path]:
+    lat = tmp_path / "code.npy"
+    np.save(lat, np.zeros((10, 64), np.float32))
+    direction = tmp_path / "smile.npy"
+    np.save(direction, np.ones(64, np.float32))
+    return lat, direction
+
+
+@pytest.mark.parametrize("which", ["latent", "direction"])
+def test_zero_byte_npy_is_one_line(tiny_dir, latent_and_direction, tmp_path, capsys, which):
+    lat, direction = latent_and_direction
+    (lat if which == "latent" else direction).write_bytes(b"")
+    out = tmp_path / "out"
+    rc = main(["edit", "direction", str(lat), "-c", str(tiny_dir), "--direction", str(direction), "--out", str(out),
+               "--device", "cpu", "--strengths=-1,1"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    bad = lat if which == "latent" else direction
+    lines = [line for line in err.splitlines() if str(bad) in line]
+    assert len(lines) == 1 and "empty file" in lines[0], err
+    assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("spec", [",", " , ", "nan", "1,inf", "0:1:0", "0:1:100000000"])
+def test_bad_strengths_are_one_line_naming_the_value(tiny_dir, latent_and_direction, tmp_path, capsys, spec):
+    lat, direction = latent_and_direction
+    out = tmp_path / "out"
+    rc = main(["edit", "direction", str(lat), "-c", str(tiny_dir), "--direction", str(direction), "--out", str(out),
+               "--device", "cpu", f"--strengths={spec}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and repr(spec) in err
+    assert not out.exists()
