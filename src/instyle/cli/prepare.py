@@ -121,9 +121,8 @@ def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_fi
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, collect_input_files, load_image, output_names, save_image
+    from instyle.inference.io import collect_input_files, output_names
     from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
     from instyle.tasks import get_task
     from instyle.utils.atomic import atomic_write_bytes
@@ -172,9 +171,28 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         error(f"could not write {out / 'prepare.json'}: {e.strerror or e}")
         return 1
+    written, resumed, failures, stopped = _make_pairs(task, files, keys, out, args, align, labels, inputs)
+    failures = list(problems) + failures  # broken links, unreadable folders first
+    if stopped:
+        return 1
+    print(f"prepared {written} pair(s) for {task.name} in {out}; {resumed} already done, {len(failures)} skipped")
+    if failures:
+        print("skipped files:", file=sys.stderr)
+        for msg in failures:
+            print(f"  {msg}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tuple[int, int, list[str], bool]:
+    """Write the pairs: ``(written, already done, failure lines, stopped by a write error)``."""
+    from tqdm import tqdm
+
+    from instyle.inference.io import ImageLoadError, load_image, save_image
+
     written = resumed = 0
-    failures: list[str] = list(problems)  # broken links, unreadable folders
-    for path, key in tqdm(list(zip((f.path for f in files), keys)), unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
+    failures: list[str] = []
+    pairs = list(zip((f.path for f in files), keys))
+    for path, key in tqdm(pairs, unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
         target_file, source_file = out / "target" / f"{key}.png", out / "source" / f"{key}.png"
         if not args.overwrite and target_file.is_file():  # the target is written last
             resumed += 1
@@ -198,11 +216,6 @@ def run(args: argparse.Namespace) -> int:
             save_image(target, target_file)  # last: its presence marks the pair as done
         except OSError as e:
             error(f"could not write the pair of {path}: {e.strerror or e}; stopped after {written} new pair(s)")
-            return 1
+            return written, resumed, failures, True
         written += 1
-    print(f"prepared {written} pair(s) for {task.name} in {out}; {resumed} already done, {len(failures)} skipped")
-    if failures:
-        print("skipped files:", file=sys.stderr)
-        for msg in failures:
-            print(f"  {msg}", file=sys.stderr)
-    return 1 if failures else 0
+    return written, resumed, failures, False
