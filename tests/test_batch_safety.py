@@ -109,15 +109,21 @@ def test_same_stems_get_distinct_outputs_and_a_manifest(tiny_dir, same_stems, tm
     }
 
 
-def test_encode_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, capsys):
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
+def test_output_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, capsys, command):
     before = _files(same_stems)
-    rc = main(["encode", "-c", str(tiny_dir), str(same_stems), "--out", str(same_stems), "--device", "cpu"])
+    if command == "prepare":
+        argv = ["prepare", "inversion", "--photos", str(same_stems)]
+    else:
+        argv = [command, "-c", str(tiny_dir), str(same_stems), "--device", "cpu"]
+    rc = main([*argv, "--out", str(same_stems)])
     err = capsys.readouterr().err
     assert rc == 2 and "is an input folder" in err and "Traceback" not in err
     assert _files(same_stems) == before
-    single = same_stems / "face.png"
-    assert main(["encode", "-c", str(tiny_dir), str(single), "--out", str(same_stems), "--device", "cpu"]) == 2
-    assert _files(same_stems) == before
+    if command != "prepare":
+        single = same_stems / "face.png"
+        assert main([command, "-c", str(tiny_dir), str(single), "--out", str(same_stems), "--device", "cpu"]) == 2
+        assert _files(same_stems) == before
 
 
 def test_encode_into_a_subfolder_of_the_input_excludes_it(tiny_dir, same_stems):
