@@ -393,3 +393,11 @@ def test_bad_strengths_are_one_line_naming_the_value(tiny_dir, latent_and_direct
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and repr(spec) in err
     assert not out.exists()
+
+
+def test_load_image_refuses_special_files_without_blocking(tmp_path):
+    from instyle.inference.io import ImageLoadError, load_image
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer forever
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(tmp_path / "pipe.png")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class InputFile:
 
 
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    if not folders:
+        return False
     real = path.resolve()
     return any(real == f or f in real.parents for f in folders)
 
@@ -248,9 +251,12 @@ def load_image(
     if p.is_dir():
         raise ImageLoadError(p, "is a folder, not an image file")
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except OSError as e:
         raise ImageLoadError(p, f"cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
+        raise ImageLoadError(p, "not a regular file")
+    size = st.st_size
     if size == 0:
         raise ImageLoadError(p, "empty file (0 bytes)")
     try:
