@@ -9,7 +9,12 @@ problem (the CLI: one line, no traceback) within the test's timeout.
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import pickle
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest

@@ -2,13 +2,16 @@
 
 That package imports ``pkg_resources`` (gone from current setuptools), so we never import
 it: :func:`model_path` finds its folder with :func:`importlib.util.find_spec` and reads the
-``.dat`` files directly. Models load lazily, once per process.
+``.dat`` files directly. Models load lazily, once per thread: dlib's detectors keep scratch
+state and release the GIL, so one object used by two threads at once crashes the process
+(a segfault with ``encode --align``'s background loaders). Each thread gets its own copy.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["AlignmentUnavailable", "model_path", "require_dlib", "shape_predictor", "hog_detector", "cnn_detector"]
@@ -45,19 +48,27 @@ def model_path(filename: str) -> Path:
     raise AlignmentUnavailable(f"{filename} not found in face_recognition_models; reinstall it ({INSTALL_HINT})")
 
 
-@functools.cache
+_thread_models = threading.local()
+
+
+def _per_thread(key: str, build: Callable[[], object]):
+    """This thread's instance of a dlib model, built on first use in the thread."""
+    models = _thread_models.__dict__.setdefault("models", {})
+    if key not in models:
+        models[key] = build()
+    return models[key]
+
+
 def shape_predictor():
-    """dlib's 68-point landmark model (iBUG 300-W point order)."""
-    return require_dlib().shape_predictor(str(model_path(LANDMARKS_68)))
+    """dlib's 68-point landmark model (iBUG 300-W point order), this thread's copy."""
+    return _per_thread("landmarks", lambda: require_dlib().shape_predictor(str(model_path(LANDMARKS_68))))
 
 
-@functools.cache
 def hog_detector():
-    """dlib's HOG + linear SVM frontal face detector (fast; misses near-profile and tiny faces)."""
-    return require_dlib().get_frontal_face_detector()
+    """dlib's HOG + linear SVM frontal face detector (fast; misses near-profile and tiny faces), this thread's copy."""
+    return _per_thread("hog", lambda: require_dlib().get_frontal_face_detector())
 
 
-@functools.cache
 def cnn_detector():
-    """dlib's CNN (MMOD) face detector (slower on CPU; finds profile and rotated faces)."""
-    return require_dlib().cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR)))
+    """dlib's CNN (MMOD) face detector (slower on CPU; finds profile and rotated faces), this thread's copy."""
+    return _per_thread("cnn", lambda: require_dlib().cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR))))

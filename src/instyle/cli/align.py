@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from pathlib import Path
 
 from instyle.cli.common import error
 
@@ -14,8 +11,13 @@ DESCRIPTION = """\
 Detect faces with dlib, fit the 68 landmarks and crop each face the way FFHQ was made
 (eye/mouth-based oriented square, reflected and blurred padding where the crop leaves the
 photo). Writes OUT/<name>.png for the largest face (with --all-faces also <name>_1.png, ...
-for the others, largest first) and OUT/alignment.json with each crop's source quad, so
-results can be pasted back into the photo.
+for the others, largest first, at most 16) and OUT/alignment.json with each crop's source
+quad, so results can be pasted back into the photo. <name> is the photo's path under its
+input folder without the suffix (with the suffix, or the folder's name in front, when two
+photos would otherwise write the same crop). alignment.json is rewritten atomically after
+every photo, so an interrupted run resumes exactly; a corrupt one is kept aside as
+alignment.json.corrupt and rebuilt. --workers N aligns N photos at once (one set of dlib
+models per thread).
 
 Detectors: hog (fast; misses near-profile and tiny faces), cnn (dlib's MMOD CNN; finds
 profile and rotated faces, several times slower on CPU), auto (hog, then cnn when hog finds
@@ -40,80 +42,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", choices=["auto", "hog", "cnn"], default="auto", help="face detector (default: auto)")
     p.add_argument("--upsample", type=int, default=1, help="detector upsampling; raise for tiny faces (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
+    p.add_argument(
+        "--workers", type=int, default=1, help="photos aligned at once in threads, like the original's --num_threads (default: 1)"
+    )
     p.set_defaults(func=run)
-
-
-def _record(face, source: Path) -> dict:
-    return {
-        "source": str(source),
-        "quad": [[round(float(v), 3) for v in pt] for pt in face.quad],
-        "box": [round(float(v), 1) for v in face.detection.box],
-        "score": round(face.detection.score, 4),
-        "detector": face.detection.detector,
-    }
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from instyle.alignment import AlignmentUnavailable, align_faces
+    from instyle.alignment import AlignmentUnavailable
     from instyle.alignment.models import require_dlib, shape_predictor
-    from instyle.inference.io import ImageLoadError, collect_inputs, load_image, save_image
-    from instyle.utils.atomic import atomic_write_bytes
+    from instyle.inference.io import collect_input_files
+    from instyle.inference.pipeline import AlignOptions, OutputFolderError, align_files
+    from instyle.utils.config import ConfigError
 
-    if args.size < 1 or args.upsample < 0:
-        error(f"--size must be >= 1 and --upsample >= 0 (got {args.size}, {args.upsample})")
-        return 2
     try:
+        options = AlignOptions(
+            size=args.size, all_faces=args.all_faces, detector=args.detector, upsample=args.upsample,
+            overwrite=args.overwrite, workers=args.workers,
+        )
         require_dlib()
         shape_predictor()
+    except ConfigError as e:
+        error(f"--{str(e).replace('_', '-')}")
+        return 2
     except AlignmentUnavailable as e:
         error(str(e))
         return 2
-    paths, problems = collect_inputs(args.inputs)
+    files, problems = collect_input_files(args.inputs, exclude=[args.out])
     for msg in problems:
         print(f"instyle: skipped {msg}", file=sys.stderr)
-    if not paths:
+    if not files:
         error("no input images found")
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    index_path = out / "alignment.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    stems: dict[str, int] = {}
-    counts = {"faces": 0, "images": 0, "resumed": 0, "no_face": 0, "failed": len(problems)}
-    t0 = time.perf_counter()
-    for path in tqdm(paths, unit="img", desc="align", file=sys.stderr, disable=None):
-        n = stems.get(path.stem, 0)
-        stems[path.stem] = n + 1
-        name = path.stem if n == 0 else f"{path.stem}_{n}"  # a.jpg and sub/a.png never collide
-        if not args.overwrite and (out / f"{name}.png").is_file():
-            counts["resumed"] += 1
-            continue
-        try:
-            faces = align_faces(
-                load_image(path), size=args.size, all_faces=args.all_faces, detector=args.detector, upsample=args.upsample
-            )
-        except (ImageLoadError, ValueError, OSError) as e:
-            tqdm.write(f"instyle: skipped {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
-            counts["failed"] += 1
-            continue
-        if not faces:
-            tqdm.write(f"instyle: no face found in {path} (try --detector cnn or --upsample 2)", file=sys.stderr)
-            counts["no_face"] += 1
-            continue
-        for k, face in enumerate(faces):
-            file = f"{name}.png" if k == 0 else f"{name}_{k}.png"
-            save_image(face.image, out / file)
-            index[file] = _record(face, path)
-        counts["faces"] += len(faces)
-        counts["images"] += 1
-    atomic_write_bytes(index_path, (json.dumps(index, indent=1) + "\n").encode())
-    elapsed = time.perf_counter() - t0
+    try:
+        counts = align_files(files, args.out, options, log=lambda m: tqdm.write(f"instyle: {m}", file=sys.stderr), progress=True)
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    counts["failed"] += len(problems)
     done = counts["images"] + counts["no_face"]
     print(
-        f"aligned {counts['faces']} face(s) from {counts['images']} image(s) into {out}; "
+        f"aligned {counts['faces']} face(s) from {counts['images']} image(s) into {args.out}; "
         f"{counts['resumed']} already done, {counts['no_face']} without a face, {counts['failed']} failed"
-        + (f"; {elapsed / done:.2f} s per image" if done else "")
+        + (f"; {counts['seconds'] / done:.2f} s per image" if done else "")
     )
     return 1 if counts["no_face"] or counts["failed"] else 0

@@ -22,6 +22,11 @@ one line each and skipped; the other files are still processed and the exit code
 when anything failed. Outputs are written atomically. Results are deterministic
 (stored noise maps, --seed for anything random).
 
+Outputs keep each file's path under its input folder (photos/sub/a.jpg -> OUT/sub/a.png);
+inputs that would write the same file keep their suffix or folder name (a.png.png,
+a.jpg.png). OUT/summary.json lists every input with its outputs or its error. OUT may lie
+inside an input folder (it is not scanned) but may not be one.
+
 Large folders stream: images are decoded in background threads while the model
 runs, outputs are written by a background thread, and memory stays flat. Under
 `torchrun --nproc_per_node=N -m instyle.cli.main encode ...` each process takes

@@ -91,15 +91,36 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         error(str(e))
         return 2
+    except OSError as e:
+        error(f"could not write the report into {args.out}: {e.strerror or e}")
+        return 1
     print((Path(args.out) / "report.md").read_text())
+    refused = _refused_weights(args, report)
+    for flag, why in refused:
+        error(f"{flag}: the weights were refused ({why})")
     if not report["n_images"]:
         error("no image could be evaluated")
         return 1
-    return 1 if report["failed"] else 0
+    return 1 if report["failed"] or refused else 0
+
+
+def _refused_weights(args: argparse.Namespace, report: dict) -> list[tuple[str, str]]:
+    """``(flag, reason)`` for each weight file the user named that could not be used."""
+    named = {
+        "lpips": ("--lpips-weights", args.lpips_weights),
+        "identity": ("--identity", args.identity if args.identity not in ("dlib", "none") else None),
+        "fid": ("--inception-weights", args.inception_weights),
+    }
+    return [
+        (f"{flag} {path}", report["unavailable"].get(key, "not used").splitlines()[0])
+        for key, (flag, path) in named.items()
+        if path and key not in report["networks"]
+    ]
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from instyle.evaluation.report import compare
+    from instyle.utils.atomic import atomic_write_bytes
 
     try:
         result = compare(*args.compare)
@@ -109,9 +130,12 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(result["markdown"])
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "comparison.md").write_text(result["markdown"])
-        (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            atomic_write_bytes(out / "comparison.md", result["markdown"].encode("utf-8", "backslashreplace"))
+            atomic_write_bytes(out / "comparison.json", (json.dumps(result, indent=2) + "\n").encode())
+        except OSError as e:
+            error(f"could not write the comparison into {out}: {e.strerror or e}")
+            return 1
     print(
         "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items()),
         file=sys.stdout,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,22 +182,33 @@ def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int) -> li
     return out
 
 
+def _mix_outputs(args) -> Callable[[str], list[str]]:
+    """The files ``mix`` writes for the input named ``name`` (relative to --out)."""
+
+    def outputs(name: str) -> list[str]:
+        files = [f"{name}.{args.format}"] + [f"outputs/{name}_{k}.{args.format}" for k in range(args.n_outputs)]
+        return files + ([f"latents/{name}.npy"] if args.save_latents else [])
+
+    return outputs
+
+
+def _check_args(args) -> bool:
+    for bad, msg in (
+        (args.n_outputs < 1, f"--n-outputs={args.n_outputs} must be >= 1"),
+        (args.mix_alpha is not None and not 0.0 <= args.mix_alpha <= 1.0, f"--mix-alpha={args.mix_alpha} must be in [0, 1]"),
+        (not 0.0 <= args.truncation <= 1.0, f"--truncation={args.truncation} must be in [0, 1]"),
+    ):
+        if bad:
+            error(msg)
+            return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from instyle.inference.mixing import default_latent_mask, parse_latent_mask
+    from instyle.inference.pipeline import OutputFolderError
 
-    from instyle.inference.io import make_grid, save_image
-    from instyle.inference.latents import save_latent
-    from instyle.inference.mixing import default_latent_mask, parse_latent_mask, style_mix
-    from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
-
-    if args.n_outputs < 1:
-        error(f"--n-outputs={args.n_outputs} must be >= 1")
-        return 2
-    if args.mix_alpha is not None and not 0.0 <= args.mix_alpha <= 1.0:
-        error(f"--mix-alpha={args.mix_alpha} must be in [0, 1]")
-        return 2
-    if not 0.0 <= args.truncation <= 1.0:
-        error(f"--truncation={args.truncation} must be in [0, 1]")
+    if not _check_args(args):
         return 2
     loaded = load_model(args)
     if loaded is None:
@@ -207,15 +219,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         error(f"--latent-mask: {e}")
         return 2
-    from instyle.inference.pipeline import OutputFolderError
-    from instyle.utils.atomic import atomic_write_bytes
-
-    def outputs(name: str) -> list[str]:
-        files = [f"{name}.{args.format}"] + [f"outputs/{name}_{k}.{args.format}" for k in range(args.n_outputs)]
-        return files + ([f"latents/{name}.npy"] if args.save_latents else [])
-
     try:
-        plan = plan_sources(args.inputs, out=args.out, outputs=outputs, reserved=["grid.png", "summary.json"])
+        plan = plan_sources(args.inputs, out=args.out, outputs=_mix_outputs(args), reserved=["grid.png", "summary.json"])
     except OutputFolderError as e:
         error(str(e))
         return 2
@@ -223,17 +228,34 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         error("no usable inputs")
         return 1
-    out = Path(args.out)
-    grid_rows = []
-    records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in plan[0]}
-    done = 0
+    done, failed = _mix_and_write(model, sources, plan[0], mask, args, failed)
+    alpha = "replace" if args.mix_alpha is None else f"alpha {args.mix_alpha}"
+    print(
+        f"mixed {done} input(s) x {args.n_outputs} outputs into {args.out} "
+        f"(layers {_span(mask)} random, {alpha}, seed {args.seed})" + (f"; {failed} failed" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, failed: int) -> tuple[int, int]:
+    """Mix and write every source, then grid.png and summary.json: ``(done, failed)``."""
+    from tqdm import tqdm
+
+    from instyle.inference.io import make_grid, save_image
+    from instyle.inference.latents import save_latent
+    from instyle.inference.mixing import style_mix
+    from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
+    from instyle.utils.atomic import atomic_write_bytes
+
+    out, outputs = Path(args.out), _mix_outputs(args)
+    records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in files}
+    grid_rows, done = [], 0
     for src in tqdm(sources, unit="img", desc="mix", file=sys.stderr, disable=None):
         mixed = style_mix(
             model, src.w[None], args.n_outputs, latent_mask=mask, alpha=args.mix_alpha, seed=args.seed, truncation=args.truncation
         )[0]
         images = decode(model, mixed, args.full_resolution, args.batch_size)
-        first = [src.preview] if src.preview is not None else decode(model, src.w[None], args.full_resolution, 1)
-        row = first + images
+        row = ([src.preview] if src.preview is not None else decode(model, src.w[None], args.full_resolution, 1)) + images
         try:
             for k, im in enumerate(images):
                 save_image(im, out / "outputs" / f"{src.name}_{k}.{args.format}")
@@ -258,12 +280,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         error(f"could not write {out / 'summary.json'} or grid.png: {e.strerror or e}")
         failed += 1
-    alpha = "replace" if args.mix_alpha is None else f"alpha {args.mix_alpha}"
-    print(
-        f"mixed {done} input(s) x {args.n_outputs} outputs into {out} "
-        f"(layers {_span(mask)} random, {alpha}, seed {args.seed})" + (f"; {failed} failed" if failed else "")
-    )
-    return 1 if failed else 0
+    return done, failed
 
 
 def _span(mask: list[int]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zlib
 from pathlib import Path
@@ -88,6 +89,14 @@ def _index(folder: str | None, what: str) -> dict[str, Path]:
     }
 
 
+def _match(index: dict[str, Path], key: str) -> Path | None:
+    """The file named ``key`` in ``index``; a key that kept its image suffix (``a.png``) also matches ``a``."""
+    from instyle.inference.io import IMAGE_EXTENSIONS
+
+    stem, ext = os.path.splitext(key)
+    return index.get(key) or (index.get(stem) if ext.lower() in IMAGE_EXTENSIONS else None)
+
+
 def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_file=None):
     """``(target, source or None)`` PIL images for one photo (``source`` None: the photo is the input)."""
     import numpy as np
@@ -107,14 +116,14 @@ def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_fi
         return target, src.resize((task.size, task.size), Image.Resampling.BICUBIC)
     if type(task).make_input_image is Task.make_input_image:
         return target, None
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8", "surrogateescape"))])  # any file name
     return target, task.make_input_image(target, rng)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, collect_inputs, load_image, save_image
+    from instyle.inference.io import collect_input_files, output_names
+    from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
     from instyle.tasks import get_task
     from instyle.utils.atomic import atomic_write_bytes
     from instyle.utils.config import ConfigError
@@ -144,18 +153,46 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         error(f"--photos {root} is not a folder")
         return 2
-    paths, _ = collect_inputs([root])
-    if not paths:
+    files, problems = collect_input_files([root], exclude=[args.out])
+    if not files:
         error(f"no images found in {root}")
         return 1
     out = Path(args.out)
-    (out / "target").mkdir(parents=True, exist_ok=True)
+    try:
+        # a.png and a.jpg in one folder keep their suffixes (a.png.png, a.jpg.png): one pair each.
+        keys = output_names(files)
+        prepare_output_folder(out, files, [out / sub / f"{k}.png" for k in keys for sub in ("target", "source")])
+    except (OutputFolderError, ValueError) as e:
+        error(str(e))
+        return 2
     record = {"task": task.name, "size": task.size, "options": parse_options(args.option), "seed": args.seed}
-    atomic_write_bytes(out / "prepare.json", (json.dumps(record, indent=1) + "\n").encode())
+    try:
+        atomic_write_bytes(out / "prepare.json", (json.dumps(record, indent=1) + "\n").encode())
+    except OSError as e:
+        error(f"could not write {out / 'prepare.json'}: {e.strerror or e}")
+        return 1
+    written, resumed, failures, stopped = _make_pairs(task, files, keys, out, args, align, labels, inputs)
+    failures = list(problems) + failures  # broken links, unreadable folders first
+    if stopped:
+        return 1
+    print(f"prepared {written} pair(s) for {task.name} in {out}; {resumed} already done, {len(failures)} skipped")
+    if failures:
+        print("skipped files:", file=sys.stderr)
+        for msg in failures:
+            print(f"  {msg}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tuple[int, int, list[str], bool]:
+    """Write the pairs: ``(written, already done, failure lines, stopped by a write error)``."""
+    from tqdm import tqdm
+
+    from instyle.inference.io import ImageLoadError, load_image, save_image
+
     written = resumed = 0
     failures: list[str] = []
-    for path in tqdm(paths, unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
-        key = path.relative_to(root).with_suffix("").as_posix()
+    pairs = list(zip((f.path for f in files), keys))
+    for path, key in tqdm(pairs, unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
         target_file, source_file = out / "target" / f"{key}.png", out / "source" / f"{key}.png"
         if not args.overwrite and target_file.is_file():  # the target is written last
             resumed += 1
@@ -167,19 +204,18 @@ def run(args: argparse.Namespace) -> int:
                 if face is None:
                     raise ValueError("no face found to align")
                 photo = face.image
-            target, source = make_pair_images(task, photo, key, args.seed, labels.get(key), inputs.get(key))
+            target, source = make_pair_images(task, photo, key, args.seed, _match(labels, key), _match(inputs, key))
         except (ImageLoadError, ValueError, OSError) as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             failures.append(msg)
             tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
             continue
-        if source is not None:
-            save_image(source, source_file)
-        save_image(target, target_file)  # last: its presence marks the pair as done
+        try:
+            if source is not None:
+                save_image(source, source_file)
+            save_image(target, target_file)  # last: its presence marks the pair as done
+        except OSError as e:
+            error(f"could not write the pair of {path}: {e.strerror or e}; stopped after {written} new pair(s)")
+            return written, resumed, failures, True
         written += 1
-    print(f"prepared {written} pair(s) for {task.name} in {out}; {resumed} already done, {len(failures)} skipped")
-    if failures:
-        print("skipped files:", file=sys.stderr)
-        for msg in failures:
-            print(f"  {msg}", file=sys.stderr)
-    return 1 if failures else 0
+    return written, resumed, failures, False

@@ -63,11 +63,24 @@ class Sample:
     prediction: Path | None = None
 
 
-def _index(folder: Path) -> dict[str, Path]:
-    from instyle.inference.io import collect_inputs
+def _index(folder: Path, problems: list[str]) -> dict[str, Path]:
+    """``{name: file}`` of the images under ``folder``; names are relative paths without suffix,
+    with the suffix kept where two files share one (``a.png`` and ``a.jpg`` are both evaluated)."""
+    from instyle.inference.io import collect_input_files, output_names
 
-    paths, _ = collect_inputs([folder])
-    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in paths}
+    files, found = collect_input_files([folder])
+    problems.extend(m for m in found if "folder contains no images" not in m)
+    return dict(zip(output_names(files), (f.path for f in files)))
+
+
+def _lookup(index: dict[str, Path], name: str) -> Path | None:
+    """``index[name]``; a name that kept its image suffix (``a.png``) also matches ``a``."""
+    from instyle.inference.io import IMAGE_EXTENSIONS
+
+    if name in index:
+        return index[name]
+    stem, ext = os.path.splitext(name)
+    return index.get(stem) if ext.lower() in IMAGE_EXTENSIONS else None
 
 
 def find_samples(data_dir: str | os.PathLike, predictions_dir: str | os.PathLike | None = None) -> tuple[list[Sample], list[str]]:
@@ -77,20 +90,20 @@ def find_samples(data_dir: str | os.PathLike, predictions_dir: str | os.PathLike
         raise FileNotFoundError(f"{data_dir}: no such folder")
     problems: list[str] = []
     paired = (data_dir / "targets").is_dir()
-    targets = _index(data_dir / "targets" if paired else data_dir)
-    inputs = _index(data_dir / "inputs") if paired and (data_dir / "inputs").is_dir() else {}
-    preds = _index(Path(predictions_dir)) if predictions_dir is not None else None
+    targets = _index(data_dir / "targets" if paired else data_dir, problems)
+    inputs = _index(data_dir / "inputs", problems) if paired and (data_dir / "inputs").is_dir() else {}
+    preds = _index(Path(predictions_dir), problems) if predictions_dir is not None else None
     samples = []
     for name, target in sorted(targets.items()):
         inp = target
         if paired and inputs:
-            if name not in inputs:
+            inp = _lookup(inputs, name)
+            if inp is None:
                 problems.append(f"{target}: no matching input in {data_dir / 'inputs'}")
                 continue
-            inp = inputs[name]
         pred = None
         if preds is not None:
-            pred = preds.get(name) or preds.get(Path(name).name)
+            pred = _lookup(preds, name) or preds.get(Path(name).name)
             if pred is None:
                 problems.append(f"{target}: no prediction named {name}.* in {predictions_dir}")
                 continue
@@ -485,8 +498,9 @@ def write_report(report: dict, out_dir: str | os.PathLike, grid: Image.Image | N
     writer.writeheader()
     for r in report["per_image"]:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in cols})
-    atomic_write_bytes(out / "per_image.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / "report.md", markdown_report(report).encode())
+    # File names that are not valid UTF-8 (kept by Python as surrogates) are written escaped.
+    atomic_write_bytes(out / "per_image.csv", buf.getvalue().encode("utf-8", "backslashreplace"))
+    atomic_write_bytes(out / "report.md", markdown_report(report).encode("utf-8", "backslashreplace"))
     if grid is not None:
         save_image(grid, out / "best_worst.png")
     return out
@@ -549,8 +563,18 @@ def load_report(path: str | os.PathLike) -> dict:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: not a readable evaluation report ({e})") from None
-    if not isinstance(data, dict) or "metrics" not in data:
-        raise ValueError(f"{p}: not an instyle evaluation report (no 'metrics')")
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+        raise ValueError(f"{p}: not an instyle evaluation report (no 'metrics' mapping)")
+    for key, entry in data["metrics"].items():
+        try:
+            if entry is not None:
+                _num(entry["mean"])
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise ValueError(f"{p}: malformed metric {key!r}: {entry!r:.80} (expected {{'mean': number or null, ...}})") from None
+    try:
+        _num(data.get("fid"))
+    except (TypeError, ValueError):
+        raise ValueError(f"{p}: malformed 'fid': {data.get('fid')!r:.80} (expected a number or null)") from None
     return data
 
 

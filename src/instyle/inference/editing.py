@@ -54,9 +54,11 @@ def load_direction(path: str | os.PathLike, n_styles: int | None = None, style_d
         ValueError: unreadable file or a shape that does not fit ``n_styles`` / ``style_dim``.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a direction")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npy direction ({e})") from None
     if isinstance(arr, np.lib.npyio.NpzFile):
         with arr:
@@ -77,18 +79,29 @@ def load_direction(path: str | os.PathLike, n_styles: int | None = None, style_d
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
+#: Most strengths one edit may ask for (each is a full image).
+MAX_STRENGTHS = 256
+
+
 def parse_strengths(spec: str) -> list[float]:
-    """``"-3:3:7"`` (start:stop:count, inclusive) or ``"-2,0,2"`` -> list of floats."""
+    """``"-3:3:7"`` (start:stop:count, inclusive) or ``"-2,0,2"`` -> 1 to :data:`MAX_STRENGTHS` finite floats."""
     try:
         if ":" in spec:
             start, stop, count = spec.split(":")
             n = int(count)
-            if n < 1:
+            if not 1 <= n <= MAX_STRENGTHS:
                 raise ValueError
-            return np.linspace(float(start), float(stop), n).tolist()
-        return [float(s) for s in spec.split(",") if s.strip()]
+            values = np.linspace(float(start), float(stop), n).tolist()
+        else:
+            values = [float(s) for s in spec.split(",") if s.strip()]
+        if not values or len(values) > MAX_STRENGTHS or not np.isfinite(values).all():
+            raise ValueError
+        return values
     except ValueError:
-        raise ValueError(f"strengths {spec!r}: give 'start:stop:count' (e.g. -3:3:7) or a list like -2,0,2") from None
+        raise ValueError(
+            f"strengths {spec!r}: give 'start:stop:count' (e.g. -3:3:7, count 1-{MAX_STRENGTHS}) "
+            "or a list of finite numbers like -2,0,2"
+        ) from None
 
 
 def _layer_mask(layers: Sequence[int] | None, n_styles: int, device) -> torch.Tensor:

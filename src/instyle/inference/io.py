@@ -58,6 +58,8 @@ class InputFile:
 
 
 def _inside(path: Path, folders: Sequence[Path]) -> bool:
+    if not folders:
+        return False
     real = path.resolve()
     return any(real == f or f in real.parents for f in folders)
 

@@ -59,9 +59,11 @@ def load_latent(path: str | os.PathLike) -> tuple[torch.Tensor, list[torch.Tenso
     A single code ``[n_styles, D]`` is returned with a batch dimension of 1.
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a latent file")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a readable latent file ({e})") from None
     noise = None
     meta: dict = {}
