@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from instyle.cli.common import error
+from instyle.errors import InstyleError
 
 DESCRIPTION = """\
 Detect faces with dlib, fit the 68 landmarks and crop each face the way FFHQ was made
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.alignment import AlignmentUnavailable, align_faces
     from instyle.alignment.models import require_dlib, shape_predictor
-    from instyle.inference.io import ImageLoadError, collect_inputs, load_image, save_image
+    from instyle.inference.io import collect_inputs, load_image, save_image
     from instyle.utils.atomic import atomic_write_bytes
 
     if args.size < 1 or args.upsample < 0:
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             faces = align_faces(
                 load_image(path), size=args.size, all_faces=args.all_faces, detector=args.detector, upsample=args.upsample
             )
-        except (ImageLoadError, ValueError, OSError) as e:
+        except (InstyleError, OSError) as e:
             tqdm.write(f"instyle: skipped {e if str(path) in str(e) else f'{path}: {e}'}", file=sys.stderr)
             counts["failed"] += 1
             continue

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instyle.interop import CheckpointError, load_generator, load_psp, save_generator, save_psp
     from instyle.interop.loading import detect_format, resolve_path
-    from instyle.models.own_format import is_own_format, read_config
     from instyle.interop.safe_load import safe_torch_load
+    from instyle.models.own_format import is_own_format, read_config
 
     try:
         src = resolve_path(args.input)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import add_device_arg, error
+from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
 Encode images with a pSp checkpoint and write the reconstructions (and optionally the
@@ -71,7 +72,7 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
+    from instyle.inference.io import collect_inputs, make_grid, save_image, tensor_to_pil
     from instyle.inference.latents import save_latent
     from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
     from instyle.inference.preprocess import input_preview, prepare_input
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    except ValueError as e:
+    except InstyleError as e:
         error(str(e))
         return 2
     torch.manual_seed(args.seed)
@@ -125,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
         path, _name = item
         try:
             return prepare_input(align(path, model.input_size) if align else path, model.config)
-        except (ImageLoadError, ValueError, OSError) as e:
-            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+        except (InstyleError, OSError) as e:
+            raise InputError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 
 from instyle.cli.common import error
+from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
 Write the (input, target) pairs a task trains on, paired by file name:
@@ -114,7 +115,7 @@ def make_pair_images(task, photo, key: str, seed: int, label_file=None, input_fi
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, collect_inputs, load_image, save_image
+    from instyle.inference.io import collect_inputs, load_image, save_image
     from instyle.tasks import get_task
     from instyle.utils.atomic import atomic_write_bytes
     from instyle.utils.config import ConfigError
@@ -165,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
             if align is not None:
                 face = align(photo, size=task.size)
                 if face is None:
-                    raise ValueError("no face found to align")
+                    raise InputError("no face found to align")
                 photo = face.image
             target, source = make_pair_images(task, photo, key, args.seed, labels.get(key), inputs.get(key))
-        except (ImageLoadError, ValueError, OSError) as e:
+        except (InstyleError, OSError) as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             failures.append(msg)
             tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)

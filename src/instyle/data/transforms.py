@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.utils.config import ConfigError
+
 __all__ = [
     "SOURCE_MODES",
     "InputTransform",
@@ -91,14 +93,14 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
         return torch.from_numpy(arr)[None].contiguous()
     if mode == "label":
         if label_nc < 1:
-            raise ValueError("label source mode needs label_nc >= 1")
+            raise ConfigError("label source mode needs label_nc >= 1")
         from instyle.tasks.transforms.labels import labels_from_image
 
         # Index (L/P) maps carry the class as the pixel value; colour maps are read with the palette.
         classes = labels_from_image(img, label_nc).astype(np.uint8)
         ids = torch.from_numpy(np.asarray(_resize(Image.fromarray(classes, "L"), size, Image.NEAREST), dtype=np.int64).copy())
         return torch.nn.functional.one_hot(ids, label_nc).permute(2, 0, 1).float().contiguous()
-    raise ValueError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
+    raise ConfigError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
 
 
 def hflip(t: torch.Tensor) -> torch.Tensor:

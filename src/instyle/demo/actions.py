@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from instyle.alignment import AlignmentUnavailable, align_face
 from instyle.demo.inputs import DemoInputError
 from instyle.inference.io import tensor_to_pil
 from instyle.inference.preprocess import prepare_input
 from instyle.models.psp import PSP
+from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
 
 __all__ = [
     "Reconstruction",
@@ -50,10 +52,6 @@ def align(image: Image.Image, size: int = 256) -> Image.Image:
         DemoInputError: no face found, or the face tools (dlib) are not installed.
     """
     try:
-        from instyle.alignment import AlignmentUnavailable, align_face
-    except ImportError as e:  # pragma: no cover - the package is part of instyle
-        raise DemoInputError(f"face alignment is unavailable: {e}") from None
-    try:
         face = align_face(image, size=size)
     except AlignmentUnavailable as e:
         raise DemoInputError(f"face alignment is unavailable on this server: {e}") from None
@@ -69,13 +67,7 @@ def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
     if x.shape[0] == 1:
         # Sketches are fed in [0, 1] (the original's ToTensor without normalisation).
         return tensor_to_pil(x * 2 - 1 if float(x.min()) >= 0 else x)
-    try:
-        from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
-
-        return labels_to_palette_image(onehot_to_labels(x), None).convert("RGB")
-    except ImportError:  # pragma: no cover - fallback when the task helpers are absent
-        labels = x.argmax(0).float()
-        return tensor_to_pil((labels / max(x.shape[0] - 1, 1) * 2 - 1)[None])
+    return labels_to_palette_image(onehot_to_labels(x), None).convert("RGB")
 
 
 def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:

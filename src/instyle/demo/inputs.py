@@ -15,12 +15,13 @@ from typing import Any
 from PIL import Image
 
 from instyle.demo.settings import ServeSettings
+from instyle.errors import InstyleError
 from instyle.inference.io import ImageLoadError, load_image
 
 __all__ = ["DemoInputError", "read_upload", "upload_file"]
 
 
-class DemoInputError(ValueError):
+class DemoInputError(InstyleError, ValueError):
     """An input a visitor gave cannot be used; ``str(e)`` is shown on the page as is."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from instyle.errors import InstyleError
 from instyle.utils.atomic import atomic_path
 
 __all__ = [
@@ -40,7 +41,7 @@ MAX_PIXELS = 8192 * 8192
 MIN_SIDE = 16
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InstyleError, ValueError):
     """An input file cannot be used as an image. ``str(e)`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

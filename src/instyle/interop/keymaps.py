@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from instyle.errors import InstyleError
 from instyle.models.encoders.backbone import UNITS
 from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.psp import PSPConfig
@@ -36,7 +37,7 @@ DATASET_TYPE_TO_TASK = {
 }
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InstyleError, ValueError):
     """The tensors do not describe a supported architecture."""
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.errors import InstyleError
+from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
 from instyle.utils.config import ConfigError, check_positive_int
 
 __all__ = [
@@ -67,7 +69,7 @@ TRAINING_DEFAULTS = MappingProxyType(
 )
 
 
-class TaskInputError(ValueError):
+class TaskInputError(InstyleError, ValueError):
     """An image cannot serve as this task's input (wrong kind, label out of range, ...)."""
 
 
@@ -98,7 +100,6 @@ class Task:
     Attributes:
         name: registry name (``inversion``, ``sketch2face``, ...).
         description: one line for ``--help`` and docs.
-        dataset_type: the original's ``opts['dataset_type']`` for this task, or ``None``.
         input_nc: encoder input channels.
         label_nc: the original's ``label_nc`` (0 = RGB input, 1 = sketch, N = N-class labels).
         loss: all :data:`LOSS_LAMBDAS` (missing ones 0), from the original's training command.
@@ -113,7 +114,6 @@ class Task:
 
     name: str
     description: str = ""
-    dataset_type: str | None = None
     input_nc: int = 3
     label_nc: int = 0
     loss: Mapping[str, float] = field(default_factory=dict)
@@ -136,17 +136,6 @@ class Task:
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
     # --- what the trainer reads -------------------------------------------------------
-
-    def training_overrides(self) -> dict:
-        """Training-config overrides of this preset, keyed by the original's option names."""
-        out = dict(TRAINING_DEFAULTS)
-        out.update(self.loss)
-        out.update(
-            dataset_type=self.dataset_type,
-            input_nc=self.input_nc,
-            label_nc=self.label_nc,
-        )
-        return out
 
     def make_pair(
         self,
@@ -239,8 +228,7 @@ def get_task(name: str, **overrides) -> Task:
 
 
 def task_for_dataset_type(dataset_type: str) -> Task:
-    """The preset for an official ``opts['dataset_type']`` (unknown types -> ``image2image``)."""
-    from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
-
+    """The preset for an official ``opts['dataset_type']`` (unknown types -> ``image2image``);
+    the one map is :data:`instyle.interop.keymaps.DATASET_TYPE_TO_TASK`."""
     return get_task(DATASET_TYPE_TO_TASK.get(dataset_type, "image2image"))
 

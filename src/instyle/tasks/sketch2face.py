@@ -42,7 +42,6 @@ SKETCH2FACE = register_task(
     SketchTask(
         name="sketch2face",
         description="pencil sketch (1 channel) -> face photo",
-        dataset_type="celebs_sketch_to_face",
         input_nc=1,
         label_nc=1,
         loss={"lpips_lambda": 0.8, "l2_lambda": 1.0, "id_lambda": 0.0, "w_norm_lambda": 0.005},

@@ -12,8 +12,10 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from instyle.errors import InstyleError
 
-class ConfigError(ValueError):
+
+class ConfigError(InstyleError, ValueError):
     """A configuration value is invalid; the message names it and the accepted values."""
 
 
@@ -42,14 +44,13 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(name, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member of the union
         raise ConfigError(f"{name}={value!r} has the wrong type; expected {tp}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
