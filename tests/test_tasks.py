@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
 from instyle.tasks import LOSS_LAMBDAS, get_task, list_tasks, task_for_dataset_type
 from instyle.tasks.transforms import (
     CELEBAMASK_PALETTE,
@@ -26,6 +25,7 @@ from instyle.tasks.transforms import (
     resize_labels,
     triangle_mask,
 )
+from instyle.training import TrainConfig, get_preset
 from instyle.utils.config import ConfigError
 
 TASKS = ["frontalization", "image2image", "inpainting", "inversion", "seg2face", "sketch2face", "super_resolution"]
@@ -57,8 +57,18 @@ def test_registry_lists_all_tasks_and_rejects_unknown_names():
         get_task("inversion", factors=(2,))
 
 
+#: ``dataset_type`` of the original's ``configs/data_configs.py`` and the task it trains.
+OFFICIAL_DATASET_TYPES = {
+    "ffhq_encode": "inversion",
+    "ffhq_frontalize": "frontalization",
+    "celebs_sketch_to_face": "sketch2face",
+    "celebs_seg_to_face": "seg2face",
+    "celebs_super_resolution": "super_resolution",
+}
+
+
 def test_official_dataset_types_map_to_presets():
-    for dataset_type, name in DATASET_TYPE_TO_TASK.items():
+    for dataset_type, name in OFFICIAL_DATASET_TYPES.items():
         assert task_for_dataset_type(dataset_type).name == name
     assert task_for_dataset_type("something_custom").name == "image2image"
 
@@ -81,8 +91,10 @@ def test_loss_weights_follow_the_published_commands(name):
     task = get_task(name)
     expected = {k: float(PUBLISHED[name].get(k, 0.0)) for k in LOSS_LAMBDAS}
     assert dict(task.loss) == expected
-    o = task.training_overrides()
-    assert (o["optim_name"], o["learning_rate"], o["batch_size"], o["start_from_latent_avg"]) == ("ranger", 1e-4, 8, True)
+    cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))  # accepted as the trainer's config
+    assert (cfg.optim_name, cfg.learning_rate, cfg.batch_size, cfg.start_from_latent_avg) == ("ranger", 1e-4, 8, True)
+    assert {k: float(getattr(cfg, k)) for k in LOSS_LAMBDAS} == expected
+    assert (cfg.task, cfg.input_nc) == (name, task.input_nc)
 
 
 def test_channels_and_options():
@@ -137,7 +149,6 @@ def test_frontalization_flips_training_inputs_but_not_validation_inputs():
     from types import SimpleNamespace
 
     from instyle.data import validation_transform
-    from instyle.training.presets import get_preset
 
     train_t = get_preset("frontalization").make_input_transform(SimpleNamespace(image_size=32, train_source=None))
     val_t = validation_transform(train_t)

@@ -23,6 +23,8 @@ from instyle.cli import train as train_cli
 from instyle.data import PairedImageDataset
 from instyle.losses import LAMBDAS, LPIPSLoss
 from instyle.models.encoders import Backbone
+from instyle.tasks import Task, register_task
+from instyle.tasks import base as task_base
 from instyle.training import (
     TrainConfig,
     TrainPreset,
@@ -30,14 +32,12 @@ from instyle.training import (
     build_objective,
     build_optimizer,
     get_preset,
+    list_presets,
     parse_overrides,
     prepare_for_training,
-    list_presets,
     train,
     train_step,
 )
-from instyle.tasks import Task, register_task
-from instyle.tasks import base as task_base
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
 
