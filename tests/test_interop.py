@@ -239,6 +239,24 @@ def test_from_pretrained_honours_cls_and_refuses_other_files(tmp_path):
         PSP.from_pretrained(tmp_path / "missing.pt")
 
 
+def test_set_latent_avg_keeps_the_decoder_average_in_step():
+    """One source: setting the pSp's average also moves the decoder's (truncation centre)."""
+    model = make_psp(tiny_config())
+    w = torch.randn(1, STYLE_DIM, generator=torch.Generator().manual_seed(3))
+    model.set_latent_avg(w)
+    assert torch.equal(model.latent_avg, w.expand(model.n_styles, -1))
+    assert torch.equal(model.decoder.latent_avg, w)
+    rows = torch.randn(model.n_styles, STYLE_DIM, generator=torch.Generator().manual_seed(4))
+    model.set_latent_avg(rows)
+    torch.testing.assert_close(model.decoder.latent_avg, rows.mean(0, keepdim=True), rtol=0, atol=0)
+    # Without start_from_latent_avg the stored average is not the generator's: the decoder keeps its own.
+    plain = PSP(tiny_config(start_from_latent_avg=False))
+    plain.set_latent_avg(w)
+    assert plain.decoder.latent_avg is None
+    plain.set_latent_avg(w, generator_average=True)
+    assert torch.equal(plain.decoder.latent_avg, w)
+
+
 def test_load_generator_reads_own_format_psp_decoder(tmp_path):
     model = make_psp(tiny_config())
     save_psp(model, tmp_path / "m")

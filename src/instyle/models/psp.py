@@ -161,14 +161,19 @@ class PSP(nn.Module):
             t = t.expand(rows, d)
         return t.clone().contiguous()
 
-    def set_latent_avg(self, latent_avg: torch.Tensor) -> None:
-        self.latent_avg = self.normalize_latent_avg(latent_avg).to(self.latent_avg.device)
+    def set_latent_avg(self, latent_avg: torch.Tensor, generator_average: bool | None = None) -> None:
+        """Set the average latent -- the one place it changes.
 
-    def sync_decoder_latent_avg(self) -> None:
-        """With ``start_from_latent_avg`` the stored average is the generator's average w:
-        give it to the decoder too (``decoder.latent_avg``, ``[1, D]``, used for truncation)."""
-        if self.config.start_from_latent_avg:
-            self.decoder.latent_avg = self.latent_avg.mean(0, keepdim=True).clone()
+        ``self.latent_avg`` (``[rows, D]``, added to the encoder output) is the source; when it
+        is the generator's average w (``generator_average``, by default exactly when
+        ``start_from_latent_avg``), ``decoder.latent_avg`` (``[1, D]``, the truncation and
+        mixing centre) follows it."""
+        given = torch.as_tensor(latent_avg).detach()
+        self.latent_avg = self.normalize_latent_avg(given).to(self.latent_avg.device)
+        if self.config.start_from_latent_avg if generator_average is None else generator_average:
+            one_row = given.ndim == 1 or given.shape[0] == 1  # kept exactly, not re-averaged
+            avg = given.reshape(1, -1).float() if one_row else self.latent_avg.mean(0, keepdim=True)
+            self.decoder.latent_avg = avg.to(self.latent_avg.device).clone()
 
     # ----------------------------------------------------------------- building blocks
 
@@ -289,7 +294,7 @@ class PSP(nn.Module):
         Official ``.pt`` files and other formats: :func:`instyle.load`."""
         doc, tensors = read_pretrained(directory, "psp")
         model = adopt_state(cls, lambda: PSPConfig.from_dict(doc["config"]), tensors, Path(directory))
-        model.sync_decoder_latent_avg()
+        model.set_latent_avg(model.latent_avg)
         model.metadata = doc.get("metadata", {})
         return model.to(resolve_device(device)).eval()
 

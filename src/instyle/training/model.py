@@ -105,9 +105,9 @@ def build_model(cfg: TrainConfig) -> PSP:
     config = psp_config_for(cfg, generator.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = PSP(config, latent_avg=generator.latent_avg)
+        model = PSP(config)
     model.decoder.load_state_dict(generator.state_dict())
-    model.decoder.latent_avg = generator.latent_avg.clone()
+    model.set_latent_avg(generator.latent_avg, generator_average=True)
     if cfg.encoder_init == "ir_se50":
         n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), cfg.input_nc)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
