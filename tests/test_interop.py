@@ -27,6 +27,7 @@ from instyle.interop import load_own, load_state_checked, save_generator, save_p
 from instyle.models import EncoderConfig, Generator, GeneratorConfig, PSPConfig
 from instyle.models.init import random_psp
 from instyle.models.psp import PSP
+from instyle.utils.config import ConfigError
 
 GRADUAL, INTO_W, INTO_WPLUS = (
     "GradualStyleEncoder",
@@ -255,6 +256,56 @@ def test_set_latent_avg_keeps_the_decoder_average_in_step():
     assert plain.decoder.latent_avg is None
     plain.set_latent_avg(w, generator_average=True)
     assert torch.equal(plain.decoder.latent_avg, w)
+
+
+def test_config_to_dict_holds_every_field_and_round_trips():
+    import dataclasses
+
+    config = tiny_config(GRADUAL, input_nc=1)
+    d = config.to_dict()
+    assert list(d) == [f.name for f in dataclasses.fields(PSPConfig)]
+    assert list(d["generator"]) == [f.name for f in dataclasses.fields(GeneratorConfig)]
+    assert list(d["encoder"]) == [f.name for f in dataclasses.fields(EncoderConfig)]
+    assert json.loads(json.dumps(d)) == d and PSPConfig.from_dict(d) == config
+
+
+def test_registered_configs_take_keyword_overrides():
+    from instyle.models import create_psp, get_config
+
+    base = get_config("tiny")
+    config = base.with_overrides(generator={"size": 32}, task="sketch2face")
+    assert (config.generator.size, config.generator.style_dim, config.encoder.n_styles, config.task) == (32, 64, 8, "sketch2face")
+    assert config.encoder.widths == base.encoder.widths
+    model = create_psp("tiny", generator={"size": 32}, encoder={"input_nc": 1})
+    assert (model.output_size, model.n_styles, model.input_nc) == (32, 8, 1)
+    with pytest.raises(ConfigError, match="n_styles=5"):
+        base.with_overrides(generator={"size": 32}, encoder={"n_styles": 5})
+    with pytest.raises(ConfigError, match="unknown psp key"):
+        create_psp("tiny", bogus=1)
+
+
+def test_generator_from_a_size_or_a_clear_error():
+    g = Generator(32, style_dim=16, n_mlp=1, channels={4: 8, 8: 8, 16: 4, 32: 4})
+    assert (g.size, g.style_dim, g.n_latent) == (32, 16, 8)
+    assert Generator(256).config == GeneratorConfig(size=256)
+    with pytest.raises(ConfigError, match=r"Generator\(256\)"):
+        Generator("256")
+
+
+def test_every_loader_accepts_device_auto(tmp_path):
+    from instyle.utils.device import resolve_device
+
+    model = make_psp(tiny_config())
+    model.save_pretrained(tmp_path / "m")
+    model.decoder.save_pretrained(tmp_path / "g")
+    auto = resolve_device("auto")
+    for loaded in (
+        instyle.load(tmp_path / "m", device="auto"),
+        load_generator(tmp_path / "g", device="auto"),
+        PSP.from_pretrained(tmp_path / "m", device="auto"),
+        Generator.from_pretrained(tmp_path / "g", device="auto"),
+    ):
+        assert next(loaded.parameters()).device.type == auto.type
 
 
 def test_load_generator_reads_own_format_psp_decoder(tmp_path):

@@ -19,8 +19,8 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, register_config
 from instyle.models.stylegan2 import Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, from_dict
-from instyle.utils.device import resolve_device
+from instyle.utils.config import ConfigError, from_dict, to_jsonable
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["PSPConfig", "PSP"]
 
@@ -79,15 +79,26 @@ class PSPConfig:
         return self.generator.size
 
     def to_dict(self) -> dict:
-        return {
-            "encoder": self.encoder.to_dict(),
-            "generator": self.generator.to_dict(),
-            "start_from_latent_avg": self.start_from_latent_avg,
-            "learn_in_w": self.learn_in_w,
-            "task": self.task,
-            "label_nc": self.label_nc,
-            "resize_to": self.resize_to,
-        }
+        """Every field (``config.json``'s ``config``), JSON-ready."""
+        return to_jsonable(self)
+
+    def with_overrides(self, **overrides) -> PSPConfig:
+        """A copy with fields replaced; nested sections merge key by key, timm-style::
+
+            config.with_overrides(generator={"size": 128}, task="sketch2face")
+
+        A new generator size brings the encoder's style count with it unless
+        ``encoder={"n_styles": ...}`` is given too."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if key in ("encoder", "generator") and isinstance(value, dict):
+                d[key] = {**d[key], **value}
+            else:
+                d[key] = value
+        enc = overrides.get("encoder")
+        if "generator" in overrides and not (isinstance(enc, dict) and "n_styles" in enc):
+            d["encoder"]["n_styles"] = GeneratorConfig.from_dict(d["generator"]).n_latent
+        return PSPConfig.from_dict(d)
 
     @classmethod
     def from_dict(cls, d: dict) -> PSPConfig:
@@ -288,7 +299,7 @@ class PSP(nn.Module):
         return write_pretrained(directory, "psp", self.config.to_dict(), self.state_dict(), extra)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PSP:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> PSP:
         """Load a directory written by :meth:`save_pretrained` as ``cls``, in eval mode.
 
         Official ``.pt`` files and other formats: :func:`instyle.load`."""

@@ -33,7 +33,7 @@ from instyle.models.psp import PSP
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
 from instyle.training.logger import RunLogger
-from instyle.training.model import build_model, prepare_for_training, reallocate
+from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_training_state, restore_rng, write_checkpoint
@@ -108,7 +108,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         if folder is None:
             raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/latest with a training state)")
         model, state = read_training_state(folder)
-        reallocate(model).train()
+        model.train()  # loaded tensors have their own storage: a resume is bit-exact
     else:
         if run.resumable() is not None:
             raise ConfigError(f"{run.root} already holds a training run; resume it (--resume) or choose another --out")

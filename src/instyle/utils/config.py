@@ -105,6 +105,18 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def to_jsonable(value: Any) -> Any:
+    """A config as JSON-ready data, generically: every dataclass field (nested ones too),
+    tuples as lists, mapping keys as strings -- a new field cannot be left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    return value
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):

@@ -7,6 +7,9 @@ import torch
 from instyle.utils.config import ConfigError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: Where every loader (``instyle.load``, ``load_generator``, ``from_pretrained``) puts a model
+#: unless told otherwise; each also accepts ``"auto"``.
+DEFAULT_DEVICE = "cpu"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
