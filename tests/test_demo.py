@@ -190,12 +190,12 @@ def test_interpolation_endpoints_and_files(tiny_psp, face, tmp_path):
 def test_input_preview_shows_sketches_and_label_maps():
     sketch = torch.zeros(1, 8, 8)
     sketch[:, :, 4:] = 1.0  # [0, 1] sketch: white right half
-    arr = np.asarray(actions.input_preview(sketch))
+    arr = np.asarray(actions.input_preview(sketch, "sketch2face"))
     assert arr[:, :4].max() == 0 and arr[:, 4:].min() == 255
     onehot = torch.zeros(19, 8, 8)
     onehot[0], onehot[1, :4] = 1, 1
     onehot[0, :4] = 0
-    rgb = np.asarray(actions.input_preview(onehot))
+    rgb = np.asarray(actions.input_preview(onehot, "seg2face"))
     assert rgb.shape == (8, 8, 3) and not np.array_equal(rgb[0, 0], rgb[7, 7])
 
 

@@ -326,3 +326,25 @@ def test_sketch_is_one_channel_with_lines_where_the_photo_has_edges():
 
     x = get_task("sketch2face", size=64).make_input(astronaut(64))
     assert x.shape == (1, 64, 64) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_one_input_preview_for_every_task():
+    from instyle.tasks import preview_input
+    from instyle.tasks.transforms.labels import CELEBAMASK_PALETTE
+
+    sketch = torch.zeros(1, 4, 4)
+    sketch[:, :, 2:] = 1.0  # fed in [0, 1]: black left, white right
+    shown = preview_input(sketch, get_task("sketch2face"))
+    assert shown.shape == (3, 4, 4) and shown[:, :, :2].max() == -1 and shown[:, :, 2:].min() == 1
+    assert torch.equal(preview_input(sketch * 2 - 1), shown)  # no task: one channel is taken as [-1, 1]
+    onehot = torch.zeros(19, 4, 4)
+    onehot[0], onehot[13, :2] = 1, 1
+    onehot[0, :2] = 0
+    colours = preview_input(onehot, get_task("seg2face"))
+    expected = torch.from_numpy(CELEBAMASK_PALETTE[13].astype(np.float32)) / 127.5 - 1
+    torch.testing.assert_close(colours[:, 0, 0], expected)
+    assert torch.equal(preview_input(onehot), colours)
+    rgb_mask = torch.rand(4, 4, 4) * 2 - 1
+    assert torch.equal(preview_input(rgb_mask, get_task("inpainting", mask_channel=True)), rgb_mask[:3])
+    photo = torch.rand(3, 4, 4) * 2 - 1
+    assert torch.equal(preview_input(photo, get_task("inversion")), photo)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from instyle.utils.config import ConfigError
+from instyle.utils.image import pil_to_tensor
 
 __all__ = [
     "SOURCE_MODES",
@@ -75,8 +76,7 @@ def _resize(img: Image.Image, size: int, resample: int) -> Image.Image:
 
 def to_target_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """RGB PIL image -> ``[3, size, size]`` float32 in [-1, 1] (Resize, ToTensor, Normalize 0.5)."""
-    arr = np.asarray(_resize(img.convert("RGB"), size, Image.BILINEAR), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().sub_(0.5).div_(0.5)
+    return pil_to_tensor(img.convert("RGB"), size)
 
 
 def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) -> torch.Tensor:
@@ -89,8 +89,7 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
     if mode == "rgb":
         return to_target_tensor(img, size)
     if mode == "gray":
-        arr = np.asarray(_resize(img.convert("L"), size, Image.BILINEAR), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr)[None].contiguous()
+        return pil_to_tensor(img.convert("L"), size, unit=True)
     if mode == "label":
         if label_nc < 1:
             raise ConfigError("label source mode needs label_nc >= 1")

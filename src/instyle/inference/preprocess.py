@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from instyle.errors import InputError
-from instyle.inference.io import load_image, pil_to_tensor
+from instyle.inference.io import load_image, pil_to_tensor, tensor_to_pil
 from instyle.models.psp import PSPConfig
-from instyle.tasks import get_task
+from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
 __all__ = ["align_input", "get_task_for", "input_preview", "prepare_input"]
@@ -93,14 +93,6 @@ def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detecto
 
 
 def input_preview(x: torch.Tensor, config: PSPConfig) -> Image.Image:
-    """A viewable picture of a prepared network input ``[C, S, S]``: the photo, the sketch
-    (task sketches are in [0, 1], other 1-channel inputs in [-1, 1]) or a label map in its palette."""
-    from instyle.inference.io import tensor_to_pil
-
-    if x.shape[0] == 3:
-        return tensor_to_pil(x)
-    if x.shape[0] == 1:
-        return tensor_to_pil(x * 2 - 1 if config.task == "sketch2face" else x)
-    from instyle.tasks.seg2face import labels_to_palette
-
-    return labels_to_palette(x.argmax(0).cpu().numpy()).convert("RGB")
+    """A viewable picture of a prepared network input ``[C, S, S]`` for a model with ``config``
+    (see :func:`instyle.tasks.preview_input`)."""
+    return tensor_to_pil(preview_input(x, get_task_for(config)))

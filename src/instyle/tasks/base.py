@@ -32,7 +32,9 @@ from PIL import Image
 
 from instyle.errors import InstyleError
 from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
+from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
 from instyle.utils.config import ConfigError, check_positive_int
+from instyle.utils.image import pil_to_tensor
 
 __all__ = [
     "LOSS_LAMBDAS",
@@ -44,6 +46,7 @@ __all__ = [
     "list_tasks",
     "task_for_dataset_type",
     "photo_to_tensor",
+    "preview_input",
 ]
 
 #: Loss weight names (the original's ``--*_lambda`` options) a task may set; unset ones are 0.
@@ -75,11 +78,7 @@ class TaskInputError(InstyleError, ValueError):
 
 def photo_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:
     """PIL image -> ``[3, size, size]`` float tensor in ``[-1, 1]`` (bilinear resize if needed)."""
-    img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return pil_to_tensor(img.convert("RGB"), size)
 
 
 def _full_loss(loss: Mapping[str, float]) -> dict[str, float]:
@@ -189,6 +188,19 @@ class Task:
         """A user's input image at inference -> ``[input_nc, size, size]`` (same as training)."""
         return self.input_from_image(image)
 
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """One network input ``[C, S, S]`` as a picture ``[3, S, S]`` in ``[-1, 1]``: photo-like
+        inputs as they are (extra channels, e.g. a mask, dropped), one channel as grey in
+        ``[-1, 1]``, label maps (``label_nc > 1`` or an unusual channel count) in their palette.
+        Tasks whose inputs use another range override it (sketches: ``[0, 1]``)."""
+        x = x.detach().float().cpu()
+        c = x.shape[0]
+        if self.label_nc > 1 or c not in (1, 3, 4):
+            return pil_to_tensor(labels_to_palette_image(onehot_to_labels(x)).convert("RGB"), None)
+        if c == 1:
+            return x.expand(3, -1, -1).clone()
+        return x[:3].clone()
+
     def with_options(self, **overrides) -> Task:
         """A copy with some fields replaced (validated), e.g. ``factors=(4,)`` for SR inference."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -225,6 +237,19 @@ def get_task(name: str, **overrides) -> Task:
     if task is None:
         raise ConfigError(f"unknown task {name!r}; available tasks: {sorted(_REGISTRY)}")
     return task.with_options(**overrides) if overrides else task
+
+
+#: How inputs are shown when no task describes them: by channel count.
+_GENERIC = Task("generic")
+
+
+def preview_input(x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
+    """``[C, S, S]`` network input -> ``[3, S, S]`` in ``[-1, 1]`` to look at, as ``task`` (or,
+    without one or when its channel count differs, the channel count) says; the one home of
+    input previews (inference, the demo and the training logger use it)."""
+    if task is None or task.input_nc != x.shape[0]:
+        task = _GENERIC
+    return task.preview(x)
 
 
 def task_for_dataset_type(dataset_type: str) -> Task:

@@ -30,6 +30,7 @@ from instyle.data import (
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
 from instyle.models.psp import PSP
+from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
 from instyle.training.logger import RunLogger
@@ -244,6 +245,13 @@ def train(
         ctx.close()
 
 
+def _task_of(cfg: TrainConfig) -> Task | None:
+    try:
+        return get_task(cfg.task)
+    except ConfigError:
+        return None  # a task name without a registered preset
+
+
 def _default_transform(cfg: TrainConfig) -> InputTransform | None:
     try:
         return get_preset(cfg.task).make_input_transform(cfg)
@@ -273,7 +281,7 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
         val_loader = make_loader(val_set, val_sampler, cfg.test_workers, pin)
     bad = BadFileLog()
     bad.seen.update(state.get("bad_files", []) if state else [])
-    logger = RunLogger(run.root, ctx.is_main, cfg.max_steps, s.step, cfg.progress)
+    logger = RunLogger(run.root, ctx.is_main, cfg.max_steps, s.step, cfg.progress, task=_task_of(cfg))
     _seed_loop(s, state)
     terms: dict[str, float] = {}
     try:
