@@ -8,6 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+# One torch thread per test process (and for the subprocesses tests start): the models are
+# tiny, and on a small shared machine OpenMP spin-waiting costs more than it gains (the
+# non-slow suite measured 231 s with the default threads, 112 s with one, on 2 cores).
+# INSTYLE_TEST_THREADS=N sets another count.
+_THREADS = int(os.environ.get("INSTYLE_TEST_THREADS", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
+
 REPO = Path(__file__).resolve().parents[1]
 #: The shared fixtures folder beside the project root (override with INSTYLE_SHARED).
 SHARED = Path(os.environ.get("INSTYLE_SHARED", REPO.parent / "shared")).resolve()
@@ -44,8 +52,8 @@ def tiny_psp():
 
 @pytest.fixture(scope="module")
 def single_thread():
-    """Run a module's tiny models on one thread: faster than OpenMP spin-waiting on a busy
-    2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    """Run a module's models on one thread even when ``INSTYLE_TEST_THREADS`` asks for more
+    (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -9,6 +9,11 @@ No timings here: speed is measured by ``benchmarks/run.py``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -292,6 +297,38 @@ def test_retained_memory_restores_the_previous_setting():
         x = torch.ones(8 << 20)  # 32 MiB: served from the retained heap
         assert x.sum().item() == 8 << 20
     assert is_retaining() == before
+
+
+RETENTION_SCRIPT = """
+import os, sys
+import torch
+from instyle.ops.fast_memory import retained_memory
+
+def resident_after_free():
+    x = torch.ones(32 << 20)  # 128 MiB: above glibc's mmap threshold
+    x.add_(1)
+    del x
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+released = resident_after_free()
+with retained_memory(True) as applied:
+    kept = resident_after_free()
+print(applied, kept - released)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc (Linux)")
+def test_retained_memory_keeps_freed_pages_in_the_process():
+    """Observed in a fresh process: a freed 128 MiB tensor leaves the resident size only
+    while retention is on (glibc returns it to the kernel by default)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop("INSTYLE_MALLOC", None)
+    out = subprocess.run([sys.executable, "-c", RETENTION_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    applied, grown = out.stdout.split()
+    if applied != "True":
+        pytest.skip("glibc malloc tuning is unavailable here")
+    assert int(grown) > 100 << 20
 
 
 def test_large_maps_go_channels_last_small_maps_stay_nchw(monkeypatch):

@@ -27,6 +27,7 @@ from instyle.interop import load_own, load_state_checked, save_generator, save_p
 from instyle.models import EncoderConfig, Generator, GeneratorConfig, PSPConfig
 from instyle.models.init import random_psp
 from instyle.models.psp import PSP
+from instyle.utils.config import ConfigError
 
 GRADUAL, INTO_W, INTO_WPLUS = (
     "GradualStyleEncoder",
@@ -237,6 +238,74 @@ def test_from_pretrained_honours_cls_and_refuses_other_files(tmp_path):
         Generator.from_pretrained(tmp_path / "m")
     with pytest.raises(CheckpointError, match="not an instyle model directory.*instyle.load"):
         PSP.from_pretrained(tmp_path / "missing.pt")
+
+
+def test_set_latent_avg_keeps_the_decoder_average_in_step():
+    """One source: setting the pSp's average also moves the decoder's (truncation centre)."""
+    model = make_psp(tiny_config())
+    w = torch.randn(1, STYLE_DIM, generator=torch.Generator().manual_seed(3))
+    model.set_latent_avg(w)
+    assert torch.equal(model.latent_avg, w.expand(model.n_styles, -1))
+    assert torch.equal(model.decoder.latent_avg, w)
+    rows = torch.randn(model.n_styles, STYLE_DIM, generator=torch.Generator().manual_seed(4))
+    model.set_latent_avg(rows)
+    torch.testing.assert_close(model.decoder.latent_avg, rows.mean(0, keepdim=True), rtol=0, atol=0)
+    # Without start_from_latent_avg the stored average is not the generator's: the decoder keeps its own.
+    plain = PSP(tiny_config(start_from_latent_avg=False))
+    plain.set_latent_avg(w)
+    assert plain.decoder.latent_avg is None
+    plain.set_latent_avg(w, generator_average=True)
+    assert torch.equal(plain.decoder.latent_avg, w)
+
+
+def test_config_to_dict_holds_every_field_and_round_trips():
+    import dataclasses
+
+    config = tiny_config(GRADUAL, input_nc=1)
+    d = config.to_dict()
+    assert list(d) == [f.name for f in dataclasses.fields(PSPConfig)]
+    assert list(d["generator"]) == [f.name for f in dataclasses.fields(GeneratorConfig)]
+    assert list(d["encoder"]) == [f.name for f in dataclasses.fields(EncoderConfig)]
+    assert json.loads(json.dumps(d)) == d and PSPConfig.from_dict(d) == config
+
+
+def test_registered_configs_take_keyword_overrides():
+    from instyle.models import create_psp, get_config
+
+    base = get_config("tiny")
+    config = base.with_overrides(generator={"size": 32}, task="sketch2face")
+    assert (config.generator.size, config.generator.style_dim, config.encoder.n_styles, config.task) == (32, 64, 8, "sketch2face")
+    assert config.encoder.widths == base.encoder.widths
+    model = create_psp("tiny", generator={"size": 32}, encoder={"input_nc": 1})
+    assert (model.output_size, model.n_styles, model.input_nc) == (32, 8, 1)
+    with pytest.raises(ConfigError, match="n_styles=5"):
+        base.with_overrides(generator={"size": 32}, encoder={"n_styles": 5})
+    with pytest.raises(ConfigError, match="unknown psp key"):
+        create_psp("tiny", bogus=1)
+
+
+def test_generator_from_a_size_or_a_clear_error():
+    g = Generator(32, style_dim=16, n_mlp=1, channels={4: 8, 8: 8, 16: 4, 32: 4})
+    assert (g.size, g.style_dim, g.n_latent) == (32, 16, 8)
+    assert Generator(256).config == GeneratorConfig(size=256)
+    with pytest.raises(ConfigError, match=r"Generator\(256\)"):
+        Generator("256")
+
+
+def test_every_loader_accepts_device_auto(tmp_path):
+    from instyle.utils.device import resolve_device
+
+    model = make_psp(tiny_config())
+    model.save_pretrained(tmp_path / "m")
+    model.decoder.save_pretrained(tmp_path / "g")
+    auto = resolve_device("auto")
+    for loaded in (
+        instyle.load(tmp_path / "m", device="auto"),
+        load_generator(tmp_path / "g", device="auto"),
+        PSP.from_pretrained(tmp_path / "m", device="auto"),
+        Generator.from_pretrained(tmp_path / "g", device="auto"),
+    ):
+        assert next(loaded.parameters()).device.type == auto.type
 
 
 def test_load_generator_reads_own_format_psp_decoder(tmp_path):

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import torch
@@ -33,15 +32,18 @@ def test_prefetch_keeps_order_and_reports_failures():
 
 def test_prefetch_runs_ahead_of_the_consumer():
     started = []
+    ahead = threading.Event()
 
     def prepare(i):
         started.append(i)
+        if len(started) >= 3:
+            ahead.set()
         return torch.zeros(1)
 
     it = prefetch_batches(list(range(8)), prepare, batch_size=1, prefetch=2, workers=1)
     next(it)
-    time.sleep(0.2)
-    assert len(started) >= 3  # batches 1 and 2 were prepared while batch 0 was being consumed
+    # Batches 1 and 2 get prepared while batch 0 is being consumed (nothing else asks for them).
+    assert ahead.wait(10)
     assert len(list(it)) == 7
 
 
@@ -54,17 +56,31 @@ def test_background_writer_collects_errors_and_bounds_queue():
     written = []
     gate = threading.Event()
 
+    entered = threading.Event()
+    submitted = []
+
     def slow(i):
-        gate.wait(5)
+        entered.set()
+        gate.wait(10)
         if i == 2:
             raise OSError("disk full")
         written.append(i)
 
+    def submit_all():
+        for i in range(6):
+            writer.submit(slow, i, tag=f"f{i}")
+            submitted.append(i)
+
     writer = BackgroundWriter(max_pending=2)
-    t = threading.Thread(target=lambda: [writer.submit(slow, i, tag=f"f{i}") for i in range(6)])
+    t = threading.Thread(target=submit_all)
     t.start()
-    time.sleep(0.2)
-    assert t.is_alive()  # submit blocks: the queue is bounded
+    assert entered.wait(10)  # job 0 runs (held at the gate); jobs 1 and 2 fill the queue
+    for _ in range(200):
+        if len(submitted) >= 3:
+            break
+        t.join(0.05)
+    t.join(0.3)
+    assert t.is_alive() and submitted == [0, 1, 2]  # the fourth submit blocks: the queue is bounded
     gate.set()
     t.join(5)
     writer.close()

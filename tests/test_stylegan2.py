@@ -328,7 +328,7 @@ def test_modulated_conv_matches_per_sample_formula():
             else:
                 ref = F.conv2d(x[b : b + 1], wgt, padding=1)
             torch.testing.assert_close(out[b : b + 1], ref, rtol=1e-5, atol=1e-5)
-        assert out.shape == (3, 4, 12, 12) if upsample else (3, 4, 6, 6)
+        assert out.shape == ((3, 4, 12, 12) if upsample else (3, 4, 6, 6))
     with pytest.raises(ValueError, match=r"expects x \[B, 5, H, W\]"):
         mod(torch.zeros(3, 4, 6, 6), style)
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
 from instyle.tasks import LOSS_LAMBDAS, get_task, list_tasks, task_for_dataset_type
 from instyle.tasks.transforms import (
     CELEBAMASK_PALETTE,
@@ -26,6 +25,7 @@ from instyle.tasks.transforms import (
     resize_labels,
     triangle_mask,
 )
+from instyle.training import TrainConfig, get_preset
 from instyle.utils.config import ConfigError
 
 TASKS = ["frontalization", "image2image", "inpainting", "inversion", "seg2face", "sketch2face", "super_resolution"]
@@ -57,8 +57,18 @@ def test_registry_lists_all_tasks_and_rejects_unknown_names():
         get_task("inversion", factors=(2,))
 
 
+#: ``dataset_type`` of the original's ``configs/data_configs.py`` and the task it trains.
+OFFICIAL_DATASET_TYPES = {
+    "ffhq_encode": "inversion",
+    "ffhq_frontalize": "frontalization",
+    "celebs_sketch_to_face": "sketch2face",
+    "celebs_seg_to_face": "seg2face",
+    "celebs_super_resolution": "super_resolution",
+}
+
+
 def test_official_dataset_types_map_to_presets():
-    for dataset_type, name in DATASET_TYPE_TO_TASK.items():
+    for dataset_type, name in OFFICIAL_DATASET_TYPES.items():
         assert task_for_dataset_type(dataset_type).name == name
     assert task_for_dataset_type("something_custom").name == "image2image"
 
@@ -81,8 +91,10 @@ def test_loss_weights_follow_the_published_commands(name):
     task = get_task(name)
     expected = {k: float(PUBLISHED[name].get(k, 0.0)) for k in LOSS_LAMBDAS}
     assert dict(task.loss) == expected
-    o = task.training_overrides()
-    assert (o["optim_name"], o["learning_rate"], o["batch_size"], o["start_from_latent_avg"]) == ("ranger", 1e-4, 8, True)
+    cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))  # accepted as the trainer's config
+    assert (cfg.optim_name, cfg.learning_rate, cfg.batch_size, cfg.start_from_latent_avg) == ("ranger", 1e-4, 8, True)
+    assert {k: float(getattr(cfg, k)) for k in LOSS_LAMBDAS} == expected
+    assert (cfg.task, cfg.input_nc) == (name, task.input_nc)
 
 
 def test_channels_and_options():
@@ -137,7 +149,6 @@ def test_frontalization_flips_training_inputs_but_not_validation_inputs():
     from types import SimpleNamespace
 
     from instyle.data import validation_transform
-    from instyle.training.presets import get_preset
 
     train_t = get_preset("frontalization").make_input_transform(SimpleNamespace(image_size=32, train_source=None))
     val_t = validation_transform(train_t)
@@ -315,3 +326,25 @@ def test_sketch_is_one_channel_with_lines_where_the_photo_has_edges():
 
     x = get_task("sketch2face", size=64).make_input(astronaut(64))
     assert x.shape == (1, 64, 64) and float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def test_one_input_preview_for_every_task():
+    from instyle.tasks import preview_input
+    from instyle.tasks.transforms.labels import CELEBAMASK_PALETTE
+
+    sketch = torch.zeros(1, 4, 4)
+    sketch[:, :, 2:] = 1.0  # fed in [0, 1]: black left, white right
+    shown = preview_input(sketch, get_task("sketch2face"))
+    assert shown.shape == (3, 4, 4) and shown[:, :, :2].max() == -1 and shown[:, :, 2:].min() == 1
+    assert torch.equal(preview_input(sketch * 2 - 1), shown)  # no task: one channel is taken as [-1, 1]
+    onehot = torch.zeros(19, 4, 4)
+    onehot[0], onehot[13, :2] = 1, 1
+    onehot[0, :2] = 0
+    colours = preview_input(onehot, get_task("seg2face"))
+    expected = torch.from_numpy(CELEBAMASK_PALETTE[13].astype(np.float32)) / 127.5 - 1
+    torch.testing.assert_close(colours[:, 0, 0], expected)
+    assert torch.equal(preview_input(onehot), colours)
+    rgb_mask = torch.rand(4, 4, 4) * 2 - 1
+    assert torch.equal(preview_input(rgb_mask, get_task("inpainting", mask_channel=True)), rgb_mask[:3])
+    photo = torch.rand(3, 4, 4) * 2 - 1
+    assert torch.equal(preview_input(photo, get_task("inversion")), photo)

@@ -11,12 +11,13 @@ Quick use::
 
 from __future__ import annotations
 
-from instyle.interop import CheckpointError, load_generator
+from instyle.interop import CheckpointError, load_generator, load_psp
 from instyle.models import PSP, EncoderConfig, Generator, GeneratorConfig, PSPConfig, create_psp
+from instyle.utils.device import DEFAULT_DEVICE
 from instyle.version import __version__
 
 
-def load(path, device="cpu", expected: PSPConfig | None = None) -> PSP:
+def load(path, device=DEFAULT_DEVICE, expected: PSPConfig | None = None) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
     Args:
@@ -24,10 +25,7 @@ def load(path, device="cpu", expected: PSPConfig | None = None) -> PSP:
         device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: optional architecture the file must match.
     """
-    from instyle.interop import load_psp
-    from instyle.utils.device import resolve_device
-
-    return load_psp(path, device=resolve_device(device), expected=expected)
+    return load_psp(path, device=device, expected=expected)
 
 
 def __getattr__(name):

@@ -22,6 +22,8 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
+from instyle.errors import InputError
+
 __all__ = ["ffhq_quad", "crop_to_source", "source_to_crop", "warp_quad", "paste_back", "feather_mask"]
 
 
@@ -110,7 +112,7 @@ def warp_quad(image: Image.Image, quad: np.ndarray, size: int, supersample: int 
     hi = np.ceil(q.max(0)).astype(int) + border
     box = (max(lo[0], 0), max(lo[1], 0), min(hi[0], img.width), min(hi[1], img.height))
     if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"quad {q.round(1).tolist()} lies outside the {img.width}x{img.height} image")
+        raise InputError(f"quad {q.round(1).tolist()} lies outside the {img.width}x{img.height} image")
     img = img.crop(box)
     q -= np.array(box[:2], dtype=np.float64)
     pad = (max(-lo[0], 0), max(-lo[1], 0), max(hi[0] - (box[0] + img.width), 0), max(hi[1] - (box[1] + img.height), 0))

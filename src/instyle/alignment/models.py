@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from instyle.errors import InstyleError
+
 __all__ = ["AlignmentUnavailable", "model_path", "require_dlib", "shape_predictor", "hog_detector", "cnn_detector"]
 
 INSTALL_HINT = "install the face tools with: pip install 'instyle[faces]'  (dlib-bin, face-recognition-models)"
@@ -23,7 +25,7 @@ LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
 MMOD_DETECTOR = "mmod_human_face_detector.dat"
 
 
-class AlignmentUnavailable(RuntimeError):
+class AlignmentUnavailable(InstyleError, RuntimeError):
     """dlib or the face models are not installed; the message says what to install."""
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from instyle.cli.common import add_device_arg, error
+from instyle.errors import InstyleError
 
 DESCRIPTION = """\
 Measure a checkpoint on a folder of faces the way the pSp paper's Table 1 does: per image
@@ -69,7 +70,6 @@ def run(args: argparse.Namespace) -> int:
         error(f"--batch-size={args.batch_size} must be >= 1")
         return 2
     from instyle.evaluation.report import evaluate
-    from instyle.interop import CheckpointError
 
     try:
         report = evaluate(
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             progress=True,
         )
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (InstyleError, FileNotFoundError) as e:
         error(str(e))
         return 2
     except OSError as e:
@@ -124,7 +124,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     try:
         result = compare(*args.compare)
-    except ValueError as e:
+    except InstyleError as e:
         error(str(e))
         return 2
     print(result["markdown"])

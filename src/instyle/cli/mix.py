@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import add_device_arg, error
+from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
 For each input, write N outputs that keep the input's styles on some layers and take the
@@ -82,7 +83,7 @@ class Source:
 
 def load_model(args):
     """``(model, device)`` or ``None`` after printing the error."""
-    from instyle.interop import CheckpointError, load_psp
+    from instyle.interop import load_psp
     from instyle.utils.device import resolve_device
 
     if getattr(args, "batch_size", 1) < 1:
@@ -91,7 +92,7 @@ def load_model(args):
     try:
         device = resolve_device(args.device)
         return load_psp(args.checkpoint, device=device), device
-    except (CheckpointError, ValueError) as e:
+    except (InstyleError, OSError) as e:
         error(str(e))
         return None
 
@@ -128,7 +129,6 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     Returns:
         ``(sources in input order, number of failures)``.
     """
-    from instyle.inference.io import ImageLoadError
     from instyle.inference.latents import load_latent
     from instyle.inference.preprocess import prepare_input
 
@@ -144,12 +144,12 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
             if path.suffix.lower() in (".npy", ".npz"):
                 w, _, _ = load_latent(path)
                 if tuple(w.shape[1:]) != shape or w.shape[0] != 1:
-                    raise ValueError(f"latent of shape {tuple(w.shape)} does not fit this model ([{shape[0]}, {shape[1]}])")
+                    raise InputError(f"latent of shape {tuple(w.shape)} does not fit this model ([{shape[0]}, {shape[1]}])")
                 loaded.append(Source(path, name, w[0].to(device), None))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
-        except (ImageLoadError, ValueError, OSError) as e:
+        except (InstyleError, OSError) as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             print(f"instyle: skipped {msg}", file=sys.stderr)
             failed += 1

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 from instyle.cli.common import error
+from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
 Write the (input, target) pairs a task trains on, paired by file name:
@@ -187,7 +188,7 @@ def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tu
     """Write the pairs: ``(written, already done, failure lines, stopped by a write error)``."""
     from tqdm import tqdm
 
-    from instyle.inference.io import ImageLoadError, load_image, save_image
+    from instyle.inference.io import load_image, save_image
 
     written = resumed = 0
     failures: list[str] = []
@@ -202,10 +203,10 @@ def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tu
             if align is not None:
                 face = align(photo, size=task.size)
                 if face is None:
-                    raise ValueError("no face found to align")
+                    raise InputError("no face found to align")
                 photo = face.image
             target, source = make_pair_images(task, photo, key, args.seed, _match(labels, key), _match(inputs, key))
-        except (ImageLoadError, ValueError, OSError) as e:
+        except (InstyleError, OSError) as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             failures.append(msg)
             tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from instyle.cli.common import error
+from instyle.errors import InstyleError
 
 EXAMPLES = """\
 examples:
@@ -96,9 +97,7 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from instyle.interop import CheckpointError
     from instyle.training import TrainConfig, list_presets, train
-    from instyle.utils.config import ConfigError
 
     if args.list_keys:
         for k, v in TrainConfig().to_dict().items():
@@ -115,7 +114,7 @@ def run(args) -> int:
     try:
         config, run_dir = resolve_config(args)
         result = train(config, run_dir, resume=args.resume is not None)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+    except (InstyleError, OSError) as e:  # a bug elsewhere keeps its traceback
         error(str(e))
         return 2
     if result.bad_files:

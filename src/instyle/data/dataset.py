@@ -26,6 +26,8 @@ from instyle.data.transforms import (
     to_source_tensor,
     to_target_tensor,
 )
+from instyle.errors import InputError
+from instyle.utils.config import ConfigError
 
 __all__ = ["PairedImageDataset", "collate_pairs", "BadFileLog"]
 
@@ -60,11 +62,11 @@ class PairedImageDataset(Dataset):
         input_transform: InputTransform | None = None,
     ):
         if source_mode not in SOURCE_MODES:
-            raise ValueError(f"source_mode={source_mode!r} is not accepted; choose one of {SOURCE_MODES}")
+            raise ConfigError(f"source_mode={source_mode!r} is not accepted; choose one of {SOURCE_MODES}")
         if flip and source_mode == "label":
-            raise ValueError("flip=True with label-map sources would need left/right classes swapped; use flip=False")
+            raise ConfigError("flip=True with label-map sources would need left/right classes swapped; use flip=False")
         if not pairs:
-            raise ValueError("PairedImageDataset needs at least one pair")
+            raise InputError("PairedImageDataset needs at least one pair")
         self.pairs = list(pairs)
         self.image_size = image_size
         self.source_mode = source_mode

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instyle.errors import InputError
+
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "Pairs", "pair_folders"]
 
 log = logging.getLogger("instyle.data")
@@ -76,5 +78,5 @@ def pair_folders(target_dir: str | os.PathLike, source_dir: str | os.PathLike | 
         hint = ""
         if source_dir is not None:
             hint = f" (sources e.g. {sorted(sources)[:3]}, targets e.g. {sorted(targets)[:3]}; names must match)"
-        raise ValueError(f"no training pairs found in {target_dir}" + (f" and {source_dir}" if source_dir else "") + hint)
+        raise InputError(f"no training pairs found in {target_dir}" + (f" and {source_dir}" if source_dir else "") + hint)
     return pairs

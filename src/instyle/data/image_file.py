@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from instyle.errors import InstyleError
+
 __all__ = ["ImageLoadError", "MAX_PIXELS", "MIN_SIDE", "load_image"]
 
 #: Largest accepted image (pixels); larger headers are refused before decoding (decompression bombs).
@@ -25,7 +27,7 @@ MAX_PIXELS = 8192 * 8192
 MIN_SIDE = 16
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InstyleError, ValueError):
     """An input file cannot be used as an image. ``str(e)`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from instyle.utils.config import ConfigError
+
 __all__ = ["derive_seed", "TrainBatchSampler", "EvalBatchSampler"]
 
 
@@ -44,7 +46,7 @@ class TrainBatchSampler(Sampler):
         self.start_batch = start_batch
         self.global_batch = batch_size * world_size
         if n < self.global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"the training set has {n} image(s), fewer than one batch of {batch_size} x {world_size} process(es)"
             )
         self.batches_per_epoch = n // self.global_batch

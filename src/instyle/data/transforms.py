@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 
 from instyle.data.image_file import load_image
+from instyle.utils.config import ConfigError
+from instyle.utils.image import pil_to_tensor
 
 __all__ = [
     "SOURCE_MODES",
@@ -74,8 +76,7 @@ def _resize(img: Image.Image, size: int, resample: int) -> Image.Image:
 
 def to_target_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """RGB PIL image -> ``[3, size, size]`` float32 in [-1, 1] (Resize, ToTensor, Normalize 0.5)."""
-    arr = np.asarray(_resize(img.convert("RGB"), size, Image.BILINEAR), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().sub_(0.5).div_(0.5)
+    return pil_to_tensor(img.convert("RGB"), size)
 
 
 def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) -> torch.Tensor:
@@ -88,18 +89,17 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
     if mode == "rgb":
         return to_target_tensor(img, size)
     if mode == "gray":
-        arr = np.asarray(_resize(img.convert("L"), size, Image.BILINEAR), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr)[None].contiguous()
+        return pil_to_tensor(img.convert("L"), size, unit=True)
     if mode == "label":
         if label_nc < 1:
-            raise ValueError("label source mode needs label_nc >= 1")
+            raise ConfigError("label source mode needs label_nc >= 1")
         from instyle.tasks.transforms.labels import labels_from_image
 
         # Index (L/P) maps carry the class as the pixel value; colour maps are read with the palette.
         classes = labels_from_image(img, label_nc).astype(np.uint8)
         ids = torch.from_numpy(np.asarray(_resize(Image.fromarray(classes, "L"), size, Image.NEAREST), dtype=np.int64).copy())
         return torch.nn.functional.one_hot(ids, label_nc).permute(2, 0, 1).float().contiguous()
-    raise ValueError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
+    raise ConfigError(f"source mode {mode!r} is not accepted; choose one of {SOURCE_MODES}")
 
 
 def hflip(t: torch.Tensor) -> torch.Tensor:

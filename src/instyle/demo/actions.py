@@ -15,10 +15,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from instyle.alignment import AlignmentUnavailable, align_face
 from instyle.demo.inputs import DemoInputError
 from instyle.inference.io import tensor_to_pil
 from instyle.inference.preprocess import prepare_input
 from instyle.models.psp import PSP
+from instyle.tasks import get_task, preview_input
+from instyle.utils.config import ConfigError
 
 __all__ = [
     "Reconstruction",
@@ -50,10 +53,6 @@ def align(image: Image.Image, size: int = 256) -> Image.Image:
         DemoInputError: no face found, or the face tools (dlib) are not installed.
     """
     try:
-        from instyle.alignment import AlignmentUnavailable, align_face
-    except ImportError as e:  # pragma: no cover - the package is part of instyle
-        raise DemoInputError(f"face alignment is unavailable: {e}") from None
-    try:
         face = align_face(image, size=size)
     except AlignmentUnavailable as e:
         raise DemoInputError(f"face alignment is unavailable on this server: {e}") from None
@@ -63,19 +62,12 @@ def align(image: Image.Image, size: int = 256) -> Image.Image:
 
 
 def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
-    """A viewable picture of one network input ``[C, S, S]``: RGB, grayscale or a label map in colour."""
-    if x.shape[0] == 3:
-        return tensor_to_pil(x)
-    if x.shape[0] == 1:
-        # Sketches are fed in [0, 1] (the original's ToTensor without normalisation).
-        return tensor_to_pil(x * 2 - 1 if float(x.min()) >= 0 else x)
+    """A viewable picture of one network input ``[C, S, S]`` of a model trained for ``task``."""
     try:
-        from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
-
-        return labels_to_palette_image(onehot_to_labels(x), None).convert("RGB")
-    except ImportError:  # pragma: no cover - fallback when the task helpers are absent
-        labels = x.argmax(0).float()
-        return tensor_to_pil((labels / max(x.shape[0] - 1, 1) * 2 - 1)[None])
+        preset = get_task(task)
+    except ConfigError:
+        preset = None  # a task without a registered preset: shown by channel count
+    return tensor_to_pil(preview_input(x, preset))
 
 
 def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:

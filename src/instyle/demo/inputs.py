@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from instyle.demo.settings import ServeSettings
+from instyle.errors import InstyleError
 from instyle.inference.io import ImageLoadError, load_image
 
 __all__ = ["NOT_AN_UPLOAD", "DemoInputError", "UploadArea", "read_upload", "upload_file"]
@@ -36,7 +37,7 @@ NOT_AN_UPLOAD = (
 _EDITOR_FILE_KEYS = ("background", "composite", "layers")
 
 
-class DemoInputError(ValueError):
+class DemoInputError(InstyleError, ValueError):
     """An input a visitor gave cannot be used; ``str(e)`` is shown on the page as is."""
 
 

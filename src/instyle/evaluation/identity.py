@@ -30,6 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.alignment.models import AlignmentUnavailable, model_path, require_dlib
+from instyle.errors import InstyleError
+from instyle.utils.config import ConfigError
+
 __all__ = [
     "ALIGNED_FACE_BOX",
     "ARCFACE_TEMPLATE_112",
@@ -55,7 +59,7 @@ ARCFACE_TEMPLATE_112 = np.array(
 DLIB_DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
 
 
-class IdentityUnavailable(RuntimeError):
+class IdentityUnavailable(InstyleError, RuntimeError):
     """The identity network cannot be used here (missing package or weights); the message says why."""
 
 
@@ -86,10 +90,6 @@ def _rgb_array(image: Image.Image) -> np.ndarray:
 @functools.cache
 def _dlib_descriptor_net():
     try:
-        from instyle.alignment.models import AlignmentUnavailable, model_path, require_dlib
-    except ImportError as e:  # pragma: no cover - the alignment package is part of instyle
-        raise IdentityUnavailable(f"dlib identity needs instyle.alignment ({e})") from None
-    try:
         return require_dlib().face_recognition_model_v1(str(model_path(DLIB_DESCRIPTOR)))
     except AlignmentUnavailable as e:
         raise IdentityUnavailable(str(e)) from None
@@ -114,7 +114,7 @@ class DlibIdentity:
         detect_max_side: int = 512,
     ):
         if isinstance(face_box, str) and face_box not in ("aligned", "detect"):
-            raise ValueError(f"face_box={face_box!r}; choose 'aligned', 'detect' or a (left, top, right, bottom) box")
+            raise ConfigError(f"face_box={face_box!r}; choose 'aligned', 'detect' or a (left, top, right, bottom) box")
         self.face_box = face_box
         self.detector = detector
         self.detect_max_side = detect_max_side

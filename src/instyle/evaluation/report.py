@@ -35,8 +35,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from instyle.errors import InputError
 from instyle.evaluation.metrics import mse, psnr, ssim
+from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.utils.config import ConfigError
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -292,10 +295,8 @@ def _input_maker(model, task_name: str | None):
 
     name = task_name or model.config.task
     try:
-        from instyle.tasks import get_task
-
         task = get_task(name)
-    except (ImportError, ValueError):
+    except ConfigError:  # a task name without a registered preset: inputs by channel count
         task = None
     if task is None or task.name == "inversion" or task.input_nc != model.input_nc:
         return lambda s: prepare_input(s.input, model.config)
@@ -306,7 +307,7 @@ def _input_maker(model, task_name: str | None):
         if s.input != s.target:
             return prepare_input(s.input, model.config)
         if task.needs_source:
-            raise ValueError(f"task {task.name!r} needs prepared inputs: lay the data out as inputs/ + targets/")
+            raise InputError(f"task {task.name!r} needs prepared inputs: lay the data out as inputs/ + targets/")
         return task.make_input(load_image(s.target), rng=None)
 
     return make
@@ -364,9 +365,9 @@ def evaluate(
     from instyle.utils.device import resolve_device
 
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
     if model is None and predictions_dir is None:
-        raise ValueError("give a model (checkpoint) or predictions_dir with saved outputs")
+        raise ConfigError("give a model (checkpoint) or predictions_dir with saved outputs")
     log = log or (lambda msg: print(f"instyle: skipped {msg}", file=sys.stderr))
     device = resolve_device(device)
     net = _load_model(model, device)
@@ -562,19 +563,19 @@ def load_report(path: str | os.PathLike) -> dict:
     try:
         data = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p}: not a readable evaluation report ({e})") from None
+        raise InputError(f"{p}: not a readable evaluation report ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise ValueError(f"{p}: not an instyle evaluation report (no 'metrics' mapping)")
+        raise InputError(f"{p}: not an instyle evaluation report (no 'metrics' mapping)")
     for key, entry in data["metrics"].items():
         try:
             if entry is not None:
                 _num(entry["mean"])
         except (TypeError, KeyError, ValueError, AttributeError):
-            raise ValueError(f"{p}: malformed metric {key!r}: {entry!r:.80} (expected {{'mean': number or null, ...}})") from None
+            raise InputError(f"{p}: malformed metric {key!r}: {entry!r:.80} (expected {{'mean': number or null, ...}})") from None
     try:
         _num(data.get("fid"))
     except (TypeError, ValueError):
-        raise ValueError(f"{p}: malformed 'fid': {data.get('fid')!r:.80} (expected a number or null)") from None
+        raise InputError(f"{p}: malformed 'fid': {data.get('fid')!r:.80} (expected a number or null)") from None
     return data
 
 

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from instyle.data.image_file import MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from instyle.utils.atomic import atomic_path
+from instyle.utils.image import pil_to_tensor, tensor_to_pil  # noqa: F401  (the one home; re-exported)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -201,31 +201,6 @@ def output_names(
             )
         for i in movable:
             levels[i] += 1
-
-
-def pil_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:
-    """PIL image -> ``[C, S, S]`` float32 in [-1, 1], resized (bilinear) like the original
-    test transforms (``Resize((S, S))``, ``ToTensor``, ``Normalize(0.5, 0.5)``)."""
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    return t * 2.0 - 1.0
-
-
-def tensor_to_pil(t: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` or ``[1, H, W]`` in [-1, 1] (clamped) -> PIL RGB / L image."""
-    if t.ndim == 4 and t.shape[0] == 1:
-        t = t[0]
-    if t.ndim != 3 or t.shape[0] not in (1, 3):
-        raise ValueError(f"expected an image tensor [3 or 1, H, W], got {tuple(t.shape)}")
-    arr = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    arr = arr.permute(1, 2, 0).numpy()
-    if arr.shape[2] == 1:
-        return Image.fromarray(arr[:, :, 0], mode="L")
-    return Image.fromarray(arr, mode="RGB")
 
 
 def save_image(img: Image.Image | torch.Tensor, path: str | os.PathLike, **save_kwargs) -> Path:

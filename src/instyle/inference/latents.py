@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instyle.errors import InputError
 from instyle.utils.atomic import atomic_path
 
 __all__ = ["save_latent", "load_latent"]
@@ -34,7 +35,7 @@ def save_latent(
     path = Path(path)
     w = np.asarray(w_plus.detach().cpu() if isinstance(w_plus, torch.Tensor) else w_plus, dtype=np.float32)
     if w.ndim not in (2, 3):
-        raise ValueError(f"w_plus must be [n_styles, D] or [B, n_styles, D], got shape {w.shape}")
+        raise InputError(f"w_plus must be [n_styles, D] or [B, n_styles, D], got shape {w.shape}")
     buf = io.BytesIO()
     if path.suffix == ".npz":
         arrays = {"w_plus": w}
@@ -44,10 +45,10 @@ def save_latent(
         np.savez(buf, **arrays)
     elif path.suffix == ".npy":
         if noise or meta:
-            raise ValueError("noise maps and metadata need a .npz latent file")
+            raise InputError("noise maps and metadata need a .npz latent file")
         np.save(buf, w)
     else:
-        raise ValueError(f"latent files must end in .npy or .npz, got {path.name!r}")
+        raise InputError(f"latent files must end in .npy or .npz, got {path.name!r}")
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.getvalue())
     return path
@@ -64,13 +65,13 @@ def load_latent(path: str | os.PathLike) -> tuple[torch.Tensor, list[torch.Tenso
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable latent file ({e})") from None
+        raise InputError(f"{path}: not a readable latent file ({e})") from None
     noise = None
     meta: dict = {}
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             if "w_plus" not in data:
-                raise ValueError(f"{path}: .npz latent file without a 'w_plus' array (has {list(data.keys())})")
+                raise InputError(f"{path}: .npz latent file without a 'w_plus' array (has {list(data.keys())})")
             w = data["w_plus"]
             keys = sorted((k for k in data if k.startswith("noise_")), key=lambda k: int(k.split("_")[1]))
             if keys:
@@ -82,5 +83,5 @@ def load_latent(path: str | os.PathLike) -> tuple[torch.Tensor, list[torch.Tenso
     if w.ndim == 2:
         w = w[None]
     if w.ndim != 3:
-        raise ValueError(f"{path}: latent codes must be [n_styles, D] or [B, n_styles, D], got {w.shape}")
+        raise InputError(f"{path}: latent codes must be [n_styles, D] or [B, n_styles, D], got {w.shape}")
     return torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)), noise, meta

@@ -15,24 +15,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instyle.inference.io import load_image, pil_to_tensor
+from instyle.errors import InputError
+from instyle.inference.io import load_image, pil_to_tensor, tensor_to_pil
 from instyle.models.psp import PSPConfig
+from instyle.tasks import get_task, preview_input
+from instyle.utils.config import ConfigError
 
 __all__ = ["align_input", "get_task_for", "input_preview", "prepare_input"]
 
 
 def get_task_for(config: PSPConfig):
-    """The task preset object of a model config, or None when presets are unavailable."""
-    try:
-        from instyle.tasks import get_task
-    except ImportError:
-        return None
+    """The task preset of a model config, or None for a task name no preset is registered for
+    (its inputs are then prepared by channel count)."""
     try:
         task = get_task(config.task)
         if config.label_nc and getattr(task, "label_nc", 0) and task.label_nc != config.label_nc:
             task = task.with_options(label_nc=config.label_nc)  # e.g. an 11-class (Helen) seg2face model
         return task
-    except (KeyError, ValueError):
+    except ConfigError:
         return None
 
 
@@ -48,7 +48,7 @@ def prepare_input(
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
         if t.ndim != 3 or t.shape[0] != nc:
-            raise ValueError(f"expected a tensor [{nc}, H, W], got {tuple(image.shape)}")
+            raise InputError(f"expected a tensor [{nc}, H, W], got {tuple(image.shape)}")
         if t.shape[-2:] != (size, size):
             t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
         return t.float()
@@ -69,9 +69,9 @@ def prepare_input(
         return pil_to_tensor(image.convert("RGB"), size)
     if nc == 1:
         return pil_to_tensor(image.convert("L"), size)
-    raise ValueError(
+    raise InputError(
         f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
-        f"[{nc}, {size}, {size}] or install the task presets that convert such files"
+        f"[{nc}, {size}, {size}], or register a task that converts such files (instyle.tasks.register_task)"
     )
 
 
@@ -88,19 +88,11 @@ def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detecto
     img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
     face = align_face(img, size=size, detector=detector)
     if face is None:
-        raise ValueError(f"{name}: no face found to align (try `instyle align --detector cnn`)")
+        raise InputError(f"{name}: no face found to align (try `instyle align --detector cnn`)")
     return face.image
 
 
 def input_preview(x: torch.Tensor, config: PSPConfig) -> Image.Image:
-    """A viewable picture of a prepared network input ``[C, S, S]``: the photo, the sketch
-    (task sketches are in [0, 1], other 1-channel inputs in [-1, 1]) or a label map in its palette."""
-    from instyle.inference.io import tensor_to_pil
-
-    if x.shape[0] == 3:
-        return tensor_to_pil(x)
-    if x.shape[0] == 1:
-        return tensor_to_pil(x * 2 - 1 if config.task == "sketch2face" else x)
-    from instyle.tasks.seg2face import labels_to_palette
-
-    return labels_to_palette(x.argmax(0).cpu().numpy()).convert("RGB")
+    """A viewable picture of a prepared network input ``[C, S, S]`` for a model with ``config``
+    (see :func:`instyle.tasks.preview_input`)."""
+    return tensor_to_pil(preview_input(x, get_task_for(config)))

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 
 import torch
 
+from instyle.errors import InstyleError
 from instyle.models.encoders.backbone import UNITS
 from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.psp import PSPConfig
-from instyle.models.stylegan2 import GeneratorConfig, rosinality_channels
+from instyle.models.stylegan2 import GeneratorConfig, channel_fields
 
 __all__ = [
     "DATASET_TYPE_TO_TASK",
@@ -36,7 +37,7 @@ DATASET_TYPE_TO_TASK = {
 }
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(InstyleError, ValueError):
     """The tensors do not describe a supported architecture."""
 
 
@@ -68,19 +69,7 @@ def generator_config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> Generato
         if w is None:
             raise ArchitectureError(f"generator state dict lacks convs.{(i - 3) * 2}.conv.weight")
         channels[2**i] = int(w.shape[1])
-    multiplier = None
-    for cm in (1, 2, 4, 8):
-        table = rosinality_channels(cm)
-        if all(table.get(r) == c for r, c in channels.items()):
-            multiplier = cm
-            break
-    return GeneratorConfig(
-        size=2**log_size,
-        style_dim=style_dim,
-        n_mlp=n_mlp,
-        channel_multiplier=multiplier or 2,
-        channels=None if multiplier else channels,
-    )
+    return GeneratorConfig(size=2**log_size, style_dim=style_dim, n_mlp=n_mlp, **channel_fields(channels))
 
 
 def encoder_config_from_state_dict(

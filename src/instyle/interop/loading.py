@@ -31,6 +31,7 @@ from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import Generator
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
     "PUBLISHED_CHECKPOINTS",
@@ -164,21 +165,21 @@ def _check_expected(config: PSPConfig, expected: PSPConfig | None, source: Any) 
 
 def load_psp(
     path: str | os.PathLike,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEFAULT_DEVICE,
     expected: PSPConfig | None = None,
 ) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
     Args:
         path: file or directory (bare published names are also looked up in the cache).
-        device: where to put the model.
+        device: ``"cpu"`` (default), ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: if given, the file's architecture must equal it.
     """
     p = resolve_path(path)
     if is_own_format(p):
         model = PSP.from_pretrained(p)
         _check_expected(model.config, expected, p)
-        return model.to(device).eval()
+        return model.to(resolve_device(device)).eval()
     if p.is_dir():
         raise CheckpointError(f"{p}: a directory without config.json is not an instyle model")
     if p.suffix == ".pkl":
@@ -204,12 +205,13 @@ def load_psp(
     load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
     if latent_avg is None and config.start_from_latent_avg:
         warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
-        model.set_latent_avg(model.decoder.mean_latent(4096, seed=0))
+        avg = model.decoder.mean_latent(4096, seed=0)
     for note in notes:
         warnings.warn(f"{p}: {note}", stacklevel=2)
-    model.sync_decoder_latent_avg()  # otherwise unknown; load_generator estimates it on demand
+    # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
+    model.set_latent_avg(avg)
     model.source = str(p)
-    return model.to(device).eval()
+    return model.to(resolve_device(device)).eval()
 
 
 def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
@@ -222,7 +224,9 @@ def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Genera
     return g
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", latent_avg_samples: int = 4096) -> Generator:
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device = DEFAULT_DEVICE, latent_avg_samples: int = 4096
+) -> Generator:
     """Load a StyleGAN2 generator from any supported file, in eval mode.
 
     Accepts own-format directories (generator or pSp: its decoder), rosinality ``.pt``
@@ -267,4 +271,4 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         )
         g.latent_avg = g.mean_latent(latent_avg_samples, seed=0)
     g.source = str(p)
-    return g.to(device).eval()
+    return g.to(resolve_device(device)).eval()

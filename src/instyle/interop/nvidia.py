@@ -38,7 +38,7 @@ from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
 from instyle.models.own_format import build_empty, load_state_checked
-from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig, rosinality_channels
+from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig, channel_fields
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -185,14 +185,6 @@ def _filter_taps(f: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(t) for t in rounded)
 
 
-def _channel_fields(channels: dict[int, int]) -> dict:
-    for cm in (1, 2, 4, 8):
-        table = rosinality_channels(cm)
-        if all(table.get(r) == c for r, c in channels.items()):
-            return {"channel_multiplier": cm, "channels": None}
-    return {"channels": channels}
-
-
 class _Taker:
     """Hands out NVIDIA tensors by name and remembers which were used."""
 
@@ -296,7 +288,7 @@ def convert_generator(
     # validated (bounded) before any tensor is copied or any noise buffer is made
     config = GeneratorConfig(
         size=resolutions[-1], style_dim=w_dim, n_mlp=n_mlp, blur_kernel=taps, lr_mlp=options.lr_multiplier,
-        conv_clamp=options.conv_clamp, **_channel_fields(channels),
+        conv_clamp=options.conv_clamp, **channel_fields(channels),
     )
     out: dict[str, torch.Tensor] = {}
     for i in range(n_mlp):

@@ -19,6 +19,7 @@ from instyle.losses.crop import face_crop
 from instyle.losses.similarity import SimilarityOutput, similarity_terms
 from instyle.losses.weights import LossWeightsError, find_weights, read_state_dict
 from instyle.models.encoders import Backbone
+from instyle.utils.config import ConfigError
 
 __all__ = ["IR_SE50_HELP", "IDLoss", "read_ir_se50", "fill_num_batches_tracked"]
 
@@ -94,7 +95,7 @@ class IDLoss(nn.Module):
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> SimilarityOutput:
         if x.shape[1] != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"the identity loss compares the input x with the output, so x must be an RGB image; got "
                 f"{x.shape[1]} channels (set id_lambda=0 for label-map or sketch inputs)"
             )

@@ -17,6 +17,7 @@ import warnings
 import torch
 from torch import nn
 
+from instyle.errors import MissingExtraError
 from instyle.losses.crop import face_crop
 from instyle.losses.weights import LossWeightsError, find_weights, read_state_dict
 
@@ -79,7 +80,7 @@ class LPIPSLoss(nn.Module):
         try:
             import lpips
         except ImportError:
-            raise ImportError("the LPIPS loss needs the 'lpips' package: pip install 'instyle[train]'") from None
+            raise MissingExtraError("the LPIPS loss needs the 'lpips' package: pip install 'instyle[train]'") from None
         self.net = net
         path = None
         if not random_backbone:  # find the file first: a missing file fails fast

@@ -17,6 +17,7 @@ from torch import nn
 
 from instyle.losses.similarity import SimilarityOutput, similarity_terms
 from instyle.losses.weights import LossWeightsError, find_weights, read_state_dict
+from instyle.utils.config import ConfigError
 
 __all__ = ["MOCO_HELP", "MocoLoss", "moco_trunk_state"]
 
@@ -83,7 +84,7 @@ class MocoLoss(nn.Module):
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> SimilarityOutput:
         if x.shape[1] != 3:
-            raise ValueError(f"the MoCo loss needs an RGB input x, got {x.shape[1]} channels (set moco_lambda=0)")
+            raise ConfigError(f"the MoCo loss needs an RGB input x, got {x.shape[1]} channels (set moco_lambda=0)")
         with torch.no_grad():
             e_x = self.embed(x)
             e_y = self.embed(y)

@@ -9,12 +9,11 @@ from instyle.models.stylegan2 import Generator, GeneratorConfig
 def create_psp(name: str = "psp_ffhq_1024", **overrides) -> PSP:
     """Build a randomly initialised pSp model from a registered config name.
 
-    ``overrides`` replace top-level ``PSPConfig`` fields (e.g. ``task="sketch2face"``).
+    ``overrides`` replace ``PSPConfig`` fields, nested sections key by key (see
+    :meth:`PSPConfig.with_overrides`): ``create_psp("psp_256", generator={"size": 128})``.
     """
     config = get_config(name)
-    if overrides:
-        config = PSPConfig.from_dict({**config.to_dict(), **overrides})
-    return PSP(config)
+    return PSP(config.with_overrides(**overrides) if overrides else config)
 
 
 __all__ = [

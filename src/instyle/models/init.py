@@ -16,7 +16,6 @@ def random_psp(config: PSPConfig, seed: int = 0, latent_samples: int = 4096) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = PSP(config)
-    model.set_latent_avg(model.decoder.mean_latent(latent_samples, seed=seed))
-    model.decoder.latent_avg = model.latent_avg.mean(0, keepdim=True).clone()
+    model.set_latent_avg(model.decoder.mean_latent(latent_samples, seed=seed), generator_average=True)
     model.random_weights = True
     return model.eval()

@@ -19,8 +19,8 @@ from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, register_config
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_int_range, from_dict
-from instyle.utils.device import resolve_device
+from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["PSPConfig", "PSP"]
 
@@ -83,15 +83,26 @@ class PSPConfig:
         return self.generator.size
 
     def to_dict(self) -> dict:
-        return {
-            "encoder": self.encoder.to_dict(),
-            "generator": self.generator.to_dict(),
-            "start_from_latent_avg": self.start_from_latent_avg,
-            "learn_in_w": self.learn_in_w,
-            "task": self.task,
-            "label_nc": self.label_nc,
-            "resize_to": self.resize_to,
-        }
+        """Every field (``config.json``'s ``config``), JSON-ready."""
+        return to_jsonable(self)
+
+    def with_overrides(self, **overrides) -> PSPConfig:
+        """A copy with fields replaced; nested sections merge key by key, timm-style::
+
+            config.with_overrides(generator={"size": 128}, task="sketch2face")
+
+        A new generator size brings the encoder's style count with it unless
+        ``encoder={"n_styles": ...}`` is given too."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if key in ("encoder", "generator") and isinstance(value, dict):
+                d[key] = {**d[key], **value}
+            else:
+                d[key] = value
+        enc = overrides.get("encoder")
+        if "generator" in overrides and not (isinstance(enc, dict) and "n_styles" in enc):
+            d["encoder"]["n_styles"] = GeneratorConfig.from_dict(d["generator"]).n_latent
+        return PSPConfig.from_dict(d)
 
     @classmethod
     def from_dict(cls, d: dict) -> PSPConfig:
@@ -170,14 +181,19 @@ class PSP(nn.Module):
             t = t.expand(rows, d)
         return t.clone().contiguous()
 
-    def set_latent_avg(self, latent_avg: torch.Tensor) -> None:
-        self.latent_avg = self.normalize_latent_avg(latent_avg).to(self.latent_avg.device)
+    def set_latent_avg(self, latent_avg: torch.Tensor, generator_average: bool | None = None) -> None:
+        """Set the average latent -- the one place it changes.
 
-    def sync_decoder_latent_avg(self) -> None:
-        """With ``start_from_latent_avg`` the stored average is the generator's average w:
-        give it to the decoder too (``decoder.latent_avg``, ``[1, D]``, used for truncation)."""
-        if self.config.start_from_latent_avg:
-            self.decoder.latent_avg = self.latent_avg.mean(0, keepdim=True).clone()
+        ``self.latent_avg`` (``[rows, D]``, added to the encoder output) is the source; when it
+        is the generator's average w (``generator_average``, by default exactly when
+        ``start_from_latent_avg``), ``decoder.latent_avg`` (``[1, D]``, the truncation and
+        mixing centre) follows it."""
+        given = torch.as_tensor(latent_avg).detach()
+        self.latent_avg = self.normalize_latent_avg(given).to(self.latent_avg.device)
+        if self.config.start_from_latent_avg if generator_average is None else generator_average:
+            one_row = given.ndim == 1 or given.shape[0] == 1  # kept exactly, not re-averaged
+            avg = given.reshape(1, -1).float() if one_row else self.latent_avg.mean(0, keepdim=True)
+            self.decoder.latent_avg = avg.to(self.latent_avg.device).clone()
 
     # ----------------------------------------------------------------- building blocks
 
@@ -292,13 +308,13 @@ class PSP(nn.Module):
         return write_pretrained(directory, "psp", self.config.to_dict(), self.state_dict(), extra, self.random_weights)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> PSP:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> PSP:
         """Load a directory written by :meth:`save_pretrained` as ``cls``, in eval mode.
 
         Official ``.pt`` files and other formats: :func:`instyle.load`."""
         doc, tensors = read_pretrained(directory, "psp")
         model = adopt_state(cls, lambda: PSPConfig.from_dict(doc["config"]), tensors, Path(directory))
-        model.sync_decoder_latent_avg()
+        model.set_latent_avg(model.latent_avg)
         model.metadata = doc.get("metadata", {})
         model.random_weights = doc.get("random_weights") is True
         return model.to(resolve_device(device)).eval()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,8 +32,10 @@ from instyle.utils.config import (
     check_int_range,
     check_positive_finite,
     check_power_of_two,
+    from_dict,
+    to_jsonable,
 )
-from instyle.utils.device import resolve_device
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
     "GeneratorConfig",
@@ -46,6 +48,7 @@ __all__ = [
     "ToRGB",
     "NoiseInjection",
     "ConstantInput",
+    "channel_fields",
     "rosinality_channels",
     "nvidia_channels",
     "MAX_SIZE",
@@ -68,6 +71,17 @@ def rosinality_channels(channel_multiplier: int = 2) -> dict[int, int]:
         4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm,
         256: 64 * cm, 512: 32 * cm, 1024: 16 * cm, 2048: 8 * cm,
     }
+
+
+def channel_fields(channels: dict[int, int]) -> dict:
+    """``GeneratorConfig`` fields for a ``{resolution: channels}`` table read from a file:
+    ``{"channel_multiplier": cm, "channels": None}`` when it is rosinality's table for some
+    multiplier (1, 2, 4 or 8), else ``{"channels": channels}``."""
+    for cm in (1, 2, 4, 8):
+        table = rosinality_channels(cm)
+        if all(table.get(r) == c for r, c in channels.items()):
+            return {"channel_multiplier": cm, "channels": None}
+    return {"channels": dict(channels)}
 
 
 def nvidia_channels(size: int, channel_base: int = 32768, channel_max: int = 512) -> dict[int, int]:
@@ -154,16 +168,10 @@ class GeneratorConfig:
         return {2**i: table[2**i] for i in range(2, self.log_size + 1)}
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["blur_kernel"] = list(self.blur_kernel)
-        if self.channels is not None:
-            d["channels"] = {str(k): v for k, v in self.channels.items()}
-        return d
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> GeneratorConfig:
-        from instyle.utils.config import from_dict
-
         return from_dict(cls, d, "generator")
 
 
@@ -437,8 +445,16 @@ class Generator(nn.Module):
         img, w = g([w_plus], input_is_latent=True, randomize_noise=False, return_latents=True)
     """
 
-    def __init__(self, config: GeneratorConfig | None = None, **overrides):
+    def __init__(self, config: GeneratorConfig | int | None = None, **overrides):
         super().__init__()
+        if isinstance(config, int) and not isinstance(config, bool):
+            config = GeneratorConfig(size=config, **overrides)  # rosinality's Generator(size, ...)
+            overrides = {}
+        elif config is not None and not isinstance(config, GeneratorConfig):
+            raise ConfigError(
+                f"Generator(config={config!r}): give a GeneratorConfig, an output size (e.g. Generator(256)) "
+                "or keyword fields (Generator(size=256, style_dim=512))"
+            )
         if config is None:
             config = GeneratorConfig(**overrides)
         elif overrides:
@@ -630,7 +646,7 @@ class Generator(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Generator:
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> Generator:
         """Load a directory written by :meth:`save_pretrained` as ``cls``, in eval mode.
 
         rosinality / pSp ``.pt`` and NVIDIA ``.pkl`` files: :func:`instyle.load_generator`."""

@@ -33,7 +33,7 @@ _M_MMAP_MAX = -4
 _DEFAULT_MMAP_MAX = 65536
 _DEFAULT_TRIM = 128 * 1024
 _WARM_MMAP_THRESHOLD = 32 * 1024 * 1024  # where glibc's dynamic threshold settles
-_RETAIN_TRIM = 1 << 40
+_RETAIN_TRIM = 2**31 - 1  # mallopt takes a C int: larger values wrap (1 << 40 became 0, trimming everything)
 
 _libc: ctypes.CDLL | None = None
 _retaining = False

@@ -13,6 +13,7 @@ from instyle.tasks.base import (
     TaskInputError,
     get_task,
     list_tasks,
+    preview_input,
     register_task,
     task_for_dataset_type,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "TaskInputError",
     "get_task",
     "list_tasks",
+    "preview_input",
     "register_task",
     "task_for_dataset_type",
 ]

@@ -30,7 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.errors import InstyleError
+from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
+from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
 from instyle.utils.config import ConfigError, check_positive_int
+from instyle.utils.image import pil_to_tensor
 
 __all__ = [
     "LOSS_LAMBDAS",
@@ -42,6 +46,7 @@ __all__ = [
     "list_tasks",
     "task_for_dataset_type",
     "photo_to_tensor",
+    "preview_input",
 ]
 
 #: Loss weight names (the original's ``--*_lambda`` options) a task may set; unset ones are 0.
@@ -67,17 +72,13 @@ TRAINING_DEFAULTS = MappingProxyType(
 )
 
 
-class TaskInputError(ValueError):
+class TaskInputError(InstyleError, ValueError):
     """An image cannot serve as this task's input (wrong kind, label out of range, ...)."""
 
 
 def photo_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:
     """PIL image -> ``[3, size, size]`` float tensor in ``[-1, 1]`` (bilinear resize if needed)."""
-    img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return pil_to_tensor(img.convert("RGB"), size)
 
 
 def _full_loss(loss: Mapping[str, float]) -> dict[str, float]:
@@ -98,7 +99,6 @@ class Task:
     Attributes:
         name: registry name (``inversion``, ``sketch2face``, ...).
         description: one line for ``--help`` and docs.
-        dataset_type: the original's ``opts['dataset_type']`` for this task, or ``None``.
         input_nc: encoder input channels.
         label_nc: the original's ``label_nc`` (0 = RGB input, 1 = sketch, N = N-class labels).
         loss: all :data:`LOSS_LAMBDAS` (missing ones 0), from the original's training command.
@@ -113,7 +113,6 @@ class Task:
 
     name: str
     description: str = ""
-    dataset_type: str | None = None
     input_nc: int = 3
     label_nc: int = 0
     loss: Mapping[str, float] = field(default_factory=dict)
@@ -136,17 +135,6 @@ class Task:
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
     # --- what the trainer reads -------------------------------------------------------
-
-    def training_overrides(self) -> dict:
-        """Training-config overrides of this preset, keyed by the original's option names."""
-        out = dict(TRAINING_DEFAULTS)
-        out.update(self.loss)
-        out.update(
-            dataset_type=self.dataset_type,
-            input_nc=self.input_nc,
-            label_nc=self.label_nc,
-        )
-        return out
 
     def make_pair(
         self,
@@ -200,6 +188,19 @@ class Task:
         """A user's input image at inference -> ``[input_nc, size, size]`` (same as training)."""
         return self.input_from_image(image)
 
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        """One network input ``[C, S, S]`` as a picture ``[3, S, S]`` in ``[-1, 1]``: photo-like
+        inputs as they are (extra channels, e.g. a mask, dropped), one channel as grey in
+        ``[-1, 1]``, label maps (``label_nc > 1`` or an unusual channel count) in their palette.
+        Tasks whose inputs use another range override it (sketches: ``[0, 1]``)."""
+        x = x.detach().float().cpu()
+        c = x.shape[0]
+        if self.label_nc > 1 or c not in (1, 3, 4):
+            return pil_to_tensor(labels_to_palette_image(onehot_to_labels(x)).convert("RGB"), None)
+        if c == 1:
+            return x.expand(3, -1, -1).clone()
+        return x[:3].clone()
+
     def with_options(self, **overrides) -> Task:
         """A copy with some fields replaced (validated), e.g. ``factors=(4,)`` for SR inference."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -238,9 +239,21 @@ def get_task(name: str, **overrides) -> Task:
     return task.with_options(**overrides) if overrides else task
 
 
-def task_for_dataset_type(dataset_type: str) -> Task:
-    """The preset for an official ``opts['dataset_type']`` (unknown types -> ``image2image``)."""
-    from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
+#: How inputs are shown when no task describes them: by channel count.
+_GENERIC = Task("generic")
 
+
+def preview_input(x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
+    """``[C, S, S]`` network input -> ``[3, S, S]`` in ``[-1, 1]`` to look at, as ``task`` (or,
+    without one or when its channel count differs, the channel count) says; the one home of
+    input previews (inference, the demo and the training logger use it)."""
+    if task is None or task.input_nc != x.shape[0]:
+        task = _GENERIC
+    return task.preview(x)
+
+
+def task_for_dataset_type(dataset_type: str) -> Task:
+    """The preset for an official ``opts['dataset_type']`` (unknown types -> ``image2image``);
+    the one map is :data:`instyle.interop.keymaps.DATASET_TYPE_TO_TASK`."""
     return get_task(DATASET_TYPE_TO_TASK.get(dataset_type, "image2image"))
 

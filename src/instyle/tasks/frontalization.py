@@ -12,7 +12,6 @@ FRONTALIZATION = register_task(
     Task(
         name="frontalization",
         description="face photo in any pose -> frontal face",
-        dataset_type="ffhq_frontalize",
         loss={
             "lpips_lambda": 0.08,
             "l2_lambda": 0.001,

@@ -13,7 +13,6 @@ IMAGE2IMAGE = register_task(
     Task(
         name="image2image",
         description="user-given input images -> user-given target images (paired by file name)",
-        dataset_type=None,
         loss={"lpips_lambda": 0.8, "l2_lambda": 1.0, "w_norm_lambda": 0.005},
         needs_source=True,
         metrics=("l2", "lpips"),

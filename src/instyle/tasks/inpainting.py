@@ -64,7 +64,6 @@ INPAINTING = register_task(
     InpaintingTask(
         name="inpainting",
         description="face with a hidden region (symmetric triangle or random strokes) -> complete face",
-        dataset_type=None,
         loss={"l2_lambda": 1.0, "lpips_lambda": 0.8, "id_lambda": 0.1},
         metrics=("l2", "lpips", "id"),
     )

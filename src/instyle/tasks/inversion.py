@@ -9,7 +9,6 @@ INVERSION = register_task(
     Task(
         name="inversion",
         description="photo -> the same photo (StyleGAN inversion)",
-        dataset_type="ffhq_encode",
         loss={"l2_lambda": 1.0, "lpips_lambda": 0.8, "id_lambda": 0.1},
         metrics=("l2", "lpips", "id"),
     )

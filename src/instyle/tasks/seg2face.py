@@ -65,15 +65,11 @@ class SegmentationTask(Task):
     def input_from_image(self, image: Image.Image) -> torch.Tensor:
         return labels_to_onehot(self.labels_from_file_image(image), self.label_nc)
 
-    def make_input(self, photo: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
-        return self.input_from_image(self.make_input_image(photo, rng))
-
 
 SEG2FACE = register_task(
     SegmentationTask(
         name="seg2face",
         description="segmentation label map (one-hot, 19 CelebAMask-HQ classes) -> face photo",
-        dataset_type="celebs_seg_to_face",
         label_nc=19,
         input_nc=19,
         loss={"lpips_lambda": 0.8, "l2_lambda": 1.0, "id_lambda": 0.0, "w_norm_lambda": 0.005},

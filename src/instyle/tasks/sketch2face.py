@@ -17,6 +17,7 @@ from PIL import Image
 
 from instyle.tasks.base import Task, register_task
 from instyle.tasks.transforms.sketch import pencil_sketch
+from instyle.utils.image import pil_to_tensor
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,17 @@ class SketchTask(Task):
         small = photo.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
         return pencil_sketch(small, blur=self.sketch_blur, simplify=self.sketch_simplify)
 
+    def preview(self, x: torch.Tensor) -> torch.Tensor:
+        return super().preview(x * 2 - 1)  # sketches are fed in [0, 1]
+
     def input_from_image(self, image: Image.Image) -> torch.Tensor:
-        gray = image.convert("L")
-        if gray.size != (self.size, self.size):
-            gray = gray.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)[None]
+        return pil_to_tensor(image.convert("L"), self.size, unit=True)  # [0, 1], as the original
 
 
 SKETCH2FACE = register_task(
     SketchTask(
         name="sketch2face",
         description="pencil sketch (1 channel) -> face photo",
-        dataset_type="celebs_sketch_to_face",
         input_nc=1,
         label_nc=1,
         loss={"lpips_lambda": 0.8, "l2_lambda": 1.0, "id_lambda": 0.0, "w_norm_lambda": 0.005},

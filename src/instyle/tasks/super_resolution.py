@@ -54,7 +54,6 @@ SUPER_RESOLUTION = register_task(
     SuperResolutionTask(
         name="super_resolution",
         description="low-resolution face (bicubic, x1-x32) -> full-resolution face",
-        dataset_type="celebs_super_resolution",
         loss={"lpips_lambda": 0.8, "l2_lambda": 1.0, "id_lambda": 0.1, "w_norm_lambda": 0.005},
         metrics=("l2", "lpips", "id"),
     )

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from instyle.utils.config import ConfigError
 from instyle.utils.device import resolve_device
 
 __all__ = ["DistContext", "init_distributed", "wrap_model", "all_mean", "gather_objects", "broadcast_object"]
@@ -61,7 +62,7 @@ def init_distributed(device: str = "auto") -> DistContext:
     elif dev.type == "cpu":
         backend = "gloo"
     else:
-        raise ValueError(f"multi-process training supports CUDA and CPU devices, not {dev.type}")
+        raise ConfigError(f"multi-process training supports CUDA and CPU devices, not {dev.type}")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev)
@@ -75,7 +76,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, sync_batchnorm: bool = False)
     """
     if sync_batchnorm:
         if ctx.device.type != "cuda":
-            raise ValueError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm is GPU-only); set sync_batchnorm=false")
+            raise ConfigError("sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm is GPU-only); set sync_batchnorm=false")
         if ctx.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not ctx.enabled:

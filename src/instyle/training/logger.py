@@ -13,40 +13,28 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from instyle.tasks import Task, preview_input
 from instyle.utils.atomic import atomic_write_bytes
 
 __all__ = ["RunLogger", "input_to_rgb", "image_grid", "truncate_metrics"]
 
 log = logging.getLogger("instyle.training")
 
-# A fixed palette for label maps (class i -> colour), values in [-1, 1].
-_PALETTE = torch.tensor(
-    [[0, 0, 0], [204, 0, 0], [76, 153, 0], [204, 204, 0], [51, 51, 255], [204, 0, 204], [0, 255, 255],
-     [255, 204, 204], [102, 51, 0], [255, 0, 0], [102, 204, 0], [255, 255, 0], [0, 0, 153], [0, 0, 204],
-     [255, 51, 153], [0, 204, 204], [0, 51, 0], [255, 153, 51], [0, 204, 0]],
-    dtype=torch.float32,
-) / 127.5 - 1
+def input_to_rgb(x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
+    """Encoder inputs ``[B, C, S, S]`` -> ``[B, 3, S, S]`` in [-1, 1] for display, as the
+    task shows its inputs (:func:`instyle.tasks.preview_input`)."""
+    return torch.stack([preview_input(xi, task) for xi in x])
 
 
-def input_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Encoder inputs ``[B, C, S, S]`` -> ``[B, 3, S, S]`` in [-1, 1] for display: RGB as
-    is, 1 channel (sketch, [0, 1]) as grey, more channels (one-hot labels) coloured."""
-    x = x.detach().float().cpu()
-    if x.shape[1] == 3:
-        return x
-    if x.shape[1] == 1:
-        return (x * 2 - 1).repeat(1, 3, 1, 1)
-    ids = x.argmax(1) % len(_PALETTE)
-    return _PALETTE[ids].permute(0, 3, 1, 2)
-
-
-def image_grid(x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, max_images: int = 4) -> torch.Tensor:
+def image_grid(
+    x: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, max_images: int = 4, task: Task | None = None
+) -> torch.Tensor:
     """``[3, H, W]`` grid in [0, 1]: one row per sample, columns input | target | output."""
     from torchvision.utils import make_grid
 
     n = min(max_images, x.shape[0])
     size = y.shape[-1]
-    xs = torch.nn.functional.interpolate(input_to_rgb(x[:n]), size=(size, size), mode="nearest")
+    xs = torch.nn.functional.interpolate(input_to_rgb(x[:n], task), size=(size, size), mode="nearest")
     ys = y[:n].detach().float().cpu()
     outs = torch.nn.functional.interpolate(y_hat[:n].detach().float().cpu(), size=(size, size), mode="nearest")
     cells = torch.stack([xs, ys, outs.clamp(-1, 1)], dim=1).flatten(0, 1)
@@ -78,8 +66,12 @@ def truncate_metrics(path: Path, step: int) -> int:
 class RunLogger:
     """Everything a run reports. On non-main ranks every method is a no-op."""
 
-    def __init__(self, run_root: Path, enabled: bool, total_steps: int, start_step: int, progress: bool = True):
+    def __init__(
+        self, run_root: Path, enabled: bool, total_steps: int, start_step: int, progress: bool = True,
+        task: Task | None = None,
+    ):
         self.enabled = enabled
+        self.task = task
         self.writer = None
         self.bar = None
         self.root = Path(run_root)
@@ -113,7 +105,7 @@ class RunLogger:
         ``RUN_DIR/images/<split>/<step>.png`` (``tag`` is ``images/<split>``)."""
         if not self.enabled:
             return
-        grid = image_grid(x, y, y_hat)
+        grid = image_grid(x, y, y_hat, task=self.task)
         if self.writer is not None:
             self.writer.add_image(tag, grid, step)
         arr = (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()

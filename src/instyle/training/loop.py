@@ -30,10 +30,11 @@ from instyle.data import (
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
 from instyle.models.psp import PSP
+from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
 from instyle.training.logger import RunLogger
-from instyle.training.model import build_model, prepare_for_training, reallocate
+from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
@@ -108,7 +109,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         if found is None:
             raise ConfigError(f"{run.root}: nothing to resume (no checkpoints/latest with a training state)")
         _, model, state = found
-        reallocate(model).train()
+        model.train()  # loaded tensors have their own storage: a resume is bit-exact
     else:
         if run.resumable() is not None:
             raise ConfigError(f"{run.root} already holds a training run; resume it (--resume) or choose another --out")
@@ -244,6 +245,13 @@ def train(
         ctx.close()
 
 
+def _task_of(cfg: TrainConfig) -> Task | None:
+    try:
+        return get_task(cfg.task)
+    except ConfigError:
+        return None  # a task name without a registered preset
+
+
 def _default_transform(cfg: TrainConfig) -> InputTransform | None:
     try:
         return get_preset(cfg.task).make_input_transform(cfg)
@@ -273,7 +281,7 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
         val_loader = make_loader(val_set, val_sampler, cfg.test_workers, pin)
     bad = BadFileLog()
     bad.seen.update(state.get("bad_files", []) if state else [])
-    logger = RunLogger(run.root, ctx.is_main, cfg.max_steps, s.step, cfg.progress)
+    logger = RunLogger(run.root, ctx.is_main, cfg.max_steps, s.step, cfg.progress, task=_task_of(cfg))
     _seed_loop(s, state)
     terms: dict[str, float] = {}
     try:

@@ -16,7 +16,7 @@ from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.utils.config import ConfigError
 
-__all__ = ["psp_config_for", "build_model", "init_encoder_from_ir_se50", "reallocate", "prepare_for_training"]
+__all__ = ["psp_config_for", "build_model", "init_encoder_from_ir_se50", "prepare_for_training"]
 
 log = logging.getLogger("instyle.training")
 
@@ -96,7 +96,7 @@ def build_model(cfg: TrainConfig) -> PSP:
       with ``seed`` and its backbone loaded from ``ir_se50_weights`` (``encoder_init``).
     """
     if cfg.checkpoint_path:
-        model = reallocate(load_psp(cfg.checkpoint_path))
+        model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
         _check_checkpoint_matches(cfg, model)
         model.random_weights = False  # a random-weight start (quickstart) is trained from here on
         return model.train()
@@ -106,30 +106,13 @@ def build_model(cfg: TrainConfig) -> PSP:
     config = psp_config_for(cfg, generator.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = PSP(config, latent_avg=generator.latent_avg)
+        model = PSP(config)
     model.decoder.load_state_dict(generator.state_dict())
-    model.decoder.latent_avg = generator.latent_avg.clone()
+    model.set_latent_avg(generator.latent_avg, generator_average=True)
     if cfg.encoder_init == "ir_se50":
         n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), cfg.input_nc)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
     return model.train()
-
-
-def reallocate(model: nn.Module) -> nn.Module:
-    """Give every parameter and buffer its own freshly allocated storage, in place.
-
-    Models read from safetensors may hold tensors that view the file buffer at arbitrary
-    byte offsets; vectorised CPU kernels round differently on unaligned data, so a resumed
-    run would drift from an uninterrupted one at the 1e-7 level (and run slower).
-    """
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.clone(memory_format=torch.contiguous_format)
-        for module in model.modules():
-            for name, buf in module._buffers.items():
-                if buf is not None:
-                    module._buffers[name] = buf.clone(memory_format=torch.contiguous_format)
-    return model
 
 
 def prepare_for_training(model: PSP, cfg: TrainConfig) -> list[nn.Parameter]:

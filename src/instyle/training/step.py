@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
+from instyle.utils.config import ConfigError
 
 __all__ = ["Precision", "StepOutput", "set_train_mode", "forward_loss", "backward", "apply_update", "train_step"]
 
@@ -32,9 +33,9 @@ class Precision:
 
     def __post_init__(self):
         if self.name not in _DTYPES:
-            raise ValueError(f"precision={self.name!r} is not accepted; choose one of {sorted(_DTYPES)}")
+            raise ConfigError(f"precision={self.name!r} is not accepted; choose one of {sorted(_DTYPES)}")
         if self.name == "fp16" and self.device_type != "cuda":
-            raise ValueError("precision=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on this device")
+            raise ConfigError("precision=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on this device")
 
     def autocast(self):
         dtype = _DTYPES[self.name]

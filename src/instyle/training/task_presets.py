@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from instyle.tasks.base import TRAINING_DEFAULTS, Task
+from instyle.utils.image import tensor_to_pil
 
 __all__ = ["TaskInputTransform", "preset_overrides", "transform_factory"]
-
-
-def _tensor_to_pil(x: torch.Tensor) -> Image.Image:
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(arr))
 
 
 class TaskInputTransform:
@@ -51,7 +46,7 @@ class TaskInputTransform:
         rng = np.random.default_rng(seed)
         x = source
         if self.make_input and source.shape[0] == 3 and type(self.task).make_input_image is not Task.make_input_image:
-            x = self.task.make_input(_tensor_to_pil(source), rng)
+            x = self.task.make_input(tensor_to_pil(source), rng)
         if self.train and self.task.flip_target_only and rng.random() < 0.5:
             x = x.flip(-1)
         return x

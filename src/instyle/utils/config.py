@@ -13,8 +13,10 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+from instyle.errors import InstyleError
 
-class ConfigError(ValueError):
+
+class ConfigError(InstyleError, ValueError):
     """A configuration value is invalid; the message names it and the accepted values."""
 
 
@@ -59,14 +61,13 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(name, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass  # try the next member of the union
         raise ConfigError(f"{name}={value!r} has the wrong type; expected {tp}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -118,6 +119,18 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name}={value!r} must be a string")
         return value
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """A config as JSON-ready data, generically: every dataclass field (nested ones too),
+    tuples as lists, mapping keys as strings -- a new field cannot be left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
     return value
 
 

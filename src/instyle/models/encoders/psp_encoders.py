@@ -10,7 +10,7 @@ codes before the average latent is added: ``[B, n_styles, style_dim]`` (W+) or
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,14 @@ from torch import nn
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, make_body, make_input_layer
 from instyle.models.registry import register_encoder
 from instyle.models.stylegan2 import MAX_CHANNELS, MAX_SIZE, EqualLinear
-from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two
+from instyle.utils.config import (
+    ConfigError,
+    check_choice,
+    check_int_range,
+    check_power_of_two,
+    from_dict,
+    to_jsonable,
+)
 
 __all__ = [
     "EncoderConfig",
@@ -98,15 +105,10 @@ class EncoderConfig:
             )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        d["units"] = list(self.units) if self.units is not None else None
-        return d
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
-        from instyle.utils.config import from_dict
-
         return from_dict(cls, d, "encoder")
 
 

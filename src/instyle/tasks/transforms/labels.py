@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.errors import InstyleError
+
 __all__ = [
     "CELEBAMASK_CLASSES",
     "CELEBAMASK_PALETTE",
@@ -44,7 +46,7 @@ CELEBAMASK_PALETTE = np.array(
 )  # fmt: skip
 
 
-class LabelError(ValueError):
+class LabelError(InstyleError, ValueError):
     """A label map is unusable (values out of range, unknown colours, wrong shape)."""
 
 

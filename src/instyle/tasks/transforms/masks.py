@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from instyle.errors import InputError
+
 __all__ = ["triangle_mask", "random_stroke_mask", "apply_mask"]
 
 
@@ -64,6 +66,6 @@ def apply_mask(image: Image.Image, mask: np.ndarray, fill: tuple[int, int, int] 
     """``image`` (RGB) with the hidden pixels set to ``fill``."""
     arr = np.array(image.convert("RGB"))
     if mask.shape != arr.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} differs from the image's {arr.shape[:2]}")
+        raise InputError(f"mask shape {mask.shape} differs from the image's {arr.shape[:2]}")
     arr[mask] = np.asarray(fill, dtype=np.uint8)
     return Image.fromarray(arr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from PIL import Image
 
+from instyle.errors import InputError
+
 __all__ = ["downsample", "degrade_resolution"]
 
 
@@ -20,7 +22,7 @@ def downsample(image: Image.Image, factor: int) -> Image.Image:
         return image.copy()
     w, h = image.size
     if w < factor or h < factor:
-        raise ValueError(f"cannot downsample a {w}x{h} image by {factor}")
+        raise InputError(f"cannot downsample a {w}x{h} image by {factor}")
     return image.resize((max(1, round(w / factor)), max(1, round(h / factor))), Image.Resampling.BICUBIC)
 
 
