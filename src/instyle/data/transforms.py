@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instyle.data.image_file import load_image
 from instyle.utils.config import ConfigError
 from instyle.utils.image import pil_to_tensor
+from instyle.utils.image_file import load_image
 
 __all__ = [
     "SOURCE_MODES",
@@ -62,7 +62,7 @@ class InputTransform(Protocol):
 def decode_image(path, mode: str | None = "RGB") -> Image.Image:
     """Open and fully decode an image file in PIL ``mode`` (``RGB``, ``L``, or None to keep
     the file's mode, as label maps need) -- with the same reader as inference
-    (:func:`instyle.data.image_file.load_image`: EXIF orientation, 16-bit and float images).
+    (:func:`instyle.utils.image_file.load_image`: EXIF orientation, 16-bit and float images).
 
     Raises:
         ImageLoadError (a ValueError) for unreadable files.

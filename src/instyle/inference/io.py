@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from instyle.data.image_file import MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 from instyle.utils.atomic import atomic_path
 from instyle.utils.image import pil_to_tensor, tensor_to_pil  # noqa: F401  (the one home; re-exported)
+from instyle.utils.image_file import MAX_PIXELS, MIN_SIDE, ImageLoadError, load_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
