@@ -238,12 +238,18 @@ def test_api_reads_nothing_but_uploads(server, photo, tmp_path):
     shutil.copy(photo, outside)
     linked.unlink()
     linked.symlink_to(outside)
+    # A file in the upload folder that did not arrive through this server's upload route
+    # (the folder may be shared with other Gradio apps).
+    planted = linked.parent.parent / "planted" / "face.png"
+    planted.parent.mkdir()
+    shutil.copy(photo, planted)
     refused = {
         "server file": _file("/etc/passwd"),
         "image outside the upload folder": _file(str(outside)),
         "missing file": _file(str(tmp_path / "missing.png")),
         "symlink out of the upload folder": _file(str(linked)),
         "relative path": _file("../../etc/passwd"),
+        "file planted in the upload folder": _file(str(planted)),
         "URL": _file("https://example.com/face.png"),
         "URL of this server": _file(f"{url}gradio_api/file={outside}"),
         "bare path string": "/etc/passwd",
@@ -262,6 +268,7 @@ def test_api_reads_nothing_but_uploads(server, photo, tmp_path):
     assert _call(url, "interpolate", [None, _file(_upload(url, photo)), _file("/etc/hostname"), 2]) == ("error", msg)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
 def test_special_files_never_freeze_the_server(server, photo):
     url = server
     fifo = Path(_upload(url, photo))
@@ -294,6 +301,7 @@ def area(tmp_path, photo):
     return UploadArea(root, max_bytes=50_000)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
 def test_upload_area_accepts_only_regular_files_inside_it(area, photo, tmp_path):
     inside = area.root / "abc" / "face.png"
     assert area.verify(str(inside)) == inside
@@ -327,6 +335,7 @@ def test_upload_area_walks_editor_payloads(area):
         area.check_payload({"path": "/etc/passwd"}, file_slot=False)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
 def test_read_upload_is_bounded_and_never_blocks(area, photo, tmp_path):
     from instyle.demo import ServeSettings
     from instyle.demo.inputs import read_upload
