@@ -14,8 +14,9 @@ import torch
 from instyle.cli.common import add_device_arg, error
 
 DESCRIPTION = """\
-Encode images with a pSp checkpoint and write the reconstructions (and optionally the
-W+ latents). Inputs are files, folders (searched recursively) or glob patterns.
+Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
+optionally the W+ latents). ReStyle models refine their latents --iterations times
+(default 5, as the original's inference script). Inputs are files, folders (searched recursively) or glob patterns.
 Photos are prepared like the original test transforms (resize to 256x256 bilinear,
 normalise to [-1, 1]); sketches, label maps, low-resolution or masked inputs are
 prepared according to the checkpoint's task.
@@ -43,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument(
+        "--iterations", type=int, default=None, metavar="N",
+        help="ReStyle refinement steps (default: 5, the original's); pSp and e4e encode in one step",
+    )
     add_device_arg(p)
     p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
     p.add_argument(
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
     from instyle.inference.preprocess import input_preview, prepare_input
     from instyle.interop import CheckpointError, load_psp
+    from instyle.models.iterative import DEFAULT_ITERATIONS
     from instyle.utils.device import resolve_device
 
     if args.batch_size < 1:
@@ -98,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_psp(args.checkpoint, device=device)
     except CheckpointError as e:
         error(str(e))
+        return 2
+    if args.iterations is not None and (args.iterations < 1 or (model.family != "restyle" and args.iterations != 1)):
+        error(f"--iterations={args.iterations}: ReStyle models take N >= 1; this {model.family} model encodes in one step")
         return 2
 
     paths, problems = collect_inputs(args.inputs)
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 x = batch.tensors.to(device)
                 encoded += len(batch.items)
                 with torch.inference_mode():
-                    w = model.encode(x)
+                    w = model.encode(x, iterations=args.iterations)
                     y = model.decode(w, resize=not args.full_resolution)
                 for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
                     recon = tensor_to_pil(yi)
@@ -176,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if args.full_resolution else model.config.resize_to,
+        "iterations": (args.iterations or DEFAULT_ITERATIONS) if model.family == "restyle" else 1,
         "rank": rank,
         "world_size": world_size,
     }

@@ -48,7 +48,7 @@ class ModelEntry:
         return {
             "name": self.name,
             "task": cfg.task,
-            "input_channels": cfg.encoder.input_nc,
+            "input_channels": cfg.image_nc,
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
             "n_styles": cfg.n_styles,

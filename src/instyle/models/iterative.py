@@ -2,6 +2,7 @@
 
 Start from the average image (the generator applied to ``latent_avg``, pooled to 256);
 then each iteration encodes ``cat(image, current output pooled to 256)`` into a residual,
+(256 = the encoder's input size; a narrow test model pools to its own),
 adds it to the current latent (``latent_avg`` at the first iteration) and decodes with
 the stored noise maps. The stored noise makes ``decode(latents[i])`` reproduce the
 iteration's image exactly.
@@ -10,6 +11,7 @@ iteration's image exactly.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 __all__ = ["DEFAULT_ITERATIONS", "average_image", "refine"]
 
@@ -33,7 +35,8 @@ def refine(model, x: torch.Tensor, iterations: int = DEFAULT_ITERATIONS) -> list
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations={iterations!r} must be a positive integer")
-    feedback = average_image(model).to(x.dtype)[None].expand(x.shape[0], -1, -1, -1)
+    side = model.input_size  # the original: 256 for both the encoder and face_pool
+    feedback = F.adaptive_avg_pool2d(average_image(model).to(x.dtype)[None], side).expand(x.shape[0], -1, -1, -1)
     latent = model.latent_avg[None].to(x.dtype)
     steps = []
     for _ in range(iterations):
@@ -41,5 +44,5 @@ def refine(model, x: torch.Tensor, iterations: int = DEFAULT_ITERATIONS) -> list
         latent = residual + latent
         images = model.decode(latent)
         steps.append((latent, images))
-        feedback = model.face_pool(images)
+        feedback = F.adaptive_avg_pool2d(images, side)
     return steps
