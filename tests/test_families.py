@@ -313,3 +313,17 @@ def test_cli_encode_iterations(tmp_path, capsys):
     rc = main(["encode", str(src), "-c", str(tmp_path / "e4e"), "-o", str(tmp_path / "o2"), "--iterations", "3"])
     assert rc == 2
     assert "--iterations=3: ReStyle models take N >= 1; this e4e model encodes in one step" in capsys.readouterr().err
+
+
+def test_serve_iterations_set_the_restyle_default():
+    from instyle.demo.store import ModelEntry, ModelStore
+
+    model = tiny("restyle", "BackboneEncoder")
+    store = ModelStore([ModelEntry("r", model, source="tiny")])
+    x = images(1)
+    with torch.no_grad():
+        two = model.encode(x, iterations=2)
+        store.set_iterations(2)
+        assert model.default_iterations == 2 and torch.equal(model.encode(x), two)
+    with pytest.raises(ValueError, match="iterations=0 must be a positive integer"):
+        store.set_iterations(0)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.registry import build_encoder, encoder_class, register_config
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError, check_choice, from_dict
@@ -157,6 +158,8 @@ class PSP(nn.Module):
         if latent_avg is None:
             latent_avg = torch.zeros(rows, cfg.generator.style_dim)
         self.register_buffer("latent_avg", self.normalize_latent_avg(latent_avg))
+        #: ReStyle steps of ``encode`` when not given (the original's 5; ``instyle serve --iterations``).
+        self.default_iterations = DEFAULT_ITERATIONS
 
     # ----------------------------------------------------------------- properties
 
@@ -235,15 +238,13 @@ class PSP(nn.Module):
 
         Args:
             x: input images (for ReStyle: 3-channel photos in [-1, 1]).
-            iterations: ReStyle refinement steps (default 5, the original's); other
-                families take exactly one step (None or 1).
+            iterations: ReStyle refinement steps (default ``default_iterations``, the
+                original's 5); other families take exactly one step (None or 1).
             return_all: return the list of every iteration's latents instead of the last.
         """
         if self.family == "restyle":
-            from instyle.models.iterative import DEFAULT_ITERATIONS, refine
-
             self._check_image(x, self.input_nc)
-            steps = refine(self, x, DEFAULT_ITERATIONS if iterations is None else iterations)
+            steps = refine(self, x, self.default_iterations if iterations is None else iterations)
             latents = [w for w, _ in steps]
             return latents if return_all else latents[-1]
         if iterations not in (None, 1):
