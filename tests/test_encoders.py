@@ -148,7 +148,7 @@ def test_encoder_config_validation(kwargs, match):
 
 
 def test_registry_lists_the_official_encoder_types():
-    assert list_encoders() == sorted(ENCODER_TYPES)
+    assert set(ENCODER_TYPES) <= set(list_encoders())
     assert build_encoder.__module__ == "instyle.models.registry"
     classes = {GRADUAL: GradualStyleEncoder, INTO_W: BackboneEncoderUsingLastLayerIntoW,
                INTO_WPLUS: BackboneEncoderUsingLastLayerIntoWPlus}

@@ -170,7 +170,7 @@ def test_options_are_read_from_the_records(g32_pkl):
 
 
 def test_nvidia_default_channels_match_rosinality():
-    from instyle.interop.nvidia import _channel_fields
+    from instyle.models.stylegan2 import channel_fields as _channel_fields
 
     assert _channel_fields(nvidia_channels(1024)) == {"channel_multiplier": 2, "channels": None}
     assert _channel_fields(nvidia_channels(256, channel_base=16384)) == {"channel_multiplier": 1, "channels": None}

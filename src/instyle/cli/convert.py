@@ -8,12 +8,14 @@ import warnings
 
 from instyle.cli.common import error
 
+FAMILY_NAMES = {"psp": "pSp", "e4e": "e4e", "restyle": "ReStyle"}
+
 DESCRIPTION = """\
 Convert a model file to instyle's own format (a folder with config.json +
 model.safetensors), which loads without executing any code and records the
 architecture explicitly.
 
-Accepted inputs: official pSp checkpoints (.pt), rosinality StyleGAN2 checkpoints
+Accepted inputs: official pSp, e4e and ReStyle checkpoints (.pt), rosinality StyleGAN2 checkpoints
 (.pt, the g_ema generator), NVIDIA StyleGAN2-ADA pickles (.pkl, read without
 running code from the file) and instyle folders. The kind (pSp model or generator)
 is detected from the file.
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 model = load_psp(src)
                 save_psp(model, args.out_dir, extra={"converted_from": src.name})
                 desc = (
-                    f"pSp model: {model.config.encoder.type}, input {model.input_nc}x{model.input_size}px, "
+                    f"{FAMILY_NAMES[model.config.family]} model: {model.config.encoder.type}, input {model.input_nc}x{model.input_size}px, "
                     f"output {model.output_size}px, {model.n_styles} styles, task {model.config.task}"
                 )
             else:

@@ -11,8 +11,9 @@ import torch
 from instyle.cli.common import add_device_arg, error
 
 DESCRIPTION = """\
-Encode images with a pSp checkpoint and write the reconstructions (and optionally the
-W+ latents). Inputs are files, folders (searched recursively) or glob patterns.
+Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
+optionally the W+ latents). ReStyle models refine their latents --iterations times
+(default 5, as the original's inference script). Inputs are files, folders (searched recursively) or glob patterns.
 Photos are prepared like the original test transforms (resize to 256x256 bilinear,
 normalise to [-1, 1]); sketches, label maps, low-resolution or masked inputs are
 prepared according to the checkpoint's task.
@@ -45,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument(
+        "--iterations", type=int, default=None, metavar="N",
+        help="ReStyle refinement steps (default: 5, the original's); pSp and e4e encode in one step",
+    )
     add_device_arg(p)
     p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
     p.add_argument(
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         options = EncodeOptions(
             batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
             side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
+            iterations=args.iterations,
         )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
@@ -90,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_psp(args.checkpoint, device=device)
     except CheckpointError as e:
         error(str(e))
+        return 2
+    if args.iterations is not None and (args.iterations < 1 or (model.family != "restyle" and args.iterations != 1)):
+        error(f"--iterations={args.iterations}: ReStyle models take N >= 1; this {model.family} model encodes in one step")
         return 2
 
     files, problems = collect_input_files(args.inputs, exclude=[args.out])

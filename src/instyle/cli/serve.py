@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default: 1)")
     p.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: 64)")
+    p.add_argument(
+        "--iterations", type=int, default=None, metavar="N", help="ReStyle refinement steps (default: 5, the original's)"
+    )
     p.set_defaults(func=run)
 
 
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
         store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
+        if args.iterations is not None:
+            store.set_iterations(args.iterations)
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
         error(str(e))
         return 2

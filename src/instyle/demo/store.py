@@ -49,7 +49,7 @@ class ModelEntry:
         return {
             "name": self.name,
             "task": cfg.task,
-            "input_channels": cfg.encoder.input_nc,
+            "input_channels": cfg.image_nc,
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
             "n_styles": cfg.n_styles,
@@ -84,6 +84,13 @@ class ModelStore:
         if len(self._entries) != len(entries):
             raise ValueError(f"model names must be unique, got {[e.name for e in entries]}")
         self.device = next(entries[0].model.parameters()).device
+
+    def set_iterations(self, n: int) -> None:
+        """ReStyle refinement steps for every ReStyle model here (the others take one step)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"iterations={n!r} must be a positive integer")
+        for entry in self._entries.values():
+            entry.model.default_iterations = n
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:

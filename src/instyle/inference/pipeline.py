@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 from instyle.inference.io import InputFile, make_grid, save_image, tensor_to_pil
+from instyle.models.iterative import DEFAULT_ITERATIONS
 from instyle.utils.atomic import atomic_write_bytes
 
 T = TypeVar("T")
@@ -205,6 +206,8 @@ class EncodeOptions:
     grid: bool = False
     align: bool = False
     format: str = "png"
+    #: ReStyle refinement steps (None: the model family's default; pSp and e4e: one pass)
+    iterations: int | None = None
 
     def __post_init__(self) -> None:
         from instyle.utils.config import ConfigError
@@ -279,6 +282,7 @@ def encode_files(
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if options.full_resolution else model.config.resize_to,
+        "iterations": (options.iterations or DEFAULT_ITERATIONS) if model.family == "restyle" else 1,
         "rank": rank,
         "world_size": world_size,
         "files": mine,
@@ -336,7 +340,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
             if batch.tensors is not None:
                 x = batch.tensors.to(device)
                 with torch.inference_mode():
-                    w = model.encode(x)
+                    w = model.encode(x, iterations=options.iterations)
                     y = model.decode(w, resize=not options.full_resolution)
                 for (i, name), xi, yi, wi in zip(batch.items, x, y, w):
                     recon = tensor_to_pil(yi)

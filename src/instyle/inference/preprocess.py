@@ -44,7 +44,7 @@ def prepare_input(
     Tensors are taken as already prepared (shape-checked). Paths are read with
     :func:`instyle.inference.io.load_image` (raising ``ImageLoadError`` on bad files).
     """
-    nc, size = config.encoder.input_nc, config.encoder.input_size
+    nc, size = config.image_nc, config.encoder.input_size  # ReStyle: 3 (its encoder sees 6)
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
         if t.ndim != 3 or t.shape[0] != nc:

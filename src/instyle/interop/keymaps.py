@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from instyle.errors import InstyleError
-from instyle.models.encoders.backbone import UNITS
+from instyle.models.encoders.backbone import RESNET34_UNITS, UNITS
 from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.psp import PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig, channel_fields
@@ -82,13 +82,15 @@ def encoder_config_from_state_dict(
         n_styles: number of styles (needed only for the W encoder, which cannot tell).
         input_size: input side for the W / W+ encoders (the FPN encoder's is inferred).
     """
-    if "input_layer.0.weight" not in sd:
-        raise ArchitectureError("not a pSp encoder state dict: missing 'input_layer.0.weight'")
-    w0 = sd["input_layer.0.weight"]
+    resnet = "input_layer.0.weight" not in sd and "conv1.weight" in sd and "body.0.conv1.weight" in sd
+    if "input_layer.0.weight" not in sd and not resnet:
+        raise ArchitectureError("not a pSp encoder state dict: missing 'input_layer.0.weight' (or a ResNet 'conv1.weight')")
+    w0 = sd["conv1.weight" if resnet else "input_layer.0.weight"]
     input_nc = int(w0.shape[1])
-    mode = "ir_se" if any(k.endswith("res_layer.5.fc1.weight") for k in sd) else "ir"
+    mode = "ir_se" if resnet or any(k.endswith("res_layer.5.fc1.weight") for k in sd) else "ir"
     n_units = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k)))
-    depths = [int(sd[f"body.{i}.res_layer.1.weight"].shape[0]) for i in range(n_units)]
+    depth_key = "body.{}.conv1.weight" if resnet else "body.{}.res_layer.1.weight"
+    depths = [int(sd[depth_key.format(i)].shape[0]) for i in range(n_units)]
     units, widths = [], []
     for d in depths:
         if widths and widths[-1] == d:  # consecutive stages always differ in width
@@ -100,9 +102,10 @@ def encoder_config_from_state_dict(
         raise ArchitectureError(f"encoder backbone has {len(widths)} stages of widths {widths}; expected 4")
     num_layers = next((n for n, u in UNITS.items() if tuple(u) == tuple(units)), 50)
     units_field = None if tuple(units) == tuple(UNITS.get(num_layers, ())) else tuple(units)
+    if resnet:
+        num_layers, units_field = 50, None if tuple(units) == RESNET34_UNITS else tuple(units)
 
     if any(k.startswith("styles.") for k in sd):
-        kind = "GradualStyleEncoder"
         n = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"styles\.(\d+)\.", k)))
         convs = [
             len([k for k in sd if re.fullmatch(rf"styles\.{i}\.convs\.\d+\.weight", k)]) for i in range(n)
@@ -110,6 +113,15 @@ def encoder_config_from_state_dict(
         style_dim = int(sd["styles.0.linear.weight"].shape[0])
         coarse_pools = convs[0]
         input_size = 2**coarse_pools * 16
+        if "latlayer1.weight" not in sd:  # ReStyle's BackboneEncoder: every head on the S/16 map
+            if len(set(convs)) != 1:
+                raise ArchitectureError(f"map2style depths {convs} differ but there is no FPN (latlayer1)")
+            return EncoderConfig(
+                type="ResNetBackboneEncoder" if resnet else "BackboneEncoder", num_layers=num_layers, mode=mode,
+                input_nc=input_nc, n_styles=n, style_dim=style_dim, widths=tuple(widths), units=units_field,
+                input_size=input_size,
+            )
+        kind = "ResNetGradualStyleEncoder" if resnet else "GradualStyleEncoder"
         coarse = sum(1 for c in convs if c == coarse_pools)
         middle = coarse + sum(1 for c in convs if c == coarse_pools + 1)
         if sum(1 for c in convs if c == coarse_pools + 2) + middle != n:
@@ -119,6 +131,8 @@ def encoder_config_from_state_dict(
             style_dim=style_dim, widths=tuple(widths), units=units_field, input_size=input_size,
             coarse=coarse, middle=max(middle, coarse),
         )
+    if resnet:
+        raise ArchitectureError("a ResNet trunk without 'styles.*' heads is not a supported encoder")
     if "output_layer_2.3.weight" in sd:
         style_dim = int(sd["output_layer_2.3.weight"].shape[0])
         n = int(sd["linear.weight"].shape[0]) // style_dim

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
+from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
 from instyle.interop.keymaps import (
     ArchitectureError,
     generator_config_from_state_dict,
-    psp_config_from_official,
     strip_prefix,
 )
 from instyle.interop.safe_load import safe_torch_load
@@ -87,6 +87,12 @@ def resolve_path(path: str | os.PathLike) -> Path:
             f" It is the published pSp {info['task']} checkpoint ({info['output_size']}px); download it from "
             f"{OFFICIAL_DOWNLOADS} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
         )
+    elif p.name in FAMILY_CHECKPOINTS:
+        info = FAMILY_CHECKPOINTS[p.name]
+        hint = (
+            f" It is a published {info['family']} checkpoint ({info['domain']}, {info['output_size']}px); download it "
+            f"from {info['url']} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
+        )
     raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
 
 
@@ -143,7 +149,7 @@ def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPCon
     if opts is not None and not isinstance(opts, Mapping):
         opts = vars(opts) if hasattr(opts, "__dict__") else None
     try:
-        config, notes = psp_config_from_official(sd, opts, "latent_avg" in ckpt)
+        config, notes = config_from_official(sd, opts, "latent_avg" in ckpt)
     except (ArchitectureError, ValueError) as e:
         raise CheckpointError(f"{source}: {e}") from None
     state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}

@@ -1,5 +1,9 @@
 """pixel2style2pixel: an encoder into W+ feeding a frozen StyleGAN2 generator.
 
+The same model class serves pSp's successors, selected by ``PSPConfig.family``: e4e
+(an encoder type of its own, the same forward) and ReStyle (6-channel encoders applied
+iteratively on ``[image, current reconstruction]``, see :mod:`instyle.models.iterative`).
+
 ``PSP.forward`` keeps the original's signature and meaning (including
 ``randomize_noise=True`` by default) so code written for the official model runs
 unchanged; ``encode`` / ``decode`` are the deterministic building blocks every
@@ -16,13 +20,19 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
+from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
-from instyle.models.registry import build_encoder, register_config
+from instyle.models.registry import build_encoder, encoder_class, register_config
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
+from instyle.utils.config import ConfigError, check_choice, check_int_range, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
-__all__ = ["PSPConfig", "PSP"]
+__all__ = ["FAMILIES", "PSPConfig", "PSP"]
+
+#: Model families: pSp, e4e (encoder4editing) and ReStyle (iterative refinement).
+FAMILIES = ("psp", "e4e", "restyle")
+#: ReStyle encoders see ``cat(image, reconstruction)``: 3 + 3 channels.
+RESTYLE_INPUT_NC = 6
 
 
 @dataclass
@@ -39,6 +49,8 @@ class PSPConfig:
         label_nc: number of label classes for segmentation input (0 otherwise).
         resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original;
             at most ``MAX_SIZE``).
+        family: ``"psp"``, ``"e4e"`` or ``"restyle"``; the encoder type must belong to it.
+            ``"restyle"`` models encode iteratively (6-channel encoder, latent_avg always added).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -48,6 +60,7 @@ class PSPConfig:
     task: str = "inversion"
     label_nc: int = 0
     resize_to: int = 256
+    family: str = "psp"
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -57,6 +70,7 @@ class PSPConfig:
         # resize_to sizes the pooled output of every forward pass: bounded like the generator
         check_int_range("resize_to", self.resize_to, 1, MAX_SIZE)
         check_int_range("label_nc", self.label_nc, 0, MAX_INPUT_NC)
+        self._check_family()
         w_encoder = self.encoder.type == "BackboneEncoderUsingLastLayerIntoW"
         if w_encoder != self.learn_in_w:
             raise ConfigError(
@@ -74,9 +88,30 @@ class PSPConfig:
                 f"n_latent={self.generator.n_latent} styles (2*log2(size)-2)"
             )
 
+    def _check_family(self) -> None:
+        check_choice("family", self.family, FAMILIES)
+        families = getattr(encoder_class(self.encoder.type), "families", ("psp",))
+        if self.family not in families:
+            raise ConfigError(
+                f"encoder.type={self.encoder.type!r} does not belong to family={self.family!r}; it is built by {list(families)}"
+            )
+        if self.family == "restyle":
+            if self.encoder.input_nc != RESTYLE_INPUT_NC:
+                raise ConfigError(
+                    f"a ReStyle encoder takes [image, reconstruction] = {RESTYLE_INPUT_NC} channels, "
+                    f"got encoder.input_nc={self.encoder.input_nc}"
+                )
+            if not self.start_from_latent_avg:
+                raise ConfigError("family='restyle' starts from the average latent: start_from_latent_avg must be True")
+
     @property
     def n_styles(self) -> int:
         return self.generator.n_latent
+
+    @property
+    def image_nc(self) -> int:
+        """Channels of the images the model takes (ReStyle: 3, its encoder sees 6)."""
+        return 3 if self.family == "restyle" else self.encoder.input_nc
 
     @property
     def output_size(self) -> int:
@@ -144,6 +179,8 @@ class PSP(nn.Module):
         if latent_avg is None:
             latent_avg = torch.zeros(rows, cfg.generator.style_dim)
         self.register_buffer("latent_avg", self.normalize_latent_avg(latent_avg))
+        #: ReStyle steps of ``encode`` when not given (the original's 5; ``instyle serve --iterations``).
+        self.default_iterations = DEFAULT_ITERATIONS
 
     # ----------------------------------------------------------------- properties
 
@@ -153,7 +190,12 @@ class PSP(nn.Module):
 
     @property
     def input_nc(self) -> int:
-        return self.config.encoder.input_nc
+        """Channels of the input images (ReStyle: 3; its encoder sees 6)."""
+        return self.config.image_nc
+
+    @property
+    def family(self) -> str:
+        return self.config.family
 
     @property
     def input_size(self) -> int:
@@ -197,8 +239,8 @@ class PSP(nn.Module):
 
     # ----------------------------------------------------------------- building blocks
 
-    def _check_image(self, x: torch.Tensor) -> None:
-        s, c = self.input_size, self.input_nc
+    def _check_image(self, x: torch.Tensor, channels: int | None = None) -> None:
+        s, c = self.input_size, self.config.encoder.input_nc if channels is None else channels
         if x.ndim != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
             raise ValueError(
                 f"pSp expects images [B, {c}, {s}, {s}], got {tuple(x.shape)}; resize to {s}x{s} first "
@@ -215,12 +257,31 @@ class PSP(nn.Module):
             codes = codes + (avg if self.config.learn_in_w else avg[None])
         return codes
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, input_nc, S, S]`` -> W+ latents ``[B, n_styles, 512]`` (latent_avg added)."""
+    def encode(
+        self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Images ``[B, input_nc, S, S]`` -> W+ latents ``[B, n_styles, 512]`` (latent_avg added).
+
+        Args:
+            x: input images (for ReStyle: 3-channel photos in [-1, 1]).
+            iterations: ReStyle refinement steps (default ``default_iterations``, the
+                original's 5); other families take exactly one step (None or 1).
+            return_all: return the list of every iteration's latents instead of the last.
+        """
+        if self.family == "restyle":
+            self._check_image(x, self.input_nc)
+            steps = refine(self, x, self.default_iterations if iterations is None else iterations)
+            latents = [w for w, _ in steps]
+            return latents if return_all else latents[-1]
+        if iterations not in (None, 1):
+            raise ValueError(
+                f"iterations={iterations!r}: only ReStyle models refine iteratively; this {self.family} model "
+                "encodes in one step (use iterations=None or 1)"
+            )
         codes = self.encode_codes(x)
         if codes.ndim == 2:
             codes = codes.unsqueeze(1).repeat(1, self.n_styles, 1)
-        return codes
+        return [codes] if return_all else codes
 
     def decode(
         self,

@@ -28,13 +28,17 @@ def list_encoders() -> list[str]:
     return sorted(_ENCODERS)
 
 
+def encoder_class(name: str) -> type[nn.Module]:
+    """The class registered under ``name``."""
+    try:
+        return _ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder type {name!r}; registered: {list_encoders()}") from None
+
+
 def build_encoder(config) -> nn.Module:
     """Build the encoder named by ``config.type`` from an ``EncoderConfig``."""
-    try:
-        cls = _ENCODERS[config.type]
-    except KeyError:
-        raise ValueError(f"unknown encoder type {config.type!r}; registered: {list_encoders()}") from None
-    return cls(config)
+    return encoder_class(config.type)(config)
 
 
 def register_config(name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:

@@ -24,6 +24,11 @@ __all__ = [
     "make_body",
     "stage_specs",
     "l2_norm",
+    "RESNET34_UNITS",
+    "ResNetBasicBlock",
+    "make_resnet_body",
+    "build_trunk",
+    "run_trunk_stem",
 ]
 
 # Number of residual units per stage for each depth.
@@ -132,6 +137,79 @@ def make_body(
             modules.append(unit(b.in_channel, b.depth, b.stride))
         ends.append(len(modules) - 1)
     return nn.Sequential(*modules), ends
+
+
+#: Residual units per stage of torchvision's ResNet-34 (``layer1`` .. ``layer4``).
+RESNET34_UNITS = (3, 4, 6, 3)
+
+
+class ResNetBasicBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` with its parameter names (``conv1``, ``bn1``,
+    ``conv2``, ``bn2``, ``downsample.{0,1}``), so ReStyle's ResNet-34 encoders load by name:
+    ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+
+    def __init__(self, in_channel: int, depth: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channel, depth, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(depth)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(depth, depth, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(depth)
+        self.downsample = None
+        if stride != 1 or in_channel != depth:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+def make_resnet_body(
+    widths: Sequence[int] = DEFAULT_WIDTHS, units: Sequence[int] | None = None
+) -> tuple[nn.Sequential, list[int]]:
+    """ResNet-34's ``layer1..layer4`` flattened into one Sequential (ReStyle's ``body``) and the
+    0-based indices of the last block of each stage. Stage 1 keeps the resolution, the
+    others halve it."""
+    units = tuple(units) if units is not None else RESNET34_UNITS
+    if len(units) != 4 or len(widths) != 4:
+        raise ValueError(f"widths and units need 4 stages each, got widths={widths!r} units={units!r}")
+    modules, ends = [], []
+    in_ch = widths[0]
+    for stage, (depth, n) in enumerate(zip(widths, units)):
+        for j in range(n):
+            modules.append(ResNetBasicBlock(in_ch, depth, 2 if stage > 0 and j == 0 else 1))
+            in_ch = depth
+        ends.append(len(modules) - 1)
+    return nn.Sequential(*modules), ends
+
+
+def build_trunk(module: nn.Module, config, resnet: bool) -> list[int]:
+    """Give an encoder ``module`` its stem and residual ``body`` from an ``EncoderConfig``.
+
+    IR / IR-SE (pSp, e4e): ``input_layer`` (3x3 conv, stride 1) + ``body``.
+    ResNet-34 (ReStyle's non-face encoders): ``conv1`` (7x7, stride 2), ``bn1``, ``relu``
+    (a PReLU, as named by the original) + ``body``, no max-pool.
+    Both reach ``S/16`` after the last stage. Returns the last block index of each stage.
+    """
+    w = config.widths
+    if resnet:
+        module.conv1 = nn.Conv2d(config.input_nc, w[0], kernel_size=7, stride=2, padding=3, bias=False)
+        module.bn1 = nn.BatchNorm2d(w[0])
+        module.relu = nn.PReLU(w[0])
+        module.body, ends = make_resnet_body(w, config.units)
+    else:
+        module.input_layer = make_input_layer(config.input_nc, w[0])
+        module.body, ends = make_body(config.num_layers, config.mode, w, config.units)
+    return ends
+
+
+def run_trunk_stem(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stem made by :func:`build_trunk` (before ``body``)."""
+    if hasattr(module, "input_layer"):
+        return module.input_layer(x)
+    return module.relu(module.bn1(module.conv1(x)))
 
 
 def l2_norm(x: torch.Tensor, axis: int = 1) -> torch.Tensor:

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, make_body, make_input_layer
-from instyle.models.registry import register_encoder
+from instyle.models.encoders.backbone import (
+    DEFAULT_WIDTHS,
+    UNITS,
+    build_trunk,
+    make_body,
+    make_input_layer,
+    run_trunk_stem,
+)
+from instyle.models.registry import list_encoders, register_encoder
 from instyle.models.stylegan2 import MAX_CHANNELS, MAX_SIZE, EqualLinear
 from instyle.utils.config import (
     ConfigError,
@@ -56,7 +63,8 @@ class EncoderConfig:
     """Architecture of a pSp encoder.
 
     Attributes:
-        type: one of :data:`ENCODER_TYPES` (the official ``encoder_type`` names).
+        type: a registered encoder (``instyle.models.list_encoders()``): the pSp
+            :data:`ENCODER_TYPES`, and the e4e / ReStyle ones, by their official ``encoder_type`` names.
         num_layers: backbone depth: 50, 100 or 152.
         mode: ``"ir_se"`` (published models) or ``"ir"``.
         input_nc: input channels (3 photo, 1 sketch, 19 segmentation one-hot, ...).
@@ -83,7 +91,7 @@ class EncoderConfig:
     middle: int = 7
 
     def __post_init__(self):
-        check_choice("encoder.type", self.type, ENCODER_TYPES)
+        check_choice("encoder.type", self.type, [*ENCODER_TYPES, *(t for t in list_encoders() if t not in ENCODER_TYPES)])
         check_choice("encoder.mode", self.mode, ("ir", "ir_se"))
         if self.units is None:
             check_choice("encoder.num_layers", self.num_layers, sorted(UNITS))
@@ -156,12 +164,16 @@ class GradualStyleEncoder(nn.Module):
     ``forward(x [B, input_nc, S, S]) -> [B, n_styles, style_dim]``.
     """
 
+    #: families whose official code builds this encoder (see ``PSPConfig.family``).
+    families = ("psp", "e4e", "restyle")
+    #: the ResNet-34 trunk instead of IR-SE (ReStyle's ``ResNetGradualStyleEncoder``).
+    resnet = False
+
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
         w = config.widths
-        self.input_layer = make_input_layer(config.input_nc, w[0])
-        self.body, ends = make_body(config.num_layers, config.mode, w, config.units)
+        ends = build_trunk(self, config, self.resnet)
         self.taps = (ends[1], ends[2], ends[3])
         s = config.input_size
         self.styles = nn.ModuleList()
@@ -178,9 +190,10 @@ class GradualStyleEncoder(nn.Module):
     def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(self.config, x, "GradualStyleEncoder")
-        x = self.input_layer(x)
+    def pyramid_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three body taps ``(c1, c2, c3)`` at ``S/4``, ``S/8``, ``S/16``."""
+        _check_input(self.config, x, type(self).__name__)
+        x = run_trunk_stem(self, x)
         c1 = c2 = c3 = None
         for i, layer in enumerate(self.body):
             x = layer(x)
@@ -190,6 +203,10 @@ class GradualStyleEncoder(nn.Module):
                 c2 = x
             elif i == self.taps[2]:
                 c3 = x
+        return c1, c2, c3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1, c2, c3 = self.pyramid_inputs(x)
         latents = [self.styles[j](c3) for j in range(self.coarse_ind)]
         p2 = self._upsample_add(c3, self.latlayer1(c2))
         latents += [self.styles[j](p2) for j in range(self.coarse_ind, self.middle_ind)]
@@ -204,6 +221,8 @@ class BackboneEncoderUsingLastLayerIntoW(nn.Module):
 
     ``forward(x [B, input_nc, S, S]) -> [B, style_dim]``.
     """
+
+    families = ("psp",)
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -228,6 +247,8 @@ class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
 
     ``forward(x [B, input_nc, S, S]) -> [B, n_styles, style_dim]``.
     """
+
+    families = ("psp",)
 
     def __init__(self, config: EncoderConfig):
         super().__init__()

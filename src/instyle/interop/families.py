@@ -1,0 +1,133 @@
+"""Official checkpoints of pSp's successors: e4e (omertov/encoder4editing) and ReStyle
+(yuval-alaluf/restyle-encoder).
+
+They share pSp's layout (``state_dict`` with ``encoder.*`` / ``decoder.*``, ``opts``,
+``latent_avg``), and several encoder types have identical tensors (``Encoder4Editing`` and
+``GradualStyleEncoder``; ``ProgressiveBackboneEncoder`` and ``BackboneEncoder``), so the
+family and the encoder class come from ``opts`` while the architecture comes from the
+weights; the two must agree, or the file is refused naming both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from instyle.interop.keymaps import (
+    DATASET_TYPE_TO_TASK,
+    ArchitectureError,
+    encoder_config_from_state_dict,
+    generator_config_from_state_dict,
+    psp_config_from_official,
+    strip_prefix,
+)
+from instyle.models.psp import PSPConfig
+from instyle.models.registry import encoder_class, list_encoders
+
+__all__ = ["FAMILY_CHECKPOINTS", "detect_family", "config_from_official"]
+
+E4E_DOWNLOADS = "https://github.com/omertov/encoder4editing#pretrained-models"
+RESTYLE_DOWNLOADS = "https://github.com/yuval-alaluf/restyle-encoder#pretrained-models"
+
+#: The checkpoints published by the e4e and ReStyle authors (file name -> facts from their
+#: READMEs). Informational: the architecture of a file is always read from the file.
+FAMILY_CHECKPOINTS: dict[str, dict] = {
+    "e4e_ffhq_encode.pt": {"family": "e4e", "domain": "faces (FFHQ)", "output_size": 1024, "url": E4E_DOWNLOADS},
+    "e4e_cars_encode.pt": {"family": "e4e", "domain": "cars", "output_size": 512, "url": E4E_DOWNLOADS},
+    "e4e_horse_encode.pt": {"family": "e4e", "domain": "horses", "output_size": 256, "url": E4E_DOWNLOADS},
+    "e4e_church_encode.pt": {"family": "e4e", "domain": "churches", "output_size": 256, "url": E4E_DOWNLOADS},
+}
+for _variant in ("psp", "e4e"):
+    for _name, _domain, _size in (
+        ("ffhq", "faces (FFHQ)", 1024),
+        ("cars", "cars", 512),
+        ("church", "churches", 256),
+        ("horse", "horses", 256),
+        ("afhq_wild", "wild animals (AFHQ wild)", 512),
+        ("toonify", "faces -> toons", 1024),
+    ):
+        FAMILY_CHECKPOINTS[f"restyle_{_variant}_{_name}.pt"] = {
+            "family": "restyle", "variant": _variant, "domain": _domain, "output_size": _size, "url": RESTYLE_DOWNLOADS,
+        }
+
+
+def detect_family(opts: Mapping) -> str:
+    """``"psp"``, ``"e4e"`` or ``"restyle"`` from a checkpoint's ``opts``.
+
+    ReStyle's options have ``n_iters_per_batch``; e4e's have ``stylegan_size`` (and no
+    ``output_size``); otherwise an encoder type built only by one family decides.
+    """
+    if "n_iters_per_batch" in opts:
+        return "restyle"
+    if "stylegan_size" in opts and "output_size" not in opts:
+        return "e4e"
+    kind = opts.get("encoder_type")
+    try:
+        families = getattr(encoder_class(kind), "families", ("psp",)) if kind else ("psp",)
+    except ValueError:
+        return "psp"  # the pSp reader names the unknown type
+    return "psp" if "psp" in families else families[0]
+
+
+def _task(dataset_type: str | None) -> str:
+    if not dataset_type:
+        return "inversion"
+    if dataset_type in DATASET_TYPE_TO_TASK:
+        return DATASET_TYPE_TO_TASK[dataset_type]
+    return "inversion" if dataset_type.endswith("_encode") else "image2image"
+
+
+def _check_opt(opts: Mapping, key: str, value, what: str) -> None:
+    given = opts.get(key)
+    if given is not None and given != value:
+        raise ArchitectureError(f"opts[{key!r}]={given!r} but the weights describe {what}={value!r}")
+
+
+def config_from_official(
+    state_dict: Mapping[str, torch.Tensor], opts: Mapping | None, has_latent_avg: bool
+) -> tuple[PSPConfig, list[str]]:
+    """Architecture of an official pSp, e4e or ReStyle checkpoint, checked against its opts.
+
+    Returns:
+        ``(config, notes)`` like :func:`instyle.interop.keymaps.psp_config_from_official`.
+
+    Raises:
+        ArchitectureError: the weights contradict the options (naming both) or the encoder
+            type is unknown.
+    """
+    opts = dict(opts or {})
+    family = detect_family(opts)
+    if family == "psp":
+        return psp_config_from_official(state_dict, opts, has_latent_avg)
+    kind = opts.get("encoder_type")
+    if kind not in list_encoders():
+        raise ArchitectureError(f"opts['encoder_type']={kind!r} is not a {family} encoder type; known: {list_encoders()}")
+    gen = generator_config_from_state_dict(strip_prefix(state_dict, "decoder."))
+    enc = encoder_config_from_state_dict(strip_prefix(state_dict, "encoder."), n_styles=gen.n_latent)
+    layout = getattr(encoder_class(kind), "same_keys_as", "") or kind
+    if enc.type != layout:
+        raise ArchitectureError(
+            f"opts['encoder_type']={kind!r} (tensors of a {layout}) but the weights describe a {enc.type}"
+        )
+    size_key = "stylegan_size" if family == "e4e" else "output_size"
+    _check_opt(opts, size_key, gen.size, "a generator of size")
+    _check_opt(opts, "input_nc", enc.input_nc, "encoder input channels")
+    if enc.n_styles != gen.n_latent:
+        raise ArchitectureError(
+            f"the encoder predicts {enc.n_styles} styles but the {gen.size}px generator takes {gen.n_latent}"
+        )
+    notes = []
+    if family == "restyle":
+        start = True  # the original always adds latent_avg at the first iteration
+    else:
+        start = opts.get("start_from_latent_avg")
+        if start is None:
+            start = has_latent_avg
+            notes.append(f"opts has no 'start_from_latent_avg'; using {start}")
+    enc.type = kind
+    config = PSPConfig(
+        encoder=enc, generator=gen, start_from_latent_avg=bool(start), learn_in_w=False,
+        task=_task(opts.get("dataset_type")), family=family,
+    )
+    return config, notes
