@@ -17,18 +17,20 @@ from instyle.interop import CheckpointError, load_generator
 from instyle.models import PSP, EncoderConfig, Generator, GeneratorConfig, PSPConfig, create_psp
 
 
-def load(path, device="cpu", expected: PSPConfig | None = None) -> PSP:
+def load(path, device="cpu", expected: PSPConfig | None = None, w_encoder=None) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
     Args:
         path: checkpoint file or own-format directory.
         device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: optional architecture the file must match.
+        w_encoder: for an official HyperStyle checkpoint, its W-encoder file (a
+            ``HyperStyle`` model is returned; own-format HyperStyle directories contain it).
     """
     from instyle.interop import load_psp
     from instyle.utils.device import resolve_device
 
-    return load_psp(path, device=resolve_device(device), expected=expected)
+    return load_psp(path, device=resolve_device(device), expected=expected, w_encoder=w_encoder)
 
 
 def __getattr__(name):

@@ -121,10 +121,12 @@ def load_state_checked(
 
 
 def detect_format(obj: Any) -> str:
-    """Name the format of a loaded checkpoint object: ``psp``, ``rosinality``,
+    """Name the format of a loaded checkpoint object: ``psp``, ``hyperstyle``, ``rosinality``,
     ``generator_state_dict`` or ``unknown``."""
     if isinstance(obj, Mapping):
         sd = obj.get("state_dict")
+        if isinstance(sd, Mapping) and any(str(k).startswith("hypernet.") for k in sd):
+            return "hyperstyle"
         if isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd):
             return "psp"
         if "g_ema" in obj or "g" in obj:
@@ -181,6 +183,7 @@ def load_psp(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     expected: PSPConfig | None = None,
+    w_encoder: str | os.PathLike | None = None,
 ) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
@@ -188,10 +191,14 @@ def load_psp(
         path: file or directory (bare published names are also looked up in the cache).
         device: where to put the model.
         expected: if given, the file's architecture must equal it.
+        w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
+            :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
     """
     p = resolve_path(path)
     if is_own_format(p):
         model = load_own(p)
+        if _is_hyperstyle(model):
+            return model.to(device).eval()
         if not isinstance(model, PSP):
             raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
         _check_expected(model.config, expected, p)
@@ -204,6 +211,12 @@ def load_psp(
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
     fmt = detect_format(ckpt)
+    if fmt == "hyperstyle":
+        from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
+
+        return hyperstyle_from_checkpoint(ckpt, p, w_encoder).to(device)
+    if w_encoder is not None:
+        raise CheckpointError(f"{p}: w_encoder={str(w_encoder)!r} is only for HyperStyle checkpoints; this is {fmt}")
     if fmt != "psp":
         what = {"rosinality": "a StyleGAN2 generator (rosinality) file", "generator_state_dict": "a generator state dict"}
         raise CheckpointError(
@@ -229,6 +242,12 @@ def load_psp(
     return model.to(device).eval()
 
 
+def _is_hyperstyle(model) -> bool:
+    from instyle.models.hyperstyle import HyperStyle
+
+    return isinstance(model, HyperStyle)
+
+
 def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
     try:
         config = generator_config_from_state_dict(sd)
@@ -250,7 +269,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     p = resolve_path(path)
     if is_own_format(p):
         m = load_own(p)
-        g = m.decoder if isinstance(m, PSP) else m
+        g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
         from instyle.interop.nvidia import load_nvidia_generator
 
@@ -263,6 +282,11 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
             g = _generator_from_state(strip_prefix(state, "decoder."), p)
             if latent_avg is not None:
                 g.latent_avg = latent_avg.reshape(-1, latent_avg.shape[-1]).mean(0, keepdim=True)
+        elif fmt == "hyperstyle":  # the tuned generator before any per-image offsets
+            g = _generator_from_state(strip_prefix(ckpt["state_dict"], "decoder."), p)
+            avg = ckpt.get("latent_avg")
+            if isinstance(avg, torch.Tensor):
+                g.latent_avg = avg.float().reshape(-1, avg.shape[-1]).mean(0, keepdim=True)
         elif fmt == "rosinality":
             key = "g_ema" if "g_ema" in ckpt else "g"
             g = _generator_from_state(ckpt[key], f"{p} [{key}]")

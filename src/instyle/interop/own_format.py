@@ -2,7 +2,7 @@
 
 ``config.json``::
 
-    {"format": "instyle", "kind": "psp" | "generator", "version": 1,
+    {"format": "instyle", "kind": "psp" | "generator" | "hyperstyle", "version": 1,
      "config": {...architecture...}, "metadata": {...free-form provenance...}}
 
 Safetensors holds only tensors (no code can run on load). Both files are written
@@ -24,7 +24,8 @@ from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
 
-__all__ = ["FORMAT_VERSION", "save_psp", "save_generator", "load_own", "is_own_format", "read_config"]
+__all__ = ["FORMAT_VERSION", "save_psp", "save_generator", "save_hyperstyle", "load_own", "is_own_format", "read_config"]
+KINDS = ("psp", "generator", "hyperstyle")
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -52,6 +53,12 @@ def save_psp(model: PSP, directory: str | Path, extra: dict | None = None) -> Pa
     return _write(Path(directory), "psp", model.config.to_dict(), model.state_dict(), extra)
 
 
+def save_hyperstyle(model, directory: str | Path, extra: dict | None = None) -> Path:
+    """Save a :class:`~instyle.models.hyperstyle.HyperStyle` (W-encoder, hypernet, generator,
+    ``latent_avg``) in the own format: one self-contained directory."""
+    return _write(Path(directory), "hyperstyle", model.config.to_dict(), model.state_dict(), extra)
+
+
 def save_generator(generator: Generator, directory: str | Path, extra: dict | None = None) -> Path:
     """Save a :class:`Generator` (and its ``latent_avg`` when known) in the own format."""
     tensors = dict(generator.state_dict())
@@ -66,8 +73,8 @@ def read_config(directory: str | Path) -> dict:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable instyle config ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in ("psp", "generator"):
-        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind psp|generator)")
+    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind {'|'.join(KINDS)})")
     if int(doc.get("version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer instyle (format version {doc['version']} > {FORMAT_VERSION}); upgrade instyle"
@@ -88,8 +95,8 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
-def load_own(directory: str | Path) -> PSP | Generator:
-    """Load an own-format directory into a :class:`PSP` or :class:`Generator` (CPU, eval)."""
+def load_own(directory: str | Path):
+    """Load an own-format directory into a :class:`PSP`, :class:`Generator` or HyperStyle (CPU, eval)."""
     directory = Path(directory)
     doc = read_config(directory)
     tensors = _read_tensors(directory)
@@ -99,6 +106,12 @@ def load_own(directory: str | Path) -> PSP | Generator:
         if doc["kind"] == "psp":
             config = PSPConfig.from_dict(doc["config"])
             model = build_empty(PSP, config)
+            load_state_checked(model, tensors, directory, assign=True)
+            model.sync_decoder_latent_avg()
+        elif doc["kind"] == "hyperstyle":
+            from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
+
+            model = build_empty(HyperStyle, HyperStyleConfig.from_dict(doc["config"]))
             load_state_checked(model, tensors, directory, assign=True)
             model.sync_decoder_latent_avg()
         else:

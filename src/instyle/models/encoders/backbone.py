@@ -21,7 +21,9 @@ __all__ = [
     "BottleneckIRSE",
     "SEModule",
     "Backbone",
+    "BasicBlock",
     "make_body",
+    "make_resnet_body",
     "stage_specs",
     "l2_norm",
 ]
@@ -177,3 +179,47 @@ class Backbone(nn.Module):
         x = self.body(x)
         x = self.output_layer(x)
         return l2_norm(x)
+
+
+# --------------------------------------------------------------------------- ResNet (torchvision)
+
+#: BasicBlocks per stage of torchvision's ResNet-34 (HyperStyle's hypernetwork trunk).
+RESNET34_UNITS = (3, 4, 6, 3)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``,
+    with a ``downsample`` (1x1 conv + BN) shortcut when the shape changes. Names as
+    torchvision (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``downsample.{0,1}``)."""
+
+    def __init__(self, in_channel: int, depth: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channel, depth, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(depth)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(depth, depth, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(depth)
+        self.downsample = None
+        if stride != 1 or in_channel != depth:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+def make_resnet_body(
+    widths: Sequence[int] = DEFAULT_WIDTHS, units: Sequence[int] = RESNET34_UNITS
+) -> nn.Sequential:
+    """torchvision ResNet ``layer1..layer4`` flattened into one Sequential of BasicBlocks
+    (the first stage keeps the resolution, each later one halves it)."""
+    if len(units) != 4 or len(widths) != 4:
+        raise ValueError(f"widths and units need 4 stages each, got widths={widths!r} units={units!r}")
+    modules, in_ch = [], widths[0]
+    for stage, (depth, n) in enumerate(zip(widths, units)):
+        for u in range(n):
+            modules.append(BasicBlock(in_ch, depth, 2 if u == 0 and stage > 0 else 1))
+            in_ch = depth
+    return nn.Sequential(*modules)
