@@ -56,16 +56,16 @@ def is_hyperstyle_checkpoint(obj: Any) -> bool:
     return isinstance(sd, Mapping) and any(str(k).startswith("hypernet.") for k in sd)
 
 
-def _stages(depths: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Consecutive equal block depths -> (widths, units)."""
+def _stages(sd: Mapping[str, torch.Tensor], n_blocks: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(widths, units) of the ResNet trunk: a stage starts at every block after the first
+    that has a ``downsample`` shortcut (stride 2)."""
     widths: list[int] = []
     units: list[int] = []
-    for d in depths:
-        if widths and widths[-1] == d:
-            units[-1] += 1
-        else:
-            widths.append(d)
-            units.append(1)
+    for i in range(n_blocks):
+        if i == 0 or f"body.{i}.downsample.0.weight" in sd:
+            widths.append(int(sd[f"body.{i}.conv1.weight"].shape[0]))
+            units.append(0)
+        units[-1] += 1
     return tuple(widths), tuple(units)
 
 
@@ -97,7 +97,7 @@ def hypernet_config_from_state_dict(
     if "conv1.weight" not in sd or "shared_weight_hypernet.w1" not in sd:
         raise ArchitectureError("not a HyperStyle hypernetwork: missing conv1.weight or shared_weight_hypernet.w1")
     n_blocks = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.conv1\.", k))), default=-1)
-    widths, units = _stages([int(sd[f"body.{i}.conv1.weight"].shape[0]) for i in range(n_blocks)])
+    widths, units = _stages(sd, n_blocks)
     if len(widths) != 4:
         raise ArchitectureError(f"hypernet trunk has stages of widths {widths}; expected 4 ResNet stages")
     tuned = sorted({int(m.group(1)) for k in sd if (m := re.match(r"refinement_blocks\.(\d+)\.", k))})

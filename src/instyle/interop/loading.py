@@ -196,6 +196,8 @@ def load_psp(
     """
     p = resolve_path(path)
     if is_own_format(p):
+        if w_encoder is not None:
+            raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
         model = load_own(p)
         if _is_hyperstyle(model):
             return model.to(device).eval()

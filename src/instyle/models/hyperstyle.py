@@ -85,6 +85,8 @@ class HyperStyleConfig:
         if self.hypernet.input_nc != 6:
             raise ConfigError(f"hypernet.input_nc={self.hypernet.input_nc}; HyperStyle feeds [image, reconstruction]: 6")
         enc = self.w_encoder
+        if enc.input_size != self.resize_to:
+            raise ConfigError(f"w_encoder.input_size={enc.input_size} must equal resize_to={self.resize_to}")
         if (enc.n_styles, enc.style_dim) != (gen.n_latent, gen.style_dim):
             raise ConfigError(
                 f"w_encoder gives {enc.n_styles} x {enc.style_dim} codes but the {gen.size}px generator takes "
@@ -94,6 +96,15 @@ class HyperStyleConfig:
     @property
     def n_styles(self) -> int:
         return self.generator.n_latent
+
+    # What the shared inference tools read from a model config (as PSPConfig's fields).
+    task = "inversion"
+    label_nc = 0
+
+    @property
+    def encoder(self) -> WEncoderConfig:
+        """The image encoder's config (``input_nc``, ``input_size``): the W-encoder's."""
+        return self.w_encoder
 
     def to_dict(self) -> dict:
         return {

@@ -58,6 +58,11 @@ class WEncoderConfig:
             if len(self.units) != 4 or min(self.units) < 1:
                 raise ConfigError(f"w_encoder.units={self.units!r} must be 4 positive integers")
 
+    @property
+    def input_nc(self) -> int:
+        """Always 3: the W-encoder reads RGB photos."""
+        return 3
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
