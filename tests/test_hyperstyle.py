@@ -265,3 +265,59 @@ def test_module_names_match_the_official_key_lists(shared_dir):
                      if n.startswith("encoder.")})
     official["latent_avg"] = (14, 512)
     assert ours == official
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def test_cli_encode_saves_offsets_and_edit_rerenders_them(tmp_path):
+    """``encode --save-latents`` writes the W+ code with this image's offsets (compactly);
+    ``edit direction`` on that file renders on the image's tuned generator."""
+    import numpy as np
+    from PIL import Image
+
+    from instyle.cli.main import main
+    from instyle.inference.io import tensor_to_pil
+    from instyle.inference.latents import load_latent, load_weights_deltas
+    from instyle.inference.preprocess import prepare_input
+    from tests.helpers import rgb
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "hs")
+    rgb((80, 80)).save(tmp_path / "face.png")
+    out = tmp_path / "enc"
+    args = ["-c", str(tmp_path / "hs"), "--device", "cpu", "--full-resolution"]
+    assert main(["encode", str(tmp_path / "face.png"), "--out", str(out), "--save-latents", "--iterations", "2", *args]) == 0
+    latent = out / "latents" / "face.npz"
+    w, _, _ = load_latent(latent)
+    deltas = load_weights_deltas(latent)
+    with torch.no_grad():
+        w_api, d_api = model.encode(prepare_input(tmp_path / "face.png", model.config)[None], iterations=2)
+        tuned = model.decode(w_api, weights_deltas=d_api)
+        plain = model.decode(w_api)
+    assert float((w - w_api).abs().max()) < 1e-5
+    assert [d is None for d in deltas] == [d is None for d in d_api]
+    assert deltas[14].shape == (1, 8, 16, 1, 1)  # a per-channel head, stored 1x1
+    assert deltas[0].shape == (1, 16, 16, 3, 3)
+    assert float((deltas[14] - d_api[14][..., :1, :1]).abs().max()) < 1e-5
+    np.save(tmp_path / "dir.npy", np.ones(32, dtype=np.float32))
+    edit_out = tmp_path / "edit"
+    assert main(["edit", "direction", str(latent), "--direction", str(tmp_path / "dir.npy"), "--strengths=0,1",
+                 "--out", str(edit_out), *args]) == 0
+    got = np.asarray(Image.open(edit_out / "face" / "strength_+0.000.png"), dtype=np.int16)
+    want = np.asarray(tensor_to_pil(tuned[0]), dtype=np.int16)
+    assert np.abs(got - want).max() <= 1
+    assert np.abs(got - np.asarray(tensor_to_pil(plain[0]), dtype=np.int16)).max() > 10
+
+
+def test_interpolation_offsets_follow_the_latent_path():
+    from instyle.inference.offsets import frame_offsets, path_coefficients
+
+    a = [torch.ones(1, 2, 2, 3, 3), None, torch.zeros(1, 2, 2, 1, 1)]
+    b = [torch.zeros(1, 2, 2, 3, 3), None, torch.ones(1, 2, 2, 3, 3)]
+    c = [torch.full((1, 2, 2, 3, 3), 4.0), None, torch.ones(1, 2, 2, 1, 1)]
+    coeff = path_coefficients(3, 3)  # a -> b -> c, 5 frames
+    frames = frame_offsets([a, b, c], coeff)
+    assert frames[1] is None and frames[0].shape == (5, 2, 2, 3, 3) and frames[2].shape == (5, 2, 2, 3, 3)
+    assert frames[0][:, 0, 0, 0, 0].tolist() == [1.0, 0.5, 0.0, 2.0, 4.0]
+    assert frames[2][:, 0, 0, 1, 1].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0]

@@ -25,6 +25,11 @@ one line each and skipped; the other files are still processed and the exit code
 when anything failed. Outputs are written atomically. Results are deterministic
 (stored noise maps, --seed for anything random).
 
+HyperStyle checkpoints need their W-encoder file (--w-encoder); --iterations sets the
+refinement steps (default 5, the original's). With --save-latents they write
+latents/<name>.npz holding the W+ code and the image's generator offsets, which
+`instyle edit` / `interpolate` / `mix` re-render on the tuned generator.
+
 Large folders stream: images are decoded in background threads while the model
 runs, outputs are written by a background thread, and memory stays flat. Under
 `torchrun --nproc_per_node=N -m instyle.cli.main encode ...` each process takes
@@ -44,7 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
-    p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    p.add_argument("--iterations", type=int, metavar="N", help="HyperStyle only: refinement steps (default 5)")
+    p.add_argument(
+        "--save-latents", action="store_true",
+        help="also write latents/<name>.npy, float32 [n_styles, 512] (HyperStyle: .npz with the offsets)",
+    )
     p.add_argument(
         "--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px like the original)"
     )
@@ -73,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.inference.io import ImageLoadError, collect_inputs, make_grid, save_image, tensor_to_pil
     from instyle.inference.latents import save_latent
+    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets
     from instyle.inference.pipeline import BackgroundWriter, prefetch_batches, shard, world
     from instyle.inference.preprocess import input_preview, prepare_input
     from instyle.interop import CheckpointError, load_psp
@@ -80,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         error(f"--batch-size={args.batch_size} must be >= 1")
+        return 2
+    if args.iterations is not None and args.iterations < 1:
+        error(f"--iterations={args.iterations} must be >= 1")
         return 2
     rank, world_size = world()
     try:
@@ -95,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device)
+        model = load_psp(args.checkpoint, device=device, w_encoder=args.w_encoder)
     except CheckpointError as e:
         error(str(e))
         return 2
@@ -145,15 +159,18 @@ def run(args: argparse.Namespace) -> int:
                 x = batch.tensors.to(device)
                 encoded += len(batch.items)
                 with torch.inference_mode():
-                    w = model.encode(x)
-                    y = model.decode(w, resize=not args.full_resolution)
-                for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
+                    w, offsets = encode_with_offsets(model, x, args.iterations)
+                    y = decode_with_offsets(model, w, offsets, resize=not args.full_resolution)
+                for i, ((path, name), xi, yi, wi) in enumerate(zip(batch.items, x, y, w)):
                     recon = tensor_to_pil(yi)
                     want_grid = args.grid and len(grid_rows) < 16
                     preview = input_preview(xi, model.config) if args.side_by_side or want_grid else None
                     out_img = make_grid([[preview, recon]], cell=recon.size[1], pad=0) if args.side_by_side else recon
                     writer.submit(save_image, out_img, out / f"{name}.{args.format}", tag=path)
-                    if args.save_latents:
+                    if args.save_latents and offsets is not None:
+                        latent = out / "latents" / f"{name}.npz"
+                        writer.submit(save_latent, latent, wi.float().cpu(), weights_deltas=sample_offsets(offsets, i), tag=path)
+                    elif args.save_latents:
                         writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=path)
                     if want_grid:
                         grid_rows.append([preview, recon])
