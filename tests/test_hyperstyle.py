@@ -321,3 +321,34 @@ def test_interpolation_offsets_follow_the_latent_path():
     assert frames[1] is None and frames[0].shape == (5, 2, 2, 3, 3) and frames[2].shape == (5, 2, 2, 3, 3)
     assert frames[0][:, 0, 0, 0, 0].tolist() == [1.0, 0.5, 0.0, 2.0, 4.0]
     assert frames[2][:, 0, 0, 1, 1].tolist() == [0.0, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_demo_actions_render_on_the_tuned_generator(tmp_path):
+    """The demo's reconstruct / mix / interpolate keep each image's offsets: the
+    interpolation's end frames are the two reconstructions, and the latent download holds
+    the offsets."""
+    import numpy as np
+
+    from instyle.demo import actions
+    from instyle.inference.latents import load_weights_deltas
+    from tests.helpers import rgb
+
+    model = tiny_model()
+    a, b = rgb((64, 64), seed=1), rgb((64, 64), seed=2)
+    ra, rb = actions.reconstruct(model, a), actions.reconstruct(model, b)
+    assert ra.offsets is not None and ra.offsets[0].shape == (1, 16, 16, 3, 3)
+    w_a, off_a = actions.encode_image(model, a)
+    assert torch.equal(w_a, ra.latent)
+    plain = actions.decode(model, w_a[None])[0]
+    tuned = actions.decode(model, w_a[None], offsets=off_a)[0]
+    assert np.array_equal(np.asarray(tuned), np.asarray(ra.output))
+    assert np.abs(np.asarray(tuned, dtype=np.int16) - np.asarray(plain, dtype=np.int16)).max() > 10
+    w_b, off_b = actions.encode_image(model, b)
+    frames = actions.interpolate(model, w_a, w_b, 5, (off_a, off_b))
+    assert len(frames) == 5
+    for frame, want in ((frames[0], ra.output), (frames[-1], rb.output)):
+        assert np.abs(np.asarray(frame, dtype=np.int16) - np.asarray(want, dtype=np.int16)).max() <= 1
+    variants = actions.mix(model, w_a, 2, layers="8-11", seed=0, offsets=off_a)
+    assert len(variants) == 2
+    path = actions.write_latent(ra.latent, tmp_path / "face_latent.npy", ra.offsets)
+    assert path.suffix == ".npz" and load_weights_deltas(path)[0].shape == (1, 16, 16, 3, 3)

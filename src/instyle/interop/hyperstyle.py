@@ -225,9 +225,12 @@ def hyperstyle_from_checkpoint(ckpt: Mapping, source: Any, w_encoder: str | Path
     gen, hyper, state, latent_avg, opts = read_official_hyperstyle(ckpt, source)
     if w_encoder is None:
         hint = opts.get("w_encoder_checkpoint_path")
+        published = PUBLISHED_HYPERSTYLE.get(Path(str(source)).name)
+        if published:
+            hint = f"{published['w_encoder']}, published with it"
         raise CheckpointError(
             f"{source} is a HyperStyle checkpoint: it needs its W-encoder file, which it does not contain"
-            + (f" (trained with {hint!r})" if hint else "")
+            + (f" ({hint!r})" if hint else "")
             + "; pass it with instyle.load(path, w_encoder=PATH) or --w-encoder PATH"
         )
     try:
