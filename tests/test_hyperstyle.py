@@ -352,3 +352,23 @@ def test_demo_actions_render_on_the_tuned_generator(tmp_path):
     assert len(variants) == 2
     path = actions.write_latent(ra.latent, tmp_path / "face_latent.npy", ra.offsets)
     assert path.suffix == ".npz" and load_weights_deltas(path)[0].shape == (1, 16, 16, 3, 3)
+
+
+def test_convert_and_generator_from_official_files(tmp_path):
+    """``instyle convert --w-encoder`` writes a self-contained folder; ``load_generator``
+    takes the (untuned) generator of an official file; ``Inverter`` refuses HyperStyle
+    with a pointer to the API instead of failing inside."""
+    from instyle.cli.main import main
+    from instyle.inference.inverter import Inverter
+
+    model = tiny_model()
+    path, w_path = write_official(model, tmp_path / "hs.pt", tmp_path / "w.pt")
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 2  # no W-encoder: reported, no crash
+    assert not (tmp_path / "out" / "config.json").exists()
+    assert main(["convert", str(path), str(tmp_path / "out"), "--w-encoder", str(w_path)]) == 0
+    loaded = instyle.load(tmp_path / "out")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    g = instyle.load_generator(path)
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in g.state_dict().items())
+    with pytest.raises(ValueError, match="for HyperStyle use model.encode"):
+        Inverter(loaded, device="cpu")
