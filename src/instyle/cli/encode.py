@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         error(f"--batch-size={args.batch_size} must be >= 1")
         return 2
-    if args.iterations is not None and args.iterations < 1:
-        error(f"--iterations={args.iterations} must be >= 1")
+    iterations = getattr(args, "iterations", None)  # other commands (quickstart) call run() too
+    if iterations is not None and iterations < 1:
+        error(f"--iterations={iterations} must be >= 1")
         return 2
     rank, world_size = world()
     try:
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device, w_encoder=args.w_encoder)
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
     except CheckpointError as e:
         error(str(e))
         return 2
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
                 x = batch.tensors.to(device)
                 encoded += len(batch.items)
                 with torch.inference_mode():
-                    w, offsets = encode_with_offsets(model, x, args.iterations)
+                    w, offsets = encode_with_offsets(model, x, iterations)
                     y = decode_with_offsets(model, w, offsets, resize=not args.full_resolution)
                 for i, ((path, name), xi, yi, wi) in enumerate(zip(batch.items, x, y, w)):
                     recon = tensor_to_pil(yi)
