@@ -372,3 +372,31 @@ def test_convert_and_generator_from_official_files(tmp_path):
     assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in g.state_dict().items())
     with pytest.raises(ValueError, match="for HyperStyle use model.encode"):
         Inverter(loaded, device="cpu")
+
+
+def test_evaluate_scores_the_tuned_reconstructions(tmp_path):
+    """``evaluate --checkpoint ... --w-encoder`` scores exactly what ``encode`` writes (the
+    reconstructions on each image's tuned generator)."""
+    import json
+
+    import torchvision
+
+    from instyle.cli.main import main
+    from tests.helpers import rgb
+
+    path, w_path = write_official(tiny_model(), tmp_path / "hs.pt", tmp_path / "w.pt")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        rgb((96, 96), seed=10 + i).save(data / f"img{i}.png")
+    torch.manual_seed(0)
+    feats = {k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")}
+    torch.save(feats, tmp_path / "alex.pth")
+    common = ["--data", str(data), "--device", "cpu", "--identity", "none", "--lpips-weights", str(tmp_path / "alex.pth")]
+    model_args = ["-c", str(path), "--w-encoder", str(w_path)]
+    assert main(["encode", str(data), "--out", str(tmp_path / "enc"), "--device", "cpu", *model_args]) == 0
+    assert main(["evaluate", *model_args, "--out", str(tmp_path / "r1"), *common]) == 0
+    assert main(["evaluate", "--predictions", str(tmp_path / "enc"), "--out", str(tmp_path / "r2"), *common]) == 0
+    r1, r2 = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
+    assert r1["n_images"] == r2["n_images"] == 2
+    assert r1["metrics"]["mse"]["mean"] == pytest.approx(r2["metrics"]["mse"]["mean"], rel=1e-6)

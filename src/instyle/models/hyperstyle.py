@@ -163,6 +163,10 @@ class HyperStyle(nn.Module):
     def input_size(self) -> int:
         return self.config.resize_to
 
+    @property
+    def input_nc(self) -> int:
+        return 3
+
     def normalize_latent_avg(self, latent_avg: torch.Tensor) -> torch.Tensor:
         """``[512]``, ``[1, 512]`` or ``[n_styles, 512]`` -> ``[n_styles, 512]``."""
         n, d = self.n_styles, self.config.generator.style_dim
