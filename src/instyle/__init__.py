@@ -17,15 +17,17 @@ from instyle.utils.device import DEFAULT_DEVICE
 from instyle.version import __version__
 
 
-def load(path, device=DEFAULT_DEVICE, expected: PSPConfig | None = None) -> PSP:
+def load(path, device=DEFAULT_DEVICE, expected: PSPConfig | None = None, w_encoder=None) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
     Args:
         path: checkpoint file or own-format directory.
         device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: optional architecture the file must match.
+        w_encoder: for an official HyperStyle checkpoint, its W-encoder file (a
+            ``HyperStyle`` model is returned; own-format HyperStyle directories contain it).
     """
-    return load_psp(path, device=device, expected=expected)
+    return load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
 
 
 def __getattr__(name):

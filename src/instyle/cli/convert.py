@@ -18,7 +18,8 @@ architecture explicitly.
 Accepted inputs: official pSp, e4e and ReStyle checkpoints (.pt), rosinality StyleGAN2 checkpoints
 (.pt, the g_ema generator), NVIDIA StyleGAN2-ADA pickles (.pkl, read without
 running code from the file) and instyle folders. The kind (pSp model or generator)
-is detected from the file.
+is detected from the file. Official HyperStyle checkpoints need their W-encoder file
+(--w-encoder); the folder written holds both and loads without it.
 """
 
 
@@ -34,11 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kind", choices=["auto", "psp", "generator"], default="auto", help="what to extract (default: auto-detect)"
     )
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from instyle.interop import CheckpointError, load_generator, load_psp, save_generator, save_psp
+    from instyle.interop import CheckpointError, load_generator, load_psp, save_generator
     from instyle.interop.loading import detect_format, resolve_path
     from instyle.interop.safe_load import safe_torch_load
     from instyle.models.own_format import is_own_format, read_config
@@ -52,12 +54,20 @@ def run(args: argparse.Namespace) -> int:
             elif src.suffix == ".pkl":
                 kind = "generator"
             else:
-                kind = "psp" if detect_format(safe_torch_load(src)) == "psp" else "generator"
+                kind = detect_format(safe_torch_load(src))
+                kind = kind if kind in ("psp", "hyperstyle") else "generator"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kind == "psp":
-                model = load_psp(src)
-                save_psp(model, args.out_dir, extra={"converted_from": src.name})
+            if kind in ("psp", "hyperstyle"):
+                model = load_psp(src, w_encoder=args.w_encoder)
+                model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
+            if kind in ("psp", "hyperstyle") and hasattr(model.config, "hypernet"):
+                hyper = model.config.hypernet
+                desc = (
+                    f"HyperStyle model: {hyper.type}, {len(hyper.layers_to_tune)} tuned layers, "
+                    f"output {model.output_size}px, {model.n_styles} styles"
+                )
+            elif kind == "psp":
                 desc = (
                     f"{FAMILY_NAMES[model.config.family]} model: {model.config.encoder.type}, input {model.input_nc}x{model.input_size}px, "
                     f"output {model.output_size}px, {model.n_styles} styles, task {model.config.task}"

@@ -99,7 +99,8 @@ def run_direction(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows = []
     for src in sources:
-        images = decode(model, apply_direction(src.w, direction, strengths, layers), args.full_resolution, args.batch_size)
+        edited = apply_direction(src.w, direction, strengths, layers)
+        images = decode(model, edited, args.full_resolution, args.batch_size, src.offsets)
         for s, im in zip(strengths, images):
             save_image(im, out / src.name / f"strength_{s:+.3f}.{args.format}")
         row = ([src.preview] if src.preview is not None else []) + images
@@ -130,7 +131,9 @@ def run_combine(args: argparse.Namespace) -> int:
         return 1
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
-    out_a, out_b, mixed = decode(model, torch.stack([a.w, b.w, w]), args.full_resolution, 3)
+    # HyperStyle: A and the combination render on A's tuned generator, B on its own.
+    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets)
+    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")
@@ -222,9 +225,11 @@ def run_local(args: argparse.Namespace) -> int:
     except (ImageLoadError, ValueError, OSError) as e:
         error(str(e))
         return 1
+    from instyle.inference.offsets import encode_with_offsets
+
     with torch.inference_mode():
-        w = model.encode(x)
-    before, after = decode(model, w, args.full_resolution, 2)
+        w, offsets = encode_with_offsets(model, x)
+    before, after = decode(model, w, args.full_resolution, 2, offsets)
     out = Path(args.out)
     name = Path(args.input).stem
     save_image(edited, out / f"{name}_edited_input.png")

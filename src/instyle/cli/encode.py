@@ -27,6 +27,10 @@ Outputs keep each file's path under its input folder (photos/sub/a.jpg -> OUT/su
 inputs that would write the same file keep their suffix or folder name (a.png.png,
 a.jpg.png). OUT/summary.json lists every input with its outputs or its error. OUT may lie
 inside an input folder (it is not scanned) but may not be one.
+HyperStyle checkpoints need their W-encoder file (--w-encoder); --iterations sets the
+refinement steps (default 5, the original's). With --save-latents they write
+latents/<name>.npz holding the W+ code and the image's generator offsets, which
+`instyle edit` / `interpolate` / `mix` re-render on the tuned generator.
 
 Large folders stream: images are decoded in background threads while the model
 runs, outputs are written by a background thread, and memory stays flat. Under
@@ -48,10 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     p.add_argument(
         "--iterations", type=int, default=None, metavar="N",
-        help="ReStyle refinement steps (default: 5, the original's); pSp and e4e encode in one step",
+        help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step",
     )
     add_device_arg(p)
-    p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    p.add_argument(
+        "--save-latents", action="store_true",
+        help="also write latents/<name>.npy, float32 [n_styles, 512] (HyperStyle: .npz with the offsets)",
+    )
     p.add_argument(
         "--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px like the original)"
     )
@@ -93,12 +101,13 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device)
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
     except CheckpointError as e:
         error(str(e))
         return 2
-    if args.iterations is not None and (args.iterations < 1 or (model.family != "restyle" and args.iterations != 1)):
-        error(f"--iterations={args.iterations}: ReStyle models take N >= 1; this {model.family} model encodes in one step")
+    family = getattr(model, "family", "hyperstyle")
+    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "hyperstyle") and args.iterations != 1)):
+        error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
         return 2
 
     files, problems = collect_input_files(args.inputs, exclude=[args.out])

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", "-c", help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
     p.add_argument("--data", "-d", help="folder of target photos, or with inputs/ and targets/ subfolders")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
@@ -72,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from instyle.evaluation.report import evaluate
 
     try:
+        checkpoint = args.checkpoint
+        if args.w_encoder:  # HyperStyle: load here, where the W-encoder is known
+            from instyle.interop import load_psp
+
+            checkpoint = load_psp(args.checkpoint, w_encoder=args.w_encoder)
         report = evaluate(
-            args.checkpoint,
+            checkpoint,
             args.data,
             task=args.task,
             batch_size=args.batch_size,

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.interpolation import interpolate_path, save_animation
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
+    from instyle.inference.offsets import frame_offsets, path_coefficients
 
     if len(args.inputs) < 2:
         error("interpolation needs at least two inputs (A B [C ...])")
@@ -57,10 +58,18 @@ def run(args: argparse.Namespace) -> int:
         error(f"only {len(sources)} usable input(s); interpolation needs two")
         return 1
     w = interpolate_path([s.w for s in sources], args.steps)
+    with_offsets = [s.offsets is not None for s in sources]
+    if any(with_offsets) and not all(with_offsets):
+        error("some inputs carry HyperStyle generator offsets and some do not; give all as images or all as .npz")
+        return 2
+    # HyperStyle: each frame's generator offsets follow the same path as its latent.
+    coefficients = path_coefficients(len(sources), args.steps)
     out = Path(args.out)
     frames = []
     for start in tqdm(range(0, len(w), args.batch_size), unit="batch", desc="interpolate", disable=None):
-        frames.extend(decode(model, w[start : start + args.batch_size], args.full_resolution, args.batch_size))
+        stop = start + args.batch_size
+        offsets = frame_offsets([s.offsets for s in sources], coefficients[start:stop]) if all(with_offsets) else None
+        frames.extend(decode(model, w[start:stop], args.full_resolution, args.batch_size, offsets))
     for i, im in enumerate(frames):
         save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
     pick = _spread(len(frames), max(2, args.grid_frames))

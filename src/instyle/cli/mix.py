@@ -68,6 +68,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Source:
     name: str
     w: torch.Tensor
     preview: object | None
+    offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
 
 
 def load_model(args):
@@ -91,7 +93,7 @@ def load_model(args):
         return None
     try:
         device = resolve_device(args.device)
-        return load_psp(args.checkpoint, device=device), device
+        return load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None)), device
     except (InstyleError, OSError) as e:
         error(str(e))
         return None
@@ -129,7 +131,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     Returns:
         ``(sources in input order, number of failures)``.
     """
-    from instyle.inference.latents import load_latent
+    from instyle.inference.latents import load_latent, load_weights_deltas
+    from instyle.inference.offsets import encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
 
     files, names, problems = plan if plan is not None else plan_sources(inputs, expand)
@@ -145,7 +148,11 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 w, _, _ = load_latent(path)
                 if tuple(w.shape[1:]) != shape or w.shape[0] != 1:
                     raise InputError(f"latent of shape {tuple(w.shape)} does not fit this model ([{shape[0]}, {shape[1]}])")
-                loaded.append(Source(path, name, w[0].to(device), None))
+                offsets = load_weights_deltas(path)
+                if offsets is not None and not uses_offsets(model):
+                    raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
+                offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
+                loaded.append(Source(path, name, w[0].to(device), None, offsets))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
@@ -157,9 +164,9 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
         chunk = pending[start : start + batch_size]
         x = torch.stack([t for *_, t in chunk]).to(device)
         with torch.inference_mode():
-            w = model.encode(x).float()
-        for (i, path, name, t), wi in zip(chunk, w):
-            loaded[i] = Source(path, name, wi, preview(t, model.config))
+            w, offsets = encode_with_offsets(model, x)
+        for j, ((i, path, name, t), wi) in enumerate(zip(chunk, w.float())):
+            loaded[i] = Source(path, name, wi, preview(t, model.config), sample_offsets(offsets, j))
     return [s for s in loaded if s is not None], failed
 
 
@@ -170,14 +177,17 @@ def preview(x: torch.Tensor, config):
     return input_preview(x, config)
 
 
-def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int) -> list:
-    """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches."""
+def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None) -> list:
+    """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches; ``offsets``: HyperStyle
+    generator offsets (batch 1: shared by all codes, or batch N)."""
     from instyle.inference.io import tensor_to_pil
+    from instyle.inference.offsets import batch_slice, decode_with_offsets
 
     out = []
     with torch.inference_mode():
         for start in range(0, len(w), batch_size):
-            y = model.decode(w[start : start + batch_size], resize=not full_resolution)
+            stop = start + batch_size
+            y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
             out.extend(tensor_to_pil(t) for t in y)
     return out
 
@@ -254,8 +264,9 @@ def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, f
         mixed = style_mix(
             model, src.w[None], args.n_outputs, latent_mask=mask, alpha=args.mix_alpha, seed=args.seed, truncation=args.truncation
         )[0]
-        images = decode(model, mixed, args.full_resolution, args.batch_size)
-        row = ([src.preview] if src.preview is not None else decode(model, src.w[None], args.full_resolution, 1)) + images
+        images = decode(model, mixed, args.full_resolution, args.batch_size, src.offsets)
+        first = [src.preview] if src.preview is not None else decode(model, src.w[None], args.full_resolution, 1, src.offsets)
+        row = first + images
         try:
             for k, im in enumerate(images):
                 save_image(im, out / "outputs" / f"{src.name}_{k}.{args.format}")

@@ -18,6 +18,7 @@ from PIL import Image
 from instyle.alignment import AlignmentUnavailable, align_face
 from instyle.demo.inputs import DemoInputError
 from instyle.inference.io import tensor_to_pil
+from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, frame_offsets, sample_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.models.psp import PSP
 from instyle.tasks import get_task, preview_input
@@ -28,6 +29,7 @@ __all__ = [
     "align",
     "decode",
     "encode",
+    "encode_image",
     "input_preview",
     "interpolate",
     "mix",
@@ -44,6 +46,7 @@ class Reconstruction:
     input: Image.Image
     output: Image.Image
     latent: torch.Tensor
+    offsets: list | None = None  # HyperStyle: the image's generator offsets (batch 1, CPU)
 
 
 def align(image: Image.Image, size: int = 256) -> Image.Image:
@@ -82,16 +85,30 @@ def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
 @torch.inference_mode()
 def encode(model: PSP, image: Image.Image) -> torch.Tensor:
     """One input image -> its W+ code ``[n_styles, D]`` (CPU, float32)."""
-    return model.encode(_prepare(model, image))[0].float().cpu()
+    return encode_image(model, image)[0]
 
 
 @torch.inference_mode()
-def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8) -> list[Image.Image]:
-    """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``)."""
+def encode_image(model: PSP, image: Image.Image) -> tuple[torch.Tensor, list | None]:
+    """One input image -> ``(W+ code [n_styles, D], HyperStyle offsets or None)`` (CPU, float32)."""
+    w, offsets = encode_with_offsets(model, _prepare(model, image))
+    return w[0].float().cpu(), _to(sample_offsets(offsets, 0), "cpu")
+
+
+def _to(offsets: list | None, device) -> list | None:
+    return None if offsets is None else [d if d is None else d.to(device) for d in offsets]
+
+
+@torch.inference_mode()
+def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None) -> list[Image.Image]:
+    """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``);
+    ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B."""
     device = next(model.parameters()).device
+    offsets = _to(offsets, device)
     out: list[Image.Image] = []
     for i in range(0, len(w_plus), batch_size):
-        y = model.decode(w_plus[i : i + batch_size].to(device), resize=True)
+        part = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[i : i + batch_size] for d in offsets]
+        y = decode_with_offsets(model, w_plus[i : i + batch_size].to(device), part, resize=True)
         out.extend(tensor_to_pil(t) for t in y)
     return out
 
@@ -100,9 +117,10 @@ def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8) -> list[Image.
 def reconstruct(model: PSP, image: Image.Image) -> Reconstruction:
     """Encode and decode one input (photo, sketch, label map, ... as the model's task takes)."""
     x = _prepare(model, image)
-    w = model.encode(x)
-    y = model.decode(w, resize=True)
-    return Reconstruction(input_preview(x[0].cpu(), model.config.task), tensor_to_pil(y[0]), w[0].float().cpu())
+    w, offsets = encode_with_offsets(model, x)
+    y = decode_with_offsets(model, w, offsets, resize=True)
+    preview = input_preview(x[0].cpu(), model.config.task)
+    return Reconstruction(preview, tensor_to_pil(y[0]), w[0].float().cpu(), _to(offsets, "cpu"))
 
 
 def mix(
@@ -113,6 +131,7 @@ def mix(
     alpha: float | None = None,
     seed: int = 0,
     truncation: float = 1.0,
+    offsets: list | None = None,
 ) -> list[Image.Image]:
     """Multi-modal variants of one code: ``layers`` (0-based, e.g. ``"8-17"``) come from random styles.
 
@@ -125,24 +144,37 @@ def mix(
         codes = style_mix(model, latent[None], n_outputs, latent_mask=layers or None, alpha=alpha, seed=seed, truncation=truncation)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
-    return decode(model, codes[0])
+    return decode(model, codes[0], offsets=offsets)
 
 
-def interpolate(model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int) -> list[Image.Image]:
-    """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+."""
+def interpolate(
+    model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None
+) -> list[Image.Image]:
+    """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+ (and, for
+    HyperStyle, in the two images' generator offsets ``offsets = (a, b)``)."""
     from instyle.inference.interpolation import interpolate as lerp
 
     try:
         frames = lerp(w_a, w_b, steps)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
-    return decode(model, frames)
+    if offsets is None:
+        return decode(model, frames)
+    lam = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
+    out: list[Image.Image] = []
+    for i in range(0, steps, 4):  # blended offsets are large (one set per frame): a few frames at a time
+        coeff = torch.stack([lam[i : i + 4], 1 - lam[i : i + 4]], 1)
+        out += decode(model, frames[i : i + 4], offsets=frame_offsets(list(offsets), coeff))
+    return out
 
 
-def write_latent(latent: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read."""
+def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None) -> Path:
+    """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read;
+    with HyperStyle offsets, ``.npz`` with the offsets (the path's suffix is replaced)."""
     from instyle.inference.latents import save_latent
 
+    if offsets is not None:
+        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), weights_deltas=offsets)
     return save_latent(path, latent.float().cpu())
 
 

@@ -200,8 +200,8 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         names = store.names_for(task)
         return gr.Dropdown(choices=names, value=names[0], label=label, interactive=len(names) > 1)
 
-    def latent_file(latent, stem: str):
-        return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.npy")))
+    def latent_file(latent, stem: str, offsets=None):
+        return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.{'npz' if offsets else 'npy'}"), offsets))
 
     def png(img, stem: str = "image") -> str:
         # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
@@ -218,7 +218,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         if align:
             image = actions.align(image, size=max(256, entry.model.input_size))
         r = actions.reconstruct(entry.model, image)
-        return png(r.output), png(r.input, "input"), latent_file(r.latent, _stem(photo, "image"))
+        return png(r.output), png(r.input, "input"), latent_file(r.latent, _stem(photo, "image"), r.offsets)
 
     @_guard
     def task_run(model_name, payload):
@@ -228,7 +228,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         r = actions.reconstruct(entry.model, image)
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
-        return png(r.output), png(r.input, "input"), latent_file(r.latent, stem)
+        return png(r.output), png(r.input, "input"), latent_file(r.latent, stem, r.offsets)
 
     @_guard
     def preview_labels(model_name, payload):
@@ -246,7 +246,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         if not 1 <= n <= settings.max_mix_outputs:
             raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
         image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry), uploads=uploads)
-        latent = actions.encode(entry.model, image)
+        latent, offsets = actions.encode_image(entry.model, image)
         images = actions.mix(
             entry.model,
             latent,
@@ -255,6 +255,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
             alpha=float(alpha) if blend else None,
             seed=int(seed),
             truncation=float(truncation),
+            offsets=offsets,
         )
         return [(png(im, f"variant_{k + 1}"), f"variant {k + 1}") for k, im in enumerate(images)]
 
@@ -264,10 +265,9 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         steps = int(frames)
         if not 2 <= steps <= settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        mode = _mode_for(entry)
-        w_a = actions.encode(entry.model, read_upload(photo_a, "photo A", settings, mode=mode, uploads=uploads))
-        w_b = actions.encode(entry.model, read_upload(photo_b, "photo B", settings, mode=mode, uploads=uploads))
-        images = actions.interpolate(entry.model, w_a, w_b, steps)
+        w_a, off_a = actions.encode_image(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry), uploads=uploads))
+        w_b, off_b = actions.encode_image(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry), uploads=uploads))
+        images = actions.interpolate(entry.model, w_a, w_b, steps, None if off_a is None else (off_a, off_b))
         gif = actions.write_animation(images, outputs.new("interpolation.gif"))
         frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
         return frames_out, str(gif), str(gif)

@@ -279,13 +279,21 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
+    from instyle.inference.offsets import uses_offsets
     from instyle.models.psp import PSP
 
-    if not isinstance(model, PSP):
+    if not isinstance(model, PSP) and not uses_offsets(model):
         from instyle.interop import load_psp
 
         model = load_psp(model, device=device)
     return model.to(device).eval()
+
+
+def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
+    """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
+    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
+
+    return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
 
 
 def _input_maker(model, task_name: str | None):
@@ -413,11 +421,11 @@ def evaluate(
             with torch.inference_mode():
                 if not warm:
                     for _ in range(warmup):
-                        net.decode(net.encode(x), resize=True)
+                        _reconstruct(net, x)
                     warm = True
                 _sync(device)
                 t0 = time.perf_counter()
-                pred = net.decode(net.encode(x), resize=True)
+                pred = _reconstruct(net, x)
                 _sync(device)
                 runtime = (time.perf_counter() - t0) / len(chunk)
             if pred.shape[-1] != eval_size:

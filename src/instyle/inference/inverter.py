@@ -47,10 +47,17 @@ class Inverter:
 
     def __init__(self, model: PSP | str | os.PathLike, device: str | torch.device = "auto", full_resolution: bool = False):
         self.device = resolve_device(device)
-        if not isinstance(model, PSP):
+        from instyle.inference.offsets import uses_offsets
+
+        if not isinstance(model, PSP) and not uses_offsets(model):
             from instyle.interop import load_psp
 
             model = load_psp(model, device=self.device)
+        if uses_offsets(model):
+            raise ValueError(
+                "Inverter works with pSp-family models; for HyperStyle use model.encode / model.decode "
+                "(the latent comes with per-image generator offsets; see docs/hyperstyle.md)"
+            )
         self.model = model.to(self.device).eval()
         self.full_resolution = full_resolution
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -206,8 +207,10 @@ class EncodeOptions:
     grid: bool = False
     align: bool = False
     format: str = "png"
-    #: ReStyle refinement steps (None: the model family's default; pSp and e4e: one pass)
+    #: ReStyle / HyperStyle refinement steps (None: the model's default; pSp and e4e: one pass)
     iterations: int | None = None
+    #: latent file type: ``npy`` (the W+ code) or ``npz`` (with HyperStyle's generator offsets)
+    latent_format: str = "npy"
 
     def __post_init__(self) -> None:
         from instyle.utils.config import ConfigError
@@ -219,11 +222,20 @@ class EncodeOptions:
 
     def outputs(self, name: str) -> list[str]:
         """Paths (relative to the output folder) written for the input named ``name``."""
-        return [f"{name}.{self.format}"] + ([f"latents/{name}.npy"] if self.save_latents else [])
+        return [f"{name}.{self.format}"] + ([f"latents/{name}.{self.latent_format}"] if self.save_latents else [])
 
 
 def _is_fatal(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in FATAL_WRITE_ERRNOS
+
+
+def _iterations(model, asked: int | None) -> int:
+    """The refinement steps an encode ran: ReStyle's and HyperStyle's default is 5."""
+    from instyle.inference.offsets import uses_offsets
+
+    if uses_offsets(model):
+        return asked or model.config.iterations
+    return (asked or DEFAULT_ITERATIONS) if getattr(model, "family", "psp") == "restyle" else 1
 
 
 def encode_files(
@@ -254,7 +266,10 @@ def encode_files(
         OutputFolderError: before any work, when ``out`` is unusable (see :func:`prepare_output_folder`).
     """
     from instyle.inference.io import output_names
+    from instyle.inference.offsets import uses_offsets
 
+    if uses_offsets(model):  # each latent carries its image's generator offsets
+        options = dataclasses.replace(options, latent_format="npz")
     rank, world_size = world()
     suffix = "" if world_size == 1 else f"_rank{rank}"
     reserved = [f"grid{suffix}.png", f"summary{suffix}.json"]
@@ -282,7 +297,7 @@ def encode_files(
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if options.full_resolution else model.config.resize_to,
-        "iterations": (options.iterations or DEFAULT_ITERATIONS) if model.family == "restyle" else 1,
+        "iterations": _iterations(model, options.iterations),
         "rank": rank,
         "world_size": world_size,
         "files": mine,
@@ -324,6 +339,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     from tqdm import tqdm
 
     from instyle.inference.latents import save_latent
+    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets
     from instyle.inference.preprocess import input_preview
 
     device = next(model.parameters()).device
@@ -340,9 +356,9 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
             if batch.tensors is not None:
                 x = batch.tensors.to(device)
                 with torch.inference_mode():
-                    w = model.encode(x, iterations=options.iterations)
-                    y = model.decode(w, resize=not options.full_resolution)
-                for (i, name), xi, yi, wi in zip(batch.items, x, y, w):
+                    w, offsets = encode_with_offsets(model, x, options.iterations)
+                    y = decode_with_offsets(model, w, offsets, resize=not options.full_resolution)
+                for k, ((i, name), xi, yi, wi) in enumerate(zip(batch.items, x, y, w)):
                     recon = tensor_to_pil(yi)
                     want_grid = options.grid and len(grid_rows) < 16
                     preview = input_preview(xi, model.config) if options.side_by_side or want_grid else None
@@ -350,7 +366,9 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     records[i]["status"] = "encoded"
                     writer.submit(save_image, image, out / f"{name}.{options.format}", tag=i)
                     if options.save_latents:
-                        writer.submit(save_latent, out / "latents" / f"{name}.npy", wi.float().cpu(), tag=i)
+                        deltas = {} if offsets is None else {"weights_deltas": sample_offsets(offsets, k)}
+                        latent = out / "latents" / f"{name}.{options.latent_format}"
+                        writer.submit(save_latent, latent, wi.float().cpu(), **deltas, tag=i)
                     if want_grid:
                         grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))

@@ -96,10 +96,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
 
 
-def load_own(directory: str | os.PathLike) -> PSP | Generator:
-    """An own-format directory as a :class:`PSP` or :class:`Generator` (CPU, eval), by its kind."""
+def load_own(directory: str | os.PathLike):
+    """An own-format directory as a :class:`PSP`, :class:`Generator` or
+    :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
+    from instyle.models.hyperstyle import HyperStyle
+
     kind = read_config(directory)["kind"]
-    return (PSP if kind == "psp" else Generator).from_pretrained(directory)
+    return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle}[kind].from_pretrained(directory)
 
 
 def save_psp(model: PSP, directory: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -113,10 +116,12 @@ def save_generator(generator: Generator, directory: str | os.PathLike, extra: di
 
 
 def detect_format(obj: Any) -> str:
-    """Name the format of a loaded checkpoint object: ``psp``, ``rosinality``,
+    """Name the format of a loaded checkpoint object: ``psp``, ``hyperstyle``, ``rosinality``,
     ``generator_state_dict`` or ``unknown``."""
     if isinstance(obj, Mapping):
         sd = obj.get("state_dict")
+        if isinstance(sd, Mapping) and any(str(k).startswith("hypernet.") for k in sd):
+            return "hyperstyle"
         if isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd):
             return "psp"
         if "g_ema" in obj or "g" in obj:
@@ -173,6 +178,7 @@ def load_psp(
     path: str | os.PathLike,
     device: str | torch.device = DEFAULT_DEVICE,
     expected: PSPConfig | None = None,
+    w_encoder: str | os.PathLike | None = None,
 ) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
@@ -180,10 +186,18 @@ def load_psp(
         path: file or directory (bare published names are also looked up in the cache).
         device: ``"cpu"`` (default), ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: if given, the file's architecture must equal it.
+        w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
+            :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
     """
     p = resolve_path(path)
     if is_own_format(p):
-        model = PSP.from_pretrained(p)
+        if w_encoder is not None:
+            raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
+        model = load_own(p)
+        if _is_hyperstyle(model):
+            return model.to(resolve_device(device)).eval()
+        if not isinstance(model, PSP):
+            raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
         _check_expected(model.config, expected, p)
         return model.to(resolve_device(device)).eval()
     if p.is_dir():
@@ -194,6 +208,12 @@ def load_psp(
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
     fmt = detect_format(ckpt)
+    if fmt == "hyperstyle":
+        from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
+
+        return hyperstyle_from_checkpoint(ckpt, p, w_encoder).to(device)
+    if w_encoder is not None:
+        raise CheckpointError(f"{p}: w_encoder={str(w_encoder)!r} is only for HyperStyle checkpoints; this is {fmt}")
     if fmt != "psp":
         what = {"rosinality": "a StyleGAN2 generator (rosinality) file", "generator_state_dict": "a generator state dict"}
         raise CheckpointError(
@@ -220,6 +240,12 @@ def load_psp(
     return model.to(resolve_device(device)).eval()
 
 
+def _is_hyperstyle(model) -> bool:
+    from instyle.models.hyperstyle import HyperStyle
+
+    return isinstance(model, HyperStyle)
+
+
 def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
     try:
         config = generator_config_from_state_dict(sd)
@@ -243,7 +269,7 @@ def load_generator(
     p = resolve_path(path)
     if is_own_format(p):
         m = load_own(p)
-        g = m.decoder if isinstance(m, PSP) else m
+        g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
         from instyle.interop.nvidia import load_nvidia_generator
 
@@ -256,6 +282,11 @@ def load_generator(
             g = _generator_from_state(strip_prefix(state, "decoder."), p)
             if latent_avg is not None:
                 g.latent_avg = latent_avg.reshape(-1, latent_avg.shape[-1]).mean(0, keepdim=True)
+        elif fmt == "hyperstyle":  # the tuned generator before any per-image offsets
+            g = _generator_from_state(strip_prefix(ckpt["state_dict"], "decoder."), p)
+            avg = ckpt.get("latent_avg")
+            if isinstance(avg, torch.Tensor):
+                g.latent_avg = avg.float().reshape(-1, avg.shape[-1]).mean(0, keepdim=True)
         elif fmt == "rosinality":
             key = "g_ema" if "g_ema" in ckpt else "g"
             g = _generator_from_state(ckpt[key], f"{p} [{key}]")

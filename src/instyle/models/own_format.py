@@ -2,7 +2,7 @@
 
 ``config.json``::
 
-    {"format": "instyle", "kind": "psp" | "generator", "version": 1,
+    {"format": "instyle", "kind": "psp" | "generator" | "hyperstyle", "version": 1,
      "config": {...architecture...}, "metadata": {...free-form provenance...},
      "random_weights": false}
 
@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+#: The model kinds a directory may hold (``config.json``'s ``kind``).
+KINDS = ("psp", "generator", "hyperstyle")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -84,8 +86,8 @@ def read_config(directory: str | Path) -> dict:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable instyle config ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in ("psp", "generator"):
-        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind psp|generator)")
+    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind {'|'.join(KINDS)})")
     if int(doc.get("version", 0)) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer instyle (format version {doc['version']} > {FORMAT_VERSION}); upgrade instyle"
@@ -118,7 +120,7 @@ def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, t
         )
     doc = read_config(directory)
     if doc["kind"] != kind:
-        names = {"psp": "pSp model", "generator": "generator"}
+        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model"}
         hint = "instyle.load_generator" if doc["kind"] == "generator" else "instyle.load"
         raise CheckpointError(
             f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"

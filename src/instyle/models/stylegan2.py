@@ -312,27 +312,35 @@ class ModulatedConv2d(nn.Module):
             f"upsample={self.upsample}, demodulate={self.demodulate}"
         )
 
-    def modulated_weight(self, style: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights ``[B, out, in, k, k]`` for styles ``[B, style_dim]``."""
+    def modulated_weight(self, style: torch.Tensor, weights_delta: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample weights ``[B, out, in, k, k]`` for styles ``[B, style_dim]``.
+
+        ``weights_delta`` (HyperStyle): relative offsets ``[B, out, in, k or 1, k or 1]``,
+        the kernel becomes ``W * (1 + delta)`` before modulation."""
         batch = style.shape[0]
         s = self.modulation(style).view(batch, 1, self.in_channel, 1, 1)
-        weight = self.scale * self.weight * s
+        if weights_delta is None:
+            weight = self.scale * self.weight * s
+        else:
+            weight = self.scale * (self.weight * (1 + weights_delta) * s)
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + self.eps)
             weight = weight * demod.view(batch, self.out_channel, 1, 1, 1)
         return weight
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, weights_delta: torch.Tensor | None = None) -> torch.Tensor:
         batch, in_channel, height, width = x.shape
         if in_channel != self.in_channel or style.shape[0] != batch:
             raise ValueError(
                 f"ModulatedConv2d expects x [B, {self.in_channel}, H, W] and style [B, D]; "
                 f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
             )
-        if get_backend() != "reference":
+        if weights_delta is not None:
+            self._check_delta(weights_delta, batch)
+        elif get_backend() != "reference":
             return fast.modulated_conv2d(self, x, style)
         k = self.kernel_size
-        weight = self.modulated_weight(style)
+        weight = self.modulated_weight(style, weights_delta)
         if self.upsample:
             x = x.reshape(1, batch * in_channel, height, width)
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
@@ -343,6 +351,19 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
+
+
+    def _check_delta(self, delta: torch.Tensor, batch: int) -> None:
+        o, i, k = self.out_channel, self.in_channel, self.kernel_size
+        ok = (
+            delta.ndim == 5 and delta.shape[0] in (1, batch) and tuple(delta.shape[1:3]) == (o, i)
+            and delta.shape[3] in (1, k) and delta.shape[4] in (1, k)
+        )
+        if not ok:
+            raise ValueError(
+                f"weights_delta for a {i}->{o} {k}x{k} modulated conv must be [B or 1, {o}, {i}, {k} or 1, "
+                f"{k} or 1] (batch {batch}); got {tuple(delta.shape)}"
+            )
 
 
 class NoiseInjection(nn.Module):
@@ -393,8 +414,14 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.conv(x, style)
+    def forward(
+        self,
+        x: torch.Tensor,
+        style: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        weights_delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = self.conv(x, style, weights_delta)
         out = self.noise(out, noise=noise)
         out = self.activate(out)
         if self.conv_clamp is not None:
@@ -421,10 +448,16 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
         self.conv_clamp = conv_clamp
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if get_backend() != "reference":
+    def forward(
+        self,
+        x: torch.Tensor,
+        style: torch.Tensor,
+        skip: torch.Tensor | None = None,
+        weights_delta: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if weights_delta is None and get_backend() != "reference":
             return fast.to_rgb(self, x, style, skip)
-        out = self.conv(x, style) + self.bias
+        out = self.conv(x, style, weights_delta) + self.bias
         if self.conv_clamp is not None:
             out = out.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
@@ -543,6 +576,7 @@ class Generator(nn.Module):
         input_is_latent: bool = False,
         noise: Sequence[torch.Tensor | None] | None = None,
         randomize_noise: bool = True,
+        weights_deltas: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Synthesise images.
 
@@ -559,6 +593,9 @@ class Generator(nn.Module):
             noise: one map per layer (``[B or 1, 1, r, r]``) or None.
             randomize_noise: when ``noise`` is None, draw fresh noise (True) or use the
                 stored buffers (False).
+            weights_deltas: HyperStyle's per-layer relative weight offsets, one entry (or
+                None) per modulated conv in generator order: conv1, to_rgb1, then
+                (up-conv, conv, to_rgb) per resolution (``n_weight_layers`` entries).
 
         Returns:
             ``(image [B, 3, size, size], latents or features or None)``.
@@ -604,16 +641,23 @@ class Generator(nn.Module):
             a, b = (s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles)
             latent = torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
 
+        if weights_deltas is None:
+            deltas = [None] * self.n_weight_layers
+        elif len(weights_deltas) != self.n_weight_layers:
+            raise ValueError(f"expected {self.n_weight_layers} weights_deltas (or None each), got {len(weights_deltas)}")
+        else:
+            deltas = list(weights_deltas)
         out = self.input(latent.shape[0])
-        out = self.conv1(out, latent[:, 0], noise=noise[0])
-        skip = self.to_rgb1(out, latent[:, 1])
+        out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
+        skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
         i = 1
-        for conv1, conv2, noise1, noise2, to_rgb in zip(
+        for r, (conv1, conv2, noise1, noise2, to_rgb) in enumerate(zip(
             self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
-        ):
-            out = conv1(out, latent[:, i], noise=noise1)
-            out = conv2(out, latent[:, i + 1], noise=noise2)
-            skip = to_rgb(out, latent[:, i + 2], skip)
+        )):
+            d = deltas[2 + 3 * r: 5 + 3 * r]
+            out = conv1(out, latent[:, i], noise=noise1, weights_delta=d[0])
+            out = conv2(out, latent[:, i + 1], noise=noise2, weights_delta=d[1])
+            skip = to_rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
             i += 2
         image = skip
 
@@ -622,6 +666,19 @@ class Generator(nn.Module):
         if return_features:
             return image, out
         return image, None
+
+    @property
+    def n_weight_layers(self) -> int:
+        """Number of modulated convs (conv1, to_rgb1, then 3 per resolution): the length
+        of a ``weights_deltas`` list."""
+        return len(self.convs) + len(self.to_rgbs) + 2
+
+    def weight_layers(self) -> list[ModulatedConv2d]:
+        """The modulated convs in ``weights_deltas`` order."""
+        layers = [self.conv1.conv, self.to_rgb1.conv]
+        for up, conv, rgb in zip(self.convs[::2], self.convs[1::2], self.to_rgbs):
+            layers += [up.conv, conv.conv, rgb.conv]
+        return layers
 
     def synthesize(self, w_plus: torch.Tensor, noise=None, randomize_noise: bool = False) -> torch.Tensor:
         """W+ ``[B, n_latent, style_dim]`` (or w ``[B, style_dim]``) to images ``[B, 3, size, size]``.

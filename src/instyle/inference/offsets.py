@@ -1,0 +1,100 @@
+"""HyperStyle's per-image generator offsets in the shared tools (encode, edit, mix,
+interpolate): one way to encode and decode for every model.
+
+For a pSp-family model the offsets are always ``None``; for a
+:class:`~instyle.models.hyperstyle.HyperStyle` they are its ``weights_deltas`` (one entry
+or None per generator weight layer, ``[B or 1, out, in, k, k]``). A batch-1 entry applies
+to every code of a batch, which is how edited latents of one image are re-rendered on
+that image's tuned generator, as HyperStyle's editing scripts do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "Offsets",
+    "batch_slice",
+    "blend_offsets",
+    "decode_with_offsets",
+    "encode_with_offsets",
+    "frame_offsets",
+    "path_coefficients",
+    "sample_offsets",
+    "uses_offsets",
+]
+
+Offsets = list[torch.Tensor | None]
+
+
+def uses_offsets(model) -> bool:
+    """Whether ``model.encode`` returns ``(w_plus, weights_deltas)`` (HyperStyle)."""
+    from instyle.models.hyperstyle import HyperStyle
+
+    return isinstance(model, HyperStyle)
+
+
+def encode_with_offsets(model, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, Offsets | None]:
+    """Images ``[B, C, S, S]`` -> ``(w_plus [B, n_styles, D], offsets or None)``.
+
+    ``iterations``: ReStyle / HyperStyle refinement steps (default the model's); other
+    models take one step (None or 1)."""
+    if uses_offsets(model):
+        return model.encode(x, iterations=iterations)
+    return model.encode(x, iterations=iterations), None
+
+
+def decode_with_offsets(
+    model, w_plus: torch.Tensor, offsets: Sequence[torch.Tensor | None] | None = None, resize: bool = False
+) -> torch.Tensor:
+    """W+ ``[B, n_styles, D]`` -> images, on the tuned generator when ``offsets`` are given."""
+    if offsets is None:
+        return model.decode(w_plus, resize=resize)
+    if not uses_offsets(model):
+        raise ValueError("these latents carry HyperStyle weight offsets; render them with a HyperStyle model")
+    return model.decode(w_plus, weights_deltas=offsets, resize=resize)
+
+
+def sample_offsets(offsets: Sequence[torch.Tensor | None] | None, i: int) -> Offsets | None:
+    """The offsets of sample ``i`` of a batch, each with a batch dimension of 1."""
+    if offsets is None:
+        return None
+    return [None if d is None else d[i : i + 1] for d in offsets]
+
+
+def batch_slice(offsets: Sequence[torch.Tensor | None] | None, start: int, stop: int) -> Offsets | None:
+    """Rows ``start:stop`` of per-sample offsets; batch-1 offsets (shared) are kept whole."""
+    if offsets is None:
+        return None
+    return [d if d is None or d.shape[0] == 1 else d[start:stop] for d in offsets]
+
+
+def blend_offsets(offsets: Sequence[Sequence[torch.Tensor | None]], weights: Sequence[float]) -> Offsets:
+    """``sum_j weights[j] * offsets[j]`` layer by layer (batch-1 offsets of several images,
+    e.g. for the frames of an interpolation); a layer untuned in any input stays None."""
+    out: Offsets = []
+    for layer in zip(*offsets):
+        if any(d is None for d in layer):
+            out.append(None)
+            continue
+        k = max(d.shape[-1] for d in layer)
+        out.append(sum(float(wj) * d.expand(*d.shape[:-2], k, k) for wj, d in zip(weights, layer)))
+    return out
+
+
+def frame_offsets(offsets: Sequence[Sequence[torch.Tensor | None]], coefficients: torch.Tensor) -> Offsets:
+    """Offsets of ``F`` frames blended from ``n`` images: ``coefficients [F, n]`` (e.g. the
+    interpolation weights) -> one list with ``[F, out, in, k, k]`` entries."""
+    frames = [blend_offsets(offsets, row.tolist()) for row in coefficients]
+    return [None if layer[0] is None else torch.cat(layer) for layer in zip(*frames)]
+
+
+def path_coefficients(n: int, steps_per_segment: int) -> torch.Tensor:
+    """``[frames, n]`` weights of the ``n`` inputs in each frame of
+    :func:`~instyle.inference.interpolation.interpolate_path` (for :func:`frame_offsets`)."""
+    from instyle.inference.interpolation import interpolate_path
+
+    eye = torch.eye(n, dtype=torch.float64)
+    return interpolate_path([eye[j][None] for j in range(n)], steps_per_segment)[:, 0]
