@@ -76,7 +76,7 @@ def load_latent(path: str | os.PathLike) -> tuple[torch.Tensor, list[torch.Tenso
     """
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes), not a latent file")
+        raise InputError(f"{path}: empty file (0 bytes), not a latent file")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
