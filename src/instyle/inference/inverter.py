@@ -120,13 +120,22 @@ class Inverter:
 
         return self.decode(interpolate_path([self._code(i) for i in items], steps))
 
-    def edit(self, image: ImageLike, direction, strengths=(-3.0, 0.0, 3.0), layers=None) -> list[Image.Image]:
-        """Images of ``w + s * direction`` for each strength (direction: tensor or ``.npy`` path)."""
-        from instyle.inference.editing import apply_direction, load_direction
+    def edit(self, image: ImageLike, direction, strengths=(-3.0, 0.0, 3.0), layers=None, component=None) -> list[Image.Image]:
+        """Images of one edit at each strength (see :mod:`instyle.inference.editing`).
 
-        if not isinstance(direction, torch.Tensor):
-            direction = load_direction(direction, self.model.n_styles, self.config.generator.style_dim)
-        return self.decode(apply_direction(self._code(image), direction.to(self.device), strengths, layers))
+        ``direction``: a tensor (``w + s * direction``), a loaded edit, or the path of any
+        edit file (``.npy``, InterFaceGAN / GANSpace ``.pt``, SeFa ``.npz``). GANSpace needs
+        ``component=(idx, start, end)`` and its strengths are target coordinates; a direction
+        set needs ``component=(k,)``.
+        """
+        from instyle.inference.editing import EditSpec, LatentDirection, edit_codes, load_edit
+
+        if isinstance(direction, torch.Tensor):
+            direction = LatentDirection(direction.detach().float().cpu(), "tensor")
+        elif isinstance(direction, (str, os.PathLike)):
+            direction = load_edit(direction, self.model.n_styles, self.config.generator.style_dim)
+        spec = EditSpec("edit", tuple(component) if component is not None else None, tuple(strengths))
+        return self.decode(edit_codes(self._code(image), direction, spec, layers))
 
     def evaluate(self, data_dir, out_dir=None, **kwargs) -> dict:
         """Metrics of this model on a folder (see :func:`instyle.evaluation.report.evaluate`)."""
