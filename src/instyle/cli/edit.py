@@ -95,13 +95,11 @@ def _layers(spec: str | None, n_styles: int) -> list[int] | None:
 
 def _load_edits(specs: list[str], model) -> dict:
     """``[NAME=]FILE`` options -> ``{name: edit}`` (name: the given one or the file's stem)."""
-    from instyle.inference.editing import load_edit
+    from instyle.inference.editing import load_edit, named_file
 
     edits = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or Path(spec).exists():
-            name, path = Path(spec).stem, spec
+        name, path = named_file(spec)
         if name in edits:
             raise ValueError(f"two edit files are called {name!r}; name them with -d NAME=FILE")
         edits[name] = load_edit(path, model.n_styles, model.config.generator.style_dim)

@@ -39,6 +39,7 @@ __all__ = [
     "GANSpacePCA",
     "DirectionSet",
     "load_edit",
+    "named_file",
     "EditSpec",
     "parse_edit",
     "resolve_edit",
@@ -310,6 +311,15 @@ def _is_npz(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as z:
         return all(n.endswith(".npy") for n in z.namelist())
+
+
+def named_file(spec: str) -> tuple[str, str]:
+    """``"NAME=FILE"`` -> ``(NAME, FILE)``; a plain file (even one with ``=`` in its name)
+    is named after its stem."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or Path(spec).exists():
+        return Path(spec).stem, spec
+    return name, path
 
 
 def load_edit(path: str | os.PathLike, n_styles: int | None = None, style_dim: int | None = None) -> Edit:
