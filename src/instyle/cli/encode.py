@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import add_device_arg, error
+from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
 Encode images with a pSp checkpoint and write the reconstructions (and optionally the
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    add_refine_args(p)
     p.set_defaults(func=run)
 
 
@@ -128,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         except (ImageLoadError, ValueError, OSError) as e:
             raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
+    if args.refine:
+        return run_refine(args, model, list(zip(paths, _unique_names(paths))), lambda p: prepare((p, None)), failed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # Names are fixed over the whole input list, so every torchrun process agrees on them.
