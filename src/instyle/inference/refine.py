@@ -358,12 +358,13 @@ def save_generator_delta(path: str | Path, delta: dict[str, torch.Tensor], base,
 def load_generator_delta(path: str | Path, base) -> dict[str, torch.Tensor]:
     """Read a delta written by :func:`save_generator_delta`, checked against ``base``."""
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            delta = {k: f.get_tensor(k).float() for k in f.keys()}
+        delta = {k: v.float() for k, v in load_file(str(path)).items()}
     except Exception as e:  # safetensors raises several types for a bad file
         raise RefineError(f"{path}: not a generator delta file ({type(e).__name__}: {e})") from None
     if meta.get("kind") != "instyle-generator-delta":
