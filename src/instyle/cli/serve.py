@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default: 1)")
     p.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: 64)")
+    p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
+                   help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")
     p.set_defaults(func=run)
 
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     from instyle.demo import ModelStore, ServeSettings
+    from instyle.demo.editing import load_edits
     from instyle.interop import CheckpointError
     from instyle.utils.config import ConfigError
 
@@ -60,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             queue_size=args.queue_size,
             device=args.device,
+            directions=tuple(args.direction),
         )
+        load_edits(settings.directions)  # a bad file fails now, not on the page
         store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
         error(str(e))
