@@ -146,3 +146,5 @@ def test_inverter_refine_and_tuned(model, lpips, known):
     tuned = inv.tuned(res.generator_delta)
     torch.testing.assert_close(tuned.decode_tensor(res.latent[None])[0], res.image, atol=1e-5, rtol=0)
     assert tuned.model.encoder is inv.model.encoder and inv.model.decoder is model.decoder
+    optimized = inv.refine(img, "optimize", steps=2, lpips_weight=0)  # codes from inference mode still train
+    assert optimized.generator_delta is None and not torch.equal(optimized.latent, res.latent)

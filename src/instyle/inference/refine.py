@@ -291,6 +291,8 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
     base = model.decoder
     tuned = copy.deepcopy(base)
     params = _tunable(tuned)
+    for _, p in params:
+        p.requires_grad_(True)  # whatever the base's flags, the copy's synthesis weights train
     opt = torch.optim.Adam([p for _, p in params], lr=config.lr or 3e-4)
     rng = torch.Generator().manual_seed(config.seed)
     losses, budget, done = [], _Budget(config, "pti"), 0
