@@ -28,6 +28,7 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
     """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`."""
     from instyle.inference.refine import RefineConfig, refine_files
     from instyle.interop import CheckpointError
+    from instyle.utils.atomic import atomic_write_bytes
 
     try:
         if args.full_resolution or args.side_by_side or args.grid:
@@ -46,7 +47,7 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
         error(str(e))
         return 2
     summary["failed"] += failed
-    (out / "summary_refine.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_bytes(out / "summary_refine.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(f"refined {summary['refined']} image(s) with {args.refine} into {out}"
           + (f" ({summary['resumed']} already done)" if summary["resumed"] else "")
           + (f"; {summary['failed']} failed" if summary["failed"] else ""))
