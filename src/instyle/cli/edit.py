@@ -16,7 +16,15 @@ Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6)
 
   instyle edit direction INPUT... --direction smile.npy --strengths=-3:3:7 [--layers 0-7]
       w + s * d for each strength s (start:stop:count or a list); the direction is a .npy of
-      shape [512] or [n_styles, 512] (InterFaceGAN, GANSpace, ... directions you bring).
+      shape [512] or [n_styles, 512], or a published InterFaceGAN .pt (age.pt, pose.pt, ...).
+  instyle edit direction INPUT... -d age=age.pt -d ffhq_pca.pt --edit age=-3..3:7 --edit ganspace:54,7,8=20
+      named edits, each NAME[:COMPONENT]=VALUES (VALUES: a..b:count, a list or one value).
+      NAME is the one given with -d NAME=FILE, the file's stem, or a kind when only one file
+      of it is loaded (interfacegan, ganspace, sefa). GANSpace (--edit ganspace:IDX,START,END=T)
+      moves styles START..END-1 to coordinate T of PCA component IDX, measured on the first
+      style, exactly as e4e does; a SeFa file (`instyle directions sefa`) takes sefa:K=VALUES.
+      Writes captioned strips <name>_<edit>.png, <name>/<edit>/strength_*.png, grid.png and
+      latents/<name>/<edit>.npy [n_values, n_styles, 512].
   instyle edit combine A B --layers 0-3
       A's code with the styles of --layers taken from B (0-3: pose and shape; 4-7:
       features; 8+: colours and fine detail).
@@ -42,7 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = modes.add_parser("direction", help="apply a latent direction with a range of strengths")
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs or latent files")
     add_model_args(d)
-    d.add_argument("--direction", "-d", required=True, help=".npy direction, [512] or [n_styles, 512]")
+    d.add_argument(
+        "--direction",
+        "-d",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="edit file: .npy [512] or [n_styles, 512], InterFaceGAN .pt, GANSpace PCA .pt, SeFa .npz (repeatable)",
+    )
+    d.add_argument("--edit", "-e", action="append", metavar="NAME[:COMP]=VALUES", help="named edit, e.g. age=-3..3:7 (repeatable)")
     d.add_argument(
         "--strengths",
         "-s",
@@ -77,18 +93,52 @@ def _layers(spec: str | None, n_styles: int) -> list[int] | None:
     return None if spec is None else parse_latent_mask(spec, n_styles)
 
 
+def _load_edits(specs: list[str], model) -> dict:
+    """``[NAME=]FILE`` options -> ``{name: edit}`` (name: the given one or the file's stem)."""
+    from instyle.inference.editing import load_edit, named_file
+
+    edits = {}
+    for spec in specs:
+        name, path = named_file(spec)
+        if name in edits:
+            raise ValueError(f"two edit files are called {name!r}; name them with -d NAME=FILE")
+        edits[name] = load_edit(path, model.n_styles, model.config.generator.style_dim)
+    return edits
+
+
+def _plan(args, model) -> list[tuple[object, object]]:
+    """``[(edit, EditSpec)]`` from --edit, or the one direction with --strengths."""
+    from instyle.inference.editing import EditSpec, parse_edit, parse_strengths, resolve_edit
+
+    edits = _load_edits(args.direction, model)
+    if args.edit:
+        specs = [parse_edit(e) for e in args.edit]
+        return [(resolve_edit(sp.name, edits), sp) for sp in specs]
+    if len(edits) != 1:
+        raise ValueError(f"{len(edits)} edit files given: say which to apply with --edit NAME=VALUES")
+    (name, edit), = edits.items()
+    if edit.kind != "interfacegan":
+        raise ValueError(f"{edit.source} is a {edit.kind} file: pick a component with --edit, e.g. {edit.kind}:0=-3..3:7"
+                         if edit.kind != "ganspace" else f"{edit.source} is a GANSpace file: use --edit ganspace:IDX,START,END=VALUES")
+    return [(edit, EditSpec(name, None, tuple(parse_strengths(args.strengths))))]
+
+
 def run_direction(args: argparse.Namespace) -> int:
-    from instyle.inference.editing import apply_direction, load_direction, parse_strengths
-    from instyle.inference.io import make_grid, save_image
+    from instyle.inference.editing import edit_codes
+    from instyle.inference.io import caption, make_grid, save_image
+    from instyle.inference.latents import save_latent
 
     loaded = load_model(args)
     if loaded is None:
         return 2
     model, device = loaded
     try:
-        direction = load_direction(args.direction, model.n_styles, model.config.generator.style_dim).to(device)
-        strengths = parse_strengths(args.strengths)
+        plan = _plan(args, model)
         layers = _layers(args.layers, model.n_styles)
+        named = bool(args.edit)
+        probe = torch.zeros(model.n_styles, model.config.generator.style_dim)
+        for edit, spec in plan:  # every component and layer checked before any input is read
+            edit_codes(probe, edit, spec, layers)
     except ValueError as e:
         error(str(e))
         return 2
@@ -99,16 +149,23 @@ def run_direction(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows = []
     for src in sources:
-        edited = apply_direction(src.w, direction, strengths, layers)
-        images = decode(model, edited, args.full_resolution, args.batch_size, src.offsets)
-        for s, im in zip(strengths, images):
-            save_image(im, out / src.name / f"strength_{s:+.3f}.{args.format}")
-        row = ([src.preview] if src.preview is not None else []) + images
-        save_image(make_grid([row], cell=images[0].size[1]), out / f"{src.name}.{args.format}")
-        if len(rows) < 16:
-            rows.append(row)
+        for edit, spec in plan:
+            codes = edit_codes(src.w, edit, spec, layers)
+            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets)
+            folder = out / src.name / spec.slug if named else out / src.name
+            for s, im in zip(spec.strengths, images):
+                save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
+            stem = f"{src.name}_{spec.slug}" if named else src.name
+            save_latent(out / "latents" / (f"{src.name}/{spec.slug}.npy" if named else f"{src.name}.npy"), codes)
+            row = ([src.preview] if src.preview is not None else []) + [
+                caption(im, spec.label(s)) for s, im in zip(spec.strengths, images)
+            ]
+            save_image(make_grid([row], cell=images[0].size[1]), out / f"{stem}.{args.format}")
+            if len(rows) < 16:
+                rows.append(row)
     save_image(make_grid(rows, cell=256), out / "grid.png")
-    print(f"edited {len(sources)} input(s) at {len(strengths)} strengths into {out}" + (f"; {failed} failed" if failed else ""))
+    what = f"{len(plan)} edit(s)" if named else f"{len(plan[0][1].strengths)} strengths"
+    print(f"edited {len(sources)} input(s) with {what} into {out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

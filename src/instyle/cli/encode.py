@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from instyle.cli.common import add_device_arg, error
+from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
 Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    add_refine_args(p)
     p.set_defaults(func=run)
 
 
@@ -116,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         error("no input images found")
         return 1
+    if args.refine:
+        return _refine(args, model, files, len(problems))
     log = (lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)) if rank == 0 else (lambda msg: None)
     try:
         summary = encode_files(
@@ -139,3 +144,18 @@ def _face_tools_ready() -> bool:
     except AlignmentUnavailable as e:
         error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
         return False
+
+
+def _refine(args: argparse.Namespace, model, files, n_skipped: int) -> int:
+    """``--refine``: output names and folder checks as for a plain encode, then the per-image loop."""
+    from instyle.inference.io import output_names
+    from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
+
+    try:
+        names = output_names(files)
+        prepare_output_folder(args.out, files, [Path(args.out) / f"{n}.{args.format}" for n in names])
+    except (OutputFolderError, ValueError) as e:
+        error(str(e))
+        return 2
+    items = [(f.path, n) for f, n in zip(files, names)]
+    return run_refine(args, model, items, input_preparer(model, args.align), n_skipped)

@@ -30,6 +30,12 @@ n/a with the reason; nothing is downloaded.
 
   instyle evaluate --checkpoint psp.pt --data celeba_hq_test --out report/
   instyle evaluate --compare report_a/report.json report_b/report.json
+
+LEC (e4e's Latent Editing Consistency, lower is better) for one edit: encode, edit,
+generate, encode again, undo the edit, and measure the W+ distance to the first code:
+  instyle evaluate -c e4e.pt --data faces/ --out report/ --lec age.pt --lec-edit age=3
+writes report/lec.json (--lec-edit defaults to NAME=3, the e4e example; GANSpace needs
+e.g. --lec-edit ganspace:54,7,8=20).
 """
 
 
@@ -54,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     p.add_argument("--max-images", type=int, help="evaluate at most this many images")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
+    p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
+    p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (or report folders)")
     p.set_defaults(func=run)
 
@@ -66,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if bool(args.checkpoint) == bool(args.predictions):
         error("give exactly one of --checkpoint or --predictions")
+        return 2
+    if args.lec and not args.checkpoint:
+        error("--lec measures a checkpoint: give --checkpoint")
         return 2
     if args.batch_size < 1:
         error(f"--batch-size={args.batch_size} must be >= 1")
@@ -104,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     refused = _refused_weights(args, report)
     for flag, why in refused:
         error(f"{flag}: the weights were refused ({why})")
+    if args.lec and _run_lec(args) != 0:
+        return 2
     if not report["n_images"]:
         error("no image could be evaluated")
         return 1
@@ -122,6 +135,29 @@ def _refused_weights(args: argparse.Namespace, report: dict) -> list[tuple[str, 
         for key, (flag, path) in named.items()
         if path and key not in report["networks"]
     ]
+
+
+def _run_lec(args: argparse.Namespace) -> int:
+    from instyle.evaluation.lec import edit_function, lec_on_folder
+    from instyle.inference.editing import load_edit, named_file, parse_edit, resolve_edit
+    from instyle.interop import CheckpointError, load_psp
+    from instyle.utils.atomic import atomic_write_bytes
+    from instyle.utils.device import resolve_device
+
+    name, path = named_file(args.lec)
+    try:
+        model = load_psp(args.checkpoint, device=resolve_device(args.device))
+        edit = load_edit(path, model.n_styles, model.config.generator.style_dim)
+        spec = parse_edit(args.lec_edit or f"{name}=3")
+        edit = edit_function(resolve_edit(spec.name, {name: edit}), spec)
+        result = lec_on_folder(model, args.data, edit, args.batch_size, args.max_images)
+    except (CheckpointError, ValueError) as e:
+        error(f"LEC: {e}")
+        return 2
+    result = {"edit": args.lec_edit or f"{name}=3", "file": str(path), **result}
+    atomic_write_bytes(Path(args.out) / "lec.json", (json.dumps(result, indent=2) + "\n").encode())
+    print(f"LEC ({result['edit']}): {result['lec']:.4f} over {result['n_images']} image(s); see {Path(args.out) / 'lec.json'}")
+    return 0
 
 
 def _run_compare(args: argparse.Namespace) -> int:

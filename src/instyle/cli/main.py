@@ -26,6 +26,7 @@ COMMANDS = [
     "mix",
     "interpolate",
     "edit",
+    "directions",
     "evaluate",
 ]
 

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--iterations", type=int, default=None, metavar="N", help="ReStyle refinement steps (default: 5, the original's)"
     )
+    p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
+                   help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")
     p.set_defaults(func=run)
 
 
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     from instyle.demo import ModelStore, ServeSettings
+    from instyle.demo.editing import load_edits
     from instyle.interop import CheckpointError
     from instyle.utils.config import ConfigError
 
@@ -63,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             queue_size=args.queue_size,
             device=args.device,
+            directions=tuple(args.direction),
         )
+        load_edits(settings.directions)  # a bad file fails now, not on the page
         store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
         if args.iterations is not None:
             store.set_iterations(args.iterations)

@@ -383,16 +383,56 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
                     i_file = gr.File(label="GIF download")
             i_run.click(interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **limits)
 
+        _edit_tab(store, settings, png, latent_file, limits)
+
         with gr.Tab("API"):
             gr.Markdown(
                 "This server also answers programs. Readiness: `GET /healthz`. "
                 "Python (`pip install gradio_client`):\n\n"
                 f"```python\n{API_EXAMPLE}```\n"
-                "Endpoints: `/reconstruct`, `/mix`, `/interpolate` and one per task tab; "
+                "Endpoints: `/reconstruct`, `/mix`, `/interpolate`, `/edit` and one per task tab; "
                 "the *Use via API* link at the bottom lists their parameters."
             )
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
+
+
+def _edit_tab(store: ModelStore, settings: ServeSettings, png: Callable, latent_file: Callable, limits: dict) -> None:
+    """The "Edit" tab: a slider per loaded direction, typed named edits, optional refinement."""
+    from instyle.demo.editing import edit_photo, load_edits, slider_names
+
+    edits = load_edits(settings.directions)
+    names = slider_names(edits)
+
+    @_guard
+    def edit(model_name, photo, refine, steps, extra, *values):
+        entry = store.get(model_name)
+        n = int(steps)
+        if refine != "none" and not 1 <= n <= settings.max_refine_steps:
+            raise DemoInputError(f"refinement steps must be between 1 and {settings.max_refine_steps}, got {n}")
+        image = read_upload(photo, "a face photo", settings, mode="RGB")
+        r = edit_photo(entry.model, image, edits, dict(zip(names, values)), extra or "", refine, n)
+        return png(r.before, "reconstruction"), png(r.after, "edited"), latent_file(r.latent, _stem(photo, "edited"))
+
+    with gr.Tab("Edit"):
+        if not edits:
+            gr.Markdown("No edit directions loaded: start the server with `--direction age.pt` (repeatable).")
+        with gr.Row():
+            with gr.Column():
+                choices = store.names_for("inversion") or store.names
+                e_model = gr.Dropdown(choices=choices, value=choices[0], label="Model", interactive=len(choices) > 1)
+                e_photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], image_mode=None, elem_id="edit-input")
+                sliders = [gr.Slider(-5.0, 5.0, value=0.0, step=0.25, label=n) for n in names]
+                e_extra = gr.Textbox(label="More edits (e.g. ganspace:54,7,8=20; sefa:0=3)", placeholder="ganspace:54,7,8=20")
+                with gr.Row():
+                    e_refine = gr.Radio(["none", "optimize", "pti"], value="none", label="Refine first")
+                    e_steps = gr.Slider(1, settings.max_refine_steps, value=min(50, settings.max_refine_steps), step=1, label="Refinement steps")
+                e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
+            with gr.Column():
+                e_before = gr.Image(type="filepath", label="Reconstruction", interactive=False, **VIEW)
+                e_after = gr.Image(type="filepath", label="Edited", interactive=False, elem_id="edit-output", **VIEW)
+                e_npy = gr.File(label="Edited W+ latent (.npy)")
+        e_run.click(edit, [e_model, e_photo, e_refine, e_steps, e_extra, *sliders], [e_before, e_after, e_npy], api_name="edit", **limits)
 
 
 def _blank(size: int):

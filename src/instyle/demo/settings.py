@@ -28,6 +28,8 @@ class ServeSettings:
         max_mix_outputs: upper bound of the style-mixing "outputs" slider.
         max_frames: upper bound of the interpolation "frames" slider.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        directions: edit files (``[NAME=]FILE``) offered in the "Edit" tab.
+        max_refine_steps: upper bound of the "Edit" tab's refinement steps slider.
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +41,8 @@ class ServeSettings:
     max_mix_outputs: int = 8
     max_frames: int = 24
     device: str = "auto"
+    directions: tuple[str, ...] = ()
+    max_refine_steps: int = 200
 
     def __post_init__(self):
         if not isinstance(self.host, str) or not self.host.strip():
@@ -47,7 +51,7 @@ class ServeSettings:
             raise ConfigError(f"port={self.port!r} must be an integer in [1, 65535]")
         if not self.max_upload_mb > 0:
             raise ConfigError(f"max_upload_mb={self.max_upload_mb!r} must be > 0")
-        for name in ("max_pixels", "concurrency", "queue_size", "max_mix_outputs", "max_frames"):
+        for name in ("max_pixels", "concurrency", "queue_size", "max_mix_outputs", "max_frames", "max_refine_steps"):
             check_positive_int(name, getattr(self, name))
         if self.max_frames < 2:
             raise ConfigError(f"max_frames={self.max_frames} must be >= 2 (the two endpoints)")

@@ -6,6 +6,10 @@
       d = load_direction("smile.npy")                            # [512] or [n_styles, 512]
       ws = apply_direction(w_plus, d, strengths=[-3, 0, 3], layers=range(0, 8))
 
+* **Published edit files** (:func:`load_edit`, kind read from the content): InterFaceGAN
+  tensors, GANSpace PCA dicts, direction sets such as SeFa's; named edits like
+  ``age=-3..3:7`` or ``ganspace:54,7,8=20`` (:func:`parse_edit`, :func:`edit_codes`).
+
 * **Style combination**: take some layers of one encoded image from another
   (``combine_styles(w_a, w_b, layers=range(0, 7))``: B's coarse styles on A).
 
@@ -19,7 +23,9 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,15 @@ from PIL import Image
 __all__ = [
     "load_direction",
     "apply_direction",
+    "LatentDirection",
+    "GANSpacePCA",
+    "DirectionSet",
+    "load_edit",
+    "named_file",
+    "EditSpec",
+    "parse_edit",
+    "resolve_edit",
+    "edit_codes",
     "combine_styles",
     "parse_strengths",
     "label_map_to_array",
@@ -147,6 +162,273 @@ def apply_direction(
     step = direction * _layer_mask(layers, n, w_plus.device).to(w_plus)
     s = torch.tensor(strengths, dtype=w_plus.dtype, device=w_plus.device)[:, None, None]
     return w_plus[None] + s * step[None]
+
+
+# --------------------------------------------------------------------------- published edit files
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class LatentDirection:
+    """An InterFaceGAN-style direction (``age.pt``, ``smile.pt``, ``pose.pt``, a ``.npy``):
+    edited codes are ``w + s · vector`` on every style (``vector [D]``) or per style
+    (``vector [n_styles, D]``)."""
+
+    vector: torch.Tensor
+    source: str = ""
+    kind: str = "interfacegan"
+
+    def check_fits(self, n_styles: int, style_dim: int) -> None:
+        _check_vector(self.vector, n_styles, style_dim, self.source)
+
+    def edit(self, w_plus: torch.Tensor, strengths: Sequence[float], component=None, layers=None) -> torch.Tensor:
+        if component:
+            raise ValueError(f"{self.source}: a single direction takes no component, got {component}")
+        return apply_direction(w_plus, self.vector, strengths, layers)
+
+
+@dataclass(frozen=True)
+class GANSpacePCA:
+    """A GANSpace PCA file (``ffhq_pca.pt``, ``cars_pca.pt``): ``mean [D]``, ``comp [K, D]``,
+    ``std [K]``. An edit ``(idx, start, end) = strength`` moves the code to the coordinate
+    ``strength`` along component ``idx`` -- measured on the FIRST style only, as the e4e
+    code does -- on styles ``start…end-1``: strength is a target, not a step."""
+
+    mean: torch.Tensor
+    comp: torch.Tensor
+    std: torch.Tensor
+    source: str = ""
+    kind: str = "ganspace"
+
+    def check_fits(self, n_styles: int, style_dim: int) -> None:
+        if self.mean.shape[-1] != style_dim:
+            raise ValueError(f"{self.source}: PCA has {self.mean.shape[-1]} components per style but the model has {style_dim}")
+
+    def coordinate(self, w_plus: torch.Tensor, idx: int) -> torch.Tensor:
+        """Coordinate of a code ``[n_styles, D]`` along component ``idx`` in units of its std."""
+        comp, std = self.comp.to(w_plus), self.std.to(w_plus)
+        return ((w_plus[0] - self.mean.to(w_plus)) * comp[idx]).sum() / std[idx]
+
+    def edit(self, w_plus: torch.Tensor, strengths: Sequence[float], component=None, layers=None) -> torch.Tensor:
+        """``component = (idx, start, end)``; returns ``[len(strengths), n_styles, D]``."""
+        if layers is not None:
+            raise ValueError(f"{self.source}: a GANSpace edit names its layers in the component (idx,start,end)")
+        w_plus = _one_code(w_plus)
+        idx, start, end = self._component(component, w_plus.shape[0])
+        comp, std = self.comp.to(w_plus)[idx], self.std.to(w_plus)[idx]
+        target = torch.tensor(list(strengths), dtype=w_plus.dtype, device=w_plus.device)
+        if target.numel() == 0:
+            raise ValueError("a GANSpace edit needs at least one strength")
+        delta = (target - self.coordinate(w_plus, idx))[:, None] * comp[None] * std  # [S, D]
+        out = w_plus[None].repeat(len(target), 1, 1)
+        out[:, start:end] += delta[:, None]
+        return out
+
+    def _component(self, component, n_styles: int) -> tuple[int, int, int]:
+        if component is None or len(component) != 3:
+            raise ValueError(f"{self.source}: a GANSpace edit needs idx,start,end (e.g. 54,7,8), got {component}")
+        idx, start, end = (int(c) for c in component)
+        if not 0 <= idx < self.comp.shape[0]:
+            raise ValueError(f"{self.source}: component {idx} is not one of 0..{self.comp.shape[0] - 1}")
+        if not 0 <= start < end <= n_styles:
+            raise ValueError(
+                f"GANSpace edit on styles {start}..{end} (end exclusive): need 0 <= start < end <= {n_styles}, "
+                f"the model's style count"
+            )
+        return idx, start, end
+
+
+@dataclass(frozen=True)
+class DirectionSet:
+    """Several directions ``[K, D]`` for fixed styles, e.g. SeFa's eigenvectors
+    (``instyle directions sefa``): edit ``k`` is ``w + s · directions[k]`` on ``layers``."""
+
+    directions: torch.Tensor
+    layers: tuple[int, ...] | None = None
+    source: str = ""
+    kind: str = "sefa"
+
+    def check_fits(self, n_styles: int, style_dim: int) -> None:
+        _check_vector(self.directions[0], n_styles, style_dim, self.source)
+        if self.layers and max(self.layers) >= n_styles:
+            raise ValueError(f"{self.source}: styles {list(self.layers)} do not all exist in a model with {n_styles}")
+
+    def edit(self, w_plus: torch.Tensor, strengths: Sequence[float], component=None, layers=None) -> torch.Tensor:
+        if component is None or len(component) != 1 or not 0 <= int(component[0]) < len(self.directions):
+            raise ValueError(f"{self.source}: name one direction 0..{len(self.directions) - 1}, got {component}")
+        use = self.layers if layers is None else layers
+        return apply_direction(w_plus, self.directions[int(component[0])], strengths, use)
+
+
+Edit = LatentDirection | GANSpacePCA | DirectionSet
+
+
+def _one_code(w_plus: torch.Tensor) -> torch.Tensor:
+    if w_plus.ndim == 3 and w_plus.shape[0] == 1:
+        w_plus = w_plus[0]
+    if w_plus.ndim != 2:
+        raise ValueError(f"edits apply to one code [n_styles, D], got {tuple(w_plus.shape)}")
+    return w_plus
+
+
+def _check_vector(v: torch.Tensor, n_styles: int, style_dim: int, source: str) -> None:
+    if v.shape[-1] != style_dim:
+        raise ValueError(f"{source}: direction has {v.shape[-1]} components but the model's styles have {style_dim}")
+    if v.ndim == 2 and v.shape[0] != n_styles:
+        raise ValueError(f"{source}: direction has {v.shape[0]} rows but the model has {n_styles} style layers")
+
+
+def _float_tensor(obj, path: Path, what: str) -> torch.Tensor:
+    if not isinstance(obj, torch.Tensor) or not obj.is_floating_point():
+        raise ValueError(f"{path}: {what} must be a float tensor, got {type(obj).__name__}")
+    if not torch.isfinite(obj).all():
+        raise ValueError(f"{path}: {what} contains NaN or infinite values")
+    return obj.detach().float().cpu()
+
+
+def _edit_from_torch(obj, path: Path) -> Edit:
+    if isinstance(obj, dict) and {"mean", "comp", "std"} <= set(obj):
+        mean, comp, std = (_float_tensor(obj[k], path, k) for k in ("mean", "comp", "std"))
+        mean, comp = mean.reshape(-1), comp.reshape(comp.shape[0], -1)
+        if comp.shape[1] != mean.numel() or std.reshape(-1).shape[0] != comp.shape[0]:
+            raise ValueError(f"{path}: GANSpace shapes disagree: mean {tuple(mean.shape)}, comp {tuple(comp.shape)}, std {tuple(std.shape)}")
+        return GANSpacePCA(mean, comp, std.reshape(-1), str(path))
+    if isinstance(obj, torch.Tensor):
+        v = _float_tensor(obj, path, "the direction")
+        while v.ndim > 1 and v.shape[0] == 1:
+            v = v[0]
+        if v.ndim not in (1, 2):
+            raise ValueError(f"{path}: a direction must be [D], [1, D] or [1, n_styles, D], got {tuple(obj.shape)}")
+        return LatentDirection(v, str(path))
+    found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+    raise ValueError(
+        f"{path}: not an edit file: expected a direction tensor or a GANSpace dict with mean/comp/std, found {found}"
+    )
+
+
+def _edit_from_npz(path: Path) -> Edit:
+    with np.load(path, allow_pickle=False) as z:
+        if "directions" not in z.files:
+            return LatentDirection(load_direction(path), str(path))
+        dirs = torch.from_numpy(np.asarray(z["directions"], dtype=np.float32))
+        layers = tuple(int(i) for i in z["layers"]) if "layers" in z.files else None
+        kind = str(z["kind"]) if "kind" in z.files else "sefa"
+    if dirs.ndim != 2 or not torch.isfinite(dirs).all():
+        raise ValueError(f"{path}: 'directions' must be finite [K, D], got {tuple(dirs.shape)}")
+    return DirectionSet(dirs, layers, str(path), kind)
+
+
+def _is_npz(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return all(n.endswith(".npy") for n in z.namelist())
+
+
+def named_file(spec: str) -> tuple[str, str]:
+    """``"NAME=FILE"`` -> ``(NAME, FILE)``; a plain file (even one with ``=`` in its name)
+    is named after its stem."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or Path(spec).exists():
+        return Path(spec).stem, spec
+    return name, path
+
+
+def load_edit(path: str | os.PathLike, n_styles: int | None = None, style_dim: int | None = None) -> Edit:
+    """Read any edit file, its kind detected from the content (not the name):
+
+    * a ``.npy`` direction -> :class:`LatentDirection`;
+    * a ``.npz`` with ``directions [K, D]`` (and ``layers``), e.g. SeFa -> :class:`DirectionSet`;
+    * a PyTorch file (read weights-only on the CPU, nothing executed; CUDA-tagged storages
+      are mapped): a tensor ``[1, D]`` / ``[1, n_styles, D]`` (InterFaceGAN) ->
+      :class:`LatentDirection`, a dict ``mean / comp / std`` (GANSpace) -> :class:`GANSpacePCA`.
+
+    With ``n_styles`` / ``style_dim`` the edit is checked against the model.
+
+    Raises:
+        ValueError: unreadable file, another content, or shapes that do not fit.
+    """
+    from instyle.interop.safe_load import safe_torch_load
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the edit file ({e.strerror or e})") from None
+    if head == _NPY_MAGIC:
+        edit: Edit = LatentDirection(load_direction(path), str(path))
+    elif _is_npz(path):
+        edit = _edit_from_npz(path)
+    else:
+        edit = _edit_from_torch(safe_torch_load(path, "edit"), path)
+    if n_styles is not None and style_dim is not None:
+        edit.check_fits(n_styles, style_dim)
+    return edit
+
+
+# --------------------------------------------------------------------------- named edits
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """One named edit: ``name[:component]=values`` (see :func:`parse_edit`)."""
+
+    name: str
+    component: tuple[int, ...] | None
+    strengths: tuple[float, ...]
+
+    def label(self, strength: float) -> str:
+        comp = f":{','.join(map(str, self.component))}" if self.component else ""
+        return f"{self.name}{comp}={strength:+g}"
+
+    @property
+    def slug(self) -> str:
+        comp = f"_{'_'.join(map(str, self.component))}" if self.component else ""
+        return f"{self.name}{comp}"
+
+
+def parse_edit(spec: str) -> EditSpec:
+    """``age=-3..3:7`` (7 values from -3 to 3), ``smile=2``, ``pose=-1,0,1``,
+    ``ganspace:54,7,8=20`` (GANSpace component 54 on styles 7..7, to coordinate 20),
+    ``sefa:0=-5..5:5`` (direction 0 of a direction set). ``start:stop:count`` also works
+    for the values."""
+    name, sep, values = spec.partition("=")
+    name, _, comp = name.strip().partition(":")
+    if not sep or not name or not values.strip():
+        raise ValueError(f"edit {spec!r}: write NAME=VALUES, e.g. age=-3..3:7, smile=2 or ganspace:54,7,8=20")
+    component = None
+    if comp:
+        try:
+            component = tuple(int(c) for c in comp.split(","))
+        except ValueError:
+            raise ValueError(f"edit {spec!r}: the component after ':' must be integers, e.g. ganspace:54,7,8=20") from None
+    values = values.strip()
+    if ".." in values:
+        lo, _, rest = values.partition("..")
+        hi, _, count = rest.partition(":")
+        values = f"{lo}:{hi}:{count or 7}"
+    return EditSpec(name, component, tuple(parse_strengths(values)))
+
+
+def resolve_edit(name: str, edits: dict[str, Edit]) -> Edit:
+    """The loaded edit called ``name``, or the only one of kind ``name`` (``ganspace``,
+    ``interfacegan``, ``sefa``)."""
+    if name in edits:
+        return edits[name]
+    of_kind = [e for e in edits.values() if e.kind == name]
+    if len(of_kind) == 1:
+        return of_kind[0]
+    raise ValueError(
+        f"edit {name!r}: no loaded direction has that name{' (several of that kind)' if of_kind else ''}; "
+        f"loaded: {', '.join(sorted(edits)) or 'none'}"
+    )
+
+
+def edit_codes(w_plus: torch.Tensor, edit: Edit, spec: EditSpec, layers: Sequence[int] | None = None) -> torch.Tensor:
+    """The codes of one named edit: ``[len(spec.strengths), n_styles, D]``."""
+    return edit.edit(w_plus, spec.strengths, spec.component, layers)
 
 
 def combine_styles(w_a: torch.Tensor, w_b: torch.Tensor, layers: Sequence[int]) -> torch.Tensor:

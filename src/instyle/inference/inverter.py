@@ -127,10 +127,54 @@ class Inverter:
 
         return self.decode(interpolate_path([self._code(i) for i in items], steps))
 
-    def edit(self, image: ImageLike, direction, strengths=(-3.0, 0.0, 3.0), layers=None) -> list[Image.Image]:
-        """Images of ``w + s * direction`` for each strength (direction: tensor or ``.npy`` path)."""
-        from instyle.inference.editing import apply_direction, load_direction
+    def edit(self, image: ImageLike, direction, strengths=(-3.0, 0.0, 3.0), layers=None, component=None) -> list[Image.Image]:
+        """Images of one edit at each strength (see :mod:`instyle.inference.editing`).
 
-        if not isinstance(direction, torch.Tensor):
-            direction = load_direction(direction, self.model.n_styles, self.config.generator.style_dim)
-        return self.decode(apply_direction(self._code(image), direction.to(self.device), strengths, layers))
+        ``direction``: a tensor (``w + s * direction``), a loaded edit, or the path of any
+        edit file (``.npy``, InterFaceGAN / GANSpace ``.pt``, SeFa ``.npz``). GANSpace needs
+        ``component=(idx, start, end)`` and its strengths are target coordinates; a direction
+        set needs ``component=(k,)``.
+        """
+        from instyle.inference.editing import EditSpec, LatentDirection, edit_codes, load_edit
+
+        if isinstance(direction, torch.Tensor):
+            direction = LatentDirection(direction.detach().float().cpu(), "tensor")
+        elif isinstance(direction, (str, os.PathLike)):
+            direction = load_edit(direction, self.model.n_styles, self.config.generator.style_dim)
+        spec = EditSpec("edit", tuple(component) if component is not None else None, tuple(strengths))
+        return self.decode(edit_codes(self._code(image), direction, spec, layers))
+
+    def refine(self, image: ImageLike, method: str = "optimize", config=None, lpips=None, **overrides):
+        """Encode one image and refine its reconstruction (:mod:`instyle.inference.refine`).
+
+        ``method``: ``optimize``, ``pti`` or ``restyle`` (ReStyle models only); ``config`` a
+        :class:`~instyle.inference.refine.RefineConfig` or its fields as keyword overrides
+        (``steps=100, seed=0``); ``lpips`` an LPIPS module (built from torchvision's cached
+        AlexNet weights when None and the LPIPS weight is > 0). Returns a ``RefineResult``
+        (``.image`` tensor, ``.latent``, ``.generator_delta`` for pti: see :meth:`tuned`).
+        """
+        import dataclasses
+
+        from instyle.inference.refine import RefineConfig, refine
+
+        config = dataclasses.replace(config or RefineConfig(), **overrides)
+        if lpips is None and config.lpips_weight > 0:
+            from instyle.losses.lpips import LPIPSLoss
+
+            lpips = LPIPSLoss().to(self.device)
+        x = self.prepare([image])
+        return refine(self.model, x, self.encode(x)[0], method, config, lpips)
+
+    def tuned(self, generator_delta) -> Inverter:
+        """An Inverter whose generator carries PTI's tuned weights (a delta dict, or the path
+        of a saved delta): decode / edit the refined latent with it."""
+        import copy
+
+        from instyle.inference.refine import apply_generator_delta, load_generator_delta
+
+        if not isinstance(generator_delta, dict):
+            generator_delta = load_generator_delta(generator_delta, self.model.decoder)
+        model = copy.copy(self.model)
+        model._modules = dict(self.model._modules)
+        model.decoder = apply_generator_delta(self.model.decoder, generator_delta)
+        return Inverter(model, device=self.device, full_resolution=self.full_resolution)

@@ -36,6 +36,7 @@ __all__ = [
     "pil_to_tensor",
     "tensor_to_pil",
     "make_grid",
+    "caption",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
@@ -240,3 +241,16 @@ def make_grid(
                 im = im.resize((cell, cell), Image.Resampling.BICUBIC)
             grid.paste(im, (pad + c * (cell + pad), pad + r * (cell + pad)))
     return grid
+
+
+def caption(img: Image.Image, text: str) -> Image.Image:
+    """A copy of ``img`` with ``text`` on a dark band along its bottom edge (size kept, so
+    captioned cells still tile in :func:`make_grid`)."""
+    from PIL import ImageDraw
+
+    out = img.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    band = max(12, out.size[1] // 10)
+    draw.rectangle((0, out.size[1] - band, out.size[0], out.size[1]), fill=(0, 0, 0))
+    draw.text((3, out.size[1] - band + (band - 10) // 2), text, fill=(255, 255, 255))
+    return out

@@ -321,7 +321,7 @@ def _write_or_log(log: Callable[[str], None], write: Callable[[], Any], path: Pa
         return False
 
 
-def _input_preparer(model, align: bool) -> Callable[[Path], torch.Tensor]:
+def input_preparer(model, align: bool) -> Callable[[Path], torch.Tensor]:
     from instyle.inference.io import ImageLoadError
     from instyle.inference.preprocess import align_input, prepare_input
 
@@ -343,7 +343,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     from instyle.inference.preprocess import input_preview
 
     device = next(model.parameters()).device
-    prepare = _input_preparer(model, options.align)
+    prepare = input_preparer(model, options.align)
     grid_rows: list[list] = []
     stopped = False
     bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)

@@ -1,0 +1,54 @@
+"""The ``--refine`` options of ``instyle encode`` (helper module, not a command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from instyle.cli.common import error
+
+REFINE_METHODS = ("optimize", "pti", "restyle")
+
+
+def add_refine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("refinement (slower, sharper; see docs/inference_tools.md)")
+    g.add_argument("--refine", choices=REFINE_METHODS, help="refine each image after encoding: latent optimisation, "
+                   "pivotal tuning, or ReStyle iterations (ReStyle checkpoints only)")
+    g.add_argument("--refine-steps", type=int, default=200, help="optimiser steps per image (default: 200)")
+    g.add_argument("--refine-time", type=float, help="stop refining an image after this many seconds")
+    g.add_argument("--refine-lr", type=float, help="learning rate (default: optimize 0.02, pti 3e-4)")
+    g.add_argument("--refine-noise", action="store_true", help="optimize: also fit the noise maps (regularised)")
+    g.add_argument("--refine-lpips", type=float, default=1.0, help="LPIPS weight of the loss; 0 = MSE only (default: 1)")
+    g.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
+
+
+def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int) -> int:
+    """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`."""
+    from instyle.inference.refine import RefineConfig, refine_files
+    from instyle.interop import CheckpointError
+    from instyle.utils.atomic import atomic_write_bytes
+
+    try:
+        if args.full_resolution or args.side_by_side or args.grid:
+            raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
+        config = RefineConfig(steps=args.refine_steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
+                              optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed)
+        lpips = None
+        if config.lpips_weight > 0:
+            from instyle.losses.lpips import LPIPSLoss
+
+            lpips = LPIPSLoss(weights=args.lpips_weights).to(next(model.parameters()).device)
+        out = Path(args.out)
+        summary = refine_files(model, items, out, args.refine, config, prepare, lpips, args.format,
+                               args.save_latents, log=lambda m: print(m, file=sys.stderr))
+    except (CheckpointError, ValueError, ImportError) as e:
+        error(str(e))
+        return 2
+    summary["failed"] += failed
+    atomic_write_bytes(out / "summary_refine.json", (json.dumps(summary, indent=2) + "\n").encode())
+    print(f"refined {summary['refined']} image(s) with {args.refine} into {out}"
+          + (f" ({summary['resumed']} already done)" if summary["resumed"] else "")
+          + (f"; {summary['failed']} failed" if summary["failed"] else ""))
+    return 1 if summary["failed"] else 0

@@ -1,0 +1,457 @@
+"""Refinement: improve one image's reconstruction beyond a single encoder pass.
+
+Starting from the encoder's W+ code, a *refiner* fits the image better (the target is the
+network input itself, so this applies to inversion models):
+
+* ``optimize``: latent optimisation in the StyleGAN2-projector style -- Adam on the W+ code
+  (and, with ``optimize_noise``, on the noise maps, with the projector's regulariser
+  keeping them Gaussian), loss ``lpips_weight · LPIPS + l2_weight · MSE``.
+* ``pti``: pivotal tuning (Roich et al., 2021) -- the encoder's code stays fixed as the
+  pivot and the synthesis weights are tuned for this image with the same loss plus the
+  locality regulariser: codes ``w_r = w_p + α (w_z - w_p) / ‖w_z - w_p‖`` towards random
+  (truncated) codes must render as the untuned generator renders them. The result
+  carries the tuned weights as a delta against the base generator
+  (:func:`save_generator_delta` / :func:`apply_generator_delta`), so the edits of
+  :mod:`instyle.inference.editing` apply to the tuned generator too.
+* ``restyle``: iterative refinement needs a ReStyle model; registered here as a refusal
+  that a ReStyle implementation replaces via ``register_refiner("restyle", fn, replace=True)``.
+
+Deterministic for a given ``seed`` on a given device; a step count and an optional time
+budget bound the work per image::
+
+    result = refine(model, x, w, "pti", RefineConfig(steps=100), lpips=LPIPSLoss())
+    result.image, result.latent, result.generator_delta
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "REFINERS",
+    "RefineConfig",
+    "RefineError",
+    "RefineResult",
+    "apply_generator_delta",
+    "load_generator_delta",
+    "refine",
+    "refine_files",
+    "register_refiner",
+    "save_generator_delta",
+]
+
+
+class RefineError(ValueError):
+    """A refinement that cannot run: unknown method, a model it does not fit, a bad setting."""
+
+
+@dataclass
+class RefineConfig:
+    """Settings of one refinement (per image).
+
+    Attributes:
+        steps: optimiser steps (the budget; ``time_budget`` may stop earlier).
+        lr: Adam learning rate; None = the method's default (optimize 0.02, pti 3e-4 as PTI).
+        lpips_weight, l2_weight: weights of LPIPS and MSE in the reconstruction loss.
+        optimize_noise: optimize: also fit the noise maps.
+        noise_regularize: optimize: weight of the projector's noise regulariser.
+        locality_weight: pti: weight of the locality regulariser's MSE and LPIPS terms (PTI: 0.1).
+        locality_alpha: pti: distance of the regulariser's codes from the pivot (PTI: 30 for 512-D).
+        locality_truncation: pti: truncation of the regulariser's random codes (PTI: 0.5).
+        locality_interval: pti: apply the regulariser every this many steps (PTI: 1).
+        time_budget: seconds per image after which the refinement stops (None = no limit).
+        seed: seed of everything random (the regulariser's codes).
+        progress: show a progress bar of the steps.
+    """
+
+    steps: int = 200
+    lr: float | None = None
+    lpips_weight: float = 1.0
+    l2_weight: float = 1.0
+    optimize_noise: bool = False
+    noise_regularize: float = 1e5
+    locality_weight: float = 0.1
+    locality_alpha: float = 30.0
+    locality_truncation: float = 0.5
+    locality_interval: int = 1
+    time_budget: float | None = None
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise RefineError(f"steps={self.steps!r} must be an integer >= 1")
+        if self.lr is not None and not self.lr > 0:
+            raise RefineError(f"lr={self.lr!r} must be > 0 (or None for the method's default)")
+        for name in ("lpips_weight", "l2_weight", "noise_regularize", "locality_weight", "locality_alpha"):
+            if not getattr(self, name) >= 0:
+                raise RefineError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not isinstance(self.locality_interval, int) or self.locality_interval < 1:
+            raise RefineError(f"locality_interval={self.locality_interval!r} must be an integer >= 1")
+        if self.lpips_weight == 0 and self.l2_weight == 0:
+            raise RefineError("lpips_weight and l2_weight are both 0: nothing to fit")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise RefineError(f"time_budget={self.time_budget!r} must be > 0 seconds (or None)")
+
+
+@dataclass
+class RefineResult:
+    """A refined reconstruction: ``image [3, H, W]`` in [-1, 1] (at ``resize_to``), its code
+    ``latent [n_styles, D]``, fitted ``noise`` maps (optimize with noise) and the tuned
+    weights as ``generator_delta`` (pti; ``{name: tuned - base}``)."""
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    method: str
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    noise: list[torch.Tensor] | None = None
+    generator_delta: dict[str, torch.Tensor] | None = None
+
+
+#: name -> ``fn(model, target [1, 3, S, S], w [n_styles, D], config, lpips) -> RefineResult``.
+REFINERS: dict[str, Callable] = {}
+
+
+def register_refiner(name: str, fn: Callable | None = None, *, replace: bool = False):
+    """Register a refiner under ``name`` (usable as a decorator)."""
+
+    def add(f: Callable) -> Callable:
+        if name in REFINERS and not replace:
+            raise RefineError(f"a refiner called {name!r} exists; pass replace=True to override it")
+        REFINERS[name] = f
+        return f
+
+    return add(fn) if fn is not None else add
+
+
+def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, config: RefineConfig | None = None, lpips=None) -> RefineResult:
+    """Refine one image's reconstruction.
+
+    Args:
+        model: an inversion :class:`~instyle.models.psp.PSP` (photo in, photo out).
+        target: the image ``[3, S, S]`` or ``[1, 3, S, S]`` in [-1, 1] (the network input).
+        w_init: the encoder's code ``[n_styles, D]`` (or ``[1, n_styles, D]``).
+        method: a name in :data:`REFINERS` (``optimize``, ``pti``, ``restyle``).
+        config: :class:`RefineConfig` (defaults when None).
+        lpips: an LPIPS module (``instyle.losses.lpips.LPIPSLoss``); needed when
+            ``config.lpips_weight > 0``.
+    """
+    if method not in REFINERS:
+        raise RefineError(f"unknown refinement {method!r}; choose one of {', '.join(sorted(REFINERS))}")
+    config = config or RefineConfig()
+    if config.lpips_weight > 0 and lpips is None:
+        raise RefineError("lpips_weight > 0 needs an LPIPS module (give LPIPS weights, or set lpips_weight=0)")
+    if getattr(model, "input_nc", 3) != 3:
+        raise RefineError(f"refinement fits the input photo; this model takes {model.input_nc}-channel inputs")
+    target = target[None] if target.ndim == 3 else target
+    w_init = w_init[None] if w_init.ndim == 2 else w_init
+    if target.shape[0] != 1 or w_init.shape[0] != 1:
+        raise RefineError(f"refine takes one image and one code, got {tuple(target.shape)} and {tuple(w_init.shape)}")
+    device = next(model.parameters()).device
+    return REFINERS[method](model, target.detach().to(device).float(), w_init.detach().clone().to(device).float(), config, lpips)
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def _render(model, generator, w: torch.Tensor, noise=None) -> torch.Tensor:
+    """``w [1, n, D]`` -> image at ``resize_to`` through ``generator`` (the model's or a tuned copy)."""
+    images, _ = generator([w], input_is_latent=True, noise=noise, randomize_noise=False)
+    return model.face_pool(images)
+
+
+def _recon_loss(pred: torch.Tensor, target: torch.Tensor, config: RefineConfig, lpips) -> torch.Tensor:
+    if pred.shape[-1] != target.shape[-1]:
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="area")
+    loss = config.l2_weight * F.mse_loss(pred, target)
+    if config.lpips_weight > 0:
+        loss = loss + config.lpips_weight * lpips(pred, target)
+    return loss
+
+
+@contextmanager
+def _frozen(module: torch.nn.Module):
+    """No gradients for ``module``'s parameters inside the block (restored after)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+class _Budget:
+    """Step loop with an optional wall-clock limit and progress bar."""
+
+    def __init__(self, config: RefineConfig, desc: str):
+        from tqdm import tqdm
+
+        self.config, self.start = config, time.perf_counter()
+        self.bar = tqdm(total=config.steps, desc=desc, unit="step", leave=False, disable=not config.progress)
+
+    def __iter__(self):
+        for step in range(self.config.steps):
+            if self.config.time_budget is not None and time.perf_counter() - self.start > self.config.time_budget:
+                break
+            yield step
+            self.bar.update(1)
+        self.bar.close()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _lr_at(base: float, t: float, rampdown: float = 0.25, rampup: float = 0.05) -> float:
+    """The StyleGAN2 projector's schedule: short ramp-up, cosine ramp-down over the last quarter."""
+    ramp = min(1.0, (1 - t) / rampdown)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return base * ramp * min(1.0, t / rampup) if rampup > 0 and t < rampup else base * ramp
+
+
+def _noise_regularizer(noises: list[torch.Tensor]) -> torch.Tensor:
+    """The projector's penalty on spatial autocorrelation of each noise map, at every scale down to 8x8."""
+    loss = noises[0].new_zeros(())
+    for noise in noises:
+        n = noise
+        while True:
+            loss = loss + (n * torch.roll(n, 1, dims=3)).mean() ** 2 + (n * torch.roll(n, 1, dims=2)).mean() ** 2
+            if n.shape[-1] <= 8:
+                break
+            n = F.avg_pool2d(n, 2)
+    return loss
+
+
+# --------------------------------------------------------------------------- optimize
+
+
+@register_refiner("optimize")
+def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
+    gen = model.decoder
+    base_lr = config.lr or 0.02
+    w = w_init.clone().requires_grad_(True)
+    noises = [n.detach().clone().requires_grad_(True) for n in gen.fixed_noise()] if config.optimize_noise else None
+    opt = torch.optim.Adam([w, *(noises or [])], lr=base_lr, betas=(0.9, 0.999))
+    losses, budget, done = [], _Budget(config, "optimize"), 0
+    with _frozen(gen), torch.enable_grad():
+        for step in budget:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(base_lr, step / config.steps)
+            loss = _recon_loss(_render(model, gen, w, noises), target, config, lpips)
+            if noises is not None:
+                loss = loss + config.noise_regularize * _noise_regularizer(noises)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if noises is not None:
+                with torch.no_grad():
+                    for n in noises:
+                        n.sub_(n.mean()).div_(n.std())
+            losses.append(float(loss.detach()))
+            done = step + 1
+        with torch.no_grad():
+            image = _render(model, gen, w, noises)[0]
+    noise_out = [n.detach() for n in noises] if noises is not None else None
+    return RefineResult(image, w.detach()[0], "optimize", done, budget.seconds, losses, noise=noise_out)
+
+
+# --------------------------------------------------------------------------- pti
+
+
+def _tunable(generator) -> list[tuple[str, torch.nn.Parameter]]:
+    """The synthesis parameters (the mapping network is not used when rendering a code)."""
+    return [(n, p) for n, p in generator.named_parameters() if not n.startswith("style.")]
+
+
+def _locality_codes(base, pivot: torch.Tensor, config: RefineConfig, gen: torch.Generator) -> torch.Tensor:
+    """``w_p + α (w_z - w_p) / ‖w_z - w_p‖`` for one random truncated code ``w_z``."""
+    z = torch.randn(1, base.style_dim, generator=gen).to(pivot.device)
+    w_z = base.get_latent(z)
+    avg = base.latent_avg.to(pivot) if base.latent_avg is not None else w_z
+    w_z = avg + config.locality_truncation * (w_z - avg)
+    direction = w_z[:, None] - pivot
+    return pivot + config.locality_alpha * direction / direction.norm()
+
+
+@register_refiner("pti")
+def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
+    base = model.decoder
+    tuned = copy.deepcopy(base)
+    params = _tunable(tuned)
+    for _, p in params:
+        p.requires_grad_(True)  # whatever the base's flags, the copy's synthesis weights train
+    opt = torch.optim.Adam([p for _, p in params], lr=config.lr or 3e-4)
+    rng = torch.Generator().manual_seed(config.seed)
+    losses, budget, done = [], _Budget(config, "pti"), 0
+    with _frozen(base), torch.enable_grad():
+        tuned.style.requires_grad_(False)
+        for step in budget:
+            loss = _recon_loss(_render(model, tuned, pivot), target, config, lpips)
+            if config.locality_weight > 0 and step % config.locality_interval == 0:
+                w_r = _locality_codes(base, pivot, config, rng)
+                with torch.no_grad():
+                    before = _render(model, base, w_r)
+                after = _render(model, tuned, w_r)
+                reg = F.mse_loss(after, before) + (lpips(after, before) if lpips is not None else 0)
+                loss = loss + config.locality_weight * reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            done = step + 1
+    with torch.no_grad():
+        image = _render(model, tuned, pivot)[0]
+        base_params = dict(base.named_parameters())
+        delta = {n: (p - base_params[n]).detach().cpu() for n, p in params}
+    return RefineResult(image, pivot[0], "pti", done, budget.seconds, losses, generator_delta=delta)
+
+
+# --------------------------------------------------------------------------- restyle hook
+
+
+@register_refiner("restyle")
+def _restyle_unavailable(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
+    kind = getattr(getattr(model, "config", None), "encoder", None)
+    raise RefineError(
+        f"'restyle' refinement needs a ReStyle checkpoint (an iterative encoder); this model's encoder is "
+        f"{getattr(kind, 'type', type(model).__name__)!r}. Use 'optimize' or 'pti'."
+    )
+
+
+# --------------------------------------------------------------------------- generator deltas
+
+
+def _fingerprint(generator) -> str:
+    """A short hash of the tuned parameters of ``generator`` (to refuse a delta on another base)."""
+    h = hashlib.sha256()
+    for name, p in _tunable(generator):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_generator_delta(path: str | Path, delta: dict[str, torch.Tensor], base, half: bool = True) -> Path:
+    """Write PTI's tuned weights as ``tuned - base`` (float16 by default: half the size of
+    the changed tensors, and nothing for the unchanged mapping network) to a
+    ``.safetensors`` file, atomically, with the base generator's fingerprint."""
+    from safetensors.torch import save
+
+    from instyle.utils.atomic import atomic_write_bytes
+
+    path = Path(path)
+    tensors = {n: (d.half() if half else d.float()).contiguous() for n, d in delta.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"kind": "instyle-generator-delta", "base": _fingerprint(base)}))
+    return path
+
+
+def load_generator_delta(path: str | Path, base) -> dict[str, torch.Tensor]:
+    """Read a delta written by :func:`save_generator_delta`, checked against ``base``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        delta = {k: v.float() for k, v in load_file(str(path)).items()}
+    except Exception as e:  # safetensors raises several types for a bad file
+        raise RefineError(f"{path}: not a generator delta file ({type(e).__name__}: {e})") from None
+    if meta.get("kind") != "instyle-generator-delta":
+        raise RefineError(f"{path}: not an instyle generator delta (metadata {meta})")
+    if meta.get("base") != _fingerprint(base):
+        raise RefineError(f"{path}: the delta was tuned from another generator (fingerprint {meta.get('base')})")
+    return delta
+
+
+def apply_generator_delta(base, delta: dict[str, torch.Tensor]):
+    """A copy of ``base`` with ``delta`` added to its parameters (the tuned generator)."""
+    tuned = copy.deepcopy(base)
+    params = dict(tuned.named_parameters())
+    unknown = sorted(set(delta) - set(params))
+    if unknown:
+        raise RefineError(f"the delta names parameters this generator lacks, e.g. {unknown[:3]}")
+    with torch.no_grad():
+        for name, d in delta.items():
+            if d.shape != params[name].shape:
+                raise RefineError(f"delta {name} has shape {tuple(d.shape)}, the generator {tuple(params[name].shape)}")
+            params[name].add_(d.to(params[name]))
+    return tuned
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def _done(out: Path, name: str, fmt: str, method: str) -> bool:
+    """An image counts as done when its output (written last) and, for pti, its delta exist."""
+    return (out / f"{name}.{fmt}").is_file() and (method != "pti" or (out / "pti" / f"{name}.safetensors").is_file())
+
+
+def refine_files(
+    model,
+    items: list[tuple[Path, str]],
+    out_dir: str | Path,
+    method: str,
+    config: RefineConfig,
+    prepare: Callable[[Path], torch.Tensor],
+    lpips=None,
+    fmt: str = "png",
+    save_latents: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Encode + refine each ``(path, output name)`` and write, per image and atomically:
+    ``<name>.<fmt>`` (last, so it marks the image done), ``pti/<name>.safetensors`` (pti's
+    generator delta) and with ``save_latents`` ``latents/<name>.npz`` (code, noise maps, meta).
+
+    Images already done are skipped (a stopped run resumes); a bad input is logged and
+    counted, never stops the run. Every image uses ``config.seed``, so a resumed run gives
+    the results an uninterrupted one would. Returns a summary dict.
+    """
+    from tqdm import tqdm
+
+    from instyle.inference.io import save_image, tensor_to_pil
+    from instyle.inference.latents import save_latent
+
+    out = Path(out_dir)
+    summary = {"method": method, "refined": 0, "resumed": 0, "failed": 0, "seconds": [], "steps": []}
+    device = next(model.parameters()).device
+    for path, name in tqdm(items, unit="img", desc=method, disable=None):
+        if _done(out, name, fmt, method):
+            summary["resumed"] += 1
+            continue
+        try:
+            x = prepare(path)[None].to(device)
+        except ValueError as e:
+            log(f"instyle: skipped {e}")
+            summary["failed"] += 1
+            continue
+        with torch.no_grad():
+            w = model.encode(x).float()
+        result = refine(model, x, w, method, config, lpips)
+        try:
+            if result.generator_delta is not None:
+                save_generator_delta(out / "pti" / f"{name}.safetensors", result.generator_delta, model.decoder)
+            if save_latents:
+                meta = {"method": method, "steps": result.steps, "source": str(path)}
+                save_latent(out / "latents" / f"{name}.npz", result.latent.cpu(), result.noise, meta)
+            save_image(tensor_to_pil(result.image), out / f"{name}.{fmt}")
+        except OSError as e:
+            log(f"instyle: could not write the outputs of {path}: {e}")
+            summary["failed"] += 1
+            continue
+        summary["refined"] += 1
+        summary["seconds"].append(round(result.seconds, 3))
+        summary["steps"].append(result.steps)
+    return summary
