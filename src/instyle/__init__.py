@@ -17,18 +17,26 @@ from instyle.interop import CheckpointError, load_generator
 from instyle.models import PSP, EncoderConfig, Generator, GeneratorConfig, PSPConfig, create_psp
 
 
-def load(path, device="cpu", expected: PSPConfig | None = None) -> PSP:
+def load(
+    path, device="cpu", expected: PSPConfig | None = None, precision: str = "fp32", compile: bool | str = False
+) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
     Args:
         path: checkpoint file or own-format directory.
         device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"`` or a torch device.
         expected: optional architecture the file must match.
+        precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
+            the hardware runs it natively); the choice is in ``model.runtime.note``.
+        compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
     """
     from instyle.interop import load_psp
+    from instyle.models.runtime import set_runtime
     from instyle.utils.device import resolve_device
 
-    return load_psp(path, device=resolve_device(device), expected=expected)
+    model = load_psp(path, device=resolve_device(device), expected=expected)
+    set_runtime(model, precision, compile)
+    return model
 
 
 def __getattr__(name):

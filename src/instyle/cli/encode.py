@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
 
 DESCRIPTION = """\
 Encode images with a pSp checkpoint and write the reconstructions (and optionally the
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--save-latents", action="store_true", help="also write latents/<name>.npy, float32 [n_styles, 512]")
     p.add_argument(
         "--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px like the original)"
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
         model = load_psp(args.checkpoint, device=device)
+        apply_precision_args(model, args)
     except CheckpointError as e:
         error(str(e))
         return 2
@@ -171,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "checkpoint": str(args.checkpoint),
         "device": str(device),
+        "precision": model.runtime.precision,
         "encoded": done,
         "failed": failed,
         "seconds": round(elapsed, 3),

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, error
 
 DESCRIPTION = """\
 Measure a checkpoint on a folder of faces the way the pSp paper's Table 1 does: per image
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", help="report folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
     p.add_argument("--identity", default="dlib", help="'dlib' (default), 'none', or a path to ArcFace/CurricularFace weights")
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
+            compile=args.compile,
             out_dir=args.out,
             predictions_dir=args.predictions,
             lpips_weights=args.lpips_weights,
@@ -91,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         error(str(e))
         return 2
+    if args.checkpoint and (args.precision != "fp32" or args.compile):
+        print(f"instyle: precision {args.precision} -> {report['precision']}", file=sys.stderr)
     print((Path(args.out) / "report.md").read_text())
     if not report["n_images"]:
         error("no image could be evaluated")

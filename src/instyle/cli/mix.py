@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
 
 DESCRIPTION = """\
 For each input, write N outputs that keep the input's styles on some layers and take the
@@ -63,6 +63,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
 
@@ -88,7 +89,9 @@ def load_model(args):
         return None
     try:
         device = resolve_device(args.device)
-        return load_psp(args.checkpoint, device=device), device
+        model = load_psp(args.checkpoint, device=device)
+        apply_precision_args(model, args)
+        return model, device
     except (CheckpointError, ValueError) as e:
         error(str(e))
         return None

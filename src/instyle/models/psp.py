@@ -17,6 +17,7 @@ from torch import nn
 
 from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.registry import build_encoder, register_config
+from instyle.models.runtime import Runtime
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError, from_dict
 
@@ -122,6 +123,7 @@ class PSP(nn.Module):
         if latent_avg is None:
             latent_avg = torch.zeros(rows, cfg.generator.style_dim)
         self.register_buffer("latent_avg", self.normalize_latent_avg(latent_avg))
+        self.runtime = Runtime()  # precision / compile of encode and decode: instyle.models.runtime.set_runtime
 
     # ----------------------------------------------------------------- properties
 
@@ -182,7 +184,8 @@ class PSP(nn.Module):
         """Encoder output with ``latent_avg`` added (when configured), in the original's shape:
         ``[B, n_styles, 512]`` (W+) or ``[B, 512]`` (learn_in_w)."""
         self._check_image(x)
-        codes = self.encoder(x)
+        with self.runtime.context(x):
+            codes = self.runtime.finish(self.encoder(self.runtime.encoder_input(x)))
         if self.config.start_from_latent_avg:
             avg = self.latent_avg.to(codes.dtype)
             codes = codes + (avg if self.config.learn_in_w else avg[None])
@@ -213,7 +216,9 @@ class PSP(nn.Module):
         Returns:
             ``[B, 3, H, W]`` raw generator output (not clamped).
         """
-        images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+        with self.runtime.context(w_plus):
+            images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+        images = self.runtime.finish(images)
         return self.face_pool(images) if resize else images
 
     # ----------------------------------------------------------------- original forward
