@@ -3,6 +3,7 @@
     python benchmarks/run.py            # CPU: 256 and 1024 output, batch 1 and 8 (+ GPU rows when CUDA is there)
     python benchmarks/run.py --quick    # smoke run: 256-px model, batch 1 and 2, one repetition
     python benchmarks/run.py --configs "" --train psp_256   # training step: the original loop vs instyle's
+    python benchmarks/run.py --configs psp_ffhq_1024 --batches 1 --variants reference --precisions bf16  # CPU bf16
 
 Every CPU row times the plain reference path (``INSTYLE_OPS=reference``, default glibc
 allocator) and the fast path (fast ops + :func:`instyle.ops.fast_memory.retain_freed_memory`)
@@ -201,7 +202,7 @@ def cpu_rows(config_name: str, batches: list[int], reps: int, variants: list[Var
     return rows
 
 
-# --------------------------------------------------------------------------- GPU rows
+# --------------------------------------------------------------------------- precision rows (CPU and GPU)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
@@ -210,60 +211,104 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak_to_peak: float = 2.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak_to_peak**2 / mse)
 
 
-def gpu_rows(config_name: str, batch: int, reps: int) -> list[Row]:
-    """One CUDA device: the float32 reference path as the baseline, the fast path in float32,
-    then bfloat16/float16 autocast + channels-last + ``torch.compile`` (throughput at
-    ``batch``, batch-1 latency, PSNR of the low-precision output against float32)."""
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def reset_peak(device: torch.device) -> bool:
+    """Start a peak-memory measurement: GPU allocator peak on CUDA, resident set on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    return reset_peak_rss()
+
+
+def read_peak(device: torch.device, ok: bool = True) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib() if ok else None
+
+
+DTYPE_LABELS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def precision_rows(
+    config_name: str, batches: list[int], reps: int, device: torch.device, precisions=("bf16",),
+    compile: bool = False, latency: bool = False,
+) -> list[Row]:
+    """The user-facing precision options (:func:`instyle.models.runtime.set_runtime`) on one
+    device: the float32 reference path as the baseline, the fast path in float32, then each
+    16-bit precision eager and, with ``compile``, compiled. Per ``batch``: throughput, peak
+    memory, PSNR against the float32 fast output; with ``latency`` also batch-1 rows.
+    The time of the first (compiling) call is in the note. Runs on CPU as on CUDA."""
+    from instyle.models.runtime import set_runtime
+
     model = random_psp(get_config(config_name), seed=0, latent_samples=1024).to(device)
     size = model.input_size
     with torch.no_grad(), use_backend("reference"):
         x1 = torch.randn(1, model.input_nc, size, size, device=device)
         gflop = count_flops(lambda: model.decode(model.encode(x1))) / 1e9
+    name = device_name(device)
 
     def full(inp):
-        return model.decode(model.encode(inp))
-
-    def timed(fn, inp) -> tuple[float, float]:
-        """(median seconds, peak GPU MiB) of ``fn(inp)``."""
-        fn(inp)
+        out = model.decode(model.encode(inp))
         sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        return out
+
+    def timed(inp) -> tuple[float, float | None]:
+        """(median seconds, peak MiB) of ``full(inp)``, after one untimed call."""
+        full(inp)
+        ok = reset_peak(device)
         ts = []
         for _ in range(reps):
             t = time.perf_counter()
-            fn(inp)
-            sync(device)
+            full(inp)
             ts.append(time.perf_counter() - t)
-        return statistics.median(ts), torch.cuda.max_memory_allocated(device) / 2**20
+        return statistics.median(ts), read_peak(device, ok)
 
+    variants = [("fp32", False)] + [(p, False) for p in precisions] + [(p, True) for p in precisions if compile]
     rows: list[Row] = []
-    xb = torch.randn(batch, model.input_nc, size, size, device=device)
-    with torch.no_grad():
-        with use_backend("reference"):
-            base, mem = timed(full, xb)
-            ref_out = full(xb[:4]).float()
-        rows.append(Row(config_name, "pSp", name, "float32", batch, "reference", base, gflop, mem, 1.0))
-        with use_backend("auto"):
-            sec, mem = timed(full, xb)
-        rows.append(Row(config_name, "pSp", name, "float32", batch, "fast", sec, gflop, mem, base / sec))
+    for batch in batches:
+        gen = torch.Generator().manual_seed(batch)
+        xb = torch.randn(batch, model.input_nc, size, size, generator=gen).to(device)
+        with torch.no_grad():
+            with use_backend("reference"):
+                base, mem = timed(xb)
+            rows.append(Row(config_name, "pSp", name, "float32", batch, "reference", base, gflop, mem, 1.0))
+            with use_backend("auto"):
+                ref_out = full(xb).clamp(-1, 1)
+                for precision, compiled in variants:
+                    try:
+                        rows += _variant_rows(model, full, timed, xb, ref_out, precision, compiled, latency, base,
+                                              (config_name, "pSp", name, DTYPE_LABELS[precision]), gflop)
+                    except Exception as e:  # report in the table, keep the other rows
+                        variant = "fast+compile" if compiled else "fast"
+                        rows.append(Row(config_name, "pSp", name, DTYPE_LABELS[precision], batch, variant, math.nan,
+                                        gflop, note=f"failed: {e!r}"[:80]))
+                    finally:
+                        set_runtime(model, "fp32")
+        print(f"  measured precisions {config_name} batch {batch} on {name}", file=sys.stderr, flush=True)
+    return rows
 
-    model.to(memory_format=torch.channels_last)
-    compiled = torch.compile(full, dynamic=False)
-    xcl = xb.contiguous(memory_format=torch.channels_last)
-    for dtype in (torch.bfloat16, torch.float16):
-        label = str(dtype).replace("torch.", "")
-        try:
-            with torch.no_grad(), use_backend("auto"), torch.autocast("cuda", dtype=dtype):
-                quality = psnr(compiled(xcl[:4]).clamp(-1, 1), ref_out.clamp(-1, 1))
-                sec, mem = timed(compiled, xcl)
-                lat, _ = timed(compiled, xcl[:1])
-            note = f"PSNR {quality:.1f} dB vs fp32"
-            rows.append(Row(config_name, "pSp", name, label, batch, "fast+CL+compile", sec, gflop, mem, base / sec, note))
-            rows.append(Row(config_name, "pSp", name, label, 1, "fast+CL+compile", lat, gflop, None, None, "latency"))
-        except Exception as e:  # report in the table, keep the other rows
-            rows.append(Row(config_name, "pSp", name, label, batch, "fast+CL+compile", math.nan, gflop, note=f"failed: {e!r}"[:60]))
+
+def _variant_rows(model, full, timed, xb, ref_out, precision, compiled, latency, base, head, gflop) -> list[Row]:
+    """Throughput (and latency) rows of one precision / compile setting."""
+    from instyle.models.runtime import set_runtime
+
+    set_runtime(model, precision, compiled)
+    t = time.perf_counter()
+    out = full(xb)  # compiles when asked
+    first = time.perf_counter() - t
+    quality = psnr(out.clamp(-1, 1), ref_out)
+    sec, mem = timed(xb)
+    notes = [] if math.isinf(quality) else [f"PSNR {quality:.1f} dB vs fp32"]
+    if compiled:
+        notes.append(f"1st call {first:.1f} s")
+    variant = "fast+compile" if compiled else "fast"
+    rows = [Row(*head, len(xb), variant, sec, gflop, mem, base / sec, ", ".join(notes))]
+    if latency and len(xb) > 1:
+        lat, _ = timed(xb[:1])
+        rows.append(Row(*head, 1, variant, lat, gflop, None, None, "latency"))
     return rows
 
 
@@ -404,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per path (median reported)")
     parser.add_argument("--variants", default="reference,fast", help=f"paths to compare, first is the baseline; of {list(VARIANTS)}")
     parser.add_argument("--gpu-batch", type=int, default=32, help="batch size of the GPU throughput rows")
+    parser.add_argument("--precisions", default="", metavar="P[,P]",
+                        help="also CPU rows of these precisions (bf16, fp16) through the user option, with PSNR vs fp32")
+    parser.add_argument("--compile", action="store_true", help="with --precisions: also compiled rows (CPU)")
     parser.add_argument("--no-gpu", action="store_true", help="skip GPU rows even when CUDA is available")
     parser.add_argument("--train", default="", metavar="CONFIG[,CONFIG]",
                         help="also time training steps of these configs: the original loop vs instyle's "
@@ -421,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         variants = [VARIANTS[v] for v in args.variants.split(",") if v]
     except KeyError as e:
         parser.error(f"unknown variant {e}; accepted: {', '.join(VARIANTS)}")
+    precisions = [p for p in args.precisions.split(",") if p]
+    if any(p not in DTYPE_LABELS for p in precisions):
+        parser.error(f"--precisions={args.precisions!r}: accepted are {', '.join(DTYPE_LABELS)}")
 
     torch.manual_seed(0)
     load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -430,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for config in configs:
         rows += cpu_rows(config, batches, reps, variants)
+        if precisions:
+            rows += precision_rows(config, batches, reps, cpu, precisions, compile=args.compile)
     train_configs = [c for c in args.train.split(",") if c]
     for config in train_configs:
         rows += train_rows(config, args.train_batch, reps, cpu)
@@ -444,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         peak[(name, "16-bit")] = matmul_peak(dev, torch.bfloat16, reps=5)
         for config in configs:
             try:
-                rows += gpu_rows(config, args.gpu_batch, reps=max(reps, 5))
+                rows += precision_rows(config, [args.gpu_batch], max(reps, 5), dev, ("bf16", "fp16"), compile=True,
+                                       latency=True)
             except Exception as e:
                 print(f"GPU rows for {config} failed: {e!r}", file=sys.stderr)
         for config in train_configs:

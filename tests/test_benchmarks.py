@@ -55,7 +55,7 @@ def test_original_loop_leaves_the_model_as_training_wants_it(run, single_thread,
 
 def test_table_prints_every_row(run, single_thread, capsys):
     rc = run.main(["--configs", "tiny", "--batches", "1", "--reps", "1", "--no-gpu", "--train", "tiny",
-                   "--train-batch", "1"])
+                   "--train-batch", "1", "--precisions", "bf16"])
     out = capsys.readouterr().out
     assert rc == 0
     lines = [line for line in out.splitlines() if line.startswith("tiny ")]
@@ -63,4 +63,40 @@ def test_table_prints_every_row(run, single_thread, capsys):
     for part in ("encoder", "generator", "pSp"):
         assert (part, "reference") in parts and (part, "fast") in parts
     assert ("train step", "original loop") in parts and ("train step", "instyle") in parts
+    bf16 = [line for line in lines if line.split("|")[3].strip() == "bfloat16"]
+    assert len(bf16) == 1 and "PSNR" in bf16[0], out
     assert "matmul" in out and "speed-up" in out
+
+
+def test_channels_last_on_the_whole_model_is_the_defect_the_gpu_rows_had(single_thread):
+    """The old GPU section made the whole pSp channels-last: the generator's 5-D modulated
+    weights refuse it. Only the encoder may be channels-last."""
+    from instyle.models import get_config
+    from instyle.models.init import random_psp
+
+    model = random_psp(get_config("tiny"), seed=0, latent_samples=16)
+    with pytest.raises(RuntimeError, match="rank 4"):
+        model.to(memory_format=torch.channels_last)
+    model.encoder.to(memory_format=torch.channels_last)  # fine
+
+
+def test_precision_rows_run_the_gpu_code_path_on_cpu(run, single_thread, monkeypatch):
+    """The rows the GPU section prints (reference, fast fp32, bf16/fp16 eager and compiled,
+    batch-1 latency), on CPU; ``torch.compile`` is recorded instead of run (slow on CPU)."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
+    rows = run.precision_rows("tiny", [2], 1, torch.device("cpu"), ("bf16", "fp16"), compile=True, latency=True)
+    got = [(r.dtype, r.batch, r.variant) for r in rows]
+    assert got == [
+        ("float32", 2, "reference"), ("float32", 2, "fast"), ("float32", 1, "fast"),
+        ("bfloat16", 2, "fast"), ("bfloat16", 1, "fast"), ("float16", 2, "fast"), ("float16", 1, "fast"),
+        ("bfloat16", 2, "fast+compile"), ("bfloat16", 1, "fast+compile"),
+        ("float16", 2, "fast+compile"), ("float16", 1, "fast+compile"),
+    ]  # fmt: skip
+    for r in rows:
+        assert math.isfinite(r.seconds) and r.seconds > 0 and "failed" not in r.note, r
+    for r in rows[3:]:
+        if r.batch == 2:
+            assert float(r.note.split("PSNR ")[1].split(" dB")[0]) >= 40, r.note
+    assert [name for name, _ in compiled].count("Generator") == 2
+

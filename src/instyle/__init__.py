@@ -17,7 +17,14 @@ from instyle.utils.device import DEFAULT_DEVICE
 from instyle.version import __version__
 
 
-def load(path, device=DEFAULT_DEVICE, expected: PSPConfig | None = None, w_encoder=None) -> PSP:
+def load(
+    path,
+    device=DEFAULT_DEVICE,
+    expected: PSPConfig | None = None,
+    w_encoder=None,
+    precision: str = "fp32",
+    compile: bool | str = False,
+) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
     Args:
@@ -26,8 +33,15 @@ def load(path, device=DEFAULT_DEVICE, expected: PSPConfig | None = None, w_encod
         expected: optional architecture the file must match.
         w_encoder: for an official HyperStyle checkpoint, its W-encoder file (a
             ``HyperStyle`` model is returned; own-format HyperStyle directories contain it).
+        precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
+            the hardware runs it natively); the choice is in ``model.runtime.note``.
+        compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
     """
-    return load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
+    from instyle.models.runtime import set_runtime
+
+    model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
+    set_runtime(model, precision, compile)
+    return model
 
 
 def __getattr__(name):

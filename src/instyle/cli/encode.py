@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
 from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
@@ -58,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_precision_args(p)
     p.add_argument(
         "--save-latents", action="store_true",
         help="also write latents/<name>.npy, float32 [n_styles, 512] (HyperStyle: .npz with the offsets)",
@@ -105,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
+        apply_precision_args(model, args)
     except CheckpointError as e:
         error(str(e))
         return 2

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, error
 from instyle.errors import InstyleError
 
 DESCRIPTION = """\
@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", help="report folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
     p.add_argument("--identity", default="dlib", help="'dlib' (default), 'none', or a path to ArcFace/CurricularFace weights")
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
+            compile=args.compile,
             out_dir=args.out,
             predictions_dir=args.predictions,
             lpips_weights=args.lpips_weights,
@@ -111,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         error(f"could not write the report into {args.out}: {e.strerror or e}")
         return 1
+    if args.checkpoint and (args.precision != "fp32" or args.compile):
+        print(f"instyle: precision {args.precision} -> {report['precision']}", file=sys.stderr)
     print((Path(args.out) / "report.md").read_text())
     refused = _refused_weights(args, report)
     for flag, why in refused:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
 from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
@@ -66,6 +66,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
@@ -93,7 +94,9 @@ def load_model(args):
         return None
     try:
         device = resolve_device(args.device)
-        return load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None)), device
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
+        apply_precision_args(model, args)
+        return model, device
     except (InstyleError, OSError) as e:
         error(str(e))
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
 
 DESCRIPTION = """\
 Start a local web page where you drop a face photo, sketch or label map and see its
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
     add_device_arg(p)
+    add_precision_args(p)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
     p.add_argument(
         "--max-pixels", type=int, default=25_000_000, help="largest accepted image in pixels (default: 25000000)"
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
         if args.iterations is not None:
             store.set_iterations(args.iterations)
+        for name in store.names:
+            apply_precision_args(store.get(name).model, args)
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
         error(str(e))
         return 2

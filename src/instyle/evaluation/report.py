@@ -344,6 +344,8 @@ def evaluate(
     grid_cases: int = 4,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    precision: str | None = None,
+    compile: bool | str = False,
 ) -> dict:
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
@@ -364,6 +366,8 @@ def evaluate(
         warmup: untimed forward passes of the first batch before timing.
         grid_cases: best and worst cases shown in ``best_worst.png``.
         log: called with one line per skipped file (default: stderr).
+        precision: ``fp32``/``bf16``/``fp16``/``auto`` for the model (None keeps its setting);
+            compile: ``torch.compile`` it (see :func:`instyle.models.runtime.set_runtime`).
 
     Returns:
         The report dict (also ``report.json``): ``metrics`` (mean/std/n per metric), ``fid``,
@@ -379,6 +383,10 @@ def evaluate(
     log = log or (lambda msg: print(f"instyle: skipped {msg}", file=sys.stderr))
     device = resolve_device(device)
     net = _load_model(model, device)
+    if net is not None and (precision is not None or compile):
+        from instyle.models.runtime import set_runtime
+
+        set_runtime(net, precision or net.runtime.precision, compile)
     samples, failed = find_samples(data_dir, predictions_dir if net is None else None)
     for msg in failed:
         log(msg)
@@ -453,6 +461,7 @@ def evaluate(
         "data": str(data_dir),
         "task": (task or net.config.task) if net is not None else task,
         "device": str(device),
+        "precision": net.runtime.precision if net is not None else None,
         "device_name": _device_name(device),
         "batch_size": batch_size,
         "eval_size": eval_size,

@@ -43,9 +43,22 @@ class Inverter:
         model: a :class:`PSP`, or a path to any supported pSp checkpoint.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` or a torch device.
         full_resolution: decode at the generator's size instead of ``resize_to`` (256).
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see :mod:`instyle.models.runtime`);
+            None keeps a given model's setting (fp32 for a path). ``self.precision`` says
+            what was chosen.
+        compile: ``torch.compile`` the model (``True`` or a mode name); None keeps a given model's.
     """
 
-    def __init__(self, model: PSP | str | os.PathLike, device: str | torch.device = "auto", full_resolution: bool = False):
+    def __init__(
+        self,
+        model: PSP | str | os.PathLike,
+        device: str | torch.device = "auto",
+        full_resolution: bool = False,
+        precision: str | None = None,
+        compile: bool | str | None = None,
+    ):
+        from instyle.models.runtime import set_runtime
+
         self.device = resolve_device(device)
         from instyle.inference.offsets import uses_offsets
 
@@ -59,7 +72,19 @@ class Inverter:
                 "(the latent comes with per-image generator offsets; see docs/hyperstyle.md)"
             )
         self.model = model.to(self.device).eval()
+        if precision is not None or compile is not None:
+            runtime = self.model.runtime
+            set_runtime(
+                self.model,
+                runtime.precision if precision is None else precision,
+                (runtime.compile_mode or False) if compile is None else compile,
+            )
         self.full_resolution = full_resolution
+
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in (``auto`` resolved), e.g. ``"bf16"``."""
+        return self.model.runtime.precision
 
     @property
     def config(self):

@@ -297,6 +297,7 @@ def encode_files(
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if options.full_resolution else model.config.resize_to,
+        "precision": model.runtime.precision if hasattr(model, "runtime") else "fp32",
         "iterations": _iterations(model, options.iterations),
         "rank": rank,
         "world_size": world_size,

@@ -23,6 +23,7 @@ from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
 from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, encoder_class, register_config
+from instyle.models.runtime import Runtime
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
 from instyle.utils.config import ConfigError, check_choice, check_int_range, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
@@ -181,6 +182,7 @@ class PSP(nn.Module):
         self.register_buffer("latent_avg", self.normalize_latent_avg(latent_avg))
         #: ReStyle steps of ``encode`` when not given (the original's 5; ``instyle serve --iterations``).
         self.default_iterations = DEFAULT_ITERATIONS
+        self.runtime = Runtime()  # precision / compile of encode and decode: instyle.models.runtime.set_runtime
 
     # ----------------------------------------------------------------- properties
 
@@ -251,7 +253,8 @@ class PSP(nn.Module):
         """Encoder output with ``latent_avg`` added (when configured), in the original's shape:
         ``[B, n_styles, 512]`` (W+) or ``[B, 512]`` (learn_in_w)."""
         self._check_image(x)
-        codes = self.encoder(x)
+        with self.runtime.context(x):
+            codes = self.runtime.finish(self.encoder(self.runtime.encoder_input(x)))
         if self.config.start_from_latent_avg:
             avg = self.latent_avg.to(codes.dtype)
             codes = codes + (avg if self.config.learn_in_w else avg[None])
@@ -301,7 +304,9 @@ class PSP(nn.Module):
         Returns:
             ``[B, 3, H, W]`` raw generator output (not clamped).
         """
-        images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+        with self.runtime.context(w_plus):
+            images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+        images = self.runtime.finish(images)
         return self.face_pool(images) if resize else images
 
     # ----------------------------------------------------------------- original forward
