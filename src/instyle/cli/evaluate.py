@@ -18,8 +18,8 @@ and batch size recorded); FID when Inception weights are given. Writes REPORT_DI
 report.json, per_image.csv, report.md and best_worst.png.
 
 Data: a folder of photos (targets; the input is made from each by the model's task -- the
-photo itself for inversion), or inputs/ + targets/ subfolders matched by file name
-(sketches, label maps). --predictions DIR scores saved outputs instead of a checkpoint.
+photo itself for inversion), or the folder `instyle prepare` writes: target/ + source/
+matched by file name (sketches, label maps; the older inputs/ + targets/ names work too). --predictions DIR scores saved outputs instead of a checkpoint.
 
 Identity: dlib's 128-D face descriptor by default (offline; --face-box aligned uses the
 known box of aligned crops so unrecognisable outputs still get a number, detect runs
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
-    p.add_argument("--data", "-d", help="folder of target photos, or with inputs/ and targets/ subfolders")
+    p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
     p.add_argument("--out", "-o", help="report folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")

@@ -9,11 +9,41 @@ from pathlib import Path
 
 from instyle.errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "Pairs", "pair_folders"]
+__all__ = ["IMAGE_EXTENSIONS", "LayoutError", "list_images", "Pairs", "data_layout", "pair_folders"]
 
 log = logging.getLogger("instyle.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+#: The one layout of paired data: what ``instyle prepare`` writes, ``train --train DIR`` and
+#: ``evaluate --data DIR`` read. ``targets/`` + ``inputs/`` is the older evaluate spelling.
+LAYOUTS = (("target", "source"), ("targets", "inputs"))
+
+
+class LayoutError(InputError):
+    """A data folder that fits no accepted layout."""
+
+
+def data_layout(folder: str | os.PathLike) -> tuple[Path, Path | None]:
+    """``(target folder, source folder or None)`` of a data folder.
+
+    ``DIR/target/`` (+ ``DIR/source/``, paired by file name) as ``instyle prepare`` writes
+    it; else ``DIR`` itself is a folder of photos, each its own input.
+
+    Raises:
+        LayoutError: a ``source/`` (or ``inputs/``) folder without its ``target/``.
+    """
+    d = Path(folder)
+    for target, source in LAYOUTS:
+        if (d / target).is_dir():
+            return d / target, (d / source if (d / source).is_dir() else None)
+    for target, source in LAYOUTS:
+        if (d / source).is_dir():
+            raise LayoutError(
+                f"{d}: has {source}/ but no {target}/; expected the layout `instyle prepare` writes: "
+                f"{d}/target/ (+ source/, paired by file name), or a folder of photos"
+            )
+    return d, None
 
 
 def list_images(root: str | os.PathLike) -> dict[str, Path]:

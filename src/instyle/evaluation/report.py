@@ -11,8 +11,9 @@ saved images the original's ``calc_losses_on_images.py`` reads. Written files:
 and ``best_worst.png`` (target | output rows, best cases on top).
 
 Data layout: a folder of photos (targets; each is also the input for inversion, or the
-task makes the input from it, e.g. a low-resolution copy), or ``inputs/`` + ``targets/``
-subfolders matched by relative path without suffix (sketches, label maps).
+task makes the input from it, e.g. a low-resolution copy), or ``target/`` + ``source/``
+(what ``instyle prepare`` writes; :func:`instyle.data.folders.data_layout`) matched by
+relative path without suffix (sketches, label maps).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from instyle.data.folders import data_layout
 from instyle.errors import InputError
 from instyle.evaluation.metrics import mse, psnr, ssim
 from instyle.tasks import get_task
@@ -92,17 +94,17 @@ def find_samples(data_dir: str | os.PathLike, predictions_dir: str | os.PathLike
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such folder")
     problems: list[str] = []
-    paired = (data_dir / "targets").is_dir()
-    targets = _index(data_dir / "targets" if paired else data_dir, problems)
-    inputs = _index(data_dir / "inputs", problems) if paired and (data_dir / "inputs").is_dir() else {}
+    target_dir, source_dir = data_layout(data_dir)
+    targets = _index(target_dir, problems)
+    inputs = _index(source_dir, problems) if source_dir is not None else {}
     preds = _index(Path(predictions_dir), problems) if predictions_dir is not None else None
     samples = []
     for name, target in sorted(targets.items()):
         inp = target
-        if paired and inputs:
+        if inputs:
             inp = _lookup(inputs, name)
             if inp is None:
-                problems.append(f"{target}: no matching input in {data_dir / 'inputs'}")
+                problems.append(f"{target}: no matching input in {source_dir}")
                 continue
         pred = None
         if preds is not None:

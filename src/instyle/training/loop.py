@@ -27,6 +27,7 @@ from instyle.data import (
     make_loader,
     validation_transform,
 )
+from instyle.data.folders import data_layout
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
 from instyle.models.psp import PSP
@@ -77,6 +78,21 @@ class Session:
 
 
 # ----------------------------------------------------------------------------- data
+
+
+def resolve_data_layout(cfg: TrainConfig) -> TrainConfig:
+    """``--train DIR`` / ``--val DIR`` given a folder that ``instyle prepare`` wrote (``target/`` +
+    ``source/``): its two halves as target and source folders (see
+    :func:`instyle.data.folders.data_layout`); an explicit ``--train-source`` is kept."""
+    changes = {}
+    for split in ("train", "val"):
+        target, source = getattr(cfg, f"{split}_target"), getattr(cfg, f"{split}_source")
+        if target and source is None:
+            t, s = data_layout(target)
+            if t != Path(target):
+                changes[f"{split}_target"] = str(t)
+                changes[f"{split}_source"] = None if s is None else str(s)
+    return cfg.replace(**changes) if changes else cfg
 
 
 def _dataset(cfg: TrainConfig, target: str, source: str | None, train: bool, transform) -> PairedImageDataset:
@@ -262,6 +278,7 @@ def _default_transform(cfg: TrainConfig) -> InputTransform | None:
 def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistContext) -> TrainResult:
     if not cfg.train_target:
         raise ConfigError("no training images: give --train DIR (config key train_target)")
+    cfg = resolve_data_layout(cfg)
     transform = transform if transform is not None else _default_transform(cfg)
     train_set = _dataset(cfg, cfg.train_target, cfg.train_source, True, transform)
     val_set = (
