@@ -151,3 +151,34 @@ def test_inverter_verbs(tiny):
     edits = inv.edit(code, torch.ones(64), strengths=[0.0, 1.0])
     same_batch = inv.decode(torch.stack([code, code + 1.0]))
     assert np.array_equal(np.asarray(edits[0]), np.asarray(same_batch[0]))
+
+
+def test_latents_written_by_mix_are_read_by_edit_and_interpolate(tiny, tiny_dir, tmp_path, capsys):
+    """mix --save-latents writes [N, n_styles, D] per input; edit and interpolate used to
+    refuse it as 'does not fit this model'. Every code of the file is a source now."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(src / "a.png")
+    mixed = tmp_path / "mixed"
+    assert main(["mix", str(src / "a.png"), "-c", str(tiny_dir), "-o", str(mixed), "-n", "3", "--device", "cpu",
+                 "--save-latents"]) == 0
+    lat = mixed / "latents" / "a.npy"
+    direction = tmp_path / "d.npy"
+    np.save(direction, np.ones((1, 64), np.float32))
+    edited = tmp_path / "edited"
+    assert main(["edit", "direction", str(lat), "-c", str(tiny_dir), "--direction", str(direction), "--out",
+                 str(edited), "--device", "cpu", "--strengths=-1,1"]) == 0
+    codes = np.load(lat)
+    for k in range(3):  # one edited strip per code of the file
+        strip = np.load(edited / "latents" / "a" / f"{k}.npy")
+        np.testing.assert_allclose(strip, codes[k][None] + np.array([-1.0, 1.0])[:, None, None], atol=1e-5)
+    frames = tmp_path / "frames"
+    assert main(["interpolate", str(lat), "-c", str(tiny_dir), "-o", str(frames), "--steps", "3", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    # a real mismatch names both shapes
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 5, 64), np.float32))
+    assert main(["edit", "direction", str(bad), "-c", str(tiny_dir), "--direction", str(direction), "--out",
+                 str(tmp_path / "e2"), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err
+    assert "(2, 5, 64)" in err and f"[{tiny.n_styles}, 64]" in err

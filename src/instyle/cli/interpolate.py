@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="two or more images or latent files, in path order")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="two or more images or latent files (a file of several codes counts as several), in path order")
     add_model_args(p)
     p.add_argument("--steps", type=int, default=8, help="frames per segment, endpoints included (default: 8)")
     p.add_argument("--animation", default="gif", choices=["gif", "webp", "mp4", "none"], help="animation format (default: gif)")
@@ -43,9 +43,6 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.latents import save_latent
     from instyle.inference.offsets import frame_offsets, path_coefficients
 
-    if len(args.inputs) < 2:
-        error("interpolation needs at least two inputs (A B [C ...])")
-        return 2
     if args.steps < 2:
         error(f"--steps={args.steps} must be >= 2")
         return 2
@@ -55,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     model, device = loaded
     sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
     if len(sources) < 2:
-        error(f"only {len(sources)} usable input(s); interpolation needs two")
-        return 1
+        error(f"only {len(sources)} usable code(s); interpolation needs at least two inputs (A B [C ...]) or a latent file of several codes")
+        return 1 if failed else 2
     w = interpolate_path([s.w for s in sources], args.steps)
     with_offsets = [s.offsets is not None for s in sources]
     if any(with_offsets) and not all(with_offsets):

@@ -149,13 +149,18 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
         try:
             if path.suffix.lower() in (".npy", ".npz"):
                 w, _, _ = load_latent(path)
-                if tuple(w.shape[1:]) != shape or w.shape[0] != 1:
-                    raise InputError(f"latent of shape {tuple(w.shape)} does not fit this model ([{shape[0]}, {shape[1]}])")
+                if tuple(w.shape[1:]) != shape:
+                    raise InputError(
+                        f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
+                        f"codes (a file may hold [B, {shape[0]}, {shape[1]}])"
+                    )
                 offsets = load_weights_deltas(path)
                 if offsets is not None and not uses_offsets(model):
                     raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
-                loaded.append(Source(path, name, w[0].to(device), None, offsets))
+                # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
+                for k, code in enumerate(w):
+                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, offsets))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
