@@ -258,3 +258,47 @@ def test_encode_sketch2face_preview(tmp_path):
     pair = np.asarray(Image.open(out / "sketch.png").convert("L"))
     left = pair[:, :64]
     assert left.max() >= 250 and left.min() <= 5  # white paper and black line, not a washed-out preview
+
+
+def test_encode_limit_takes_the_first_inputs_in_path_order(tiny_dir, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        rgb((64, 64), k).save(src / f"{k}.png")
+    out = tmp_path / "o"
+    assert main(["encode", "-c", str(tiny_dir), str(src), "--out", str(out), "--device", "cpu", "--limit", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
+    assert json.loads((out / "summary.json").read_text())["encoded"] == 2
+
+
+def _checkerboard(path, size=64):
+    """Finest-scale detail: gone once the photo is down-sampled."""
+    board = (np.indices((size, size)).sum(0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.stack([board] * 3, -1)).save(path)
+
+
+def test_encode_resize_factor_degrades_super_resolution_inputs(tmp_path, capsys):
+    """The original's --resize_factors: the photo is down-sampled by N first (as in training),
+    and --side-by-side writes source | down-sampled | output."""
+    from instyle.inference.preprocess import prepare_input
+    from instyle.models.psp import PSPConfig
+
+    model_dir = _task_model_dir(tmp_path, "super_resolution", 3, 0)
+    img = tmp_path / "board.png"
+    _checkerboard(img)
+    config = PSPConfig.from_dict(json.loads((model_dir / "config.json").read_text())["config"])
+    plain, degraded = prepare_input(img, config), prepare_input(img, config, resize_factor=4)
+    assert plain.std() > 0.9 and degraded.std() < 0.1  # the checkerboard averages out to grey
+    out = tmp_path / "o"
+    assert main(["encode", "-c", str(model_dir), str(img), "--out", str(out), "--device", "cpu", "--resize-factor", "4",
+                 "--side-by-side", "--save-latents"]) == 0
+    assert Image.open(out / "board.png").size == (3 * 64, 64)
+    model = __import__("instyle").load(model_dir)
+    with torch.no_grad():
+        expected = model.encode(degraded[None])[0]
+    np.testing.assert_allclose(np.load(out / "latents" / "board.npy"), expected.numpy(), atol=1e-5)
+    # other tasks refuse a resize factor, naming it
+    capsys.readouterr()
+    assert main(["encode", "-c", str(_task_model_dir(tmp_path, "inversion", 3, 0)), str(img), "--out",
+                 str(tmp_path / "o2"), "--device", "cpu", "--resize-factor", "4"]) == 1
+    assert "super-resolution models only" in capsys.readouterr().err

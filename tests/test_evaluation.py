@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from instyle.cli.main import main
+from instyle.errors import InputError
 from instyle.evaluation.fid import frechet_distance
 from instyle.evaluation.identity import _infer_backbone, _similarity_transform, roc_auc
 from instyle.evaluation.metrics import gaussian_window, mse, psnr, ssim
@@ -188,3 +190,24 @@ def test_fid_over_a_few_images_is_reported_with_the_caveat(setup, tmp_path):
     assert math.isfinite(report["fid"]) and "fid" not in report["unavailable"]
     assert "4 images is NOT comparable" in report["caveats"]["fid"]
     assert "4 images is NOT comparable" in (out / "report.md").read_text()
+
+
+def test_evaluate_super_resolution_uses_and_reports_the_resize_factor(tmp_path):
+    """It silently used x32; the factor is chosen with resize_factor and named in the report."""
+    from instyle.models.psp import PSPConfig
+
+    cfg = get_config("tiny").to_dict()
+    cfg["task"] = "super_resolution"
+    model = random_psp(PSPConfig.from_dict(cfg), seed=0, latent_samples=64)
+    data = tmp_path / "photos"
+    data.mkdir()
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.stack([board] * 3, -1)).save(data / "a.png")
+    kw = dict(device="cpu", identity=None, lpips_weights=None, warmup=0)
+    default = evaluate(model, data, **kw)
+    assert "x32" in default["input_note"] and "--resize-factor" in default["input_note"]
+    chosen = evaluate(model, data, resize_factor=2, **kw)
+    assert "x2" in chosen["input_note"]
+    assert chosen["per_image"][0]["mse"] != default["per_image"][0]["mse"]
+    with pytest.raises(InputError, match="super-resolution models only"):
+        evaluate(random_psp(get_config("tiny"), seed=0, latent_samples=64), data, resize_factor=2, **kw)

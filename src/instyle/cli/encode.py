@@ -64,13 +64,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write latents/<name>.npy, float32 [n_styles, 512] (HyperStyle: .npz with the offsets)",
     )
     p.add_argument(
-        "--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px like the original)"
+        "--full-resolution", action="store_true",
+        help="write the generator's full-size output, e.g. 1024 px (default: 256 px, the model's resize_to; the "
+        "original inference.py writes full size unless --resize_outputs)",
     )
     p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
     p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    p.add_argument("--limit", type=int, metavar="N", help="encode only the first N inputs in path order (the original's --n_images)")
+    p.add_argument(
+        "--resize-factor", type=int, metavar="N",
+        help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
+        "--resize_factors); with --side-by-side each row is source | down-sampled | output",
+    )
     add_refine_args(p)
     p.set_defaults(func=run)
 
@@ -89,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         options = EncodeOptions(
             batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
             side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
-            iterations=args.iterations,
+            iterations=args.iterations, resize_factor=args.resize_factor, limit=args.limit,
         )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
@@ -153,6 +161,7 @@ def _refine(args: argparse.Namespace, model, files, n_skipped: int) -> int:
     from instyle.inference.io import output_names
     from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
 
+    files = files[: args.limit] if args.limit else files
     try:
         names = output_names(files)
         prepare_output_folder(args.out, files, [Path(args.out) / f"{n}.{args.format}" for n in names])
@@ -160,4 +169,4 @@ def _refine(args: argparse.Namespace, model, files, n_skipped: int) -> int:
         error(str(e))
         return 2
     items = [(f.path, n) for f, n in zip(files, names)]
-    return run_refine(args, model, items, input_preparer(model, args.align), n_skipped)
+    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped)

@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     p.add_argument("--max-images", type=int, help="evaluate at most this many images")
+    p.add_argument(
+        "--resize-factor", type=int, metavar="N",
+        help="super-resolution models: make each input by down-sampling its target xN (the original's "
+        "--resize_factors; default: the largest training factor, named in the report)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             max_images=args.max_images,
             warmup=args.warmup,
             progress=True,
+            resize_factor=args.resize_factor,
         )
     except (InstyleError, FileNotFoundError) as e:
         error(str(e))

@@ -298,8 +298,8 @@ def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
     return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
 
 
-def _input_maker(model, task_name: str | None):
-    """``path -> network input [input_nc, S, S]`` for this model and task."""
+def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
+    """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
     from instyle.inference.io import load_image
     from instyle.inference.preprocess import prepare_input
 
@@ -308,19 +308,27 @@ def _input_maker(model, task_name: str | None):
         task = get_task(name)
     except ConfigError:  # a task name without a registered preset: inputs by channel count
         task = None
+    if resize_factor is not None and (task is None or task.name != "super_resolution"):
+        raise InputError(f"resize_factor={resize_factor}: applies to super-resolution models only (task {name!r})")
     if task is None or task.name == "inversion" or task.input_nc != model.input_nc:
-        return lambda s: prepare_input(s.input, model.config)
+        return (lambda s: prepare_input(s.input, model.config)), None
 
     task = task.with_options(size=model.input_size) if task.size != model.input_size else task
+    note = None
+    if task.name == "super_resolution":
+        task = task.with_options(factors=(resize_factor or max(task.factors),))
+        note = f"super-resolution inputs down-sampled x{task.factors[0]}" + (
+            "" if resize_factor else " (the largest training factor; choose with --resize-factor)"
+        )
 
     def make(s: Sample) -> torch.Tensor:
         if s.input != s.target:
             return prepare_input(s.input, model.config)
         if task.needs_source:
-            raise InputError(f"task {task.name!r} needs prepared inputs: lay the data out as inputs/ + targets/")
+            raise InputError(f"task {task.name!r} needs prepared inputs: lay the data out as target/ + source/ (instyle prepare)")
         return task.make_input(load_image(s.target), rng=None)
 
-    return make
+    return make, note
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -348,6 +356,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     precision: str | None = None,
     compile: bool | str = False,
+    resize_factor: int | None = None,
 ) -> dict:
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
@@ -370,6 +379,8 @@ def evaluate(
         log: called with one line per skipped file (default: stderr).
         precision: ``fp32``/``bf16``/``fp16``/``auto`` for the model (None keeps its setting);
             compile: ``torch.compile`` it (see :func:`instyle.models.runtime.set_runtime`).
+        resize_factor: super-resolution models: down-sample each target by this factor to make
+            its input (default: the largest training factor, stated in the report).
 
     Returns:
         The report dict (also ``report.json``): ``metrics`` (mean/std/n per metric), ``fid``,
@@ -395,7 +406,7 @@ def evaluate(
     if max_images is not None:
         samples = samples[:max_images]
     eval_size = net.config.resize_to if net is not None else size
-    make_input = _input_maker(net, task) if net is not None else None
+    make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
     cases = _Cases(grid_cases)
     rows: list[dict] = []
@@ -480,6 +491,7 @@ def evaluate(
         "metrics": {k: _summary([r.get(k) for r in rows]) for k in METRICS},
         "fid": measures.fid_value(),
         "caveats": measures.caveats,
+        "input_note": input_note,
         "grid_order": [name for _, name, _, _ in cases.items],
         "per_image": rows,
     }
@@ -566,6 +578,8 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- {key}: {desc}")
     for key, why in report.get("unavailable", {}).items():
         notes.append(f"- {key}: not computed -- {why}")
+    if report.get("input_note"):
+        notes.append(f"- inputs: {report['input_note']}")
     for key, caveat in report.get("caveats", {}).items():
         notes.append(f"- **{key}: {caveat}**")
     return f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"

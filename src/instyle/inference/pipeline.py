@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from PIL import Image
 
-from instyle.inference.io import InputFile, make_grid, save_image, tensor_to_pil
+from instyle.inference.io import InputFile, load_image, make_grid, save_image, tensor_to_pil
 from instyle.models.iterative import DEFAULT_ITERATIONS
 from instyle.utils.atomic import atomic_write_bytes
 
@@ -211,6 +212,11 @@ class EncodeOptions:
     iterations: int | None = None
     #: latent file type: ``npy`` (the W+ code) or ``npz`` (with HyperStyle's generator offsets)
     latent_format: str = "npy"
+    #: super-resolution models: down-sample each full photo by this factor first (the original's
+    #: ``--resize_factors``); with ``side_by_side`` the row is source | down-sampled | output
+    resize_factor: int | None = None
+    #: encode only the first N inputs (the original's ``--n_images``)
+    limit: int | None = None
 
     def __post_init__(self) -> None:
         from instyle.utils.config import ConfigError
@@ -219,6 +225,10 @@ class EncodeOptions:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if self.format not in ("png", "jpg"):
             raise ConfigError(f"format={self.format!r} is not one of: png, jpg")
+        for name in ("resize_factor", "limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
 
     def outputs(self, name: str) -> list[str]:
         """Paths (relative to the output folder) written for the input named ``name``."""
@@ -270,6 +280,8 @@ def encode_files(
 
     if uses_offsets(model):  # each latent carries its image's generator offsets
         options = dataclasses.replace(options, latent_format="npz")
+    if options.limit is not None:
+        files = list(files)[: options.limit]
     rank, world_size = world()
     suffix = "" if world_size == 1 else f"_rank{rank}"
     reserved = [f"grid{suffix}.png", f"summary{suffix}.json"]
@@ -322,13 +334,13 @@ def _write_or_log(log: Callable[[str], None], write: Callable[[], Any], path: Pa
         return False
 
 
-def input_preparer(model, align: bool) -> Callable[[Path], torch.Tensor]:
+def input_preparer(model, align: bool, resize_factor: int | None = None) -> Callable[[Path], torch.Tensor]:
     from instyle.inference.io import ImageLoadError
     from instyle.inference.preprocess import align_input, prepare_input
 
     def prepare(path: Path) -> torch.Tensor:
         try:
-            return prepare_input(align_input(path, model.input_size) if align else path, model.config)
+            return prepare_input(align_input(path, model.input_size) if align else path, model.config, resize_factor)
         except (ImageLoadError, ValueError, OSError) as e:
             raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
@@ -344,7 +356,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     from instyle.inference.preprocess import input_preview
 
     device = next(model.parameters()).device
-    prepare = input_preparer(model, options.align)
+    prepare = input_preparer(model, options.align, options.resize_factor)
     grid_rows: list[list] = []
     stopped = False
     bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)
@@ -363,7 +375,10 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     recon = tensor_to_pil(yi)
                     want_grid = options.grid and len(grid_rows) < 16
                     preview = input_preview(xi, model.config) if options.side_by_side or want_grid else None
-                    image = make_grid([[preview, recon]], cell=recon.size[1], pad=0) if options.side_by_side else recon
+                    row = [preview, recon]
+                    if options.side_by_side and options.resize_factor:  # source | down-sampled | output
+                        row.insert(0, load_image(files[i].path, mode="RGB").resize(recon.size, Image.Resampling.BILINEAR))
+                    image = make_grid([row], cell=recon.size[1], pad=0) if options.side_by_side else recon
                     records[i]["status"] = "encoded"
                     writer.submit(save_image, image, out / f"{name}.{options.format}", tag=i)
                     if options.save_latents:

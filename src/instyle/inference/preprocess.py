@@ -21,7 +21,7 @@ from instyle.models.psp import PSPConfig
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
-__all__ = ["align_input", "get_task_for", "input_preview", "prepare_input"]
+__all__ = ["align_input", "degrade_for_super_resolution", "get_task_for", "input_preview", "prepare_input"]
 
 
 def get_task_for(config: PSPConfig):
@@ -37,13 +37,19 @@ def get_task_for(config: PSPConfig):
 
 
 def prepare_input(
-    image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor, config: PSPConfig
+    image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor,
+    config: PSPConfig,
+    resize_factor: int | None = None,
 ) -> torch.Tensor:
     """One input -> ``[input_nc, S, S]`` float32 tensor for a model with ``config``.
 
     Tensors are taken as already prepared (shape-checked). Paths are read with
     :func:`instyle.inference.io.load_image` (raising ``ImageLoadError`` on bad files).
+    ``resize_factor`` (super-resolution models only; the original's ``--resize_factors``):
+    the input is a full-resolution photo, down-sampled by this factor first, as in training.
     """
+    if resize_factor is not None:
+        image = degrade_for_super_resolution(image, config, resize_factor)
     nc, size = config.image_nc, config.encoder.input_size  # ReStyle: 3 (its encoder sees 6)
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
@@ -73,6 +79,20 @@ def prepare_input(
         f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
         f"[{nc}, {size}, {size}], or register a task that converts such files (instyle.tasks.register_task)"
     )
+
+
+def degrade_for_super_resolution(image, config: PSPConfig, factor: int) -> Image.Image:
+    """A full-resolution photo down-sampled by ``factor`` (and back to the input size), the
+    way the super-resolution task makes its training inputs."""
+    task = get_task_for(config)
+    if task is None or task.name != "super_resolution":
+        raise InputError(f"a resize factor applies to super-resolution models only; this model's task is {config.task!r}")
+    task = task.with_options(size=config.encoder.input_size, factors=(int(factor),))
+    if isinstance(image, (str, os.PathLike, Path)):
+        image = load_image(image, mode="RGB")
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    return task.make_input_image(image)
 
 
 def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detector: str = "auto") -> Image.Image:
