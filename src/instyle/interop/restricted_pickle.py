@@ -125,7 +125,7 @@ def _load_from_bytes(data: Any) -> Any:
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError(f"tensor record refers to a {type(storage).__name__}, not a typed storage")
-    _check_view(storage.size(), storage_offset, size, stride)
+    _check_view(storage._size(), storage_offset, size, stride)
     return torch._utils._rebuild_tensor(storage, int(storage_offset), tuple(size), tuple(stride))
 
 
