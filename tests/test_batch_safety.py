@@ -401,3 +401,22 @@ def test_load_image_refuses_special_files_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer forever
     with pytest.raises(ImageLoadError, match="not a regular file"):
         load_image(tmp_path / "pipe.png")
+
+
+@pytest.mark.slow
+def test_concurrent_alignment_in_threads_does_not_crash(unaligned_copy):
+    # What `serve --concurrency 2` and encode's background loaders do; in a child process, as a
+    # shared dlib detector crashes the whole process (segfault) rather than raising.
+    code = (
+        "import sys\nfrom concurrent.futures import ThreadPoolExecutor\nfrom PIL import Image\n"
+        "from instyle.alignment import align_faces\n"
+        "imgs = [Image.open(p).convert('RGB') for p in sys.argv[1:]] * 2\n"
+        "with ThreadPoolExecutor(2) as pool:\n"
+        "    found = list(pool.map(lambda im: len(align_faces(im, size=32, detector='hog')), imgs))\n"
+        "print(found)\n"
+    )
+    paths = [str(unaligned_copy / n) for n in SMALL_UNALIGNED[:2]]
+    r = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip() == "[1, 1, 1, 1]"
