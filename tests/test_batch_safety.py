@@ -177,11 +177,19 @@ def _full_disk(monkeypatch):
     monkeypatch.setattr("instyle.utils.atomic.os.fsync", fsync)
 
 
-@pytest.mark.parametrize("command", ["encode", "mix"])
+def _argv(command: str, tiny_dir: Path, photos: Path) -> list[str]:
+    if command == "prepare":
+        return ["prepare", "sketch2face", "--photos", str(photos), "--size", "32"]
+    if command == "align":
+        return ["align", str(photos), "--size", "32"]
+    return [command, "-c", str(tiny_dir), str(photos), "--device", "cpu", "--batch-size", "1"]
+
+
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
 def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_stems, tmp_path, monkeypatch, capsys, command):
     out = tmp_path / "out"
     _full_disk(monkeypatch)
-    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(out), "--device", "cpu", "--batch-size", "1"])
+    rc = main([*_argv(command, tiny_dir, same_stems), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     lines = [line for line in err.splitlines() if "No space left on device" in line]
@@ -189,11 +197,11 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_st
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no partial outputs, no temporary files
 
 
-@pytest.mark.parametrize("command", ["encode", "mix"])
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
 def test_unwritable_output_folder_is_one_line(tiny_dir, same_stems, tmp_path, capsys, command):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(blocker / "out"), "--device", "cpu"])
+    rc = main([*_argv(command, tiny_dir, same_stems), "--out", str(blocker / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "cannot write there" in err and str(blocker / "out") in err
@@ -420,3 +428,13 @@ def test_concurrent_alignment_in_threads_does_not_crash(unaligned_copy):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
     assert r.stdout.strip() == "[1, 1, 1, 1]"
+
+
+def test_align_full_disk_is_one_line(unaligned_copy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _full_disk(monkeypatch)
+    rc = main(["align", str(unaligned_copy), "--size", "32", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "No space left on device" in line]) == 1, err
+    assert [p for p in out.rglob("*") if p.is_file()] == []
