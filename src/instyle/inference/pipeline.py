@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from instyle.inference.io import InputFile, make_grid, save_image, tensor_to_pil
+from instyle.inference.io import InputFile, make_grid, output_names, save_image, tensor_to_pil
 from instyle.utils.atomic import atomic_write_bytes
 
 T = TypeVar("T")
@@ -250,8 +250,6 @@ def encode_files(
     Raises:
         OutputFolderError: before any work, when ``out`` is unusable (see :func:`prepare_output_folder`).
     """
-    from instyle.inference.io import output_names
-
     rank, world_size = world()
     suffix = "" if world_size == 1 else f"_rank{rank}"
     reserved = [f"grid{suffix}.png", f"summary{suffix}.json"]
@@ -475,8 +473,6 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
         Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
     """
     from tqdm import tqdm
-
-    from instyle.inference.io import output_names
 
     try:
         names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
