@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         error("no input images found")
         return 1
-    log = (lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)) if rank == 0 else (lambda msg: None)
+    # Every process reports the files of its own shard.
+    log = lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)
     try:
         summary = encode_files(
             model, files, args.out, options, log=log, progress=rank == 0, meta={"checkpoint": str(args.checkpoint)}, skipped=problems
