@@ -112,18 +112,21 @@ def test_same_stems_get_distinct_outputs_and_a_manifest(tiny_dir, same_stems, tm
     }
 
 
-@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
-def test_output_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, capsys, command):
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare", "edit"])
+def test_output_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, tmp_path, capsys, command):
     before = _files(same_stems)
+    np.save(tmp_path / "d.npy", np.ones(64, np.float32))
     if command == "prepare":
         argv = ["prepare", "inversion", "--photos", str(same_stems)]
+    elif command == "edit":
+        argv = ["edit", "direction", str(same_stems), "-c", str(tiny_dir), "--direction", str(tmp_path / "d.npy"), "--device", "cpu"]
     else:
         argv = [command, "-c", str(tiny_dir), str(same_stems), "--device", "cpu"]
     rc = main([*argv, "--out", str(same_stems)])
     err = capsys.readouterr().err
     assert rc == 2 and "is an input folder" in err and "Traceback" not in err
     assert _files(same_stems) == before
-    if command != "prepare":
+    if command in ("encode", "mix"):
         single = same_stems / "face.png"
         assert main([command, "-c", str(tiny_dir), str(single), "--out", str(same_stems), "--device", "cpu"]) == 2
         assert _files(same_stems) == before

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from instyle.cli.common import error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources, preview
+from instyle.cli.mix import add_model_args, decode, load_model, load_sources, plan_sources, preview
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
@@ -77,9 +77,14 @@ def _layers(spec: str | None, n_styles: int) -> list[int] | None:
     return None if spec is None else parse_latent_mask(spec, n_styles)
 
 
+def _direction_outputs(args, strengths: list[float]):
+    return lambda name: [f"{name}.{args.format}"] + [f"{name}/strength_{v:+.3f}.{args.format}" for v in strengths]
+
+
 def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.editing import apply_direction, load_direction, parse_strengths
     from instyle.inference.io import make_grid, save_image
+    from instyle.inference.pipeline import OutputFolderError
 
     loaded = load_model(args)
     if loaded is None:
@@ -92,7 +97,12 @@ def run_direction(args: argparse.Namespace) -> int:
     except ValueError as e:
         error(str(e))
         return 2
-    sources, failed = load_sources(model, device, args.inputs, args.batch_size)
+    try:  # never write into an input folder nor over an input file
+        plan = plan_sources(args.inputs, out=args.out, outputs=_direction_outputs(args, strengths), reserved=["grid.png"])
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size, plan=plan)
     if not sources:
         error("no usable inputs")
         return 1
