@@ -203,11 +203,14 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_st
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no partial outputs, no temporary files
 
 
-@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare", "evaluate"])
 def test_unwritable_output_folder_is_one_line(tiny_dir, same_stems, tmp_path, capsys, command):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    rc = main([*_argv(command, tiny_dir, same_stems), "--out", str(blocker / "out")])
+    argv = _argv(command, tiny_dir, same_stems)
+    if command == "evaluate":
+        argv = ["evaluate", "-c", str(tiny_dir), "--data", str(same_stems), "--device", "cpu", "--identity", "none"]
+    rc = main([*argv, "--out", str(blocker / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "cannot write there" in err and str(blocker / "out") in err

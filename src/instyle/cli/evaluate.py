@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from instyle.evaluation.report import evaluate
     from instyle.interop import CheckpointError
 
+    try:  # before computing anything: a report that cannot be written is lost work
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error(f"--out {args.out}: cannot write there ({e.strerror or e})")
+        return 2
     try:
         report = evaluate(
             args.checkpoint,
