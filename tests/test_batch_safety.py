@@ -84,8 +84,11 @@ def test_output_names_keep_structure_and_never_collide():
     two = [InputFile(Path("/a") / "x.png", Path("/a")), InputFile(Path("/b") / "x.png", Path("/b"))]
     assert output_names(two) == ["a/x", "b/x"]
     same_label = [InputFile(Path("/a/p") / "x.png", Path("/a/p")), InputFile(Path("/b/p") / "x.png", Path("/b/p"))]
-    with pytest.raises(ValueError, match="/a/p/x.png, /b/p/x.png"):
-        output_names(same_label)
+    assert output_names(same_label) == ["a/p/x.png", "b/p/x.png"]  # last resort: the whole path
+    by_case = [InputFile(Path("/a") / "X.png", Path("/a")), InputFile(Path("/a") / "x.png", Path("/a"))]
+    assert output_names(by_case) == ["a/X.png", "a/x.png"]  # never X and x: one file on macOS
+    with pytest.raises(ValueError, match="/a/x.png, /a/x.png"):
+        output_names([by_case[1], by_case[1]])
 
 
 @pytest.mark.parametrize("command", ["encode", "mix"])
@@ -109,18 +112,21 @@ def test_same_stems_get_distinct_outputs_and_a_manifest(tiny_dir, same_stems, tm
     }
 
 
-@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
-def test_output_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, capsys, command):
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare", "edit"])
+def test_output_into_the_input_folder_is_refused_and_inputs_untouched(tiny_dir, same_stems, tmp_path, capsys, command):
     before = _files(same_stems)
+    np.save(tmp_path / "d.npy", np.ones(64, np.float32))
     if command == "prepare":
         argv = ["prepare", "inversion", "--photos", str(same_stems)]
+    elif command == "edit":
+        argv = ["edit", "direction", str(same_stems), "-c", str(tiny_dir), "--direction", str(tmp_path / "d.npy"), "--device", "cpu"]
     else:
         argv = [command, "-c", str(tiny_dir), str(same_stems), "--device", "cpu"]
     rc = main([*argv, "--out", str(same_stems)])
     err = capsys.readouterr().err
     assert rc == 2 and "is an input folder" in err and "Traceback" not in err
     assert _files(same_stems) == before
-    if command != "prepare":
+    if command in ("encode", "mix"):
         single = same_stems / "face.png"
         assert main([command, "-c", str(tiny_dir), str(single), "--out", str(same_stems), "--device", "cpu"]) == 2
         assert _files(same_stems) == before
@@ -177,11 +183,19 @@ def _full_disk(monkeypatch):
     monkeypatch.setattr("instyle.utils.atomic.os.fsync", fsync)
 
 
-@pytest.mark.parametrize("command", ["encode", "mix"])
+def _argv(command: str, tiny_dir: Path, photos: Path) -> list[str]:
+    if command == "prepare":
+        return ["prepare", "sketch2face", "--photos", str(photos), "--size", "32"]
+    if command == "align":
+        return ["align", str(photos), "--size", "32"]
+    return [command, "-c", str(tiny_dir), str(photos), "--device", "cpu", "--batch-size", "1"]
+
+
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare"])
 def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_stems, tmp_path, monkeypatch, capsys, command):
     out = tmp_path / "out"
     _full_disk(monkeypatch)
-    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(out), "--device", "cpu", "--batch-size", "1"])
+    rc = main([*_argv(command, tiny_dir, same_stems), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     lines = [line for line in err.splitlines() if "No space left on device" in line]
@@ -189,11 +203,14 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(tiny_dir, same_st
     assert [p for p in out.rglob("*") if p.is_file()] == []  # no partial outputs, no temporary files
 
 
-@pytest.mark.parametrize("command", ["encode", "mix"])
+@pytest.mark.parametrize("command", ["encode", "mix", "prepare", "evaluate"])
 def test_unwritable_output_folder_is_one_line(tiny_dir, same_stems, tmp_path, capsys, command):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    rc = main([command, "-c", str(tiny_dir), str(same_stems), "--out", str(blocker / "out"), "--device", "cpu"])
+    argv = _argv(command, tiny_dir, same_stems)
+    if command == "evaluate":
+        argv = ["evaluate", "-c", str(tiny_dir), "--data", str(same_stems), "--device", "cpu", "--identity", "none"]
+    rc = main([*argv, "--out", str(blocker / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and "cannot write there" in err and str(blocker / "out") in err
@@ -401,3 +418,32 @@ def test_load_image_refuses_special_files_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would wait for a writer forever
     with pytest.raises(ImageLoadError, match="not a regular file"):
         load_image(tmp_path / "pipe.png")
+
+
+@pytest.mark.slow
+def test_concurrent_alignment_in_threads_does_not_crash(unaligned_copy):
+    # What `serve --concurrency 2` and encode's background loaders do; in a child process, as a
+    # shared dlib detector crashes the whole process (segfault) rather than raising.
+    code = (
+        "import sys\nfrom concurrent.futures import ThreadPoolExecutor\nfrom PIL import Image\n"
+        "from instyle.alignment import align_faces\n"
+        "imgs = [Image.open(p).convert('RGB') for p in sys.argv[1:]] * 2\n"
+        "with ThreadPoolExecutor(2) as pool:\n"
+        "    found = list(pool.map(lambda im: len(align_faces(im, size=32, detector='hog')), imgs))\n"
+        "print(found)\n"
+    )
+    paths = [str(unaligned_copy / n) for n in SMALL_UNALIGNED[:2]]
+    r = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.strip() == "[1, 1, 1, 1]"
+
+
+def test_align_full_disk_is_one_line(unaligned_copy, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _full_disk(monkeypatch)
+    rc = main(["align", str(unaligned_copy), "--size", "32", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "No space left on device" in line]) == 1, err
+    assert [p for p in out.rglob("*") if p.is_file()] == []

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from instyle.cli.common import error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources, preview
+from instyle.cli.mix import add_model_args, decode, load_model, load_sources, plan_sources, preview
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
@@ -123,33 +123,54 @@ def _plan(args, model) -> list[tuple[object, object]]:
     return [(edit, EditSpec(name, None, tuple(parse_strengths(args.strengths))))]
 
 
+def _direction_outputs(args, edits, named: bool):
+    """The files ``run_direction`` writes for an input called ``name`` (checked before any work)."""
+    fmt = args.format
+
+    def outputs(name: str) -> list[str]:
+        files = []
+        for _, spec in edits:
+            stem, folder = (f"{name}_{spec.slug}", f"{name}/{spec.slug}") if named else (name, name)
+            latent = f"latents/{name}/{spec.slug}.npy" if named else f"latents/{name}.npy"
+            files += [f"{stem}.{fmt}", latent] + [f"{folder}/strength_{v:+.3f}.{fmt}" for v in spec.strengths]
+        return files
+
+    return outputs
+
+
 def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.editing import edit_codes
     from instyle.inference.io import caption, make_grid, save_image
     from instyle.inference.latents import save_latent
+    from instyle.inference.pipeline import OutputFolderError
 
     loaded = load_model(args)
     if loaded is None:
         return 2
     model, device = loaded
     try:
-        plan = _plan(args, model)
+        edits = _plan(args, model)
         layers = _layers(args.layers, model.n_styles)
         named = bool(args.edit)
         probe = torch.zeros(model.n_styles, model.config.generator.style_dim)
-        for edit, spec in plan:  # every component and layer checked before any input is read
+        for edit, spec in edits:  # every component and layer checked before any input is read
             edit_codes(probe, edit, spec, layers)
     except ValueError as e:
         error(str(e))
         return 2
-    sources, failed = load_sources(model, device, args.inputs, args.batch_size)
+    try:  # never write into an input folder nor over an input file
+        plan = plan_sources(args.inputs, out=args.out, outputs=_direction_outputs(args, edits, named), reserved=["grid.png"])
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    sources, failed = load_sources(model, device, args.inputs, args.batch_size, plan=plan)
     if not sources:
         error("no usable inputs")
         return 1
     out = Path(args.out)
     rows = []
     for src in sources:
-        for edit, spec in plan:
+        for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
             images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets)
             folder = out / src.name / spec.slug if named else out / src.name
@@ -164,7 +185,7 @@ def run_direction(args: argparse.Namespace) -> int:
             if len(rows) < 16:
                 rows.append(row)
     save_image(make_grid(rows, cell=256), out / "grid.png")
-    what = f"{len(plan)} edit(s)" if named else f"{len(plan[0][1].strengths)} strengths"
+    what = f"{len(edits)} edit(s)" if named else f"{len(edits[0][1].strengths)} strengths"
     print(f"edited {len(sources)} input(s) with {what} into {out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.refine:
         return _refine(args, model, files, len(problems))
-    log = (lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)) if rank == 0 else (lambda msg: None)
+    # Every process reports the files of its own shard.
+    log = lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)
     try:
         summary = encode_files(
             model, files, args.out, options, log=log, progress=rank == 0, meta={"checkpoint": str(args.checkpoint)}, skipped=problems

@@ -89,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from instyle.evaluation.report import evaluate
 
+    try:  # before computing anything: a report that cannot be written is lost work
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        error(f"--out {args.out}: cannot write there ({e.strerror or e})")
+        return 2
     try:
         checkpoint = args.checkpoint
         if args.w_encoder:  # HyperStyle: load here, where the W-encoder is known

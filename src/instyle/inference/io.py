@@ -172,26 +172,32 @@ def output_names(
     Files whose outputs (``outputs(name)``: the relative paths a job writes for one name)
     would collide -- with each other or with the ``reserved`` paths of the job -- keep more
     of their path, step by step, never a made-up counter: the suffix (``sub/face.jpg``),
-    then the input root's name in front (``photos/sub/face``, ``photos/sub/face.jpg``).
-    Paths are compared case-insensitively (safe on macOS and Windows folders too).
+    then the input root's name in front (``photos/sub/face``, ``photos/sub/face.jpg``), and
+    last the file's whole path. Paths are compared case-insensitively (safe on macOS and
+    Windows folders too).
 
     Raises:
-        ValueError: naming two inputs that would still write the same file (e.g. the same
-            relative path under two input folders with the same name).
+        ValueError: naming inputs that would still write the same file (the same file
+            given twice, or an input whose whole path is a reserved output).
     """
     def candidates(f: InputFile) -> list[str]:
         label = f.root.resolve().name or "root"
-        return [_strip_suffix(f.rel), f.rel, f"{label}/{_strip_suffix(f.rel)}", f"{label}/{f.rel}"]
+        whole = f.path.resolve().as_posix().lstrip("/").replace(":", "")  # the file's full path, last resort
+        return [_strip_suffix(f.rel), f.rel, f"{label}/{_strip_suffix(f.rel)}", f"{label}/{f.rel}", whole]
 
     levels = [0] * len(files)
     options = [candidates(f) for f in files]
     taken = {r.casefold() for r in reserved}
     while True:
-        owners: dict[str, list[int]] = {}
+        owners: dict[str, list[tuple[int, str]]] = {}
         for i, opts in enumerate(options):
             for path in outputs(opts[levels[i]]):
-                owners.setdefault(path.casefold(), []).append(i)
-        clashes = {i for key, idx in owners.items() if len(idx) > 1 or key in taken for i in idx}
+                owners.setdefault(path.casefold(), []).append((i, path))
+        clashes: set[int] = set()
+        for key, members in owners.items():
+            final = all(levels[i] == len(options[i]) - 1 for i, _ in members)
+            if key in taken or (len(members) > 1 and not (final and len({p for _, p in members}) == len(members))):
+                clashes.update(i for i, _ in members)  # whole paths differing by case only are distinct files here
         if not clashes:
             return [opts[levels[i]] for i, opts in enumerate(options)]
         movable = [i for i in clashes if levels[i] < len(options[i]) - 1]

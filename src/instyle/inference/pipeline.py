@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from instyle.inference.io import InputFile, load_image, make_grid, save_image, tensor_to_pil
+from instyle.inference.io import InputFile, load_image, make_grid, output_names, save_image, tensor_to_pil
 from instyle.models.iterative import DEFAULT_ITERATIONS
 from instyle.utils.atomic import atomic_write_bytes
 
@@ -275,7 +275,6 @@ def encode_files(
     Raises:
         OutputFolderError: before any work, when ``out`` is unusable (see :func:`prepare_output_folder`).
     """
-    from instyle.inference.io import output_names
     from instyle.inference.offsets import uses_offsets
 
     if uses_offsets(model):  # each latent carries its image's generator offsets
@@ -513,8 +512,6 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
         Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
     """
     from tqdm import tqdm
-
-    from instyle.inference.io import output_names
 
     try:
         names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
