@@ -35,11 +35,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from instyle.errors import InputError
+from instyle.errors import InputError, InstyleError
 from instyle.evaluation.metrics import mse, psnr, ssim
+from instyle.inference.io import collect_inputs, load_image, make_grid, pil_to_tensor, save_image, tensor_to_pil
+from instyle.inference.preprocess import prepare_input
+from instyle.interop import load_psp
+from instyle.models.psp import PSP
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
+from instyle.utils.device import resolve_device
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -67,7 +72,6 @@ class Sample:
 
 
 def _index(folder: Path) -> dict[str, Path]:
-    from instyle.inference.io import collect_inputs
 
     paths, _ = collect_inputs([folder])
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in paths}
@@ -170,7 +174,6 @@ class _Cases:
             self.items = self.items[: self.k] + self.items[-self.k :]
 
     def grid(self) -> Image.Image | None:
-        from instyle.inference.io import make_grid
 
         if not self.items:
             return None
@@ -229,7 +232,6 @@ class _Measures:
     @torch.no_grad()
     def batch(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, list]:
         """Per-image metrics of a batch ``[B, 3, S, S]`` in [-1, 1] (both on one device)."""
-        from instyle.inference.io import tensor_to_pil
 
         out = {
             "mse": mse(pred, target).tolist(),
@@ -262,20 +264,13 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
-    from instyle.models.psp import PSP
-
     if not isinstance(model, PSP):
-        from instyle.interop import load_psp
-
         model = load_psp(model, device=device)
     return model.to(device).eval()
 
 
 def _input_maker(model, task_name: str | None):
     """``path -> network input [input_nc, S, S]`` for this model and task."""
-    from instyle.inference.io import load_image
-    from instyle.inference.preprocess import prepare_input
-
     name = task_name or model.config.task
     try:
         task = get_task(name)
@@ -344,9 +339,6 @@ def evaluate(
         The report dict (also ``report.json``): ``metrics`` (mean/std/n per metric), ``fid``,
         ``per_image``, ``failed`` and the settings.
     """
-    from instyle.inference.io import ImageLoadError, load_image, pil_to_tensor, tensor_to_pil
-    from instyle.utils.device import resolve_device
-
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     if model is None and predictions_dir is None:
@@ -359,66 +351,100 @@ def evaluate(
         log(msg)
     if max_images is not None:
         samples = samples[:max_images]
-    eval_size = net.config.resize_to if net is not None else size
+    run = _Run(net, device, net.config.resize_to if net is not None else size, warmup)
     make_input = _input_maker(net, task) if net is not None else None
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
     cases = _Cases(grid_cases)
     rows: list[dict] = []
-    warm = net is None or warmup <= 0
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), unit="img", desc="evaluate", file=sys.stderr, disable=None)
+    bar = _progress_bar(len(samples)) if progress else None
     for start in range(0, len(samples), batch_size):
-        chunk, xs, ys = [], [], []
-        for s in samples[start : start + batch_size]:
-            try:
-                y = pil_to_tensor(load_image(s.target), eval_size)
-                x = load_image(s.prediction) if net is None else make_input(s)
-            except (ImageLoadError, ValueError, OSError) as e:
-                msg = str(e) if str(s.target) in str(e) or str(s.input) in str(e) else f"{s.target}: {e}"
-                log(msg)
-                failed.append(msg)
-                continue
-            chunk.append(s)
-            xs.append(pil_to_tensor(x, eval_size) if net is None else x)
-            ys.append(y)
+        batch = samples[start : start + batch_size]
+        chunk, x, target = _read_batch(batch, net, make_input, run.eval_size, log, failed)
         if bar is not None:
-            bar.update(len(samples[start : start + batch_size]))
+            bar.update(len(batch))
         if not chunk:
             continue
-        target = torch.stack(ys).to(device)
-        x = torch.stack(xs).to(device)
-        runtime = None
-        if net is not None:
-            with torch.inference_mode():
-                if not warm:
-                    for _ in range(warmup):
-                        net.decode(net.encode(x), resize=True)
-                    warm = True
-                _sync(device)
-                t0 = time.perf_counter()
-                pred = net.decode(net.encode(x), resize=True)
-                _sync(device)
-                runtime = (time.perf_counter() - t0) / len(chunk)
-            if pred.shape[-1] != eval_size:
-                pred = F.interpolate(pred, size=(eval_size, eval_size), mode="area")
-            pred = quantize(pred)
-        else:
-            pred = x
-        values = measures.batch(pred.float(), target.float())
-        key = "lpips" if "lpips" in values else "mse"
-        for i, s in enumerate(chunk):
-            row = {"name": s.name, "target": str(s.target)}
-            row.update({k: v[i] for k, v in values.items()})
-            row["runtime_s"] = runtime
-            rows.append(row)
-            cases.add(float(values[key][i]), s.name, tensor_to_pil(target[i]), tensor_to_pil(pred[i]))
+        pred, runtime = run.predict(x)
+        target = target.to(device)
+        _record(chunk, measures.batch(pred.float(), target.float()), runtime, target, pred, rows, cases)
     if bar is not None:
         bar.close()
+    settings = {"task": (task or net.config.task) if net is not None else task, "batch_size": batch_size}
+    report = _report(model, predictions_dir, data_dir, run, settings, rows, failed, measures, cases)
+    if out_dir is not None:
+        write_report(report, out_dir, cases.grid())
+    return report
 
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, disable=None)
+
+
+def _read_batch(batch: list[Sample], net, make_input, eval_size: int, log, failed: list[str]):
+    """``(readable samples, inputs [B, C, S, S] or predictions, targets [B, 3, S, S])``; every
+    unreadable file is logged and added to ``failed``."""
+    chunk, xs, ys = [], [], []
+    for s in batch:
+        try:
+            y = pil_to_tensor(load_image(s.target), eval_size)
+            x = pil_to_tensor(load_image(s.prediction), eval_size) if net is None else make_input(s)
+        except (InstyleError, OSError) as e:
+            msg = str(e) if str(s.target) in str(e) or str(s.input) in str(e) else f"{s.target}: {e}"
+            log(msg)
+            failed.append(msg)
+            continue
+        chunk.append(s)
+        xs.append(x)
+        ys.append(y)
+    if not chunk:
+        return chunk, None, None
+    return chunk, torch.stack(xs), torch.stack(ys)
+
+
+class _Run:
+    """The model's forward on each batch, timed after ``warmup`` untimed passes of the first."""
+
+    def __init__(self, net, device: torch.device, eval_size: int, warmup: int):
+        self.net, self.device, self.eval_size, self.warmup = net, device, eval_size, warmup
+        self.warm = net is None or warmup <= 0
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """``(predictions [B, 3, S, S] quantised like saved PNGs, seconds per image)``; saved
+        predictions (no model) pass through untimed."""
+        x = x.to(self.device)
+        if self.net is None:
+            return x, None
+        with torch.inference_mode():
+            if not self.warm:
+                for _ in range(self.warmup):
+                    self.net.decode(self.net.encode(x), resize=True)
+                self.warm = True
+            _sync(self.device)
+            t0 = time.perf_counter()
+            pred = self.net.decode(self.net.encode(x), resize=True)
+            _sync(self.device)
+            runtime = (time.perf_counter() - t0) / len(x)
+        if pred.shape[-1] != self.eval_size:
+            pred = F.interpolate(pred, size=(self.eval_size, self.eval_size), mode="area")
+        return quantize(pred), runtime
+
+
+def _record(chunk, values: dict[str, list], runtime, target, pred, rows: list[dict], cases: _Cases) -> None:
+    """One row per image, and the cases for the best/worst grid (by LPIPS, else MSE)."""
+    key = "lpips" if "lpips" in values else "mse"
+    for i, s in enumerate(chunk):
+        row = {"name": s.name, "target": str(s.target)}
+        row.update({k: v[i] for k, v in values.items()})
+        row["runtime_s"] = runtime
+        rows.append(row)
+        cases.add(float(values[key][i]), s.name, tensor_to_pil(target[i]), tensor_to_pil(pred[i]))
+
+
+def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, failed, measures, cases) -> dict:
+    """The report dict (``report.json``)."""
+    device, batch_size = run.device, settings["batch_size"]
     report = {
         "instyle_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -426,17 +452,17 @@ def evaluate(
         "checkpoint": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model),
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
-        "task": (task or net.config.task) if net is not None else task,
+        "task": settings["task"],
         "device": str(device),
         "device_name": _device_name(device),
         "batch_size": batch_size,
-        "eval_size": eval_size,
+        "eval_size": run.eval_size,
         "n_images": len(rows),
         "failed": failed,
         "runtime_note": (
-            f"model forward (encode + decode) per image, batch {batch_size}, after {warmup} warm-up pass(es)"
+            f"model forward (encode + decode) per image, batch {batch_size}, after {run.warmup} warm-up pass(es)"
             + (", CUDA-synchronised" if device.type == "cuda" else "")
-            if net is not None
+            if run.net is not None
             else "not measured (saved predictions)"
         ),
         "networks": measures.networks,
@@ -446,10 +472,8 @@ def evaluate(
         "grid_order": [name for _, name, _, _ in cases.items],
         "per_image": rows,
     }
-    if net is None:
+    if run.net is None:
         report["metrics"]["runtime_s"] = {"mean": None, "std": None, "n": 0}
-    if out_dir is not None:
-        write_report(report, out_dir, cases.grid())
     return report
 
 
@@ -470,7 +494,6 @@ def _method_name(model, predictions_dir) -> str:
 
 def write_report(report: dict, out_dir: str | os.PathLike, grid: Image.Image | None = None) -> Path:
     """``report.json``, ``per_image.csv``, ``report.md`` and ``best_worst.png`` in ``out_dir``."""
-    from instyle.inference.io import save_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
