@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 # Must precede the gradio import: no telemetry, no version check, no hub calls.
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -156,11 +157,37 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     """The page: one tab per capability. Model calls share one queue with ``settings.concurrency`` slots."""
     settings = settings or ServeSettings()
     outputs = outputs or OutputDir()
-    limits = {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False}
+    h = _handlers(store, settings, outputs)
+    ui = _Ui(store, {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False})
+    with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        gr.Markdown(_header(store, settings))
+        if store.any_random:
+            gr.Markdown(RANDOM_WARNING, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+        _reconstruct_tab(ui, h)
+        for task in store.tasks:
+            if task in TASK_TABS and task != "inversion":
+                _task_tab(ui, h, task)
+        _mix_tab(ui, h, settings)
+        _interpolation_tab(ui, h, settings)
+        _api_tab()
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    return demo
 
-    def model_choice(task: str | None = None, label: str = "Model"):
-        names = store.names_for(task)
+
+class _Ui:
+    """What every tab needs: the model dropdown and the shared-queue limits of model calls."""
+
+    def __init__(self, store: ModelStore, limits: dict):
+        self.store, self.limits = store, limits
+
+    def model_choice(self, task: str | None = None, label: str = "Model"):
+        names = self.store.names_for(task)
         return gr.Dropdown(choices=names, value=names[0], label=label, interactive=len(names) > 1)
+
+
+def _handlers(store: ModelStore, settings: ServeSettings, outputs: OutputDir) -> SimpleNamespace:
+    """The event handlers. Payloads arrive unprocessed (``preprocess=False``): every upload is
+    checked here."""
 
     def latent_file(latent, stem: str):
         return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.npy")))
@@ -170,8 +197,6 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         # rewrites PIL outputs in place under a content hash, so two requests with identical
         # outputs could truncate the file while the other's client downloads it.
         return str(save_image(img, outputs.new(f"{stem}.png")))
-
-    # --- handlers (payloads arrive unprocessed: preprocess=False; every upload is checked here) ---
 
     @_guard
     def reconstruct(model_name, photo, align):
@@ -233,123 +258,125 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
         return frames_out, str(gif), str(gif)
 
-    # --- layout ---
+    return SimpleNamespace(
+        reconstruct=reconstruct, task_run=task_run, preview_labels=preview_labels, mix=mix, interpolate=interpolate
+    )
 
-    with gr.Blocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
-        gr.Markdown(_header(store, settings))
-        if store.any_random:
-            gr.Markdown(RANDOM_WARNING, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
 
-        with gr.Tab("Reconstruct"):
-            with gr.Row():
-                with gr.Column():
-                    model = model_choice()
-                    photo = gr.Image(type="filepath", label="Face photo", sources=["upload", "clipboard"], elem_id="rec-input", height=320)
-                    align = gr.Checkbox(label="Align face first (FFHQ crop; needs dlib)", value=False)
-                    run = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
-                with gr.Column():
-                    out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
-                    seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
-                    npy = gr.File(label="W+ latent (.npy, float32 [n_styles, style_dim])", elem_id="rec-latent")
-            run.click(reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **limits)
+def _reconstruct_tab(ui: _Ui, h: SimpleNamespace) -> None:
+    with gr.Tab("Reconstruct"):
+        with gr.Row():
+            with gr.Column():
+                model = ui.model_choice()
+                photo = gr.Image(type="filepath", label="Face photo", sources=["upload", "clipboard"], elem_id="rec-input", height=320)
+                align = gr.Checkbox(label="Align face first (FFHQ crop; needs dlib)", value=False)
+                run = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
+            with gr.Column():
+                out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
+                seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
+                npy = gr.File(label="W+ latent (.npy, float32 [n_styles, style_dim])", elem_id="rec-latent")
+        run.click(h.reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **ui.limits)
 
-        for task in store.tasks:
-            if task not in TASK_TABS or task == "inversion":
-                continue
-            title, what, kind = TASK_TABS[task]
-            with gr.Tab(title):
-                with gr.Row():
-                    with gr.Column():
-                        t_model = model_choice(task)
-                        if kind == "sketch":
-                            t_in = gr.ImageEditor(
-                                type="filepath",
-                                label="Draw a sketch, or upload one",
-                                value={"background": _blank(256), "layers": [], "composite": None},
-                                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
-                                canvas_size=(256, 256),
-                                format="png",
-                                elem_id=f"task-{task}-input",
-                            )
-                        elif kind == "paint":
-                            t_in = gr.ImageEditor(
-                                type="filepath",
-                                label="Upload a face, then paint the region to fill in white",
-                                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
-                                format="png",
-                                elem_id=f"task-{task}-input",
-                            )
-                        else:
-                            t_in = gr.Image(
-                                type="filepath",
-                                label=what[0].upper() + what[1:],
-                                image_mode=None,
-                                sources=["upload", "clipboard"],
-                                elem_id=f"task-{task}-input",
-                            )
-                        t_run = gr.Button("Generate", variant="primary", elem_id=f"task-{task}-run")
-                    with gr.Column():
-                        t_out = gr.Image(
-                            type="pil", format="png", label="Output", interactive=False,
-                            elem_id=f"task-{task}-output", **VIEW,
-                        )
-                        t_seen = gr.Image(
-                            type="pil", format="png", label="Network input", interactive=False,
-                            elem_id=f"task-{task}-seen", **VIEW,
-                        )
-                        t_npy = gr.File(label="W+ latent (.npy)", elem_id=f"task-{task}-latent")
-                if kind == "labels":
-                    t_in.upload(preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
-                t_run.click(task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **limits)
 
-        with gr.Tab("Style mixing"):
-            with gr.Row():
-                with gr.Column():
-                    m_model = model_choice()
-                    m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
-                    m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
-                    m_layers = gr.Textbox(
-                        label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
-                        placeholder="8-17",
+def _task_tab(ui: _Ui, h: SimpleNamespace, task: str) -> None:
+    title, what, kind = TASK_TABS[task]
+    with gr.Tab(title):
+        with gr.Row():
+            with gr.Column():
+                t_model = ui.model_choice(task)
+                if kind == "sketch":
+                    t_in = gr.ImageEditor(
+                        type="filepath",
+                        label="Draw a sketch, or upload one",
+                        value={"background": _blank(256), "layers": [], "composite": None},
+                        brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
+                        canvas_size=(256, 256),
+                        format="png",
+                        elem_id=f"task-{task}-input",
                     )
-                    with gr.Row():
-                        m_blend = gr.Checkbox(label="Blend instead of replace", value=False)
-                        m_alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α (weight of the random style)")
-                    with gr.Row():
-                        m_seed = gr.Number(value=0, precision=0, label="Seed")
-                        m_trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation ψ (1 = none)")
-                    m_run = gr.Button("Mix styles", variant="primary", elem_id="mix-run")
-                with gr.Column():
-                    m_out = gr.Gallery(label="Variants", columns=4, format="png", elem_id="mix-output", buttons=["download", "fullscreen"])
-            m_run.click(
-                mix, [m_model, m_photo, m_n, m_layers, m_blend, m_alpha, m_seed, m_trunc], [m_out], api_name="mix", **limits
-            )
+                elif kind == "paint":
+                    t_in = gr.ImageEditor(
+                        type="filepath",
+                        label="Upload a face, then paint the region to fill in white",
+                        brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                        format="png",
+                        elem_id=f"task-{task}-input",
+                    )
+                else:
+                    t_in = gr.Image(
+                        type="filepath",
+                        label=what[0].upper() + what[1:],
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        elem_id=f"task-{task}-input",
+                    )
+                t_run = gr.Button("Generate", variant="primary", elem_id=f"task-{task}-run")
+            with gr.Column():
+                t_out = gr.Image(
+                    type="pil", format="png", label="Output", interactive=False,
+                    elem_id=f"task-{task}-output", **VIEW,
+                )
+                t_seen = gr.Image(
+                    type="pil", format="png", label="Network input", interactive=False,
+                    elem_id=f"task-{task}-seen", **VIEW,
+                )
+                t_npy = gr.File(label="W+ latent (.npy)", elem_id=f"task-{task}-latent")
+        if kind == "labels":
+            t_in.upload(h.preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
+        t_run.click(h.task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **ui.limits)
 
-        with gr.Tab("Interpolation"):
-            with gr.Row():
-                with gr.Column():
-                    i_model = model_choice()
-                    with gr.Row():
-                        i_a = gr.Image(type="filepath", label="Photo A", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-a")
-                        i_b = gr.Image(type="filepath", label="Photo B", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-b")
-                    i_n = gr.Slider(2, settings.max_frames, value=min(8, settings.max_frames), step=1, label="Frames")
-                    i_run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
-                with gr.Column():
-                    i_frames = gr.Gallery(label="Frames (A → B)", columns=4, format="png", elem_id="interp-frames", buttons=["download", "fullscreen"])
-                    i_gif = gr.Image(type="filepath", label="Animation", format="gif", interactive=False, elem_id="interp-gif", **VIEW)
-                    i_file = gr.File(label="GIF download")
-            i_run.click(interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **limits)
 
-        with gr.Tab("API"):
-            gr.Markdown(
-                "This server also answers programs. Readiness: `GET /healthz`. "
-                "Python (`pip install gradio_client`):\n\n"
-                f"```python\n{API_EXAMPLE}```\n"
-                "Endpoints: `/reconstruct`, `/mix`, `/interpolate` and one per task tab; "
-                "the *Use via API* link at the bottom lists their parameters."
-            )
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
-    return demo
+def _mix_tab(ui: _Ui, h: SimpleNamespace, settings: ServeSettings) -> None:
+    with gr.Tab("Style mixing"):
+        with gr.Row():
+            with gr.Column():
+                m_model = ui.model_choice()
+                m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
+                m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
+                m_layers = gr.Textbox(
+                    label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
+                    placeholder="8-17",
+                )
+                with gr.Row():
+                    m_blend = gr.Checkbox(label="Blend instead of replace", value=False)
+                    m_alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α (weight of the random style)")
+                with gr.Row():
+                    m_seed = gr.Number(value=0, precision=0, label="Seed")
+                    m_trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation ψ (1 = none)")
+                m_run = gr.Button("Mix styles", variant="primary", elem_id="mix-run")
+            with gr.Column():
+                m_out = gr.Gallery(label="Variants", columns=4, format="png", elem_id="mix-output", buttons=["download", "fullscreen"])
+        m_run.click(
+            h.mix, [m_model, m_photo, m_n, m_layers, m_blend, m_alpha, m_seed, m_trunc], [m_out], api_name="mix", **ui.limits
+        )
+
+
+def _interpolation_tab(ui: _Ui, h: SimpleNamespace, settings: ServeSettings) -> None:
+    with gr.Tab("Interpolation"):
+        with gr.Row():
+            with gr.Column():
+                i_model = ui.model_choice()
+                with gr.Row():
+                    i_a = gr.Image(type="filepath", label="Photo A", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-a")
+                    i_b = gr.Image(type="filepath", label="Photo B", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-b")
+                i_n = gr.Slider(2, settings.max_frames, value=min(8, settings.max_frames), step=1, label="Frames")
+                i_run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
+            with gr.Column():
+                i_frames = gr.Gallery(label="Frames (A → B)", columns=4, format="png", elem_id="interp-frames", buttons=["download", "fullscreen"])
+                i_gif = gr.Image(type="filepath", label="Animation", format="gif", interactive=False, elem_id="interp-gif", **VIEW)
+                i_file = gr.File(label="GIF download")
+        i_run.click(h.interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **ui.limits)
+
+
+def _api_tab() -> None:
+    with gr.Tab("API"):
+        gr.Markdown(
+            "This server also answers programs. Readiness: `GET /healthz`. "
+            "Python (`pip install gradio_client`):\n\n"
+            f"```python\n{API_EXAMPLE}```\n"
+            "Endpoints: `/reconstruct`, `/mix`, `/interpolate` and one per task tab; "
+            "the *Use via API* link at the bottom lists their parameters."
+        )
 
 
 def _blank(size: int):
