@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from instyle.models import fast
 from instyle.models.stylegan2 import Generator, GeneratorConfig, ModulatedConv2d, ToRGB
 from instyle.ops import _backend, fused_leaky_relu_reference, make_kernel, upfirdn2d_reference, use_backend
+from instyle.ops import fast_modconv as fast
 from instyle.ops.fast_act import fused_leaky_relu_fast
 from instyle.ops.fast_memory import is_retaining, retained_memory
 from instyle.ops.fast_upfirdn2d import upfirdn2d_fast

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.models import fast
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
+from instyle.ops import fast_modconv as fast
 from instyle.utils.config import ConfigError, check_positive_int, check_power_of_two, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
