@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
-from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
-from instyle.ops import fast_modconv as fast
+from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, modulated_conv2d, to_rgb, upfirdn2d
 from instyle.utils.config import ConfigError, check_positive_int, check_power_of_two, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -289,26 +288,17 @@ class ModulatedConv2d(nn.Module):
         return weight
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        batch, in_channel, height, width = x.shape
+        batch, in_channel = x.shape[:2]
         if in_channel != self.in_channel or style.shape[0] != batch:
             raise ValueError(
                 f"ModulatedConv2d expects x [B, {self.in_channel}, H, W] and style [B, D]; "
                 f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
             )
-        if get_backend() != "reference":
-            return fast.modulated_conv2d(self, x, style)
-        k = self.kernel_size
-        weight = self.modulated_weight(style)
-        if self.upsample:
-            x = x.reshape(1, batch * in_channel, height, width)
-            weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
-            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=batch)
-            out = out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
-            return self.blur(out)
-        x = x.reshape(1, batch * in_channel, height, width)
-        weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
-        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
-        return out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
+        blur = {"blur_kernel": self.blur.kernel, "blur_pad": self.blur.pad} if self.upsample else {}
+        return modulated_conv2d(
+            x, self.weight[0] * self.scale, self.modulation(style), demodulate=self.demodulate,
+            upsample=self.upsample, padding=self.padding, eps=self.eps, **blur,
+        )
 
 
 class NoiseInjection(nn.Module):
@@ -388,14 +378,14 @@ class ToRGB(nn.Module):
         self.conv_clamp = conv_clamp
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if get_backend() != "reference":
-            return fast.to_rgb(self, x, style, skip)
-        out = self.conv(x, style) + self.bias
-        if self.conv_clamp is not None:
-            out = out.clamp(-self.conv_clamp, self.conv_clamp)
-        if skip is not None:
-            out = out + self.upsample(skip)
-        return out
+        conv = self.conv
+        if x.ndim != 4 or x.shape[1] != conv.in_channel or style.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"ToRGB expects x [B, {conv.in_channel}, H, W] and style [B, D]; "
+                f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
+            )
+        skip = self.upsample(skip.contiguous()) if skip is not None else None
+        return to_rgb(x, conv.weight[0] * conv.scale, conv.modulation(style), self.bias, skip, self.conv_clamp)
 
 
 # --------------------------------------------------------------------------- generator
@@ -574,12 +564,12 @@ class Generator(nn.Module):
         out = self.conv1(out, latent[:, 0], noise=noise[0])
         skip = self.to_rgb1(out, latent[:, 1])
         i = 1
-        for conv1, conv2, noise1, noise2, to_rgb in zip(
+        for conv1, conv2, noise1, noise2, rgb in zip(
             self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
         ):
             out = conv1(out, latent[:, i], noise=noise1)
             out = conv2(out, latent[:, i + 1], noise=noise2)
-            skip = to_rgb(out, latent[:, i + 2], skip)
+            skip = rgb(out, latent[:, i + 2], skip)
             i += 2
         image = skip
 

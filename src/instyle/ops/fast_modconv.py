@@ -1,13 +1,14 @@
-"""Fast forward passes for the StyleGAN2 layers, used when ``instyle.ops.get_backend()``
-is not ``"reference"``. Same inputs, outputs and autograd behaviour as the reference
-``forward`` methods in :mod:`instyle.models.stylegan2`; results differ only by float
-rounding (tested to 1e-4 on whole generators).
+"""Fast paths of :func:`instyle.ops.modulated_conv2d` and :func:`instyle.ops.to_rgb`,
+registered like the other ops and used when ``instyle.ops.get_backend()`` is not
+``"reference"``. Plain functions of tensors with the reference functions' signatures and
+autograd behaviour; results differ only by float rounding (tested to 1e-4 on whole
+generators).
 
 What changes against the grouped-convolution reference:
 
 * The demodulation factor needs only ``[out, in]`` sums of the squared weights:
-  ``d[b, o] = rsqrt(sum_i s[b, i]^2 * sum_kk (scale*W[o, i])^2 + eps)`` -- exact, and the
-  weight sums are cached between calls while no gradient is being recorded.
+  ``d[b, o] = rsqrt(sum_i s[b, i]^2 * sum_kk (scale*W[o, i])^2 + eps)`` -- exact, and
+  ``out * in * k * k`` work per call (nothing cached).
 * Batch 1: one ordinary convolution with ``W * s * d`` (no grouped conv, no
   ``[B, out, in, k, k]`` temporary beyond the one weight).
 * Batch > 1: modulation moves to the activations, ``conv(x * s, W) * d`` (StyleGAN2's
@@ -26,7 +27,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["modulated_conv2d", "to_rgb", "CHANNELS_LAST_MIN_PIXELS"]
+from instyle.ops._backend import register_fast_path
+from instyle.ops.upfirdn2d import upfirdn2d
+
+__all__ = ["CHANNELS_LAST_MIN_PIXELS", "modulated_conv2d_fast", "to_rgb_fast"]
 
 #: Feature maps with at least this many pixels per channel are convolved channels-last
 #: (0 turns it off).
@@ -43,66 +47,38 @@ def _grad_needed(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling and is_compiling())
+def _conv(x, weight, upsample, padding, blur_kernel, blur_pad) -> torch.Tensor:
+    """One convolution with a shared ``[out, in, k, k]`` weight (blurred 2x up, or plain)."""
+    if upsample:
+        out = F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2)
+        return upfirdn2d(out, blur_kernel, pad=blur_pad)
+    return F.conv2d(x, weight, padding=padding)
 
 
-def _weight_energy(layer) -> torch.Tensor:
-    """``[out, in]`` sums over the kernel window of ``(scale * W)^2``.
-
-    Cached on the layer while no gradient is recorded, keyed by the weight's storage and
-    version counter: in-place updates (optimizers, ``load_state_dict``) invalidate it;
-    writes through ``weight.data`` bypass the version counter and are not seen.
-    """
-    weight = layer.weight
-    if _grad_needed(weight) or _compiling():
-        return (weight[0] * layer.scale).square().sum([2, 3])
-    key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, layer.scale)
-    cached = layer.__dict__.get("_fast_energy")
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            energy = (weight[0] * layer.scale).square().sum([2, 3])
-        layer.__dict__["_fast_energy"] = cached = (key, energy)
-    return cached[1]
-
-
-def _styles(layer, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Modulation ``s [B, in]`` and demodulation ``d [B, out]`` (None without demodulation)."""
-    s = layer.modulation(style)
-    if not layer.demodulate:
-        return s, None
-    energy = _weight_energy(layer).to(s.dtype)
-    return s, torch.rsqrt(s.square() @ energy.t() + layer.eps)
-
-
-def _folded_weight(layer, s: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
-    """One sample's weight ``scale * W * s * d``: ``s [in]``, ``d [out]`` -> ``[out, in, k, k]``."""
-    factor = layer.scale * s.view(1, -1)
-    if d is not None:
-        factor = factor * d.view(-1, 1)
-    return layer.weight[0] * factor[:, :, None, None]
-
-
-def _conv(layer, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The layer's convolution with a shared ``[out, in, k, k]`` weight (blurred 2x up or plain)."""
-    if layer.upsample:
-        return layer.blur(F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2))
-    return F.conv2d(x, weight, padding=layer.padding)
-
-
-def modulated_conv2d(layer, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """Fast ``ModulatedConv2d.forward``: ``x [B, in, H, W]``, ``style [B, style_dim]`` ->
-    ``[B, out, H', W']`` (``H' = 2H`` when upsampling)."""
+def modulated_conv2d_fast(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    upsample: bool = False,
+    padding: int = 0,
+    blur_kernel: torch.Tensor | None = None,
+    blur_pad: tuple[int, int] = (0, 0),
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Same contract as :func:`instyle.ops.modulated_conv2d_reference`."""
     batch = x.shape[0]
-    s, d = _styles(layer, style)
-    s = s.to(x.dtype)
-    d = d.to(x.dtype) if d is not None else None
+    s = styles.to(x.dtype)
+    d = None
+    if demodulate:
+        energy = weight.square().sum([2, 3]).to(styles.dtype)  # [out, in]
+        d = torch.rsqrt(styles.square() @ energy.t() + eps).to(x.dtype)  # [B, out]
     x = _memory_format(x)
     if batch == 1:
-        return _conv(layer, x, _folded_weight(layer, s[0], d[0] if d is not None else None))
+        factor = s[0].view(1, -1) if d is None else d[0].view(-1, 1) * s[0].view(1, -1)
+        return _conv(x, weight * factor[:, :, None, None], upsample, padding, blur_kernel, blur_pad)
     # Styles on the activations: one convolution for the whole batch.
-    out = _conv(layer, x * s.view(batch, -1, 1, 1), layer.weight[0] * layer.scale)
+    out = _conv(x * s.view(batch, -1, 1, 1), weight, upsample, padding, blur_kernel, blur_pad)
     if d is None:
         return out
     d = d.view(batch, -1, 1, 1)
@@ -119,20 +95,27 @@ def _flat_channels(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, h * w)
 
 
-def to_rgb(layer, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-    """Fast ``ToRGB.forward``: ``x [B, C, H, W]``, ``style [B, style_dim]``, ``skip``
-    ``[B, 3, H/2, W/2]`` or None -> ``[B, 3, H, W]`` (contiguous NCHW)."""
-    conv = layer.conv
+def to_rgb_fast(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    bias: torch.Tensor,
+    skip: torch.Tensor | None = None,
+    conv_clamp: float | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`instyle.ops.to_rgb_reference`; the result is contiguous NCHW."""
     b, c, h, w = x.shape
-    s = conv.modulation(style).to(x.dtype)
-    weight = (conv.weight[0, :, :, 0, 0] * conv.scale)[None] * s[:, None, :]  # [B, out, C]
-    out = torch.bmm(weight, _flat_channels(x)).view(b, -1, h, w)
+    per_sample = weight[None, :, :, 0, 0] * styles.to(x.dtype)[:, None, :]  # [B, 3, C]
+    out = torch.bmm(per_sample, _flat_channels(x)).view(b, -1, h, w)
     inplace = not _grad_needed(out)
-    bias = layer.bias.to(out.dtype)
+    bias = bias.to(out.dtype)
     out = out.add_(bias) if inplace else out + bias
-    if layer.conv_clamp is not None:
-        out = out.clamp_(-layer.conv_clamp, layer.conv_clamp) if inplace else out.clamp(-layer.conv_clamp, layer.conv_clamp)
+    if conv_clamp is not None:
+        out = out.clamp_(-conv_clamp, conv_clamp) if inplace else out.clamp(-conv_clamp, conv_clamp)
     if skip is not None:
-        up = layer.upsample(skip.contiguous())
-        out = out.add_(up) if inplace and not _grad_needed(up) else out + up
+        out = out.add_(skip) if inplace and not _grad_needed(skip) else out + skip
     return out
+
+
+register_fast_path("modulated_conv2d", modulated_conv2d_fast)
+register_fast_path("to_rgb", to_rgb_fast)
