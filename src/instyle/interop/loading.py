@@ -28,6 +28,7 @@ from instyle.interop.keymaps import (
     psp_config_from_official,
     strip_prefix,
 )
+from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
@@ -254,8 +255,6 @@ def load_generator(
         m = load_own(p)
         g = m.decoder if isinstance(m, PSP) else m
     elif p.suffix == ".pkl":
-        from instyle.interop.nvidia import load_nvidia_generator
-
         g = load_nvidia_generator(p)
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.alignment import detect_faces, face_landmarks
 from instyle.tasks.base import Task, TaskInputError, register_task
 from instyle.tasks.transforms.labels import (
     labels_from_image,
@@ -42,7 +43,6 @@ class SegmentationTask(Task):
         Index images are what CelebAMask-HQ ships and what every reader decodes the same way
         (a palette image converted to ``L`` would turn colours into luminance).
         """
-        from instyle.alignment import detect_faces, face_landmarks
 
         # Landmarks need a face of ~100+ px: detect on a copy of at least 256 px, draw at ``size``.
         rgb = photo.convert("RGB")
