@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.alignment import detect_faces
 from instyle.alignment.models import AlignmentUnavailable, model_path, require_dlib, shape_predictor
 from instyle.errors import InstyleError
 from instyle.inference.io import pil_to_tensor
@@ -135,8 +136,6 @@ class DlibIdentity:
         """The face box ``(left, top, right, bottom)`` in pixels of ``image``, or None."""
         w, h = image.size
         if self.face_box == "detect":
-            from instyle.alignment import detect_faces
-
             # "auto": HOG (upsampled once), then the CNN at its own scale -- evaluation photos
             # show large faces, and the CNN is ~5x slower when upsampled.
             tries = [("hog", 1), ("cnn", 0)] if self.detector == "auto" else [(self.detector, 1)]

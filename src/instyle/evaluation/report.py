@@ -36,10 +36,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from instyle.errors import InputError, InstyleError
+from instyle.evaluation.fid import InceptionFeatures, feature_stats, frechet_distance
+from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
 from instyle.inference.io import collect_inputs, load_image, make_grid, pil_to_tensor, save_image, tensor_to_pil
 from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
+from instyle.losses.lpips import LPIPSLoss
 from instyle.models.psp import PSP
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
@@ -202,29 +205,23 @@ class _Measures:
     def _try(self, key: str, build: Callable):
         try:
             return build()
-        except Exception as e:  # a missing optional network must not stop the evaluation
+        except (InstyleError, OSError, ImportError) as e:  # a missing optional network must not stop the evaluation
             self.unavailable[key] = f"{type(e).__name__}: {e}"
             return None
 
     def _lpips(self, net, weights, device):
-        from instyle.losses.lpips import LPIPSLoss
-
         m = LPIPSLoss(net=net, weights=weights).to(device)
         self.networks["lpips"] = f"LPIPS v0.1 ({net}) via the lpips package"
         return m
 
     def _identity(self, spec, face_box, device):
-        from instyle.evaluation.identity import build_identity
-
         m = build_identity(spec, face_box=face_box, device=device)
         if m is None:
-            raise RuntimeError("identity similarity switched off")
+            raise ConfigError("identity similarity switched off")
         self.networks["identity"] = m.name
         return m
 
     def _fid(self, weights, device):
-        from instyle.evaluation.fid import InceptionFeatures
-
         m = InceptionFeatures(weights).to(device)
         self.networks["fid"] = f"torchvision Inception-v3 pool features from {os.path.basename(m.weights)}"
         return m
@@ -252,7 +249,6 @@ class _Measures:
     def fid_value(self) -> float | None:
         if self.fid is None or not self.fid_features[0]:
             return None
-        from instyle.evaluation.fid import feature_stats, frechet_distance
 
         p, t = (np.concatenate(f) for f in self.fid_features)
         if len(p) < 2:
