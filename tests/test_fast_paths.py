@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from instyle.models import fast
 from instyle.models.stylegan2 import Generator, GeneratorConfig, ModulatedConv2d, ToRGB
 from instyle.ops import _backend, fused_leaky_relu_reference, make_kernel, upfirdn2d_reference, use_backend
+from instyle.ops import fast_modconv as fast
 from instyle.ops.fast_act import fused_leaky_relu_fast
 from instyle.ops.fast_memory import is_retaining, retained_memory
 from instyle.ops.fast_upfirdn2d import upfirdn2d_fast
@@ -40,17 +40,19 @@ def test_fast_paths_are_registered_and_switchable():
     with use_backend("auto"):
         assert _backend.fast_path("upfirdn2d") is upfirdn2d_fast
         assert _backend.fast_path("fused_leaky_relu") is fused_leaky_relu_fast
+        assert _backend.fast_path("modulated_conv2d") is fast.modulated_conv2d_fast
+        assert _backend.fast_path("to_rgb") is fast.to_rgb_fast
     with use_backend("reference"):
-        assert _backend.fast_path("upfirdn2d") is None
-        assert _backend.fast_path("fused_leaky_relu") is None
+        for op in ("upfirdn2d", "fused_leaky_relu", "modulated_conv2d", "to_rgb"):
+            assert _backend.fast_path(op) is None
 
 
 def test_reference_backend_never_calls_the_fast_layers(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("fast path used under INSTYLE_OPS=reference")
 
-    monkeypatch.setattr(fast, "modulated_conv2d", boom)
-    monkeypatch.setattr(fast, "to_rgb", boom)
+    monkeypatch.setitem(_backend._fast_paths, "modulated_conv2d", boom)
+    monkeypatch.setitem(_backend._fast_paths, "to_rgb", boom)
     g = Generator(GeneratorConfig(size=8, style_dim=16, n_mlp=1, channels={4: 8, 8: 8})).eval()
     with use_backend("reference"), torch.no_grad():
         g.synthesize(torch.randn(1, g.n_latent, 16))
@@ -185,12 +187,12 @@ def test_modulated_conv_gradients_match_reference(batch, upsample):
         assert max_diff(a, b) < 1e-4 * max(1.0, a.abs().max().item())
 
 
-def test_weight_energy_cache_follows_weight_updates():
+def test_fast_modulated_conv_follows_in_place_weight_updates():
     torch.manual_seed(0)
     layer = ModulatedConv2d(4, 4, 3, 8).eval()
     x, s = torch.randn(1, 4, 5, 5), torch.randn(2, 8)
     with torch.no_grad():
-        layer(x, s[:1])  # fills the cache
+        layer(x, s[:1])  # nothing may be kept from this call
         layer.weight.mul_(torch.rand_like(layer.weight) + 0.5)  # an optimizer-style in-place update
         ref, out = both_backends(lambda: layer(torch.cat([x, x]), s))
     assert max_diff(out, ref) < 1e-5
@@ -207,7 +209,8 @@ def test_to_rgb_matches_reference(batch, with_skip, clamp):
     skip = torch.randn(batch, 3, 4, 4) if with_skip else None
     with torch.no_grad():
         ref, out = both_backends(lambda: layer(x, style, skip))
-        out_cl = fast.to_rgb(layer, x.contiguous(memory_format=CL), style, skip)
+        with use_backend("auto"):
+            out_cl = layer(x.contiguous(memory_format=CL), style, skip)
     assert out.is_contiguous()
     assert max_diff(out, ref) < 1e-5
     assert max_diff(out_cl, ref) < 1e-5

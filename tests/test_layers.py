@@ -138,6 +138,29 @@ def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
+#: Where a function may import another instyle module on demand: the entry points, so one
+#: command (or ``import instyle``) does not load every other one (and the demo alone loads
+#: Gradio), and the Inverter's tools. Everywhere else own-module imports sit at the top;
+#: in-function imports are for optional extras (dlib, gradio, lpips, torchvision, ...).
+ON_DEMAND = ("instyle", "instyle.cli", "instyle.demo", "instyle.inference", "instyle.inference.inverter",
+             "instyle.inference.editing")
+
+
+def test_own_modules_are_imported_at_module_level():
+    bad = []
+    for module, path in MODULES.items():
+        if module in ON_DEMAND or module.startswith(("instyle.cli.", "instyle.demo.")):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and _imported(node, module, path.name == "__init__.py"):
+                    bad.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert bad == [], "in-function imports of instyle modules:\n" + "\n".join(bad)
+
+
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1}, "d": {"a": 1}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b": 1}, "b": {}}) == []

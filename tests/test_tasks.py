@@ -348,3 +348,21 @@ def test_one_input_preview_for_every_task():
     assert torch.equal(preview_input(rgb_mask, get_task("inpainting", mask_channel=True)), rgb_mask[:3])
     photo = torch.rand(3, 4, 4) * 2 - 1
     assert torch.equal(preview_input(photo, get_task("inversion")), photo)
+
+
+def test_published_checkpoint_table_agrees_with_configs_and_dataset_types():
+    """The file table names a dataset type and a registered config; task and size follow."""
+    from instyle.interop.loading import PUBLISHED_CHECKPOINTS, published_info
+
+    tasks = {name: published_info(name)["task"] for name in PUBLISHED_CHECKPOINTS}
+    assert tasks == {  # the pSp README's table of pretrained models
+        "psp_ffhq_encode.pt": "inversion",
+        "psp_ffhq_frontalization.pt": "frontalization",
+        "psp_celebs_sketch_to_face.pt": "sketch2face",
+        "psp_celebs_seg_to_face.pt": "seg2face",
+        "psp_celebs_super_resolution.pt": "super_resolution",
+        "psp_ffhq_toonify.pt": "image2image",
+    }
+    for name in PUBLISHED_CHECKPOINTS:
+        info = published_info(name)
+        assert info["output_size"] == 1024 and get_task(info["task"]).input_nc == info["input_nc"]

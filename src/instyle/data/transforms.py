@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.tasks.transforms.labels import labels_from_image
 from instyle.utils.config import ConfigError
 from instyle.utils.image import pil_to_tensor
 from instyle.utils.image_file import load_image
@@ -93,7 +94,6 @@ def to_source_tensor(img: Image.Image, size: int, mode: str, label_nc: int = 0) 
     if mode == "label":
         if label_nc < 1:
             raise ConfigError("label source mode needs label_nc >= 1")
-        from instyle.tasks.transforms.labels import labels_from_image
 
         # Index (L/P) maps carry the class as the pixel value; colour maps are read with the palette.
         classes = labels_from_image(img, label_nc).astype(np.uint8)

@@ -18,6 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from instyle.interop.loading import load_state_checked
+from instyle.losses.weights import find_weights, read_state_dict
+
 __all__ = ["FID_HELP", "InceptionFeatures", "frechet_distance", "feature_stats"]
 
 FID_HELP = (
@@ -83,9 +86,6 @@ class InceptionFeatures(torch.nn.Module):
     def __init__(self, weights: str | os.PathLike):
         super().__init__()
         from torchvision.models import inception_v3
-
-        from instyle.interop.loading import load_state_checked
-        from instyle.losses.weights import find_weights, read_state_dict
 
         path = find_weights(weights, (), "Inception-v3", FID_HELP)
         with warnings.catch_warnings():

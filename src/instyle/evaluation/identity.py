@@ -30,8 +30,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instyle.alignment.models import AlignmentUnavailable, model_path, require_dlib
+from instyle.alignment import detect_faces
+from instyle.alignment.models import AlignmentUnavailable, model_path, require_dlib, shape_predictor
 from instyle.errors import InstyleError
+from instyle.inference.io import pil_to_tensor
+from instyle.interop.loading import load_state_checked
+from instyle.losses.identity import fill_num_batches_tracked
+from instyle.losses.weights import find_weights, read_state_dict
+from instyle.models.encoders import Backbone
+from instyle.models.encoders.backbone import UNITS
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -129,8 +136,6 @@ class DlibIdentity:
         """The face box ``(left, top, right, bottom)`` in pixels of ``image``, or None."""
         w, h = image.size
         if self.face_box == "detect":
-            from instyle.alignment import detect_faces
-
             # "auto": HOG (upsampled once), then the CNN at its own scale -- evaluation photos
             # show large faces, and the CNN is ~5x slower when upsampled.
             tries = [("hog", 1), ("cnn", 0)] if self.detector == "auto" else [(self.detector, 1)]
@@ -144,7 +149,6 @@ class DlibIdentity:
 
     def descriptor(self, image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
         """``[128]`` float64 descriptor of the face in ``box`` (pixels)."""
-        from instyle.alignment.models import require_dlib, shape_predictor
 
         dlib = require_dlib()
         arr = _rgb_array(image)
@@ -173,7 +177,6 @@ def _infer_backbone(state: dict[str, torch.Tensor]) -> dict:
     """Architecture of an IR / IR-SE backbone state dict: depth, SE, input size, BN1d affine."""
     units = {int(k.split(".")[1]) for k in state if k.startswith("body.")}
     n_units = max(units) + 1 if units else 0
-    from instyle.models.encoders.backbone import UNITS
 
     depth = next((d for d, u in UNITS.items() if sum(u) == n_units), None)
     if depth is None:
@@ -224,11 +227,6 @@ class ArcFaceIdentity:
     """
 
     def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu", use_mtcnn: bool = True):
-        from instyle.interop.loading import load_state_checked
-        from instyle.losses.identity import fill_num_batches_tracked
-        from instyle.losses.weights import find_weights, read_state_dict
-        from instyle.models.encoders import Backbone
-
         path = find_weights(weights, (), "face recognition", "Give an ArcFace/CurricularFace IR(-SE) state dict.")
         state = read_state_dict(path, "face recognition")
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -267,8 +265,6 @@ class ArcFaceIdentity:
 
     @torch.no_grad()
     def similarity(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[float | None]:
-        from instyle.inference.io import pil_to_tensor
-
         out: list[float | None] = []
         for pred, target in zip(predictions, targets, strict=True):
             crops = self._crops(pred, target)

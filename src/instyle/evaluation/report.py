@@ -37,11 +37,29 @@ import torch.nn.functional as F
 from PIL import Image
 
 from instyle.data.folders import data_layout
-from instyle.errors import InputError
+from instyle.errors import InputError, InstyleError
+from instyle.evaluation.fid import InceptionFeatures, feature_stats, fid_caveat, frechet_distance
+from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
+from instyle.inference.io import (
+    IMAGE_EXTENSIONS,
+    collect_input_files,
+    load_image,
+    make_grid,
+    output_names,
+    pil_to_tensor,
+    save_image,
+    tensor_to_pil,
+)
+from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, uses_offsets
+from instyle.inference.preprocess import prepare_input
+from instyle.interop import load_psp
+from instyle.losses.lpips import LPIPSLoss
+from instyle.models.psp import PSP
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
+from instyle.utils.device import resolve_device
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -71,8 +89,6 @@ class Sample:
 def _index(folder: Path, problems: list[str]) -> dict[str, Path]:
     """``{name: file}`` of the images under ``folder``; names are relative paths without suffix,
     with the suffix kept where two files share one (``a.png`` and ``a.jpg`` are both evaluated)."""
-    from instyle.inference.io import collect_input_files, output_names
-
     files, found = collect_input_files([folder])
     problems.extend(m for m in found if "folder contains no images" not in m)
     return dict(zip(output_names(files), (f.path for f in files)))
@@ -80,7 +96,6 @@ def _index(folder: Path, problems: list[str]) -> dict[str, Path]:
 
 def _lookup(index: dict[str, Path], name: str) -> Path | None:
     """``index[name]``; a name that kept its image suffix (``a.png``) also matches ``a``."""
-    from instyle.inference.io import IMAGE_EXTENSIONS
 
     if name in index:
         return index[name]
@@ -185,7 +200,6 @@ class _Cases:
             self.items = self.items[: self.k] + self.items[-self.k :]
 
     def grid(self) -> Image.Image | None:
-        from instyle.inference.io import make_grid
 
         if not self.items:
             return None
@@ -215,29 +229,23 @@ class _Measures:
     def _try(self, key: str, build: Callable):
         try:
             return build()
-        except Exception as e:  # a missing optional network must not stop the evaluation
+        except (InstyleError, OSError, ImportError) as e:  # a missing optional network must not stop the evaluation
             self.unavailable[key] = f"{type(e).__name__}: {e}"
             return None
 
     def _lpips(self, net, weights, device):
-        from instyle.losses.lpips import LPIPSLoss
-
         m = LPIPSLoss(net=net, weights=weights).to(device)
         self.networks["lpips"] = f"LPIPS v0.1 ({net}) via the lpips package"
         return m
 
     def _identity(self, spec, face_box, device):
-        from instyle.evaluation.identity import build_identity
-
         m = build_identity(spec, face_box=face_box, device=device)
         if m is None:
-            raise RuntimeError("identity similarity switched off")
+            raise ConfigError("identity similarity switched off")
         self.networks["identity"] = m.name
         return m
 
     def _fid(self, weights, device):
-        from instyle.evaluation.fid import InceptionFeatures
-
         m = InceptionFeatures(weights).to(device)
         self.networks["fid"] = f"torchvision Inception-v3 pool features from {os.path.basename(m.weights)}"
         return m
@@ -245,7 +253,6 @@ class _Measures:
     @torch.no_grad()
     def batch(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, list]:
         """Per-image metrics of a batch ``[B, 3, S, S]`` in [-1, 1] (both on one device)."""
-        from instyle.inference.io import tensor_to_pil
 
         out = {
             "mse": mse(pred, target).tolist(),
@@ -266,7 +273,6 @@ class _Measures:
     def fid_value(self) -> float | None:
         if self.fid is None or not self.fid_features[0]:
             return None
-        from instyle.evaluation.fid import feature_stats, fid_caveat, frechet_distance
 
         p, t = (np.concatenate(f) for f in self.fid_features)
         if len(p) < 2:
@@ -281,28 +287,18 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
-    from instyle.inference.offsets import uses_offsets
-    from instyle.models.psp import PSP
-
     if not isinstance(model, PSP) and not uses_offsets(model):
-        from instyle.interop import load_psp
-
         model = load_psp(model, device=device)
     return model.to(device).eval()
 
 
 def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
-    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
-
     return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
 
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
     """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
-    from instyle.inference.io import load_image
-    from instyle.inference.preprocess import prepare_input
-
     name = task_name or model.config.task
     try:
         task = get_task(name)
@@ -386,9 +382,6 @@ def evaluate(
         The report dict (also ``report.json``): ``metrics`` (mean/std/n per metric), ``fid``,
         ``per_image``, ``failed`` and the settings.
     """
-    from instyle.inference.io import ImageLoadError, load_image, pil_to_tensor, tensor_to_pil
-    from instyle.utils.device import resolve_device
-
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     if model is None and predictions_dir is None:
@@ -405,66 +398,104 @@ def evaluate(
         log(msg)
     if max_images is not None:
         samples = samples[:max_images]
-    eval_size = net.config.resize_to if net is not None else size
+    run = _Run(net, device, net.config.resize_to if net is not None else size, warmup)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
     cases = _Cases(grid_cases)
     rows: list[dict] = []
-    warm = net is None or warmup <= 0
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), unit="img", desc="evaluate", file=sys.stderr, disable=None)
+    bar = _progress_bar(len(samples)) if progress else None
     for start in range(0, len(samples), batch_size):
-        chunk, xs, ys = [], [], []
-        for s in samples[start : start + batch_size]:
-            try:
-                y = pil_to_tensor(load_image(s.target), eval_size)
-                x = load_image(s.prediction) if net is None else make_input(s)
-            except (ImageLoadError, ValueError, OSError) as e:
-                msg = str(e) if str(s.target) in str(e) or str(s.input) in str(e) else f"{s.target}: {e}"
-                log(msg)
-                failed.append(msg)
-                continue
-            chunk.append(s)
-            xs.append(pil_to_tensor(x, eval_size) if net is None else x)
-            ys.append(y)
+        batch = samples[start : start + batch_size]
+        chunk, x, target = _read_batch(batch, net, make_input, run.eval_size, log, failed)
         if bar is not None:
-            bar.update(len(samples[start : start + batch_size]))
+            bar.update(len(batch))
         if not chunk:
             continue
-        target = torch.stack(ys).to(device)
-        x = torch.stack(xs).to(device)
-        runtime = None
-        if net is not None:
-            with torch.inference_mode():
-                if not warm:
-                    for _ in range(warmup):
-                        _reconstruct(net, x)
-                    warm = True
-                _sync(device)
-                t0 = time.perf_counter()
-                pred = _reconstruct(net, x)
-                _sync(device)
-                runtime = (time.perf_counter() - t0) / len(chunk)
-            if pred.shape[-1] != eval_size:
-                pred = F.interpolate(pred, size=(eval_size, eval_size), mode="area")
-            pred = quantize(pred)
-        else:
-            pred = x
-        values = measures.batch(pred.float(), target.float())
-        key = "lpips" if "lpips" in values else "mse"
-        for i, s in enumerate(chunk):
-            row = {"name": s.name, "target": str(s.target)}
-            row.update({k: v[i] for k, v in values.items()})
-            row["runtime_s"] = runtime
-            rows.append(row)
-            cases.add(float(values[key][i]), s.name, tensor_to_pil(target[i]), tensor_to_pil(pred[i]))
+        pred, runtime = run.predict(x)
+        target = target.to(device)
+        _record(chunk, measures.batch(pred.float(), target.float()), runtime, target, pred, rows, cases)
     if bar is not None:
         bar.close()
+    settings = {
+        "task": (task or net.config.task) if net is not None else task,
+        "batch_size": batch_size,
+        "input_note": input_note,
+    }
+    report = _report(model, predictions_dir, data_dir, run, settings, rows, failed, measures, cases)
+    if out_dir is not None:
+        write_report(report, out_dir, cases.grid())
+    return report
 
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, disable=None)
+
+
+def _read_batch(batch: list[Sample], net, make_input, eval_size: int, log, failed: list[str]):
+    """``(readable samples, inputs [B, C, S, S] or predictions, targets [B, 3, S, S])``; every
+    unreadable file is logged and added to ``failed``."""
+    chunk, xs, ys = [], [], []
+    for s in batch:
+        try:
+            y = pil_to_tensor(load_image(s.target), eval_size)
+            x = pil_to_tensor(load_image(s.prediction), eval_size) if net is None else make_input(s)
+        except (InstyleError, OSError) as e:
+            msg = str(e) if str(s.target) in str(e) or str(s.input) in str(e) else f"{s.target}: {e}"
+            log(msg)
+            failed.append(msg)
+            continue
+        chunk.append(s)
+        xs.append(x)
+        ys.append(y)
+    if not chunk:
+        return chunk, None, None
+    return chunk, torch.stack(xs), torch.stack(ys)
+
+
+class _Run:
+    """The model's forward on each batch, timed after ``warmup`` untimed passes of the first."""
+
+    def __init__(self, net, device: torch.device, eval_size: int, warmup: int):
+        self.net, self.device, self.eval_size, self.warmup = net, device, eval_size, warmup
+        self.warm = net is None or warmup <= 0
+
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+        """``(predictions [B, 3, S, S] quantised like saved PNGs, seconds per image)``; saved
+        predictions (no model) pass through untimed."""
+        x = x.to(self.device)
+        if self.net is None:
+            return x, None
+        with torch.inference_mode():
+            if not self.warm:
+                for _ in range(self.warmup):
+                    _reconstruct(self.net, x)
+                self.warm = True
+            _sync(self.device)
+            t0 = time.perf_counter()
+            pred = _reconstruct(self.net, x)
+            _sync(self.device)
+            runtime = (time.perf_counter() - t0) / len(x)
+        if pred.shape[-1] != self.eval_size:
+            pred = F.interpolate(pred, size=(self.eval_size, self.eval_size), mode="area")
+        return quantize(pred), runtime
+
+
+def _record(chunk, values: dict[str, list], runtime, target, pred, rows: list[dict], cases: _Cases) -> None:
+    """One row per image, and the cases for the best/worst grid (by LPIPS, else MSE)."""
+    key = "lpips" if "lpips" in values else "mse"
+    for i, s in enumerate(chunk):
+        row = {"name": s.name, "target": str(s.target)}
+        row.update({k: v[i] for k, v in values.items()})
+        row["runtime_s"] = runtime
+        rows.append(row)
+        cases.add(float(values[key][i]), s.name, tensor_to_pil(target[i]), tensor_to_pil(pred[i]))
+
+
+def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, failed, measures, cases) -> dict:
+    """The report dict (``report.json``)."""
+    device, batch_size = run.device, settings["batch_size"]
     report = {
         "instyle_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -472,18 +503,18 @@ def evaluate(
         "checkpoint": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model),
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
-        "task": (task or net.config.task) if net is not None else task,
+        "task": settings["task"],
         "device": str(device),
-        "precision": net.runtime.precision if net is not None else None,
+        "precision": getattr(getattr(run.net, "runtime", None), "precision", "fp32") if run.net is not None else None,
         "device_name": _device_name(device),
         "batch_size": batch_size,
-        "eval_size": eval_size,
+        "eval_size": run.eval_size,
         "n_images": len(rows),
         "failed": failed,
         "runtime_note": (
-            f"model forward (encode + decode) per image, batch {batch_size}, after {warmup} warm-up pass(es)"
+            f"model forward (encode + decode) per image, batch {batch_size}, after {run.warmup} warm-up pass(es)"
             + (", CUDA-synchronised" if device.type == "cuda" else "")
-            if net is not None
+            if run.net is not None
             else "not measured (saved predictions)"
         ),
         "networks": measures.networks,
@@ -491,14 +522,12 @@ def evaluate(
         "metrics": {k: _summary([r.get(k) for r in rows]) for k in METRICS},
         "fid": measures.fid_value(),
         "caveats": measures.caveats,
-        "input_note": input_note,
+        "input_note": settings.get("input_note"),
         "grid_order": [name for _, name, _, _ in cases.items],
         "per_image": rows,
     }
-    if net is None:
+    if run.net is None:
         report["metrics"]["runtime_s"] = {"mean": None, "std": None, "n": 0}
-    if out_dir is not None:
-        write_report(report, out_dir, cases.grid())
     return report
 
 
@@ -519,7 +548,6 @@ def _method_name(model, predictions_dir) -> str:
 
 def write_report(report: dict, out_dir: str | os.PathLike, grid: Image.Image | None = None) -> Path:
     """``report.json``, ``per_image.csv``, ``report.md`` and ``best_worst.png`` in ``out_dir``."""
-    from instyle.inference.io import save_image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.alignment import align_face
 from instyle.errors import InputError
 from instyle.inference.io import load_image, pil_to_tensor, tensor_to_pil
 from instyle.models.psp import PSPConfig
@@ -102,7 +103,6 @@ def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detecto
         ValueError: no face was found (the message names the file).
         instyle.alignment.AlignmentUnavailable: dlib or its landmark model is missing.
     """
-    from instyle.alignment import align_face
 
     name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
     img = load_image(image) if isinstance(image, (str, os.PathLike)) else image

@@ -23,19 +23,23 @@ import torch
 from instyle.errors import CheckpointError
 from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
 from instyle.interop.keymaps import (
+    DATASET_TYPE_TO_TASK,
     ArchitectureError,
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
+from instyle.models.registry import get_config
 from instyle.models.stylegan2 import Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
     "PUBLISHED_CHECKPOINTS",
     "cache_dir",
+    "published_info",
     "resolve_path",
     "read_official_psp",
     "load_psp",
@@ -47,17 +51,29 @@ __all__ = [
     "save_psp",
 ]
 
-#: The checkpoints published with the pSp paper (file name -> task and output size).
-#: Their sha256 sums are not documented upstream, so they are not checked.
+#: The checkpoints published with the pSp paper: file name -> the original's ``dataset_type``
+#: (its task comes from :data:`DATASET_TYPE_TO_TASK`), the registered architecture and the
+#: input channels; :func:`published_info` puts them together. Their sha256 sums are not
+#: documented upstream, so they are not checked.
 PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
-    "psp_ffhq_encode.pt": {"task": "inversion", "output_size": 1024, "input_nc": 3},
-    "psp_ffhq_frontalization.pt": {"task": "frontalization", "output_size": 1024, "input_nc": 3},
-    "psp_celebs_sketch_to_face.pt": {"task": "sketch2face", "output_size": 1024, "input_nc": 1},
-    "psp_celebs_seg_to_face.pt": {"task": "seg2face", "output_size": 1024, "input_nc": 19},
-    "psp_celebs_super_resolution.pt": {"task": "super_resolution", "output_size": 1024, "input_nc": 3},
-    "psp_ffhq_toonify.pt": {"task": "image2image", "output_size": 1024, "input_nc": 3},
+    "psp_ffhq_encode.pt": {"dataset_type": "ffhq_encode", "config": "psp_ffhq_1024", "input_nc": 3},
+    "psp_ffhq_frontalization.pt": {"dataset_type": "ffhq_frontalize", "config": "psp_ffhq_1024", "input_nc": 3},
+    "psp_celebs_sketch_to_face.pt": {"dataset_type": "celebs_sketch_to_face", "config": "psp_ffhq_1024", "input_nc": 1},
+    "psp_celebs_seg_to_face.pt": {"dataset_type": "celebs_seg_to_face", "config": "psp_ffhq_1024", "input_nc": 19},
+    "psp_celebs_super_resolution.pt": {"dataset_type": "celebs_super_resolution", "config": "psp_ffhq_1024", "input_nc": 3},
+    "psp_ffhq_toonify.pt": {"dataset_type": "toonify", "config": "psp_ffhq_1024", "input_nc": 3},
 }
 OFFICIAL_DOWNLOADS = "https://github.com/eladrich/pixel2style2pixel#pretrained-models"
+
+
+def published_info(name: str) -> dict[str, Any]:
+    """``{"task", "output_size", "input_nc", "config", "dataset_type"}`` of a published file name."""
+    entry = PUBLISHED_CHECKPOINTS[name]
+    return {
+        **entry,
+        "task": DATASET_TYPE_TO_TASK.get(entry["dataset_type"], "image2image"),
+        "output_size": get_config(entry["config"]).output_size,
+    }
 
 
 def cache_dir() -> Path:
@@ -82,7 +98,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
         return cached
     hint = ""
     if p.name in PUBLISHED_CHECKPOINTS:
-        info = PUBLISHED_CHECKPOINTS[p.name]
+        info = published_info(p.name)
         hint = (
             f" It is the published pSp {info['task']} checkpoint ({info['output_size']}px); download it from "
             f"{OFFICIAL_DOWNLOADS} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
@@ -271,8 +287,6 @@ def load_generator(
         m = load_own(p)
         g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
-        from instyle.interop.nvidia import load_nvidia_generator
-
         g = load_nvidia_generator(p)
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")

@@ -20,6 +20,7 @@ from torch import nn
 from instyle.errors import MissingExtraError
 from instyle.losses.crop import face_crop
 from instyle.losses.weights import LossWeightsError, find_weights, read_state_dict
+from instyle.utils.config import ConfigError
 
 __all__ = ["LPIPS_NETS", "LPIPSLoss", "lpips_backbone_state"]
 
@@ -76,7 +77,7 @@ class LPIPSLoss(nn.Module):
     def __init__(self, net: str = "alex", weights: str | os.PathLike | None = None, random_backbone: bool = False):
         super().__init__()
         if net not in LPIPS_NETS:
-            raise ValueError(f"lpips net={net!r} is not supported; choose one of {sorted(LPIPS_NETS)}")
+            raise ConfigError(f"lpips net={net!r} is not supported; choose one of {sorted(LPIPS_NETS)}")
         try:
             import lpips
         except ImportError:

@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.errors import CheckpointError
-from instyle.models import fast
 from instyle.models.own_format import adopt_state, check_finite, read_pretrained, write_pretrained
-from instyle.ops import FusedLeakyReLU, fused_leaky_relu, get_backend, make_kernel, upfirdn2d
+from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, modulated_conv2d, to_rgb, upfirdn2d
 from instyle.utils.config import (
     ConfigError,
     check_int_range,
@@ -329,16 +328,24 @@ class ModulatedConv2d(nn.Module):
         return weight
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, weights_delta: torch.Tensor | None = None) -> torch.Tensor:
-        batch, in_channel, height, width = x.shape
+        batch, in_channel = x.shape[:2]
         if in_channel != self.in_channel or style.shape[0] != batch:
             raise ValueError(
                 f"ModulatedConv2d expects x [B, {self.in_channel}, H, W] and style [B, D]; "
                 f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
             )
-        if weights_delta is not None:
+        if weights_delta is not None:  # HyperStyle: per-sample kernels W * (1 + delta)
             self._check_delta(weights_delta, batch)
-        elif get_backend() != "reference":
-            return fast.modulated_conv2d(self, x, style)
+            return self._forward_with_delta(x, style, weights_delta)
+        blur = {"blur_kernel": self.blur.kernel, "blur_pad": self.blur.pad} if self.upsample else {}
+        return modulated_conv2d(
+            x, self.weight[0] * self.scale, self.modulation(style), demodulate=self.demodulate,
+            upsample=self.upsample, padding=self.padding, eps=self.eps, **blur,
+        )
+
+    def _forward_with_delta(self, x: torch.Tensor, style: torch.Tensor, weights_delta: torch.Tensor) -> torch.Tensor:
+        """The grouped-conv formulation with HyperStyle's offsets in the kernel."""
+        batch, in_channel, height, width = x.shape
         k = self.kernel_size
         weight = self.modulated_weight(style, weights_delta)
         if self.upsample:
@@ -455,14 +462,19 @@ class ToRGB(nn.Module):
         skip: torch.Tensor | None = None,
         weights_delta: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if weights_delta is None and get_backend() != "reference":
-            return fast.to_rgb(self, x, style, skip)
-        out = self.conv(x, style, weights_delta) + self.bias
-        if self.conv_clamp is not None:
-            out = out.clamp(-self.conv_clamp, self.conv_clamp)
-        if skip is not None:
-            out = out + self.upsample(skip)
-        return out
+        conv = self.conv
+        if x.ndim != 4 or x.shape[1] != conv.in_channel or style.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"ToRGB expects x [B, {conv.in_channel}, H, W] and style [B, D]; "
+                f"got x {tuple(x.shape)} and style {tuple(style.shape)}"
+            )
+        if weights_delta is not None:  # HyperStyle's offsets: the modulated conv's reference path
+            out = conv(x, style, weights_delta) + self.bias
+            if self.conv_clamp is not None:
+                out = out.clamp(-self.conv_clamp, self.conv_clamp)
+            return out if skip is None else out + self.upsample(skip)
+        skip = self.upsample(skip.contiguous()) if skip is not None else None
+        return to_rgb(x, conv.weight[0] * conv.scale, conv.modulation(style), self.bias, skip, self.conv_clamp)
 
 
 # --------------------------------------------------------------------------- generator
@@ -651,13 +663,13 @@ class Generator(nn.Module):
         out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
         skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
         i = 1
-        for r, (conv1, conv2, noise1, noise2, to_rgb) in enumerate(zip(
+        for r, (conv1, conv2, noise1, noise2, rgb) in enumerate(zip(
             self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
         )):
             d = deltas[2 + 3 * r: 5 + 3 * r]
             out = conv1(out, latent[:, i], noise=noise1, weights_delta=d[0])
             out = conv2(out, latent[:, i + 1], noise=noise2, weights_delta=d[1])
-            skip = to_rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
+            skip = rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
             i += 2
         image = skip
 

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.alignment import detect_faces, face_landmarks
 from instyle.tasks.base import Task, TaskInputError, register_task
 from instyle.tasks.transforms.labels import (
+    default_palette,
     labels_from_image,
     labels_to_onehot,
     labels_to_palette_image,
+    palette_to_labels,
     resize_labels,
 )
 from instyle.tasks.transforms.landmark_labels import labels_from_landmarks
@@ -42,7 +45,6 @@ class SegmentationTask(Task):
         Index images are what CelebAMask-HQ ships and what every reader decodes the same way
         (a palette image converted to ``L`` would turn colours into luminance).
         """
-        from instyle.alignment import detect_faces, face_landmarks
 
         # Landmarks need a face of ~100+ px: detect on a copy of at least 256 px, draw at ``size``.
         rgb = photo.convert("RGB")
@@ -82,8 +84,6 @@ SEG2FACE = register_task(
 
 def colors_to_labels(image: Image.Image, label_nc: int = 19) -> np.ndarray:
     """A CelebAMask-HQ colour map (RGB) -> ``[H, W]`` int64 classes (errors name unknown colours)."""
-    from instyle.tasks.transforms.labels import default_palette, palette_to_labels
-
     return palette_to_labels(np.asarray(image.convert("RGB")), default_palette(label_nc))
 
 
