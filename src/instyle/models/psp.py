@@ -290,6 +290,7 @@ class PSP(nn.Module):
         inject_latent: torch.Tensor | None = None,
         return_latents: bool = False,
         alpha: float | None = None,
+        latent: torch.Tensor | None = None,
     ):
         """The official pSp forward.
 
@@ -304,12 +305,17 @@ class PSP(nn.Module):
             inject_latent: ``[B or 1, n_styles, 512]`` latents for ``latent_mask``.
             return_latents: also return the W+ tensor fed to the synthesis network.
             alpha: blend factor for ``latent_mask``; None replaces.
+            latent: ReStyle only (its forward's ``latent``): the current W+ latent; the encoder
+                output on ``x = cat(image, reconstruction)`` is added to it instead of latent_avg.
 
         Returns:
             images ``[B, 3, H, W]``, or ``(images, latents [B, n_styles, 512])``.
         """
         if input_code:
             codes = x.clone() if latent_mask is not None else x
+        elif latent is not None and self.family == "restyle":
+            self._check_image(x)
+            codes = self.encoder(x) + latent
         else:
             codes = self.encode_codes(x)
 
