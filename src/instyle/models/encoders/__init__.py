@@ -2,6 +2,7 @@
 them (each registered under its official ``encoder_type`` name)."""
 
 from instyle.models.encoders.backbone import Backbone, BottleneckIR, BottleneckIRSE, make_body
+from instyle.models.encoders.e4e import Encoder4Editing, SingleStyleCodeEncoder
 from instyle.models.encoders.psp_encoders import (
     ENCODER_TYPES,
     BackboneEncoderUsingLastLayerIntoW,
@@ -10,7 +11,6 @@ from instyle.models.encoders.psp_encoders import (
     GradualStyleBlock,
     GradualStyleEncoder,
 )
-from instyle.models.encoders.e4e import Encoder4Editing, SingleStyleCodeEncoder  # noqa: I001 (registers after pSp)
 from instyle.models.encoders.restyle import (
     BackboneEncoder,
     ProgressiveBackboneEncoder,

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, build_trunk, make_body, make_input_layer, run_trunk_stem
+from instyle.models.encoders.backbone import (
+    DEFAULT_WIDTHS,
+    UNITS,
+    build_trunk,
+    make_body,
+    make_input_layer,
+    run_trunk_stem,
+)
 from instyle.models.registry import list_encoders, register_encoder
 from instyle.models.stylegan2 import EqualLinear
 from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two
