@@ -327,3 +327,22 @@ def test_serve_iterations_set_the_restyle_default():
         assert model.default_iterations == 2 and torch.equal(model.encode(x), two)
     with pytest.raises(ValueError, match="iterations=0 must be a positive integer"):
         store.set_iterations(0)
+
+
+def test_evaluate_compare_puts_several_families_side_by_side(tmp_path, capsys):
+    from instyle.cli.main import main
+
+    paths = []
+    for name, mse, lpips in (("psp_ffhq_encode.pt", 0.03, 0.17), ("e4e_ffhq_encode.pt", 0.05, 0.20),
+                             ("restyle_e4e_ffhq_encode.pt", 0.02, 0.19)):
+        report = {"method": name, "data": "celeba", "n_images": 8, "metrics": {"mse": {"mean": mse}, "lpips": {"mean": lpips}}}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    assert main(["evaluate", "--compare", *map(str, paths), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| psp_", "| e4e_", "| restyle_"))]
+    assert len(rows) == 3 and "| best | n/a | psp_ffhq_encode.pt | restyle_e4e_ffhq_encode.pt |" in out
+    assert "best: identity" not in out and "mse: restyle_e4e_ffhq_encode.pt" in out and "lpips: psp_ffhq_encode.pt" in out
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["best"]["mse"] == "restyle_e4e_ffhq_encode.pt"
+    assert main(["evaluate", "--compare", str(paths[0])]) == 2
+    assert "compare needs at least two reports, got 1" in capsys.readouterr().err

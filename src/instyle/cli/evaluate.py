@@ -29,6 +29,7 @@ n/a with the reason; nothing is downloaded.
 
   instyle evaluate --checkpoint psp.pt --data celeba_hq_test --out report/
   instyle evaluate --compare report_a/report.json report_b/report.json
+  instyle evaluate --compare psp/ e4e/ restyle/        # several side by side, best per metric
 """
 
 
@@ -52,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     p.add_argument("--max-images", type=int, help="evaluate at most this many images")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (or report folders)")
+    p.add_argument(
+        "--compare", nargs="+", metavar="REPORT",
+        help="compare report.json files (or report folders): two with deltas, more side by side",
+    )
     p.set_defaults(func=run)
 
 
@@ -99,10 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from instyle.evaluation.report import compare
+    from instyle.evaluation.report import compare, compare_many
 
     try:
-        result = compare(*args.compare)
+        if len(args.compare) != 2:
+            result = compare_many(args.compare)
+        else:
+            result = compare(*args.compare)
     except ValueError as e:
         error(str(e))
         return 2
@@ -113,7 +120,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         (out / "comparison.md").write_text(result["markdown"])
         (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
-        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items()),
+        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items())
+        if "better" in result
+        else "best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()),
         file=sys.stdout,
     )
     return 0
