@@ -160,11 +160,14 @@ def load_image(
         raise ImageLoadError(p, msg) from None
 
 
-def pil_to_tensor(img: Image.Image, size: int | None = 256) -> torch.Tensor:
+def pil_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
     """PIL image -> ``[C, S, S]`` float32 in [-1, 1], resized (bilinear) like the original
-    test transforms (``Resize((S, S))``, ``ToTensor``, ``Normalize(0.5, 0.5)``)."""
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    test transforms (``Resize((S, S))``, ``ToTensor``, ``Normalize(0.5, 0.5)``); ``size`` may
+    also be ``(height, width)`` (the cars models' ``Resize((192, 256))``)."""
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -46,6 +46,9 @@ class PSPConfig:
         task: name of the task preset this model was trained for (see ``instyle.tasks``).
         label_nc: number of label classes for segmentation input (0 otherwise).
         resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original).
+        output_crop: rows ``(top, bottom)`` of the full-resolution output that ``decode`` keeps
+            (scaled for ``resize=True``), as the cars models' inference scripts crop 512x512 to
+            512x384 with ``(64, 448)``; None keeps everything. ``forward`` never crops (the original).
         family: ``"psp"``, ``"e4e"`` or ``"restyle"``; the encoder type must belong to it.
             ``"restyle"`` models encode iteratively (6-channel encoder, latent_avg always added).
     """
@@ -57,6 +60,7 @@ class PSPConfig:
     task: str = "inversion"
     label_nc: int = 0
     resize_to: int = 256
+    output_crop: tuple[int, int] | None = None
     family: str = "psp"
 
     def __post_init__(self):
@@ -65,6 +69,14 @@ class PSPConfig:
         if isinstance(self.generator, dict):
             self.generator = GeneratorConfig.from_dict(self.generator)
         self._check_family()
+        if self.output_crop is not None:
+            self.output_crop = tuple(int(v) for v in self.output_crop)
+            top, bottom = self.output_crop if len(self.output_crop) == 2 else (-1, -1)
+            if not 0 <= top < bottom <= self.generator.size:
+                raise ConfigError(
+                    f"output_crop={self.output_crop!r} must be rows (top, bottom) with 0 <= top < bottom <= "
+                    f"{self.generator.size}"
+                )
         w_encoder = self.encoder.type == "BackboneEncoderUsingLastLayerIntoW"
         if w_encoder != self.learn_in_w:
             raise ConfigError(
@@ -120,6 +132,7 @@ class PSPConfig:
             "task": self.task,
             "label_nc": self.label_nc,
             "resize_to": self.resize_to,
+            "output_crop": list(self.output_crop) if self.output_crop is not None else None,
             "family": self.family,
         }
 
@@ -213,11 +226,17 @@ class PSP(nn.Module):
 
     # ----------------------------------------------------------------- building blocks
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the input images (square except for the cars models)."""
+        enc = self.config.encoder
+        return (enc.input_height or enc.input_size, enc.input_size)
+
     def _check_image(self, x: torch.Tensor, channels: int | None = None) -> None:
-        s, c = self.input_size, self.config.encoder.input_nc if channels is None else channels
-        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+        (h, s), c = self.input_hw, self.config.encoder.input_nc if channels is None else channels
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != h or x.shape[3] != s:
             raise ValueError(
-                f"pSp expects images [B, {c}, {s}, {s}], got {tuple(x.shape)}; resize to {s}x{s} first "
+                f"pSp expects images [B, {c}, {h}, {s}], got {tuple(x.shape)}; resize to {s}x{h} first "
                 "(instyle.inference.preprocess does it like the original test transforms)"
             )
 
@@ -276,7 +295,13 @@ class PSP(nn.Module):
             ``[B, 3, H, W]`` raw generator output (not clamped).
         """
         images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
-        return self.face_pool(images) if resize else images
+        if resize:
+            images = self.face_pool(images)
+        crop = self.config.output_crop
+        if crop is not None:
+            scale = images.shape[-2] / self.output_size
+            images = images[:, :, round(crop[0] * scale) : round(crop[1] * scale)]
+        return images
 
     # ----------------------------------------------------------------- original forward
 
