@@ -327,3 +327,71 @@ def test_serve_iterations_set_the_restyle_default():
         assert model.default_iterations == 2 and torch.equal(model.encode(x), two)
     with pytest.raises(ValueError, match="iterations=0 must be a positive integer"):
         store.set_iterations(0)
+
+
+def test_evaluate_compare_puts_several_families_side_by_side(tmp_path, capsys):
+    from instyle.cli.main import main
+
+    paths = []
+    for name, mse, lpips in (("psp_ffhq_encode.pt", 0.03, 0.17), ("e4e_ffhq_encode.pt", 0.05, 0.20),
+                             ("restyle_e4e_ffhq_encode.pt", 0.02, 0.19)):
+        report = {"method": name, "data": "celeba", "n_images": 8, "metrics": {"mse": {"mean": mse}, "lpips": {"mean": lpips}}}
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(report))
+    assert main(["evaluate", "--compare", *map(str, paths), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| psp_", "| e4e_", "| restyle_"))]
+    assert len(rows) == 3 and "| best | n/a | psp_ffhq_encode.pt | restyle_e4e_ffhq_encode.pt |" in out
+    assert "best: identity" not in out and "mse: restyle_e4e_ffhq_encode.pt" in out and "lpips: psp_ffhq_encode.pt" in out
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["best"]["mse"] == "restyle_e4e_ffhq_encode.pt"
+    assert main(["evaluate", "--compare", str(paths[0])]) == 2
+    assert "compare needs at least two reports, got 1" in capsys.readouterr().err
+
+
+def cars_reference_loop(model: PSP, x: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The cars branch of the original ``get_average_image`` / ``run_on_batch``
+    (``resize_outputs=False``), for a 64 px generator: face_pool to 256 then rows 32:224,
+    full-size outputs cropped to rows 8:56 (64:448 of 512, scaled), fed back pooled to
+    the encoder's 48x64 (192x256 in the original)."""
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    avg = model.decoder([model.latent_avg[None]], input_is_latent=True, randomize_noise=False)[0]
+    y = pool(pool(avg, (256, 256))[:, :, 32:224], (48, 64)).repeat(len(x), 1, 1, 1)
+    latent, out = model.latent_avg.repeat(len(x), 1, 1), []
+    for _ in range(n):
+        latent = model.encoder(torch.cat([x, y], dim=1)) + latent
+        full = model.decoder([latent], input_is_latent=True, randomize_noise=False)[0][:, :, 8:56]
+        out.append((latent, full))
+        y = pool(full, (48, 64))
+    return out
+
+
+@pytest.mark.parametrize("family, kind", [("restyle", "ResNetProgressiveBackboneEncoder"), ("e4e", "Encoder4Editing")])
+def test_cars_models_take_192x256_inputs_and_crop_their_outputs(tmp_path, family, kind):
+    """``dataset_type='cars_encode'``: inputs 3/4 as high as wide, outputs cropped to rows
+    [size/8, 7 size/8) by ``decode`` (``forward`` keeps the square output, as the original)."""
+    source = tiny(family, kind)
+    torch.save(official(source, family, dataset_type="cars_encode"), tmp_path / "cars.pt")
+    with pytest.warns(UserWarning, match="cars model: 64x48 inputs, outputs cropped to rows 8:56"):
+        model = instyle.load(tmp_path / "cars.pt")
+    assert model.input_hw == (48, 64) and model.config.output_crop == (8, 56)
+    x = images(2)[:, :, :48]
+    with torch.no_grad():
+        if family == "restyle":
+            every = model.encode(x, iterations=3, return_all=True)
+            for (w, image), w_got in zip(cars_reference_loop(model, x, 3), every):
+                torch.testing.assert_close(w_got, w, rtol=0, atol=1e-5)
+                torch.testing.assert_close(model.decode(w_got), image, rtol=0, atol=1e-5)
+        w = model.encode(x)
+        assert model.decode(w).shape == (2, 3, 48, 64) and model.decode(w, resize=True).shape == (2, 3, 192, 256)
+        x_in = x if family == "e4e" else torch.cat([x, x], dim=1)  # ReStyle's forward takes [image, previous]
+        assert model(x_in, randomize_noise=False).shape == (2, 3, 256, 256)
+    with pytest.raises(ValueError, match=r"expects images \[B, 3, 48, 64\]"):
+        model.encode(images(1))
+    from PIL import Image
+
+    from instyle.inference.preprocess import prepare_input
+
+    assert prepare_input(Image.new("RGB", (300, 300)), model.config).shape == (3, 48, 64)
+    model.save_pretrained(tmp_path / "own")
+    own = instyle.load(tmp_path / "own")
+    assert own.config == model.config and own.input_hw == (48, 64)

@@ -36,6 +36,7 @@ generate, encode again, undo the edit, and measure the W+ distance to the first 
   instyle evaluate -c e4e.pt --data faces/ --out report/ --lec age.pt --lec-edit age=3
 writes report/lec.json (--lec-edit defaults to NAME=3, the e4e example; GANSpace needs
 e.g. --lec-edit ganspace:54,7,8=20).
+  instyle evaluate --compare psp/ e4e/ restyle/        # several side by side, best per metric
 """
 
 
@@ -68,7 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two report.json files (or report folders)")
+    p.add_argument(
+        "--compare", nargs="+", metavar="REPORT",
+        help="compare report.json files (or report folders): two with deltas, more side by side",
+    )
     p.set_defaults(func=run)
 
 
@@ -177,11 +181,11 @@ def _run_lec(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from instyle.evaluation.report import compare
+    from instyle.evaluation.report import compare, compare_many
     from instyle.utils.atomic import atomic_write_bytes
 
     try:
-        result = compare(*args.compare)
+        result = compare(*args.compare) if len(args.compare) == 2 else compare_many(args.compare)
     except InstyleError as e:
         error(str(e))
         return 2
@@ -195,7 +199,9 @@ def _run_compare(args: argparse.Namespace) -> int:
             error(f"could not write the comparison into {out}: {e.strerror or e}")
             return 1
     print(
-        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items()),
+        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items())
+        if "better" in result
+        else "best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()),
         file=sys.stdout,
     )
     return 0

@@ -504,6 +504,7 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
         "task": settings["task"],
+        "family": getattr(getattr(run.net, "config", None), "family", "hyperstyle") if run.net is not None else None,
         "device": str(device),
         "precision": getattr(getattr(run.net, "runtime", None), "precision", "fp32") if run.net is not None else None,
         "device_name": _device_name(device),
@@ -672,6 +673,31 @@ def compare(a_json: str | os.PathLike | dict, b_json: str | os.PathLike | dict) 
     diff = "| Δ (b − a) | " + " | ".join(_fmt_delta(k, delta.get(k)) for k in METRICS) + " | |\n"
     md = table + diff + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     return {"a": a.get("method"), "b": b.get("method"), "delta": delta, "better": better, "notes": notes, "markdown": md}
+
+
+def compare_many(reports: list) -> dict:
+    """Several reports side by side (e.g. pSp, e4e and ReStyle on the same data): one row
+    each, the best method per metric, and caveats when the data differ.
+
+    Returns:
+        ``{"methods", "best": {metric: method}, "notes", "markdown"}``.
+    """
+    rows = [r if isinstance(r, dict) else load_report(r) for r in reports]
+    if len(rows) < 2:
+        raise InputError(f"compare needs at least two reports, got {len(rows)}")
+    methods = [r.get("method", "?") for r in rows]
+    best = {}
+    for key, (_, higher, _) in METRICS.items():
+        values = [(_num((r["metrics"].get(key) or {}).get("mean")), m) for r, m in zip(rows, methods)]
+        values = [(v, m) for v, m in values if v is not None]
+        if values:
+            best[key] = (max if higher else min)(values, key=lambda vm: vm[0])[1]
+    notes = []
+    if len({(r.get("data"), r.get("n_images")) for r in rows}) > 1:
+        notes.append("different data: " + "; ".join(f"{m}: {r.get('data')} ({r.get('n_images')})" for m, r in zip(methods, rows)))
+    best_row = "| best | " + " | ".join(best.get(k, "n/a") for k in METRICS) + " | |\n"
+    md = markdown_table(rows) + best_row + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    return {"methods": methods, "best": best, "notes": notes, "markdown": md}
 
 
 def _fmt_delta(key: str, v) -> str:

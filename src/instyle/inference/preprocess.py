@@ -52,14 +52,15 @@ def prepare_input(
     if resize_factor is not None:
         image = degrade_for_super_resolution(image, config, resize_factor)
     nc, size = config.image_nc, config.encoder.input_size  # ReStyle: 3 (its encoder sees 6)
+    hw = (config.encoder.input_height or size, size)  # the cars models take 192x256 photos
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
         if t.ndim != 3 or t.shape[0] != nc:
             raise InputError(f"expected a tensor [{nc}, H, W], got {tuple(image.shape)}")
-        if t.shape[-2:] != (size, size):
-            t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+        if tuple(t.shape[-2:]) != hw:
+            t = torch.nn.functional.interpolate(t[None].float(), size=hw, mode="bilinear", align_corners=False)[0]
         return t.float()
-    task = get_task_for(config)
+    task = get_task_for(config) if hw[0] == size else None
     if task is not None and getattr(task, "input_nc", None) == nc:
         if isinstance(image, (str, os.PathLike, Path)):
             image = load_image(image, mode=None)  # keep palette / grayscale for label maps and sketches
@@ -73,9 +74,9 @@ def prepare_input(
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if nc == 3:
-        return pil_to_tensor(image.convert("RGB"), size)
+        return pil_to_tensor(image.convert("RGB"), hw)
     if nc == 1:
-        return pil_to_tensor(image.convert("L"), size)
+        return pil_to_tensor(image.convert("L"), hw)
     raise InputError(
         f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
         f"[{nc}, {size}, {size}], or register a task that converts such files (instyle.tasks.register_task)"

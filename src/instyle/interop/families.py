@@ -126,8 +126,14 @@ def config_from_official(
             start = has_latent_avg
             notes.append(f"opts has no 'start_from_latent_avg'; using {start}")
     enc.type = kind
+    crop = None
+    if opts.get("dataset_type") == "cars_encode":
+        # The cars models: Resize((192, 256)) inputs, outputs cropped to rows 64:448 of 512.
+        enc.input_height = enc.input_size * 3 // 4
+        crop = (gen.size // 8, gen.size * 7 // 8)
+        notes.append(f"cars model: {enc.input_size}x{enc.input_height} inputs, outputs cropped to rows {crop[0]}:{crop[1]}")
     config = PSPConfig(
         encoder=enc, generator=gen, start_from_latent_avg=bool(start), learn_in_w=False,
-        task=_task(opts.get("dataset_type")), family=family,
+        task=_task(opts.get("dataset_type")), family=family, output_crop=crop,
     )
     return config, notes

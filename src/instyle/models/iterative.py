@@ -35,7 +35,7 @@ def refine(model, x: torch.Tensor, iterations: int = DEFAULT_ITERATIONS) -> list
     """
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations={iterations!r} must be a positive integer")
-    side = model.input_size  # the original: 256 for both the encoder and face_pool
+    side = model.input_hw  # the original: 256x256 for both the encoder and face_pool (cars: 192x256)
     feedback = F.adaptive_avg_pool2d(average_image(model).to(x.dtype)[None], side).expand(x.shape[0], -1, -1, -1)
     latent = model.latent_avg[None].to(x.dtype)
     steps = []

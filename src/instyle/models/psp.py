@@ -50,6 +50,9 @@ class PSPConfig:
         label_nc: number of label classes for segmentation input (0 otherwise).
         resize_to: side of ``resize=True`` output (adaptive average pooling; 256 as the original;
             at most ``MAX_SIZE``).
+        output_crop: rows ``(top, bottom)`` of the full-resolution output that ``decode`` keeps
+            (scaled for ``resize=True``), as the cars models' inference scripts crop 512x512 to
+            512x384 with ``(64, 448)``; None keeps everything. ``forward`` never crops (the original).
         family: ``"psp"``, ``"e4e"`` or ``"restyle"``; the encoder type must belong to it.
             ``"restyle"`` models encode iteratively (6-channel encoder, latent_avg always added).
     """
@@ -61,6 +64,7 @@ class PSPConfig:
     task: str = "inversion"
     label_nc: int = 0
     resize_to: int = 256
+    output_crop: tuple[int, int] | None = None
     family: str = "psp"
 
     def __post_init__(self):
@@ -72,6 +76,14 @@ class PSPConfig:
         check_int_range("resize_to", self.resize_to, 1, MAX_SIZE)
         check_int_range("label_nc", self.label_nc, 0, MAX_INPUT_NC)
         self._check_family()
+        if self.output_crop is not None:
+            self.output_crop = tuple(int(v) for v in self.output_crop)
+            top, bottom = self.output_crop if len(self.output_crop) == 2 else (-1, -1)
+            if not 0 <= top < bottom <= self.generator.size:
+                raise ConfigError(
+                    f"output_crop={self.output_crop!r} must be rows (top, bottom) with 0 <= top < bottom <= "
+                    f"{self.generator.size}"
+                )
         w_encoder = self.encoder.type == "BackboneEncoderUsingLastLayerIntoW"
         if w_encoder != self.learn_in_w:
             raise ConfigError(
@@ -241,11 +253,17 @@ class PSP(nn.Module):
 
     # ----------------------------------------------------------------- building blocks
 
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the input images (square except for the cars models)."""
+        enc = self.config.encoder
+        return (enc.input_height or enc.input_size, enc.input_size)
+
     def _check_image(self, x: torch.Tensor, channels: int | None = None) -> None:
-        s, c = self.input_size, self.config.encoder.input_nc if channels is None else channels
-        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s:
+        (h, s), c = self.input_hw, self.config.encoder.input_nc if channels is None else channels
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != h or x.shape[3] != s:
             raise ValueError(
-                f"pSp expects images [B, {c}, {s}, {s}], got {tuple(x.shape)}; resize to {s}x{s} first "
+                f"pSp expects images [B, {c}, {h}, {s}], got {tuple(x.shape)}; resize to {s}x{h} first "
                 "(instyle.inference.preprocess does it like the original test transforms)"
             )
 
@@ -307,7 +325,13 @@ class PSP(nn.Module):
         with self.runtime.context(w_plus):
             images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
         images = self.runtime.finish(images)
-        return self.face_pool(images) if resize else images
+        if resize:
+            images = self.face_pool(images)
+        crop = self.config.output_crop
+        if crop is not None:
+            scale = images.shape[-2] / self.output_size
+            images = images[:, :, round(crop[0] * scale) : round(crop[1] * scale)]
+        return images
 
     # ----------------------------------------------------------------- original forward
 
@@ -321,6 +345,7 @@ class PSP(nn.Module):
         inject_latent: torch.Tensor | None = None,
         return_latents: bool = False,
         alpha: float | None = None,
+        latent: torch.Tensor | None = None,
     ):
         """The official pSp forward.
 
@@ -335,12 +360,17 @@ class PSP(nn.Module):
             inject_latent: ``[B or 1, n_styles, 512]`` latents for ``latent_mask``.
             return_latents: also return the W+ tensor fed to the synthesis network.
             alpha: blend factor for ``latent_mask``; None replaces.
+            latent: ReStyle only (its forward's ``latent``): the current W+ latent; the encoder
+                output on ``x = cat(image, reconstruction)`` is added to it instead of latent_avg.
 
         Returns:
             images ``[B, 3, H, W]``, or ``(images, latents [B, n_styles, 512])``.
         """
         if input_code:
             codes = x.clone() if latent_mask is not None else x
+        elif latent is not None and self.family == "restyle":
+            self._check_image(x)
+            codes = self.encoder(x) + latent
         else:
             codes = self.encode_codes(x)
 

@@ -43,6 +43,13 @@ def default_workers(original: int) -> int:
     """The original's loader worker count, capped at the CPUs this process may use (more
     processes than CPUs only contend, and PyTorch warns about it)."""
     return max(0, min(original, available_cpus()))
+#: Families the trainer implements (e4e's discriminator and progressive schedule are not yet).
+TRAIN_FAMILIES = ("psp", "restyle")
+#: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
+RESTYLE_TRAIN_TYPES = (
+    "BackboneEncoder", "ResNetBackboneEncoder", "GradualStyleEncoder", "ResNetGradualStyleEncoder",
+    "ProgressiveBackboneEncoder", "ResNetProgressiveBackboneEncoder",
+)
 
 
 @dataclass
@@ -67,6 +74,10 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
+        family: ``psp`` or ``restyle`` (ReStyle: ``input_nc`` = the images' 3 channels, the
+            encoder sees 6; ``n_iters_per_batch`` refinement steps per batch, each with its own
+            backward, one optimiser step, as the official ReStyle coach). e4e training (latent
+            discriminator, progressive stages) is not available yet.
         freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
             (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
@@ -101,6 +112,8 @@ class TrainConfig:
     stylegan_weights: str | None = None
     checkpoint_path: str | None = None
     encoder_type: str = "GradualStyleEncoder"
+    family: str = "psp"
+    n_iters_per_batch: int = 5
     output_size: int | None = None
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
@@ -143,7 +156,18 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("source_mode", self.source_mode, SOURCE_MODES)
-        check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
+        check_choice("family", self.family, TRAIN_FAMILIES)
+        if self.family == "psp":
+            check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
+        else:
+            check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
+            check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
+            if self.input_nc != 3 or not self.start_from_latent_avg or self.learn_in_w:
+                raise ConfigError(
+                    f"family='restyle' trains on 3-channel photos from the average latent: needs input_nc=3 "
+                    f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
+                    f"learn_in_w=false"
+                )
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)

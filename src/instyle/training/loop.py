@@ -39,7 +39,7 @@ from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
-from instyle.training.step import Precision, forward_loss, train_step
+from instyle.training.step import Precision, forward_loss, restyle_forward_loss, train_step
 from instyle.utils.config import ConfigError
 
 __all__ = ["TrainResult", "train", "validate"]
@@ -192,7 +192,11 @@ def validate(s: Session, loader, bad: BadFileLog, logger: RunLogger) -> dict[str
     for i, batch in enumerate(loader):
         bad.record(batch["bad"])
         x, y = _to_device(batch, s)
-        out = forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.randomize_noise, s.precision)
+        if s.model.family == "restyle":
+            out = restyle_forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.n_iters_per_batch,
+                                       s.cfg.randomize_noise, s.precision, train=False)
+        else:
+            out = forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.randomize_noise, s.precision)
         for k, v in out.objective.terms.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1
@@ -309,7 +313,7 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
             x, y = _to_device(batch, s)
             out = train_step(
                 s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
-                cfg.freeze_batchnorm,
+                cfg.freeze_batchnorm, cfg.n_iters_per_batch,
             )
             s.step += 1
             terms = out.objective.terms

@@ -11,7 +11,7 @@ from torch import nn
 from instyle.interop import load_generator, load_psp
 from instyle.losses.identity import read_ir_se50
 from instyle.models.encoders import EncoderConfig
-from instyle.models.psp import PSP, PSPConfig
+from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.utils.config import ConfigError
@@ -27,7 +27,7 @@ def psp_config_for(cfg: TrainConfig, generator: GeneratorConfig) -> PSPConfig:
         raise ConfigError(f"output_size={cfg.output_size} but the generator produces {generator.size}px images")
     enc = {
         "type": cfg.encoder_type,
-        "input_nc": cfg.input_nc,
+        "input_nc": RESTYLE_INPUT_NC if cfg.family == "restyle" else cfg.input_nc,
         "n_styles": generator.n_latent,
         "style_dim": generator.style_dim,
         "input_size": cfg.image_size,
@@ -44,6 +44,7 @@ def psp_config_for(cfg: TrainConfig, generator: GeneratorConfig) -> PSPConfig:
         task=cfg.task,
         label_nc=cfg.label_nc,
         resize_to=cfg.image_size,
+        family=cfg.family,
     )
 
 
@@ -74,7 +75,8 @@ def _check_checkpoint_matches(cfg: TrainConfig, model: PSP) -> None:
     mc = model.config
     found = {
         "encoder_type": mc.encoder.type,
-        "input_nc": mc.encoder.input_nc,
+        "family": mc.family,
+        "input_nc": mc.image_nc,
         "learn_in_w": mc.learn_in_w,
         "start_from_latent_avg": mc.start_from_latent_avg,
         "image_size": mc.encoder.input_size,
@@ -110,7 +112,7 @@ def build_model(cfg: TrainConfig) -> PSP:
     model.decoder.load_state_dict(generator.state_dict())
     model.set_latent_avg(generator.latent_avg, generator_average=True)
     if cfg.encoder_init == "ir_se50":
-        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), cfg.input_nc)
+        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), model.config.encoder.input_nc)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
     return model.train()
 

@@ -14,12 +14,17 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
+from instyle.models.iterative import average_image
 from instyle.utils.config import ConfigError
 
-__all__ = ["Precision", "StepOutput", "set_train_mode", "forward_loss", "backward", "apply_update", "train_step"]
+__all__ = [
+    "Precision", "StepOutput", "set_train_mode", "forward_loss", "restyle_forward_loss", "backward", "apply_update",
+    "train_step",
+]
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,6 +87,39 @@ def forward_loss(
     return StepOutput(out, y_hat.detach(), latent.detach())
 
 
+def restyle_forward_loss(
+    net: nn.Module,
+    objective: Objective,
+    latent_avg: torch.Tensor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_iters: int,
+    randomize_noise: bool = True,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    train: bool = True,
+) -> StepOutput:
+    """ReStyle's iterations on one batch (``perform_train_iteration_on_batch`` of its coach):
+    iteration 0 feeds ``cat(x, average image)`` and starts from latent_avg; each later one
+    feeds ``cat(x, previous output)`` and adds to the previous latent, both detached; every
+    iteration's loss is back-propagated (``train``) so the gradients add up. Returns the
+    last iteration (its terms are what the original logs)."""
+    model = getattr(net, "module", net)
+    precision = precision or Precision()
+    with torch.no_grad():
+        avg = F.adaptive_avg_pool2d(average_image(model)[None].to(x.dtype), x.shape[-1])
+    y_hat, latent = avg.expand(x.shape[0], -1, -1, -1), None
+    out = None
+    for _ in range(n_iters):
+        with precision.autocast():
+            y_hat, latent = net(torch.cat([x, y_hat.detach()], dim=1), latent=None if latent is None else latent.detach(),
+                                resize=True, return_latents=True, randomize_noise=randomize_noise)
+            out = objective(x, y, y_hat, latent, latent_avg)
+        if train:
+            backward(out.loss, scaler)
+    return StepOutput(out, y_hat.detach(), latent.detach())
+
+
 def set_train_mode(net: nn.Module, freeze_batchnorm: bool = False) -> None:
     """Train mode for the whole model; with ``freeze_batchnorm`` the BatchNorm layers stay
     in eval mode (running statistics, not updated) -- for small-batch fine-tuning, and what
@@ -116,12 +154,17 @@ def train_step(
     precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
     freeze_batchnorm: bool = False,
+    n_iters: int | None = None,
 ) -> StepOutput:
     """The body of the original training loop: ``net.train(); zero_grad(); forward;
-    calc_loss; backward; step``."""
+    calc_loss; backward; step``. ``n_iters``: ReStyle's iterations per batch (ReStyle
+    models only; see :func:`restyle_forward_loss`)."""
     set_train_mode(net, freeze_batchnorm)
     optimizer.zero_grad(set_to_none=True)
-    out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
-    backward(out.objective.loss, scaler)
+    if getattr(getattr(net, "module", net), "family", "psp") == "restyle":
+        out = restyle_forward_loss(net, objective, latent_avg, x, y, n_iters or 1, randomize_noise, precision, scaler)
+    else:
+        out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
+        backward(out.objective.loss, scaler)
     apply_update(optimizer, scaler)
     return out

@@ -14,11 +14,14 @@ from PIL import Image
 __all__ = ["pil_to_tensor", "tensor_to_pil"]
 
 
-def pil_to_tensor(img: Image.Image, size: int | None = 256, unit: bool = False) -> torch.Tensor:
+def pil_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = 256, unit: bool = False) -> torch.Tensor:
     """PIL image (any mode numpy reads as ``[H, W]`` or ``[H, W, C]``) -> ``[C, size, size]``
-    float32, in ``[-1, 1]`` or with ``unit`` in ``[0, 1]``; ``size=None`` keeps the size."""
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    float32, in ``[-1, 1]`` or with ``unit`` in ``[0, 1]``; ``size=None`` keeps the size, and
+    ``(height, width)`` gives a non-square input (the cars models' ``Resize((192, 256))``)."""
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -74,6 +74,8 @@ class EncoderConfig:
         units: residual units per stage; default from ``num_layers``.
         input_size: spatial input size (256 published; any power of two >= 64 for FPN, at
             most :data:`MAX_INPUT_SIZE`).
+        input_height: input height when it differs from ``input_size`` (the width): the
+            e4e / ReStyle cars models take 192x256 inputs. None = square.
         coarse: styles ``[0, coarse)`` read the coarsest map (GradualStyleEncoder).
         middle: styles ``[coarse, middle)`` read the middle map; the rest the finest.
     """
@@ -87,6 +89,7 @@ class EncoderConfig:
     widths: tuple[int, int, int, int] = DEFAULT_WIDTHS
     units: tuple[int, int, int, int] | None = None
     input_size: int = 256
+    input_height: int | None = None
     coarse: int = 3
     middle: int = 7
 
@@ -100,6 +103,12 @@ class EncoderConfig:
         check_int_range("encoder.n_styles", self.n_styles, 1, MAX_STYLES)
         check_int_range("encoder.style_dim", self.style_dim, 1, MAX_CHANNELS)
         check_power_of_two("encoder.input_size", self.input_size, minimum=32, maximum=MAX_INPUT_SIZE)
+        if self.input_height is not None and not (
+            isinstance(self.input_height, int) and 16 <= self.input_height <= self.input_size and self.input_height % 16 == 0
+        ):
+            raise ConfigError(
+                f"encoder.input_height={self.input_height!r} must be a multiple of 16 in [16, input_size={self.input_size}]"
+            )
         self.widths = tuple(int(w) for w in self.widths)
         if len(self.widths) != 4 or not all(1 <= w <= MAX_CHANNELS for w in self.widths):
             raise ConfigError(f"encoder.widths={self.widths!r} must be 4 integers in [1, {MAX_CHANNELS}]")
@@ -122,10 +131,11 @@ class EncoderConfig:
 
 def _check_input(config: EncoderConfig, x: torch.Tensor, name: str) -> None:
     s = config.input_size
-    if x.ndim != 4 or x.shape[1] != config.input_nc or x.shape[2] != s or x.shape[3] != s:
+    h = config.input_height or s
+    if x.ndim != 4 or x.shape[1] != config.input_nc or x.shape[2] != h or x.shape[3] != s:
         raise ValueError(
-            f"{name} expects input [B, {config.input_nc}, {s}, {s}], got {tuple(x.shape)}; "
-            f"resize inputs to {s}x{s} first (e.g. instyle.inference.preprocess)"
+            f"{name} expects input [B, {config.input_nc}, {h}, {s}], got {tuple(x.shape)}; "
+            f"resize inputs to {s}x{h} first (e.g. instyle.inference.preprocess)"
         )
 
 
@@ -145,7 +155,8 @@ class GradualStyleBlock(nn.Module):
         self.linear = EqualLinear(out_c, out_c, lr_mul=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.spatial or x.shape[-2] != self.spatial:
+        # Width = spatial; a lower map (cars: 12x16) also reaches 1x1 after the same convs.
+        if x.shape[-1] != self.spatial or not 0 < x.shape[-2] <= self.spatial:
             raise ValueError(f"GradualStyleBlock expects a {self.spatial}x{self.spatial} map, got {tuple(x.shape)}")
         x = self.convs(x)
         x = x.reshape(x.shape[0], self.out_c)
