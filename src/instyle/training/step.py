@@ -10,17 +10,15 @@ return_latents=True, randomize_noise=...)`` on the (possibly DDP-wrapped) pSp.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
+from instyle.utils.precision import PRECISIONS, autocast
 
 __all__ = ["Precision", "StepOutput", "set_train_mode", "forward_loss", "backward", "apply_update", "train_step"]
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -31,16 +29,13 @@ class Precision:
     device_type: str = "cpu"
 
     def __post_init__(self):
-        if self.name not in _DTYPES:
-            raise ValueError(f"precision={self.name!r} is not accepted; choose one of {sorted(_DTYPES)}")
+        if self.name not in PRECISIONS:
+            raise ValueError(f"precision={self.name!r} is not accepted; choose one of {list(PRECISIONS)}")
         if self.name == "fp16" and self.device_type != "cuda":
             raise ValueError("precision=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on this device")
 
     def autocast(self):
-        dtype = _DTYPES[self.name]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=dtype)
+        return autocast(self.name, self.device_type)
 
     def make_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
