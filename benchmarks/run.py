@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import platform
@@ -234,11 +235,11 @@ DTYPE_LABELS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 def precision_rows(
     config_name: str, batches: list[int], reps: int, device: torch.device, precisions=("bf16",),
-    compile: bool = False, latency: bool = False,
+    compile: bool | str = False, latency: bool = False,
 ) -> list[Row]:
     """The user-facing precision options (:func:`instyle.models.runtime.set_runtime`) on one
     device: the float32 reference path as the baseline, the fast path in float32, then each
-    16-bit precision eager and, with ``compile``, compiled. Per ``batch``: throughput, peak
+    16-bit precision eager and, with ``compile`` (True or a ``torch.compile`` mode), compiled. Per ``batch``: throughput, peak
     memory, PSNR against the float32 fast output; with ``latency`` also batch-1 rows.
     The time of the first (compiling) call is in the note. Runs on CPU as on CUDA."""
     from instyle.models.runtime import set_runtime
@@ -266,14 +267,19 @@ def precision_rows(
             ts.append(time.perf_counter() - t)
         return statistics.median(ts), read_peak(device, ok)
 
-    variants = [("fp32", False)] + [(p, False) for p in precisions] + [(p, True) for p in precisions if compile]
+    variants = [("fp32", False)] + [(p, False) for p in precisions] + [(p, compile) for p in precisions if compile]
     rows: list[Row] = []
     for batch in batches:
         gen = torch.Generator().manual_seed(batch)
         xb = torch.randn(batch, model.input_nc, size, size, generator=gen).to(device)
         with torch.no_grad():
-            with use_backend("reference"):
-                base, mem = timed(xb)
+            try:
+                with use_backend("reference"):
+                    base, mem = timed(xb)
+            except Exception as e:  # e.g. out of memory: no baseline, no rows for this batch
+                rows.append(Row(config_name, "pSp", name, "float32", batch, "reference", math.nan, gflop,
+                                note=f"failed: {e!r}"[:80]))
+                continue
             rows.append(Row(config_name, "pSp", name, "float32", batch, "reference", base, gflop, mem, 1.0))
             with use_backend("auto"):
                 ref_out = full(xb).clamp(-1, 1)
@@ -282,13 +288,19 @@ def precision_rows(
                         rows += _variant_rows(model, full, timed, xb, ref_out, precision, compiled, latency, base,
                                               (config_name, "pSp", name, DTYPE_LABELS[precision]), gflop)
                     except Exception as e:  # report in the table, keep the other rows
-                        variant = "fast+compile" if compiled else "fast"
+                        variant = _variant_name(compiled)
                         rows.append(Row(config_name, "pSp", name, DTYPE_LABELS[precision], batch, variant, math.nan,
                                         gflop, note=f"failed: {e!r}"[:80]))
                     finally:
                         set_runtime(model, "fp32")
         print(f"  measured precisions {config_name} batch {batch} on {name}", file=sys.stderr, flush=True)
     return rows
+
+
+def _variant_name(compiled: bool | str) -> str:
+    if not compiled:
+        return "fast"
+    return "fast+compile" if compiled is True else f"fast+compile:{compiled}"
 
 
 def _variant_rows(model, full, timed, xb, ref_out, precision, compiled, latency, base, head, gflop) -> list[Row]:
@@ -304,7 +316,7 @@ def _variant_rows(model, full, timed, xb, ref_out, precision, compiled, latency,
     notes = [] if math.isinf(quality) else [f"PSNR {quality:.1f} dB vs fp32"]
     if compiled:
         notes.append(f"1st call {first:.1f} s")
-    variant = "fast+compile" if compiled else "fast"
+    variant = _variant_name(compiled)
     rows = [Row(*head, len(xb), variant, sec, gflop, mem, base / sec, ", ".join(notes))]
     if latency and len(xb) > 1:
         lat, _ = timed(xb[:1])
@@ -322,7 +334,9 @@ def _loss_networks_grad(objective, on: bool) -> None:
         objective.identity.facenet.requires_grad_(on)
 
 
-def train_rows(config_name: str, batch: int, reps: int, device: torch.device) -> list[Row]:
+def train_rows(
+    config_name: str, batch: int, reps: int, device: torch.device, precisions: tuple[str, ...] | None = None
+) -> list[Row]:
     """One pSp training step (forward, L2 + LPIPS + ID loss, backward, Ranger update),
     ``batch`` images, the original's loop against instyle's, interleaved.
 
@@ -330,6 +344,8 @@ def train_rows(config_name: str, batch: int, reps: int, device: torch.device) ->
       uses -- weight gradients of the frozen decoder and of the ArcFace network.
     * ``instyle``: fast ops, decoder and loss networks frozen (``prepare_for_training``);
       on CUDA also bfloat16 autocast with a channels-last encoder.
+    * ``precisions`` (e.g. ``("fp32", "bf16")``): one instyle row per precision
+      (``instyle fp32``, ...) instead of the single ``instyle`` row.
 
     GFLOP are those of the instyle step on the reference path (the useful work).
     """
@@ -350,7 +366,10 @@ def train_rows(config_name: str, batch: int, reps: int, device: torch.device) ->
     x = (torch.rand(batch, model.input_nc, size, size, generator=gen) * 2 - 1).to(device)
     y = (torch.rand(batch, 3, out_size, out_size, generator=gen) * 2 - 1).to(device)
     fp32 = Precision("fp32", device.type)
-    low = Precision("bf16", device.type) if device.type == "cuda" else fp32
+    if precisions is None:
+        named = {"instyle": Precision("bf16" if device.type == "cuda" else "fp32", device.type)}
+    else:
+        named = {f"instyle {p}": Precision(p, device.type) for p in precisions}
 
     @contextlib.contextmanager
     def original_loop():
@@ -366,16 +385,17 @@ def train_rows(config_name: str, batch: int, reps: int, device: torch.device) ->
                 p.grad = None
 
     @contextlib.contextmanager
-    def instyle_loop():
+    def instyle_loop(precision):
         fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.encoder.to(memory_format=fmt)
         try:
             with use_backend("auto"):
-                yield low
+                yield precision
         finally:
             model.encoder.to(memory_format=torch.contiguous_format)
 
-    loops = {"original loop": original_loop, "instyle": instyle_loop}
+    loops = {"original loop": original_loop}
+    loops.update({name: functools.partial(instyle_loop, p) for name, p in named.items()})
 
     def step(precision):
         train_step(model, objective, optimizer, model.latent_avg, x, y, True, precision)
@@ -406,7 +426,7 @@ def train_rows(config_name: str, batch: int, reps: int, device: torch.device) ->
     rows = []
     for name in loops:
         sec = statistics.median(times[name])
-        dtype = "float32" if name == "original loop" or device.type != "cuda" else "bfloat16"
+        dtype = "float32" if name == "original loop" else DTYPE_LABELS[named[name].name]
         rows.append(Row(config_name, "train step", dev_name, dtype, batch, name, sec, gflop, peak[name], base / sec))
     print(f"  measured training {config_name} batch {batch} on {dev_name}", file=sys.stderr, flush=True)
     return rows

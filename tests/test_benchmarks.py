@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +103,58 @@ def test_precision_rows_run_the_gpu_code_path_on_cpu(run, single_thread, monkeyp
             assert float(r.note.split("PSNR ")[1].split(" dB")[0]) >= 40, r.note
     assert [name for name, _ in compiled].count("Generator") == 2
 
+
+
+@pytest.fixture(scope="module")
+def device_check():
+    return _load("device_check")
+
+
+def test_device_check_time_guard_and_failures_are_reported(device_check, tmp_path):
+    """Sections past the budget are skipped, a failing one is recorded, and the report on
+    disk is complete after every section (a killed run keeps what it had)."""
+    plan = device_check.make_plan(dry_run=True, budget_s=30)
+    report = device_check.Report(tmp_path, plan)
+    device_check.run_section(report, "environment", lambda: ({"x": 1}, "| a |"))
+    assert json.loads((tmp_path / "report.json").read_text())["sections"][0]["status"] == "done"
+
+    def broken():
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    device_check.run_section(report, "training", broken)
+    device_check.run_section(report, "conformance", lambda: ({}, ""))  # estimate 40 s > budget 30 s
+    sections = json.loads((tmp_path / "report.json").read_text())["sections"]
+    assert [(s["name"], s["status"]) for s in sections] == [
+        ("environment", "done"), ("training", "failed"), ("conformance", "skipped")]
+    assert "out of memory" in sections[1]["result"]["error"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## conformance -- skipped" in md and "budget 30 s" in md
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_produces_the_report(device_check, shared_dir, tmp_path):
+    """``device_check.sh --dry-run``: every section on CPU with the tiny config (~3 min on a
+    busy 2-core machine), from fixtures prepared out of ../shared."""
+    fixtures = tmp_path / "fixtures"
+    assert device_check.main(["prepare", "--shared", str(shared_dir), "--dest", str(fixtures)]) == 0
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), str(out), "--dry-run",
+                           "--fixtures", str(fixtures)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    status = {s["name"]: s["status"] for s in report["sections"]}
+    assert status == dict.fromkeys(
+        ["environment", "conformance", "inference batch 2", "latency (compile mode default)",
+         "PSNR on the conformance inputs", "encode", "training"], "done"), status
+    result = {s["name"]: s["result"] for s in report["sections"]}
+    assert max(result["conformance"]["B"].values()) <= 1e-4
+    rows = result["inference batch 2"]["rows"]
+    assert {(r["dtype"], r["path"]) for r in rows} >= {("float32", "reference"), ("float32", "fast"),
+                                                       ("bfloat16", "fast"), ("bfloat16", "fast+compile")}
+    assert all(float(r["note"].split("PSNR ")[1].split(" dB")[0]) >= 40 for r in rows if r["dtype"] == "bfloat16"
+               and r["batch"] == 2)
+    assert result["PSNR on the conformance inputs"]["bf16"] >= 40
+    assert result["encode"]["returncode"] == 0 and result["encode"]["summary"]["encoded"] == 8
+    assert [r["path"] for r in result["training"]["rows"]] == ["original loop", "instyle fp32", "instyle bf16"]
+    assert "# instyle device check (DRY RUN" in (out / "report.md").read_text()

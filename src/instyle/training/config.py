@@ -24,10 +24,10 @@ from instyle.models.encoders import ENCODER_TYPES
 from instyle.training.optim import OPTIMIZERS
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
+from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 ENCODER_INITS = ("ir_se50", "random")
 
 

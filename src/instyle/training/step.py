@@ -10,7 +10,6 @@ return_latents=True, randomize_noise=...)`` on the (possibly DDP-wrapped) pSp.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -20,13 +19,12 @@ from torch import nn
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.iterative import average_image
 from instyle.utils.config import ConfigError
+from instyle.utils.precision import PRECISIONS, autocast
 
 __all__ = [
     "Precision", "StepOutput", "set_train_mode", "forward_loss", "restyle_forward_loss", "backward", "apply_update",
     "train_step",
 ]
-
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -37,16 +35,13 @@ class Precision:
     device_type: str = "cpu"
 
     def __post_init__(self):
-        if self.name not in _DTYPES:
-            raise ConfigError(f"precision={self.name!r} is not accepted; choose one of {sorted(_DTYPES)}")
+        if self.name not in PRECISIONS:
+            raise ConfigError(f"precision={self.name!r} is not accepted; choose one of {list(PRECISIONS)}")
         if self.name == "fp16" and self.device_type != "cuda":
             raise ConfigError("precision=fp16 needs CUDA (it relies on a gradient scaler); use bf16 on this device")
 
     def autocast(self):
-        dtype = _DTYPES[self.name]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=dtype)
+        return autocast(self.name, self.device_type)
 
     def make_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
