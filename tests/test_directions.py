@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,21 @@ def test_cli_sefa_on_a_rosinality_checkpoint_and_edit(gen, tmp_path, capsys):
     torch.testing.assert_close(load_edit(tmp_path / "own.npz").directions, dirs.directions)
     assert main(["directions", "sefa", "-g", str(tmp_path / "g.pt"), "--layers", "12", "-o", str(tmp_path / "x.npz")]) == 2
     assert "styles 0..6" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
+def test_sefa_on_official_psp_and_nvidia_files(tmp_path):
+    """The other generator files instyle loads: an official pSp checkpoint (its decoder) and
+    an NVIDIA StyleGAN2-ADA pickle; directions equal those of the loaded generator."""
+    from instyle.interop import load_generator
+    from tests.test_interop import make_psp, tiny_config, write_official
+    from tests.test_nvidia import nvp
+
+    official = write_official(make_psp(tiny_config(), seed=2), tmp_path / "psp.pt")
+    nvidia = nvp.write_snapshot(tmp_path / "network-snapshot-g32.pkl", nvp.CONFIGS["g32"])
+    for path in (official, nvidia):
+        out = tmp_path / f"{path.stem}.npz"
+        assert main(["directions", "sefa", "-g", str(path), "--layers", "0-2", "-o", str(out)]) == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an estimated average latent: not used here
+            g = load_generator(path)
+        torch.testing.assert_close(load_edit(out).directions, sefa(g, layers=[0, 1, 2]).directions)

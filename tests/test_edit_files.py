@@ -129,6 +129,7 @@ def test_parse_edit_and_resolve():
         resolve_edit("age", {"ffhq_pca": pca})
 
 
+@pytest.mark.slow
 def test_cli_named_edits_on_the_real_files(tmp_path, capsys):
     model_dir = tmp_path / "ffhq_layout"
     _ffhq_psp().save_pretrained(model_dir)

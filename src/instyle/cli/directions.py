@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from instyle.cli.common import error
@@ -49,7 +50,9 @@ def run_sefa(args: argparse.Namespace) -> int:
         layers = None if args.layers == "all" else parse_latent_mask(args.layers)
         if Path(args.out).suffix != ".npz":
             raise ValueError(f"--out {args.out!r}: SeFa directions are written as .npz")
-        generator = load_generator(args.generator, latent_avg_samples=16)
+        with warnings.catch_warnings():  # SeFa reads weights only: a missing average latent is no concern
+            warnings.simplefilter("ignore")
+            generator = load_generator(args.generator, latent_avg_samples=16)
         result = sefa(generator, layers, args.mode)
     except (CheckpointError, ValueError) as e:
         error(str(e))

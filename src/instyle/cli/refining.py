@@ -34,7 +34,8 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
         if args.full_resolution or args.side_by_side or args.grid:
             raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
         config = RefineConfig(steps=args.refine_steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
-                              optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed)
+                              optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,
+                              progress=sys.stderr.isatty())
         lpips = None
         if config.lpips_weight > 0:
             from instyle.losses.lpips import LPIPSLoss
