@@ -352,6 +352,11 @@ def test_demo_actions_render_on_the_tuned_generator(tmp_path):
     assert len(variants) == 2
     path = actions.write_latent(ra.latent, tmp_path / "face_latent.npy", ra.offsets)
     assert path.suffix == ".npz" and load_weights_deltas(path)[0].shape == (1, 16, 16, 3, 3)
+    from instyle.demo.store import ModelStore
+
+    model.save_pretrained(tmp_path / "hs")
+    (entry,) = ModelStore.from_checkpoints([tmp_path / "hs"], device="cpu").describe()
+    assert entry["task"] == "inversion" and entry["input_size"] == 256 and entry["n_styles"] == 12
 
 
 def test_convert_and_generator_from_official_files(tmp_path):
