@@ -405,3 +405,39 @@ def test_evaluate_scores_the_tuned_reconstructions(tmp_path):
     r1, r2 = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
     assert r1["n_images"] == r2["n_images"] == 2
     assert r1["metrics"]["mse"]["mean"] == pytest.approx(r2["metrics"]["mse"]["mean"], rel=1e-6)
+
+
+def test_latent_files_with_unfitting_offsets_are_skipped(tmp_path, capsys):
+    """A latent whose offsets belong to another model, or offsets given to a pSp model, is
+    reported and skipped; the other inputs are still edited."""
+    import numpy as np
+
+    from instyle.cli.main import main
+    from instyle.inference.latents import save_latent
+    from instyle.models import create_psp
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "hs")
+    good = [None] * 17
+    good[0] = torch.randn(1, 16, 16, 3, 3) * 0.1
+    bad = [None] * 17
+    bad[0] = torch.randn(1, 8, 16, 3, 3)
+    w = torch.zeros(12, 32)
+    save_latent(tmp_path / "good.npz", w, weights_deltas=good)
+    save_latent(tmp_path / "bad.npz", w, weights_deltas=bad)
+    save_latent(tmp_path / "short.npz", w, weights_deltas=good[:5])
+    np.save(tmp_path / "dir.npy", np.ones(32, dtype=np.float32))
+    args = ["--direction", str(tmp_path / "dir.npy"), "--strengths=0,1", "--device", "cpu"]
+    rc = main(["edit", "direction", str(tmp_path / "good.npz"), str(tmp_path / "bad.npz"), str(tmp_path / "short.npz"),
+               "-c", str(tmp_path / "hs"), "--out", str(tmp_path / "e"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and (tmp_path / "e" / "good" / "strength_+0.000.png").is_file()
+    assert "bad.npz: weight offsets of layer 0 have shape (1, 8, 16, 3, 3)" in err
+    assert "short.npz: 5 weight offsets, but this model's generator has 17" in err
+    torch.manual_seed(0)
+    create_psp("tiny").save_pretrained(tmp_path / "psp")
+    save_latent(tmp_path / "p.npz", torch.zeros(10, 64), weights_deltas=good)
+    np.save(tmp_path / "dir64.npy", np.ones(64, dtype=np.float32))
+    rc = main(["edit", "direction", str(tmp_path / "p.npz"), "-c", str(tmp_path / "psp"), "--out", str(tmp_path / "e2"),
+               "--direction", str(tmp_path / "dir64.npy"), "--strengths=0,1", "--device", "cpu"])
+    assert rc == 1 and "carries HyperStyle generator offsets" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     """
     from instyle.inference.io import ImageLoadError, collect_inputs
     from instyle.inference.latents import load_latent, load_weights_deltas
-    from instyle.inference.offsets import encode_with_offsets, sample_offsets, uses_offsets
+    from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
 
     if expand:
@@ -136,6 +136,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 offsets = load_weights_deltas(path)
                 if offsets is not None and not uses_offsets(model):
                     raise ValueError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
+                if offsets is not None:
+                    check_offsets(model, offsets)
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
                 loaded.append(Source(path, name, w[0].to(device), None, offsets))
             else:
