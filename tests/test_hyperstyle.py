@@ -441,3 +441,22 @@ def test_latent_files_with_unfitting_offsets_are_skipped(tmp_path, capsys):
     rc = main(["edit", "direction", str(tmp_path / "p.npz"), "-c", str(tmp_path / "psp"), "--out", str(tmp_path / "e2"),
                "--direction", str(tmp_path / "dir64.npy"), "--strengths=0,1", "--device", "cpu"])
     assert rc == 1 and "carries HyperStyle generator offsets" in capsys.readouterr().err
+
+
+def test_cars_models_crop_and_feed_back_at_three_quarters_height():
+    """The original's cars path: reconstructions cropped to rows [S/8, 7S/8) and fed back
+    at 3S/4 x S; a square input (from the shared image preparation) is resized to that."""
+    torch.manual_seed(0)
+    config = HyperStyleConfig.from_dict({**tiny_config().to_dict(), "crop_cars": True})
+    model = HyperStyle(config).eval()
+    x = images(1)
+    with torch.no_grad():
+        run = run_inversion(model, x, iterations=2, return_all=True)
+        codes, y0 = model.w_inversion(model.fit_input(x))
+        d1 = model.hypernet(torch.cat([model.fit_input(x), y0], 1))
+        full = model.decode(codes, weights_deltas=d1)
+    assert y0.shape == (1, 3, 192, 256)
+    assert run.images[0].shape == (1, 3, 96, 128)  # 128 px generator, rows 16:112
+    assert float((run.images[0] - full[:, :, 16:112]).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match=r"HyperStyle expects images \[B, 3, 192, 256\]"):
+        model.w_inversion(x)
