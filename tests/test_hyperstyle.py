@@ -352,6 +352,11 @@ def test_demo_actions_render_on_the_tuned_generator(tmp_path):
     assert len(variants) == 2
     path = actions.write_latent(ra.latent, tmp_path / "face_latent.npy", ra.offsets)
     assert path.suffix == ".npz" and load_weights_deltas(path)[0].shape == (1, 16, 16, 3, 3)
+    from instyle.demo.store import ModelStore
+
+    model.save_pretrained(tmp_path / "hs")
+    (entry,) = ModelStore.from_checkpoints([tmp_path / "hs"], device="cpu").describe()
+    assert entry["task"] == "inversion" and entry["input_size"] == 256 and entry["n_styles"] == 12
 
 
 def test_convert_and_generator_from_official_files(tmp_path):
@@ -400,3 +405,58 @@ def test_evaluate_scores_the_tuned_reconstructions(tmp_path):
     r1, r2 = (json.loads((tmp_path / r / "report.json").read_text()) for r in ("r1", "r2"))
     assert r1["n_images"] == r2["n_images"] == 2
     assert r1["metrics"]["mse"]["mean"] == pytest.approx(r2["metrics"]["mse"]["mean"], rel=1e-6)
+
+
+def test_latent_files_with_unfitting_offsets_are_skipped(tmp_path, capsys):
+    """A latent whose offsets belong to another model, or offsets given to a pSp model, is
+    reported and skipped; the other inputs are still edited."""
+    import numpy as np
+
+    from instyle.cli.main import main
+    from instyle.inference.latents import save_latent
+    from instyle.models import create_psp
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "hs")
+    good = [None] * 17
+    good[0] = torch.randn(1, 16, 16, 3, 3) * 0.1
+    bad = [None] * 17
+    bad[0] = torch.randn(1, 8, 16, 3, 3)
+    w = torch.zeros(12, 32)
+    save_latent(tmp_path / "good.npz", w, weights_deltas=good)
+    save_latent(tmp_path / "bad.npz", w, weights_deltas=bad)
+    save_latent(tmp_path / "short.npz", w, weights_deltas=good[:5])
+    np.save(tmp_path / "dir.npy", np.ones(32, dtype=np.float32))
+    args = ["--direction", str(tmp_path / "dir.npy"), "--strengths=0,1", "--device", "cpu"]
+    rc = main(["edit", "direction", str(tmp_path / "good.npz"), str(tmp_path / "bad.npz"), str(tmp_path / "short.npz"),
+               "-c", str(tmp_path / "hs"), "--out", str(tmp_path / "e"), *args])
+    err = capsys.readouterr().err
+    assert rc == 1 and (tmp_path / "e" / "good" / "strength_+0.000.png").is_file()
+    assert "bad.npz: weight offsets of layer 0 have shape (1, 8, 16, 3, 3)" in err
+    assert "short.npz: 5 weight offsets, but this model's generator has 17" in err
+    torch.manual_seed(0)
+    create_psp("tiny").save_pretrained(tmp_path / "psp")
+    save_latent(tmp_path / "p.npz", torch.zeros(10, 64), weights_deltas=good)
+    np.save(tmp_path / "dir64.npy", np.ones(64, dtype=np.float32))
+    rc = main(["edit", "direction", str(tmp_path / "p.npz"), "-c", str(tmp_path / "psp"), "--out", str(tmp_path / "e2"),
+               "--direction", str(tmp_path / "dir64.npy"), "--strengths=0,1", "--device", "cpu"])
+    assert rc == 1 and "carries HyperStyle generator offsets" in capsys.readouterr().err
+
+
+def test_cars_models_crop_and_feed_back_at_three_quarters_height():
+    """The original's cars path: reconstructions cropped to rows [S/8, 7S/8) and fed back
+    at 3S/4 x S; a square input (from the shared image preparation) is resized to that."""
+    torch.manual_seed(0)
+    config = HyperStyleConfig.from_dict({**tiny_config().to_dict(), "crop_cars": True})
+    model = HyperStyle(config).eval()
+    x = images(1)
+    with torch.no_grad():
+        run = run_inversion(model, x, iterations=2, return_all=True)
+        codes, y0 = model.w_inversion(model.fit_input(x))
+        d1 = model.hypernet(torch.cat([model.fit_input(x), y0], 1))
+        full = model.decode(codes, weights_deltas=d1)
+    assert y0.shape == (1, 3, 192, 256)
+    assert run.images[0].shape == (1, 3, 96, 128)  # 128 px generator, rows 16:112
+    assert float((run.images[0] - full[:, :, 16:112]).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match=r"HyperStyle expects images \[B, 3, 192, 256\]"):
+        model.w_inversion(x)

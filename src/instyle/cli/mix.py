@@ -135,7 +135,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
         ``(sources in input order, number of failures)``.
     """
     from instyle.inference.latents import load_latent, load_weights_deltas
-    from instyle.inference.offsets import encode_with_offsets, sample_offsets, uses_offsets
+    from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
 
     files, names, problems = plan if plan is not None else plan_sources(inputs, expand)
@@ -157,6 +157,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 offsets = load_weights_deltas(path)
                 if offsets is not None and not uses_offsets(model):
                     raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
+                if offsets is not None:
+                    check_offsets(model, offsets)
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):

@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "Offsets",
     "batch_slice",
+    "check_offsets",
     "blend_offsets",
     "decode_with_offsets",
     "encode_with_offsets",
@@ -98,3 +99,20 @@ def path_coefficients(n: int, steps_per_segment: int) -> torch.Tensor:
 
     eye = torch.eye(n, dtype=torch.float64)
     return interpolate_path([eye[j][None] for j in range(n)], steps_per_segment)[:, 0]
+
+
+def check_offsets(model, offsets: Sequence[torch.Tensor | None]) -> None:
+    """Raise ``ValueError`` (naming the first bad layer) unless ``offsets`` fit the model's
+    generator: one entry per weight layer, each ``[B, out, in, k or 1, k or 1]`` or None."""
+    layers = model.decoder.weight_layers()
+    if len(offsets) != len(layers):
+        raise ValueError(f"{len(offsets)} weight offsets, but this model's generator has {len(layers)} weight layers")
+    for i, (d, layer) in enumerate(zip(offsets, layers)):
+        if d is None:
+            continue
+        o, n, k = layer.out_channel, layer.in_channel, layer.kernel_size
+        if d.ndim != 5 or tuple(d.shape[1:3]) != (o, n) or d.shape[3] not in (1, k) or d.shape[4] not in (1, k):
+            raise ValueError(
+                f"weight offsets of layer {i} have shape {tuple(d.shape)}; this model's layer {i} needs "
+                f"[B, {o}, {n}, {k} or 1, {k} or 1] (latents of another model?)"
+            )

@@ -1,6 +1,7 @@
-"""Model definitions: StyleGAN2 generator, pSp encoders and the pSp model."""
+"""Model definitions: StyleGAN2 generator, pSp encoders, the pSp and HyperStyle models."""
 
 from instyle.models.encoders import EncoderConfig
+from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import build_encoder, get_config, list_configs, list_encoders
 from instyle.models.stylegan2 import Generator, GeneratorConfig
@@ -21,6 +22,8 @@ __all__ = [
     "EncoderConfig",
     "Generator",
     "GeneratorConfig",
+    "HyperStyle",
+    "HyperStyleConfig",
     "PSPConfig",
     "build_encoder",
     "create_psp",

@@ -193,6 +193,14 @@ class HyperStyle(nn.Module):
                 "(instyle.inference.preprocess)"
             )
 
+    def fit_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Cars models take ``[B, 3, 3S/4, S]``: a square ``S x S`` input (what the shared
+        image preparation makes) is resized to that (bilinear, antialiased); others pass."""
+        s = self.config.resize_to
+        if self.config.crop_cars and x.ndim == 4 and tuple(x.shape[-2:]) == (s, s):
+            return nn.functional.interpolate(x, size=(s * 3 // 4, s), mode="bilinear", align_corners=False, antialias=True)
+        return x
+
     def _feedback(self, images: torch.Tensor) -> torch.Tensor:
         """Pool a (cropped) reconstruction to the hypernet's input size."""
         if self.config.crop_cars:
@@ -322,6 +330,7 @@ def run_inversion(
     """
     n = model.config.iterations if iterations is None else iterations
     check_positive_int("iterations", n)
+    x = model.fit_input(x)
     y_hat = codes = deltas = None
     images, all_deltas = [], []
     for _ in range(n):

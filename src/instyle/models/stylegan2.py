@@ -359,7 +359,6 @@ class ModulatedConv2d(nn.Module):
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
 
-
     def _check_delta(self, delta: torch.Tensor, batch: int) -> None:
         o, i, k = self.out_channel, self.in_channel, self.kernel_size
         ok = (
@@ -653,12 +652,7 @@ class Generator(nn.Module):
             a, b = (s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles)
             latent = torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
 
-        if weights_deltas is None:
-            deltas = [None] * self.n_weight_layers
-        elif len(weights_deltas) != self.n_weight_layers:
-            raise ValueError(f"expected {self.n_weight_layers} weights_deltas (or None each), got {len(weights_deltas)}")
-        else:
-            deltas = list(weights_deltas)
+        deltas = self._deltas_list(weights_deltas)
         out = self.input(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
         skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
@@ -678,6 +672,13 @@ class Generator(nn.Module):
         if return_features:
             return image, out
         return image, None
+
+    def _deltas_list(self, weights_deltas) -> list:
+        if weights_deltas is None:
+            return [None] * self.n_weight_layers
+        if len(weights_deltas) != self.n_weight_layers:
+            raise ValueError(f"expected {self.n_weight_layers} weights_deltas (or None each), got {len(weights_deltas)}")
+        return list(weights_deltas)
 
     @property
     def n_weight_layers(self) -> int:
