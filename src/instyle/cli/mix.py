@@ -120,7 +120,9 @@ def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None,
     try:
         names = output_names(files, outputs, reserved)
     except ValueError as e:
-        raise OutputFolderError(str(e)) from None
+        if out is not None:
+            raise OutputFolderError(str(e)) from None
+        names = [f.path.stem for f in files]  # nothing is written per input: the names only label them
     if out is not None:
         prepare_output_folder(out, files, [Path(out) / o for n in names for o in outputs(n)])
     return files, names, problems

@@ -19,6 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from instyle.inference.editing import edit_codes
+from instyle.inference.io import ImageLoadError, collect_inputs
+from instyle.inference.preprocess import prepare_input
+
 __all__ = ["latent_editing_consistency", "filter_outliers", "edit_function", "lec_on_folder"]
 
 
@@ -73,7 +77,6 @@ def latent_editing_consistency(
 def edit_function(edit, spec) -> Callable[[torch.Tensor], torch.Tensor]:
     """A batch edit ``[B, n_styles, D] -> [B, n_styles, D]`` from a loaded edit file and one
     named edit with a single strength (:mod:`instyle.inference.editing`)."""
-    from instyle.inference.editing import edit_codes
 
     if len(spec.strengths) != 1:
         raise ValueError(f"LEC measures one edit: give one strength, e.g. {spec.name}=3, not {len(spec.strengths)}")
@@ -83,8 +86,6 @@ def edit_function(edit, spec) -> Callable[[torch.Tensor], torch.Tensor]:
 def lec_on_folder(model, data, edit: Callable, batch_size: int = 8, max_images: int | None = None) -> dict:
     """LEC on the photos of a folder (or files / globs), prepared like ``instyle encode`` does.
     Unreadable images are skipped and counted in ``"skipped"``."""
-    from instyle.inference.io import ImageLoadError, collect_inputs
-    from instyle.inference.preprocess import prepare_input
 
     paths, problems = collect_inputs([data] if isinstance(data, (str, bytes)) or not isinstance(data, Iterable) else data)
     paths = paths[:max_images] if max_images else paths

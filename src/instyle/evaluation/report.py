@@ -56,6 +56,7 @@ from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
 from instyle.models.psp import PSP
+from instyle.models.runtime import set_runtime
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
@@ -390,7 +391,6 @@ def evaluate(
     device = resolve_device(device)
     net = _load_model(model, device)
     if net is not None and (precision is not None or compile):
-        from instyle.models.runtime import set_runtime
 
         set_runtime(net, precision or net.runtime.precision, compile)
     samples, failed = find_samples(data_dir, predictions_dir if net is None else None)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from instyle.errors import InputError
+from instyle.models.hyperstyle import compact_deltas
 from instyle.utils.atomic import atomic_path
 
 __all__ = ["save_latent", "load_latent", "load_weights_deltas"]
@@ -50,7 +51,6 @@ def save_latent(
             arrays[f"noise_{i}"] = np.asarray(n.detach().cpu() if isinstance(n, torch.Tensor) else n, dtype=np.float32)
         meta = dict(meta or {})
         if weights_deltas is not None:
-            from instyle.models.hyperstyle import compact_deltas
 
             meta["n_weight_layers"] = len(weights_deltas)
             for i, d in enumerate(compact_deltas(weights_deltas)):

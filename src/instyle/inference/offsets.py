@@ -14,6 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
+from instyle.errors import InputError
+from instyle.inference.interpolation import interpolate_path
+from instyle.models.hyperstyle import HyperStyle
+
 __all__ = [
     "Offsets",
     "batch_slice",
@@ -32,7 +36,6 @@ Offsets = list[torch.Tensor | None]
 
 def uses_offsets(model) -> bool:
     """Whether ``model.encode`` returns ``(w_plus, weights_deltas)`` (HyperStyle)."""
-    from instyle.models.hyperstyle import HyperStyle
 
     return isinstance(model, HyperStyle)
 
@@ -95,24 +98,23 @@ def frame_offsets(offsets: Sequence[Sequence[torch.Tensor | None]], coefficients
 def path_coefficients(n: int, steps_per_segment: int) -> torch.Tensor:
     """``[frames, n]`` weights of the ``n`` inputs in each frame of
     :func:`~instyle.inference.interpolation.interpolate_path` (for :func:`frame_offsets`)."""
-    from instyle.inference.interpolation import interpolate_path
 
     eye = torch.eye(n, dtype=torch.float64)
     return interpolate_path([eye[j][None] for j in range(n)], steps_per_segment)[:, 0]
 
 
 def check_offsets(model, offsets: Sequence[torch.Tensor | None]) -> None:
-    """Raise ``ValueError`` (naming the first bad layer) unless ``offsets`` fit the model's
+    """Raise ``InputError`` (naming the first bad layer) unless ``offsets`` fit the model's
     generator: one entry per weight layer, each ``[B, out, in, k or 1, k or 1]`` or None."""
     layers = model.decoder.weight_layers()
     if len(offsets) != len(layers):
-        raise ValueError(f"{len(offsets)} weight offsets, but this model's generator has {len(layers)} weight layers")
+        raise InputError(f"{len(offsets)} weight offsets, but this model's generator has {len(layers)} weight layers")
     for i, (d, layer) in enumerate(zip(offsets, layers)):
         if d is None:
             continue
         o, n, k = layer.out_channel, layer.in_channel, layer.kernel_size
         if d.ndim != 5 or tuple(d.shape[1:3]) != (o, n) or d.shape[3] not in (1, k) or d.shape[4] not in (1, k):
-            raise ValueError(
+            raise InputError(
                 f"weight offsets of layer {i} have shape {tuple(d.shape)}; this model's layer {i} needs "
                 f"[B, {o}, {n}, {k} or 1, {k} or 1] (latents of another model?)"
             )

@@ -27,9 +27,23 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from instyle.inference.io import InputFile, load_image, make_grid, output_names, save_image, tensor_to_pil
+from instyle.alignment import DETECTORS, align_faces
+from instyle.errors import InputError
+from instyle.inference.io import (
+    ImageLoadError,
+    InputFile,
+    load_image,
+    make_grid,
+    output_names,
+    save_image,
+    tensor_to_pil,
+)
+from instyle.inference.latents import save_latent
+from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets, uses_offsets
+from instyle.inference.preprocess import align_input, input_preview, prepare_input
 from instyle.models.iterative import DEFAULT_ITERATIONS
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.utils.config import ConfigError
 
 T = TypeVar("T")
 
@@ -166,7 +180,7 @@ def shard(items: Sequence[T], rank: int | None = None, world_size: int | None = 
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(InputError):
     """The output folder cannot be used: it is an input folder, would overwrite an input, or
     cannot be created. ``str(e)`` is one line naming the folder or file."""
 
@@ -219,7 +233,6 @@ class EncodeOptions:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        from instyle.utils.config import ConfigError
 
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
@@ -241,7 +254,6 @@ def _is_fatal(e: BaseException) -> bool:
 
 def _iterations(model, asked: int | None) -> int:
     """The refinement steps an encode ran: ReStyle's and HyperStyle's default is 5."""
-    from instyle.inference.offsets import uses_offsets
 
     if uses_offsets(model):
         return asked or model.config.iterations
@@ -275,7 +287,6 @@ def encode_files(
     Raises:
         OutputFolderError: before any work, when ``out`` is unusable (see :func:`prepare_output_folder`).
     """
-    from instyle.inference.offsets import uses_offsets
 
     if uses_offsets(model):  # each latent carries its image's generator offsets
         options = dataclasses.replace(options, latent_format="npz")
@@ -334,8 +345,6 @@ def _write_or_log(log: Callable[[str], None], write: Callable[[], Any], path: Pa
 
 
 def input_preparer(model, align: bool, resize_factor: int | None = None) -> Callable[[Path], torch.Tensor]:
-    from instyle.inference.io import ImageLoadError
-    from instyle.inference.preprocess import align_input, prepare_input
 
     def prepare(path: Path) -> torch.Tensor:
         try:
@@ -350,9 +359,6 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     """The encode loop of :func:`encode_files`: ``(grid rows, whether a full disk stopped it)``."""
     from tqdm import tqdm
 
-    from instyle.inference.latents import save_latent
-    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets
-    from instyle.inference.preprocess import input_preview
 
     device = next(model.parameters()).device
     prepare = input_preparer(model, options.align, options.resize_factor)
@@ -433,8 +439,6 @@ class AlignOptions:
     workers: int = 1
 
     def __post_init__(self) -> None:
-        from instyle.alignment import DETECTORS
-        from instyle.utils.config import ConfigError
 
         for key, low in (("size", 1), ("upsample", 0), ("workers", 1)):
             value = getattr(self, key)
@@ -554,8 +558,6 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
 
 def _align_one(path: Path, options: AlignOptions):
     """``(faces, None)`` or ``(None, one-line problem)`` for one photo."""
-    from instyle.alignment import align_faces
-    from instyle.inference.io import ImageLoadError, load_image
 
     try:
         faces = align_faces(

@@ -52,7 +52,7 @@ def prepare_input(
     if resize_factor is not None:
         image = degrade_for_super_resolution(image, config, resize_factor)
     nc, size = config.image_nc, config.encoder.input_size  # ReStyle: 3 (its encoder sees 6)
-    hw = (config.encoder.input_height or size, size)  # the cars models take 192x256 photos
+    hw = (getattr(config.encoder, "input_height", None) or size, size)  # the cars models take 192x256 photos
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
         if t.ndim != 3 or t.shape[0] != nc:

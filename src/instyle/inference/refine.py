@@ -37,6 +37,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from instyle.errors import InputError
+from instyle.inference.io import save_image, tensor_to_pil
+from instyle.inference.latents import save_latent
+from instyle.utils.atomic import atomic_write_bytes
+
 __all__ = [
     "REFINERS",
     "RefineConfig",
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 
-class RefineError(ValueError):
+class RefineError(InputError):
     """A refinement that cannot run: unknown method, a model it does not fit, a bad setting."""
 
 
@@ -349,7 +354,6 @@ def save_generator_delta(path: str | Path, delta: dict[str, torch.Tensor], base,
     ``.safetensors`` file, atomically, with the base generator's fingerprint."""
     from safetensors.torch import save
 
-    from instyle.utils.atomic import atomic_write_bytes
 
     path = Path(path)
     tensors = {n: (d.half() if half else d.float()).contiguous() for n, d in delta.items()}
@@ -421,8 +425,6 @@ def refine_files(
     """
     from tqdm import tqdm
 
-    from instyle.inference.io import save_image, tensor_to_pil
-    from instyle.inference.latents import save_latent
 
     out = Path(out_dir)
     summary = {"method": method, "refined": 0, "resumed": 0, "failed": 0, "seconds": [], "steps": []}

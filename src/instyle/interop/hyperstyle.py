@@ -14,22 +14,24 @@ well; those copies must agree and are folded into ``hypernet.shared_weight_hyper
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from instyle.interop.errors import CheckpointError
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
     ArchitectureError,
     encoder_config_from_state_dict,
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.safe_load import safe_torch_load
 from instyle.models.encoders.hypernetwork import HYPERNET_TYPES, SHARED_LAYERS, HyperNetConfig, weight_layer_shapes
 from instyle.models.encoders.w_encoder import WEncoderConfig
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
+from instyle.models.own_format import build_empty, load_state_checked
 from instyle.models.stylegan2 import GeneratorConfig
 
 __all__ = [
@@ -216,12 +218,11 @@ def read_w_encoder(w_ckpt: Any, w_source: Any, generator: GeneratorConfig, sourc
     return config, {f"w_encoder.{k}": v for k, v in enc_sd.items()}
 
 
-def hyperstyle_from_checkpoint(ckpt: Mapping, source: Any, w_encoder: str | Path | None) -> HyperStyle:
+def hyperstyle_from_checkpoint(
+    ckpt: Mapping, source: Any, w_encoder: str | Path | None, resolve: Callable[[Any], Path] = Path
+) -> HyperStyle:
     """Build a :class:`HyperStyle` (CPU, eval) from a loaded official checkpoint and the
-    path of its W-encoder file."""
-    from instyle.interop.loading import build_empty, load_state_checked, resolve_path
-    from instyle.interop.safe_load import safe_torch_load
-
+    path of its W-encoder file (found with ``resolve``, e.g. also in the cache folder)."""
     gen, hyper, state, latent_avg, opts = read_official_hyperstyle(ckpt, source)
     if w_encoder is None:
         hint = opts.get("w_encoder_checkpoint_path")
@@ -234,7 +235,7 @@ def hyperstyle_from_checkpoint(ckpt: Mapping, source: Any, w_encoder: str | Path
             + "; pass it with instyle.load(path, w_encoder=PATH) or --w-encoder PATH"
         )
     try:
-        w_path = resolve_path(w_encoder)
+        w_path = resolve(w_encoder)
     except CheckpointError as e:
         raise CheckpointError(f"W-encoder for HyperStyle checkpoint {source}: {e}") from None
     w_ckpt = safe_torch_load(w_path, "W-encoder checkpoint")

@@ -22,6 +22,7 @@ import torch
 
 from instyle.errors import CheckpointError
 from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
+from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
 from instyle.interop.keymaps import (
     DATASET_TYPE_TO_TASK,
     ArchitectureError,
@@ -30,6 +31,7 @@ from instyle.interop.keymaps import (
 )
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
+from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import get_config
@@ -115,8 +117,6 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def load_own(directory: str | os.PathLike):
     """An own-format directory as a :class:`PSP`, :class:`Generator` or
     :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
-    from instyle.models.hyperstyle import HyperStyle
-
     kind = read_config(directory)["kind"]
     return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle}[kind].from_pretrained(directory)
 
@@ -225,9 +225,7 @@ def load_psp(
     ckpt = safe_torch_load(p, "pSp checkpoint")
     fmt = detect_format(ckpt)
     if fmt == "hyperstyle":
-        from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
-
-        return hyperstyle_from_checkpoint(ckpt, p, w_encoder).to(device)
+        return hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve_path).to(resolve_device(device))
     if w_encoder is not None:
         raise CheckpointError(f"{p}: w_encoder={str(w_encoder)!r} is only for HyperStyle checkpoints; this is {fmt}")
     if fmt != "psp":
@@ -257,7 +255,6 @@ def load_psp(
 
 
 def _is_hyperstyle(model) -> bool:
-    from instyle.models.hyperstyle import HyperStyle
 
     return isinstance(model, HyperStyle)
 

@@ -294,7 +294,7 @@ def read_pickle(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
         if zipfile.is_zipfile(path):
             obj = _read_zip(path, size)

@@ -42,7 +42,7 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{path}: is a directory, expected a {what} file")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path}: the {what} file is empty (0 bytes)")
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a usable {what} file")
     try:
         _check_declared_sizes(path, size, what)
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):

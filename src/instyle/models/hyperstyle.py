@@ -27,7 +27,7 @@ from instyle.models.encoders.hypernetwork import HyperNetConfig, HyperNetwork, w
 from instyle.models.encoders.w_encoder import WEncoder, WEncoderConfig
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_positive_int
+from instyle.utils.config import ConfigError, check_positive_int, from_dict
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -104,6 +104,11 @@ class HyperStyleConfig:
     label_nc = 0
 
     @property
+    def image_nc(self) -> int:
+        """Channels of the images the model takes (photos; the hypernetwork sees 6)."""
+        return 3
+
+    @property
     def encoder(self) -> WEncoderConfig:
         """The image encoder's config (``input_nc``, ``input_size``): the W-encoder's."""
         return self.w_encoder
@@ -117,7 +122,6 @@ class HyperStyleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HyperStyleConfig:
-        from instyle.utils.config import from_dict
 
         return from_dict(cls, dict(d), "hyperstyle")
 
@@ -141,6 +145,9 @@ def _accumulate(total: WeightsDeltas | None, new: WeightsDeltas) -> WeightsDelta
 
 class HyperStyle(nn.Module):
     """``w_encoder`` + ``hypernet`` + ``decoder`` (StyleGAN2) + ``latent_avg [n_styles, 512]``."""
+
+    #: True for a randomly initialised (untrained) model; saved with the model files.
+    random_weights: bool = False
 
     def __init__(self, config: HyperStyleConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
@@ -298,7 +305,9 @@ class HyperStyle(nn.Module):
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (W-encoder, hypernetwork, generator,
         ``latent_avg``: one self-contained directory) into ``directory``."""
-        return write_pretrained(directory, "hyperstyle", self.config.to_dict(), self.state_dict(), extra)
+        return write_pretrained(
+            directory, "hyperstyle", self.config.to_dict(), self.state_dict(), extra, self.random_weights
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> HyperStyle:
@@ -309,6 +318,7 @@ class HyperStyle(nn.Module):
         model = adopt_state(cls, lambda: HyperStyleConfig.from_dict(doc["config"]), tensors, Path(directory))
         model.sync_decoder_latent_avg()
         model.metadata = doc.get("metadata", {})
+        model.random_weights = doc.get("random_weights") is True
         return model.to(resolve_device(device)).eval()
 
 

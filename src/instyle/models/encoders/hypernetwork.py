@@ -27,7 +27,7 @@ from torch import nn
 
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, RESNET34_UNITS, make_resnet_body
 from instyle.models.stylegan2 import EqualLinear, GeneratorConfig
-from instyle.utils.config import ConfigError, check_choice, check_positive_int
+from instyle.utils.config import ConfigError, check_choice, check_positive_int, from_dict
 
 __all__ = [
     "HYPERNET_TYPES",
@@ -139,7 +139,6 @@ class HyperNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> HyperNetConfig:
-        from instyle.utils.config import from_dict
 
         return from_dict(cls, d, "hypernet")
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, make_body, make_input_layer
 from instyle.models.stylegan2 import EqualLinear
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two
+from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
 
 __all__ = ["WEncoderConfig", "WEncoder"]
 
@@ -71,7 +71,6 @@ class WEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> WEncoderConfig:
-        from instyle.utils.config import from_dict
 
         return from_dict(cls, d, "w_encoder")
 
