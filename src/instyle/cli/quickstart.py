@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import importlib.resources as resources
 
+    from instyle.cli.encode import register as encode_register
     from instyle.cli.encode import run as encode_run
     from instyle.inference.io import collect_inputs
     from instyle.models import get_config
@@ -64,19 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if args.limit and len(paths) > args.limit:
         paths = paths[: args.limit]
     print(f"encoding {len(paths)} photo(s) from {inputs[0]}")
-    ns = argparse.Namespace(
-        inputs=[str(p) for p in paths] or inputs,
-        checkpoint=str(model_dir),
-        out=str(out / "results"),
-        batch_size=4,
-        device=args.device,
-        save_latents=True,
-        full_resolution=False,
-        side_by_side=False,
-        grid=True,
-        align=False,
-        seed=args.seed,
-        format="png",
+    # the encode command's own parser: every option it has gets its default
+    parser = argparse.ArgumentParser(prog="instyle")
+    encode_register(parser.add_subparsers())
+    ns = parser.parse_args(
+        ["encode", *([str(p) for p in paths] or inputs), "--checkpoint", str(model_dir), "--out", str(out / "results"),
+         "--device", args.device, "--save-latents", "--grid", "--seed", str(args.seed)]
     )
     rc = encode_run(ns)
     print(f"results: {out / 'results'} (grid.png, latents/*.npy, summary.json)")
