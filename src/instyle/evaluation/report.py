@@ -265,7 +265,9 @@ class _Measures:
         if self.identity is not None:
             preds = [tensor_to_pil(p) for p in pred]
             targets = [tensor_to_pil(t) for t in target]
-            out["identity"] = self.identity.similarity(preds, targets)
+            scores = self.identity.scores(preds, targets)
+            out["identity"] = [sc.value for sc in scores]
+            out["identity_missing"] = [sc.missing for sc in scores]
         if self.fid is not None:
             self.fid_features[0].append(self.fid(pred).double().cpu().numpy())
             self.fid_features[1].append(self.fid(target).double().cpu().numpy())
@@ -521,6 +523,7 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "networks": measures.networks,
         "unavailable": measures.unavailable,
         "metrics": {k: _summary([r.get(k) for r in rows]) for k in METRICS},
+        "identity_excluded": _excluded(rows),
         "fid": measures.fid_value(),
         "caveats": measures.caveats,
         "input_note": settings.get("input_note"),
@@ -530,6 +533,15 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
     if run.net is None:
         report["metrics"]["runtime_s"] = {"mean": None, "std": None, "n": 0}
     return report
+
+
+def _excluded(rows: list[dict]) -> dict[str, int]:
+    """``{reason: count}`` of the images the identity metric gave no value (e.g. no face in output)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("identity_missing"):
+            counts[r["identity_missing"]] = counts.get(r["identity_missing"], 0) + 1
+    return counts
 
 
 def _version() -> str:
@@ -553,7 +565,7 @@ def write_report(report: dict, out_dir: str | os.PathLike, grid: Image.Image | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "report.json", (json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n").encode())
-    cols = ["name", "target", *METRICS]
+    cols = ["name", "target", *METRICS, "identity_missing"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -607,6 +619,11 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- {key}: {desc}")
     for key, why in report.get("unavailable", {}).items():
         notes.append(f"- {key}: not computed -- {why}")
+    for why, count in report.get("identity_excluded", {}).items():
+        notes.append(
+            f"- **identity: {why} for {count} of {report['n_images']} images; excluded from the mean "
+            f"(n = {(report['metrics'].get('identity') or {}).get('n', 0)})**"
+        )
     if report.get("input_note"):
         notes.append(f"- inputs: {report['input_note']}")
     for key, caveat in report.get("caveats", {}).items():
