@@ -211,3 +211,30 @@ def test_evaluate_super_resolution_uses_and_reports_the_resize_factor(tmp_path):
     assert chosen["per_image"][0]["mse"] != default["per_image"][0]["mse"]
     with pytest.raises(InputError, match="super-resolution models only"):
         evaluate(random_psp(get_config("tiny"), seed=0, latent_samples=64), data, resize_factor=2, **kw)
+
+
+def test_best_worst_grid_is_captioned_and_the_report_names_its_sort_metric(tmp_path):
+    """Defect: best_worst.png had no captions and the report did not say it fell back to MSE."""
+    rng = np.random.default_rng(0)
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    data.mkdir(), preds.mkdir()
+    for i, noise in enumerate((5, 60, 20)):  # MSE order: case0 < case2 < case1
+        target = rng.integers(60, 190, (64, 64, 3))
+        Image.fromarray(target.astype(np.uint8)).save(data / f"case{i}.png")
+        pred = np.clip(target + rng.normal(0, noise, target.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pred).save(preds / f"case{i}.png")
+    out = tmp_path / "rep"
+    report = evaluate(None, data, predictions_dir=preds, out_dir=out, device="cpu", identity=None,
+                      lpips_weights=tmp_path / "missing.pth", grid_cases=1, size=64)
+    assert report["grid_sorted_by"] == "mse" and report["grid_order"] == ["case0", "case1"]
+    assert "sorted by mse (LPIPS not available)" in (out / "report.md").read_text()
+    grid = np.asarray(Image.open(out / "best_worst.png").convert("RGB")).astype(int)
+    cell, pad = 128, 2  # 64 px cases are shown at 128 px so the caption fits
+    assert grid.shape == (2 * cell + 3 * pad, 2 * cell + 3 * pad, 3)
+    for r in range(2):
+        for c in range(2):
+            y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+            band = grid[y + cell - 12 : y + cell, x : x + cell]  # the caption band along the bottom
+            assert (band.max(-1) == 0).mean() > 0.5, (r, c)  # dark band
+            assert (band.min(-1) > 200).sum() > 20, (r, c)  # with white text on it
+            assert grid[y : y + cell - 12, x : x + cell].std() > 20  # the image itself above it

@@ -43,6 +43,7 @@ from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
 from instyle.inference.io import (
     IMAGE_EXTENSIONS,
+    caption,
     collect_input_files,
     load_image,
     make_grid,
@@ -186,10 +187,10 @@ def _num(v) -> float | None:
 
 
 class _Cases:
-    """The best and worst ``k`` cases by a score (lower is better) with their images."""
+    """The best and worst ``k`` cases by the metric ``key`` (lower is better) with their images."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, key: str):
+        self.k, self.key = k, key
         self.items: list[tuple[float, str, Image.Image, Image.Image]] = []
 
     def add(self, score: float, name: str, target: Image.Image, pred: Image.Image) -> None:
@@ -201,11 +202,28 @@ class _Cases:
             self.items = self.items[: self.k] + self.items[-self.k :]
 
     def grid(self) -> Image.Image | None:
-
+        """Rows of target | output, best on top; the target captioned with its name, the
+        output with the sorting metric's value (cells at least 128 px so the text fits)."""
         if not self.items:
             return None
-        rows = [[t, p] for _, _, t, p in self.items]
-        return make_grid(rows, cell=min(256, self.items[0][2].size[1]))
+        cell = max(128, min(256, self.items[0][2].size[1]))
+        label, fmt = METRICS[self.key][0].split()[-1], METRICS[self.key][2]
+
+        def sized(im: Image.Image) -> Image.Image:
+            return im.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC) if im.size != (cell, cell) else im
+
+        rows = [
+            [caption(sized(t), name), caption(sized(p), f"{label} {fmt.format(score)}")] for score, name, t, p in self.items
+        ]
+        return make_grid(rows, cell=cell)
+
+    def note(self) -> str:
+        """How ``best_worst.png`` was made (for the report)."""
+        why = "" if self.key == "lpips" else " (LPIPS not available)"
+        return (
+            f"target | output per row, captioned with the file name and {METRICS[self.key][0].split()[-1]}; "
+            f"sorted by {self.key}{why}, lower is better: up to {self.k} best on top, then up to {self.k} worst"
+        )
 
 
 # --------------------------------------------------------------------------- measurement
@@ -403,7 +421,7 @@ def evaluate(
     run = _Run(net, device, net.config.resize_to if net is not None else size, warmup)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
-    cases = _Cases(grid_cases)
+    cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
     rows: list[dict] = []
     bar = _progress_bar(len(samples)) if progress else None
     for start in range(0, len(samples), batch_size):
@@ -485,8 +503,8 @@ class _Run:
 
 
 def _record(chunk, values: dict[str, list], runtime, target, pred, rows: list[dict], cases: _Cases) -> None:
-    """One row per image, and the cases for the best/worst grid (by LPIPS, else MSE)."""
-    key = "lpips" if "lpips" in values else "mse"
+    """One row per image, and the cases for the best/worst grid (by ``cases.key``)."""
+    key = cases.key
     for i, s in enumerate(chunk):
         row = {"name": s.name, "target": str(s.target)}
         row.update({k: v[i] for k, v in values.items()})
@@ -528,6 +546,8 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "caveats": measures.caveats,
         "input_note": settings.get("input_note"),
         "grid_order": [name for _, name, _, _ in cases.items],
+        "grid_sorted_by": cases.key,
+        "grid_note": cases.note(),
         "per_image": rows,
     }
     if run.net is None:
@@ -628,6 +648,8 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- inputs: {report['input_note']}")
     for key, caveat in report.get("caveats", {}).items():
         notes.append(f"- **{key}: {caveat}**")
+    if report.get("grid_note") and report.get("grid_order"):
+        notes.append(f"- best_worst.png: {report['grid_note']}")
     return f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"
 
 
