@@ -238,3 +238,17 @@ def test_best_worst_grid_is_captioned_and_the_report_names_its_sort_metric(tmp_p
             assert (band.max(-1) == 0).mean() > 0.5, (r, c)  # dark band
             assert (band.min(-1) > 200).sum() > 20, (r, c)  # with white text on it
             assert grid[y : y + cell - 12, x : x + cell].std() > 20  # the image itself above it
+
+
+def test_evaluate_checkpoint_name_equals_path_names_the_method(setup, tmp_path):
+    """Defect: the report named a model after its folder; --checkpoint NAME=PATH names it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / "a.png")
+    out = tmp_path / "rep"
+    rc = main(["evaluate", "-c", f"my run={setup / 'tiny'}", "--data", str(data), "--out", str(out), "--device", "cpu",
+               "--identity", "none", "--lpips-weights", str(setup / "alexnet-features.pth"), "--warmup", "0"])
+    assert rc == 0
+    report = load_report(out)
+    assert report["method"] == "my run" and report["checkpoint"] == str(setup / "tiny")
+    assert "# Evaluation: my run" in (out / "report.md").read_text()

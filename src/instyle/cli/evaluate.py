@@ -29,6 +29,7 @@ weights (--lpips-weights PATH or torchvision's cache). Missing networks are repo
 n/a with the reason; nothing is downloaded.
 
   instyle evaluate --checkpoint psp.pt --data celeba_hq_test --out report/
+  instyle evaluate --checkpoint psp-ft=runs/ft/checkpoints/latest --data celeba_hq_test --out report_ft/
   instyle evaluate --compare report_a/report.json report_b/report.json
 
 LEC (e4e's Latent Editing Consistency, lower is better) for one edit: encode, edit,
@@ -47,7 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", "-c", help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument(
+        "--checkpoint", "-c", metavar="[NAME=]PATH",
+        help="pSp checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
+        "(default: its file or folder name)",
+    )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
     p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
@@ -92,12 +97,16 @@ def run(args: argparse.Namespace) -> int:
         error(f"--batch-size={args.batch_size} must be >= 1")
         return 2
     from instyle.evaluation.report import evaluate
+    from instyle.inference.editing import named_file
 
     try:  # before computing anything: a report that cannot be written is lost work
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         error(f"--out {args.out}: cannot write there ({e.strerror or e})")
         return 2
+    if args.checkpoint:
+        name, path = named_file(args.checkpoint)
+        args.name, args.checkpoint = (name, path) if path != args.checkpoint else (None, args.checkpoint)
     try:
         checkpoint = args.checkpoint
         if args.w_encoder:  # HyperStyle: load here, where the W-encoder is known
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             progress=True,
             resize_factor=args.resize_factor,
+            name=getattr(args, "name", None),
         )
     except (InstyleError, FileNotFoundError) as e:
         error(str(e))

@@ -374,6 +374,7 @@ def evaluate(
     precision: str | None = None,
     compile: bool | str = False,
     resize_factor: int | None = None,
+    name: str | None = None,
 ) -> dict:
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
@@ -387,7 +388,9 @@ def evaluate(
         predictions_dir: saved outputs matched to targets by relative path without suffix.
         size: side at which images are compared without a model (with one: its ``resize_to``).
         lpips_weights: torchvision AlexNet/VGG weights for LPIPS (default: torchvision's cache).
-        identity: ``"dlib"``, a path to ArcFace/CurricularFace weights, or None.
+        identity: ``"dlib"``, ``"arcface:PATH"`` (or a bare path) to ArcFace/CurricularFace
+            weights, or None. Outputs without a detectable face get no value; the report
+            counts them in ``identity_excluded``.
         face_box: dlib face box, ``"aligned"`` (known box of aligned crops) or ``"detect"``.
         inception_weights: torchvision Inception-v3 weights; FID only when given.
         max_images: evaluate at most this many cases.
@@ -440,6 +443,7 @@ def evaluate(
         "task": (task or net.config.task) if net is not None else task,
         "batch_size": batch_size,
         "input_note": input_note,
+        "name": name,
     }
     report = _report(model, predictions_dir, data_dir, run, settings, rows, failed, measures, cases)
     if out_dir is not None:
@@ -519,7 +523,7 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
     report = {
         "instyle_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "method": _method_name(model, predictions_dir),
+        "method": settings.get("name") or _method_name(model, predictions_dir),
         "checkpoint": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model),
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
