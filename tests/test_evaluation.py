@@ -116,14 +116,17 @@ def test_evaluate_full_report_and_self_comparison(setup, tmp_path, capsys):
     report = load_report(out)
     assert report["n_images"] == 8 and report["batch_size"] == 4 and report["device"] == "cpu"
     assert {"report.json", "per_image.csv", "report.md", "best_worst.png"} <= {p.name for p in out.iterdir()}
-    for key in ("mse", "lpips", "psnr", "ssim", "identity", "runtime_s"):
+    for key in ("mse", "lpips", "psnr", "ssim", "runtime_s"):
         assert report["metrics"][key]["n"] == 8, key
         assert math.isfinite(report["metrics"][key]["mean"]), key
+    # a random-weight model draws textures: no identity value for a non-face, each one counted
+    assert report["metrics"]["identity"]["n"] == 0 and report["identity_excluded"] == {"no face in output": 8}
     assert report["metrics"]["mse"]["mean"] > 0 and report["metrics"]["runtime_s"]["mean"] > 0
     assert "dlib" in report["networks"]["identity"] and "fid" in report["unavailable"]
     md = (out / "report.md").read_text()
     assert "| Method | ↑ Similarity | ↓ LPIPS | ↓ MSE | ↓ Runtime (s) |" in md
-    assert "batch size 4" in md
+    assert "batch size 4" in md and "no face in output for 8 of 8 images" in md
+    assert "best_worst.png: target | output per row" in md and "sorted by lpips, lower" in md
     assert len((out / "per_image.csv").read_text().splitlines()) == 9
     print(md)  # noqa: T201 -- shown with -s as the sample report
 
@@ -137,7 +140,7 @@ def test_evaluate_full_report_and_self_comparison(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "self" / "report.json").read_text())["metrics"]["psnr"]["mean"] == "inf"
 
     result = compare(out / "report.json", tmp_path / "self")
-    assert result["better"]["mse"] == "b" and result["better"]["identity"] == "b"
+    assert result["better"]["mse"] == "b" and "identity" not in result["better"]  # n/a for the textures
     assert result["delta"]["mse"] == pytest.approx(-report["metrics"]["mse"]["mean"])
     capsys.readouterr()
     assert main(["evaluate", "--compare", str(out / "report.json"), str(tmp_path / "self" / "report.json")]) == 0

@@ -22,9 +22,10 @@ photo itself for inversion), or the folder `instyle prepare` writes: target/ + s
 matched by file name (sketches, label maps; the older inputs/ + targets/ names work too). --predictions DIR scores saved outputs instead of a checkpoint.
 
 Identity: dlib's 128-D face descriptor by default (offline; --face-box aligned uses the
-known box of aligned crops so unrecognisable outputs still get a number, detect runs
-dlib's detector on the target), or --identity PATH to ArcFace / CurricularFace IR(-SE)
-weights (MTCNN crop when facenet-pytorch is installed). LPIPS needs torchvision's AlexNet
+known box of aligned crops, detect runs dlib's detector on the target), or --identity
+arcface:PATH to ArcFace / CurricularFace IR(-SE) weights (MTCNN crop of each image when
+facenet-pytorch is installed: pip install 'instyle[metrics]'). Outputs without a detectable
+face get no identity value; the report counts them and excludes them from the mean. LPIPS needs torchvision's AlexNet
 weights (--lpips-weights PATH or torchvision's cache). Missing networks are reported as
 n/a with the reason; nothing is downloaded.
 
@@ -62,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
-    p.add_argument("--identity", default="dlib", help="'dlib' (default), 'none', or a path to ArcFace/CurricularFace weights")
+    p.add_argument(
+        "--identity", default="dlib",
+        help="'dlib' (default), 'none', or 'arcface:PATH' to ArcFace/CurricularFace weights (a bare PATH works too)",
+    )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     p.add_argument("--max-images", type=int, help="evaluate at most this many images")
