@@ -125,6 +125,22 @@ def test_store_loads_checkpoints_with_unique_names(tiny_psp, tmp_path):
     assert not store.any_random
 
 
+def test_store_names_models_given_as_name_equals_path(tiny_psp, tmp_path):
+    """Defect: models were named after their folders only (`latest`, `latest (2)`)."""
+    for run in ("a", "b"):
+        tiny_psp.save_pretrained(tmp_path / run / "latest")
+    odd = tmp_path / "x=y"  # an existing path with '=' stays a path
+    tiny_psp.save_pretrained(odd)
+    store = ModelStore.from_checkpoints(
+        [f"psp={tmp_path / 'a' / 'latest'}", tmp_path / "b" / "latest", str(odd), f"latest={tmp_path / 'a' / 'latest'}"],
+        device="cpu",
+    )
+    assert store.names == ["psp", "latest (2)", "x=y", "latest"]
+    assert store.get("psp").source == str(tmp_path / "a" / "latest")
+    with pytest.raises(ValueError, match="given more than once: psp"):
+        ModelStore.from_checkpoints([f"psp={odd}", f"psp={odd}"], device="cpu")
+
+
 def test_store_without_checkpoints_is_the_random_quickstart_model():
     store = ModelStore.from_checkpoints([], device="cpu")
     assert store.any_random and store.names == ["quickstart (random weights)"]

@@ -116,14 +116,17 @@ def test_evaluate_full_report_and_self_comparison(setup, tmp_path, capsys):
     report = load_report(out)
     assert report["n_images"] == 8 and report["batch_size"] == 4 and report["device"] == "cpu"
     assert {"report.json", "per_image.csv", "report.md", "best_worst.png"} <= {p.name for p in out.iterdir()}
-    for key in ("mse", "lpips", "psnr", "ssim", "identity", "runtime_s"):
+    for key in ("mse", "lpips", "psnr", "ssim", "runtime_s"):
         assert report["metrics"][key]["n"] == 8, key
         assert math.isfinite(report["metrics"][key]["mean"]), key
+    # a random-weight model draws textures: no identity value for a non-face, each one counted
+    assert report["metrics"]["identity"]["n"] == 0 and report["identity_excluded"] == {"no face in output": 8}
     assert report["metrics"]["mse"]["mean"] > 0 and report["metrics"]["runtime_s"]["mean"] > 0
     assert "dlib" in report["networks"]["identity"] and "fid" in report["unavailable"]
     md = (out / "report.md").read_text()
     assert "| Method | ↑ Similarity | ↓ LPIPS | ↓ MSE | ↓ Runtime (s) |" in md
-    assert "batch size 4" in md
+    assert "batch size 4" in md and "no face in output for 8 of 8 images" in md
+    assert "best_worst.png: target | output per row" in md and "sorted by lpips, lower" in md
     assert len((out / "per_image.csv").read_text().splitlines()) == 9
     print(md)  # noqa: T201 -- shown with -s as the sample report
 
@@ -137,7 +140,7 @@ def test_evaluate_full_report_and_self_comparison(setup, tmp_path, capsys):
     assert json.loads((tmp_path / "self" / "report.json").read_text())["metrics"]["psnr"]["mean"] == "inf"
 
     result = compare(out / "report.json", tmp_path / "self")
-    assert result["better"]["mse"] == "b" and result["better"]["identity"] == "b"
+    assert result["better"]["mse"] == "b" and "identity" not in result["better"]  # n/a for the textures
     assert result["delta"]["mse"] == pytest.approx(-report["metrics"]["mse"]["mean"])
     capsys.readouterr()
     assert main(["evaluate", "--compare", str(out / "report.json"), str(tmp_path / "self" / "report.json")]) == 0
@@ -211,3 +214,44 @@ def test_evaluate_super_resolution_uses_and_reports_the_resize_factor(tmp_path):
     assert chosen["per_image"][0]["mse"] != default["per_image"][0]["mse"]
     with pytest.raises(InputError, match="super-resolution models only"):
         evaluate(random_psp(get_config("tiny"), seed=0, latent_samples=64), data, resize_factor=2, **kw)
+
+
+def test_best_worst_grid_is_captioned_and_the_report_names_its_sort_metric(tmp_path):
+    """Defect: best_worst.png had no captions and the report did not say it fell back to MSE."""
+    rng = np.random.default_rng(0)
+    data, preds = tmp_path / "data", tmp_path / "preds"
+    data.mkdir(), preds.mkdir()
+    for i, noise in enumerate((5, 60, 20)):  # MSE order: case0 < case2 < case1
+        target = rng.integers(60, 190, (64, 64, 3))
+        Image.fromarray(target.astype(np.uint8)).save(data / f"case{i}.png")
+        pred = np.clip(target + rng.normal(0, noise, target.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pred).save(preds / f"case{i}.png")
+    out = tmp_path / "rep"
+    report = evaluate(None, data, predictions_dir=preds, out_dir=out, device="cpu", identity=None,
+                      lpips_weights=tmp_path / "missing.pth", grid_cases=1, size=64)
+    assert report["grid_sorted_by"] == "mse" and report["grid_order"] == ["case0", "case1"]
+    assert "sorted by mse (LPIPS not available)" in (out / "report.md").read_text()
+    grid = np.asarray(Image.open(out / "best_worst.png").convert("RGB")).astype(int)
+    cell, pad = 128, 2  # 64 px cases are shown at 128 px so the caption fits
+    assert grid.shape == (2 * cell + 3 * pad, 2 * cell + 3 * pad, 3)
+    for r in range(2):
+        for c in range(2):
+            y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+            band = grid[y + cell - 12 : y + cell, x : x + cell]  # the caption band along the bottom
+            assert (band.max(-1) == 0).mean() > 0.5, (r, c)  # dark band
+            assert (band.min(-1) > 200).sum() > 20, (r, c)  # with white text on it
+            assert grid[y : y + cell - 12, x : x + cell].std() > 20  # the image itself above it
+
+
+def test_evaluate_checkpoint_name_equals_path_names_the_method(setup, tmp_path):
+    """Defect: the report named a model after its folder; --checkpoint NAME=PATH names it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / "a.png")
+    out = tmp_path / "rep"
+    rc = main(["evaluate", "-c", f"my run={setup / 'tiny'}", "--data", str(data), "--out", str(out), "--device", "cpu",
+               "--identity", "none", "--lpips-weights", str(setup / "alexnet-features.pth"), "--warmup", "0"])
+    assert rc == 0
+    report = load_report(out)
+    assert report["method"] == "my run" and report["checkpoint"] == str(setup / "tiny")
+    assert "# Evaluation: my run" in (out / "report.md").read_text()

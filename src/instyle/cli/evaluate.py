@@ -22,13 +22,15 @@ photo itself for inversion), or the folder `instyle prepare` writes: target/ + s
 matched by file name (sketches, label maps; the older inputs/ + targets/ names work too). --predictions DIR scores saved outputs instead of a checkpoint.
 
 Identity: dlib's 128-D face descriptor by default (offline; --face-box aligned uses the
-known box of aligned crops so unrecognisable outputs still get a number, detect runs
-dlib's detector on the target), or --identity PATH to ArcFace / CurricularFace IR(-SE)
-weights (MTCNN crop when facenet-pytorch is installed). LPIPS needs torchvision's AlexNet
+known box of aligned crops, detect runs dlib's detector on the target), or --identity
+arcface:PATH to ArcFace / CurricularFace IR(-SE) weights (MTCNN crop of each image when
+facenet-pytorch is installed: pip install 'instyle[metrics]'). Outputs without a detectable
+face get no identity value; the report counts them and excludes them from the mean. LPIPS needs torchvision's AlexNet
 weights (--lpips-weights PATH or torchvision's cache). Missing networks are reported as
 n/a with the reason; nothing is downloaded.
 
   instyle evaluate --checkpoint psp.pt --data celeba_hq_test --out report/
+  instyle evaluate --checkpoint psp-ft=runs/ft/checkpoints/latest --data celeba_hq_test --out report_ft/
   instyle evaluate --compare report_a/report.json report_b/report.json
 
 LEC (e4e's Latent Editing Consistency, lower is better) for one edit: encode, edit,
@@ -47,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", "-c", help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument(
+        "--checkpoint", "-c", metavar="[NAME=]PATH",
+        help="pSp checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
+        "(default: its file or folder name)",
+    )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
     p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
@@ -57,7 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
-    p.add_argument("--identity", default="dlib", help="'dlib' (default), 'none', or a path to ArcFace/CurricularFace weights")
+    p.add_argument(
+        "--identity", default="dlib",
+        help="'dlib' (default), 'none', or 'arcface:PATH' to ArcFace/CurricularFace weights (a bare PATH works too)",
+    )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     p.add_argument("--max-images", type=int, help="evaluate at most this many images")
@@ -92,12 +101,16 @@ def run(args: argparse.Namespace) -> int:
         error(f"--batch-size={args.batch_size} must be >= 1")
         return 2
     from instyle.evaluation.report import evaluate
+    from instyle.inference.editing import named_file
 
     try:  # before computing anything: a report that cannot be written is lost work
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         error(f"--out {args.out}: cannot write there ({e.strerror or e})")
         return 2
+    if args.checkpoint:
+        name, path = named_file(args.checkpoint)
+        args.name, args.checkpoint = (name, path) if path != args.checkpoint else (None, args.checkpoint)
     try:
         checkpoint = args.checkpoint
         if args.w_encoder:  # HyperStyle: load here, where the W-encoder is known
@@ -122,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             progress=True,
             resize_factor=args.resize_factor,
+            name=getattr(args, "name", None),
         )
     except (InstyleError, FileNotFoundError) as e:
         error(str(e))

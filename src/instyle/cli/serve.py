@@ -12,7 +12,7 @@ reconstruction, style-mixed variants and an interpolation; the same server answe
 programs through Gradio's client API, and GET /healthz reports readiness.
 
 Every --checkpoint is loaded once at start; visitors choose among them by name (never by
-path). Without a checkpoint the server runs the quickstart model with RANDOM weights and
+path): NAME=PATH names a model, e.g. -c psp=runs/a/checkpoints/latest -c e4e=e4e_ffhq_encode.pt. Without a checkpoint the server runs the quickstart model with RANDOM weights and
 says so on the page. Binds to 127.0.0.1 by default; nothing is fetched from the internet.
 Needs the demo extra: pip install 'instyle[demo]'.
 """
@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--checkpoint", "-c", action="append", default=[], metavar="CKPT",
-        help="pSp checkpoint (official .pt or instyle model folder); repeat to offer several",
+        "--checkpoint", "-c", action="append", default=[], metavar="[NAME=]CKPT",
+        help="pSp checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
+        "folder name); repeat to offer several",
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")

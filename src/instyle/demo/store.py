@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
+from instyle.inference.editing import named_file
 from instyle.models.psp import PSP
 from instyle.utils.device import resolve_device
 
-__all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore"]
+__all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore", "split_named"]
 
 #: Name of the random-weight model used when the server is started without checkpoints.
 QUICKSTART_NAME = "quickstart (random weights)"
@@ -27,7 +28,8 @@ class ModelEntry:
     """One loaded model.
 
     Attributes:
-        name: the label visitors choose (file or folder name, made unique).
+        name: the label visitors choose (``NAME`` of ``NAME=PATH``, else the file or folder
+            name, made unique).
         model: the :class:`PSP`, in eval mode on the server's device.
         source: where it was loaded from (``None`` for the built-in random-weight model).
         random_weights: True for an untrained model (the quickstart model, or a checkpoint whose
@@ -57,15 +59,29 @@ class ModelEntry:
         }
 
 
-def _unique_names(paths: Sequence[Path]) -> list[str]:
-    names, used = [], set()
-    for p in paths:
-        base = p.name.rstrip("/") or str(p)
-        name, k = base, 1
-        while name in used:
-            k += 1
-            name = f"{base} ({k})"
-        used.add(name)
+def split_named(spec: str | os.PathLike) -> tuple[str | None, Path]:
+    """``"NAME=PATH"`` -> ``(NAME, PATH)``; a plain path (even an existing one with ``=`` in
+    its name) -> ``(None, path)``."""
+    name, path = named_file(str(spec))
+    return (name.strip() or None, Path(path)) if path != str(spec) else (None, Path(spec))
+
+
+def _unique_names(named: Sequence[tuple[str | None, Path]]) -> list[str]:
+    """The given names (each must be unique), the others from the file or folder name,
+    numbered ``name (2)`` where they repeat."""
+    given = [n for n, _ in named if n]
+    repeated = sorted({n for n in given if given.count(n) > 1})
+    if repeated:
+        raise ValueError(f"model names must be unique; given more than once: {', '.join(repeated)}")
+    names, used = [], set(given)
+    for name, p in named:
+        if name is None:
+            base = p.name.rstrip("/") or str(p)
+            name, k = base, 1
+            while name in used:
+                k += 1
+                name = f"{base} ({k})"
+            used.add(name)
         names.append(name)
     return names
 
@@ -96,6 +112,8 @@ class ModelStore:
     def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:
         """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
 
+        Each is a path (named after its file or folder) or ``"NAME=PATH"`` (named ``NAME``).
+
         Raises:
             instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
         """
@@ -104,9 +122,9 @@ class ModelStore:
         from instyle.interop import load_psp
 
         dev = resolve_device(device)
-        paths = [Path(c) for c in checkpoints]
+        named = [split_named(c) for c in checkpoints]
         entries = []
-        for name, p in zip(_unique_names(paths), paths):
+        for name, (_, p) in zip(_unique_names(named), named):
             model = load_psp(p, device=dev).eval()
             entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)

@@ -6,18 +6,23 @@ Two measuring networks:
   descriptors (``dlib_face_recognition_resnet_model_v1.dat`` from ``face-recognition-models``).
   The face is located once, on the *target*: with ``face_box="aligned"`` the known box of an
   FFHQ/CelebA-HQ-aligned crop is used without any detection, with ``"detect"`` dlib's detector
-  runs on the target; the prediction is measured in the same box, so an unrecognisable
-  output still gets a number (a low one) instead of a missing value. 68 landmarks are then
-  fitted in that box on each image and dlib aligns its own 150x150 chip.
+  runs on the target; the prediction is measured in the same box. 68 landmarks are then
+  fitted in that box on each image and dlib aligns its own 150x150 chip. dlib's detector
+  also runs on each prediction: an output without a detectable face gets no value
+  (:data:`NO_FACE_IN_OUTPUT`) -- in the aligned box a random texture scores 0.83-0.87, inside
+  the range of two different people, so a number there would describe a non-face.
 
 * :class:`ArcFaceIdentity`: an ArcFace / CurricularFace IR(-SE) network from a weights file
   (e.g. ``model_ir_se50.pth`` or ``CurricularFace_Backbone.pth``), the paper's protocol:
-  MTCNN (``facenet-pytorch``) finds 5 landmarks on the target, both images are warped to the
-  standard 112x112 ArcFace template with that similarity transform and embedded. Without
-  ``facenet-pytorch`` the pSp training crop (``[35:223, 32:220]`` of 256 px, pooled to 112)
-  is used instead, and :attr:`name` says so.
+  MTCNN (``facenet-pytorch``, which ships its weights) finds 5 landmarks on each image, each
+  is warped to the standard 112x112 ArcFace template with its own similarity transform and
+  embedded; a pair where either image has no face gets no value, as pSp's
+  ``scripts/calc_id_loss_parallel.py`` skips it. Without ``facenet-pytorch`` the pSp
+  training crop (``[35:223, 32:220]`` of 256 px, pooled to 112) is used instead, no face
+  check is possible, and :attr:`name` says so.
 
-Both return cosine similarities in [-1, 1] (1 = same embedding).
+Both return cosine similarities in [-1, 1] (1 = same embedding); :meth:`scores` also says
+why a pair has none.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,7 +52,10 @@ __all__ = [
     "ARCFACE_TEMPLATE_112",
     "ArcFaceIdentity",
     "DlibIdentity",
+    "IdentityScore",
     "IdentityUnavailable",
+    "NO_FACE_IN_OUTPUT",
+    "NO_FACE_IN_TARGET",
     "build_identity",
     "cosine",
     "roc_auc",
@@ -64,6 +73,18 @@ ARCFACE_TEMPLATE_112 = np.array(
 )
 
 DLIB_DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
+
+#: Why a pair has no identity value (the report counts each and excludes the pair).
+NO_FACE_IN_TARGET = "no face in target"
+NO_FACE_IN_OUTPUT = "no face in output"
+
+
+@dataclass(frozen=True)
+class IdentityScore:
+    """One pair's similarity, or ``value=None`` with the reason in ``missing``."""
+
+    value: float | None
+    missing: str | None = None
 
 
 class IdentityUnavailable(InstyleError, RuntimeError):
@@ -112,6 +133,8 @@ class DlibIdentity:
         detector: dlib detector for ``"detect"``: ``auto``, ``hog`` or ``cnn``.
         detect_max_side: detection runs on a copy at most this large (speed; landmarks and
             descriptors always use the full image).
+        check_output: run the detector on each prediction too; one without a face gets no
+            value (:data:`NO_FACE_IN_OUTPUT`) instead of a score of a non-face.
     """
 
     def __init__(
@@ -119,31 +142,38 @@ class DlibIdentity:
         face_box: str | tuple[float, float, float, float] = "aligned",
         detector: str = "auto",
         detect_max_side: int = 512,
+        check_output: bool = True,
     ):
         if isinstance(face_box, str) and face_box not in ("aligned", "detect"):
             raise ConfigError(f"face_box={face_box!r}; choose 'aligned', 'detect' or a (left, top, right, bottom) box")
         self.face_box = face_box
         self.detector = detector
         self.detect_max_side = detect_max_side
+        self.check_output = check_output
         self._net = _dlib_descriptor_net()
 
     @property
     def name(self) -> str:
         box = self.face_box if isinstance(self.face_box, str) else "fixed"
-        return f"dlib ResNet 128-D face descriptor (face-recognition-models), cosine similarity, face box: {box}"
+        check = f"outputs without a face ({self.detector} detector) excluded" if self.check_output else "outputs not checked for a face"
+        return f"dlib ResNet 128-D face descriptor (face-recognition-models), cosine similarity, face box: {box}, {check}"
+
+    def detect(self, image: Image.Image) -> tuple[float, float, float, float] | None:
+        """The box of the largest face dlib's detector finds in ``image`` (pixels), or None."""
+        # "auto": HOG (upsampled once), then the CNN at its own scale -- evaluation photos
+        # show large faces, and the CNN is ~5x slower when upsampled.
+        tries = [("hog", 1), ("cnn", 0)] if self.detector == "auto" else [(self.detector, 1)]
+        for kind, upsample in tries:
+            found = detect_faces(image, detector=kind, upsample=upsample, max_side=self.detect_max_side)
+            if found:
+                return found[0].box
+        return None
 
     def find_box(self, image: Image.Image) -> tuple[float, float, float, float] | None:
         """The face box ``(left, top, right, bottom)`` in pixels of ``image``, or None."""
         w, h = image.size
         if self.face_box == "detect":
-            # "auto": HOG (upsampled once), then the CNN at its own scale -- evaluation photos
-            # show large faces, and the CNN is ~5x slower when upsampled.
-            tries = [("hog", 1), ("cnn", 0)] if self.detector == "auto" else [(self.detector, 1)]
-            for kind, upsample in tries:
-                found = detect_faces(image, detector=kind, upsample=upsample, max_side=self.detect_max_side)
-                if found:
-                    return found[0].box
-            return None
+            return self.detect(image)
         fr = ALIGNED_FACE_BOX if self.face_box == "aligned" else self.face_box
         return (fr[0] * w, fr[1] * h, fr[2] * w, fr[3] * h)
 
@@ -156,18 +186,26 @@ class DlibIdentity:
         shape = shape_predictor()(arr, rect)
         return np.asarray(self._net.compute_face_descriptor(arr, shape), dtype=np.float64)
 
-    def similarity(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[float | None]:
-        """Per pair: cosine similarity of descriptors, or None when no face box was found."""
-        out: list[float | None] = []
+    def scores(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[IdentityScore]:
+        """Per pair: cosine similarity of descriptors, or no value and why (no face box on the
+        target, or no face detected in the prediction)."""
+        out: list[IdentityScore] = []
         for pred, target in zip(predictions, targets, strict=True):
             box = self.find_box(target)
             if box is None:
-                out.append(None)
+                out.append(IdentityScore(None, NO_FACE_IN_TARGET))
                 continue
             if pred.size != target.size:
                 pred = pred.resize(target.size, Image.Resampling.BICUBIC)
-            out.append(cosine(self.descriptor(pred, box), self.descriptor(target, box)))
+            if self.check_output and self.detect(pred) is None:
+                out.append(IdentityScore(None, NO_FACE_IN_OUTPUT))
+                continue
+            out.append(IdentityScore(cosine(self.descriptor(pred, box), self.descriptor(target, box))))
         return out
+
+    def similarity(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[float | None]:
+        """Per pair: the value of :meth:`scores` (None where it has none)."""
+        return [s.value for s in self.scores(predictions, targets)]
 
 
 # --------------------------------------------------------------------------- ArcFace / CurricularFace
@@ -224,9 +262,13 @@ class ArcFaceIdentity:
             (``input_layer.*``, ``body.N.*``, ``output_layer.*``; a ``module.`` prefix is fine).
         device: where the network runs.
         use_mtcnn: find landmarks with ``facenet-pytorch``'s MTCNN when it is installed.
+        mtcnn: a ready landmark finder with facenet-pytorch's ``detect(image, landmarks=True)``
+            (default: built here when ``use_mtcnn``).
     """
 
-    def __init__(self, weights: str | os.PathLike, device: str | torch.device = "cpu", use_mtcnn: bool = True):
+    def __init__(
+        self, weights: str | os.PathLike, device: str | torch.device = "cpu", use_mtcnn: bool = True, mtcnn=None
+    ):
         path = find_weights(weights, (), "face recognition", "Give an ArcFace/CurricularFace IR(-SE) state dict.")
         state = read_state_dict(path, "face recognition")
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -237,44 +279,63 @@ class ArcFaceIdentity:
         load_state_checked(self.net, fill_num_batches_tracked(self.net, state), path)
         self.net.eval().requires_grad_(False).to(self.device)
         self.weights = str(path)
-        self.mtcnn, self._no_mtcnn = _make_mtcnn(self.device) if use_mtcnn else (None, "MTCNN switched off")
+        if mtcnn is not None:
+            self.mtcnn, self._no_mtcnn = mtcnn, ""
+        else:
+            self.mtcnn, self._no_mtcnn = _make_mtcnn(self.device) if use_mtcnn else (None, "MTCNN switched off")
 
     @property
     def name(self) -> str:
         net = f"{self.arch['mode'].upper().replace('_', '-')}-{self.arch['num_layers']} from {os.path.basename(self.weights)}"
         crop = (
-            "MTCNN 5-point alignment on the target (facenet-pytorch)"
+            "MTCNN 5-point alignment of each image (facenet-pytorch), pairs without a face in either excluded"
             if self.mtcnn is not None
-            else f"pSp training crop [35:223, 32:220] of 256 px pooled to 112 (no MTCNN: {self._no_mtcnn})"
+            else f"pSp training crop [35:223, 32:220] of 256 px pooled to 112, outputs not checked for a face "
+            f"(no MTCNN: {self._no_mtcnn})"
         )
         return f"ArcFace-style {net}, cosine similarity, face crop: {crop}"
 
-    def _crops(self, pred: Image.Image, target: Image.Image) -> tuple[Image.Image, Image.Image] | None:
+    def _aligned(self, image: Image.Image) -> Image.Image | None:
+        """``image`` warped to the ArcFace template by its own MTCNN landmarks, or None (no face)."""
+        size = self.arch["input_size"]
+        _, _, points = self.mtcnn.detect(image.convert("RGB"), landmarks=True)
+        if points is None or not len(points) or points[0] is None:
+            return None
+        m = _similarity_transform(np.asarray(points[0], np.float64), ARCFACE_TEMPLATE_112 * size / 112)
+        return _warp(image, m, size)
+
+    def _crops(self, pred: Image.Image, target: Image.Image) -> tuple[Image.Image, Image.Image] | str:
+        """The two network inputs, or why there are none."""
         size = self.arch["input_size"]
         if pred.size != target.size:
             pred = pred.resize(target.size, Image.Resampling.BICUBIC)
         if self.mtcnn is not None:
-            _, _, points = self.mtcnn.detect(target.convert("RGB"), landmarks=True)
-            if points is None or not len(points):
-                return None
-            m = _similarity_transform(np.asarray(points[0], np.float64), ARCFACE_TEMPLATE_112 * size / 112)
-            return _warp(pred, m, size), _warp(target, m, size)
+            target_crop = self._aligned(target)
+            if target_crop is None:
+                return NO_FACE_IN_TARGET
+            pred_crop = self._aligned(pred)
+            return NO_FACE_IN_OUTPUT if pred_crop is None else (pred_crop, target_crop)
         w, h = target.size
         box = (32 * w / 256, 35 * h / 256, 220 * w / 256, 223 * h / 256)
         return tuple(im.convert("RGB").resize((size, size), Image.Resampling.BOX, box=box) for im in (pred, target))
 
     @torch.no_grad()
-    def similarity(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[float | None]:
-        out: list[float | None] = []
+    def scores(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[IdentityScore]:
+        """Per pair: cosine similarity of the embeddings, or no value and why."""
+        out: list[IdentityScore] = []
         for pred, target in zip(predictions, targets, strict=True):
             crops = self._crops(pred, target)
-            if crops is None:
-                out.append(None)
+            if isinstance(crops, str):
+                out.append(IdentityScore(None, crops))
                 continue
             x = torch.stack([pil_to_tensor(c, None) for c in crops]).to(self.device)
             e = self.net(x).double().cpu()
-            out.append(float((e[0] * e[1]).sum() / (e[0].norm() * e[1].norm())))
+            out.append(IdentityScore(float((e[0] * e[1]).sum() / (e[0].norm() * e[1].norm()))))
         return out
+
+    def similarity(self, predictions: Sequence[Image.Image], targets: Sequence[Image.Image]) -> list[float | None]:
+        """Per pair: the value of :meth:`scores` (None where it has none)."""
+        return [s.value for s in self.scores(predictions, targets)]
 
 
 def _make_mtcnn(device: torch.device) -> tuple[object | None, str]:
@@ -287,9 +348,15 @@ def _make_mtcnn(device: torch.device) -> tuple[object | None, str]:
 
 
 def build_identity(spec: str | None = "dlib", face_box="aligned", device: str | torch.device = "cpu"):
-    """``"dlib"`` -> :class:`DlibIdentity`; a weights path -> :class:`ArcFaceIdentity`; None -> None."""
+    """``"dlib"`` -> :class:`DlibIdentity`; ``"arcface:PATH"`` (or a bare weights path) ->
+    :class:`ArcFaceIdentity`; None or ``"none"`` -> None."""
     if spec is None or spec == "none":
         return None
     if spec == "dlib":
         return DlibIdentity(face_box=face_box)
+    spec = str(spec)
+    if spec.startswith("arcface:") and not os.path.exists(spec):
+        spec = spec.removeprefix("arcface:")
+        if not spec:
+            raise ConfigError("identity='arcface:' needs the weights file: 'arcface:PATH'")
     return ArcFaceIdentity(spec, device=device)

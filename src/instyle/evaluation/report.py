@@ -43,6 +43,7 @@ from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
 from instyle.inference.io import (
     IMAGE_EXTENSIONS,
+    caption,
     collect_input_files,
     load_image,
     make_grid,
@@ -186,10 +187,10 @@ def _num(v) -> float | None:
 
 
 class _Cases:
-    """The best and worst ``k`` cases by a score (lower is better) with their images."""
+    """The best and worst ``k`` cases by the metric ``key`` (lower is better) with their images."""
 
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, key: str):
+        self.k, self.key = k, key
         self.items: list[tuple[float, str, Image.Image, Image.Image]] = []
 
     def add(self, score: float, name: str, target: Image.Image, pred: Image.Image) -> None:
@@ -201,11 +202,28 @@ class _Cases:
             self.items = self.items[: self.k] + self.items[-self.k :]
 
     def grid(self) -> Image.Image | None:
-
+        """Rows of target | output, best on top; the target captioned with its name, the
+        output with the sorting metric's value (cells at least 128 px so the text fits)."""
         if not self.items:
             return None
-        rows = [[t, p] for _, _, t, p in self.items]
-        return make_grid(rows, cell=min(256, self.items[0][2].size[1]))
+        cell = max(128, min(256, self.items[0][2].size[1]))
+        label, fmt = METRICS[self.key][0].split()[-1], METRICS[self.key][2]
+
+        def sized(im: Image.Image) -> Image.Image:
+            return im.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC) if im.size != (cell, cell) else im
+
+        rows = [
+            [caption(sized(t), name), caption(sized(p), f"{label} {fmt.format(score)}")] for score, name, t, p in self.items
+        ]
+        return make_grid(rows, cell=cell)
+
+    def note(self) -> str:
+        """How ``best_worst.png`` was made (for the report)."""
+        why = "" if self.key == "lpips" else " (LPIPS not available)"
+        return (
+            f"target | output per row, captioned with the file name and {METRICS[self.key][0].split()[-1]}; "
+            f"sorted by {self.key}{why}, lower is better: up to {self.k} best on top, then up to {self.k} worst"
+        )
 
 
 # --------------------------------------------------------------------------- measurement
@@ -265,7 +283,9 @@ class _Measures:
         if self.identity is not None:
             preds = [tensor_to_pil(p) for p in pred]
             targets = [tensor_to_pil(t) for t in target]
-            out["identity"] = self.identity.similarity(preds, targets)
+            scores = self.identity.scores(preds, targets)
+            out["identity"] = [sc.value for sc in scores]
+            out["identity_missing"] = [sc.missing for sc in scores]
         if self.fid is not None:
             self.fid_features[0].append(self.fid(pred).double().cpu().numpy())
             self.fid_features[1].append(self.fid(target).double().cpu().numpy())
@@ -354,6 +374,7 @@ def evaluate(
     precision: str | None = None,
     compile: bool | str = False,
     resize_factor: int | None = None,
+    name: str | None = None,
 ) -> dict:
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
@@ -367,7 +388,9 @@ def evaluate(
         predictions_dir: saved outputs matched to targets by relative path without suffix.
         size: side at which images are compared without a model (with one: its ``resize_to``).
         lpips_weights: torchvision AlexNet/VGG weights for LPIPS (default: torchvision's cache).
-        identity: ``"dlib"``, a path to ArcFace/CurricularFace weights, or None.
+        identity: ``"dlib"``, ``"arcface:PATH"`` (or a bare path) to ArcFace/CurricularFace
+            weights, or None. Outputs without a detectable face get no value; the report
+            counts them in ``identity_excluded``.
         face_box: dlib face box, ``"aligned"`` (known box of aligned crops) or ``"detect"``.
         inception_weights: torchvision Inception-v3 weights; FID only when given.
         max_images: evaluate at most this many cases.
@@ -401,7 +424,7 @@ def evaluate(
     run = _Run(net, device, net.config.resize_to if net is not None else size, warmup)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
-    cases = _Cases(grid_cases)
+    cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
     rows: list[dict] = []
     bar = _progress_bar(len(samples)) if progress else None
     for start in range(0, len(samples), batch_size):
@@ -420,6 +443,7 @@ def evaluate(
         "task": (task or net.config.task) if net is not None else task,
         "batch_size": batch_size,
         "input_note": input_note,
+        "name": name,
     }
     report = _report(model, predictions_dir, data_dir, run, settings, rows, failed, measures, cases)
     if out_dir is not None:
@@ -483,8 +507,8 @@ class _Run:
 
 
 def _record(chunk, values: dict[str, list], runtime, target, pred, rows: list[dict], cases: _Cases) -> None:
-    """One row per image, and the cases for the best/worst grid (by LPIPS, else MSE)."""
-    key = "lpips" if "lpips" in values else "mse"
+    """One row per image, and the cases for the best/worst grid (by ``cases.key``)."""
+    key = cases.key
     for i, s in enumerate(chunk):
         row = {"name": s.name, "target": str(s.target)}
         row.update({k: v[i] for k, v in values.items()})
@@ -499,7 +523,7 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
     report = {
         "instyle_version": _version(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "method": _method_name(model, predictions_dir),
+        "method": settings.get("name") or _method_name(model, predictions_dir),
         "checkpoint": None if model is None or not isinstance(model, (str, os.PathLike)) else str(model),
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
@@ -521,15 +545,27 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "networks": measures.networks,
         "unavailable": measures.unavailable,
         "metrics": {k: _summary([r.get(k) for r in rows]) for k in METRICS},
+        "identity_excluded": _excluded(rows),
         "fid": measures.fid_value(),
         "caveats": measures.caveats,
         "input_note": settings.get("input_note"),
         "grid_order": [name for _, name, _, _ in cases.items],
+        "grid_sorted_by": cases.key,
+        "grid_note": cases.note(),
         "per_image": rows,
     }
     if run.net is None:
         report["metrics"]["runtime_s"] = {"mean": None, "std": None, "n": 0}
     return report
+
+
+def _excluded(rows: list[dict]) -> dict[str, int]:
+    """``{reason: count}`` of the images the identity metric gave no value (e.g. no face in output)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("identity_missing"):
+            counts[r["identity_missing"]] = counts.get(r["identity_missing"], 0) + 1
+    return counts
 
 
 def _version() -> str:
@@ -553,7 +589,7 @@ def write_report(report: dict, out_dir: str | os.PathLike, grid: Image.Image | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "report.json", (json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n").encode())
-    cols = ["name", "target", *METRICS]
+    cols = ["name", "target", *METRICS, "identity_missing"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -607,10 +643,17 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- {key}: {desc}")
     for key, why in report.get("unavailable", {}).items():
         notes.append(f"- {key}: not computed -- {why}")
+    for why, count in report.get("identity_excluded", {}).items():
+        notes.append(
+            f"- **identity: {why} for {count} of {report['n_images']} images; excluded from the mean "
+            f"(n = {(report['metrics'].get('identity') or {}).get('n', 0)})**"
+        )
     if report.get("input_note"):
         notes.append(f"- inputs: {report['input_note']}")
     for key, caveat in report.get("caveats", {}).items():
         notes.append(f"- **{key}: {caveat}**")
+    if report.get("grid_note") and report.get("grid_order"):
+        notes.append(f"- best_worst.png: {report['grid_note']}")
     return f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"
 
 
