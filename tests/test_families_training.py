@@ -236,3 +236,11 @@ def test_e4e_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     cfg = e4e_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
                      randomize_noise=True, batch_size=4, progressive_start=3, progressive_step_every=2, w_pool_size=6)
     _kill_and_resume(cfg, tmp_path, n)
+
+
+@pytest.mark.parametrize("name, family", [("e4e_inversion", "e4e"), ("restyle_inversion", "restyle")])
+def test_family_presets_are_valid_configs(name, family):
+    from instyle.training import get_preset
+
+    cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))
+    assert cfg.family == family and cfg.start_from_latent_avg and cfg.task == "inversion"

@@ -71,6 +71,44 @@ INVERSION = TrainPreset(
 )
 
 
+#: e4e's FFHQ recipe (omertov/encoder4editing README training command).
+E4E_INVERSION = TrainPreset(
+    name="e4e_inversion",
+    overrides={
+        **INVERSION.overrides,
+        "family": "e4e",
+        "encoder_type": "Encoder4Editing",
+        "id_lambda": 0.5,
+        "w_discriminator_lambda": 0.1,
+        "use_w_pool": True,
+        "progressive_start": 20000,
+        "progressive_step_every": 2000,
+        "delta_norm_lambda": 2e-4,
+        "batch_size": 8,
+        "test_batch_size": 4,
+        "val_interval": 10000,
+        "max_steps": 200000,
+    },
+    description="face photo -> the same face with e4e (discriminator, progressive offsets; e4e README recipe)",
+)
+
+#: ReStyle-pSp's FFHQ recipe (yuval-alaluf/restyle-encoder README ``train_restyle_psp.py`` command).
+RESTYLE_INVERSION = TrainPreset(
+    name="restyle_inversion",
+    overrides={
+        **INVERSION.overrides,
+        "family": "restyle",
+        "encoder_type": "BackboneEncoder",
+        "n_iters_per_batch": 5,
+        "batch_size": 8,
+        "test_batch_size": 8,
+        "val_interval": 5000,
+        "save_interval": 10000,
+    },
+    description="face photo -> the same face with ReStyle-pSp (5 refinement steps per batch; ReStyle README recipe)",
+)
+
+
 def register_preset(preset: TrainPreset) -> TrainPreset:
     """Add (or replace) a preset by name."""
     if not preset.name or not isinstance(preset.name, str):
@@ -85,7 +123,8 @@ def _load_task_presets() -> None:
     except ModuleNotFoundError as e:
         if e.name not in ("instyle.tasks",):
             raise
-    _PRESETS.setdefault(INVERSION.name, INVERSION)
+    for preset in (INVERSION, E4E_INVERSION, RESTYLE_INVERSION):
+        _PRESETS.setdefault(preset.name, preset)
 
 
 def list_presets() -> list[str]:
