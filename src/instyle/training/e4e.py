@@ -75,7 +75,9 @@ class E4ETraining:
         self.steps = progressive_steps(n_styles, cfg.progressive_start, cfg.progressive_step_every)
         self.discriminator = None
         if cfg.w_discriminator_lambda > 0:
-            self.discriminator = LatentCodesDiscriminator(style_dim, 4).to(device)
+            with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
+                torch.manual_seed(cfg.seed + 1)
+                self.discriminator = LatentCodesDiscriminator(style_dim, 4).to(device)
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.w_discriminator_lr)
             self.discriminator.requires_grad_(False)
         pool = cfg.w_pool_size if cfg.use_w_pool else 0
