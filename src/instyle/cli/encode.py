@@ -105,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         error(str(e))
         return 2
-    if args.iterations is not None and (args.iterations < 1 or (model.family != "restyle" and args.iterations != 1)):
-        error(f"--iterations={args.iterations}: ReStyle models take N >= 1; this {model.family} model encodes in one step")
+    iterations = getattr(args, "iterations", None)  # callers building their own Namespace may omit it
+    if iterations is not None and (iterations < 1 or (model.family != "restyle" and iterations != 1)):
+        error(f"--iterations={iterations}: ReStyle models take N >= 1; this {model.family} model encodes in one step")
         return 2
 
     paths, problems = collect_inputs(args.inputs)
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 x = batch.tensors.to(device)
                 encoded += len(batch.items)
                 with torch.inference_mode():
-                    w = model.encode(x, iterations=args.iterations)
+                    w = model.encode(x, iterations=iterations)
                     y = model.decode(w, resize=not args.full_resolution)
                 for (path, name), xi, yi, wi in zip(batch.items, x, y, w):
                     recon = tensor_to_pil(yi)
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if args.full_resolution else model.config.resize_to,
-        "iterations": (args.iterations or DEFAULT_ITERATIONS) if model.family == "restyle" else 1,
+        "iterations": (iterations or DEFAULT_ITERATIONS) if model.family == "restyle" else 1,
         "rank": rank,
         "world_size": world_size,
     }
