@@ -395,3 +395,17 @@ def test_cars_models_take_192x256_inputs_and_crop_their_outputs(tmp_path, family
     model.save_pretrained(tmp_path / "own")
     own = instyle.load(tmp_path / "own")
     assert own.config == model.config and own.input_hw == (48, 64)
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("e4e_ffhq_encode.pt", r"a published e4e checkpoint \(faces \(FFHQ\), 1024px\); download it from https://github.com/omertov"),
+        ("restyle_e4e_horse_encode.pt", r"a published restyle checkpoint \(horses, 256px\); download it from https://github.com/yuval"),
+    ],
+)
+def test_missing_published_family_checkpoints_say_where_to_get_them(tmp_path, monkeypatch, name, match):
+    monkeypatch.setenv("INSTYLE_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=match):
+        instyle.load(name)

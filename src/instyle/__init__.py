@@ -1,4 +1,6 @@
 """instyle: pixel2style2pixel (pSp) -- encode any face image into StyleGAN2's W+ and back.
+Its successors e4e and ReStyle load and run through the same API (``model.config.family``;
+ReStyle: ``model.encode(x, iterations=5, return_all=False)``).
 
 Quick use::
 

@@ -38,18 +38,22 @@ FAMILY_CHECKPOINTS: dict[str, dict] = {
     "e4e_horse_encode.pt": {"family": "e4e", "domain": "horses", "output_size": 256, "url": E4E_DOWNLOADS},
     "e4e_church_encode.pt": {"family": "e4e", "domain": "churches", "output_size": 256, "url": E4E_DOWNLOADS},
 }
-for _variant in ("psp", "e4e"):
-    for _name, _domain, _size in (
-        ("ffhq", "faces (FFHQ)", 1024),
-        ("cars", "cars", 512),
-        ("church", "churches", 256),
-        ("horse", "horses", 256),
-        ("afhq_wild", "wild animals (AFHQ wild)", 512),
-        ("toonify", "faces -> toons", 1024),
-    ):
-        FAMILY_CHECKPOINTS[f"restyle_{_variant}_{_name}.pt"] = {
-            "family": "restyle", "variant": _variant, "domain": _domain, "output_size": _size, "url": RESTYLE_DOWNLOADS,
-        }
+_RESTYLE = {  # (variant, file stem) -> (domain, generator size); ReStyle's README tables
+    ("psp", "ffhq_encode"): ("faces (FFHQ)", 1024),
+    ("psp", "cars_encode"): ("cars", 512),
+    ("psp", "church_encode"): ("churches", 256),
+    ("psp", "afhq_wild_encode"): ("wild animals (AFHQ wild)", 512),
+    ("psp", "toonify"): ("faces -> toons", 1024),
+    ("e4e", "ffhq_encode"): ("faces (FFHQ)", 1024),
+    ("e4e", "cars_encode"): ("cars", 512),
+    ("e4e", "church_encode"): ("churches", 256),
+    ("e4e", "afhq_wild_encode"): ("wild animals (AFHQ wild)", 512),
+    ("e4e", "horse_encode"): ("horses", 256),
+}
+for (_variant, _stem), (_domain, _size) in _RESTYLE.items():
+    FAMILY_CHECKPOINTS[f"restyle_{_variant}_{_stem}.pt"] = {
+        "family": "restyle", "variant": _variant, "domain": _domain, "output_size": _size, "url": RESTYLE_DOWNLOADS,
+    }
 
 
 def detect_family(opts: Mapping) -> str:

@@ -1,8 +1,9 @@
-"""Model definitions: StyleGAN2 generator, pSp encoders, the pSp and HyperStyle models."""
+"""Model definitions: StyleGAN2 generator, pSp / e4e / ReStyle encoders, the pSp model (one
+class for the three families, see ``PSPConfig.family``) and HyperStyle."""
 
 from instyle.models.encoders import EncoderConfig
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
-from instyle.models.psp import PSP, PSPConfig
+from instyle.models.psp import FAMILIES, PSP, PSPConfig
 from instyle.models.registry import build_encoder, get_config, list_configs, list_encoders
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 
@@ -18,6 +19,7 @@ def create_psp(name: str = "psp_ffhq_1024", **overrides) -> PSP:
 
 
 __all__ = [
+    "FAMILIES",
     "PSP",
     "EncoderConfig",
     "Generator",

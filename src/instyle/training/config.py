@@ -43,8 +43,12 @@ def default_workers(original: int) -> int:
     """The original's loader worker count, capped at the CPUs this process may use (more
     processes than CPUs only contend, and PyTorch warns about it)."""
     return max(0, min(original, available_cpus()))
-#: Families the trainer implements (e4e's discriminator and progressive schedule are not yet).
-TRAIN_FAMILIES = ("psp", "restyle")
+
+
+#: Families the trainer implements.
+TRAIN_FAMILIES = ("psp", "e4e", "restyle")
+#: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
+E4E_TRAIN_TYPES = ("Encoder4Editing",)
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
 RESTYLE_TRAIN_TYPES = (
     "BackboneEncoder", "ResNetBackboneEncoder", "GradualStyleEncoder", "ResNetGradualStyleEncoder",
@@ -74,10 +78,13 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
-        family: ``psp`` or ``restyle`` (ReStyle: ``input_nc`` = the images' 3 channels, the
-            encoder sees 6; ``n_iters_per_batch`` refinement steps per batch, each with its own
-            backward, one optimiser step, as the official ReStyle coach). e4e training (latent
-            discriminator, progressive stages) is not available yet.
+        family: ``psp``, ``e4e`` or ``restyle`` (ReStyle: ``input_nc`` = the images' 3 channels,
+            the encoder sees 6; ``n_iters_per_batch`` refinement steps per batch, each with its
+            own backward, one optimiser step, as the official ReStyle coach).
+        e4e (as ``options/train_options.py`` of the original): w_discriminator_lambda (0: no
+            discriminator), w_discriminator_lr, r1, d_reg_every, use_w_pool, w_pool_size,
+            delta_norm, delta_norm_lambda, progressive_start (None: all offsets from the start),
+            progressive_step_every.
         freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
             (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
@@ -114,6 +121,16 @@ class TrainConfig:
     encoder_type: str = "GradualStyleEncoder"
     family: str = "psp"
     n_iters_per_batch: int = 5
+    w_discriminator_lambda: float = 0.0
+    w_discriminator_lr: float = 2e-5
+    r1: float = 10.0
+    d_reg_every: int = 16
+    use_w_pool: bool = False
+    w_pool_size: int = 50
+    delta_norm: int = 2
+    delta_norm_lambda: float = 2e-4
+    progressive_start: int | None = None
+    progressive_step_every: int = 2000
     output_size: int | None = None
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
@@ -159,6 +176,14 @@ class TrainConfig:
         check_choice("family", self.family, TRAIN_FAMILIES)
         if self.family == "psp":
             check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
+        elif self.family == "e4e":
+            check_choice("encoder_type", self.encoder_type, E4E_TRAIN_TYPES)
+            for name in ("d_reg_every", "progressive_step_every"):
+                check_positive_int(name, getattr(self, name))
+            if self.progressive_start is not None and self.progressive_start < 1:
+                raise ConfigError(f"progressive_start={self.progressive_start!r} must be >= 1 (or null)")
+            if min(self.w_discriminator_lambda, self.w_discriminator_lr, self.r1, self.delta_norm_lambda) < 0:
+                raise ConfigError("w_discriminator_lambda, w_discriminator_lr, r1 and delta_norm_lambda must be >= 0")
         else:
             check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
             check_positive_int("n_iters_per_batch", self.n_iters_per_batch)

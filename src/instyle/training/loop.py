@@ -34,12 +34,13 @@ from instyle.models.psp import PSP
 from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
+from instyle.training.e4e import E4EObjective, E4ETraining
 from instyle.training.logger import RunLogger
 from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
-from instyle.training.step import Precision, forward_loss, restyle_forward_loss, train_step
+from instyle.training.step import Precision, forward_loss, restyle_forward_loss, set_train_mode, train_step
 from instyle.utils.config import ConfigError
 
 __all__ = ["TrainResult", "train", "validate"]
@@ -75,6 +76,7 @@ class Session:
     step: int = 0
     best_val_loss: float | None = None
     best_step: int | None = None
+    e4e: E4ETraining | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -139,13 +141,19 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         model.encoder.to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
+    objective = build_objective(cfg.objective(), ctx.device)
+    e4e = None
+    if cfg.family == "e4e":
+        e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, ctx.device)
+        objective = E4EObjective(objective, e4e, model)
     session = Session(
         cfg=cfg,
         ctx=ctx,
         run=run,
         model=model,
         net=net,
-        objective=build_objective(cfg.objective(), ctx.device),
+        e4e=e4e,
+        objective=objective,
         optimizer=build_optimizer(params, cfg.optim_name, cfg.learning_rate),
         precision=precision,
         scaler=precision.make_scaler(),
@@ -160,12 +168,24 @@ def _restore(s: Session, state: dict) -> None:
     if s.scaler is not None and state.get("scaler"):
         s.scaler.load_state_dict(state["scaler"])
     s.step = int(state["step"])
+    if s.e4e is not None:
+        s.e4e.load_state_dict(state["e4e"])
     s.best_val_loss = state.get("best_val_loss")
     s.best_step = state.get("best_step")
     same = {"world_size": s.ctx.world_size, "batch_size": s.cfg.batch_size, "seed": s.cfg.seed}
     changed = [f"{k} {state.get(k)} -> {v}" for k, v in same.items() if state.get(k) != v]
     if changed:
         log.warning("resuming with %s: the data order will differ from an uninterrupted run", ", ".join(changed))
+
+
+def _e4e_step(s: Session, x: torch.Tensor) -> dict[str, float]:
+    """e4e, before the encoder step: the progressive stage for this step, then one
+    discriminator update (the original's order)."""
+    if s.e4e is None:
+        return {}
+    s.model.encoder.set_progressive_stage(s.e4e.stage(s.step))
+    set_train_mode(s.model, s.cfg.freeze_batchnorm)
+    return s.e4e.train_discriminator(s.model, x, s.step)
 
 
 def _seed_loop(s: Session, state: dict | None) -> None:
@@ -232,6 +252,7 @@ def _save_latest(s: Session, terms: dict[str, float] | None, bad: BadFileLog, da
         "seed": s.cfg.seed,
         "dataset_size": dataset_size,
         "bad_files": sorted(bad.seen),
+        "e4e": s.e4e.state_dict() if s.e4e is not None else None,
     }
     write_checkpoint(s.run, "latest", s.model, _metadata(s, terms), state)
 
@@ -311,12 +332,13 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
             batch = next(batches)
             bad.record(batch["bad"])
             x, y = _to_device(batch, s)
+            d_terms = _e4e_step(s, x)
             out = train_step(
                 s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
                 cfg.freeze_batchnorm, cfg.n_iters_per_batch,
             )
             s.step += 1
-            terms = out.objective.terms
+            terms = {**d_terms, **out.objective.terms}
             logger.advance(terms["loss"])
             last = s.step == cfg.max_steps
             if s.step % cfg.board_interval == 0 or last or s.step == 1:

@@ -56,11 +56,41 @@ def preset_from_task(task: Task) -> TrainPreset:
     )
 
 
+#: The successors' recipes on top of a task's (``name: (task, overrides, description)``).
+FAMILY_RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {
+    # e4e's FFHQ recipe (omertov/encoder4editing README training command)
+    "e4e_inversion": (
+        "inversion",
+        {
+            "family": "e4e", "encoder_type": "Encoder4Editing", "id_lambda": 0.5, "w_discriminator_lambda": 0.1,
+            "use_w_pool": True, "progressive_start": 20000, "progressive_step_every": 2000,
+            "delta_norm_lambda": 2e-4, "batch_size": 8, "test_batch_size": 4, "val_interval": 10000,
+            "max_steps": 200000,
+        },
+        "face photo -> the same face with e4e (discriminator, progressive offsets; e4e README recipe)",
+    ),
+    # ReStyle-pSp's FFHQ recipe (yuval-alaluf/restyle-encoder README train_restyle_psp.py command)
+    "restyle_inversion": (
+        "inversion",
+        {
+            "family": "restyle", "encoder_type": "BackboneEncoder", "n_iters_per_batch": 5, "batch_size": 8,
+            "test_batch_size": 8, "val_interval": 5000, "save_interval": 10000,
+        },
+        "face photo -> the same face with ReStyle-pSp (5 refinement steps per batch; ReStyle README recipe)",
+    ),
+}
+
+
 def list_presets() -> list[str]:
-    """Names of the presets: the registered tasks."""
-    return list_tasks()
+    """Names of the presets: the registered tasks, then the successors' recipes."""
+    return list_tasks() + sorted(FAMILY_RECIPES)
 
 
 def get_preset(name: str) -> TrainPreset:
-    """The preset of the task called ``name`` (raises :class:`ConfigError` listing the known ones)."""
+    """The preset of the task called ``name``, or one of :data:`FAMILY_RECIPES` (raises
+    :class:`ConfigError` listing the known tasks)."""
+    if name in FAMILY_RECIPES:
+        task_name, extra, description = FAMILY_RECIPES[name]
+        base = preset_from_task(get_task(task_name))
+        return TrainPreset(name, {**base.overrides, **extra}, base.input_transform, description)
     return preset_from_task(get_task(name))
