@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         error(str(e))
         return 2
     if args.checkpoint and (args.precision != "fp32" or args.compile):
-        print(f"instyle: precision {args.precision} -> {report['precision']}", file=sys.stderr)
+        picked = f" -> {report['precision']}" if args.precision == "auto" else ""
+        print(f"instyle: precision {args.precision}{picked}" + (", torch.compile" if args.compile else ""), file=sys.stderr)
     print((Path(args.out) / "report.md").read_text())
     if not report["n_images"]:
         error("no image could be evaluated")
