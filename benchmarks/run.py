@@ -406,22 +406,8 @@ def train_rows(
     for loop in loops.values():  # warm-up
         with loop() as precision:
             step(precision)
-    times: dict[str, list[float]] = {name: [] for name in loops}
-    peak: dict[str, float | None] = {}
-    for rep in range(reps):
-        for name, loop in loops.items():
-            with loop() as precision:
-                if rep == 0:  # the first repetition also records the peak memory
-                    can_reset = reset_peak_rss() if device.type == "cpu" else torch.cuda.reset_peak_memory_stats(device)
-                t = time.perf_counter()
-                step(precision)
-                times[name].append(time.perf_counter() - t)
-                if rep == 0:
-                    if device.type == "cuda":
-                        peak[name] = torch.cuda.max_memory_allocated(device) / 2**20
-                    else:
-                        peak[name] = peak_rss_mib() if can_reset else None
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    times, peak = _time_interleaved(loops, step, reps, device)
+    dev_name = device_name(device)
     base = statistics.median(times["original loop"])
     rows = []
     for name in loops:
@@ -430,6 +416,23 @@ def train_rows(
         rows.append(Row(config_name, "train step", dev_name, dtype, batch, name, sec, gflop, peak[name], base / sec))
     print(f"  measured training {config_name} batch {batch} on {dev_name}", file=sys.stderr, flush=True)
     return rows
+
+
+def _time_interleaved(loops: dict, step, reps: int, device: torch.device) -> tuple[dict, dict]:
+    """Seconds per ``step`` under each loop context, loops alternating within each
+    repetition; the first repetition also records each loop's peak memory."""
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    peak: dict[str, float | None] = {}
+    for rep in range(reps):
+        for name, loop in loops.items():
+            with loop() as precision:
+                ok = reset_peak(device) if rep == 0 else False
+                t = time.perf_counter()
+                step(precision)
+                times[name].append(time.perf_counter() - t)
+                if rep == 0:
+                    peak[name] = read_peak(device, ok)
+    return times, peak
 
 
 # --------------------------------------------------------------------------- table

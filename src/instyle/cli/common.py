@@ -41,6 +41,8 @@ def apply_precision_args(model, args: argparse.Namespace) -> None:
     """Apply ``--precision`` / ``--compile`` to a loaded model; say what ``auto`` picked (stderr)."""
     from instyle.models.runtime import set_runtime
 
-    choice = set_runtime(model, args.precision, args.compile)
-    if args.precision != "fp32" or args.compile:
-        print(f"instyle: {choice.describe()}" + (", torch.compile" if args.compile else ""), file=sys.stderr)
+    # Commands that call others with a hand-made Namespace (quickstart -> encode) may lack the flags.
+    precision, compile = getattr(args, "precision", "fp32"), getattr(args, "compile", False)
+    choice = set_runtime(model, precision, compile)
+    if precision != "fp32" or compile:
+        print(f"instyle: {choice.describe()}" + (", torch.compile" if compile else ""), file=sys.stderr)

@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         error(f"could not write the report into {args.out}: {e.strerror or e}")
         return 1
     if args.checkpoint and (args.precision != "fp32" or args.compile):
-        print(f"instyle: precision {args.precision} -> {report['precision']}", file=sys.stderr)
+        picked = f" -> {report['precision']}" if args.precision == "auto" else ""
+        print(f"instyle: precision {args.precision}{picked}" + (", torch.compile" if args.compile else ""), file=sys.stderr)
     print((Path(args.out) / "report.md").read_text())
     refused = _refused_weights(args, report)
     for flag, why in refused:
