@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if rank == 0 else True)
     with BackgroundWriter() as writer:
-        for batch in prefetch_batches(items, prepare, args.batch_size, errors=(ValueError,)):
+        for batch in prefetch_batches(items, prepare, args.batch_size, errors=(InputError,)):
             for _item, msg in batch.failures:
                 tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
             failed += len(batch.failures)
