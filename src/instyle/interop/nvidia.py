@@ -38,7 +38,8 @@ from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
 from instyle.models.own_format import build_empty, load_state_checked
-from instyle.models.stylegan2 import Generator, GeneratorConfig, channel_fields
+from instyle.models.stylegan2 import Generator, GeneratorConfig
+from instyle.models.stylegan2 import channel_fields as _channel_fields  # the one home (tests use this name)
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -324,7 +325,7 @@ def convert_generator(
 
     config = GeneratorConfig(
         size=resolutions[-1], style_dim=w_dim, n_mlp=n_mlp, blur_kernel=taps, lr_mlp=options.lr_multiplier,
-        conv_clamp=options.conv_clamp, **channel_fields(channels),
+        conv_clamp=options.conv_clamp, **_channel_fields(channels),
     )
     return config, out, latent_avg
 
