@@ -77,6 +77,21 @@ def test_encode_processes_good_files_and_reports_bad_ones(tiny_dir, inputs, tmp_
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_encode_reports_bad_files_but_not_bugs(tiny_dir, tmp_path, monkeypatch):
+    """A plain ValueError from preprocessing is a bug: it surfaces instead of 'skipped <file>'."""
+    import instyle.inference.preprocess as preprocess
+
+    img = tmp_path / "face.png"
+    rgb((64, 64), 5).save(img)
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(preprocess, "prepare_input", broken)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["encode", "-c", str(tiny_dir), str(img), "--out", str(tmp_path / "out"), "--device", "cpu"])
+
+
 def test_encode_matches_library_and_is_deterministic(tiny_dir, tmp_path):
     img_path = tmp_path / "face.png"
     rgb((90, 90), 7).save(img_path)

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from instyle.alignment import DETECTORS, align_faces
-from instyle.errors import InputError
+from instyle.errors import InputError, InstyleError
 from instyle.inference.io import (
     ImageLoadError,
     InputFile,
@@ -349,8 +349,8 @@ def input_preparer(model, align: bool, resize_factor: int | None = None) -> Call
     def prepare(path: Path) -> torch.Tensor:
         try:
             return prepare_input(align_input(path, model.input_size) if align else path, model.config, resize_factor)
-        except (ImageLoadError, ValueError, OSError) as e:
-            raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+        except (InstyleError, OSError) as e:  # a bad file; a bug elsewhere is not "a skipped file"
+            raise InputError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
     return prepare
 
@@ -365,7 +365,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     grid_rows: list[list] = []
     stopped = False
     bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)
-    batches = prefetch_batches(items, lambda item: prepare(files[item[0]].path), options.batch_size, errors=(ValueError,))
+    batches = prefetch_batches(items, lambda item: prepare(files[item[0]].path), options.batch_size, errors=(InputError,))
     with BackgroundWriter() as writer:
         for batch in batches:
             for (i, _), msg in batch.failures:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from instyle.interop import save_generator
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.training.config import TrainConfig
+from instyle.utils.image import tensor_to_pil
 
 __all__ = ["toy_generator", "render", "write_toy_dataset", "save_toy_generator", "toy_config"]
 
@@ -56,9 +56,8 @@ def write_toy_dataset(generator: Generator, folder: str | Path, n: int, seed: in
     avg = generator.latent_avg
     w = avg + truncation * (generator.get_latent(z) - avg)
     images = render(generator, w).clamp(-1, 1)
-    arr = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
-    for i, a in enumerate(arr):
-        Image.fromarray(a).save(folder / f"{i:05d}.png")
+    for i, image in enumerate(images):
+        tensor_to_pil(image).save(folder / f"{i:05d}.png")
     torch.save(w, folder / "latents.pt")
     return w
 
