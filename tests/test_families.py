@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import instyle
 from instyle.interop import CheckpointError
@@ -409,3 +410,25 @@ def test_missing_published_family_checkpoints_say_where_to_get_them(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match=match):
         instyle.load(name)
+
+
+def test_refine_restyle_runs_the_models_own_iterations(tmp_path, capsys):
+    """``--refine restyle`` (and ``refine(..., "restyle")``): N iterations of the ReStyle loop,
+    from the average image, as ``encode(x, iterations=N)``; no LPIPS weights are needed."""
+    from instyle.cli.main import main
+    from instyle.inference.refine import RefineConfig, refine
+
+    model = tiny("restyle", "BackboneEncoder")
+    x = images(1)
+    with torch.no_grad():
+        want = model.encode(x, iterations=3)
+    result = refine(model, x[0], torch.zeros(model.n_styles, 512), "restyle", RefineConfig(steps=3))
+    torch.testing.assert_close(result.latent, want[0], rtol=0, atol=1e-6)
+    assert result.method == "restyle" and result.steps == 3
+    model.save_pretrained(tmp_path / "m")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(((x[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype("uint8")).save(src / "a.png")
+    assert main(["encode", str(src), "-c", str(tmp_path / "m"), "-o", str(tmp_path / "out"), "--device", "cpu",
+                 "--refine", "restyle", "--refine-steps", "3"]) == 0
+    assert (tmp_path / "out" / "a.png").is_file()

@@ -16,7 +16,7 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("refinement (slower, sharper; see docs/inference_tools.md)")
     g.add_argument("--refine", choices=REFINE_METHODS, help="refine each image after encoding: latent optimisation, "
                    "pivotal tuning, or ReStyle iterations (ReStyle checkpoints only)")
-    g.add_argument("--refine-steps", type=int, default=200, help="optimiser steps per image (default: 200)")
+    g.add_argument("--refine-steps", type=int, help="optimiser steps per image (default: 200; restyle: iterations, default 5)")
     g.add_argument("--refine-time", type=float, help="stop refining an image after this many seconds")
     g.add_argument("--refine-lr", type=float, help="learning rate (default: optimize 0.02, pti 3e-4)")
     g.add_argument("--refine-noise", action="store_true", help="optimize: also fit the noise maps (regularised)")
@@ -26,18 +26,20 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
 
 def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int) -> int:
     """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`."""
-    from instyle.inference.refine import RefineConfig, refine_files
+    from instyle.inference.refine import LOSS_REFINERS, RefineConfig, refine_files
     from instyle.interop import CheckpointError
+    from instyle.models.iterative import DEFAULT_ITERATIONS
     from instyle.utils.atomic import atomic_write_bytes
 
     try:
         if args.full_resolution or args.side_by_side or args.grid:
             raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
-        config = RefineConfig(steps=args.refine_steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
+        steps = args.refine_steps or (DEFAULT_ITERATIONS if args.refine == "restyle" else RefineConfig.steps)
+        config = RefineConfig(steps=steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
                               optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,
                               progress=sys.stderr.isatty())
         lpips = None
-        if config.lpips_weight > 0:
+        if args.refine in LOSS_REFINERS and config.lpips_weight > 0:
             from instyle.losses.lpips import LPIPSLoss
 
             lpips = LPIPSLoss(weights=args.lpips_weights).to(next(model.parameters()).device)

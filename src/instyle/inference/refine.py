@@ -13,8 +13,8 @@ network input itself, so this applies to inversion models):
   carries the tuned weights as a delta against the base generator
   (:func:`save_generator_delta` / :func:`apply_generator_delta`), so the edits of
   :mod:`instyle.inference.editing` apply to the tuned generator too.
-* ``restyle``: iterative refinement needs a ReStyle model; registered here as a refusal
-  that a ReStyle implementation replaces via ``register_refiner("restyle", fn, replace=True)``.
+* ``restyle``: a ReStyle model's own iterative loop, ``steps`` iterations (refused for
+  other models).
 
 Deterministic for a given ``seed`` on a given device; a step count and an optional time
 budget bound the work per image::
@@ -127,6 +127,8 @@ class RefineResult:
 
 #: name -> ``fn(model, target [1, 3, S, S], w [n_styles, D], config, lpips) -> RefineResult``.
 REFINERS: dict[str, Callable] = {}
+#: the refiners that fit a loss (LPIPS + MSE); ``restyle`` runs its encoder's own iterations.
+LOSS_REFINERS = ("optimize", "pti")
 
 
 def register_refiner(name: str, fn: Callable | None = None, *, replace: bool = False):
@@ -156,7 +158,7 @@ def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, confi
     if method not in REFINERS:
         raise RefineError(f"unknown refinement {method!r}; choose one of {', '.join(sorted(REFINERS))}")
     config = config or RefineConfig()
-    if config.lpips_weight > 0 and lpips is None:
+    if method in LOSS_REFINERS and config.lpips_weight > 0 and lpips is None:
         raise RefineError("lpips_weight > 0 needs an LPIPS module (give LPIPS weights, or set lpips_weight=0)")
     if getattr(model, "input_nc", 3) != 3:
         raise RefineError(f"refinement fits the input photo; this model takes {model.input_nc}-channel inputs")
@@ -328,12 +330,20 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
 
 
 @register_refiner("restyle")
-def _restyle_unavailable(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
-    kind = getattr(getattr(model, "config", None), "encoder", None)
-    raise RefineError(
-        f"'restyle' refinement needs a ReStyle checkpoint (an iterative encoder); this model's encoder is "
-        f"{getattr(kind, 'type', type(model).__name__)!r}. Use 'optimize' or 'pti'."
-    )
+def _restyle(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
+    """ReStyle's own loop, ``config.steps`` iterations from the average image (the original's
+    ``inference_iterative.py``; ``w_init`` is not used: ReStyle never starts from a code)."""
+    if getattr(model, "family", None) != "restyle":
+        kind = getattr(getattr(model, "config", None), "encoder", None)
+        raise RefineError(
+            f"'restyle' refinement needs a ReStyle checkpoint (an iterative encoder); this model's encoder is "
+            f"{getattr(kind, 'type', type(model).__name__)!r}. Use 'optimize' or 'pti'."
+        )
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        w = model.encode(target, iterations=config.steps)
+        image = model.decode(w, resize=True)[0]
+    return RefineResult(image, w[0], "restyle", config.steps, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- generator deltas
