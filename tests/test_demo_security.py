@@ -378,6 +378,39 @@ def test_the_sketch_editor_default_canvas_counts_as_this_servers_file(tiny_psp):
     demo.uploads.check_payload({"background": {"path": path}, "layers": [], "composite": None})
 
 
+def test_every_handler_reads_only_uploads_even_behind_the_gate(photo, tmp_path):
+    """The page's gate (``preprocess_data``) refuses foreign files first; each handler checks
+    again (``read_upload(..., uploads=...)``), so a handler reached some other way, or a gate
+    that misses an input, still reads nothing but uploads."""
+    gr = pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    from instyle.demo import ModelEntry, ModelStore, ServeSettings
+    from instyle.demo.app import build_demo
+    from instyle.models import PSPConfig
+
+    np.save(tmp_path / "older.npy", np.random.default_rng(0).standard_normal(64).astype(np.float32))
+    cfg = get_config("tiny").to_dict()
+    cfg.update(task="sketch2face")
+    cfg["encoder"]["input_nc"] = 1
+    store = ModelStore([
+        ModelEntry("tiny", random_psp(get_config("tiny"), seed=0, latent_samples=64)),
+        ModelEntry("sketch", random_psp(PSPConfig.from_dict(cfg), seed=0, latent_samples=64)),
+    ])
+    demo = build_demo(store, ServeSettings(directions=(str(tmp_path / "older.npy"),)))
+    handlers = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name}
+    outside = {"path": str(photo), "orig_name": "face.png", "meta": {"_type": "gradio.FileData"}}
+    calls = {
+        "reconstruct": (None, outside, False),
+        "mix": (None, outside, 2, "", False, 0.5, 0, 1.0),
+        "interpolate": (None, outside, outside, 2),
+        "edit": (None, outside, "none", 1, "", 0.0),
+        "sketch2face": ("sketch", {"background": outside, "layers": [], "composite": outside}),
+    }
+    assert set(calls) <= set(handlers), sorted(handlers)
+    for api, args in calls.items():
+        with pytest.raises(gr.Error, match="only images uploaded"):
+            handlers[api](*args)
+
+
 # ----------------------------------------------------------------------------- `instyle serve` as a process
 
 

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from instyle import __version__  # noqa: E402
 from instyle.demo import actions  # noqa: E402
+from instyle.demo.editing import edit_photo, load_edits, slider_names  # noqa: E402
 from instyle.demo.inputs import DemoInputError, UploadArea, read_upload, upload_file  # noqa: E402
 from instyle.demo.settings import ServeSettings  # noqa: E402
 from instyle.demo.store import ModelStore  # noqa: E402
@@ -193,60 +194,96 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
     """The page: one tab per capability. Model calls share one queue with ``settings.concurrency`` slots."""
     settings = settings or ServeSettings()
     outputs = outputs or OutputDir()
-    limits = {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False}
-    uploads: UploadArea | None = None  # set once the page exists (its upload folder and known files)
+    ui = _Ui(store, settings, {"concurrency_limit": settings.concurrency, "concurrency_id": "model", "preprocess": False})
+    with _UploadsOnlyBlocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
+        # The upload area needs the page (its cache folder and the files it handed out).
+        demo.uploads = UploadArea(
+            demo.GRADIO_CACHE, settings.max_upload_bytes, known=lambda p: any(p in s for s in demo.temp_file_sets)
+        )
+        h = _Handlers(store, settings, outputs, demo.uploads)
+        gr.Markdown(_header(store, settings))
+        if store.any_random:
+            warning = RANDOM_WARNING.format(names=_random_names(store))
+            gr.Markdown(warning, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
+        _reconstruct_tab(ui, h)
+        for task in store.tasks:
+            if task in TASK_TABS and task != "inversion":
+                _task_tab(ui, h, task)
+        _mix_tab(ui, h)
+        _interpolation_tab(ui, h)
+        _edit_tab(ui, h)
+        _api_tab()
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    return demo
 
-    def model_choice(task: str | None = None, label: str = "Model"):
-        names = store.names_for(task)
+
+class _Ui:
+    """What every tab needs: the model dropdown, the server's limits and the shared-queue
+    limits of model calls."""
+
+    def __init__(self, store: ModelStore, settings: ServeSettings, limits: dict):
+        self.store, self.settings, self.limits = store, settings, limits
+
+    def model_choice(self, task: str | None = None, label: str = "Model"):
+        names = self.store.names_for(task)
         return gr.Dropdown(choices=names, value=names[0], label=label, interactive=len(names) > 1)
 
-    def latent_file(latent, stem: str, offsets=None):
-        return str(actions.write_latent(latent, outputs.new(f"{stem}_latent.{'npz' if offsets else 'npy'}"), offsets))
 
-    def png(img, stem: str = "image") -> str:
+class _Handlers:
+    """The event handlers of every tab. Payloads arrive unprocessed (``preprocess=False``): every
+    upload is read through :meth:`_read`, which accepts only this server's uploads."""
+
+    def __init__(self, store: ModelStore, settings: ServeSettings, outputs: OutputDir, uploads: UploadArea):
+        self.store, self.settings, self.outputs, self.uploads = store, settings, outputs, uploads
+        self.edits = load_edits(settings.directions)
+        self.edit_names = slider_names(self.edits)
+
+    def _read(self, payload, what: str, mode: str | None = "RGB"):
+        return read_upload(payload, what, self.settings, mode=mode, uploads=self.uploads)
+
+    def _latent_file(self, latent, stem: str, offsets=None) -> str:
+        path = self.outputs.new(f"{stem}_latent.{'npz' if offsets else 'npy'}")
+        return str(actions.write_latent(latent, path, offsets))
+
+    def _png(self, img, stem: str = "image") -> str:
         # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
         # rewrites PIL outputs in place under a content hash, so two requests with identical
         # outputs could truncate the file while the other's client downloads it.
-        return str(save_image(img, outputs.new(f"{stem}.png")))
-
-    # --- handlers (payloads arrive unprocessed: preprocess=False; every upload is checked here) ---
+        return str(save_image(img, self.outputs.new(f"{stem}.png")))
 
     @_guard
-    def reconstruct(model_name, photo, align):
-        entry = store.get(model_name)
-        image = read_upload(photo, "a face photo", settings, uploads=uploads)
+    def reconstruct(self, model_name, photo, align):
+        entry = self.store.get(model_name)
+        image = self._read(photo, "a face photo")
         if align:
             image = actions.align(image, size=max(256, entry.model.input_size))
         r = actions.reconstruct(entry.model, image)
-        return png(r.output), png(r.input, "input"), latent_file(r.latent, _stem(photo, "image"), r.offsets)
+        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.latent, _stem(photo, "image"), r.offsets)
 
     @_guard
-    def task_run(model_name, payload):
-        entry = store.get(model_name)
+    def task_run(self, model_name, payload):
+        entry = self.store.get(model_name)
         what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
-        image = read_upload(payload, what, settings, mode=_mode_for(entry), uploads=uploads)
-        r = actions.reconstruct(entry.model, image)
+        r = actions.reconstruct(entry.model, self._read(payload, what, mode=_mode_for(entry)))
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
-        return png(r.output), png(r.input, "input"), latent_file(r.latent, stem, r.offsets)
+        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.latent, stem, r.offsets)
 
     @_guard
-    def preview_labels(model_name, payload):
+    def preview_labels(self, model_name, payload):
         if upload_file(payload) is None:
             return None
-        entry = store.get(model_name)
-        image = read_upload(payload, "a label map", settings, mode=None, uploads=uploads)
-        x = actions._prepare(entry.model, image)[0].cpu()
-        return png(actions.input_preview(x, entry.task), "input")
+        entry = self.store.get(model_name)
+        x = actions._prepare(entry.model, self._read(payload, "a label map", mode=None))[0].cpu()
+        return self._png(actions.input_preview(x, entry.task), "input")
 
     @_guard
-    def mix(model_name, photo, n_outputs, layers, blend, alpha, seed, truncation):
-        entry = store.get(model_name)
+    def mix(self, model_name, photo, n_outputs, layers, blend, alpha, seed, truncation):
+        entry = self.store.get(model_name)
         n = int(n_outputs)
-        if not 1 <= n <= settings.max_mix_outputs:
-            raise DemoInputError(f"number of outputs must be between 1 and {settings.max_mix_outputs}, got {n}")
-        image = read_upload(photo, "a face photo", settings, mode=_mode_for(entry), uploads=uploads)
-        latent, offsets = actions.encode_image(entry.model, image)
+        if not 1 <= n <= self.settings.max_mix_outputs:
+            raise DemoInputError(f"number of outputs must be between 1 and {self.settings.max_mix_outputs}, got {n}")
+        latent, offsets = actions.encode_image(entry.model, self._read(photo, "a face photo", mode=_mode_for(entry)))
         images = actions.mix(
             entry.model,
             latent,
@@ -257,172 +294,157 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
             truncation=float(truncation),
             offsets=offsets,
         )
-        return [(png(im, f"variant_{k + 1}"), f"variant {k + 1}") for k, im in enumerate(images)]
+        return [(self._png(im, f"variant_{k + 1}"), f"variant {k + 1}") for k, im in enumerate(images)]
 
     @_guard
-    def interpolate(model_name, photo_a, photo_b, frames):
-        entry = store.get(model_name)
+    def interpolate(self, model_name, photo_a, photo_b, frames):
+        entry = self.store.get(model_name)
         steps = int(frames)
-        if not 2 <= steps <= settings.max_frames:
-            raise DemoInputError(f"number of frames must be between 2 and {settings.max_frames}, got {steps}")
-        w_a, off_a = actions.encode_image(entry.model, read_upload(photo_a, "photo A", settings, mode=_mode_for(entry), uploads=uploads))
-        w_b, off_b = actions.encode_image(entry.model, read_upload(photo_b, "photo B", settings, mode=_mode_for(entry), uploads=uploads))
+        if not 2 <= steps <= self.settings.max_frames:
+            raise DemoInputError(f"number of frames must be between 2 and {self.settings.max_frames}, got {steps}")
+        w_a, off_a = actions.encode_image(entry.model, self._read(photo_a, "photo A", mode=_mode_for(entry)))
+        w_b, off_b = actions.encode_image(entry.model, self._read(photo_b, "photo B", mode=_mode_for(entry)))
         images = actions.interpolate(entry.model, w_a, w_b, steps, None if off_a is None else (off_a, off_b))
-        gif = actions.write_animation(images, outputs.new("interpolation.gif"))
-        frames_out = [(png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
+        gif = actions.write_animation(images, self.outputs.new("interpolation.gif"))
+        frames_out = [(self._png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
         return frames_out, str(gif), str(gif)
 
-    # --- layout ---
-
-    with _UploadsOnlyBlocks(title="instyle: pSp demo", analytics_enabled=False, delete_cache=(900, 3600)) as demo:
-        uploads = demo.uploads = UploadArea(
-            demo.GRADIO_CACHE, settings.max_upload_bytes, known=lambda p: any(p in s for s in demo.temp_file_sets)
-        )
-        gr.Markdown(_header(store, settings))
-        if store.any_random:
-            warning = RANDOM_WARNING.format(names=_random_names(store))
-            gr.Markdown(warning, elem_classes=["instyle-warning"], elem_id="random-weights-warning")
-
-        with gr.Tab("Reconstruct"):
-            with gr.Row():
-                with gr.Column():
-                    model = model_choice()
-                    photo = gr.Image(type="filepath", label="Face photo", sources=["upload", "clipboard"], elem_id="rec-input", height=320)
-                    align = gr.Checkbox(label="Align face first (FFHQ crop; needs dlib)", value=False)
-                    run = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
-                with gr.Column():
-                    out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
-                    seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
-                    npy = gr.File(label="W+ latent (.npy, float32 [n_styles, style_dim])", elem_id="rec-latent")
-            run.click(reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **limits)
-
-        for task in store.tasks:
-            if task not in TASK_TABS or task == "inversion":
-                continue
-            title, what, kind = TASK_TABS[task]
-            with gr.Tab(title):
-                with gr.Row():
-                    with gr.Column():
-                        t_model = model_choice(task)
-                        if kind == "sketch":
-                            t_in = gr.ImageEditor(
-                                type="filepath",
-                                label="Draw a sketch, or upload one",
-                                value={"background": _blank(256), "layers": [], "composite": None},
-                                brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
-                                canvas_size=(256, 256),
-                                format="png",
-                                elem_id=f"task-{task}-input",
-                            )
-                        elif kind == "paint":
-                            t_in = gr.ImageEditor(
-                                type="filepath",
-                                label="Upload a face, then paint the region to fill in white",
-                                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
-                                format="png",
-                                elem_id=f"task-{task}-input",
-                            )
-                        else:
-                            t_in = gr.Image(
-                                type="filepath",
-                                label=what[0].upper() + what[1:],
-                                image_mode=None,
-                                sources=["upload", "clipboard"],
-                                elem_id=f"task-{task}-input",
-                            )
-                        t_run = gr.Button("Generate", variant="primary", elem_id=f"task-{task}-run")
-                    with gr.Column():
-                        t_out = gr.Image(
-                            type="pil", format="png", label="Output", interactive=False,
-                            elem_id=f"task-{task}-output", **VIEW,
-                        )
-                        t_seen = gr.Image(
-                            type="pil", format="png", label="Network input", interactive=False,
-                            elem_id=f"task-{task}-seen", **VIEW,
-                        )
-                        t_npy = gr.File(label="W+ latent (.npy)", elem_id=f"task-{task}-latent")
-                if kind == "labels":
-                    t_in.upload(preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
-                t_run.click(task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **limits)
-
-        with gr.Tab("Style mixing"):
-            with gr.Row():
-                with gr.Column():
-                    m_model = model_choice()
-                    m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
-                    m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
-                    m_layers = gr.Textbox(
-                        label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
-                        placeholder="8-17",
-                    )
-                    with gr.Row():
-                        m_blend = gr.Checkbox(label="Blend instead of replace", value=False)
-                        m_alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α (weight of the random style)")
-                    with gr.Row():
-                        m_seed = gr.Number(value=0, precision=0, label="Seed")
-                        m_trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation ψ (1 = none)")
-                    m_run = gr.Button("Mix styles", variant="primary", elem_id="mix-run")
-                with gr.Column():
-                    m_out = gr.Gallery(label="Variants", columns=4, format="png", elem_id="mix-output", buttons=["download", "fullscreen"])
-            m_run.click(
-                mix, [m_model, m_photo, m_n, m_layers, m_blend, m_alpha, m_seed, m_trunc], [m_out], api_name="mix", **limits
-            )
-
-        with gr.Tab("Interpolation"):
-            with gr.Row():
-                with gr.Column():
-                    i_model = model_choice()
-                    with gr.Row():
-                        i_a = gr.Image(type="filepath", label="Photo A", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-a")
-                        i_b = gr.Image(type="filepath", label="Photo B", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-b")
-                    i_n = gr.Slider(2, settings.max_frames, value=min(8, settings.max_frames), step=1, label="Frames")
-                    i_run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
-                with gr.Column():
-                    i_frames = gr.Gallery(label="Frames (A → B)", columns=4, format="png", elem_id="interp-frames", buttons=["download", "fullscreen"])
-                    i_gif = gr.Image(type="filepath", label="Animation", format="gif", interactive=False, elem_id="interp-gif", **VIEW)
-                    i_file = gr.File(label="GIF download")
-            i_run.click(interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **limits)
-
-        _edit_tab(store, settings, png, latent_file, limits)
-
-        with gr.Tab("API"):
-            gr.Markdown(
-                "This server also answers programs. Readiness: `GET /healthz`. "
-                "Python (`pip install gradio_client`):\n\n"
-                f"```python\n{API_EXAMPLE}```\n"
-                "Endpoints: `/reconstruct`, `/mix`, `/interpolate`, `/edit` and one per task tab; "
-                "the *Use via API* link at the bottom lists their parameters."
-            )
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
-    return demo
-
-
-def _edit_tab(store: ModelStore, settings: ServeSettings, png: Callable, latent_file: Callable, limits: dict) -> None:
-    """The "Edit" tab: a slider per loaded direction, typed named edits, optional refinement."""
-    from instyle.demo.editing import edit_photo, load_edits, slider_names
-
-    edits = load_edits(settings.directions)
-    names = slider_names(edits)
-
     @_guard
-    def edit(model_name, photo, refine, steps, extra, *values):
-        entry = store.get(model_name)
+    def edit(self, model_name, photo, refine, steps, extra, *values):
+        entry = self.store.get(model_name)
         n = int(steps)
-        if refine != "none" and not 1 <= n <= settings.max_refine_steps:
-            raise DemoInputError(f"refinement steps must be between 1 and {settings.max_refine_steps}, got {n}")
-        image = read_upload(photo, "a face photo", settings, mode="RGB")
-        r = edit_photo(entry.model, image, edits, dict(zip(names, values)), extra or "", refine, n)
-        return png(r.before, "reconstruction"), png(r.after, "edited"), latent_file(r.latent, _stem(photo, "edited"))
+        if refine != "none" and not 1 <= n <= self.settings.max_refine_steps:
+            raise DemoInputError(f"refinement steps must be between 1 and {self.settings.max_refine_steps}, got {n}")
+        image = self._read(photo, "a face photo")
+        r = edit_photo(entry.model, image, self.edits, dict(zip(self.edit_names, values)), extra or "", refine, n)
+        before, after = self._png(r.before, "reconstruction"), self._png(r.after, "edited")
+        return before, after, self._latent_file(r.latent, _stem(photo, "edited"))
 
+
+def _reconstruct_tab(ui: _Ui, h: _Handlers) -> None:
+    with gr.Tab("Reconstruct"):
+        with gr.Row():
+            with gr.Column():
+                model = ui.model_choice()
+                photo = gr.Image(type="filepath", label="Face photo", sources=["upload", "clipboard"], elem_id="rec-input", height=320)
+                align = gr.Checkbox(label="Align face first (FFHQ crop; needs dlib)", value=False)
+                run = gr.Button("Reconstruct", variant="primary", elem_id="rec-run")
+            with gr.Column():
+                out = gr.Image(type="pil", format="png", label="Reconstruction", elem_id="rec-output", interactive=False, **VIEW)
+                seen = gr.Image(type="pil", format="png", label="Network input", interactive=False, **VIEW)
+                npy = gr.File(label="W+ latent (.npy, float32 [n_styles, style_dim])", elem_id="rec-latent")
+        run.click(h.reconstruct, [model, photo, align], [out, seen, npy], api_name="reconstruct", **ui.limits)
+
+
+def _task_input(task: str, what: str, kind: str):
+    """The input of a task tab: a drawing canvas for sketches, a paintable photo for inpainting,
+    else an upload box."""
+    if kind == "sketch":
+        return gr.ImageEditor(
+            type="filepath",
+            label="Draw a sketch, or upload one",
+            value={"background": _blank(256), "layers": [], "composite": None},
+            brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
+            canvas_size=(256, 256),
+            format="png",
+            elem_id=f"task-{task}-input",
+        )
+    if kind == "paint":
+        return gr.ImageEditor(
+            type="filepath",
+            label="Upload a face, then paint the region to fill in white",
+            brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+            format="png",
+            elem_id=f"task-{task}-input",
+        )
+    return gr.Image(
+        type="filepath",
+        label=what[0].upper() + what[1:],
+        image_mode=None,
+        sources=["upload", "clipboard"],
+        elem_id=f"task-{task}-input",
+    )
+
+
+def _task_tab(ui: _Ui, h: _Handlers, task: str) -> None:
+    title, what, kind = TASK_TABS[task]
+    with gr.Tab(title):
+        with gr.Row():
+            with gr.Column():
+                t_model = ui.model_choice(task)
+                t_in = _task_input(task, what, kind)
+                t_run = gr.Button("Generate", variant="primary", elem_id=f"task-{task}-run")
+            with gr.Column():
+                t_out = gr.Image(
+                    type="pil", format="png", label="Output", interactive=False,
+                    elem_id=f"task-{task}-output", **VIEW,
+                )
+                t_seen = gr.Image(
+                    type="pil", format="png", label="Network input", interactive=False,
+                    elem_id=f"task-{task}-seen", **VIEW,
+                )
+                t_npy = gr.File(label="W+ latent (.npy)", elem_id=f"task-{task}-latent")
+        if kind == "labels":
+            t_in.upload(h.preview_labels, [t_model, t_in], [t_seen], preprocess=False, api_name=False)
+        t_run.click(h.task_run, [t_model, t_in], [t_out, t_seen, t_npy], api_name=task, **ui.limits)
+
+
+def _mix_tab(ui: _Ui, h: _Handlers) -> None:
+    settings = ui.settings
+    with gr.Tab("Style mixing"):
+        with gr.Row():
+            with gr.Column():
+                m_model = ui.model_choice()
+                m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
+                m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
+                m_layers = gr.Textbox(
+                    label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
+                    placeholder="8-17",
+                )
+                with gr.Row():
+                    m_blend = gr.Checkbox(label="Blend instead of replace", value=False)
+                    m_alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="α (weight of the random style)")
+                with gr.Row():
+                    m_seed = gr.Number(value=0, precision=0, label="Seed")
+                    m_trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation ψ (1 = none)")
+                m_run = gr.Button("Mix styles", variant="primary", elem_id="mix-run")
+            with gr.Column():
+                m_out = gr.Gallery(label="Variants", columns=4, format="png", elem_id="mix-output", buttons=["download", "fullscreen"])
+        m_run.click(
+            h.mix, [m_model, m_photo, m_n, m_layers, m_blend, m_alpha, m_seed, m_trunc], [m_out], api_name="mix", **ui.limits
+        )
+
+
+def _interpolation_tab(ui: _Ui, h: _Handlers) -> None:
+    settings = ui.settings
+    with gr.Tab("Interpolation"):
+        with gr.Row():
+            with gr.Column():
+                i_model = ui.model_choice()
+                with gr.Row():
+                    i_a = gr.Image(type="filepath", label="Photo A", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-a")
+                    i_b = gr.Image(type="filepath", label="Photo B", sources=["upload", "clipboard"], image_mode=None, elem_id="interp-b")
+                i_n = gr.Slider(2, settings.max_frames, value=min(8, settings.max_frames), step=1, label="Frames")
+                i_run = gr.Button("Interpolate", variant="primary", elem_id="interp-run")
+            with gr.Column():
+                i_frames = gr.Gallery(label="Frames (A → B)", columns=4, format="png", elem_id="interp-frames", buttons=["download", "fullscreen"])
+                i_gif = gr.Image(type="filepath", label="Animation", format="gif", interactive=False, elem_id="interp-gif", **VIEW)
+                i_file = gr.File(label="GIF download")
+        i_run.click(h.interpolate, [i_model, i_a, i_b, i_n], [i_frames, i_gif, i_file], api_name="interpolate", **ui.limits)
+
+
+def _edit_tab(ui: _Ui, h: _Handlers) -> None:
+    """The "Edit" tab: a slider per loaded direction, typed named edits, optional refinement."""
+    settings = ui.settings
     with gr.Tab("Edit"):
-        if not edits:
+        if not h.edits:
             gr.Markdown("No edit directions loaded: start the server with `--direction age.pt` (repeatable).")
         with gr.Row():
             with gr.Column():
-                choices = store.names_for("inversion") or store.names
+                choices = ui.store.names_for("inversion") or ui.store.names
                 e_model = gr.Dropdown(choices=choices, value=choices[0], label="Model", interactive=len(choices) > 1)
                 e_photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], image_mode=None, elem_id="edit-input")
-                sliders = [gr.Slider(-5.0, 5.0, value=0.0, step=0.25, label=n) for n in names]
+                sliders = [gr.Slider(-5.0, 5.0, value=0.0, step=0.25, label=n) for n in h.edit_names]
                 e_extra = gr.Textbox(label="More edits (e.g. ganspace:54,7,8=20; sefa:0=3)", placeholder="ganspace:54,7,8=20")
                 with gr.Row():
                     e_refine = gr.Radio(["none", "optimize", "pti"], value="none", label="Refine first")
@@ -432,7 +454,18 @@ def _edit_tab(store: ModelStore, settings: ServeSettings, png: Callable, latent_
                 e_before = gr.Image(type="filepath", label="Reconstruction", interactive=False, **VIEW)
                 e_after = gr.Image(type="filepath", label="Edited", interactive=False, elem_id="edit-output", **VIEW)
                 e_npy = gr.File(label="Edited W+ latent (.npy)")
-        e_run.click(edit, [e_model, e_photo, e_refine, e_steps, e_extra, *sliders], [e_before, e_after, e_npy], api_name="edit", **limits)
+        e_run.click(h.edit, [e_model, e_photo, e_refine, e_steps, e_extra, *sliders], [e_before, e_after, e_npy], api_name="edit", **ui.limits)
+
+
+def _api_tab() -> None:
+    with gr.Tab("API"):
+        gr.Markdown(
+            "This server also answers programs. Readiness: `GET /healthz`. "
+            "Python (`pip install gradio_client`):\n\n"
+            f"```python\n{API_EXAMPLE}```\n"
+            "Endpoints: `/reconstruct`, `/mix`, `/interpolate`, `/edit` and one per task tab; "
+            "the *Use via API* link at the bottom lists their parameters."
+        )
 
 
 def _blank(size: int):

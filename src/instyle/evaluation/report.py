@@ -414,7 +414,6 @@ def evaluate(
     device = resolve_device(device)
     net = _load_model(model, device)
     if net is not None and (precision is not None or compile):
-
         set_runtime(net, precision or net.runtime.precision, compile)
     samples, failed = find_samples(data_dir, predictions_dir if net is None else None)
     for msg in failed:
@@ -425,20 +424,7 @@ def evaluate(
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
     cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
-    rows: list[dict] = []
-    bar = _progress_bar(len(samples)) if progress else None
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        chunk, x, target = _read_batch(batch, net, make_input, run.eval_size, log, failed)
-        if bar is not None:
-            bar.update(len(batch))
-        if not chunk:
-            continue
-        pred, runtime = run.predict(x)
-        target = target.to(device)
-        _record(chunk, measures.batch(pred.float(), target.float()), runtime, target, pred, rows, cases)
-    if bar is not None:
-        bar.close()
+    rows = _score(run, samples, batch_size, make_input, measures, cases, log, failed, progress)
     settings = {
         "task": (task or net.config.task) if net is not None else task,
         "batch_size": batch_size,
@@ -449,6 +435,26 @@ def evaluate(
     if out_dir is not None:
         write_report(report, out_dir, cases.grid())
     return report
+
+
+def _score(run: _Run, samples, batch_size: int, make_input, measures: _Measures, cases: _Cases, log, failed, progress):
+    """Predict and measure every sample, batch by batch: one row per readable image (cases for
+    the best/worst grid go to ``cases``; unreadable files are logged and added to ``failed``)."""
+    rows: list[dict] = []
+    bar = _progress_bar(len(samples)) if progress else None
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        chunk, x, target = _read_batch(batch, run.net, make_input, run.eval_size, log, failed)
+        if bar is not None:
+            bar.update(len(batch))
+        if not chunk:
+            continue
+        pred, runtime = run.predict(x)
+        target = target.to(run.device)
+        _record(chunk, measures.batch(pred.float(), target.float()), runtime, target, pred, rows, cases)
+    if bar is not None:
+        bar.close()
+    return rows
 
 
 def _progress_bar(total: int):

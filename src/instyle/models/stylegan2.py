@@ -611,6 +611,26 @@ class Generator(nn.Module):
         Returns:
             ``(image [B, 3, size, size], latents or features or None)``.
         """
+        styles = self._checked_styles(styles)
+        if not input_is_latent:
+            # Each row of a [B, n, D] code is mapped independently (the original's CUDA
+            # kernel mixed bias entries across rows there; we do not copy that accident).
+            styles = [self.style(s.reshape(-1, self.style_dim)).view(s.shape) for s in styles]
+        noise = self._noise_list(noise, randomize_noise)
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent())")
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        latent = self._mixed_w_plus(styles, inject_index)
+        image, out = self._synthesise(latent, noise, self._deltas_list(weights_deltas))
+        if return_latents:
+            return image, latent
+        if return_features:
+            return image, out
+        return image, None
+
+    def _checked_styles(self, styles) -> list[torch.Tensor]:
+        """One or two codes, each ``[B, style_dim]`` or ``[B, n_latent, style_dim]``, as a list."""
         if isinstance(styles, torch.Tensor):
             styles = [styles]
         styles = list(styles)
@@ -627,32 +647,29 @@ class Generator(nn.Module):
                     f"W+ codes for a {self.size}px generator must be [B, {self.n_latent}, {self.style_dim}]; "
                     f"got {tuple(s.shape)}"
                 )
-        if not input_is_latent:
-            # Each row of a [B, n, D] code is mapped independently (the original's CUDA
-            # kernel mixed bias entries across rows there; we do not copy that accident).
-            styles = [self.style(s.reshape(-1, self.style_dim)).view(s.shape) for s in styles]
+        return styles
 
+    def _noise_list(self, noise, randomize_noise: bool) -> list:
+        """One noise map (or None for fresh noise) per layer."""
         if noise is None:
-            noise = [None] * self.num_layers if randomize_noise else self.fixed_noise()
-        elif len(noise) != self.num_layers:
+            return [None] * self.num_layers if randomize_noise else self.fixed_noise()
+        if len(noise) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} noise maps, got {len(noise)}")
+        return noise
 
-        if truncation < 1:
-            if truncation_latent is None:
-                raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent())")
-            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
-
+    def _mixed_w_plus(self, styles: list[torch.Tensor], inject_index: int | None) -> torch.Tensor:
+        """W+ ``[B, n_latent, style_dim]`` from one code, or two mixed at ``inject_index``
+        (random when None)."""
         if len(styles) < 2:
             latent = styles[0]
-            if latent.ndim < 3:
-                latent = latent.unsqueeze(1).repeat(1, self.n_latent, 1)
-        else:
-            if inject_index is None:
-                inject_index = random.randint(1, self.n_latent - 1)
-            a, b = (s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles)
-            latent = torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
+            return latent.unsqueeze(1).repeat(1, self.n_latent, 1) if latent.ndim < 3 else latent
+        if inject_index is None:
+            inject_index = random.randint(1, self.n_latent - 1)
+        a, b = (s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles)
+        return torch.cat([a[:, :inject_index], b[:, inject_index:]], 1)
 
-        deltas = self._deltas_list(weights_deltas)
+    def _synthesise(self, latent: torch.Tensor, noise: Sequence, deltas: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthesis network: ``(image [B, 3, size, size], last feature map)``."""
         out = self.input(latent.shape[0])
         out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
         skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
@@ -665,13 +682,7 @@ class Generator(nn.Module):
             out = conv2(out, latent[:, i + 1], noise=noise2, weights_delta=d[1])
             skip = rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
             i += 2
-        image = skip
-
-        if return_latents:
-            return image, latent
-        if return_features:
-            return image, out
-        return image, None
+        return skip, out
 
     def _deltas_list(self, weights_deltas) -> list:
         if weights_deltas is None:
