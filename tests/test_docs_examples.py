@@ -88,6 +88,8 @@ def test_prepare_option_accepts_only_the_tasks_options(tmp_path, capsys):
     assert main(["prepare", "inpainting", "--photos", str(photos), "--out", str(tmp_path / "p"), "--size", "32",
                  "--option", "mask=random"]) == 0
     assert get_task("inpainting").option_names() == ["apex_y", "base_y", "fill", "half_base", "mask", "mask_channel"]
+    assert get_task("seg2face").option_names() == ["label_nc"]  # a shared field that is a real choice here
+    assert get_task("seg2face").with_input_options(label_nc=11).input_nc == 11
 
 
 # ----------------------------------------------------------------------------- demo.md

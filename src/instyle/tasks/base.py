@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -121,6 +122,8 @@ class Task:
     needs_source: bool = False
     metrics: tuple[str, ...] = ("l2", "lpips")
     size: int = 256
+    #: Shared fields this task lets users set as input options (see :meth:`option_names`).
+    shared_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -204,8 +207,9 @@ class Task:
     def option_names(self) -> list[str]:
         """The options of how this task makes its inputs (the fields its task file adds to
         :class:`Task`, e.g. super-resolution's ``factors``): what ``instyle prepare --option``
-        accepts. The shared fields (channels, loss weights, flips...) describe the task itself."""
-        shared = {f.name for f in dataclasses.fields(Task)}
+        accepts. The shared fields (channels, loss weights, flips...) describe the task itself,
+        except those a task lists in ``shared_options`` (label maps: ``label_nc``)."""
+        shared = {f.name for f in dataclasses.fields(Task)} - set(self.shared_options)
         return sorted(f.name for f in dataclasses.fields(self) if f.name not in shared)
 
     def with_input_options(self, **options) -> Task:
