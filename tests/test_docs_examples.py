@@ -193,3 +193,38 @@ def test_readme_toonify_checkpoint_loads_in_its_official_layout(shared_dir, tmp_
     for name in ("encoder.styles.17.linear.weight", "decoder.convs.15.conv.weight", "decoder.to_rgbs.7.conv.weight"):
         assert torch.equal(ours[name], ckpt["state_dict"][name]), name
     assert torch.equal(model.latent_avg, ckpt["latent_avg"].reshape(model.latent_avg.shape))
+
+
+# ----------------------------------------------------------------------------- every documented command
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """``(file, command)`` for every ``instyle ...`` line in a code block of README.md and
+    docs/*.md (continuation lines joined, comments dropped; output lines and synopses with
+    ``[optional]`` / ``...`` placeholders left out)."""
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), flags=re.S):
+            text = re.sub(r"\\\n\s*", " ", block)
+            for line in text.splitlines():
+                line = line.split(" #")[0].strip()
+                if re.match(r"instyle [a-z]+(\s|$)", line) and "..." not in line and " [" not in line:
+                    found.append((path.name, line))
+    return found
+
+
+@pytest.mark.parametrize("where, command", _documented_commands(), ids=lambda v: v[:60] if isinstance(v, str) else v)
+def test_documented_command_parses(where, command):
+    """Each documented command line is accepted by the real parser (flags, choices, types):
+    what the docs show exists with that spelling. (Running them needs the published weights;
+    tests/test_workflow.py runs the same commands on a tiny model.)"""
+    import shlex
+
+    from instyle.cli.main import build_parser
+
+    argv = shlex.split(command)[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        pytest.fail(f"{where}: `{command}` is refused by the parser (exit {e.code})")
+    assert getattr(args, "func", None) is not None, f"{where}: `{command}` names no command"
