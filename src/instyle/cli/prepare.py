@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.utils.config import ConfigError
 
     try:
-        task = get_task(args.task, size=args.size, **parse_options(args.option))
+        task = get_task(args.task, size=args.size).with_input_options(**parse_options(args.option))
         labels = _index(args.labels, "--labels")
         inputs = _index(args.inputs, "--inputs")
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as e:

@@ -15,6 +15,7 @@ examples:
   instyle train --preset inversion --generator stylegan2-ffhq-config-f.pt --id-weights model_ir_se50.pth \\
       --train ffhq/ --val celeba_test/ --out runs/ffhq_encode
   instyle train --resume runs/ffhq_encode --set max_steps=600000     # continue exactly where it stopped
+  instyle train --checkpoint psp_ffhq_encode.pt --train faces/ --out runs/finetune   # architecture from the file
   torchrun --nproc_per_node 4 -m instyle.cli.main train --preset inversion ...   # 4 GPUs, same options
 
 --set takes any config key (see --list-keys); values are JSON where they parse (0.5, true, [8,16,32,64], null).
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
     src.add_argument("--config", type=Path, help="a JSON training config (e.g. a run's config.json)")
     src.add_argument("--preset", help="a task recipe, e.g. 'inversion' (see --list-presets)")
     p.add_argument("--generator", help="pretrained StyleGAN2 (rosinality .pt, NVIDIA .pkl, pSp .pt or instyle dir)")
-    p.add_argument("--checkpoint", help="start from this pSp checkpoint instead of from scratch")
+    p.add_argument("--checkpoint", help="fine-tune this pSp checkpoint (its architecture and task are read from it)")
     p.add_argument("--id-weights", dest="id_weights", help="ArcFace model_ir_se50.pth (identity loss, encoder init)")
     p.add_argument("--train", help="folder of training target images, or a prepared folder (target/ + source/)")
     p.add_argument("--train-source", dest="train_source", help="folder of training inputs, paired by file name")
@@ -69,7 +70,7 @@ def _absolute(values: dict) -> dict:
 
 def resolve_config(args):
     """The TrainConfig and run folder an invocation describes (raises ConfigError)."""
-    from instyle.training import TrainConfig, get_preset, parse_overrides
+    from instyle.training import TrainConfig, fine_tuning_base, get_preset, parse_overrides
     from instyle.utils.config import ConfigError
 
     flags = {FLAG_KEYS[k]: v for k, v in vars(args).items() if k in FLAG_KEYS and v is not None}
@@ -93,6 +94,9 @@ def resolve_config(args):
             raise ConfigError(f"{args.config}: unreadable training config ({e})") from None
         if not isinstance(base, dict):
             raise ConfigError(f"{args.config}: a training config must be a JSON object")
+    checkpoint = overrides.get("checkpoint_path", flags.get("checkpoint_path"))
+    if checkpoint:  # fine-tuning: the architecture comes from the checkpoint, not from --set
+        base = fine_tuning_base(str(Path(checkpoint).expanduser()), base)
     return TrainConfig.from_dict(_absolute({**base, **flags, **overrides})), args.out
 
 

@@ -398,8 +398,8 @@ def _mix_tab(ui: _Ui, h: _Handlers) -> None:
                 m_photo = gr.Image(type="filepath", label="Input", sources=["upload", "clipboard"], image_mode=None, elem_id="mix-input", height=320)
                 m_n = gr.Slider(1, settings.max_mix_outputs, value=min(4, settings.max_mix_outputs), step=1, label="Number of outputs")
                 m_layers = gr.Textbox(
-                    label="Layers taken from random styles (0-based, e.g. 8-17; empty = 8 to the last)",
-                    placeholder="8-17",
+                    label="Layers taken from random styles (0-based, e.g. 8-13; empty = 8 to the last)",
+                    placeholder="8-13",
                 )
                 with gr.Row():
                     m_blend = gr.Checkbox(label="Blend instead of replace", value=False)

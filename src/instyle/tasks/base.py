@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -121,6 +122,8 @@ class Task:
     needs_source: bool = False
     metrics: tuple[str, ...] = ("l2", "lpips")
     size: int = 256
+    #: Shared fields this task lets users set as input options (see :meth:`option_names`).
+    shared_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -201,6 +204,26 @@ class Task:
             return x.expand(3, -1, -1).clone()
         return x[:3].clone()
 
+    def option_names(self) -> list[str]:
+        """The options of how this task makes its inputs (the fields its task file adds to
+        :class:`Task`, e.g. super-resolution's ``factors``): what ``instyle prepare --option``
+        accepts. The shared fields (channels, loss weights, flips...) describe the task itself,
+        except those a task lists in ``shared_options`` (label maps: ``label_nc``)."""
+        shared = {f.name for f in dataclasses.fields(Task)} - set(self.shared_options)
+        return sorted(f.name for f in dataclasses.fields(self) if f.name not in shared)
+
+    def with_input_options(self, **options) -> Task:
+        """:meth:`with_options` restricted to :meth:`option_names` (user-facing options, e.g.
+        ``prepare --option``): internal fields such as ``input_nc`` are refused, not recorded."""
+        allowed = self.option_names()
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"task {self.name!r} has no option(s) {unknown}; its options: "
+                + (", ".join(allowed) if allowed else "none")
+            )
+        return self.with_options(**options)
+
     def with_options(self, **overrides) -> Task:
         """A copy with some fields replaced (validated), e.g. ``factors=(4,)`` for SR inference."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -213,10 +236,24 @@ class Task:
 _REGISTRY: dict[str, Task] = {}
 
 
-def register_task(task: Task) -> Task:
-    """Add ``task`` to the registry under ``task.name`` (re-registering a name replaces it)."""
+def register_task(task: Task, replace: bool = False) -> Task:
+    """Add ``task`` to the registry under ``task.name``.
+
+    A name already registered (a built-in such as ``super_resolution`` included) is refused
+    unless ``replace=True``; then the new task wins for every later ``get_task`` /
+    ``get_preset``. Registering an equal task again is a no-op.
+
+    Raises:
+        ConfigError: the name is taken by a different task and ``replace`` is False.
+    """
     if not isinstance(task, Task):
         raise TypeError(f"register_task expects a Task, got {type(task).__name__}")
+    old = _REGISTRY.get(task.name)
+    if old is not None and old != task and not replace:
+        raise ConfigError(
+            f"a task named {task.name!r} is already registered ({type(old).__name__}); choose another name or "
+            f"pass replace=True to replace it; registered: {sorted(_REGISTRY)}"
+        )
     _REGISTRY[task.name] = task
     return task
 

@@ -13,6 +13,7 @@ left/right classes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from instyle.tasks.transforms.landmark_labels import labels_from_landmarks
 @dataclass(frozen=True)
 class SegmentationTask(Task):
     """Label-map input; ``input_nc`` always equals ``label_nc``."""
+
+    shared_options: ClassVar[tuple[str, ...]] = ("label_nc",)  # e.g. 11 classes instead of 19
 
     def __post_init__(self):
         object.__setattr__(self, "input_nc", self.label_nc)

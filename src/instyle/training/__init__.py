@@ -14,7 +14,14 @@ Typical use::
 from instyle.losses.objective import build_objective
 from instyle.training.config import PRECISIONS, TrainConfig, accepted_keys, parse_overrides
 from instyle.training.loop import TrainResult, train
-from instyle.training.model import build_model, init_encoder_from_ir_se50, prepare_for_training, psp_config_for
+from instyle.training.model import (
+    build_model,
+    checkpoint_architecture,
+    fine_tuning_base,
+    init_encoder_from_ir_se50,
+    prepare_for_training,
+    psp_config_for,
+)
 from instyle.training.optim import OPTIMIZERS, Ranger, build_optimizer
 from instyle.training.presets import TrainPreset, get_preset, list_presets, preset_from_task
 from instyle.training.state import RunFolder
@@ -35,6 +42,8 @@ __all__ = [
     "build_model",
     "build_objective",
     "build_optimizer",
+    "checkpoint_architecture",
+    "fine_tuning_base",
     "forward_loss",
     "get_preset",
     "init_encoder_from_ir_se50",

@@ -14,9 +14,17 @@ from instyle.models.encoders import EncoderConfig
 from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
+from instyle.training.presets import get_preset, list_presets
 from instyle.utils.config import ConfigError
 
-__all__ = ["psp_config_for", "build_model", "init_encoder_from_ir_se50", "prepare_for_training"]
+__all__ = [
+    "psp_config_for",
+    "build_model",
+    "checkpoint_architecture",
+    "fine_tuning_base",
+    "init_encoder_from_ir_se50",
+    "prepare_for_training",
+]
 
 log = logging.getLogger("instyle.training")
 
@@ -71,21 +79,68 @@ def init_encoder_from_ir_se50(encoder: nn.Module, state: dict[str, torch.Tensor]
     return len(picked)
 
 
-def _check_checkpoint_matches(cfg: TrainConfig, model: PSP) -> None:
-    mc = model.config
-    found = {
+def architecture_keys(mc: PSPConfig) -> dict:
+    """The :class:`TrainConfig` keys a pSp model's architecture fixes, with its values."""
+    return {
         "encoder_type": mc.encoder.type,
         "family": mc.family,
         "input_nc": mc.image_nc,
+        "label_nc": mc.label_nc,
         "learn_in_w": mc.learn_in_w,
         "start_from_latent_avg": mc.start_from_latent_avg,
         "image_size": mc.encoder.input_size,
+        "output_size": mc.output_size,
     }
-    if cfg.output_size is not None:
-        found["output_size"] = mc.output_size
+
+
+def checkpoint_architecture(path: str) -> dict:
+    """The architecture keys of the pSp checkpoint at ``path`` (any format ``load_psp``
+    reads) plus its ``task``: what fine-tuning from it needs no ``--set`` for."""
+    mc = load_psp(path).config
+    return {**architecture_keys(mc), "task": mc.task}
+
+
+def fine_tuning_base(checkpoint: str, base: dict) -> dict:
+    """Config values for fine-tuning from ``checkpoint``: ``base`` (a preset's or a config
+    file's values) with the checkpoint's architecture on top. Without a ``task`` in
+    ``base`` the checkpoint's task is used, with its recipe underneath when that task is
+    registered. Values the user sets explicitly go on top of this; ones contradicting the
+    checkpoint are refused by :func:`build_model`."""
+    arch = checkpoint_architecture(checkpoint)
+    task = arch.pop("task")
+    if "task" not in base:
+        recipe = get_preset(task).overrides if task in list_presets() else {}
+        base = {**recipe, **base, "task": task}
+    return {**base, **arch}
+
+
+def _check_checkpoint_matches(cfg: TrainConfig, model: PSP) -> None:
+    found = architecture_keys(model.config)
+    if cfg.output_size is None:
+        del found["output_size"]
     diffs = [f"{k}: config {getattr(cfg, k)!r} vs checkpoint {v!r}" for k, v in found.items() if getattr(cfg, k) != v]
     if diffs:
-        raise ConfigError(f"{cfg.checkpoint_path}: the checkpoint's architecture differs from the config: " + "; ".join(diffs))
+        raise ConfigError(
+            f"{cfg.checkpoint_path}: the checkpoint's architecture differs from the config: " + "; ".join(diffs)
+            + " (leave these keys unset: fine-tuning reads them from the checkpoint)"
+        )
+
+
+def _describe(model: PSP, generator: GeneratorConfig) -> None:
+    """Say what was built: a default encoder is a full IR-SE backbone, whatever the generator."""
+    enc = model.config.encoder
+    n = sum(p.numel() for p in model.encoder.parameters())
+    log.info(
+        "encoder: %s, %d-layer %s backbone, widths %s, input %d px x %d channels: %.1fM parameters (%.0f MB); "
+        "generator: %d px, %d styles", enc.type, enc.num_layers, enc.mode, list(enc.widths), enc.input_size,
+        enc.input_nc, n / 1e6, n * 4 / 2**20, generator.size, generator.n_latent,
+    )
+    if enc.input_size > generator.size:
+        log.warning(
+            "the encoder reads %d px inputs but the generator makes %d px images: set image_size=%d (and "
+            "encoder_widths / encoder_units for a small encoder) to match it", enc.input_size, generator.size,
+            max(generator.size, 32),
+        )
 
 
 def build_model(cfg: TrainConfig) -> PSP:
@@ -111,6 +166,7 @@ def build_model(cfg: TrainConfig) -> PSP:
         model = PSP(config)
     model.decoder.load_state_dict(generator.state_dict())
     model.set_latent_avg(generator.latent_avg, generator_average=True)
+    _describe(model, generator.config)
     if cfg.encoder_init == "ir_se50":
         n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), model.config.encoder.input_nc)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
