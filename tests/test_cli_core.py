@@ -79,7 +79,7 @@ def test_encode_processes_good_files_and_reports_bad_ones(tiny_dir, inputs, tmp_
 
 def test_encode_reports_bad_files_but_not_bugs(tiny_dir, tmp_path, monkeypatch):
     """A plain ValueError from preprocessing is a bug: it surfaces instead of 'skipped <file>'."""
-    import instyle.inference.preprocess as preprocess
+    import instyle.inference.pipeline as pipeline
 
     img = tmp_path / "face.png"
     rgb((64, 64), 5).save(img)
@@ -87,7 +87,7 @@ def test_encode_reports_bad_files_but_not_bugs(tiny_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(preprocess, "prepare_input", broken)
+    monkeypatch.setattr(pipeline, "prepare_input", broken)  # the batch job's input preparation
     with pytest.raises(ValueError, match="could not be broadcast"):
         main(["encode", "-c", str(tiny_dir), str(img), "--out", str(tmp_path / "out"), "--device", "cpu"])
 
