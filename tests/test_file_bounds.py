@@ -370,3 +370,28 @@ def test_well_formed_training_state_is_read(tiny_psp, tmp_path):
     folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, _valid_state())
     _, state = read_training_state(folder)
     assert state["step"] == 3
+
+
+def _many_dicts_pickle(n: int = 2_100_000) -> bytes:
+    """``[{}, {}, ...]``: one byte of pickle per dict, ~64 bytes of memory each."""
+    return b"\x80\x02](" + b"}" * n + b"e."
+
+
+@pytest.mark.parametrize("kind", ["nvidia", "zip", "legacy"])
+def test_pickle_running_too_many_operations_is_refused(tmp_path, kind, monkeypatch):
+    from instyle.interop import bounds
+
+    monkeypatch.setattr(bounds, "MAX_PICKLE_OPS", 10_000, raising=False)  # the real bound, 2e6, takes seconds
+    data = _many_dicts_pickle(20_000)
+    path = tmp_path / ("many.pkl" if kind == "nvidia" else "many.pt")
+    if kind == "nvidia":
+        path.write_bytes(data)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", data)
+            zf.writestr("archive/version", b"3\n")
+    else:
+        head = b"".join(pickle.dumps(h, protocol=2) for h in (LEGACY_MAGIC, 1001, {"little_endian": True}))
+        path.write_bytes(head + data + pickle.dumps([], protocol=2))
+    with pytest.raises(CheckpointError, match=r"many\.(pkl|pt).*more than 10000 operations"):
+        instyle.load_generator(path)
