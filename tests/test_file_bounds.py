@@ -395,3 +395,21 @@ def test_pickle_running_too_many_operations_is_refused(tmp_path, kind, monkeypat
         path.write_bytes(head + data + pickle.dumps([], protocol=2))
     with pytest.raises(CheckpointError, match=r"many\.(pkl|pt).*more than 10000 operations"):
         instyle.load_generator(path)
+
+
+def test_train_resume_with_malformed_state_is_one_line(tmp_path, capsys):
+    from instyle.training.model import build_model
+    from instyle.training.state import RunFolder, write_checkpoint
+    from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
+
+    g = toy_generator(size=32, style_dim=16, seed=0)
+    write_toy_dataset(g, tmp_path / "train", 4, seed=1)
+    cfg = toy_config(save_toy_generator(g, tmp_path / "gen"), tmp_path / "train",
+                     encoder_type="BackboneEncoderUsingLastLayerIntoW", learn_in_w=True, max_steps=2)
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    cfg.save(run.config)
+    write_checkpoint(run, "latest", build_model(cfg), {"step": 1}, {**_valid_state(), "optimizer": [1, 2]})
+    rc, err = _run_cli("train", "--resume", str(run.root), capsys=capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "training_state.pt: malformed training state: 'optimizer' is a list" in err
