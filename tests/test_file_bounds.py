@@ -370,3 +370,46 @@ def test_well_formed_training_state_is_read(tiny_psp, tmp_path):
     folder = write_checkpoint(RunFolder(tmp_path / "run"), "latest", tiny_psp, {"step": 1}, _valid_state())
     _, state = read_training_state(folder)
     assert state["step"] == 3
+
+
+def _many_dicts_pickle(n: int = 2_100_000) -> bytes:
+    """``[{}, {}, ...]``: one byte of pickle per dict, ~64 bytes of memory each."""
+    return b"\x80\x02](" + b"}" * n + b"e."
+
+
+@pytest.mark.parametrize("kind", ["nvidia", "zip", "legacy"])
+def test_pickle_running_too_many_operations_is_refused(tmp_path, kind, monkeypatch):
+    from instyle.interop import bounds
+
+    monkeypatch.setattr(bounds, "MAX_PICKLE_OPS", 10_000, raising=False)  # the real bound, 2e6, takes seconds
+    data = _many_dicts_pickle(20_000)
+    path = tmp_path / ("many.pkl" if kind == "nvidia" else "many.pt")
+    if kind == "nvidia":
+        path.write_bytes(data)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", data)
+            zf.writestr("archive/version", b"3\n")
+    else:
+        head = b"".join(pickle.dumps(h, protocol=2) for h in (LEGACY_MAGIC, 1001, {"little_endian": True}))
+        path.write_bytes(head + data + pickle.dumps([], protocol=2))
+    with pytest.raises(CheckpointError, match=r"many\.(pkl|pt).*more than 10000 operations"):
+        instyle.load_generator(path)
+
+
+def test_train_resume_with_malformed_state_is_one_line(tmp_path, capsys):
+    from instyle.training.model import build_model
+    from instyle.training.state import RunFolder, write_checkpoint
+    from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
+
+    g = toy_generator(size=32, style_dim=16, seed=0)
+    write_toy_dataset(g, tmp_path / "train", 4, seed=1)
+    cfg = toy_config(save_toy_generator(g, tmp_path / "gen"), tmp_path / "train",
+                     encoder_type="BackboneEncoderUsingLastLayerIntoW", learn_in_w=True, max_steps=2)
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    cfg.save(run.config)
+    write_checkpoint(run, "latest", build_model(cfg), {"step": 1}, {**_valid_state(), "optimizer": [1, 2]})
+    rc, err = _run_cli("train", "--resume", str(run.root), capsys=capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "training_state.pt: malformed training state: 'optimizer' is a list" in err

@@ -21,7 +21,10 @@ from instyle.errors import CheckpointError
 
 __all__ = [
     "MAX_NESTING",
+    "MAX_PICKLE_OPS",
     "BoundedReader",
+    "BoundedUnpickler",
+    "check_pickle_ops",
     "check_zip_members",
     "check_declared_storages",
     "check_loaded_tensors",
@@ -30,6 +33,10 @@ __all__ = [
 
 #: Deepest container nesting a supported checkpoint needs (real ones use < 10).
 MAX_NESTING = 64
+#: Most pickle operations one file may run. Each object costs one or two bytes of pickle
+#: but ~60 bytes of memory, so this, not the file size, bounds what unpickling builds;
+#: real network pickles and checkpoints run well under 10**5.
+MAX_PICKLE_OPS = 2_000_000
 #: Magic number that starts PyTorch's legacy (pre-1.6, non-zip) ``torch.save`` streams.
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -121,7 +128,29 @@ def _storage_item_size(ref: tuple[str, str]) -> int:
     return _ITEM_SIZES.get(ref[1].removesuffix("Storage"), 8)
 
 
-class _SkeletonUnpickler(pickle._Unpickler):  # pure Python: its memo is a dict, not a table
+def _counted(op: Any) -> Any:
+    def run(self: BoundedUnpickler) -> Any:
+        self.ops_left -= 1
+        if self.ops_left < 0:
+            raise CheckpointError(f"refused: the pickle runs more than {MAX_PICKLE_OPS} operations")
+        return op(self)
+
+    return run
+
+
+class BoundedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its memo is a dict: the C one grows a table to the
+    largest memo index a file names, so 10 bytes naming index 2**30 cost 8 GB) with at
+    most :data:`MAX_PICKLE_OPS` operations."""
+
+    dispatch = {code: _counted(op) for code, op in pickle._Unpickler.dispatch.items()}
+
+    def __init__(self, f: Any, *args: Any, **kwargs: Any):
+        super().__init__(f, *args, **kwargs)
+        self.ops_left = MAX_PICKLE_OPS
+
+
+class _SkeletonUnpickler(BoundedUnpickler):
     """Runs a pickle's opcodes with every global replaced by a :class:`_Stub` (so nothing
     from the file executes) and records the storages its persistent ids declare."""
 
@@ -171,6 +200,8 @@ def check_declared_storages(f: BinaryIO, file_bytes: int, source: Any) -> None:
             _skeleton(reader)  # protocol version
             _skeleton(reader)  # sys_info
             _, declared = _skeleton(reader)
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
         except Exception as e:  # fail closed: what cannot be measured is not loaded
             raise CheckpointError(
                 f"{source}: a corrupt legacy PyTorch file ({type(e).__name__}: {str(e)[:200]})"
@@ -223,6 +254,17 @@ def check_loaded_tensors(obj: Any, file_bytes: int, source: Any) -> None:
                 )
             continue
         stack.extend((child, depth + 1) for child in _children(item))
+
+
+def check_pickle_ops(f: BinaryIO, limit: int, source: Any) -> None:
+    """Refuse a pickle (read from ``f``, at most ``limit`` bytes) that runs more than
+    :data:`MAX_PICKLE_OPS` operations; nothing from it executes."""
+    try:
+        _skeleton(BoundedReader(f, limit))
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    except Exception:  # corrupt: the real loader reports it
+        return
 
 
 def check_torch_bytes(data: bytes, source: Any) -> None:

@@ -38,6 +38,7 @@ from instyle.errors import CheckpointError
 from instyle.interop.bounds import (
     MAX_NESTING,
     BoundedReader,
+    BoundedUnpickler,
     check_loaded_tensors,
     check_torch_bytes,
     check_zip_members,
@@ -215,11 +216,9 @@ class TensorFlowPickleError(CheckpointError):
     """The file is a TensorFlow-era StyleGAN pickle (not supported)."""
 
 
-class RestrictedUnpickler(pickle._Unpickler):
-    """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS`.
-
-    It extends the pure-Python unpickler, whose memo is a dict: the C one grows a table to
-    the largest memo index a file names, so 10 bytes naming index 2**30 cost 8 GB.
+class RestrictedUnpickler(BoundedUnpickler):
+    """``pickle.Unpickler`` that resolves only :data:`ALLOWED_GLOBALS` (and runs a
+    bounded number of operations, with a dict memo: see :class:`BoundedUnpickler`).
 
     Args:
         file: binary file object positioned at the pickle.

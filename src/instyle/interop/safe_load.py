@@ -11,6 +11,7 @@ tensors against the file's size afterwards (:mod:`instyle.interop.bounds`).
 from __future__ import annotations
 
 import argparse
+import io
 import pickletools
 import re
 import zipfile
@@ -20,7 +21,12 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.bounds import check_declared_storages, check_loaded_tensors, check_zip_members
+from instyle.interop.bounds import (
+    check_declared_storages,
+    check_loaded_tensors,
+    check_pickle_ops,
+    check_zip_members,
+)
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
 
@@ -78,6 +84,9 @@ def _check_declared_sizes(path: Path, size: int, what: str) -> None:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             check_zip_members(zf, size, path)
+            for info in zf.infolist():
+                if info.filename.endswith("data.pkl"):  # size bounded just above
+                    check_pickle_ops(io.BytesIO(zf.read(info)), info.file_size, path)
         return
     with open(path, "rb") as f:
         check_declared_storages(f, size, path)
@@ -109,8 +118,6 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def _globals_in(data: bytes) -> list[str]:
     """``module.name`` of every GLOBAL / STACK_GLOBAL in the pickle(s) at the start of ``data``."""
-    import io
-
     found: list[str] = []
     stream = io.BytesIO(data)
     while stream.tell() < len(data):  # legacy torch files are several pickles in a row
