@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from PIL import Image
 
 import instyle
 from instyle.interop import CheckpointError
@@ -460,3 +461,33 @@ def test_cars_models_crop_and_feed_back_at_three_quarters_height():
     assert float((run.images[0] - full[:, :, 16:112]).abs().max()) < 1e-5
     with pytest.raises(ValueError, match=r"HyperStyle expects images \[B, 3, 192, 256\]"):
         model.w_inversion(x)
+
+
+def test_refine_hyperstyle_runs_its_iterations_and_saves_the_offsets(tmp_path):
+    """``--refine hyperstyle`` (``refine(..., "hyperstyle")``): N iterations of generator offsets,
+    the same as ``encode(x, iterations=N)``; the offsets travel with the saved latent."""
+    from instyle.cli.main import main
+    from instyle.inference.latents import load_weights_deltas
+    from instyle.inference.refine import RefineConfig, RefineError, refine
+
+    model = tiny_model()
+    x = images(1)
+    with torch.no_grad():
+        w, deltas = model.encode(x, iterations=2)
+        want = model.decode(w, weights_deltas=deltas, resize=True)[0]
+    result = refine(model, x[0], w[0], "hyperstyle", RefineConfig(steps=2))
+    torch.testing.assert_close(result.image, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.latent, w[0], rtol=0, atol=0)
+    with pytest.raises(RefineError, match="needs a HyperStyle checkpoint"):
+        from instyle.models import create_psp
+
+        refine(create_psp("tiny").eval(), torch.zeros(3, 64, 64), torch.zeros(10, 64), "hyperstyle", RefineConfig(steps=1))
+    model.save_pretrained(tmp_path / "hs")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(((x[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype("uint8")).save(src / "a.png")
+    out = tmp_path / "out"
+    assert main(["encode", str(src), "-c", str(tmp_path / "hs"), "-o", str(out), "--device", "cpu",
+                 "--refine", "hyperstyle", "--refine-steps", "2", "--save-latents"]) == 0
+    saved = load_weights_deltas(out / "latents" / "a.npz")
+    assert saved is not None and sum(d is not None for d in saved) == sum(d is not None for d in deltas)

@@ -101,7 +101,7 @@ def test_refusals(model, known):
     _, noisy, w_enc = known
     with pytest.raises(RefineError, match="needs a ReStyle checkpoint.*GradualStyleEncoder"):
         refine(model, noisy[0], w_enc[0], "restyle", RefineConfig(steps=1, lpips_weight=0))
-    with pytest.raises(RefineError, match="unknown refinement 'x'; choose one of optimize, pti, restyle"):
+    with pytest.raises(RefineError, match="unknown refinement 'x'; choose one of hyperstyle, optimize, pti, restyle"):
         refine(model, noisy[0], w_enc[0], "x")
     with pytest.raises(RefineError, match="needs an LPIPS module"):
         refine(model, noisy[0], w_enc[0], "optimize", RefineConfig(steps=1))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from instyle.cli.common import error
 
-REFINE_METHODS = ("optimize", "pti", "restyle")
+REFINE_METHODS = ("optimize", "pti", "restyle", "hyperstyle")
 
 
 def add_refine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("refinement (slower, sharper; see docs/inference_tools.md)")
     g.add_argument("--refine", choices=REFINE_METHODS, help="refine each image after encoding: latent optimisation, "
-                   "pivotal tuning, or ReStyle iterations (ReStyle checkpoints only)")
-    g.add_argument("--refine-steps", type=int, help="optimiser steps per image (default: 200; restyle: iterations, default 5)")
+                   "pivotal tuning, or the model's own iterations (ReStyle / HyperStyle checkpoints only)")
+    g.add_argument("--refine-steps", type=int, help="optimiser steps per image (default: 200; restyle/hyperstyle: iterations, default 5)")
     g.add_argument("--refine-time", type=float, help="stop refining an image after this many seconds")
     g.add_argument("--refine-lr", type=float, help="learning rate (default: optimize 0.02, pti 3e-4)")
     g.add_argument("--refine-noise", action="store_true", help="optimize: also fit the noise maps (regularised)")
@@ -34,7 +34,7 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
     try:
         if args.full_resolution or args.side_by_side or args.grid:
             raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
-        steps = args.refine_steps or (DEFAULT_ITERATIONS if args.refine == "restyle" else RefineConfig.steps)
+        steps = args.refine_steps or (RefineConfig.steps if args.refine in LOSS_REFINERS else DEFAULT_ITERATIONS)
         config = RefineConfig(steps=steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
                               optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,
                               progress=sys.stderr.isatty())

@@ -15,6 +15,8 @@ network input itself, so this applies to inversion models):
   :mod:`instyle.inference.editing` apply to the tuned generator too.
 * ``restyle``: a ReStyle model's own iterative loop, ``steps`` iterations (refused for
   other models).
+* ``hyperstyle``: a HyperStyle model's generator offsets, ``steps`` iterations (refused for
+  other models); the offsets are saved with the latent.
 
 Deterministic for a given ``seed`` on a given device; a step count and an optional time
 budget bound the work per image::
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from instyle.errors import InputError
 from instyle.inference.io import save_image, tensor_to_pil
 from instyle.inference.latents import save_latent
+from instyle.inference.offsets import sample_offsets, uses_offsets
 from instyle.utils.atomic import atomic_write_bytes
 
 __all__ = [
@@ -123,11 +126,12 @@ class RefineResult:
     losses: list[float] = field(default_factory=list)
     noise: list[torch.Tensor] | None = None
     generator_delta: dict[str, torch.Tensor] | None = None
+    weights_deltas: list[torch.Tensor | None] | None = None
 
 
 #: name -> ``fn(model, target [1, 3, S, S], w [n_styles, D], config, lpips) -> RefineResult``.
 REFINERS: dict[str, Callable] = {}
-#: the refiners that fit a loss (LPIPS + MSE); ``restyle`` runs its encoder's own iterations.
+#: the refiners that fit a loss (LPIPS + MSE); ``restyle`` and ``hyperstyle`` run the model's own iterations.
 LOSS_REFINERS = ("optimize", "pti")
 
 
@@ -346,6 +350,22 @@ def _restyle(model, target, w_init, config: RefineConfig, lpips) -> RefineResult
     return RefineResult(image, w[0], "restyle", config.steps, time.perf_counter() - t0)
 
 
+@register_refiner("hyperstyle")
+def _hyperstyle(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
+    """HyperStyle's own loop, ``config.steps`` iterations of generator offsets on top of its
+    W-encoder's code (the original's ``run_inversion``; ``w_init`` is not used)."""
+    if not uses_offsets(model):
+        raise RefineError(
+            f"'hyperstyle' refinement needs a HyperStyle checkpoint (W-encoder + hypernetwork); this is a "
+            f"{getattr(model, 'family', type(model).__name__)} model. Use 'optimize' or 'pti'."
+        )
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        w, deltas = model.encode(target, iterations=config.steps)
+        image = model.decode(w, weights_deltas=deltas, resize=True)[0]
+    return RefineResult(image, w[0], "hyperstyle", config.steps, time.perf_counter() - t0, weights_deltas=deltas)
+
+
 # --------------------------------------------------------------------------- generator deltas
 
 
@@ -450,14 +470,15 @@ def refine_files(
             summary["failed"] += 1
             continue
         with torch.no_grad():
-            w = model.encode(x).float()
+            w = model.encode(x)[0].float() if uses_offsets(model) else model.encode(x).float()
         result = refine(model, x, w, method, config, lpips)
         try:
             if result.generator_delta is not None:
                 save_generator_delta(out / "pti" / f"{name}.safetensors", result.generator_delta, model.decoder)
             if save_latents:
                 meta = {"method": method, "steps": result.steps, "source": str(path)}
-                save_latent(out / "latents" / f"{name}.npz", result.latent.cpu(), result.noise, meta)
+                save_latent(out / "latents" / f"{name}.npz", result.latent.cpu(), result.noise, meta,
+                            weights_deltas=sample_offsets(result.weights_deltas, 0))
             save_image(tensor_to_pil(result.image), out / f"{name}.{fmt}")
         except OSError as e:
             log(f"instyle: could not write the outputs of {path}: {e}")
