@@ -21,6 +21,7 @@ from typing import Any
 from instyle.data.transforms import SOURCE_MODES
 from instyle.losses.objective import ObjectiveConfig
 from instyle.models.encoders import ENCODER_TYPES
+from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNET_TYPES
 from instyle.training.optim import OPTIMIZERS
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
@@ -44,7 +45,7 @@ def default_workers(original: int) -> int:
     processes than CPUs only contend, and PyTorch warns about it)."""
     return max(0, min(original, available_cpus()))
 #: Families the trainer implements (e4e's discriminator and progressive schedule are not yet).
-TRAIN_FAMILIES = ("psp", "restyle")
+TRAIN_FAMILIES = ("psp", "restyle", "hyperstyle")
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
 RESTYLE_TRAIN_TYPES = (
     "BackboneEncoder", "ResNetBackboneEncoder", "GradualStyleEncoder", "ResNetGradualStyleEncoder",
@@ -77,7 +78,11 @@ class TrainConfig:
         family: ``psp`` or ``restyle`` (ReStyle: ``input_nc`` = the images' 3 channels, the
             encoder sees 6; ``n_iters_per_batch`` refinement steps per batch, each with its own
             backward, one optimiser step, as the official ReStyle coach). e4e training (latent
-            discriminator, progressive stages) is not available yet.
+            discriminator, progressive stages) is not available yet. ``hyperstyle``: a
+            hypernetwork (``encoder_type`` one of ``HYPERNET_TYPES``, trunk widths/units from
+            ``encoder_widths``/``encoder_units``) over a frozen W-encoder
+            (``w_encoder_checkpoint_path``) and generator, tuning ``layers_to_tune``, with
+            ``n_iters_per_batch`` iterations per batch as the official HyperStyle coach.
         freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
             (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
@@ -114,6 +119,8 @@ class TrainConfig:
     encoder_type: str = "GradualStyleEncoder"
     family: str = "psp"
     n_iters_per_batch: int = 5
+    w_encoder_checkpoint_path: str | None = None
+    layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
@@ -159,7 +166,7 @@ class TrainConfig:
         check_choice("family", self.family, TRAIN_FAMILIES)
         if self.family == "psp":
             check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
-        else:
+        elif self.family == "restyle":
             check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
             check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
             if self.input_nc != 3 or not self.start_from_latent_avg or self.learn_in_w:
@@ -168,6 +175,8 @@ class TrainConfig:
                     f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
                     f"learn_in_w=false"
                 )
+        else:
+            self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)
@@ -202,6 +211,45 @@ class TrainConfig:
                 f"{self.image_size} needs them at 0"
             )
         self.objective()  # validates the loss weights
+
+    def _check_hyperstyle(self) -> None:
+        """HyperStyle's coach: a hypernetwork (``encoder_type``) on 3-channel photos, stored
+        noise, the L2 / LPIPS / ID (or MoCo) terms only."""
+        check_choice("encoder_type", self.encoder_type, HYPERNET_TYPES)
+        check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
+        self.tuned_layers()
+        if self.input_nc != 3 or self.learn_in_w or self.source_mode != "rgb":
+            raise ConfigError(
+                f"family='hyperstyle' trains on RGB photos: needs input_nc=3 (got {self.input_nc}), "
+                f"source_mode='rgb' (got {self.source_mode!r}) and learn_in_w=false"
+            )
+        if self.image_size < 64:
+            raise ConfigError(f"family='hyperstyle' needs image_size >= 64 (the hypernetwork's 16x smaller map is "
+                              f"at least 4x4); got {self.image_size}")
+        if self.randomize_noise:
+            raise ConfigError("family='hyperstyle' renders with the generator's stored noise, as the official coach; "
+                              "set randomize_noise=false")
+        if self.encoder_init != "random":
+            raise ConfigError(
+                f"family='hyperstyle' with encoder_init={self.encoder_init!r}: the hypernetwork's ResNet-34 "
+                "initialisation is not available yet; set encoder_init=random or start from a checkpoint_path"
+            )
+        extra = {k: getattr(self, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop")
+                 if getattr(self, k)}
+        if extra:
+            raise ConfigError(f"family='hyperstyle' has no {sorted(extra)} terms (the official coach uses L2, LPIPS "
+                              f"and ID or MoCo); set them to 0 (got {extra})")
+
+    def tuned_layers(self) -> tuple[int, ...]:
+        """``layers_to_tune`` as indices (``"0,2,3"`` -> ``(0, 2, 3)``)."""
+        try:
+            layers = tuple(int(v) for v in str(self.layers_to_tune).split(",") if v.strip())
+        except ValueError:
+            layers = ()
+        if not layers or min(layers) < 0:
+            raise ConfigError(f"layers_to_tune={self.layers_to_tune!r} must be comma-separated layer indices "
+                              "(e.g. '0,2,3,5,6')")
+        return layers
 
     # ------------------------------------------------------------------ views
 
