@@ -42,7 +42,7 @@ def restyle_config(toy, **overrides) -> TrainConfig:
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"family": "e4e"}, r"family='e4e' is not accepted; choose one of \['psp', 'restyle'\]"),
+        ({"family": "e4e"}, r"family='e4e' is not accepted; choose one of \['psp', 'restyle', 'hyperstyle'\]"),
         ({"encoder_type": "Encoder4Editing"}, r"encoder_type='Encoder4Editing' is not accepted"),
         ({"input_nc": 1, "source_mode": "gray"}, r"needs input_nc=3 \(got 1\)"),
         ({"n_iters_per_batch": 0}, r"n_iters_per_batch=0 must be a positive integer"),
