@@ -68,7 +68,7 @@ def hs_config(toy, **overrides) -> TrainConfig:
         ({"randomize_noise": True}, r"stored noise.*set randomize_noise=false"),
         ({"w_norm_lambda": 0.1}, r"no \['w_norm_lambda'\] terms"),
         ({"image_size": 32}, r"needs image_size >= 64.*got 32"),
-        ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50'"),
+        ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34"),
         ({"layers_to_tune": "0,x"}, r"layers_to_tune='0,x' must be comma-separated"),
         ({"n_iters_per_batch": 0}, r"n_iters_per_batch=0 must be a positive integer"),
     ],
@@ -198,3 +198,49 @@ def test_hyperstyle_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     start = build_model(cfg).state_dict()
     assert not torch.equal(start["hypernet.conv1.weight"], a["hypernet.conv1.weight"])
     assert torch.equal(start["w_encoder.linear.weight"], a["w_encoder.linear.weight"])
+
+
+@pytest.mark.slow
+def test_hyperstyle_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
+    common = dict(max_steps=2, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, val_target=None)
+    script, env = _runner(tmp_path)
+    hs_config(toy, batch_size=4, **common).save(tmp_path / "single.json")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
+                   check=True, capture_output=True)
+    hs_config(toy, batch_size=2, **common).save(tmp_path / "ddp.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    start = build_model(hs_config(toy)).state_dict()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("hypernet."))
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest update {moved:.3g}, largest 1- vs 2-process difference {diff:.3g}")
+    assert moved > 1e-3
+    assert diff < 1e-5, f"2-process result differs by {diff} (update size {moved})"
+
+
+def test_hypernetwork_starts_from_imagenet_resnet34_as_the_original(toy, tmp_path):
+    """``encoder_init=resnet34``: torchvision's ``layer1..4`` become ``body.*`` in order, ``bn1``
+    is copied, ``conv1`` keeps the RGB filters in channels 0-2 (random in 3-5); a narrow
+    trunk is refused."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(3)
+    state = torchvision.models.resnet34(weights=None).state_dict()
+    torch.save(state, tmp_path / "resnet34.pth")
+    cfg = hs_config(toy, encoder_init="resnet34", resnet34_weights=str(tmp_path / "resnet34.pth"), encoder_widths=None,
+                    encoder_units=None)
+    hyper = build_model(cfg).hypernet.state_dict()
+    assert torch.equal(hyper["body.0.conv1.weight"], state["layer1.0.conv1.weight"])
+    assert torch.equal(hyper["body.3.downsample.1.running_var"], state["layer2.0.downsample.1.running_var"])
+    assert torch.equal(hyper["body.15.bn2.weight"], state["layer4.2.bn2.weight"])
+    assert torch.equal(hyper["bn1.bias"], state["bn1.bias"])
+    assert torch.equal(hyper["conv1.weight"][:, :3], state["conv1.weight"])
+    assert hyper["conv1.weight"].shape[1] == 6 and not torch.equal(hyper["conv1.weight"][:, 3:], hyper["conv1.weight"][:, :3])
+    with pytest.raises(ConfigError, match="ResNet-34 weights do not fit this hypernetwork"):
+        build_model(cfg.replace(encoder_widths=[8, 16, 16, 32]))
+    with pytest.raises(ConfigError, match="ResNet-34 weights do not fit this hypernetwork"):
+        build_model(cfg.replace(encoder_units=[1, 1, 1, 1]))
+    with pytest.raises(ConfigError, match="encoder_init='resnet34' initialises HyperStyle's hypernetwork"):
+        hs_config(toy, family="psp", encoder_type="GradualStyleEncoder", encoder_init="resnet34")

@@ -33,7 +33,8 @@ FLAG_KEYS = {
     "device": "device",
 }
 PATH_KEYS = {"stylegan_weights", "checkpoint_path", "ir_se50_weights", "train_target", "train_source", "val_target",
-             "val_source", "lpips_weights", "moco_weights", "w_encoder_checkpoint_path"}
+             "val_source", "lpips_weights", "moco_weights", "w_encoder_checkpoint_path",
+             "resnet34_weights"}
 
 
 def register(subparsers) -> None:

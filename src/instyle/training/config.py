@@ -29,7 +29,7 @@ from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
-ENCODER_INITS = ("ir_se50", "random")
+ENCODER_INITS = ("ir_se50", "resnet34", "random")
 
 
 def available_cpus() -> int:
@@ -86,7 +86,9 @@ class TrainConfig:
         freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
             (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
-            ``random``. encoder_widths / encoder_units: narrow encoders (tests, demos).
+            ``random``; ``resnet34`` for HyperStyle's hypernetwork (torchvision's ImageNet
+            ResNet-34 from ``resnet34_weights`` or torchvision's cache, as the original).
+            encoder_widths / encoder_units: narrow encoders (tests, demos).
     Objective: see :class:`instyle.losses.ObjectiveConfig` (same names).
     Optimisation: optim_name (``ranger``/``adam``), learning_rate (1e-4 as the code;
         the paper says 1e-3), max_steps, seed, randomize_noise (fresh StyleGAN noise
@@ -120,6 +122,7 @@ class TrainConfig:
     family: str = "psp"
     n_iters_per_batch: int = 5
     w_encoder_checkpoint_path: str | None = None
+    resnet34_weights: str | None = None
     layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
     start_from_latent_avg: bool = False
@@ -178,6 +181,9 @@ class TrainConfig:
         else:
             self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        if self.encoder_init == "resnet34" and self.family != "hyperstyle":
+            raise ConfigError(f"encoder_init='resnet34' initialises HyperStyle's hypernetwork; family={self.family!r} "
+                              "takes 'ir_se50' or 'random'")
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)
         check_power_of_two("image_size", self.image_size, minimum=32)
@@ -229,10 +235,10 @@ class TrainConfig:
         if self.randomize_noise:
             raise ConfigError("family='hyperstyle' renders with the generator's stored noise, as the official coach; "
                               "set randomize_noise=false")
-        if self.encoder_init != "random":
+        if self.encoder_init == "ir_se50":
             raise ConfigError(
-                f"family='hyperstyle' with encoder_init={self.encoder_init!r}: the hypernetwork's ResNet-34 "
-                "initialisation is not available yet; set encoder_init=random or start from a checkpoint_path"
+                "family='hyperstyle' with encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34 "
+                "(encoder_init=resnet34, the original) or a random initialisation (encoder_init=random)"
             )
         extra = {k: getattr(self, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop")
                  if getattr(self, k)}

@@ -16,8 +16,9 @@ import torch
 from instyle.interop import load_generator, load_psp
 from instyle.interop.hyperstyle import read_w_encoder
 from instyle.interop.safe_load import safe_torch_load
+from instyle.losses.weights import find_weights, read_state_dict
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, RESNET34_UNITS
-from instyle.models.encoders.hypernetwork import HyperNetConfig
+from instyle.models.encoders.hypernetwork import HyperNetConfig, HyperNetwork
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.own_format import is_own_format
 from instyle.models.psp import PSP
@@ -25,7 +26,11 @@ from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.utils.config import ConfigError
 
-__all__ = ["hyperstyle_config_for", "read_w_encoder_file", "build_hyperstyle"]
+__all__ = ["RESNET34_HUB_NAMES", "hyperstyle_config_for", "read_w_encoder_file", "init_hypernet_from_resnet34",
+           "build_hyperstyle"]
+
+#: torchvision's file names for its ImageNet ResNet-34 (``resnet34(weights="IMAGENET1K_V1")``; older releases).
+RESNET34_HUB_NAMES = ("resnet34-b627a593.pth", "resnet34-333f7ec4.pth")
 
 
 def hyperstyle_config_for(cfg: TrainConfig, generator: GeneratorConfig, w_encoder=None) -> HyperStyleConfig:
@@ -59,6 +64,47 @@ def read_w_encoder_file(path: str, generator: GeneratorConfig, image_size: int):
         ckpt = safe_torch_load(path, "W-encoder checkpoint")
     config, state = read_w_encoder(ckpt, path, generator, "this training run")
     return dataclasses.replace(config, input_size=image_size), state
+
+
+def init_hypernet_from_resnet34(hypernet: HyperNetwork, state: dict[str, torch.Tensor]) -> int:
+    """The original's hypernetwork initialisation from torchvision's ImageNet ResNet-34:
+    its ``layer1..layer4`` blocks become ``body.*`` (in order), ``bn1`` is copied, and
+    ``conv1`` gets the RGB filters in its first 3 input channels and ``torch.randn`` (the
+    global generator, unscaled, as the original) in the others. Returns the tensors copied.
+
+    Raises:
+        ConfigError: the file is not a ResNet-34 or the trunk is not ResNet-34's shape.
+    """
+    own = hypernet.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    index = 0
+    for stage, n in enumerate(hypernet.config.units, start=1):
+        for j in range(n):
+            prefix = f"layer{stage}.{j}."
+            mapped.update({f"body.{index}.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+            index += 1
+    mapped.update({k: v for k, v in state.items() if k.startswith("bn1.")})
+    rgb = state.get("conv1.weight")
+    if rgb is not None:
+        conv1 = torch.randn(own["conv1.weight"].shape)
+        fits = rgb.ndim == 4 and rgb.shape[1] == 3 and (rgb.shape[0], *rgb.shape[2:]) == (conv1.shape[0], *conv1.shape[2:])
+        if fits:
+            conv1[:, :3] = rgb
+        mapped["conv1.weight"] = conv1 if fits else rgb  # a misfit is reported below
+    wrong = [f"{k}: file {tuple(v.shape)} vs hypernet {tuple(own[k].shape) if k in own else None}"
+             for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k.startswith(("conv1.", "bn1.", "body.")) and k not in mapped]
+    blocks = sum(k.startswith("body.") for k in mapped)
+    if blocks != sum(k.startswith("layer") for k in state):  # a trunk with other stage depths
+        missing.append(f"{sum(k.startswith('layer') for k in state) - blocks} of the file's layer* tensors unused")
+    if wrong or missing or not mapped:
+        raise ConfigError(
+            f"the ResNet-34 weights do not fit this hypernetwork ({len(wrong)} mismatches, e.g. {wrong[:2]}; "
+            f"{len(missing)} trunk tensors missing, e.g. {missing[:2]}); use the default encoder_widths/encoder_units "
+            "or encoder_init=random"
+        )
+    hypernet.load_state_dict(mapped, strict=False)
+    return len(mapped)
 
 
 def _from_checkpoint(cfg: TrainConfig) -> HyperStyle:
@@ -95,6 +141,10 @@ def build_hyperstyle(cfg: TrainConfig) -> HyperStyle:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = HyperStyle(config, latent_avg=generator.latent_avg)
+        if cfg.encoder_init == "resnet34":
+            path = find_weights(cfg.resnet34_weights, RESNET34_HUB_NAMES, "ResNet-34",
+                                "Give torchvision's ImageNet ResNet-34 file with resnet34_weights=PATH.")
+            init_hypernet_from_resnet34(model.hypernet, read_state_dict(path, "ResNet-34"))
     model.decoder.load_state_dict(generator.state_dict())
     model.w_encoder.load_state_dict({k[len("w_encoder."):]: v for k, v in w_state.items()})
     model.sync_decoder_latent_avg()
