@@ -203,7 +203,7 @@ def test_hyperstyle_resume_after_sigkill_is_bit_exact(toy, tmp_path):
 
 @pytest.mark.slow
 def test_hyperstyle_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
-    common = dict(max_steps=2, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, val_target=None)
+    common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, val_target=None)
     script, env = _runner(tmp_path)
     hs_config(toy, batch_size=4, **common).save(tmp_path / "single.json")
     subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
@@ -218,8 +218,8 @@ def test_hyperstyle_ddp_two_processes_equal_one_process_on_the_combined_batch(to
     moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("hypernet."))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
     print(f"largest update {moved:.3g}, largest 1- vs 2-process difference {diff:.3g}")
-    assert moved > 1e-3
-    assert diff < 1e-5, f"2-process result differs by {diff} (update size {moved})"
+    assert moved > 1e-4
+    assert diff < 1e-3 * moved, f"2-process result differs by {diff} (update size {moved})"
 
 
 def test_hypernetwork_starts_from_imagenet_resnet34_as_the_original(toy, tmp_path):
