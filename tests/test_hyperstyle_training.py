@@ -245,3 +245,18 @@ def test_hypernetwork_starts_from_imagenet_resnet34_as_the_original(toy, tmp_pat
         build_model(cfg.replace(encoder_units=[1, 1, 1, 1]))
     with pytest.raises(ConfigError, match="encoder_init='resnet34' initialises HyperStyle's hypernetwork"):
         hs_config(toy, family="psp", encoder_type="GradualStyleEncoder", encoder_init="resnet34")
+
+
+def test_training_continues_from_a_hyperstyle_checkpoint(toy, tmp_path):
+    model = build_model(hs_config(toy))
+    model.save_pretrained(tmp_path / "hs")
+    cfg = hs_config(toy, checkpoint_path=str(tmp_path / "hs"), w_encoder_checkpoint_path=None, stylegan_weights=None)
+    again = build_model(cfg)
+    assert again.training and all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match=r"encoder_type: config 'SharedWeightsHyperNetResNetSeparable' vs checkpoint "
+                                          r"'SharedWeightsHyperNetResNet'"):
+        build_model(cfg.replace(encoder_type="SharedWeightsHyperNetResNetSeparable"))
+    with pytest.raises(ConfigError, match=r"layers_to_tune: config \(0, 2, 3\) vs checkpoint"):
+        build_model(cfg.replace(layers_to_tune="0,2,3"))
+    with pytest.raises(ConfigError, match="a HyperStyle checkpoint; train it with family=hyperstyle"):
+        build_model(cfg.replace(family="psp", encoder_type="GradualStyleEncoder"))
