@@ -26,6 +26,7 @@ FLAG_KEYS = {
     "generator": "stylegan_weights",
     "checkpoint": "checkpoint_path",
     "id_weights": "ir_se50_weights",
+    "w_encoder": "w_encoder_checkpoint_path",
     "train": "train_target",
     "train_source": "train_source",
     "val": "val_target",
@@ -33,7 +34,8 @@ FLAG_KEYS = {
     "device": "device",
 }
 PATH_KEYS = {"stylegan_weights", "checkpoint_path", "ir_se50_weights", "train_target", "train_source", "val_target",
-             "val_source", "lpips_weights", "moco_weights"}
+             "val_source", "lpips_weights", "moco_weights", "w_encoder_checkpoint_path",
+             "resnet34_weights"}
 
 
 def register(subparsers) -> None:
@@ -51,6 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--generator", help="pretrained StyleGAN2 (rosinality .pt, NVIDIA .pkl, pSp .pt or instyle dir)")
     p.add_argument("--checkpoint", help="fine-tune this pSp checkpoint (its architecture and task are read from it)")
     p.add_argument("--id-weights", dest="id_weights", help="ArcFace model_ir_se50.pth (identity loss, encoder init)")
+    p.add_argument("--w-encoder", dest="w_encoder", help="HyperStyle (family=hyperstyle): the frozen W-encoder file")
     p.add_argument("--train", help="folder of training target images, or a prepared folder (target/ + source/)")
     p.add_argument("--train-source", dest="train_source", help="folder of training inputs, paired by file name")
     p.add_argument("--val", help="folder of validation target images, or a prepared folder (target/ + source/)")

@@ -21,6 +21,7 @@ from typing import Any
 from instyle.data.transforms import SOURCE_MODES
 from instyle.losses.objective import ObjectiveConfig
 from instyle.models.encoders import ENCODER_TYPES
+from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNET_TYPES
 from instyle.training.optim import OPTIMIZERS
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
@@ -28,7 +29,7 @@ from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
-ENCODER_INITS = ("ir_se50", "random")
+ENCODER_INITS = ("ir_se50", "resnet34", "random")
 
 
 def available_cpus() -> int:
@@ -46,7 +47,7 @@ def default_workers(original: int) -> int:
 
 
 #: Families the trainer implements.
-TRAIN_FAMILIES = ("psp", "e4e", "restyle")
+TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle")
 #: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
 E4E_TRAIN_TYPES = ("Encoder4Editing",)
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
@@ -78,9 +79,13 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
-        family: ``psp``, ``e4e`` or ``restyle`` (ReStyle: ``input_nc`` = the images' 3 channels,
-            the encoder sees 6; ``n_iters_per_batch`` refinement steps per batch, each with its
-            own backward, one optimiser step, as the official ReStyle coach).
+        family: ``psp``, ``e4e``, ``restyle`` or ``hyperstyle``. ReStyle: ``input_nc`` = the
+            images' 3 channels, the encoder sees 6; ``n_iters_per_batch`` refinement steps per
+            batch, each with its own backward, one optimiser step, as the official ReStyle coach.
+            ``hyperstyle``: a hypernetwork (``encoder_type`` one of ``HYPERNET_TYPES``, trunk
+            widths/units from ``encoder_widths``/``encoder_units``) over a frozen W-encoder
+            (``w_encoder_checkpoint_path``) and generator, tuning ``layers_to_tune``, with
+            ``n_iters_per_batch`` iterations per batch as the official HyperStyle coach.
         e4e (as ``options/train_options.py`` of the original): w_discriminator_lambda (0: no
             discriminator), w_discriminator_lr, r1, d_reg_every, use_w_pool, w_pool_size,
             delta_norm, delta_norm_lambda, progressive_start (None: all offsets from the start),
@@ -88,7 +93,9 @@ class TrainConfig:
         freeze_batchnorm: keep the encoder's BatchNorm layers in eval mode while training
             (the original trains them; freezing suits small per-device batches).
         encoder_init: ``ir_se50`` (the original: backbone from ``ir_se50_weights``) or
-            ``random``. encoder_widths / encoder_units: narrow encoders (tests, demos).
+            ``random``; ``resnet34`` for HyperStyle's hypernetwork (torchvision's ImageNet
+            ResNet-34 from ``resnet34_weights`` or torchvision's cache, as the original).
+            encoder_widths / encoder_units: narrow encoders (tests, demos).
     Objective: see :class:`instyle.losses.ObjectiveConfig` (same names).
     Optimisation: optim_name (``ranger``/``adam``), learning_rate (1e-4 as the code;
         the paper says 1e-3), max_steps, seed, randomize_noise (fresh StyleGAN noise
@@ -131,6 +138,9 @@ class TrainConfig:
     delta_norm_lambda: float = 2e-4
     progressive_start: int | None = None
     progressive_step_every: int = 2000
+    w_encoder_checkpoint_path: str | None = None
+    resnet34_weights: str | None = None
+    layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
@@ -184,7 +194,7 @@ class TrainConfig:
                 raise ConfigError(f"progressive_start={self.progressive_start!r} must be >= 1 (or null)")
             if min(self.w_discriminator_lambda, self.w_discriminator_lr, self.r1, self.delta_norm_lambda) < 0:
                 raise ConfigError("w_discriminator_lambda, w_discriminator_lr, r1 and delta_norm_lambda must be >= 0")
-        else:
+        elif self.family == "restyle":
             check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
             check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
             if self.input_nc != 3 or not self.start_from_latent_avg or self.learn_in_w:
@@ -193,7 +203,12 @@ class TrainConfig:
                     f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
                     f"learn_in_w=false"
                 )
+        else:
+            self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
+        if self.encoder_init == "resnet34" and self.family != "hyperstyle":
+            raise ConfigError(f"encoder_init='resnet34' initialises HyperStyle's hypernetwork; family={self.family!r} "
+                              "takes 'ir_se50' or 'random'")
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)
         check_power_of_two("image_size", self.image_size, minimum=32)
@@ -227,6 +242,45 @@ class TrainConfig:
                 f"{self.image_size} needs them at 0"
             )
         self.objective()  # validates the loss weights
+
+    def _check_hyperstyle(self) -> None:
+        """HyperStyle's coach: a hypernetwork (``encoder_type``) on 3-channel photos, stored
+        noise, the L2 / LPIPS / ID (or MoCo) terms only."""
+        check_choice("encoder_type", self.encoder_type, HYPERNET_TYPES)
+        check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
+        self.tuned_layers()
+        if self.input_nc != 3 or self.learn_in_w or self.source_mode != "rgb":
+            raise ConfigError(
+                f"family='hyperstyle' trains on RGB photos: needs input_nc=3 (got {self.input_nc}), "
+                f"source_mode='rgb' (got {self.source_mode!r}) and learn_in_w=false"
+            )
+        if self.image_size < 64:
+            raise ConfigError(f"family='hyperstyle' needs image_size >= 64 (the hypernetwork's 16x smaller map is "
+                              f"at least 4x4); got {self.image_size}")
+        if self.randomize_noise:
+            raise ConfigError("family='hyperstyle' renders with the generator's stored noise, as the official coach; "
+                              "set randomize_noise=false")
+        if self.encoder_init == "ir_se50":
+            raise ConfigError(
+                "family='hyperstyle' with encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34 "
+                "(encoder_init=resnet34, the original) or a random initialisation (encoder_init=random)"
+            )
+        extra = {k: getattr(self, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop")
+                 if getattr(self, k)}
+        if extra:
+            raise ConfigError(f"family='hyperstyle' has no {sorted(extra)} terms (the official coach uses L2, LPIPS "
+                              f"and ID or MoCo); set them to 0 (got {extra})")
+
+    def tuned_layers(self) -> tuple[int, ...]:
+        """``layers_to_tune`` as indices (``"0,2,3"`` -> ``(0, 2, 3)``)."""
+        try:
+            layers = tuple(int(v) for v in str(self.layers_to_tune).split(",") if v.strip())
+        except ValueError:
+            layers = ()
+        if not layers or min(layers) < 0:
+            raise ConfigError(f"layers_to_tune={self.layers_to_tune!r} must be comma-separated layer indices "
+                              "(e.g. '0,2,3,5,6')")
+        return layers
 
     # ------------------------------------------------------------------ views
 

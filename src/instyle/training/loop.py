@@ -30,6 +30,7 @@ from instyle.data import (
 from instyle.data.folders import data_layout
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
+from instyle.models.hyperstyle import HyperStyle
 from instyle.models.psp import PSP
 from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
@@ -40,7 +41,12 @@ from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
-from instyle.training.step import Precision, forward_loss, restyle_forward_loss, set_train_mode, train_step
+from instyle.training.step import (
+    Precision,
+    family_forward_loss,
+    set_train_mode,
+    train_step,
+)
 from instyle.utils.config import ConfigError
 
 __all__ = ["TrainResult", "train", "validate"]
@@ -67,7 +73,7 @@ class Session:
     cfg: TrainConfig
     ctx: DistContext
     run: RunFolder
-    model: PSP
+    model: PSP | HyperStyle
     net: nn.Module
     objective: Objective
     optimizer: torch.optim.Optimizer
@@ -138,7 +144,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     params = prepare_for_training(model, cfg)
     model.to(ctx.device)
     if cfg.channels_last:  # the encoder's convs (the generator's modulated convs reshape their weights anyway)
-        model.encoder.to(memory_format=torch.channels_last)
+        (model.hypernet if isinstance(model, HyperStyle) else model.encoder).to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     objective = build_objective(cfg.objective(), ctx.device)
@@ -212,11 +218,8 @@ def validate(s: Session, loader, bad: BadFileLog, logger: RunLogger) -> dict[str
     for i, batch in enumerate(loader):
         bad.record(batch["bad"])
         x, y = _to_device(batch, s)
-        if s.model.family == "restyle":
-            out = restyle_forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.n_iters_per_batch,
-                                       s.cfg.randomize_noise, s.precision, train=False)
-        else:
-            out = forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.randomize_noise, s.precision)
+        out = family_forward_loss(s.model, s.objective, s.model.latent_avg, x, y, s.cfg.n_iters_per_batch,
+                                  s.cfg.randomize_noise, s.precision, train=False)
         for k, v in out.objective.terms.items():
             sums[k] = sums.get(k, 0.0) + v
         batches += 1

@@ -11,9 +11,11 @@ from torch import nn
 from instyle.interop import load_generator, load_psp
 from instyle.losses.identity import read_ir_se50
 from instyle.models.encoders import EncoderConfig
+from instyle.models.hyperstyle import HyperStyle
 from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
+from instyle.training.hyperstyle import build_hyperstyle
 from instyle.training.presets import get_preset, list_presets
 from instyle.utils.config import ConfigError
 
@@ -151,9 +153,14 @@ def build_model(cfg: TrainConfig) -> PSP:
     * else ``stylegan_weights``: a new pSp around that generator: ``latent_avg`` from the
       generator (estimated with 4096 samples when the file has none), encoder seeded
       with ``seed`` and its backbone loaded from ``ir_se50_weights`` (``encoder_init``).
+    * ``family='hyperstyle'``: see :func:`instyle.training.hyperstyle.build_hyperstyle`.
     """
+    if cfg.family == "hyperstyle":
+        return build_hyperstyle(cfg)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
+        if isinstance(model, HyperStyle):
+            raise ConfigError(f"{cfg.checkpoint_path}: a HyperStyle checkpoint; train it with family=hyperstyle")
         _check_checkpoint_matches(cfg, model)
         model.random_weights = False  # a random-weight start (quickstart) is trained from here on
         return model.train()
@@ -173,12 +180,16 @@ def build_model(cfg: TrainConfig) -> PSP:
     return model.train()
 
 
-def prepare_for_training(model: PSP, cfg: TrainConfig) -> list[nn.Parameter]:
-    """Freeze what is not trained and return the parameters to optimise (encoder, plus
-    the decoder with ``train_decoder``), in a fixed order."""
-    model.encoder.requires_grad_(True)
+def prepare_for_training(model: PSP | HyperStyle, cfg: TrainConfig) -> list[nn.Parameter]:
+    """Freeze what is not trained and return the parameters to optimise (encoder -- for
+    HyperStyle the hypernetwork, its W-encoder frozen --, plus the decoder with
+    ``train_decoder``), in a fixed order."""
+    trained = model.hypernet if isinstance(model, HyperStyle) else model.encoder
+    if isinstance(model, HyperStyle):
+        model.w_encoder.requires_grad_(False)
+    trained.requires_grad_(True)
     model.decoder.requires_grad_(cfg.train_decoder)
-    params = list(model.encoder.parameters())
+    params = list(trained.parameters())
     if cfg.train_decoder:
         params += list(model.decoder.parameters())
     return params

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
+from instyle.models.hyperstyle import HyperStyle
 from instyle.models.iterative import average_image
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PRECISIONS, autocast
 
 __all__ = [
-    "Precision", "StepOutput", "set_train_mode", "forward_loss", "restyle_forward_loss", "backward", "apply_update",
+    "Precision", "StepOutput", "set_train_mode", "forward_loss", "restyle_forward_loss", "hyperstyle_forward_loss",
+    "family_forward_loss", "backward", "apply_update",
     "train_step",
 ]
 
@@ -115,6 +117,69 @@ def restyle_forward_loss(
     return StepOutput(out, y_hat.detach(), latent.detach())
 
 
+def hyperstyle_forward_loss(
+    net: nn.Module,
+    objective: Objective,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_iters: int,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    train: bool = True,
+) -> StepOutput:
+    """HyperStyle's iterations on one batch (``perform_forward_on_batch`` of its coach):
+    iteration 0 starts from the frozen W-encoder's inversion (no gradient), each iteration
+    feeds ``[x, current reconstruction]`` to the hypernetwork and adds its offsets to the
+    previous ones; from iteration 1 on the previous offsets and reconstruction are detached,
+    so every iteration's loss (``objective(y, y, ...)``, as the coach's ``calc_loss(x=y,
+    y=y)``) back-propagates into its own hypernetwork output only (``train``: the gradients
+    add up). Stored noise throughout, as the coach. Returns the last iteration."""
+    model = getattr(net, "module", net)
+    model.w_encoder.eval()  # the coach keeps the W-encoder in eval mode (its BatchNorm statistics)
+    precision = precision or Precision()
+    y_hat = codes = deltas = None
+    out = None
+    for i in range(n_iters):
+        if i > 0:
+            y_hat = y_hat.detach()
+            deltas = [None if d is None else d.detach() for d in deltas]
+        with precision.autocast():
+            y_hat, latent, deltas, codes, _ = net(
+                x, y_hat=y_hat, codes=codes, weights_deltas=deltas, return_latents=True, randomize_noise=False,
+                return_weight_deltas_and_codes=True, resize=True,
+            )
+            out = objective(y, y, y_hat, latent, model.latent_avg)
+        if train:
+            backward(out.loss, scaler)
+    return StepOutput(out, y_hat.detach(), latent.detach())
+
+
+def family_forward_loss(
+    net: nn.Module,
+    objective: Objective,
+    latent_avg: torch.Tensor | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_iters: int | None = None,
+    randomize_noise: bool = True,
+    precision: Precision | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    train: bool = True,
+) -> StepOutput:
+    """The forward (and, with ``train``, backward) of one batch for the model's family:
+    pSp (one pass), ReStyle or HyperStyle (``n_iters`` iterations)."""
+    model = getattr(net, "module", net)
+    if isinstance(model, HyperStyle):
+        return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
+    if getattr(model, "family", "psp") == "restyle":
+        return restyle_forward_loss(net, objective, latent_avg, x, y, n_iters or 1, randomize_noise, precision, scaler,
+                                    train)
+    out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
+    if train:
+        backward(out.objective.loss, scaler)
+    return out
+
+
 def set_train_mode(net: nn.Module, freeze_batchnorm: bool = False) -> None:
     """Train mode for the whole model; with ``freeze_batchnorm`` the BatchNorm layers stay
     in eval mode (running statistics, not updated) -- for small-batch fine-tuning, and what
@@ -152,14 +217,10 @@ def train_step(
     n_iters: int | None = None,
 ) -> StepOutput:
     """The body of the original training loop: ``net.train(); zero_grad(); forward;
-    calc_loss; backward; step``. ``n_iters``: ReStyle's iterations per batch (ReStyle
-    models only; see :func:`restyle_forward_loss`)."""
+    calc_loss; backward; step``. ``n_iters``: the iterations per batch of ReStyle and
+    HyperStyle models (see :func:`family_forward_loss`)."""
     set_train_mode(net, freeze_batchnorm)
     optimizer.zero_grad(set_to_none=True)
-    if getattr(getattr(net, "module", net), "family", "psp") == "restyle":
-        out = restyle_forward_loss(net, objective, latent_avg, x, y, n_iters or 1, randomize_noise, precision, scaler)
-    else:
-        out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
-        backward(out.objective.loss, scaler)
+    out = family_forward_loss(net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler)
     apply_update(optimizer, scaler)
     return out

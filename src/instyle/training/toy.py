@@ -19,15 +19,20 @@ from instyle.utils.image import tensor_to_pil
 __all__ = ["toy_generator", "render", "write_toy_dataset", "save_toy_generator", "toy_config"]
 
 
-def toy_generator(size: int = 32, style_dim: int = 64, seed: int = 0, rgb_gain: float = 0.3) -> Generator:
+def toy_generator(
+    size: int = 32, style_dim: int = 64, seed: int = 0, rgb_gain: float = 0.3, channels: int | None = None
+) -> Generator:
     """A narrow seeded random generator (``[B, 3, size, size]`` output), in eval mode,
     with ``latent_avg`` from 4096 mapping samples.
 
     ``rgb_gain`` scales the ToRGB weights: at random initialisation the output has a
     standard deviation of ~1.6, so half the pixels would be clipped when saved as
-    images (hiding information about the latent); 0.3 brings it to ~0.5.
+    images (hiding information about the latent); 0.3 brings it to ~0.5. ``channels``: the
+    same width at every resolution (what HyperStyle's shared hypernetwork needs); default
+    64 up to 8 px, 32 above.
     """
-    channels = {2**i: (64 if 2**i <= 8 else 32) for i in range(2, int(np.log2(size)) + 1)}
+    table = {2**i: (64 if 2**i <= 8 else 32) for i in range(2, int(np.log2(size)) + 1)}
+    channels = {r: channels for r in table} if channels is not None else table
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         g = Generator(GeneratorConfig(size=size, style_dim=style_dim, n_mlp=2, channels=channels))
