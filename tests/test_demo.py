@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +18,7 @@ from instyle.demo import DemoInputError, ModelEntry, ModelStore, ServeSettings, 
 from instyle.demo.inputs import read_upload, upload_file
 from instyle.utils.config import ConfigError
 
-from .helpers import free_port
+from .helpers import free_port, serve_in_thread
 
 # Gradio's own queue code trips a pandas deprecation warning; not ours to fix.
 pytestmark = [
@@ -245,7 +243,6 @@ def test_cli_help_and_bad_checkpoint(tmp_path, capsys):
 def server(tmp_path_factory):
     """The app of ``instyle serve`` on a loopback port, in a thread of this process."""
     pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
-    import uvicorn
 
     from instyle.demo.app import create_app
     from instyle.models import create_psp
@@ -256,18 +253,8 @@ def server(tmp_path_factory):
     store = ModelStore([ModelEntry("tiny", model.eval())])
     settings = ServeSettings(port=free_port(), max_upload_mb=0.05, max_pixels=512 * 512)
     app = create_app(store, settings)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{settings.port}/"
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the demo server did not start within 60 s")
-        time.sleep(0.1)
-    yield url, app
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app, settings.port) as url:
+        yield url, app
 
 
 def test_healthz_reports_ready_models(server):

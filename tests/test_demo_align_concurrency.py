@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +14,7 @@ from instyle.demo.settings import ServeSettings
 from instyle.demo.store import ModelEntry, ModelStore
 
 from .conftest import shared_path
-from .helpers import free_port
+from .helpers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +23,6 @@ pytestmark = pytest.mark.slow
 def server():
     pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
     pytest.importorskip("dlib", reason="alignment needs the faces extra (pip install 'instyle[faces]')")
-    import uvicorn
 
     from instyle.alignment.models import require_dlib
     from instyle.demo.app import create_app
@@ -40,17 +37,8 @@ def server():
     model.set_latent_avg(model.decoder.mean_latent(256, seed=0))
     store = ModelStore([ModelEntry("tiny", model.eval())])
     settings = ServeSettings(port=free_port(), concurrency=2)
-    srv = uvicorn.Server(uvicorn.Config(create_app(store, settings), host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the demo server did not start within 60 s")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{settings.port}/"
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(store, settings), settings.port) as url:
+        yield url
 
 
 def test_concurrent_aligns_through_the_api(server):

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 import urllib.request
@@ -27,7 +26,7 @@ from instyle.inference.mixing import parse_latent_mask
 from instyle.models import get_config
 from instyle.models.init import random_psp
 
-from .helpers import free_port
+from .helpers import free_port, serve_in_thread
 
 # Gradio's own queue code trips a pandas deprecation warning; not ours to fix.
 pytestmark = [
@@ -149,7 +148,6 @@ def server(tmp_path_factory):
     """The app of ``instyle serve`` on a loopback port, in a thread of this process, with its
     own Gradio upload folder."""
     pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
-    import uvicorn
 
     from instyle.demo import ModelEntry, ModelStore, ServeSettings
     from instyle.demo.app import create_app
@@ -166,17 +164,8 @@ def server(tmp_path_factory):
             del os.environ["GRADIO_TEMP_DIR"]
         else:
             os.environ["GRADIO_TEMP_DIR"] = old
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the demo server did not start within 60 s")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{settings.port}/"
-    srv.should_exit = True
-    thread.join(10)
+    with serve_in_thread(app, settings.port) as url:
+        yield url
 
 
 def _upload(url: str, path: Path) -> str:

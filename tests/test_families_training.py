@@ -5,11 +5,6 @@ SIGKILL."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
@@ -19,7 +14,7 @@ from instyle.training import TrainConfig, build_model, build_objective, train
 from instyle.training.step import restyle_forward_loss
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
-from tests.test_training import _latest_step, _runner, _weights
+from tests.test_training import _weights, kill_and_resume
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -105,26 +100,8 @@ def test_restyle_encoder_learns_to_invert_a_frozen_generator(toy, tmp_path):
 def _kill_and_resume(cfg: TrainConfig, tmp_path, n: int) -> None:
     """Run ``cfg`` uninterrupted, and again killed mid-way then resumed: same weights and
     training state."""
-    cfg.save(tmp_path / "cfg.json")
-    script, env = _runner(tmp_path)
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.json"), str(full), "fresh"], env=env, check=True,
-                   capture_output=True)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cfg.json"), str(killed), "fresh"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while _latest_step(killed) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = _latest_step(killed)
-    assert proc.returncode == -signal.SIGKILL and step is not None and step < n, "the run was not killed mid-way"
-    subprocess.run([sys.executable, str(script), str(killed / "config.json"), str(killed), "resume"], env=env,
-                   check=True, capture_output=True)
-    assert _latest_step(killed) == n
-    a, b = _weights(full), _weights(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    full, killed = kill_and_resume(cfg, tmp_path, n)
+    a = _weights(full)
     start = build_model(cfg).state_dict()
     assert not torch.equal(start["encoder.styles.0.linear.weight"], a["encoder.styles.0.linear.weight"])
     sa, sb = (torch.load(r / "checkpoints" / "latest" / "training_state.pt", weights_only=True) for r in (full, killed))

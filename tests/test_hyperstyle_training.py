@@ -5,10 +5,8 @@ generator's own samples, bf16, and bit-exact resume after SIGKILL."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -29,7 +27,7 @@ from instyle.training.optim import build_optimizer
 from instyle.training.step import hyperstyle_forward_loss
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
-from tests.test_training import _latest_step, _metrics, _runner, _weights
+from tests.test_training import _runner, _weights, kill_and_resume
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -175,27 +173,8 @@ def test_hyperstyle_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     n = 8
     cfg = hs_config(toy, max_steps=n, save_interval=3, val_interval=3, optim_name="ranger", learning_rate=1e-2,
                     flip=True, val_max_batches=1)
-    cfg.save(tmp_path / "cfg.json")
-    script, env = _runner(tmp_path)
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.json"), str(full), "fresh"], env=env, check=True,
-                   capture_output=True)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cfg.json"), str(killed), "fresh"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while _latest_step(killed) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = _latest_step(killed)
-    assert proc.returncode == -signal.SIGKILL and step is not None and step < n, "the run was not killed mid-way"
-    subprocess.run([sys.executable, str(script), str(killed / "config.json"), str(killed), "resume"], env=env,
-                   check=True, capture_output=True)
-    assert _latest_step(killed) == n
-    assert _metrics(killed) == _metrics(full)
-    a, b = _weights(full), _weights(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    full, killed = kill_and_resume(cfg, tmp_path, n)
+    a = _weights(full)
     start = build_model(cfg).state_dict()
     assert not torch.equal(start["hypernet.conv1.weight"], a["hypernet.conv1.weight"])
     assert torch.equal(start["w_encoder.linear.weight"], a["w_encoder.linear.weight"])

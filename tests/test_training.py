@@ -364,19 +364,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "checkpoints" / "latest" / "model.safetensors"))
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_is_bit_exact(toy, tmp_path):
-    """Random noise, random flips, Ranger (Lookahead period 6 spans the kill) and
-    validation all draw on state that must survive the kill."""
-    n = 12
-    cfg = tiny_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
-                      randomize_noise=True, flip=True, batch_size=4)
+def kill_and_resume(cfg: TrainConfig, tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """Run ``cfg`` (``n`` steps) uninterrupted, and again SIGKILLed after its first checkpoint
+    then resumed; assert both end at step ``n`` with the same weights and the same
+    ``metrics.jsonl`` (none twice). Returns the two run folders ``(full, killed)``."""
     cfg.save(tmp_path / "cfg.json")
     script, env = _runner(tmp_path)
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.json"), str(full), "fresh"], env=env, check=True,
                    capture_output=True)
-
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cfg.json"), str(killed), "fresh"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -389,11 +385,22 @@ def test_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     subprocess.run([sys.executable, str(script), str(killed / "config.json"), str(killed), "resume"], env=env,
                    check=True, capture_output=True)
     assert _latest_step(killed) == n
-    # metrics.jsonl: the records of the uninterrupted run, none twice
     assert _metrics(killed) == _metrics(full)
     a, b = _weights(full), _weights(killed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    return full, killed
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_exact(toy, tmp_path):
+    """Random noise, random flips, Ranger (Lookahead period 6 spans the kill) and
+    validation all draw on state that must survive the kill."""
+    n = 12
+    cfg = tiny_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
+                      randomize_noise=True, flip=True, batch_size=4)
+    full, killed = kill_and_resume(cfg, tmp_path, n)
+    a = _weights(full)
     sa = torch.load(full / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
     sb = torch.load(killed / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
     assert all(torch.equal(sa["optimizer"]["state"][i]["slow_buffer"], sb["optimizer"]["state"][i]["slow_buffer"])
