@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -69,3 +71,13 @@ def serve_in_thread(app, port: int, timeout: float = 60.0):
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def run_checkpoint_writer(script: Path, keys: Path, seed: int, out: Path, *extra: str) -> Path:
+    """Run a conformance folder's own ``make_checkpoint.py`` (key list + seed -> ``out``);
+    the calling test fails with the writer's error output when it fails."""
+    cmd = [sys.executable, str(script), "--keys", str(keys), "--seed", str(seed), "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"{script.name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return out

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 
 import instyle
 from instyle.models.iterative import average_image
+from tests.helpers import run_checkpoint_writer
 from tests.test_conformance import TOLERANCE, Official, check_fingerprint, expected_arrays, run_case
 
 pytestmark = pytest.mark.conformance
@@ -63,14 +62,10 @@ def make_family_checkpoint(family_dir, tmp_path_factory):
         if key not in made:
             folder, project, seed = FAMILY_CONFIGS[name]
             out = out_dir / ("_".join(key).replace("-", "").replace(" ", "") + ".pt")
-            cmd = [
-                sys.executable, str(family_dir / folder / "make_checkpoint.py"), "--project", project, "--keys",
-                str(family_dir / folder / "keys" / f"{name}.txt"), "--seed", str(seed), "--out", str(out), *extra,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                pytest.fail(f"make_checkpoint.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
-            made[key] = out
+            made[key] = run_checkpoint_writer(
+                family_dir / folder / "make_checkpoint.py", family_dir / folder / "keys" / f"{name}.txt", seed, out,
+                "--project", project, *extra,
+            )
         return made[key]
 
     return make

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ import torch
 
 import instyle
 from instyle.models.hyperstyle import HyperStyle, run_inversion
+from tests.helpers import run_checkpoint_writer
+from tests.test_conformance import check_fingerprint
 
 pytestmark = [pytest.mark.conformance, pytest.mark.slow]
 
@@ -37,23 +37,9 @@ def fixture_dir(shared_dir) -> Path:
 
 
 def _make(fixture_dir: Path, out: Path, project: str, keys: str, seed: int) -> Path:
-    cmd = [
-        sys.executable, str(fixture_dir / "make_checkpoint.py"), "--project", project, "--keys",
-        str(fixture_dir / "keys" / keys), "--seed", str(seed), "--out", str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"make_checkpoint.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return out
-
-
-def _check_fingerprint(path: Path, fingerprint: np.ndarray) -> None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    sums = [t.double().abs().sum().item() for t in ckpt["state_dict"].values()]
-    sums.append(ckpt["latent_avg"].double().abs().sum().item())
-    del ckpt
-    assert len(sums) == len(fingerprint)
-    np.testing.assert_allclose(np.array(sums), fingerprint, rtol=1e-9, atol=0)
+    return run_checkpoint_writer(
+        fixture_dir / "make_checkpoint.py", fixture_dir / "keys" / keys, seed, out, "--project", project
+    )
 
 
 def _delta_arrays(deltas, layers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +61,8 @@ def outputs(fixture_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("hyperstyle_checkpoints")
     h1 = _make(fixture_dir, out_dir / "H1.pt", "hyperstyle", "H1.txt", 41)
     h1_w = _make(fixture_dir, out_dir / "H1_w.pt", "psp", "H1_w.txt", 42)
-    _check_fingerprint(h1, expected["ckpt_fingerprint"])
-    _check_fingerprint(h1_w, expected["w_ckpt_fingerprint"])
+    check_fingerprint(h1, expected["ckpt_fingerprint"])
+    check_fingerprint(h1_w, expected["w_ckpt_fingerprint"])
     model = instyle.load(h1, device="cpu", w_encoder=h1_w)
     h1.unlink()  # loaded: free the disk
     h1_w.unlink()
