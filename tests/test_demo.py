@@ -191,8 +191,14 @@ def test_interpolation_endpoints_and_files(tiny_psp, face, tmp_path):
     frames = actions.interpolate(tiny_psp, w_a, w_b, 5)
     ends = actions.decode(tiny_psp, torch.stack([w_a, w_b]))
     assert len(frames) == 5
-    assert np.array_equal(np.asarray(frames[0]), np.asarray(ends[0]))
-    assert np.array_equal(np.asarray(frames[-1]), np.asarray(ends[1]))
+    # The endpoints are the two codes themselves, decoded in a batch of 5 here and of 2 there:
+    # batch size may move a value by ~1e-6 and flip a rounded pixel level, never more.
+    for frame, end in ((frames[0], ends[0]), (frames[-1], ends[1])):
+        diff = np.abs(np.asarray(frame, dtype=np.int16) - np.asarray(end, dtype=np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    # ... while the frames between them differ from both ends by far more.
+    mid = np.asarray(frames[2], dtype=np.int16)
+    assert np.abs(mid - np.asarray(ends[0], dtype=np.int16)).max() > 1
     gif = actions.write_animation(frames, tmp_path / "a.gif")
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 8  # boomerang: 5 forward + 3 back
