@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -73,11 +76,45 @@ def serve_in_thread(app, port: int, timeout: float = 60.0):
         thread.join(10)
 
 
+#: Checkpoints written in this test session, by content key (writer script, key list, seed,
+#: extra arguments) -> the first file written. The writers are deterministic, so a second
+#: request for the same key gets a hard link to that file instead of another 0.1-1.4 GB write.
+_WRITTEN: dict[str, Path] = {}
+
+
+def _writer_key(script: Path, keys: Path, seed: int, extra: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for part in (Path(script).read_bytes(), Path(keys).read_bytes(), str(seed).encode(), "\0".join(extra).encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
 def run_checkpoint_writer(script: Path, keys: Path, seed: int, out: Path, *extra: str) -> Path:
     """Run a conformance folder's own ``make_checkpoint.py`` (key list + seed -> ``out``);
-    the calling test fails with the writer's error output when it fails."""
+    the calling test fails with the writer's error output when it fails.
+
+    Content-addressed within the session: the same script, key list, seed and arguments are
+    written once; later calls link ``out`` to that file (its callers may unlink ``out``)."""
+    out = Path(out)
+    key = _writer_key(script, keys, seed, extra)
+    first = _WRITTEN.get(key)
+    if first is not None and first.is_file():
+        if out != first:
+            with contextlib.suppress(FileNotFoundError):
+                out.unlink()
+            try:
+                os.link(first, out)
+            except OSError:  # another file system
+                shutil.copyfile(first, out)
+        return out
     cmd = [sys.executable, str(script), "--keys", str(keys), "--seed", str(seed), "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"{script.name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    _WRITTEN[key] = out
     return out
+
+
+def checkpoint_writes() -> int:
+    """How many distinct checkpoints this session has written (for the cache's own test)."""
+    return len(_WRITTEN)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 import instyle
 from instyle.models.psp import PSP
+from tests.helpers import run_checkpoint_writer
 
 pytestmark = pytest.mark.conformance
 
@@ -42,23 +41,14 @@ def conformance_dir(shared_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def make_checkpoint(conformance_dir, tmp_path_factory):
-    """``make(name, *extra_args) -> Path``: run the fixtures' own writer (cached per args)."""
+    """``make(name, *extra_args) -> Path``: run the fixtures' own writer (cached by content)."""
     out_dir = tmp_path_factory.mktemp("conformance_checkpoints")
-    made: dict[tuple, Path] = {}
 
     def make(name: str, *extra: str) -> Path:
-        key = (name, *extra)
-        if key not in made:
-            out = out_dir / ("_".join(key).replace("-", "").replace(" ", "") + ".pt")
-            cmd = [
-                sys.executable, str(conformance_dir / "make_checkpoint.py"), "--keys",
-                str(conformance_dir / "keys" / f"{name}.txt"), "--seed", str(SEEDS[name]), "--out", str(out), *extra,
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                pytest.fail(f"make_checkpoint.py failed ({proc.returncode}): {proc.stderr[-2000:]}")
-            made[key] = out
-        return made[key]
+        out = out_dir / ("_".join((name, *extra)).replace("-", "").replace(" ", "") + ".pt")
+        return run_checkpoint_writer(
+            conformance_dir / "make_checkpoint.py", conformance_dir / "keys" / f"{name}.txt", SEEDS[name], out, *extra
+        )
 
     return make
 

@@ -31,6 +31,7 @@ from instyle.training import (
 from instyle.training.optim import Ranger
 
 from .conftest import shared_path
+from .helpers import run_checkpoint_writer
 
 # One intra-op thread: on a busy 2-core machine OpenMP spin-waiting makes 2 threads slower.
 pytestmark = [pytest.mark.conformance, pytest.mark.usefixtures("single_thread")]
@@ -189,10 +190,9 @@ def run_official_step(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, named:
 
 def _make_checkpoint(name: str, seed: int, out: Path) -> Path:
     conformance = shared_path("conformance")
-    path = out / f"{name}_seed{seed}.pt"
-    _run([sys.executable, str(conformance / "make_checkpoint.py"), "--keys", str(conformance / "keys" / f"{name}.txt"),
-          "--seed", str(seed), "--out", str(path)])
-    return path
+    return run_checkpoint_writer(
+        conformance / "make_checkpoint.py", conformance / "keys" / f"{name}.txt", seed, out / f"{name}_seed{seed}.pt"
+    )
 
 
 @pytest.fixture(scope="module")
