@@ -56,6 +56,7 @@ def test_original_loop_leaves_the_model_as_training_wants_it(run, single_thread,
     assert all(p.requires_grad for p in model.encoder.parameters())
 
 
+@pytest.mark.slow  # times every row of the tiny config: ~45 s on 2 shared cores
 def test_table_prints_every_row(run, single_thread, capsys):
     rc = run.main(["--configs", "tiny", "--batches", "1", "--reps", "1", "--no-gpu", "--train", "tiny",
                    "--train-batch", "1", "--precisions", "bf16"])
