@@ -73,6 +73,7 @@ def build_report(*, info, selection, fps, raw_quads, quads, missing, crops: Path
         "selection": {"first": selection.first, "stop": selection.stop, "every": selection.every, "frames": n},
         "output": {"frames": n, "fps": f"{fps.numerator}/{fps.denominator}", "audio": info.audio},
         "interpolated_frames": list(missing),
+        "quads": {"raw": np.round(raw_quads, 3).tolist(), "smoothed": np.round(quads, 3).tolist()},
         "crop_motion": {
             "raw": {k: _stats(v[1:]) for k, v in raw.items()},
             "smoothed": {k: _stats(v[1:]) for k, v in smooth.items()},
