@@ -17,6 +17,7 @@ from instyle.errors import InputError  # noqa: E402
 from instyle.video import (  # noqa: E402
     ClipTuneConfig,
     Selection,
+    StitchConfig,
     VideoError,
     VideoOptions,
     edit_video,
@@ -64,7 +65,7 @@ def direction(model, tmp_path_factory):
 
 def _options(direction, **kw):
     base = dict(directions=(f"age={direction}",), edits=("age=0:0,0.5s:3",), side_by_side=True, pti=True,
-                pti_config=ClipTuneConfig(steps=2), batch_size=4)
+                pti_config=ClipTuneConfig(steps=2), stitch=True, stitch_config=StitchConfig(steps=2), batch_size=4)
     return VideoOptions(**{**base, **kw})
 
 
@@ -224,7 +225,7 @@ def test_paste_back_lands_on_the_face(baseline, clip):
 def test_stopped_in_every_stage_resumes_to_the_same_result(baseline, model, clip, direction, tmp_path):
     out0, report0, _ = baseline
     out = tmp_path / "resumed"
-    stops = ["track", "align", "encode", "pti", "render", "write"]
+    stops = ["track", "align", "encode", "pti", "render", "stitch", "write"]
 
     class Stop(Exception):
         pass
@@ -244,7 +245,7 @@ def test_stopped_in_every_stage_resumes_to_the_same_result(baseline, model, clip
         np.testing.assert_array_equal(a, b)
     for key in ("quads", "flicker", "reconstruction", "interpolated_frames"):
         assert report[key] == report0[key]
-    assert report["pti"]["loss_last"] == report0["pti"]["loss_last"]
+    assert report["pti"]["loss_last"] == report0["pti"]["loss_last"] and report["stitch"] == report0["stitch"]
 
 
 def test_cli_video_errors_are_one_line(tmp_path, capsys):
@@ -252,8 +253,32 @@ def test_cli_video_errors_are_one_line(tmp_path, capsys):
 
     bad = tmp_path / "x.mp4"
     bad.write_text("nope")
-    assert main(["video", "-c", str(tmp_path / "missing"), str(bad), "--out", str(tmp_path / "o"), "--stitch"]) == 2
-    assert "not implemented" in capsys.readouterr().err
     assert main(["video", "-c", str(tmp_path / "missing"), str(bad), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("instyle: error:") and "\n" not in err
+
+
+def test_stitching_masks_and_tuning_meet_the_frame(model):
+    from instyle.video.stitch import face_mask, paste_mask, render_code, stitch_frame, stitch_masks
+
+    size = model.config.resize_to
+    t = np.linspace(0, 2 * np.pi, 17, endpoint=False)
+    lm = np.zeros((68, 2))
+    lm[:17] = np.c_[32 + 14 * np.cos(t), 36 + 16 * np.sin(t)]  # a rough face outline; the rest inside it
+    lm[17:] = np.c_[32 + 6 * np.cos(np.arange(51)), 34 + 8 * np.sin(np.arange(51))]
+    face = face_mask(lm, size)
+    content, border, full = stitch_masks(face, StitchConfig())
+    assert face[36, 32] == 1 and face[2, 2] == 0 and full.sum() > face.sum()
+    assert float((border[0, 0] * torch.from_numpy(face)).sum()) == 0  # the band lies outside the face here
+    blend = paste_mask(full, StitchConfig())
+    assert blend[36, 32] > 0.99 and blend[1, 1] == 0
+    torch.manual_seed(1)
+    w = model.decoder.mean_latent(64, seed=1)[None].repeat(1, model.n_styles, 1)
+    with torch.no_grad():
+        edited = render_code(model, model.decoder, w)
+    source = torch.rand(1, 3, size, size) * 2 - 1
+    first = stitch_frame(model, model.decoder, w, source, edited, (content, border, full), StitchConfig(steps=1))[2]
+    _, steps, last = stitch_frame(model, model.decoder, w, source, edited, (content, border, full), StitchConfig(steps=15, lr=3e-3))
+    assert steps == 15 and last < first
+    stopped = stitch_frame(model, model.decoder, w, source, edited, (content, border, full), StitchConfig(steps=15, border_threshold=1e9))
+    assert stopped[1] == 0  # STIT's early stop on the border loss

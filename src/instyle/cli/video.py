@@ -10,7 +10,8 @@ from instyle.errors import InstyleError
 
 DESCRIPTION = """\
 Track the face of CLIP, crop it smoothly (STIT's temporal smoothing), encode every frame,
-optionally tune one generator on all frames (--pti), edit, paste back and write OUT/result.mp4
+optionally tune one generator on all frames (--pti), edit, optionally tune each frame's
+stitching (--stitch), paste back and write OUT/result.mp4
 (the clip's frames and fps, its audio) with OUT/report.json and OUT/report.png (crop motion,
 flicker, reconstruction per frame, frames whose face was interpolated).
 
@@ -47,7 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pti-steps", type=int, default=300, help="PTI passes over all frames (default 300, as STIT)")
     p.add_argument("--pti-lr", type=float, default=3e-5, help="PTI learning rate (default 3e-5, as STIT)")
     p.add_argument("--pti-time-budget", type=float, help="stop PTI after this many seconds (resumable)")
-    p.add_argument("--stitch", action="store_true", help="STIT's stitching tuning (not implemented yet)")
+    p.add_argument("--stitch", action="store_true",
+                   help="STIT's stitching tuning: per frame, tune the generator so the edit meets the frame around the face")
+    p.add_argument("--stitch-steps", type=int, default=100, help="stitching tuning steps per frame (default 100, as STIT)")
     p.add_argument("--side-by-side", action="store_true", help="also write side_by_side.mp4: source | reconstruction | edit")
     p.add_argument("--feather", type=float, default=0.1, help="paste-back blend width, fraction of the crop (default 0.1)")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality 0-51, lower is better (default 18)")
@@ -61,11 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instyle.interop import load_psp
     from instyle.utils.device import resolve_device
-    from instyle.video import ClipTuneConfig, VideoOptions, edit_video
+    from instyle.video import ClipTuneConfig, StitchConfig, VideoOptions, edit_video
 
-    if args.stitch:
-        error("--stitch: STIT's stitching tuning is not implemented yet; run without it")
-        return 2
     try:
         options = VideoOptions(
             start=args.start, end=args.end, every=args.every, detector=args.detector,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, directions=tuple(args.direction), edits=tuple(args.edit),
             pti=args.pti, pti_config=ClipTuneConfig(steps=args.pti_steps, lr=args.pti_lr,
                                                     time_budget=args.pti_time_budget, seed=args.seed),
-            side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
+            stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
             lpips_weights=args.lpips_weights, identity=args.identity, progress=sys.stderr.isatty(),
         )
         model = load_psp(args.checkpoint, device=resolve_device(args.device), w_encoder=args.w_encoder).eval()

@@ -11,6 +11,7 @@ See :mod:`instyle.video.pipeline` for the stages and their cache.
 from instyle.video.keyframes import TimedEdit, parse_timed_edit
 from instyle.video.media import Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.pipeline import STAGES, VideoOptions, edit_video
+from instyle.video.stitch import StitchConfig
 from instyle.video.track import fill_missing, gaussian_smooth, smooth_quads
 from instyle.video.tune import ClipTuneConfig, tune_clip
 
@@ -18,6 +19,7 @@ __all__ = [
     "STAGES",
     "ClipTuneConfig",
     "Selection",
+    "StitchConfig",
     "TimedEdit",
     "VideoError",
     "VideoInfo",

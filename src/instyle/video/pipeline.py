@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from instyle.alignment.detect import DETECTORS
-from instyle.alignment.ffhq import paste_back, warp_quad
+from instyle.alignment.ffhq import paste_back, source_to_crop, warp_quad
 from instyle.errors import InputError
 from instyle.inference.editing import load_edit, named_file, resolve_edit
 from instyle.inference.io import save_image
@@ -51,6 +51,7 @@ from instyle.utils.image import tensor_to_pil
 from instyle.video.keyframes import TimedEdit, parse_timed_edit
 from instyle.video.media import MAX_SIDE, Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.report import build_report, format_report, write_plot
+from instyle.video.stitch import StitchConfig, face_mask, paste_mask, render_code, stitch_frame, stitch_masks
 from instyle.video.track import (
     AXES_SIGMA,
     CENTER_SIGMA,
@@ -65,7 +66,7 @@ from instyle.video.tune import ClipTuneConfig, tune_clip
 __all__ = ["STAGES", "VideoOptions", "edit_video"]
 
 #: The cached stages, in order.
-STAGES = ("track", "align", "encode", "pti", "render")
+STAGES = ("track", "align", "encode", "pti", "render", "stitch")
 #: Frames per landmark chunk file.
 TRACK_CHUNK = 16
 #: Output files (in ``OUT``).
@@ -86,6 +87,7 @@ class VideoOptions:
         directions: edit files, ``[NAME=]FILE`` (as ``instyle edit direction -d``).
         edits: ``NAME[:COMP]=STRENGTH`` or key-framed ``NAME=T:S,T:S`` (T: frame or ``2s``).
         pti: tune one generator on all frames (:class:`~instyle.video.tune.ClipTuneConfig`).
+        stitch: STIT's stitching tuning per frame (:class:`~instyle.video.stitch.StitchConfig`).
         side_by_side: also write ``side_by_side.mp4`` (source | reconstruction | edit).
         feather: width of the paste-back blend at the crop's edges, fraction of its side.
         crf: H.264 quality (0-51, lower is better).
@@ -106,6 +108,8 @@ class VideoOptions:
     edits: tuple[str, ...] = ()
     pti: bool = False
     pti_config: ClipTuneConfig = field(default_factory=ClipTuneConfig)
+    stitch: bool = False
+    stitch_config: StitchConfig = field(default_factory=StitchConfig)
     side_by_side: bool = False
     feather: float = 0.1
     crf: int = 18
@@ -332,10 +336,49 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
         bar.close()
 
 
-def _paste_frames(clip: Path, sel: Selection, quads: np.ndarray, render: Path, kind: str, options: VideoOptions):
+def _stitch(model, generator_delta, crops: Path, codes: np.ndarray, edits, strengths, landmarks: np.ndarray, folder: Path,
+            options: VideoOptions, hook) -> dict:
+    """Stitching tuning per frame: ``stitch_K.png`` and its paste weights ``mask_K.png`` in ``folder``."""
+    if uses_offsets(model):
+        raise InputError("--stitch tunes the generator per frame; with a HyperStyle model's per-frame offsets it is not supported")
+    device = next(model.parameters()).device
+    generator = apply_generator_delta(model.decoder, generator_delta) if generator_delta is not None else model.decoder
+    config = options.stitch_config
+    size = model.config.resize_to
+    bar = _bar(len(codes), "stitch", options.progress)
+    steps_path = folder / "steps.json"
+    record = json.loads(steps_path.read_text()) if steps_path.is_file() else {}
+    for k in range(len(codes)):
+        if not ((folder / f"stitch_{k:06d}.png").is_file() and (folder / f"mask_{k:06d}.png").is_file() and str(k) in record):
+            w = torch.from_numpy(codes[k : k + 1]).to(device)
+            if edits:
+                w = _edited_codes(w, edits, strengths[:, k : k + 1])
+            source = torch.from_numpy(np.array(_crop(crops, k))).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1.0
+            with torch.no_grad():
+                edited = render_code(model, generator, w)
+            masks = stitch_masks(face_mask(landmarks[k], size), config)
+            image, steps, border = stitch_frame(model, generator, w, source, edited, masks, config)
+            save_image(Image.fromarray(np.uint8(np.rint(paste_mask(masks[2], config) * 255))), folder / f"mask_{k:06d}.png")
+            save_image(tensor_to_pil(image), folder / f"stitch_{k:06d}.png")
+            record[str(k)] = {"steps": steps, "border_loss": round(border, 6)}
+            atomic_write_bytes(steps_path, json.dumps(record).encode())
+            hook("stitch", k)
+        bar.update(1)
+    bar.close()
+    steps = [record[str(k)]["steps"] for k in range(len(codes))]
+    losses = [record[str(k)]["border_loss"] for k in range(len(codes))]
+    return {"steps_mean": float(np.mean(steps)), "border_loss_mean": float(np.mean(losses)),
+            "per_frame": {"steps": steps, "border_loss": losses}, "config": asdict(config)}
+
+
+def _paste_frames(clip: Path, sel: Selection, quads: np.ndarray, folder: Path, kind: str, options: VideoOptions):
     for k, frame in iter_frames(clip, sel):
-        crop = Image.open(render / f"{kind}_{k:06d}.png").convert("RGB")
-        yield k, frame, np.asarray(paste_back(Image.fromarray(frame), crop, quads[k], feather=options.feather))
+        crop = Image.open(folder / f"{kind}_{k:06d}.png").convert("RGB")
+        mask = None
+        if kind == "stitch":
+            with Image.open(folder / f"mask_{k:06d}.png") as m:
+                mask = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
+        yield k, frame, np.asarray(paste_back(Image.fromarray(frame), crop, quads[k], feather=options.feather, mask=mask))
 
 
 def _result_frames(clip, sel, quads, render, kind, options, hook, bar) -> Iterator[np.ndarray]:
@@ -345,9 +388,9 @@ def _result_frames(clip, sel, quads, render, kind, options, hook, bar) -> Iterat
         yield pasted
 
 
-def _side_frames(clip, sel, quads, render, kind, options, bar) -> Iterator[np.ndarray]:
+def _side_frames(clip, sel, quads, render, folder, kind, options, bar) -> Iterator[np.ndarray]:
     recon = _paste_frames(clip, sel, quads, render, "recon", options)
-    edited = _paste_frames(clip, sel, quads, render, kind, options)
+    edited = _paste_frames(clip, sel, quads, folder, kind, options)
     for (_, frame, r), (_, _, e) in zip(recon, edited):
         bar.update(1)
         yield np.concatenate([frame, r, e], axis=1)
@@ -443,23 +486,30 @@ def edit_video(
     render = cache.begin("render", key)
     _render(model, delta, crops, codes, edits, strengths, render, options, hook)
     timed("render")
-    kind = "edit" if edits else "recon"
+    kind, results, stitch_summary = ("edit" if edits else "recon"), render, None
+    if options.stitch:
+        key = _hash(key, asdict(options.stitch_config))
+        results, kind = cache.begin("stitch", key), "stitch"
+        crop_landmarks = np.stack([source_to_crop(filled[k], quads[k], size) for k in range(len(sel))])
+        stitch_summary = _stitch(model, delta, crops, codes, edits, strengths, crop_landmarks, results, options, hook)
+        timed("stitch")
     span = sel.span(info)
     audio = clip if info.audio else None
     if not info.audio:
         log(f"{clip} has no audio track: the result has none")
     bar = _bar(len(sel), "write", options.progress)
-    write_mp4(out / RESULT, _result_frames(clip, sel, quads, render, kind, options, hook, bar), fps, audio, span, options.crf)
+    write_mp4(out / RESULT, _result_frames(clip, sel, quads, results, kind, options, hook, bar), fps, audio, span, options.crf)
     bar.close()
     if options.side_by_side:
         bar = _bar(len(sel), "side by side", options.progress)
-        write_mp4(out / SIDE_BY_SIDE, _side_frames(clip, sel, quads, render, kind, options, bar), fps, audio, span, options.crf)
+        frames = _side_frames(clip, sel, quads, render, results, kind, options, bar)
+        write_mp4(out / SIDE_BY_SIDE, frames, fps, audio, span, options.crf)
         bar.close()
     timed("write")
     report = build_report(
         info=info, selection=sel, fps=fps, raw_quads=raw_quads, quads=quads, missing=missing, crops=crops, render=render,
-        kind=kind, edits=[t.spec for _, t in edits], strengths=strengths, lpips=lpips,
-        identity=options.identity, pti=pti_summary, options=options.key_dict(),
+        results=results, kind=kind, edits=[t.spec for _, t in edits], strengths=strengths, lpips=lpips,
+        identity=options.identity, pti=pti_summary, stitch=stitch_summary, options=options.key_dict(),
     )
     report["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
     report["outputs"] = [RESULT] + ([SIDE_BY_SIDE] if options.side_by_side else []) + [REPORT, PLOT]

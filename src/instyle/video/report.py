@@ -40,8 +40,8 @@ def _r(values, digits: int = 5) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
-def build_report(*, info, selection, fps, raw_quads, quads, missing, crops: Path, render: Path, kind: str, edits, strengths,
-                 lpips=None, identity: str | None = None, pti=None, options: dict) -> dict:
+def build_report(*, info, selection, fps, raw_quads, quads, missing, crops: Path, render: Path, results: Path, kind: str,
+                 edits, strengths, lpips=None, identity: str | None = None, pti=None, stitch=None, options: dict) -> dict:
     """The report dict (JSON-ready); see the module docstring for what is measured."""
     n = len(selection)
     mse, lp, change_src, change_out = [], [], [0.0], [0.0]
@@ -50,7 +50,7 @@ def build_report(*, info, selection, fps, raw_quads, quads, missing, crops: Path
     for k in range(n):
         src = _img(crops, f"{k:06d}.png")
         recon = _img(render, f"recon_{k:06d}.png")
-        result = recon if kind == "recon" else _img(render, f"{kind}_{k:06d}.png")
+        result = recon if kind == "recon" else _img(results, f"{kind}_{k:06d}.png")
         mse.append(float(np.mean((recon - src) ** 2)))
         if lpips is not None:
             with torch.no_grad():
@@ -95,7 +95,7 @@ def build_report(*, info, selection, fps, raw_quads, quads, missing, crops: Path
         "edits": list(edits),
         "edit_strengths": [_r(row, 4) for row in strengths],
         "pti": pti,
-        "stitch": "not implemented (STIT's stitching tuning is left for later)",
+        "stitch": stitch,
         "options": options,
     }
     return report
