@@ -4,7 +4,13 @@ its report, resuming, and bad input -- on synthetic clips made from a shared fac
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +36,7 @@ from instyle.video import (  # noqa: E402
 from instyle.video.track import quad_axes  # noqa: E402
 from tests.video_clips import audio_seconds, frames, motion, read_frames, write_clip  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 N, SIZE, FPS, BLANK = 24, 256, 24, 7
 
 
@@ -282,3 +289,41 @@ def test_stitching_masks_and_tuning_meet_the_frame(model):
     assert steps == 15 and last < first
     stopped = stitch_frame(model, model.decoder, w, source, edited, (content, border, full), StitchConfig(steps=15, border_threshold=1e9))
     assert stopped[1] == 0  # STIT's early stop on the border loss
+
+
+@pytest.fixture(scope="module")
+def model_dir(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "instyle.cli.main", "video", *args]
+
+
+@pytest.mark.slow
+def test_cli_sigkilled_during_pti_resumes_to_the_same_result(model_dir, clip, direction, tmp_path):
+    """The command run uninterrupted, and again SIGKILLed after PTI's first checkpoint, then
+    rerun: the same result frames and report."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    args = ["-c", str(model_dir), str(clip), "-d", f"age={direction}", "--edit", "age=0:0,0.5s:3", "--pti", "--pti-steps", "4",
+            "--detector", "hog"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = subprocess.run(_cli(*args, "--out", str(full)), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and "interpolated" in done.stderr
+    proc = subprocess.Popen(_cli(*args, "--out", str(killed)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "cache" / "pti" / "state.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "result.mp4").exists(), "the run was not killed mid-way"
+    again = subprocess.run(_cli(*args, "--out", str(killed)), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    for a, b in zip(read_frames(full / "result.mp4"), read_frames(killed / "result.mp4"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (full, killed))
+    assert ra["reconstruction"] == rb["reconstruction"] and ra["pti"]["loss_last"] == rb["pti"]["loss_last"]
