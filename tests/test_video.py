@@ -130,8 +130,8 @@ def test_media_keeps_frames_fps_and_audio(clip, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
-def _one_line_error(fn, match):
-    with pytest.raises(VideoError, match=match) as e:
+def _one_line_error(fn, match, kind=VideoError):
+    with pytest.raises(kind, match=match) as e:
         fn()
     assert "\n" not in str(e.value)
 
@@ -327,3 +327,22 @@ def test_cli_sigkilled_during_pti_resumes_to_the_same_result(model_dir, clip, di
         np.testing.assert_array_equal(a, b)
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (full, killed))
     assert ra["reconstruction"] == rb["reconstruction"] and ra["pti"]["loss_last"] == rb["pti"]["loss_last"]
+
+
+@pytest.mark.parametrize("family", ["e4e", "restyle", "hyperstyle"])
+def test_other_families_run_the_pipeline(family, photo, tmp_path):
+    from tests.test_families import tiny
+    from tests.test_hyperstyle import tiny_model
+
+    m = tiny_model() if family == "hyperstyle" else tiny(family, {"e4e": "Encoder4Editing", "restyle": "BackboneEncoder"}[family])
+    m.eval()
+    clip = write_clip(tmp_path / "short.mp4", frames(photo, 5, 128))
+    direction = tmp_path / "d.npy"
+    np.save(direction, np.ones(m.config.generator.style_dim, np.float32))
+    opts = VideoOptions(detector="hog", directions=(f"s={direction}",), edits=("s=0:0,4:1",))
+    report = edit_video(m, clip, tmp_path / "out", opts, log=lambda line: None)
+    assert probe(tmp_path / "out" / "result.mp4").frames == 5 and report["edit_strengths"] == [[0, 0.25, 0.5, 0.75, 1.0]]
+    if family == "hyperstyle":  # one generator per frame already: tuning one is refused, in one line, before any work
+        for flag in ("pti", "stitch"):
+            _one_line_error(lambda f=flag: edit_video(m, clip, tmp_path / f, VideoOptions(detector="hog", **{f: True})), "HyperStyle", InputError)
+            assert not (tmp_path / flag).exists()

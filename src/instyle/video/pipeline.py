@@ -443,6 +443,8 @@ def edit_video(
     t_start = time.perf_counter()
     info = probe(clip, options.max_side)
     sel = Selection.make(info, options.start, options.end, options.every)
+    if uses_offsets(model) and (options.pti or options.stitch):
+        raise InputError("--pti and --stitch tune a generator; a HyperStyle model tunes its own per frame: run it without them")
     edits = _load_edits(options, model) if options.edits else []
     lpips = _lpips(options)
     _check_out(clip, out)
