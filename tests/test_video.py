@@ -346,3 +346,22 @@ def test_other_families_run_the_pipeline(family, photo, tmp_path):
         for flag in ("pti", "stitch"):
             _one_line_error(lambda f=flag: edit_video(m, clip, tmp_path / f, VideoOptions(detector="hog", **{f: True})), "HyperStyle", InputError)
             assert not (tmp_path / flag).exists()
+
+
+@pytest.mark.slow
+def test_real_size_model_on_a_short_clip(photo, tmp_path):
+    """The full-size pSp (IR-SE50 encoder, 1024 px generator, random weights) through every
+    stage on three 512 px frames: crops at 256, the generator's output pooled to them."""
+    from instyle.models import create_psp
+
+    torch.manual_seed(0)
+    m = create_psp().eval()
+    clip = write_clip(tmp_path / "real.mp4", frames(photo, 3, 512))
+    report = edit_video(m, clip, tmp_path / "out", VideoOptions(detector="hog", batch_size=1), log=lambda line: None)
+    info = probe(tmp_path / "out" / "result.mp4")
+    assert (info.frames, info.width, info.fps, info.audio) == (3, 512, FPS, True)
+    assert report["interpolated_frames"] == [] and len(report["reconstruction"]["per_frame"]["mse"]) == 3
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "cache" / "render" / "recon_000000.png") as im:
+        assert im.size == (256, 256)
