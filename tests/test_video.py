@@ -169,6 +169,21 @@ def test_clip_without_audio(model, photo, tmp_path):
     assert report["output"]["audio"] is False
 
 
+@pytest.mark.slow
+def test_optional_lpips_and_identity_per_frame(model, photo, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)  # a random AlexNet in torchvision's file format: LPIPS runs, its values mean nothing
+    weights = tmp_path / "alexnet-features.pth"
+    torch.save({k: v for k, v in torchvision.models.alexnet().state_dict().items() if k.startswith("features.")}, weights)
+    clip = write_clip(tmp_path / "short.mp4", frames(photo, 6, 128))
+    opts = VideoOptions(detector="hog", lpips_weights=str(weights), identity="dlib")
+    report = edit_video(model, clip, tmp_path / "out", opts, log=lambda line: None)
+    per_frame = report["reconstruction"]["per_frame"]
+    assert len(per_frame["lpips"]) == 6 and min(per_frame["lpips"]) > 0
+    assert len(per_frame["identity"]) == 6  # None where the random model's output shows no face
+
+
 # --------------------------------------------------------------------------- the whole run
 
 

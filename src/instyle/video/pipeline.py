@@ -215,14 +215,16 @@ def _track(clip: Path, sel: Selection, folder: Path, options: VideoOptions, hook
                 continue
             if k == c and c > 0 and (folder / f"{c - TRACK_CHUNK:06d}.npz").is_file():
                 with np.load(folder / f"{c - TRACK_CHUNK:06d}.npz") as z:  # follow the same face across chunks
-                    previous = z["landmarks"][-1] if z["found"][-1] else None
+                    previous = z["followed"] if z["has_followed"] else None
             lm = detect_landmarks(frame, previous, options.detector)
             previous = lm if lm is not None else previous
             lms.append(np.zeros((68, 2)) if lm is None else lm)
             found.append(lm is not None)
             bar.update(1)
             if len(lms) == min(TRACK_CHUNK, n - c):
-                _save_npz(folder / f"{c:06d}.npz", landmarks=np.stack(lms), found=np.array(found))
+                # The tracker's state after the chunk goes with it, so a resumed run follows the same face.
+                _save_npz(folder / f"{c:06d}.npz", landmarks=np.stack(lms), found=np.array(found),
+                          followed=np.zeros((68, 2)) if previous is None else previous, has_followed=previous is not None)
                 lms, found = [], []
                 hook("track", c)
     bar.close()
