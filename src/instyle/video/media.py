@@ -156,8 +156,9 @@ def probe(path: str | Path, max_side: int = MAX_SIDE) -> VideoInfo:
         pts = []
         try:
             for packet in container.demux(stream):
-                if packet.pts is not None and packet.size:
-                    pts.append(packet.pts)
+                stamp = packet.pts if packet.pts is not None else packet.dts  # some raw streams carry only dts
+                if stamp is not None and packet.size:
+                    pts.append(stamp)
                 if len(pts) > 4 * MAX_FRAMES:
                     raise VideoError(f"{path}: more than {4 * MAX_FRAMES} frames; cut the clip first")
         except av.error.FFmpegError as e:
