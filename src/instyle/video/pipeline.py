@@ -450,78 +450,130 @@ def edit_video(
     edits = _load_edits(options, model) if options.edits else []
     lpips = _lpips(options)
     _check_out(clip, out)
-    cache = _Cache(out / "cache")
-    timings = {}
-
-    def timed(stage):
-        timings[stage] = round(time.perf_counter() - t_mark[0], 3)
-        t_mark[0] = time.perf_counter()
-
-    t_mark = [time.perf_counter()]
-    size = model.config.resize_to
-    key = _hash(_file_id(clip), asdict(sel), options.detector)
-    landmarks, found = _track(clip, sel, cache.begin("track", key), options, hook)
-    timed("track")
-    if not found.any():
-        raise VideoError(f"{clip}: no face found in any of the {len(sel)} frames (try detector='cnn' for small or turned faces)")
-    missing = np.flatnonzero(~found).tolist()
-    if missing:
-        log(f"no face found in {len(missing)} frame(s) {_ranges(missing)}: their landmarks are interpolated")
-    filled = fill_missing(landmarks, found)
-    raw_quads = landmark_quads(filled)
-    quads = smooth_quads(raw_quads, options.center_sigma, options.axes_sigma)
-    key = _hash(key, options.center_sigma, options.axes_sigma, size)
-    crops = cache.begin("align", key)
-    _align(clip, sel, quads, crops, size, options, hook)
-    timed("align")
-    key = _hash(key, _model_id(model), options.batch_size)
-    codes = _encode(model, crops, len(sel), cache.begin("encode", key), options, hook)
-    timed("encode")
-    codes = gaussian_smooth(codes, options.latent_sigma).astype(np.float32) if options.latent_sigma else codes
-    key = _hash(key, options.latent_sigma, options.pti, asdict(options.pti_config) if options.pti else None, options.lpips_weights)
-    pti_folder = cache.begin("pti", key)
-    delta, pti_summary = None, None
-    if options.pti:
-        delta, pti_summary = _tune(model, crops, codes, pti_folder, options, lpips, hook)
-        timed("pti")
-    fps = sel.fps(info)
-    strengths = np.stack([t.strengths(len(sel), fps) for _, t in edits]) if edits else np.zeros((0, len(sel)))
-    key = _hash(key, [_file_id(named_file(d)[1]) for d in options.directions], [t.spec for _, t in edits])
-    render = cache.begin("render", key)
-    _render(model, delta, crops, codes, edits, strengths, render, options, hook)
-    timed("render")
-    kind, results, stitch_summary = ("edit" if edits else "recon"), render, None
-    if options.stitch:
-        key = _hash(key, asdict(options.stitch_config))
-        results, kind = cache.begin("stitch", key), "stitch"
-        crop_landmarks = np.stack([source_to_crop(filled[k], quads[k], size) for k in range(len(sel))])
-        stitch_summary = _stitch(model, delta, crops, codes, edits, strengths, crop_landmarks, results, options, hook)
-        timed("stitch")
-    span = sel.span(info)
-    audio = clip if info.audio else None
-    if not info.audio:
-        log(f"{clip} has no audio track: the result has none")
-    bar = _bar(len(sel), "write", options.progress)
-    write_mp4(out / RESULT, _result_frames(clip, sel, quads, results, kind, options, hook, bar), fps, audio, span, options.crf)
-    bar.close()
-    if options.side_by_side:
-        bar = _bar(len(sel), "side by side", options.progress)
-        frames = _side_frames(clip, sel, quads, render, results, kind, options, bar)
-        write_mp4(out / SIDE_BY_SIDE, frames, fps, audio, span, options.crf)
-        bar.close()
-    timed("write")
+    run = _Run(model, clip, info, sel, options, _Cache(out / "cache"), hook, log, edits, lpips)
+    faces = run.track_and_align()
+    codes, delta, pti_summary = run.latents(faces)
+    results = run.render(faces, codes, delta)
+    run.write(out, faces, results)
     report = build_report(
-        info=info, selection=sel, fps=fps, raw_quads=raw_quads, quads=quads, missing=missing, crops=crops, render=render,
-        results=results, kind=kind, edits=[t.spec for _, t in edits], strengths=strengths, lpips=lpips,
-        identity=options.identity, pti=pti_summary, stitch=stitch_summary, options=options.key_dict(),
+        info=info, selection=sel, fps=run.fps, raw_quads=faces.raw_quads, quads=faces.quads, missing=faces.missing,
+        crops=faces.crops, render=results.render, results=results.folder, kind=results.kind,
+        edits=[t.spec for _, t in edits], strengths=run.strengths, lpips=lpips, identity=options.identity,
+        pti=pti_summary, stitch=results.stitch, options=options.key_dict(),
     )
-    report["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 3)}
+    report["seconds"] = {**run.timings, "total": round(time.perf_counter() - t_start, 3)}
     report["outputs"] = [RESULT] + ([SIDE_BY_SIDE] if options.side_by_side else []) + [REPORT, PLOT]
     write_plot(report, out / PLOT)
     atomic_write_bytes(out / REPORT, (json.dumps(report, indent=1) + "\n").encode())
     for line in format_report(report):
         log(line)
     return report
+
+
+@dataclass
+class _Faces:
+    """The tracked face: landmarks (gaps filled), raw and smoothed quads, the crop folder."""
+
+    landmarks: np.ndarray
+    missing: list[int]
+    raw_quads: np.ndarray
+    quads: np.ndarray
+    crops: Path
+
+
+@dataclass
+class _Results:
+    """Where the rendered crops are: ``render`` (reconstructions, edits) and ``folder``/``kind``
+    of the crops pasted back (``edit``, ``recon`` or ``stitch``)."""
+
+    render: Path
+    folder: Path
+    kind: str
+    stitch: dict | None = None
+
+
+class _Run:
+    """One :func:`edit_video` call's stages; each stage's cache key extends the previous one's."""
+
+    def __init__(self, model, clip, info, sel, options, cache, hook, log, edits, lpips):
+        self.model, self.clip, self.info, self.sel, self.options = model, clip, info, sel, options
+        self.cache, self.hook, self.log, self.edits, self.lpips = cache, hook, log, edits, lpips
+        self.size = model.config.resize_to
+        self.fps = sel.fps(info)
+        self.strengths = np.stack([t.strengths(len(sel), self.fps) for _, t in edits]) if edits else np.zeros((0, len(sel)))
+        self.timings: dict[str, float] = {}
+        self._mark = time.perf_counter()
+        self.key = _hash(_file_id(clip), asdict(sel), options.detector)
+
+    def _timed(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage], self._mark = round(now - self._mark, 3), now
+
+    def _stage(self, stage: str, *parts) -> Path:
+        self.key = _hash(self.key, *parts)
+        return self.cache.begin(stage, self.key)
+
+    def track_and_align(self) -> _Faces:
+        o, sel = self.options, self.sel
+        landmarks, found = _track(self.clip, sel, self._stage("track"), o, self.hook)
+        self._timed("track")
+        if not found.any():
+            raise VideoError(f"{self.clip}: no face found in any of the {len(sel)} frames (try detector='cnn' for small or turned faces)")
+        missing = np.flatnonzero(~found).tolist()
+        if missing:
+            self.log(f"no face found in {len(missing)} frame(s) {_ranges(missing)}: their landmarks are interpolated")
+        filled = fill_missing(landmarks, found)
+        raw_quads = landmark_quads(filled)
+        quads = smooth_quads(raw_quads, o.center_sigma, o.axes_sigma)
+        crops = self._stage("align", o.center_sigma, o.axes_sigma, self.size)
+        _align(self.clip, sel, quads, crops, self.size, o, self.hook)
+        self._timed("align")
+        return _Faces(filled, missing, raw_quads, quads, crops)
+
+    def latents(self, faces: _Faces):
+        """``(codes [N, n_styles, D], PTI's generator delta or None, PTI's summary or None)``."""
+        o = self.options
+        codes = _encode(self.model, faces.crops, len(self.sel), self._stage("encode", _model_id(self.model), o.batch_size),
+                        o, self.hook)
+        self._timed("encode")
+        if o.latent_sigma:
+            codes = gaussian_smooth(codes, o.latent_sigma).astype(np.float32)
+        folder = self._stage("pti", o.latent_sigma, o.pti, asdict(o.pti_config) if o.pti else None, o.lpips_weights)
+        if not o.pti:
+            return codes, None, None
+        delta, summary = _tune(self.model, faces.crops, codes, folder, o, self.lpips, self.hook)
+        self._timed("pti")
+        return codes, delta, summary
+
+    def render(self, faces: _Faces, codes: np.ndarray, delta) -> _Results:
+        o = self.options
+        render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits])
+        _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook)
+        self._timed("render")
+        if not o.stitch:
+            return _Results(render, render, "edit" if self.edits else "recon")
+        folder = self._stage("stitch", asdict(o.stitch_config))
+        crop_landmarks = np.stack([source_to_crop(faces.landmarks[k], faces.quads[k], self.size) for k in range(len(codes))])
+        summary = _stitch(self.model, delta, faces.crops, codes, self.edits, self.strengths, crop_landmarks, folder, o, self.hook)
+        self._timed("stitch")
+        return _Results(render, folder, "stitch", summary)
+
+    def write(self, out: Path, faces: _Faces, results: _Results) -> None:
+        o, sel = self.options, self.sel
+        span = sel.span(self.info)
+        audio = self.clip if self.info.audio else None
+        if audio is None:
+            self.log(f"{self.clip} has no audio track: the result has none")
+        bar = _bar(len(sel), "write", o.progress)
+        frames = _result_frames(self.clip, sel, faces.quads, results.folder, results.kind, o, self.hook, bar)
+        write_mp4(out / RESULT, frames, self.fps, audio, span, o.crf)
+        bar.close()
+        if o.side_by_side:
+            bar = _bar(len(sel), "side by side", o.progress)
+            frames = _side_frames(self.clip, sel, faces.quads, results.render, results.folder, results.kind, o, bar)
+            write_mp4(out / SIDE_BY_SIDE, frames, self.fps, audio, span, o.crf)
+            bar.close()
+        self._timed("write")
 
 
 def _lpips(options: VideoOptions):
