@@ -380,3 +380,17 @@ def test_real_size_model_on_a_short_clip(photo, tmp_path):
 
     with Image.open(tmp_path / "out" / "cache" / "render" / "recon_000000.png") as im:
         assert im.size == (256, 256)
+
+
+@pytest.mark.slow
+def test_a_changed_edit_redoes_only_the_stages_after_it(baseline, model, clip, direction, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(baseline[0], out)
+    worked = set()
+    report = edit_video(model, clip, out, _options(direction, edits=("age=-2",)), on_step=lambda s, k: worked.add(s),
+                        log=lambda line: None)
+    assert worked == {"render", "stitch", "write"}
+    assert report["edit_strengths"] == [[-2.0] * N] and report["reconstruction"] == baseline[1]["reconstruction"]
+    assert report["flicker"] != baseline[1]["flicker"]
