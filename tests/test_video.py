@@ -125,6 +125,12 @@ def test_media_keeps_frames_fps_and_audio(clip, tmp_path):
     assert (back.frames, back.fps, back.audio) == (9, 12, True)
     assert audio_seconds(out) == pytest.approx(0.75, abs=0.03)
     assert [p.name for p in tmp_path.iterdir()] == ["o.mp4"]  # no temporary file left
+    whole = Selection.make(info)
+    copied = write_mp4(tmp_path / "c.mp4", images, whole.fps(info), clip, whole.span(info), copy_audio=True)
+    import av
+
+    packets = [[bytes(p) for p in av.open(str(f)).demux(audio=0) if p.size] for f in (clip, copied)]
+    assert packets[0] == packets[1] and audio_seconds(copied) == audio_seconds(clip)  # the track as it was
 
 
 # --------------------------------------------------------------------------- bad input
@@ -195,7 +201,7 @@ def test_result_keeps_frames_fps_audio(baseline, clip):
         assert (info.frames, info.fps, info.width, info.height, info.audio) == (N, FPS, width, SIZE, True)
         assert audio_seconds(out / name) == pytest.approx(audio_seconds(clip), abs=0.03)
     saved = json.loads((out / "report.json").read_text())
-    assert saved["output"] == {"frames": N, "fps": "24/1", "audio": True}
+    assert saved["output"] == {"frames": N, "fps": "24/1", "audio": True, "audio_mode": "copied"}
     assert len(saved["reconstruction"]["per_frame"]["mse"]) == N and saved["pti"]["passes"] == 2
     assert (out / "report.png").stat().st_size > 1000
 

@@ -70,6 +70,7 @@ class VideoInfo:
     audio: bool
     audio_rate: int | None = None
     audio_channels: int | None = None
+    audio_codec: str | None = None
 
     @property
     def duration(self) -> float:
@@ -177,6 +178,7 @@ def probe(path: str | Path, max_side: int = MAX_SIDE) -> VideoInfo:
             audio=audio is not None,
             audio_rate=int(audio.codec_context.sample_rate) if audio is not None else None,
             audio_channels=int(audio.codec_context.channels) if audio is not None else None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
         )
 
 
@@ -284,6 +286,37 @@ class _AudioFeed:
         self.container.close()
 
 
+class _AudioCopy:
+    """The source's audio packets unchanged (no generation loss), handed out in time order."""
+
+    def __init__(self, av, path: Path, out_stream, src_index: int):
+        self.out = out_stream
+        self.container = av.open(str(path), "r")
+        self.packets = (p for p in self.container.demux(self.container.streams.audio[src_index]) if p.dts is not None)
+        self.pending = None
+
+    def until(self, t: float) -> Iterator:
+        while True:
+            if self.pending is None:
+                self.pending = next(self.packets, None)
+                if self.pending is None:
+                    return
+            p = self.pending
+            if t != math.inf and float(p.pts * p.time_base) >= t:
+                return
+            self.pending = None
+            p.stream = self.out
+            yield p
+
+    def close(self) -> Iterator:
+        yield from self.until(math.inf)
+        self.container.close()
+
+
+#: Audio codecs an MP4 carries as they are (copied without re-encoding when the whole track is kept).
+MP4_AUDIO = ("aac", "mp3", "alac")
+
+
 def write_mp4(
     path: str | Path,
     frames: Iterable[np.ndarray],
@@ -291,13 +324,15 @@ def write_mp4(
     audio_from: str | Path | None = None,
     audio_span: tuple[float, float] | None = None,
     crf: int = 18,
+    copy_audio: bool = False,
 ) -> Path:
     """Encode ``frames`` (``[H, W, 3]`` uint8 RGB, all one size) as an H.264 MP4 at ``fps``.
 
     With ``audio_from`` (a clip with an audio track), its audio between ``audio_span`` seconds
-    (measured from its first video frame) is re-encoded to AAC and interleaved. The file is
-    written under a temporary name and renamed when complete: an interrupted call leaves no
-    partial ``path``. Returns ``path``.
+    (measured from its first video frame) is re-encoded to AAC and interleaved; with
+    ``copy_audio`` (the whole track is wanted) an AAC, MP3 or ALAC track is copied unchanged
+    instead. The file is written under a temporary name and renamed when complete: an
+    interrupted call leaves no partial ``path``. Returns ``path``.
     """
     av = require_av()
     path = Path(path)
@@ -314,7 +349,11 @@ def write_mp4(
                 video.width, video.height = frame.shape[1], frame.shape[0]
                 video.pix_fmt = "yuv420p"
                 video.options = {"crf": str(crf), "preset": "medium"}
-                if audio_from is not None:
+                if audio_from is not None and copy_audio and _audio_codec(av, Path(audio_from)) in MP4_AUDIO:
+                    with av.open(str(audio_from), "r") as c:
+                        stream = out.add_stream_from_template(c.streams.audio[0])
+                    feed = _AudioCopy(av, Path(audio_from), stream, 0)
+                elif audio_from is not None:
                     src = _audio_layout(av, Path(audio_from))
                     if src is not None:
                         stream = out.add_stream("aac", rate=src[0])
@@ -342,3 +381,8 @@ def _audio_layout(av, path: Path) -> tuple[int, str] | None:
         ctx = c.streams.audio[0].codec_context
         layout = ctx.layout.name if ctx.channels <= 2 else "stereo"  # AAC's encoder takes mono and stereo here
         return int(ctx.sample_rate), layout
+
+
+def _audio_codec(av, path: Path) -> str | None:
+    with av.open(str(path), "r") as c:
+        return c.streams.audio[0].codec_context.name if c.streams.audio else None

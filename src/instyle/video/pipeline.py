@@ -49,7 +49,7 @@ from instyle.losses.lpips import LPIPSLoss
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import tensor_to_pil
 from instyle.video.keyframes import TimedEdit, parse_timed_edit
-from instyle.video.media import MAX_SIDE, Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
+from instyle.video.media import MAX_SIDE, MP4_AUDIO, Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.report import build_report, format_report, write_plot
 from instyle.video.stitch import StitchConfig, face_mask, paste_mask, render_code, stitch_frame, stitch_masks
 from instyle.video.track import (
@@ -461,6 +461,7 @@ def edit_video(
         edits=[t.spec for _, t in edits], strengths=run.strengths, lpips=lpips, identity=options.identity,
         pti=pti_summary, stitch=results.stitch, options=options.key_dict(),
     )
+    report["output"]["audio_mode"] = run.audio_mode
     report["seconds"] = {**run.timings, "total": round(time.perf_counter() - t_start, 3)}
     report["outputs"] = [RESULT] + ([SIDE_BY_SIDE] if options.side_by_side else []) + [REPORT, PLOT]
     write_plot(report, out / PLOT)
@@ -562,16 +563,18 @@ class _Run:
         o, sel = self.options, self.sel
         span = sel.span(self.info)
         audio = self.clip if self.info.audio else None
+        whole = sel.first == 0 and sel.stop == self.info.frames and sel.every == 1  # the track copied as it is
+        self.audio_mode = None if audio is None else "copied" if whole and self.info.audio_codec in MP4_AUDIO else "aac"
         if audio is None:
             self.log(f"{self.clip} has no audio track: the result has none")
         bar = _bar(len(sel), "write", o.progress)
         frames = _result_frames(self.clip, sel, faces.quads, results.folder, results.kind, o, self.hook, bar)
-        write_mp4(out / RESULT, frames, self.fps, audio, span, o.crf)
+        write_mp4(out / RESULT, frames, self.fps, audio, span, o.crf, copy_audio=whole)
         bar.close()
         if o.side_by_side:
             bar = _bar(len(sel), "side by side", o.progress)
             frames = _side_frames(self.clip, sel, faces.quads, results.render, results.folder, results.kind, o, bar)
-            write_mp4(out / SIDE_BY_SIDE, frames, self.fps, audio, span, o.crf)
+            write_mp4(out / SIDE_BY_SIDE, frames, self.fps, audio, span, o.crf, copy_audio=whole)
             bar.close()
         self._timed("write")
 

@@ -105,7 +105,8 @@ def format_report(report: dict) -> list[str]:
     """A few printable lines."""
     cm, fl, rec = report["crop_motion"], report["flicker"], report["reconstruction"]
     lines = [
-        f"frames: {report['output']['frames']} at {report['output']['fps']} fps, audio: {'kept' if report['output']['audio'] else 'none'}",
+        f"frames: {report['output']['frames']} at {report['output']['fps']} fps, audio: "
+        + {"copied": "copied unchanged", "aac": "re-encoded to AAC", None: "none"}[report["output"].get("audio_mode")],
         f"interpolated (no face found): {len(report['interpolated_frames'])} frame(s)"
         + (f" {report['interpolated_frames'][:20]}" if report["interpolated_frames"] else ""),
         f"crop centre motion per frame: raw {cm['raw']['centre']['mean']} px, smoothed {cm['smoothed']['centre']['mean']} px (mean)",
