@@ -169,10 +169,12 @@ def test_clip_without_a_face(model, tmp_path):
 def test_clip_without_audio(model, photo, tmp_path):
     clip = write_clip(tmp_path / "mute.mp4", frames(photo, 6, 128), audio=False)
     lines = []
-    report = edit_video(model, clip, tmp_path / "out", VideoOptions(detector="hog"), log=lines.append)
+    report = edit_video(model, clip, tmp_path / "out", VideoOptions(detector="hog", workers=2), log=lines.append)
     assert any("no audio track" in line for line in lines)
     assert probe(tmp_path / "out" / "result.mp4").frames == 6 and audio_seconds(tmp_path / "out" / "result.mp4") is None
-    assert report["output"]["audio"] is False
+    assert report["output"]["audio"] is False and report["output"]["audio_mode"] is None
+    one = edit_video(model, clip, tmp_path / "one", VideoOptions(detector="hog", workers=1, end=0.1), log=lambda line: None)
+    assert one["quads"]["raw"] == report["quads"]["raw"][:3]  # detection threads change nothing (frames 0-2 of 6)
 
 
 @pytest.mark.slow

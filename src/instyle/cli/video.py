@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--axes-sigma", type=float, default=3.0, help="smoothing of the crop's scale and rotation, frames (default 3)")
     p.add_argument("--latent-sigma", type=float, default=0.0, help="smoothing of the codes over time, frames (default 0: none)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per encoder pass (default 4)")
+    p.add_argument("--workers", type=int, default=1, help="threads detecting faces (default 1; same result with more)")
+    p.add_argument("--pti-locality", type=float, default=0.0,
+                   help="weight of PTI's locality regulariser (default 0: off, as STIT)")
     p.add_argument("--pti", action="store_true", help="tune one generator on all frames (pivotal tuning, STIT's settings)")
     p.add_argument("--pti-steps", type=int, default=300, help="PTI passes over all frames (default 300, as STIT)")
     p.add_argument("--pti-lr", type=float, default=3e-5, help="PTI learning rate (default 3e-5, as STIT)")
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         options = VideoOptions(
             start=args.start, end=args.end, every=args.every, detector=args.detector,
             center_sigma=args.center_sigma, axes_sigma=args.axes_sigma, latent_sigma=args.latent_sigma,
-            batch_size=args.batch_size, directions=tuple(args.direction), edits=tuple(args.edit),
-            pti=args.pti, pti_config=ClipTuneConfig(steps=args.pti_steps, lr=args.pti_lr,
+            batch_size=args.batch_size, workers=args.workers, directions=tuple(args.direction), edits=tuple(args.edit),
+            pti=args.pti, pti_config=ClipTuneConfig(steps=args.pti_steps, lr=args.pti_lr, locality_weight=args.pti_locality,
                                                     time_budget=args.pti_time_budget, seed=args.seed),
             stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
             lpips_weights=args.lpips_weights, identity=args.identity, progress=sys.stderr.isatty(),

@@ -30,6 +30,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instyle.alignment.detect import DETECTORS
+from instyle.alignment.detect import DETECTORS, detect_faces
 from instyle.alignment.ffhq import paste_back, source_to_crop, warp_quad
 from instyle.errors import InputError
 from instyle.inference.editing import load_edit, named_file, resolve_edit
@@ -55,8 +57,8 @@ from instyle.video.stitch import StitchConfig, face_mask, paste_mask, render_cod
 from instyle.video.track import (
     AXES_SIGMA,
     CENTER_SIGMA,
-    detect_landmarks,
     fill_missing,
+    follow_face,
     gaussian_smooth,
     landmark_quads,
     smooth_quads,
@@ -84,6 +86,7 @@ class VideoOptions:
         center_sigma, axes_sigma: temporal smoothing of the crop quads, in frames (STIT: 1 and 3).
         latent_sigma: temporal smoothing of the W+ codes, in frames (0: none).
         batch_size: frames per encoder / generator pass.
+        workers: threads detecting faces (dlib runs them in parallel; the result is the same).
         directions: edit files, ``[NAME=]FILE`` (as ``instyle edit direction -d``).
         edits: ``NAME[:COMP]=STRENGTH`` or key-framed ``NAME=T:S,T:S`` (T: frame or ``2s``).
         pti: tune one generator on all frames (:class:`~instyle.video.tune.ClipTuneConfig`).
@@ -104,6 +107,7 @@ class VideoOptions:
     axes_sigma: float = AXES_SIGMA
     latent_sigma: float = 0.0
     batch_size: int = 4
+    workers: int = 1
     directions: tuple[str, ...] = ()
     edits: tuple[str, ...] = ()
     pti: bool = False
@@ -127,6 +131,8 @@ class VideoOptions:
                 raise InputError(f"{name}={v!r} must be a number of frames in [0, 100]")
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 256:
             raise InputError(f"batch_size={self.batch_size!r} must be an integer in [1, 256]")
+        if not isinstance(self.workers, int) or not 1 <= self.workers <= 64:
+            raise InputError(f"workers={self.workers!r} must be an integer in [1, 64]")
         if not 0.0 <= self.feather <= 0.5:
             raise InputError(f"feather={self.feather!r} must be in [0, 0.5]")
         if not isinstance(self.max_side, int) or not 64 <= self.max_side <= 16384:
@@ -137,6 +143,7 @@ class VideoOptions:
     def key_dict(self) -> dict:
         d = asdict(self)
         d.pop("progress")
+        d.pop("workers")
         return d
 
 
@@ -199,6 +206,20 @@ def _bar(total: int, desc: str, progress: bool, unit: str = "frame"):
 # --------------------------------------------------------------------------- stages
 
 
+def _track_chunk(frames: list[np.ndarray], previous, detector: str, pool) -> tuple[list, list, np.ndarray | None]:
+    """Landmarks of one chunk: faces detected in ``pool``'s threads (dlib releases the GIL),
+    then followed in order (each frame takes the face nearest the previous frame's)."""
+    detections = list(pool.map(lambda f: detect_faces(f, detector=detector), frames)) if pool else [
+        detect_faces(f, detector=detector) for f in frames]
+    lms, found = [], []
+    for frame, dets in zip(frames, detections):
+        lm = follow_face(frame, dets, previous)
+        previous = lm if lm is not None else previous
+        lms.append(np.zeros((68, 2)) if lm is None else lm)
+        found.append(lm is not None)
+    return lms, found, previous
+
+
 def _track(clip: Path, sel: Selection, folder: Path, options: VideoOptions, hook) -> tuple[np.ndarray, np.ndarray]:
     """``(landmarks [N, 68, 2], found [N])`` with chunk files under ``folder``."""
     n = len(sel)
@@ -207,25 +228,24 @@ def _track(clip: Path, sel: Selection, folder: Path, options: VideoOptions, hook
     bar = _bar(n, "track", options.progress)
     bar.update(n - sum(min(TRACK_CHUNK, n - c) for c in todo))
     if todo:
-        previous = None
-        lms, found = [], []
-        for k, frame in iter_frames(clip, sel):
-            c = k - k % TRACK_CHUNK
-            if c not in todo:
-                continue
-            if k == c and c > 0 and (folder / f"{c - TRACK_CHUNK:06d}.npz").is_file():
-                with np.load(folder / f"{c - TRACK_CHUNK:06d}.npz") as z:  # follow the same face across chunks
-                    previous = z["followed"] if z["has_followed"] else None
-            lm = detect_landmarks(frame, previous, options.detector)
-            previous = lm if lm is not None else previous
-            lms.append(np.zeros((68, 2)) if lm is None else lm)
-            found.append(lm is not None)
-            bar.update(1)
-            if len(lms) == min(TRACK_CHUNK, n - c):
+        previous, pending = None, []
+        with ThreadPoolExecutor(options.workers) if options.workers > 1 else nullcontext() as pool:
+            for k, frame in iter_frames(clip, sel):
+                c = k - k % TRACK_CHUNK
+                if c not in todo:
+                    continue
+                if k == c and c > 0 and (folder / f"{c - TRACK_CHUNK:06d}.npz").is_file():
+                    with np.load(folder / f"{c - TRACK_CHUNK:06d}.npz") as z:  # follow the same face across chunks
+                        previous = z["followed"] if z["has_followed"] else None
+                pending.append(frame)
+                if len(pending) < min(TRACK_CHUNK, n - c):
+                    continue
+                lms, found, previous = _track_chunk(pending, previous, options.detector, pool)
                 # The tracker's state after the chunk goes with it, so a resumed run follows the same face.
                 _save_npz(folder / f"{c:06d}.npz", landmarks=np.stack(lms), found=np.array(found),
                           followed=np.zeros((68, 2)) if previous is None else previous, has_followed=previous is not None)
-                lms, found = [], []
+                bar.update(len(pending))
+                pending = []
                 hook("track", c)
     bar.close()
     parts = [np.load(folder / f"{c:06d}.npz") for c in chunks]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from instyle.alignment.detect import detect_faces, face_landmarks
+from instyle.alignment.detect import Detection, detect_faces, face_landmarks
 from instyle.alignment.ffhq import ffhq_quad
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "crop_motion",
     "detect_landmarks",
     "fill_missing",
+    "follow_face",
     "gaussian_smooth",
     "quad_axes",
     "smooth_quads",
@@ -34,22 +35,27 @@ CENTER_SIGMA = 1.0
 AXES_SIGMA = 3.0
 
 
-def detect_landmarks(frame: np.ndarray, previous: np.ndarray | None = None, detector: str = "auto") -> np.ndarray | None:
-    """``[68, 2]`` landmarks (continuous pixel coordinates) of the tracked face in ``frame``, or None.
+def follow_face(frame: np.ndarray, detections: list[Detection], previous: np.ndarray | None = None) -> np.ndarray | None:
+    """``[68, 2]`` landmarks (continuous pixel coordinates) of the followed face among ``detections``, or None.
 
     Args:
         frame: ``[H, W, 3]`` uint8 RGB.
+        detections: the frame's faces, largest first (:func:`~instyle.alignment.detect.detect_faces`).
         previous: the previous frame's landmarks: with several faces, the one whose box
             centre is nearest theirs is followed (a face walking past does not steal the crop).
     """
-    found = detect_faces(frame, detector=detector)
-    if not found:
+    if not detections:
         return None
-    det = found[0]
-    if previous is not None and len(found) > 1:
+    det = detections[0]
+    if previous is not None and len(detections) > 1:
         centre = previous.mean(0)
-        det = min(found, key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - centre[0], (d.box[1] + d.box[3]) / 2 - centre[1]))
+        det = min(detections, key=lambda d: np.hypot((d.box[0] + d.box[2]) / 2 - centre[0], (d.box[1] + d.box[3]) / 2 - centre[1]))
     return face_landmarks(frame, det.box) + 0.5
+
+
+def detect_landmarks(frame: np.ndarray, previous: np.ndarray | None = None, detector: str = "auto") -> np.ndarray | None:
+    """:func:`follow_face` on ``frame``'s detected faces."""
+    return follow_face(frame, detect_faces(frame, detector=detector), previous)
 
 
 def fill_missing(landmarks: np.ndarray, found: np.ndarray) -> np.ndarray:
