@@ -45,12 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-sigma", type=float, default=0.0, help="smoothing of the codes over time, frames (default 0: none)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per encoder pass (default 4)")
     p.add_argument("--workers", type=int, default=1, help="threads detecting faces (default 1; same result with more)")
-    p.add_argument("--pti-locality", type=float, default=0.0,
-                   help="weight of PTI's locality regulariser (default 0: off, as STIT)")
     p.add_argument("--pti", action="store_true", help="tune one generator on all frames (pivotal tuning, STIT's settings)")
     p.add_argument("--pti-steps", type=int, default=300, help="PTI passes over all frames (default 300, as STIT)")
     p.add_argument("--pti-lr", type=float, default=3e-5, help="PTI learning rate (default 3e-5, as STIT)")
     p.add_argument("--pti-time-budget", type=float, help="stop PTI after this many seconds (resumable)")
+    p.add_argument("--pti-locality", type=float, default=0.0,
+                   help="weight of PTI's locality regulariser (default 0: off, as STIT)")
     p.add_argument("--stitch", action="store_true",
                    help="STIT's stitching tuning: per frame, tune the generator so the edit meets the frame around the face")
     p.add_argument("--stitch-steps", type=int, default=100, help="stitching tuning steps per frame (default 100, as STIT)")
