@@ -402,3 +402,15 @@ def test_a_changed_edit_redoes_only_the_stages_after_it(baseline, model, clip, d
     assert worked == {"render", "stitch", "write"}
     assert report["edit_strengths"] == [[-2.0] * N] and report["reconstruction"] == baseline[1]["reconstruction"]
     assert report["flicker"] != baseline[1]["flicker"]
+
+
+def test_truncated_clip_is_one_line(clip, tmp_path):
+    from instyle.video import iter_frames
+
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # the index at the end is lost: FFmpeg cannot open it
+    with pytest.raises(VideoError) as e:
+        info = probe(cut)
+        list(iter_frames(cut, Selection.make(info)))
+    assert str(cut) in str(e.value) and "\n" not in str(e.value)

@@ -200,18 +200,24 @@ def iter_frames(path: str | Path, selection: Selection) -> Iterator[tuple[int, n
     """``(k, frame)`` for the ``k``-th selected frame: ``[H, W, 3]`` uint8 RGB, in order.
 
     Frames are numbered in decoding order after sorting by time stamp, as :func:`probe` counted them."""
+    av = require_av()
     path = Path(path)
     wanted = selection.indices()
+    k = 0
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        k = 0
-        for i, frame in enumerate(container.decode(stream)):
-            if i >= selection.stop:
-                break
-            if i in wanted:
-                yield k, frame.to_ndarray(format="rgb24")
-                k += 1
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i >= selection.stop:
+                    break
+                if i in wanted:
+                    yield k, frame.to_ndarray(format="rgb24")
+                    k += 1
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: decoding failed after {k} of {len(selection)} frames ({type(e).__name__}: {e})") from None
+    if k < len(selection):
+        raise VideoError(f"{path}: only {k} of the {len(selection)} selected frames could be decoded (a damaged file?)")
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
