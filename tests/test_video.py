@@ -414,3 +414,15 @@ def test_truncated_clip_is_one_line(clip, tmp_path):
         info = probe(cut)
         list(iter_frames(cut, Selection.make(info)))
     assert str(cut) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_pti_time_budget_stops_and_a_rerun_continues(model, clip, direction, tmp_path):
+    opts = _options(direction, pti_config=ClipTuneConfig(steps=3, time_budget=1e-6), stitch=False, side_by_side=False)
+    first = edit_video(model, clip, tmp_path / "out", opts, log=lambda line: None)
+    assert first["pti"]["stopped_by_time_budget"] and first["pti"]["passes"] == 1  # one pass, then the budget was spent
+    again = edit_video(model, clip, tmp_path / "out", opts, log=lambda line: None)
+    assert again["pti"]["passes"] == 2 and again["reconstruction"] != first["reconstruction"]
+    full = edit_video(model, clip, tmp_path / "out", _options(direction, pti_config=ClipTuneConfig(steps=3), stitch=False,
+                                                                side_by_side=False), log=lambda line: None)
+    assert full["pti"]["passes"] == 3 and not full["pti"]["stopped_by_time_budget"]

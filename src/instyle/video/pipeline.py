@@ -473,7 +473,7 @@ def edit_video(
     run = _Run(model, clip, info, sel, options, _Cache(out / "cache"), hook, log, edits, lpips)
     faces = run.track_and_align()
     codes, delta, pti_summary = run.latents(faces)
-    results = run.render(faces, codes, delta)
+    results = run.render(faces, codes, delta, pti_summary)
     run.write(out, faces, results)
     report = build_report(
         info=info, selection=sel, fps=run.fps, raw_quads=faces.raw_quads, quads=faces.quads, missing=faces.missing,
@@ -566,9 +566,11 @@ class _Run:
         self._timed("pti")
         return codes, delta, summary
 
-    def render(self, faces: _Faces, codes: np.ndarray, delta) -> _Results:
+    def render(self, faces: _Faces, codes: np.ndarray, delta, pti_summary: dict | None) -> _Results:
         o = self.options
-        render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits])
+        passes = pti_summary["passes"] if pti_summary else None  # a budget-stopped PTI continued: new renderings
+        render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits],
+                             passes)
         _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook)
         self._timed("render")
         if not o.stitch:
@@ -609,7 +611,10 @@ def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOpt
     final = folder / "generator_delta.safetensors"
     summary_path = folder / "summary.json"
     if final.is_file() and summary_path.is_file():
-        return load_generator_delta(final, model.decoder), json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if not summary.get("stopped_by_time_budget"):
+            return load_generator_delta(final, model.decoder), summary
+        # A run stopped by its time budget: this one continues from the checkpoint.
     config = options.pti_config
     if lpips is None and config.lpips_weight > 0:
         import dataclasses

@@ -39,8 +39,9 @@ class ClipTuneConfig:
         lr: Adam's learning rate.
         l2_weight, lpips_weight: loss weights (LPIPS needs its weights; 0 without them).
         locality_weight: weight of PTI's locality regulariser (0: off, as in STIT).
-        time_budget: seconds after which no further pass starts (None: no limit; with a
-            budget the result depends on the machine's speed).
+        time_budget: seconds after which no further pass starts; each run makes at least one,
+            and a rerun continues from the checkpoint (None: no limit; with a budget the
+            number of passes depends on the machine's speed).
         checkpoint_every: passes between checkpoints.
         seed: seed of the regulariser's random codes.
     """
@@ -133,16 +134,17 @@ def tune_clip(
         rng.set_state(state["rng"])
         done, losses = int(state["done"]), state["losses"].tolist()
     start = time.perf_counter()
-    stopped_by_budget = False
+    stopped_by_budget, passes_here = False, 0
     base_flags = [p.requires_grad for p in base.parameters()]
     base.requires_grad_(False)
     bar = tqdm(total=config.steps, initial=done, desc="pti", unit="pass", disable=not progress)
     try:
         with torch.enable_grad():
             while done < config.steps:
-                if config.time_budget is not None and time.perf_counter() - start > config.time_budget:
-                    stopped_by_budget = True
+                if passes_here and config.time_budget is not None and time.perf_counter() - start > config.time_budget:
+                    stopped_by_budget = True  # checked between passes: every run makes at least one
                     break
+                passes_here += 1
                 total = 0.0
                 for k in range(len(targets)):
                     target = targets[k : k + 1].to(device).float() / 127.5 - 1.0
