@@ -156,6 +156,12 @@ def test_bad_clips_one_line_each(model, tmp_path, photo):
     out = tmp_path / "out"
     for bad in (text, still, vfr, huge):
         _one_line_error(lambda b=bad: edit_video(model, b, out, VideoOptions()), str(bad.name))
+    good = write_clip(tmp_path / "good.mp4", [np.zeros((64, 64, 3), np.uint8)] * 2, audio=False)
+    d = tmp_path / "d.npy"
+    np.save(d, np.ones(model.config.generator.style_dim, np.float32))
+    for edit, match in (("age=1", "no loaded direction"), ("d:3=1", "takes no component"), ("d=0:1,0:2", "same frame")):
+        _one_line_error(lambda e=edit: edit_video(model, good, out, VideoOptions(directions=(str(d),), edits=(e,))), match,
+                        InputError)
     assert not out.exists()  # nothing written, not even the cache
 
 

@@ -248,10 +248,12 @@ def _track(clip: Path, sel: Selection, folder: Path, options: VideoOptions, hook
                 pending = []
                 hook("track", c)
     bar.close()
-    parts = [np.load(folder / f"{c:06d}.npz") for c in chunks]
-    landmarks = np.concatenate([p["landmarks"] for p in parts])
-    found = np.concatenate([p["found"] for p in parts])
-    return landmarks, found
+    landmarks, found = [], []
+    for c in chunks:
+        with np.load(folder / f"{c:06d}.npz") as z:
+            landmarks.append(z["landmarks"])
+            found.append(z["found"])
+    return np.concatenate(landmarks), np.concatenate(found)
 
 
 def _align(clip: Path, sel: Selection, quads: np.ndarray, folder: Path, size: int, options: VideoOptions, hook) -> None:
@@ -306,12 +308,15 @@ def _load_edits(options: VideoOptions, model) -> list[tuple[object, TimedEdit]]:
         except ValueError as e:
             raise InputError(str(e)) from None
     out = []
+    probe_code = torch.zeros(model.n_styles, model.config.generator.style_dim)
     for spec in options.edits:
         timed = parse_timed_edit(spec)
         try:
-            out.append((resolve_edit(timed.name, edits), timed))
+            edit = resolve_edit(timed.name, edits)
+            edit.edit(probe_code, [timed.keys[0][1]], timed.component)  # a wrong component fails now, not after encoding
         except ValueError as e:
-            raise InputError(str(e)) from None
+            raise InputError(f"edit {spec!r}: {e}") from None
+        out.append((edit, timed))
     return out
 
 
@@ -469,8 +474,8 @@ def edit_video(
         raise InputError("--pti and --stitch tune a generator; a HyperStyle model tunes its own per frame: run it without them")
     edits = _load_edits(options, model) if options.edits else []
     lpips = _lpips(options)
+    run = _Run(model, clip, info, sel, options, _Cache(out / "cache"), hook, log, edits, lpips)  # checks the edits' keys
     _check_out(clip, out)
-    run = _Run(model, clip, info, sel, options, _Cache(out / "cache"), hook, log, edits, lpips)
     faces = run.track_and_align()
     codes, delta, pti_summary = run.latents(faces)
     results = run.render(faces, codes, delta, pti_summary)
