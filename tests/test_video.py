@@ -332,9 +332,10 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_sigkilled_during_pti_resumes_to_the_same_result(model_dir, clip, direction, tmp_path):
+def test_cli_sigkilled_during_pti_resumes_to_the_same_result(model_dir, photo, direction, tmp_path):
     """The command run uninterrupted, and again SIGKILLed after PTI's first checkpoint, then
     rerun: the same result frames and report."""
+    clip = write_clip(tmp_path / "short.mp4", frames(photo, 8, 128, blank=(3,)))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     args = ["-c", str(model_dir), str(clip), "-d", f"age={direction}", "--edit", "age=0:0,0.5s:3", "--pti", "--pti-steps", "4",
             "--detector", "hog"]
