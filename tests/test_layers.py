@@ -23,6 +23,7 @@ LAYERS = (
     ("losses", "data", "tasks"),
     ("training", "inference"),
     ("evaluation",),
+    ("video",),
     ("demo", "cli", "instyle"),
 )
 #: Alignment sits beside the models but needs only the utilities (and dlib).

@@ -28,6 +28,7 @@ COMMANDS = [
     "edit",
     "directions",
     "evaluate",
+    "video",
 ]
 
 EPILOG = """\
