@@ -115,7 +115,7 @@ def outputs(fixture_dir, shared_dir, tmp_path_factory):
                 tag = f"edit_{e['tag']}"
                 fn = named_edit_fn(e["editing_name"], float(e["degree"]), shared_dir / "data" / "edits" / "ffhq")
                 edited = model.edit(enc, fn)
-                o[f"{tag}_latents"] = edited.w_recon[:, None].numpy()
+                o[f"{tag}_latents"] = edited.w_edit[:, None].numpy()
                 o[f"{tag}_e4e_latents"] = fn(enc.w_e4e)[:, None].numpy()
                 delta = model.generator_feature(enc.w_e4e) - model.generator_feature(fn(enc.w_e4e))
                 o.update(_feature_arrays(f"{tag}_delta", delta[:, None]))

@@ -89,7 +89,11 @@ def sfe_config_from_state_dict(sd: Mapping[str, torch.Tensor], generator, e4e) -
         raise ArchitectureError(
             f"the SFE inverter predicts {n_styles} styles but the {generator.size} px generator takes {generator.n_latent}"
         )
-    config = SFEConfig(generator=generator, e4e=e4e, widths=widths, units=units, fuser_blocks=blocks)
+    # The encoders' input side (the e4e heads tell it: 256 published) fixes the feature's
+    # resolution (a quarter of it) and so its index: the second conv there (64 px: 9).
+    index = 2 * (e4e.input_size // 4).bit_length() - 5
+    config = SFEConfig(generator=generator, e4e=e4e, widths=widths, units=units, fuser_blocks=blocks,
+                       feature_index=index, input_size=e4e.input_size)
     if channels != config.feature_channels:
         raise ArchitectureError(
             f"the SFE feature has {channels} channels but generator feature {config.feature_index} "

@@ -278,30 +278,42 @@ class Inverter(nn.Module):
 class SFEEncoding:
     """What re-rendering an SFE inversion needs (no input image): ``w_recon`` and ``w_e4e``
     ``[B, n_styles, D]`` (``latent_avg`` included) and ``fused_feat [B, C, R, R]``.
-    ``edited_feat`` (the feature the image is rendered with) is None for an unedited
-    encoding; :meth:`SFE.edit` sets it and moves ``w_recon``."""
+    An edited encoding (:meth:`SFE.edit`) also holds the edited latent ``w_edit`` and the
+    feature it is rendered with, ``edited_feat``; both are None for an inversion. Edits always
+    start from the inversion (compose edit functions to combine edits)."""
 
     w_recon: torch.Tensor
     w_e4e: torch.Tensor
     fused_feat: torch.Tensor
+    w_edit: torch.Tensor | None = None
     edited_feat: torch.Tensor | None = None
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """The W+ the image is rendered from: ``w_edit`` when edited, else ``w_recon``."""
+        return self.w_recon if self.w_edit is None else self.w_edit
 
     def __len__(self) -> int:
         return self.w_recon.shape[0]
 
     def __getitem__(self, i) -> SFEEncoding:
         sl = slice(i, i + 1) if isinstance(i, int) else i
-        edited = None if self.edited_feat is None else self.edited_feat[sl]
-        return SFEEncoding(self.w_recon[sl], self.w_e4e[sl], self.fused_feat[sl], edited)
+        return SFEEncoding(*(None if t is None else t[sl] for t in self._fields()))
+
+    def _fields(self) -> tuple:
+        return (self.w_recon, self.w_e4e, self.fused_feat, self.w_edit, self.edited_feat)
+
+    @property
+    def edited(self) -> bool:
+        return self.edited_feat is not None
 
     @staticmethod
     def cat(parts: list[SFEEncoding]) -> SFEEncoding:
-        edited = [p.edited_feat for p in parts]
-        return SFEEncoding(
-            torch.cat([p.w_recon for p in parts]), torch.cat([p.w_e4e for p in parts]),
-            torch.cat([p.fused_feat for p in parts]),
-            None if any(e is None for e in edited) else torch.cat(edited),
-        )
+        """One encoding of several (all edited or none)."""
+        if len({p.edited for p in parts}) > 1:
+            raise ValueError("cannot concatenate edited and unedited SFE encodings")
+        cols = list(zip(*(p._fields() for p in parts)))
+        return SFEEncoding(*(None if c[0] is None else torch.cat(c) for c in cols))
 
 
 class SFE(nn.Module):
@@ -363,6 +375,8 @@ class SFE(nn.Module):
             tuple(enc.w_recon.shape) == (b, n, d) and tuple(enc.w_e4e.shape) == (b, n, d)
             and tuple(enc.fused_feat.shape) == (b, c, r, r)
             and (enc.edited_feat is None or tuple(enc.edited_feat.shape) == (b, c, r, r))
+            and (enc.edited_feat is None) == (enc.w_edit is None)
+            and (enc.w_edit is None or tuple(enc.w_edit.shape) == (b, n, d))
         )
         if not ok:
             raise ValueError(
@@ -395,16 +409,16 @@ class SFE(nn.Module):
         if isinstance(enc, torch.Tensor):
             return self.decoder.synthesize(enc)
         self._check(enc)
-        feat = enc.edited_feat if enc.edited_feat is not None else self.edited_feature(enc.fused_feat)
-        return self.render(enc.w_recon, feat)
+        feat = enc.edited_feat if enc.edited else self.edited_feature(enc.fused_feat)
+        return self.render(enc.latents, feat)
 
     @torch.no_grad()
     def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
         """The original's editing: ``fn`` (W+ batch -> edited W+ batch) moves both the
         inverter's and the e4e latents; the feature delta is the generator feature of the e4e
         latent minus that of its edit; the editor turns ``cat[fused, delta]`` into the new
-        feature. Returns an encoding with ``w_recon = fn(w_recon)`` and ``edited_feat`` set
-        (``w_e4e`` and ``fused_feat`` kept, so edits do not compound)."""
+        feature. Returns the encoding with ``w_edit = fn(w_recon)`` and ``edited_feat`` set;
+        an edit of an edited encoding starts again from its inversion (edits do not compound)."""
         self._check(enc)
         w_edit = fn(enc.w_recon)
         e4e_edit = fn(enc.w_e4e)
@@ -413,7 +427,7 @@ class SFE(nn.Module):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"the edit function must map W+ {tuple(enc.w_recon.shape)} to the same shape; for {name} it gave {got}")
         delta = self.generator_feature(enc.w_e4e) - self.generator_feature(e4e_edit)
-        return SFEEncoding(w_recon=w_edit, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat,
+        return SFEEncoding(w_recon=enc.w_recon, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat, w_edit=w_edit,
                            edited_feat=self.edited_feature(enc.fused_feat, delta))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -444,9 +458,10 @@ ENCODING_VERSION = 1
 
 
 def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "float32") -> Path:
-    """Write an encoding as ``.npz`` (atomically): ``w_recon``, ``w_e4e`` float32, ``fused_feat``
-    (and ``edited_feat`` when set) in ``feature_dtype`` (``float32`` default; ``float16`` halves
-    the file), ``kind`` / ``version`` markers."""
+    """Write an encoding as ``.npz`` (atomically, compressed): ``w_recon``, ``w_e4e`` (and
+    ``w_edit``) float32, ``fused_feat`` (and ``edited_feat``) in ``feature_dtype`` (``float32``
+    default, exact; ``float16`` halves the file but moves the image by more than 1e-4),
+    ``kind`` / ``version`` markers."""
     if feature_dtype not in ("float32", "float16"):
         raise ValueError(f"feature_dtype={feature_dtype!r}; accepted: 'float32', 'float16'")
     arrays = {
@@ -454,7 +469,8 @@ def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "floa
         "w_recon": enc.w_recon.detach().cpu().float().numpy(), "w_e4e": enc.w_e4e.detach().cpu().float().numpy(),
         "fused_feat": enc.fused_feat.detach().cpu().numpy().astype(feature_dtype),
     }
-    if enc.edited_feat is not None:
+    if enc.edited:
+        arrays["w_edit"] = enc.w_edit.detach().cpu().float().numpy()
         arrays["edited_feat"] = enc.edited_feat.detach().cpu().numpy().astype(feature_dtype)
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -476,9 +492,9 @@ def load_encoding(path: str | Path) -> SFEEncoding:
             if int(data["version"]) > ENCODING_VERSION:
                 raise CheckpointError(f"{path}: SFE encoding version {int(data['version'])} is newer than {ENCODING_VERSION}; upgrade instyle")
             out = {}
-            for k in ("w_recon", "w_e4e", "fused_feat", "edited_feat"):
+            for k in ("w_recon", "w_e4e", "fused_feat", "w_edit", "edited_feat"):
                 if k not in data.files:
-                    if k == "edited_feat":
+                    if k in ("w_edit", "edited_feat"):
                         continue
                     raise CheckpointError(f"{path}: SFE encoding lacks {k!r}")
                 a = data[k]
@@ -487,9 +503,12 @@ def load_encoding(path: str | Path) -> SFEEncoding:
                 out[k] = torch.from_numpy(a.astype(np.float32))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
-    enc = SFEEncoding(out["w_recon"], out["w_e4e"], out["fused_feat"], out.get("edited_feat"))
+    enc = SFEEncoding(out["w_recon"], out["w_e4e"], out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
+    w_ok = enc.w_edit is None or enc.w_edit.shape == enc.w_recon.shape
+    f_ok = enc.edited_feat is None or enc.edited_feat.shape == enc.fused_feat.shape
     if not (enc.w_recon.ndim == 3 and enc.w_e4e.shape == enc.w_recon.shape and enc.fused_feat.ndim == 4
-            and enc.fused_feat.shape[0] == enc.w_recon.shape[0]):
+            and enc.fused_feat.shape[0] == enc.w_recon.shape[0] and w_ok and f_ok
+            and (enc.w_edit is None) == (enc.edited_feat is None)):
         raise CheckpointError(
             f"{path}: inconsistent SFE encoding shapes w_recon {tuple(enc.w_recon.shape)}, w_e4e "
             f"{tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
