@@ -4,7 +4,6 @@ format and the encoding files. Conformance with the original: test_sfe_conforman
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

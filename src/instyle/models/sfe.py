@@ -473,9 +473,8 @@ def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "floa
         arrays["w_edit"] = enc.w_edit.detach().cpu().float().numpy()
         arrays["edited_feat"] = enc.edited_feat.detach().cpu().numpy().astype(feature_dtype)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 
