@@ -4,6 +4,7 @@ format and the encoding files. Conformance with the original: test_sfe_conforman
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.sfe import SFE, SFEConfig, feature_resolution, load_encoding, save_encoding
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError
+from instyle.utils.image import pil_to_tensor
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -292,3 +294,45 @@ def test_sfe_edit_helpers_follow_the_original():
         w0 = ((w[i, 0] - pca.mean) * comp[2]).sum() / pca.std[2]
         w1 = ((w[i, 1] - pca.mean) * comp[2]).sum() / pca.std[2]
         torch.testing.assert_close(coord, w1 + (3.0 - w0), atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_encode_then_edit_from_the_saved_encoding(model, tmp_path, capsys):
+    from PIL import Image
+
+    from instyle.cli.main import main
+
+    sfe, e4e, g = write_official(model, tmp_path)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / "a.png")
+    (photos / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "enc"
+    rc = main(["encode", "-c", str(sfe), "--e4e", str(e4e), "--generator", str(g), str(photos), "--out", str(out),
+               "--save-latents", "--full-resolution", "--device", "cpu"])
+    assert rc == 1  # the broken file is reported, the other encoded
+    assert "broken.png" in capsys.readouterr().err
+    assert Image.open(out / "a.png").size == (32, 32)
+    enc = load_encoding(out / "latents" / "a.npz")
+    x = pil_to_tensor(Image.open(photos / "a.png"), 32)[None]
+    assert torch.equal(enc.w_recon, model.encode(x).w_recon)
+    direction = tmp_path / "age.npy"
+    np.save(direction, np.random.default_rng(1).standard_normal(D).astype(np.float32))
+    edited = tmp_path / "edited"
+    rc = main(["edit", "direction", str(out / "latents" / "a.npz"), "-c", str(sfe), "--e4e", str(e4e), "--generator",
+               str(g), "-d", str(direction), "--edit", "age=-2,2", "--out", str(edited), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    strip = load_encoding(edited / "latents" / "a" / "age.npz")
+    ref = model.edit(enc, lambda w: w + 1.0 * torch.from_numpy(np.load(direction)))
+    torch.testing.assert_close(strip.w_edit[1:], ref.w_edit, atol=1e-6, rtol=0)
+    torch.testing.assert_close(strip.edited_feat[1:], ref.edited_feat, atol=1e-5, rtol=0)
+    assert (edited / "a" / "age" / "strength_+2.000.png").is_file() and (edited / "grid.png").is_file()
+    rc = main(["mix", "-c", str(sfe), "--e4e", str(e4e), "--generator", str(g), str(photos / "a.png"),
+               "--out", str(tmp_path / "mix"), "--device", "cpu"])
+    assert rc == 2 and "StyleFeatureEditor" in capsys.readouterr().err
+    conv = tmp_path / "conv"
+    assert main(["convert", str(sfe), str(conv), "--e4e", str(e4e), "--generator", str(g)]) == 0
+    back = instyle.load(conv)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))

@@ -323,6 +323,7 @@ class SFE(nn.Module):
     the edited encoding (``fn`` maps a W+ batch to its edited W+ batch)."""
 
     random_weights: bool = False
+    family = "sfe"
 
     def __init__(self, config: SFEConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
