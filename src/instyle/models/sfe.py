@@ -500,7 +500,7 @@ def load_encoding(path: str | Path) -> SFEEncoding:
                 a = data[k]
                 if a.size > MAX_ENCODING_ELEMENTS or a.dtype not in (np.float32, np.float16):
                     raise CheckpointError(f"{path}: {k} is {a.dtype} with {a.size} values; expected float32/float16, at most {MAX_ENCODING_ELEMENTS}")
-                out[k] = torch.from_numpy(a.astype(np.float32))
+                out[k] = torch.from_numpy(a.astype(np.float32)).clone()  # own, aligned storage
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
     enc = SFEEncoding(out["w_recon"], out["w_e4e"], out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
