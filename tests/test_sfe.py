@@ -336,3 +336,17 @@ def test_cli_encode_then_edit_from_the_saved_encoding(model, tmp_path, capsys):
     assert main(["convert", str(sfe), str(conv), "--e4e", str(e4e), "--generator", str(g)]) == 0
     back = instyle.load(conv)
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), model.state_dict().values()))
+
+
+def test_evaluate_measures_an_sfe_model(model, tmp_path):
+    from PIL import Image
+
+    from instyle.evaluation.report import evaluate
+
+    data = tmp_path / "faces"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    report = evaluate(model, data, device="cpu", identity=None, lpips_weights=tmp_path / "none.pth", warmup=0)
+    assert report["n_images"] == 2 and report["family"] == "sfe" and not report["failed"]
+    assert report["metrics"]["mse"]["n"] == 2

@@ -133,10 +133,12 @@ class SFEConfig:
     def feature_channels(self) -> int:
         return self.generator.channel_table()[feature_resolution(self.feature_index)]
 
-    # What the shared inference tools read from a model config.
+    # What the shared inference and evaluation tools read from a model config.
     task = "inversion"
+    family = "sfe"
     label_nc = 0
     image_nc = 3
+    resize_to = 256  # side outputs are pooled to for evaluation, as the other families
 
     @property
     def encoder(self) -> EncoderConfig:
