@@ -332,6 +332,21 @@ def test_cli_encode_then_edit_from_the_saved_encoding(model, tmp_path, capsys):
     rc = main(["mix", "-c", str(sfe), "--e4e", str(e4e), "--generator", str(g), str(photos / "a.png"),
                "--out", str(tmp_path / "mix"), "--device", "cpu"])
     assert rc == 2 and "StyleFeatureEditor" in capsys.readouterr().err
+    morph = tmp_path / "morph"
+    rc = main(["interpolate", str(out / "latents" / "a.npz"), str(edited / "latents" / "a" / "age.npz"), "-c", str(sfe),
+               "--e4e", str(e4e), "--generator", str(g), "--steps", "3", "--animation", "none", "--save-latents",
+               "--out", str(morph), "--device", "cpu"])
+    assert rc == 2 and "edited and unedited" in capsys.readouterr().err
+    photo2 = tmp_path / "b.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photo2)
+    rc = main(["interpolate", str(out / "latents" / "a.npz"), str(photo2), "-c", str(sfe), "--e4e", str(e4e),
+               "--generator", str(g), "--steps", "3", "--animation", "none", "--save-latents", "--out", str(morph),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    path = load_encoding(morph / "latents.npz")
+    assert len(path) == 3 and torch.equal(path.w_recon[0], enc.w_recon[0])
+    torch.testing.assert_close(path.fused_feat[1], (enc.fused_feat[0] + path.fused_feat[2]) / 2, atol=1e-6, rtol=0)
+    assert len(list((morph / "frames").iterdir())) == 3
     conv = tmp_path / "conv"
     assert main(["convert", str(sfe), str(conv), "--e4e", str(e4e), "--generator", str(g)]) == 0
     back = instyle.load(conv)

@@ -310,6 +310,26 @@ class SFEEncoding:
         return self.edited_feat is not None
 
     @staticmethod
+    def blend(parts: list[SFEEncoding], weights: torch.Tensor) -> SFEEncoding:
+        """Weighted sums ``sum_j weights[:, j] * parts[j]`` of every field (each part batch 1;
+        ``weights [frames, len(parts)]``): interpolation between encodings, latents and features
+        alike. All parts edited or none."""
+        if len({p.edited for p in parts}) > 1:
+            raise ValueError("cannot blend edited and unedited SFE encodings")
+        if weights.ndim != 2 or weights.shape[1] != len(parts) or any(len(p) != 1 for p in parts):
+            raise ValueError(f"blend needs weights [frames, {len(parts)}] and encodings of one image each")
+        cols = list(zip(*(p._fields() for p in parts)))
+
+        def mix(ts):
+            if ts[0] is None:
+                return None
+            stack = torch.cat(ts)  # [n, ...]
+            w = weights.to(stack)
+            return torch.einsum("fn,n...->f...", w, stack)
+
+        return SFEEncoding(*(mix(c) for c in cols))
+
+    @staticmethod
     def cat(parts: list[SFEEncoding]) -> SFEEncoding:
         """One encoding of several (all edited or none)."""
         if len({p.edited for p in parts}) > 1:
