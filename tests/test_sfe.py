@@ -274,8 +274,8 @@ def test_official_files_errors_name_the_files(model, tmp_path):
         instyle.load(sfe3, e4e=e4e3, generator=g3)
     inv = tmp_path / "inverter.pt"
     torch.save({"state_dict": {"encoder.fs_backbone.conv.0.weight": torch.zeros(1)}}, inv)
-    with pytest.raises(CheckpointError, match="inverter checkpoint"):
-        instyle.load(inv, e4e=e4e, generator=g)
+    with pytest.raises(CheckpointError, match="SFE inverter checkpoint .*missing"):
+        instyle.load(inv, generator=g)
 
 
 def test_sfe_edit_helpers_follow_the_original():
@@ -365,3 +365,45 @@ def test_evaluate_measures_an_sfe_model(model, tmp_path):
     report = evaluate(model, data, device="cpu", identity=None, lpips_weights=tmp_path / "none.pth", warmup=0)
     assert report["n_images"] == 2 and report["family"] == "sfe" and not report["failed"]
     assert report["metrics"]["mse"]["n"] == 2
+
+
+def tiny_inverter(seed: int = 0) -> SFE:
+    """An inverter-only model at the original's fixed input 256 and feature 9 (64 px)."""
+    torch.manual_seed(seed)
+    gen = GeneratorConfig(size=128, style_dim=D, n_mlp=2, channels={4: 16, 8: 16, 16: 16, 32: 12, 64: 12, 128: 8})
+    model = SFE(SFEConfig(generator=gen, widths=(8, 8, 16, 16), units=(1, 1, 1, 1), fuser_blocks=1, editor=False),
+                latent_avg=torch.randn(D) * 0.3)
+    with torch.no_grad():
+        _randomise_norms(model, torch.Generator().manual_seed(seed))
+    model.sync_decoder_latent_avg()
+    return model.eval()
+
+
+def test_inverter_only_file_renders_the_fused_feature(tmp_path):
+    model = tiny_inverter()
+    assert model.encoder is None and model.e4e_encoder is None and model.config.e4e is None
+    sd = model.state_dict()
+    torch.save({"state_dict": {f"encoder.{k[len('inverter.'):]}": v for k, v in sd.items() if k.startswith("inverter.")}},
+               tmp_path / "inv.pt")
+    g = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
+    torch.save({"g_ema": g, "latent_avg": model.latent_avg.clone()}, tmp_path / "g.pt")
+    with pytest.warns(UserWarning, match="uses no e4e encoder"):
+        loaded = instyle.load(tmp_path / "inv.pt", generator=tmp_path / "g.pt", e4e=tmp_path / "g.pt")
+    assert loaded.config.to_dict() == model.config.to_dict()
+    x = images(1, size=128)
+    enc = loaded.encode(x)
+    assert enc.w_e4e is None
+    # FSEInverter.forward: the fused feature itself replaces generator feature 9
+    w, predicted = model.inverter.fs_backbone(torch.nn.functional.interpolate(x, size=(256, 256), mode="bilinear"))
+    w = w + model.latent_avg
+    fused = model.inverter.fuser(torch.cat([predicted, model.generator_feature(w)], 1))
+    expected = model.render(w, fused)
+    assert torch.equal(loaded.decode(enc), expected)
+    with pytest.raises(ValueError, match="cannot edit"):
+        loaded.edit(enc, lambda v: v)
+    save_encoding(tmp_path / "e.npz", enc)
+    assert torch.equal(loaded.decode(load_encoding(tmp_path / "e.npz")), expected)
+    loaded.save_pretrained(tmp_path / "own")
+    assert torch.equal(instyle.load(tmp_path / "own").decode(enc), expected)
+    with pytest.raises(CheckpointError, match="needs the StyleGAN2 generator file"):
+        instyle.load(tmp_path / "inv.pt")

@@ -203,6 +203,9 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
     from instyle.inference.sfe_editing import edit_fn
     from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
 
+    if not model.config.editor:
+        error(f"{args.checkpoint}: an SFE inverter (phase 1) has no feature editor and cannot edit; use the editor checkpoint")
+        return 2
     if args.layers is not None:
         error("--layers: StyleFeatureEditor edits act on the layers the direction defines (all for InterFaceGAN; "
               "the component's styles for GANSpace)")

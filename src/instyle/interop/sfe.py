@@ -11,6 +11,10 @@ file: here they are explicit, ``instyle.load(path, e4e=PATH, generator=PATH)``.
 * generator file (rosinality ``stylegan2-ffhq-config-f.pt``): ``g_ema`` and its ``[512]``
   ``latent_avg``, the only average latent SFE uses (added to both encoders' codes).
 
+A phase-1 inverter file (``sfe_inverter_light.pt``, the original's ``FSEInverter``: its
+``encoder.*`` is the inverter) needs only the generator file: it inverts (rendering the fused
+feature, as ``FSEInverter.forward``) but cannot edit.
+
 Every part is loaded strictly. The original loads the generator with ``strict=False``, so a
 missing or misnamed key silently keeps a random initialisation; here it is an error.
 A full training checkpoint's ``decoder.*``, ``e4e_encoder.*`` and ``discriminator.*`` are
@@ -20,6 +24,7 @@ ignored, as in the original's inference.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,7 @@ __all__ = ["PUBLISHED_SFE", "is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "
 #: The published SFE files and what each needs (``configs/paths.py`` of the original).
 PUBLISHED_SFE: dict[str, dict[str, Any]] = {
     "sfe_editor_light.pt": {"what": "inverter + feature editor (both phases)", "loads": True},
-    "sfe_inverter_light.pt": {"what": "inverter only (phase 1; no feature editor)", "loads": False},
+    "sfe_inverter_light.pt": {"what": "inverter only (phase 1; no feature editor, inversion only)", "loads": True},
 }
 E4E_FILE = "e4e_ffhq_encode.pt"
 GENERATOR_FILE = "stylegan2-ffhq-config-f.pt"
@@ -72,8 +77,10 @@ def _count(sd: Mapping, pattern: str) -> int:
 
 def sfe_config_from_state_dict(sd: Mapping[str, torch.Tensor], generator, e4e) -> SFEConfig:
     """The SFE architecture from its ``inverter.*`` + ``encoder.*`` tensors (prefixes kept)
-    and the generator / e4e configs of the other two files."""
-    need = ("inverter.fs_backbone.conv.0.weight", "inverter.fs_backbone.content_layer.4.weight", "encoder.conv.weight")
+    and the generator / e4e configs of the other two files (``e4e`` None: an inverter-only
+    model, at the original's fixed input 256 and feature 9)."""
+    need = ["inverter.fs_backbone.conv.0.weight", "inverter.fs_backbone.content_layer.4.weight"]
+    need += ["encoder.conv.weight"] if e4e is not None else []
     missing = [k for k in need if k not in sd]
     if missing:
         raise ArchitectureError(f"not a StyleFeatureEditor state dict: missing {missing}")
@@ -83,7 +90,7 @@ def sfe_config_from_state_dict(sd: Mapping[str, torch.Tensor], generator, e4e) -
     blocks = _count(sd, r"inverter\.fuser\.body\.(\d+)\.")
     editor_blocks = _count(sd, r"encoder\.body\.(\d+)\.")
     channels = int(sd["inverter.fs_backbone.content_layer.4.weight"].shape[0])
-    if blocks != editor_blocks:
+    if e4e is not None and blocks != editor_blocks:
         raise ArchitectureError(f"the fuser has {blocks} residual blocks but the feature editor {editor_blocks}")
     if n_styles != generator.n_latent:
         raise ArchitectureError(
@@ -91,9 +98,10 @@ def sfe_config_from_state_dict(sd: Mapping[str, torch.Tensor], generator, e4e) -
         )
     # The encoders' input side (the e4e heads tell it: 256 published) fixes the feature's
     # resolution (a quarter of it) and so its index: the second conv there (64 px: 9).
-    index = 2 * (e4e.input_size // 4).bit_length() - 5
+    input_size = 256 if e4e is None else e4e.input_size
+    index = 2 * (input_size // 4).bit_length() - 5
     config = SFEConfig(generator=generator, e4e=e4e, widths=widths, units=units, fuser_blocks=blocks,
-                       feature_index=index, input_size=e4e.input_size)
+                       feature_index=index, input_size=input_size, editor=e4e is not None)
     if channels != config.feature_channels:
         raise ArchitectureError(
             f"the SFE feature has {channels} channels but generator feature {config.feature_index} "
@@ -169,10 +177,7 @@ def sfe_from_checkpoint(
     """Build an :class:`~instyle.models.sfe.SFE` (CPU, eval) from a loaded SFE checkpoint and
     the paths of its e4e and generator files (found with ``resolve``, e.g. in the cache)."""
     if is_sfe_inverter_checkpoint(ckpt) and not is_sfe_checkpoint(ckpt):
-        raise CheckpointError(
-            f"{source} is an SFE inverter checkpoint (phase 1, e.g. sfe_inverter_light.pt): it has no feature "
-            "editor; load the editor checkpoint (sfe_editor_light.pt), which contains the inverter too"
-        )
+        return _inverter_from_checkpoint(ckpt, source, e4e, generator, resolve)
     sd = _state(ckpt)
     if sd is None or not is_sfe_checkpoint(ckpt):
         raise CheckpointError(f"{source}: not a StyleFeatureEditor checkpoint ('state_dict' with inverter.* tensors)")
@@ -203,4 +208,31 @@ def sfe_from_checkpoint(
     model.sync_decoder_latent_avg()
     model.source = str(source)
     model.e4e_source, model.generator_source = str(e_path), str(g_path)
+    return model.eval()
+
+
+def _inverter_from_checkpoint(ckpt: Mapping, source: Any, e4e, generator, resolve) -> SFE:
+    """A phase-1 inverter file (``encoder.*`` = the inverter) and its generator file."""
+    if generator is None:
+        raise CheckpointError(
+            f"{source} is a StyleFeatureEditor inverter checkpoint: it needs the StyleGAN2 generator file "
+            f"({GENERATOR_FILE}), which it does not contain; pass it with generator=PATH or --generator PATH"
+        )
+    if e4e is not None:
+        warnings.warn(f"{source} is an SFE inverter (phase 1): it uses no e4e encoder; e4e={str(e4e)!r} is ignored",
+                      stacklevel=3)
+    g_path, g_obj = _load(generator, "generator checkpoint", resolve, "generator file", source)
+    gen, g_state, latent_avg = _generator_part(g_obj, g_path, source)
+    del g_obj
+    state = {f"inverter.{k[len('encoder.'):]}": v for k, v in _state(ckpt).items() if str(k).startswith("encoder.")}
+    try:
+        config = sfe_config_from_state_dict(state, gen, None)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"SFE inverter checkpoint {source} with generator {g_path}: {e}") from None
+    model = build_empty(SFE, config)
+    state.update(g_state)
+    state["latent_avg"] = latent_avg
+    load_state_checked(model, state, f"{source} + {g_path}", assign=True)
+    model.sync_decoder_latent_avg()
+    model.source, model.generator_source = str(source), str(g_path)
     return model.eval()

@@ -13,6 +13,10 @@ its edited copy (an e4e encoder is part of the model), exactly as the original i
     image   = G(w_recon, feature k := editor(cat[fused, 0]))
     edit:     G(fn(w_recon), feature k := editor(cat[fused, G.f(w_e4e)[k] - G.f(fn(w_e4e))[k]]))
 
+An *inverter-only* model (``editor=False``: the original's phase-1 ``FSEInverter``, e.g.
+``sfe_inverter_light.pt``) has neither feature editor nor e4e encoder: it renders with the
+fused feature itself and cannot edit.
+
 Images are ``[B, 3, S, S]`` in [-1, 1] (``S`` = generator size; inputs are resized to
 ``config.input_size`` bilinearly, ``align_corners=False``, no antialiasing, as the original);
 latents ``[B, n_latent, style_dim]``; features ``[B, C, R, R]`` (``R`` = the feature's
@@ -81,6 +85,8 @@ class SFEConfig:
         input_size: side the encoders see (256); must be 4x the feature's resolution (the FS
             backbone's third stage keeps stride 1).
         pool: side of the adaptive average pool of each stage before the style heads (3).
+        editor: with the feature editor and the e4e encoder (the full model); False is the
+            inverter alone (phase 1: renders the fused feature, no editing; ``e4e`` is None).
     """
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -91,6 +97,7 @@ class SFEConfig:
     feature_index: int = 9
     input_size: int = 256
     pool: int = 3
+    editor: bool = True
 
     def __post_init__(self):
         if isinstance(self.generator, dict):
@@ -98,7 +105,11 @@ class SFEConfig:
         if isinstance(self.e4e, dict):
             self.e4e = EncoderConfig.from_dict(self.e4e)
         gen = self.generator
-        if self.e4e is None:
+        if not isinstance(self.editor, bool):
+            raise ConfigError(f"sfe.editor={self.editor!r} must be true or false")
+        if not self.editor and self.e4e is not None:
+            raise ConfigError("sfe.e4e must be null for an inverter-only model (editor=false): it has no e4e encoder")
+        if self.e4e is None and self.editor:
             self.e4e = EncoderConfig(type="Encoder4Editing", n_styles=gen.n_latent, style_dim=gen.style_dim,
                                      input_size=self.input_size)
         self.widths = tuple(int(w) for w in self.widths)
@@ -117,6 +128,11 @@ class SFEConfig:
                 f"sfe.input_size={self.input_size} must be 4x the resolution of generator feature "
                 f"{self.feature_index} ({res} px): {4 * res}"
             )
+        if self.e4e is not None:
+            self._check_e4e()
+
+    def _check_e4e(self) -> None:
+        gen = self.generator
         if self.e4e.type != "Encoder4Editing" or self.e4e.input_nc != 3:
             raise ConfigError(f"sfe.e4e must be a 3-channel Encoder4Editing, got type {self.e4e.type!r}, input_nc {self.e4e.input_nc}")
         if (self.e4e.n_styles, self.e4e.style_dim, self.e4e.input_size) != (gen.n_latent, gen.style_dim, self.input_size):
@@ -142,14 +158,15 @@ class SFEConfig:
 
     @property
     def encoder(self) -> EncoderConfig:
-        """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's."""
-        return self.e4e
+        """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's (for an
+        inverter-only model one with the same input)."""
+        return self.e4e or EncoderConfig(n_styles=self.n_styles, style_dim=self.generator.style_dim, input_size=self.input_size)
 
     def to_dict(self) -> dict:
         return {
-            "generator": self.generator.to_dict(), "e4e": self.e4e.to_dict(), "widths": list(self.widths),
+            "generator": self.generator.to_dict(), "e4e": None if self.e4e is None else self.e4e.to_dict(), "widths": list(self.widths),
             "units": list(self.units), "fuser_blocks": self.fuser_blocks, "feature_index": self.feature_index,
-            "input_size": self.input_size, "pool": self.pool,
+            "input_size": self.input_size, "pool": self.pool, "editor": self.editor,
         }
 
     @classmethod
@@ -279,13 +296,14 @@ class Inverter(nn.Module):
 @dataclass
 class SFEEncoding:
     """What re-rendering an SFE inversion needs (no input image): ``w_recon`` and ``w_e4e``
-    ``[B, n_styles, D]`` (``latent_avg`` included) and ``fused_feat [B, C, R, R]``.
+    ``[B, n_styles, D]`` (``latent_avg`` included; ``w_e4e`` None for an inverter-only model)
+    and ``fused_feat [B, C, R, R]``.
     An edited encoding (:meth:`SFE.edit`) also holds the edited latent ``w_edit`` and the
     feature it is rendered with, ``edited_feat``; both are None for an inversion. Edits always
     start from the inversion (compose edit functions to combine edits)."""
 
     w_recon: torch.Tensor
-    w_e4e: torch.Tensor
+    w_e4e: torch.Tensor | None
     fused_feat: torch.Tensor
     w_edit: torch.Tensor | None = None
     edited_feat: torch.Tensor | None = None
@@ -351,8 +369,8 @@ class SFE(nn.Module):
         super().__init__()
         self.config = cfg = config if config is not None else SFEConfig()
         self.inverter = Inverter(cfg)
-        self.encoder = ContentLayerDeepFast(cfg.fuser_blocks, cfg.feature_channels)
-        self.e4e_encoder = Encoder4Editing(cfg.e4e)
+        self.encoder = ContentLayerDeepFast(cfg.fuser_blocks, cfg.feature_channels) if cfg.editor else None
+        self.e4e_encoder = Encoder4Editing(cfg.e4e) if cfg.editor else None
         self.decoder = Generator(cfg.generator)
         d = cfg.generator.style_dim
         avg = torch.zeros(d) if latent_avg is None else torch.as_tensor(latent_avg, dtype=torch.float32).reshape(-1)
@@ -395,7 +413,8 @@ class SFE(nn.Module):
         c, r = self.config.feature_channels, feature_resolution(self.config.feature_index)
         b, n, d = len(enc), self.n_styles, self.config.generator.style_dim
         ok = (
-            tuple(enc.w_recon.shape) == (b, n, d) and tuple(enc.w_e4e.shape) == (b, n, d)
+            tuple(enc.w_recon.shape) == (b, n, d)
+            and (enc.w_e4e is None if not self.config.editor else tuple(enc.w_e4e.shape) == (b, n, d))
             and tuple(enc.fused_feat.shape) == (b, c, r, r)
             and (enc.edited_feat is None or tuple(enc.edited_feat.shape) == (b, c, r, r))
             and (enc.edited_feat is None) == (enc.w_edit is None)
@@ -403,8 +422,9 @@ class SFE(nn.Module):
         )
         if not ok:
             raise ValueError(
-                f"SFE encoding does not fit this model: expected w_recon/w_e4e [B, {n}, {d}] and features "
-                f"[B, {c}, {r}, {r}]; got {tuple(enc.w_recon.shape)}, {tuple(enc.w_e4e.shape)}, {tuple(enc.fused_feat.shape)}"
+                f"SFE encoding does not fit this model: expected w_recon/w_e4e [B, {n}, {d}] (no w_e4e for an "
+                f"inverter-only model) and features [B, {c}, {r}, {r}]; got {tuple(enc.w_recon.shape)}, "
+                f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, {tuple(enc.fused_feat.shape)}"
             )
 
     # ----------------------------------------------------------------- public API
@@ -417,12 +437,17 @@ class SFE(nn.Module):
         w_raw, predicted = self.inverter.fs_backbone(x)
         w_recon = w_raw + self.latent_avg
         fused = self.inverter.fuser(torch.cat([predicted, self.generator_feature(w_recon)], 1))
-        w_e4e = self.e4e_encoder(x) + self.latent_avg
+        w_e4e = None if self.e4e_encoder is None else self.e4e_encoder(x) + self.latent_avg
         return SFEEncoding(w_recon=w_recon, w_e4e=w_e4e, fused_feat=fused)
 
     @torch.no_grad()
     def edited_feature(self, fused: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """The feature editor on ``cat[fused, delta]`` (zero delta: the inversion)."""
+        """The feature editor on ``cat[fused, delta]`` (zero delta: the inversion); an
+        inverter-only model renders ``fused`` itself."""
+        if self.encoder is None:
+            if delta is not None:
+                raise ValueError("this SFE model is an inverter only (no feature editor): it cannot edit")
+            return fused
         return self.encoder(torch.cat([fused, torch.zeros_like(fused) if delta is None else delta], 1))
 
     @torch.no_grad()
@@ -443,6 +468,11 @@ class SFE(nn.Module):
         feature. Returns the encoding with ``w_edit = fn(w_recon)`` and ``edited_feat`` set;
         an edit of an edited encoding starts again from its inversion (edits do not compound)."""
         self._check(enc)
+        if not self.config.editor:
+            raise ValueError(
+                "this SFE model is an inverter only (phase 1, e.g. sfe_inverter_light.pt): it has no feature editor "
+                "and cannot edit; load the editor checkpoint (sfe_editor_light.pt)"
+            )
         w_edit = fn(enc.w_recon)
         e4e_edit = fn(enc.w_e4e)
         for name, t in (("w_recon", w_edit), ("w_e4e", e4e_edit)):
@@ -489,9 +519,11 @@ def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "floa
         raise ValueError(f"feature_dtype={feature_dtype!r}; accepted: 'float32', 'float16'")
     arrays = {
         "kind": np.array(ENCODING_KIND), "version": np.array(ENCODING_VERSION),
-        "w_recon": enc.w_recon.detach().cpu().float().numpy(), "w_e4e": enc.w_e4e.detach().cpu().float().numpy(),
+        "w_recon": enc.w_recon.detach().cpu().float().numpy(),
         "fused_feat": enc.fused_feat.detach().cpu().numpy().astype(feature_dtype),
     }
+    if enc.w_e4e is not None:
+        arrays["w_e4e"] = enc.w_e4e.detach().cpu().float().numpy()
     if enc.edited:
         arrays["w_edit"] = enc.w_edit.detach().cpu().float().numpy()
         arrays["edited_feat"] = enc.edited_feat.detach().cpu().numpy().astype(feature_dtype)
@@ -516,7 +548,7 @@ def load_encoding(path: str | Path) -> SFEEncoding:
             out = {}
             for k in ("w_recon", "w_e4e", "fused_feat", "w_edit", "edited_feat"):
                 if k not in data.files:
-                    if k in ("w_edit", "edited_feat"):
+                    if k in ("w_e4e", "w_edit", "edited_feat"):
                         continue
                     raise CheckpointError(f"{path}: SFE encoding lacks {k!r}")
                 a = data[k]
@@ -525,14 +557,15 @@ def load_encoding(path: str | Path) -> SFEEncoding:
                 out[k] = torch.from_numpy(a.astype(np.float32)).clone()  # own, aligned storage
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
-    enc = SFEEncoding(out["w_recon"], out["w_e4e"], out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
+    enc = SFEEncoding(out["w_recon"], out.get("w_e4e"), out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
+    e4e_ok = enc.w_e4e is None or enc.w_e4e.shape == enc.w_recon.shape
     w_ok = enc.w_edit is None or enc.w_edit.shape == enc.w_recon.shape
     f_ok = enc.edited_feat is None or enc.edited_feat.shape == enc.fused_feat.shape
-    if not (enc.w_recon.ndim == 3 and enc.w_e4e.shape == enc.w_recon.shape and enc.fused_feat.ndim == 4
+    if not (enc.w_recon.ndim == 3 and e4e_ok and enc.fused_feat.ndim == 4
             and enc.fused_feat.shape[0] == enc.w_recon.shape[0] and w_ok and f_ok
             and (enc.w_edit is None) == (enc.edited_feat is None)):
         raise CheckpointError(
             f"{path}: inconsistent SFE encoding shapes w_recon {tuple(enc.w_recon.shape)}, w_e4e "
-            f"{tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
+            f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
         )
     return enc
