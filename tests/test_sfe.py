@@ -329,6 +329,15 @@ def test_cli_encode_then_edit_from_the_saved_encoding(model, tmp_path, capsys):
     torch.testing.assert_close(strip.w_edit[1:], ref.w_edit, atol=1e-6, rtol=0)
     torch.testing.assert_close(strip.edited_feat[1:], ref.edited_feat, atol=1e-5, rtol=0)
     assert (edited / "a" / "age" / "strength_+2.000.png").is_file() and (edited / "grid.png").is_file()
+    pca = {"mean": torch.randn(1, D), "comp": torch.nn.functional.normalize(torch.randn(80, 1, D), dim=-1),
+           "std": torch.rand(80) + 0.5}
+    torch.save(pca, tmp_path / "ffhq_pca.pt")
+    rc = main(["edit", "direction", str(out / "latents" / "a.npz"), "-c", str(sfe), "--e4e", str(e4e), "--generator",
+               str(g), "-d", str(tmp_path / "ffhq_pca.pt"), "--edit", "face_roundness=12", "--out", str(tmp_path / "gs"),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    gs = load_encoding(tmp_path / "gs" / "latents" / "a" / "ganspace_37_0_5.npz")
+    assert torch.equal(gs.w_edit[:, 5:], enc.w_recon[:, 5:]) and not torch.equal(gs.w_edit[:, :5], enc.w_recon[:, :5])
     rc = main(["mix", "-c", str(sfe), "--e4e", str(e4e), "--generator", str(g), str(photos / "a.png"),
                "--out", str(tmp_path / "mix"), "--device", "cpu"])
     assert rc == 2 and "StyleFeatureEditor" in capsys.readouterr().err

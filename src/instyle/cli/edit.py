@@ -200,7 +200,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
     from instyle.errors import InstyleError
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.pipeline import OutputFolderError
-    from instyle.inference.sfe_editing import edit_fn
+    from instyle.inference.sfe_editing import edit_fn, preset_spec
     from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
 
     if not model.config.editor:
@@ -211,6 +211,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
               "the component's styles for GANSpace)")
         return 2
     try:
+        args.edit = [preset_spec(e) for e in args.edit or []]  # the original's GANSpace names
         edits = _plan(args, model)
         probe = torch.zeros(1, model.n_styles, model.config.generator.style_dim)
         for edit, spec in edits:  # every component checked before any input is read

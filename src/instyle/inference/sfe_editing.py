@@ -31,6 +31,7 @@ __all__ = [
     "ganspace_fn",
     "edit_fn",
     "named_edit_fn",
+    "preset_spec",
 ]
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
@@ -86,6 +87,16 @@ def edit_fn(edit, degree: float, component: tuple[int, ...] | None = None) -> Ed
             raise ValueError(f"{edit.source}: a GANSpace edit needs idx,start,end (e.g. 37,0,5), got {component}")
         return ganspace_fn(edit, tuple(int(c) for c in component), degree)
     raise ValueError(f"{getattr(edit, 'source', edit)}: SFE edits take InterFaceGAN directions or GANSpace PCA files, not {type(edit).__name__}")
+
+
+def preset_spec(spec: str) -> str:
+    """``face_roundness=12`` (a GANSpace preset of the original) -> ``ganspace:37,0,5=12``;
+    any other edit spec unchanged."""
+    name, sep, values = spec.partition("=")
+    presets = {**CARS_GANSPACE_PRESETS, **GANSPACE_PRESETS}
+    if sep and name.strip() in presets:
+        return f"ganspace:{','.join(map(str, presets[name.strip()]))}={values}"
+    return spec
 
 
 def named_edit_fn(name: str, degree: float, edits_dir: str | os.PathLike) -> EditFn:
