@@ -136,12 +136,14 @@ def test_every_checked_array_is_compared(outputs):
 
 def test_checked_arrays_match(outputs):
     expected, ours, meta, _ = outputs
-    failures = []
+    failures, diffs = [], {}
     for key in sorted(k for k, v in meta["checked"].items() if v):
         exp, got = expected[key], ours[key]
         assert got.shape == exp.shape, f"{key}: shape {got.shape} vs fixture {exp.shape}"
-        diff = float(np.abs(got.astype(np.float64) - exp.astype(np.float64)).max())
+        diffs[key] = diff = float(np.abs(got.astype(np.float64) - exp.astype(np.float64)).max())
         if not diff <= TOLERANCE:
             failures.append(f"{key}: max abs diff {diff:.3g}")
     assert not failures, "; ".join(failures)
+    worst = max(diffs, key=diffs.get)
+    print(f"SFE conformance: {len(diffs)} arrays, worst {worst} {diffs[worst]:.3g}")
 
