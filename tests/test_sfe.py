@@ -152,6 +152,8 @@ def test_default_config_is_the_originals():
     (dict(units=(1, 1, 1000, 1)), "units"),
     (dict(input_size=128), "input_size=128"),
     (dict(feature_index=99), "feature_index"),
+    (dict(editor=False), "must be null for an inverter-only model"),
+    (dict(editor="maybe"), "editor"),
 ])
 def test_config_bounds(bad, match):
     d = tiny_config().to_dict()
@@ -217,6 +219,18 @@ def test_encoding_file_round_trip(model, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(CheckpointError, match="bad.npz"):
         load_encoding(tmp_path / "bad.npz")
+    np.savez(tmp_path / "w.npz", w=np.zeros((1, 8, D), np.float32))  # a plain latent file
+    with pytest.raises(CheckpointError, match="not an SFE encoding"):
+        load_encoding(tmp_path / "w.npz")
+    arrays = dict(np.load(tmp_path / "e.npz"))
+    arrays["fused_feat"] = arrays["fused_feat"][:, :, :3]
+    np.savez(tmp_path / "odd.npz", **arrays)
+    with pytest.raises(CheckpointError, match="inconsistent SFE encoding shapes"):
+        load_encoding(tmp_path / "odd.npz")
+    arrays["edited_feat"] = arrays["edited_feat"][:, :, :3]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        model.decode(load_encoding(tmp_path / "cut.npz"))
 
 
 # --------------------------------------------------------------------------- official files
