@@ -39,7 +39,7 @@ from instyle.interop.keymaps import (
     strip_prefix,
 )
 from instyle.interop.safe_load import safe_torch_load
-from instyle.models.own_format import build_empty, load_state_checked
+from instyle.models.own_format import build_empty, check_finite, load_state_checked
 from instyle.models.sfe import SFE, SFEConfig, feature_resolution
 
 __all__ = ["PUBLISHED_SFE", "is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "sfe_config_from_state_dict", "sfe_from_checkpoint"]
@@ -194,18 +194,20 @@ def sfe_from_checkpoint(
     del g_obj
     e_path, e_obj = _load(e4e, "e4e checkpoint", resolve, "e4e file", source)
     e4e_cfg, e_state = _e4e_part(e_obj, e_path, gen, source)
-    del e_obj
+    del e_obj  # its decoder is not used
     state = {k: v for k, v in sd.items() if str(k).startswith(("inverter.", "encoder."))}
     try:
         config = sfe_config_from_state_dict(state, gen, e4e_cfg)
     except (ArchitectureError, ValueError) as e:
         raise CheckpointError(f"SFE checkpoint {source} with generator {g_path} and e4e {e_path}: {e}") from None
     model = build_empty(SFE, config)
-    state.update(e_state)
-    state.update(g_state)
-    state["latent_avg"] = latent_avg
-    load_state_checked(model, state, f"{source} + {e_path} + {g_path}", assign=True)
-    model.sync_decoder_latent_avg()
+    # Part by part, each strictly, so the large e4e file is freed before the rest is copied.
+    _adopt(model, "e4e_encoder", e_state, e_path)
+    del e_state
+    _adopt(model, "decoder", g_state, g_path)
+    _adopt(model, "inverter", state, source)
+    _adopt(model, "encoder", state, source)
+    _adopt_latent_avg(model, latent_avg, g_path)
     model.source = str(source)
     model.e4e_source, model.generator_source = str(e_path), str(g_path)
     return model.eval()
@@ -230,9 +232,22 @@ def _inverter_from_checkpoint(ckpt: Mapping, source: Any, e4e, generator, resolv
     except (ArchitectureError, ValueError) as e:
         raise CheckpointError(f"SFE inverter checkpoint {source} with generator {g_path}: {e}") from None
     model = build_empty(SFE, config)
-    state.update(g_state)
-    state["latent_avg"] = latent_avg
-    load_state_checked(model, state, f"{source} + {g_path}", assign=True)
-    model.sync_decoder_latent_avg()
+    _adopt(model, "decoder", g_state, g_path)
+    _adopt(model, "inverter", state, source)
+    _adopt_latent_avg(model, latent_avg, g_path)
     model.source, model.generator_source = str(source), str(g_path)
     return model.eval()
+
+
+def _adopt(model: SFE, part: str, state: Mapping[str, torch.Tensor], source: Any) -> None:
+    """Give ``model.<part>`` (built on meta) the ``<part>.*`` tensors of ``state``, strictly."""
+    load_state_checked(getattr(model, part), strip_prefix(state, f"{part}."), f"{source} [{part}]", assign=True)
+
+
+def _adopt_latent_avg(model: SFE, latent_avg: torch.Tensor, source: Any) -> None:
+    check_finite({"latent_avg": latent_avg}, source)
+    model.latent_avg = latent_avg.float().clone()
+    model.sync_decoder_latent_avg()
+    left = [k for k, v in model.state_dict().items() if v.is_meta]
+    if left:  # every part must have come from a file
+        raise CheckpointError(f"{source}: the SFE model lacks weights for {left[:3]}")
