@@ -119,7 +119,7 @@ class SFEConfig:
         if len(self.units) != 4 or not all(1 <= u <= MAX_UNITS for u in self.units):
             raise ConfigError(f"sfe.units={self.units!r} must be 4 integers in [1, {MAX_UNITS}]")
         check_int_range("sfe.fuser_blocks", self.fuser_blocks, 0, MAX_BLOCKS)
-        check_int_range("sfe.feature_index", self.feature_index, 1, gen.num_layers)
+        check_int_range("sfe.feature_index", self.feature_index, 2, gen.num_layers)
         check_int_range("sfe.pool", self.pool, 1, 16)
         check_power_of_two("sfe.input_size", self.input_size, minimum=16, maximum=1024)
         res = feature_resolution(self.feature_index)
