@@ -159,3 +159,10 @@ def test_device_check_dry_run_produces_the_report(device_check, shared_dir, tmp_
     assert result["encode"]["returncode"] == 0 and result["encode"]["summary"]["encoded"] == 8
     assert [r["path"] for r in result["training"]["rows"]] == ["original loop", "instyle fp32", "instyle bf16"]
     assert "# instyle device check (DRY RUN" in (out / "report.md").read_text()
+
+
+def test_family_rows_put_sfe_beside_restyle_and_hyperstyle(single_thread):
+    families = _load("families")
+    rows = families.rows("tiny", reps=1)
+    assert [r.family for r in rows] == ["ReStyle (pSp, 5 it.)", "HyperStyle (5 it.)", "SFE"]
+    assert rows[0].ratio == 1.0 and all(math.isfinite(r.seconds) and r.seconds > 0 for r in rows)

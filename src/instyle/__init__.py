@@ -26,6 +26,8 @@ def load(
     w_encoder=None,
     precision: str = "fp32",
     compile: bool | str = False,
+    e4e=None,
+    generator=None,
 ) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
@@ -35,13 +37,16 @@ def load(
         expected: optional architecture the file must match.
         w_encoder: for an official HyperStyle checkpoint, its W-encoder file (a
             ``HyperStyle`` model is returned; own-format HyperStyle directories contain it).
+        e4e, generator: for an official StyleFeatureEditor checkpoint, its e4e encoder file and
+            its rosinality StyleGAN2 file (an ``SFE`` model is returned; own-format SFE folders
+            contain both).
         precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
             the hardware runs it natively); the choice is in ``model.runtime.note``.
         compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
     """
     from instyle.models.runtime import set_runtime
 
-    model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
+    model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder, e4e=e4e, generator=generator)
     set_runtime(model, precision, compile)
     return model
 

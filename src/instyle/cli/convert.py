@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from instyle.cli.common import error
+from instyle.cli.mix import add_sfe_args, sfe_files
 
 FAMILY_NAMES = {"psp": "pSp", "e4e": "e4e", "restyle": "ReStyle"}
 
@@ -19,7 +20,9 @@ Accepted inputs: official pSp, e4e and ReStyle checkpoints (.pt), rosinality Sty
 (.pt, the g_ema generator), NVIDIA StyleGAN2-ADA pickles (.pkl, read without
 running code from the file) and instyle folders. The kind (pSp model or generator)
 is detected from the file. Official HyperStyle checkpoints need their W-encoder file
-(--w-encoder); the folder written holds both and loads without it.
+(--w-encoder); the folder written holds both and loads without it. Official
+StyleFeatureEditor checkpoints need the e4e and StyleGAN2 files (--e4e, --generator); the
+folder written holds all three.
 """
 
 
@@ -36,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--kind", choices=["auto", "psp", "generator"], default="auto", help="what to extract (default: auto-detect)"
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_sfe_args(p)
     p.set_defaults(func=run)
 
 
@@ -56,16 +60,22 @@ def run(args: argparse.Namespace) -> int:
             else:
                 kind = detect_format(safe_torch_load(src))
                 kind = kind if kind in ("psp", "hyperstyle") else "generator"
+            kind = "psp" if kind == "sfe" else kind
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if kind in ("psp", "hyperstyle"):
-                model = load_psp(src, w_encoder=args.w_encoder)
+                model = load_psp(src, w_encoder=args.w_encoder, **sfe_files(args))
                 model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
             if kind in ("psp", "hyperstyle") and hasattr(model.config, "hypernet"):
                 hyper = model.config.hypernet
                 desc = (
                     f"HyperStyle model: {hyper.type}, {len(hyper.layers_to_tune)} tuned layers, "
                     f"output {model.output_size}px, {model.n_styles} styles"
+                )
+            elif kind == "psp" and getattr(model, "family", None) == "sfe":
+                desc = (
+                    f"StyleFeatureEditor model (+ e4e encoder and generator): output {model.output_size}px, "
+                    f"{model.n_styles} styles, feature {model.config.feature_index}"
                 )
             elif kind == "psp":
                 desc = (

@@ -144,10 +144,12 @@ def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.latents import save_latent
     from instyle.inference.pipeline import OutputFolderError
 
-    loaded = load_model(args)
+    loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
     model, device = loaded
+    if getattr(model, "family", None) == "sfe":
+        return _run_direction_sfe(args, model)
     try:
         edits = _plan(args, model)
         layers = _layers(args.layers, model.n_styles)
@@ -187,6 +189,66 @@ def run_direction(args: argparse.Namespace) -> int:
     save_image(make_grid(rows, cell=256), out / "grid.png")
     what = f"{len(edits)} edit(s)" if named else f"{len(edits[0][1].strengths)} strengths"
     print(f"edited {len(sources)} input(s) with {what} into {out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _run_direction_sfe(args: argparse.Namespace, model) -> int:
+    """StyleFeatureEditor's editing: each value is the original's degree (InterFaceGAN moves by
+    degree / 2, GANSpace sets the coordinate); inputs are images or SFE encoding files."""
+    import sys
+
+    from instyle.errors import InstyleError
+    from instyle.inference.io import make_grid, save_image
+    from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.sfe_editing import edit_fn, preset_spec
+    from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
+
+    if not model.config.editor:
+        error(f"{args.checkpoint}: an SFE inverter (phase 1) has no feature editor and cannot edit; use the editor checkpoint")
+        return 2
+    if args.layers is not None:
+        error("--layers: StyleFeatureEditor edits act on the layers the direction defines (all for InterFaceGAN; "
+              "the component's styles for GANSpace)")
+        return 2
+    try:
+        args.edit = [preset_spec(e) for e in args.edit or []]  # the original's GANSpace names
+        edits = _plan(args, model)
+        probe = torch.zeros(1, model.n_styles, model.config.generator.style_dim)
+        for edit, spec in edits:  # every component checked before any input is read
+            for s in spec.strengths:
+                edit_fn(edit, s, spec.component)(probe)
+    except ValueError as e:
+        error(str(e))
+        return 2
+
+    def outputs(name: str) -> list[str]:
+        files = []
+        for _, spec in edits:
+            files += [f"{name}_{spec.slug}.{args.format}", f"latents/{name}/{spec.slug}.npz"]
+            files += [f"{name}/{spec.slug}/strength_{v:+.3f}.{args.format}" for v in spec.strengths]
+        return files
+
+    try:
+        files, names, problems = plan_sources(args.inputs, out=args.out, outputs=outputs, reserved=["grid.png"])
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    for msg in problems:
+        print(f"instyle: skipped {msg}", file=sys.stderr)
+    failed, rows, count = len(problems), [], 0
+    for f, name in zip(files, names):
+        try:
+            sources = load_sfe_source(model, f.path, name)
+            rows += edit_sfe_sources(model, sources, edits, args.out, full_resolution=args.full_resolution, fmt=args.format)
+            count += len(sources)
+        except (InstyleError, OSError, ValueError) as e:
+            print(f"instyle: skipped {e if str(f.path) in str(e) else f'{f.path}: {e}'}", file=sys.stderr)
+            failed += 1
+    if not count:
+        error("no usable inputs")
+        return 1
+    save_image(make_grid(rows[:16], cell=256), Path(args.out) / "grid.png")
+    print(f"edited {count} input(s) with {len(edits)} edit(s) into {args.out}" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
 
 

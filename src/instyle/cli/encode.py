@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.mix import add_sfe_args, sfe_files
 from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_sfe_args(p)
     add_precision_args(p)
     p.add_argument(
         "--save-latents", action="store_true",
@@ -113,12 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
     except CheckpointError as e:
         error(str(e))
         return 2
     family = getattr(model, "family", "hyperstyle")
+    if family == "sfe":
+        return _encode_sfe(args, model, rank, world_size)
     if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "hyperstyle") and args.iterations != 1)):
         error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
         return 2
@@ -143,6 +147,41 @@ def run(args: argparse.Namespace) -> int:
     failed = summary["failed"] + summary["not_done"]
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
     return 1 if failed or not summary["summary_written"] else 0
+
+
+def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> int:
+    """StyleFeatureEditor: one image at a time; --save-latents writes encoding .npz files."""
+    from instyle.inference.io import collect_input_files, output_names
+    from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
+    from instyle.inference.sfe_runner import encode_sfe_files
+
+    unsupported = [f"--{k.replace('_', '-')}" for k in ("iterations", "refine", "side_by_side", "grid", "resize_factor")
+                   if getattr(args, k, None)]
+    if unsupported or world_size > 1:
+        error(f"{' '.join(unsupported) or 'torchrun'}: not available for StyleFeatureEditor models")
+        return 2
+    files, problems = collect_input_files(args.inputs, exclude=[args.out])
+    for msg in problems:
+        print(f"instyle: skipped {msg}", file=sys.stderr)
+    files = files[: args.limit] if args.limit else files
+    if not files:
+        error("no input images found")
+        return 1
+    planned = (lambda n: [f"{n}.{args.format}"] + ([f"latents/{n}.npz"] if args.save_latents else []))
+    try:
+        names = output_names(files, planned, ["summary.json"])
+        prepare_output_folder(args.out, files, [Path(args.out) / o for n in names for o in planned(n)])
+    except (OutputFolderError, ValueError) as e:
+        error(str(e))
+        return 2
+    summary = encode_sfe_files(
+        model, [(f.path, n) for f, n in zip(files, names)], args.out, save_latents=args.save_latents,
+        full_resolution=args.full_resolution, fmt=args.format, align=args.align,
+        log=lambda m: print(f"instyle: {m}", file=sys.stderr), meta={"checkpoint": str(args.checkpoint)},
+    )
+    failed = summary["failed"] + len(problems)
+    print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
 
 
 def _face_tools_ready() -> bool:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from instyle.cli.common import add_device_arg, add_precision_args, error
+from instyle.cli.mix import add_sfe_args
 from instyle.errors import InstyleError
 
 DESCRIPTION = """\
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: its file or folder name)",
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_sfe_args(p)
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
     p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
@@ -113,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
         args.name, args.checkpoint = (name, path) if path != args.checkpoint else (None, args.checkpoint)
     try:
         checkpoint = args.checkpoint
-        if args.w_encoder:  # HyperStyle: load here, where the W-encoder is known
+        if args.w_encoder or args.e4e or args.generator:  # HyperStyle / SFE: load here, with their other files
             from instyle.interop import load_psp
 
-            checkpoint = load_psp(args.checkpoint, w_encoder=args.w_encoder)
+            checkpoint = load_psp(args.checkpoint, w_encoder=args.w_encoder, e4e=args.e4e, generator=args.generator)
         report = evaluate(
             checkpoint,
             args.data,

@@ -46,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 2:
         error(f"--steps={args.steps} must be >= 2")
         return 2
-    loaded = load_model(args)
+    loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
     model, device = loaded
+    if getattr(model, "family", None) == "sfe":
+        return _run_sfe(args, model)
     sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
     if len(sources) < 2:
         error(f"only {len(sources)} usable code(s); interpolation needs at least two inputs (A B [C ...]) or a latent file of several codes")
@@ -78,6 +80,53 @@ def run(args: argparse.Namespace) -> int:
         try:
             path = save_animation(frames, out / f"interpolation.{args.animation}", fps=args.fps, boomerang=args.boomerang)
             written += f" and {path.name}"
+        except RuntimeError as e:
+            error(str(e))
+            failed += 1
+    print(f"interpolated {len(sources)} inputs: {written} in {out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _run_sfe(args: argparse.Namespace, model) -> int:
+    """StyleFeatureEditor: latents and feature maps follow the same path; inputs are images
+    or SFE encoding files (.npz)."""
+    import sys
+
+    from instyle.errors import InstyleError
+    from instyle.inference.interpolation import save_animation
+    from instyle.inference.io import make_grid, save_image
+    from instyle.inference.offsets import path_coefficients
+    from instyle.inference.sfe_runner import load_sfe_source, render
+    from instyle.models.sfe import SFEEncoding, save_encoding
+
+    sources, failed = [], 0
+    for p in map(Path, args.inputs):
+        try:
+            sources += load_sfe_source(model, p, p.stem)
+        except (InstyleError, OSError, ValueError) as e:
+            print(f"instyle: skipped {e if str(p) in str(e) else f'{p}: {e}'}", file=sys.stderr)
+            failed += 1
+    if len(sources) < 2:
+        error(f"only {len(sources)} usable input(s); interpolation needs at least two")
+        return 1 if failed else 2
+    try:
+        path = SFEEncoding.blend([s.encoding for s in sources], path_coefficients(len(sources), args.steps))
+    except ValueError as e:
+        error(str(e))
+        return 2
+    out = Path(args.out)
+    frames = [render(model, path[i], args.full_resolution)[0] for i in range(len(path))]
+    for i, im in enumerate(frames):
+        save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
+    pick = _spread(len(frames), max(2, args.grid_frames))
+    save_image(make_grid([[frames[i] for i in pick]], cell=min(256, frames[0].size[1])), out / "grid.png")
+    if args.save_latents:
+        save_encoding(out / "latents.npz", path)
+    written = f"{len(frames)} frames"
+    if args.animation != "none":
+        try:
+            anim = save_animation(frames, out / f"interpolation.{args.animation}", fps=args.fps, boomerang=args.boomerang)
+            written += f" and {anim.name}"
         except RuntimeError as e:
             error(str(e))
             failed += 1

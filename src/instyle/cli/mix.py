@@ -70,6 +70,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_sfe_args(p)
+
+
+def add_sfe_args(p: argparse.ArgumentParser) -> None:
+    """``--e4e`` / ``--generator``: the two files an official StyleFeatureEditor checkpoint needs."""
+    p.add_argument("--e4e", metavar="PATH", help="StyleFeatureEditor only: the e4e checkpoint (e4e_ffhq_encode.pt)")
+    p.add_argument("--generator", metavar="PATH", help="StyleFeatureEditor only: the StyleGAN2 file (stylegan2-ffhq-config-f.pt)")
+
+
+def sfe_files(args) -> dict:
+    """The ``e4e=`` / ``generator=`` keywords of ``load_psp`` from the parsed options."""
+    return {"e4e": getattr(args, "e4e", None), "generator": getattr(args, "generator", None)}
 
 
 @dataclass
@@ -84,8 +96,9 @@ class Source:
     offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
 
 
-def load_model(args):
-    """``(model, device)`` or ``None`` after printing the error."""
+def load_model(args, allow_sfe: bool = False):
+    """``(model, device)`` or ``None`` after printing the error. StyleFeatureEditor models
+    (W+ plus a feature map) only where the command has an SFE path (``allow_sfe``)."""
     from instyle.interop import load_psp
     from instyle.utils.device import resolve_device
 
@@ -94,8 +107,11 @@ def load_model(args):
         return None
     try:
         device = resolve_device(args.device)
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
+        if getattr(model, "family", None) == "sfe" and not allow_sfe:
+            error(f"{args.checkpoint}: StyleFeatureEditor models are used with `instyle encode` and `instyle edit direction`")
+            return None
         return model, device
     except (InstyleError, OSError) as e:
         error(str(e))

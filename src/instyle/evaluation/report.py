@@ -58,6 +58,7 @@ from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
 from instyle.models.psp import PSP
 from instyle.models.runtime import set_runtime
+from instyle.models.sfe import SFE
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
@@ -308,19 +309,25 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
-    if not isinstance(model, PSP) and not uses_offsets(model):
+    if not isinstance(model, (PSP, SFE)) and not uses_offsets(model):
         model = load_psp(model, device=device)
     return model.to(device).eval()
 
 
 def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
+    if isinstance(net, SFE):  # W+ and a feature map; full-size inputs
+        return F.adaptive_avg_pool2d(net.decode(net.encode(x)), net.config.resize_to)
     return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
 
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
     """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
     name = task_name or model.config.task
+    if isinstance(model, SFE):  # the original's transform: the photo at the generator's size
+        if name != "inversion" or resize_factor is not None:
+            raise InputError(f"StyleFeatureEditor models invert photos (task {name!r}, resize_factor {resize_factor} given)")
+        return (lambda s: pil_to_tensor(load_image(s.input), model.config.generator.size)), None
     try:
         task = get_task(name)
     except ConfigError:  # a task name without a registered preset: inputs by channel count

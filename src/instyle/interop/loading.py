@@ -31,10 +31,12 @@ from instyle.interop.keymaps import (
 )
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.sfe import is_sfe_checkpoint, is_sfe_inverter_checkpoint, sfe_from_checkpoint
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import get_config
+from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -118,7 +120,7 @@ def load_own(directory: str | os.PathLike):
     """An own-format directory as a :class:`PSP`, :class:`Generator` or
     :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
-    return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle}[kind].from_pretrained(directory)
+    return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle, "sfe": SFE}[kind].from_pretrained(directory)
 
 
 def save_psp(model: PSP, directory: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -195,6 +197,8 @@ def load_psp(
     device: str | torch.device = DEFAULT_DEVICE,
     expected: PSPConfig | None = None,
     w_encoder: str | os.PathLike | None = None,
+    e4e: str | os.PathLike | None = None,
+    generator: str | os.PathLike | None = None,
 ) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
@@ -204,13 +208,17 @@ def load_psp(
         expected: if given, the file's architecture must equal it.
         w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
             :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
+        e4e, generator: the e4e and StyleGAN2 files an official StyleFeatureEditor checkpoint
+            needs (then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
     """
     p = resolve_path(path)
     if is_own_format(p):
         if w_encoder is not None:
             raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
+        if e4e is not None or generator is not None:
+            raise CheckpointError(f"{p}: an instyle model folder is self-contained; e4e= / generator= are not used")
         model = load_own(p)
-        if _is_hyperstyle(model):
+        if _is_hyperstyle(model) or isinstance(model, SFE):
             return model.to(resolve_device(device)).eval()
         if not isinstance(model, PSP):
             raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
@@ -223,6 +231,10 @@ def load_psp(
             f"{p}: an NVIDIA .pkl holds a generator, not a pSp model; use instyle.load_generator or `instyle convert`"
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
+    if is_sfe_checkpoint(ckpt) or is_sfe_inverter_checkpoint(ckpt):
+        return sfe_from_checkpoint(ckpt, p, e4e, generator, resolve_path).to(resolve_device(device))
+    if e4e is not None or generator is not None:
+        raise CheckpointError(f"{p}: e4e= / generator= are only for StyleFeatureEditor checkpoints; this is {detect_format(ckpt)}")
     fmt = detect_format(ckpt)
     if fmt == "hyperstyle":
         return hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve_path).to(resolve_device(device))

@@ -2,7 +2,7 @@
 
 ``config.json``::
 
-    {"format": "instyle", "kind": "psp" | "generator" | "hyperstyle", "version": 1,
+    {"format": "instyle", "kind": "psp" | "generator" | "hyperstyle" | "sfe", "version": 1,
      "config": {...architecture...}, "metadata": {...free-form provenance...},
      "random_weights": false}
 
@@ -49,7 +49,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 #: The model kinds a directory may hold (``config.json``'s ``kind``).
-KINDS = ("psp", "generator", "hyperstyle")
+KINDS = ("psp", "generator", "hyperstyle", "sfe")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -120,7 +120,7 @@ def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, t
         )
     doc = read_config(directory)
     if doc["kind"] != kind:
-        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model"}
+        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model", "sfe": "StyleFeatureEditor model"}
         hint = "instyle.load_generator" if doc["kind"] == "generator" else "instyle.load"
         raise CheckpointError(
             f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"

@@ -588,7 +588,11 @@ class Generator(nn.Module):
         noise: Sequence[torch.Tensor | None] | None = None,
         randomize_noise: bool = True,
         weights_deltas: Sequence[torch.Tensor | None] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        new_features: Sequence[torch.Tensor | None] | None = None,
+        feature_scale: float = 1.0,
+        early_stop: int | None = None,
+        return_feature_list: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor] | None]:
         """Synthesise images.
 
         Args:
@@ -607,6 +611,17 @@ class Generator(nn.Module):
             weights_deltas: HyperStyle's per-layer relative weight offsets, one entry (or
                 None) per modulated conv in generator order: conv1, to_rgb1, then
                 (up-conv, conv, to_rgb) per resolution (``n_weight_layers`` entries).
+            new_features: StyleFeatureEditor's feature insertion: one entry (or None) per
+                feature index ``k`` of :meth:`feature_list` order; ``new_features[k]`` (``k >= 1``)
+                replaces feature ``k`` where it enters the next conv, blended as
+                ``(1 - feature_scale) * feature + feature_scale * new_features[k]`` (the ToRGB
+                of that resolution has already read the generator's own feature).
+            feature_scale: the blend weight of ``new_features`` (1 replaces).
+            early_stop: stop after the ToRGB of this resolution; the returned image is the
+                RGB skip at that resolution.
+            return_feature_list: return the list of every feature map (``[0]`` the constant
+                input, ``[1]`` conv1, then two per resolution: ``[2, 3]`` 8 px, ``[4, 5]``
+                16 px, ...) instead of the last one (``return_latents`` takes precedence).
 
         Returns:
             ``(image [B, 3, size, size], latents or features or None)``.
@@ -622,9 +637,19 @@ class Generator(nn.Module):
                 raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent())")
             styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
         latent = self._mixed_w_plus(styles, inject_index)
-        image, out = self._synthesise(latent, noise, self._deltas_list(weights_deltas))
+        hooks = new_features is not None or early_stop is not None or return_feature_list
+        if hooks:
+            image, feats = self._synthesise_hooked(
+                latent, noise, self._deltas_list(weights_deltas), self._new_features_list(new_features),
+                feature_scale, early_stop,
+            )
+            out = feats[-1]
+        else:
+            image, out = self._synthesise(latent, noise, self._deltas_list(weights_deltas))
         if return_latents:
             return image, latent
+        if return_feature_list:
+            return image, feats
         if return_features:
             return image, out
         return image, None
@@ -683,6 +708,62 @@ class Generator(nn.Module):
             skip = rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
             i += 2
         return skip, out
+
+    def _synthesise_hooked(
+        self, latent: torch.Tensor, noise: Sequence, deltas: list, new_features: list, scale: float, early_stop: int | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`_synthesise` with every feature map collected, features inserted and an
+        early stop (StyleFeatureEditor's generator); the same operations in the same order."""
+
+        def insert(x: torch.Tensor, k: int) -> torch.Tensor:
+            new = new_features[k]
+            if new is None:
+                return x
+            if new.shape != x.shape:
+                raise ValueError(f"new_features[{k}] must be {tuple(x.shape)} like the feature it replaces; got {tuple(new.shape)}")
+            return (1 - scale) * x + scale * new.to(x.dtype)
+
+        out = self.input(latent.shape[0])
+        feats = [out]
+        out = self.conv1(out, latent[:, 0], noise=noise[0], weights_delta=deltas[0])
+        feats.append(out)
+        skip = self.to_rgb1(out, latent[:, 1], weights_delta=deltas[1])
+        i = 1
+        for r, (conv1, conv2, noise1, noise2, rgb) in enumerate(zip(
+            self.convs[::2], self.convs[1::2], noise[1::2], noise[2::2], self.to_rgbs
+        )):
+            d = deltas[2 + 3 * r: 5 + 3 * r]
+            out = conv1(insert(out, i), latent[:, i], noise=noise1, weights_delta=d[0])
+            feats.append(out)
+            out = conv2(insert(out, i + 1), latent[:, i + 1], noise=noise2, weights_delta=d[1])
+            feats.append(out)
+            skip = rgb(out, latent[:, i + 2], skip, weights_delta=d[2])
+            if early_stop is not None and skip.shape[-1] == early_stop:
+                break
+            i += 2
+        return skip, feats
+
+    def _new_features_list(self, new_features) -> list:
+        n = self.num_layers + 1  # the constant input, then one feature per styled conv
+        if new_features is None:
+            return [None] * n
+        new_features = list(new_features)
+        if len(new_features) != n:
+            raise ValueError(f"expected {n} new_features (or None each), got {len(new_features)}")
+        if new_features[0] is not None:
+            raise ValueError("new_features[0] (the constant input) cannot be replaced; indices start at 1")
+        return new_features
+
+    def feature_list(
+        self, w_plus: torch.Tensor, early_stop: int | None = None, noise=None, randomize_noise: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(RGB skip, feature maps)`` of W+ ``[B, n_latent, style_dim]`` (stored noise by
+        default), stopping after the ``early_stop`` px ToRGB when given: feature ``k`` as in
+        ``forward(..., return_feature_list=True)``."""
+        if early_stop is not None and early_stop not in [2**i for i in range(3, self.log_size + 1)]:
+            raise ValueError(f"early_stop={early_stop} must be a resolution of this generator, 8 .. {self.size}")
+        return self([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise,
+                    early_stop=early_stop, return_feature_list=True)
 
     def _deltas_list(self, weights_deltas) -> list:
         if weights_deltas is None:

@@ -1,0 +1,571 @@
+"""StyleFeatureEditor (SFE; Bobkov et al., CVPR 2024): W+ plus a 64x64 generator feature.
+
+An *inverter* predicts a W+ latent and a feature map from the image (``FSLikeBackbone``, an
+ArcFace iresnet50 trunk), a *fuser* merges that feature with the generator's own feature at
+the same layer, and a *feature editor* (``encoder``, ``ContentLayerDeepFast``) turns the
+fused feature plus an edit delta into the feature that replaces the generator's feature
+``config.feature_index`` (9: the second 64 px conv of a 1024 px generator) when rendering.
+Edits move the latent; the delta is the generator feature of the e4e inversion minus that of
+its edited copy (an e4e encoder is part of the model), exactly as the original inference::
+
+    w_recon = fs_backbone(x256).latents + latent_avg;   w_e4e = e4e(x256) + latent_avg
+    fused   = fuser(cat[predicted_feat, G.features(w_recon)[k]])
+    image   = G(w_recon, feature k := editor(cat[fused, 0]))
+    edit:     G(fn(w_recon), feature k := editor(cat[fused, G.f(w_e4e)[k] - G.f(fn(w_e4e))[k]]))
+
+An *inverter-only* model (``editor=False``: the original's phase-1 ``FSEInverter``, e.g.
+``sfe_inverter_light.pt``) has neither feature editor nor e4e encoder: it renders with the
+fused feature itself and cannot edit.
+
+Images are ``[B, 3, S, S]`` in [-1, 1] (``S`` = generator size; inputs are resized to
+``config.input_size`` bilinearly, ``align_corners=False``, no antialiasing, as the original);
+latents ``[B, n_latent, style_dim]``; features ``[B, C, R, R]`` (``R`` = the feature's
+resolution, ``C`` the generator's channels there). ``latent_avg`` is the generator's ``[D]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from instyle.errors import CheckpointError
+from instyle.models.encoders.e4e import Encoder4Editing
+from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
+from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
+from instyle.utils.atomic import atomic_path
+from instyle.utils.config import ConfigError, check_int_range, check_power_of_two, from_dict
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+
+__all__ = [
+    "SFEConfig",
+    "SFE",
+    "SFEEncoding",
+    "FSLikeBackbone",
+    "ContentLayerDeepFast",
+    "FeatureEncoderBlock",
+    "IBasicBlock",
+    "Inverter",
+    "feature_resolution",
+    "save_encoding",
+    "load_encoding",
+]
+
+#: iresnet50's residual units per stage (ArcFace).
+IRESNET50_UNITS = (3, 4, 14, 3)
+MAX_UNITS = 64
+MAX_BLOCKS = 32
+#: ``feature_scale = min(1, 1e-4 * n_iter)`` of the original at inference (``n_iter = 1e5``).
+INFERENCE_FEATURE_SCALE = 1.0
+
+
+def feature_resolution(index: int) -> int:
+    """Resolution of generator feature ``index`` (``[0, 1]`` 4 px, ``[2, 3]`` 8 px, ...)."""
+    return 4 if index < 2 else 2 ** (index // 2 + 2)
+
+
+@dataclass
+class SFEConfig:
+    """Architecture of a StyleFeatureEditor model. Defaults are the original's (1024 px,
+    18 styles, iresnet50 widths, ``ContentLayerDeepFast(6, 1024, 512)``, feature 9).
+
+    Attributes:
+        generator: the StyleGAN2 generator.
+        e4e: the e4e encoder (``type="Encoder4Editing"``); default IR-SE-50 at the generator's styles.
+        widths: channels of the FS backbone's 4 stages (the first has width ``widths[0]`` too).
+        units: IBasicBlocks per stage (iresnet50: 3, 4, 14, 3).
+        fuser_blocks: residual blocks of the fuser and of the feature editor (the original's ``len - 1`` = 5).
+        feature_index: the generator feature that is predicted and replaced (9).
+        input_size: side the encoders see (256); must be 4x the feature's resolution (the FS
+            backbone's third stage keeps stride 1).
+        pool: side of the adaptive average pool of each stage before the style heads (3).
+        editor: with the feature editor and the e4e encoder (the full model); False is the
+            inverter alone (phase 1: renders the fused feature, no editing; ``e4e`` is None).
+    """
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    e4e: EncoderConfig | None = None
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    units: tuple[int, int, int, int] = IRESNET50_UNITS
+    fuser_blocks: int = 5
+    feature_index: int = 9
+    input_size: int = 256
+    pool: int = 3
+    editor: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.generator, dict):
+            self.generator = GeneratorConfig.from_dict(self.generator)
+        if isinstance(self.e4e, dict):
+            self.e4e = EncoderConfig.from_dict(self.e4e)
+        gen = self.generator
+        if not isinstance(self.editor, bool):
+            raise ConfigError(f"sfe.editor={self.editor!r} must be true or false")
+        if not self.editor and self.e4e is not None:
+            raise ConfigError("sfe.e4e must be null for an inverter-only model (editor=false): it has no e4e encoder")
+        if self.e4e is None and self.editor:
+            self.e4e = EncoderConfig(type="Encoder4Editing", n_styles=gen.n_latent, style_dim=gen.style_dim,
+                                     input_size=self.input_size)
+        self.widths = tuple(int(w) for w in self.widths)
+        self.units = tuple(int(u) for u in self.units)
+        if len(self.widths) != 4 or not all(1 <= w <= MAX_CHANNELS for w in self.widths):
+            raise ConfigError(f"sfe.widths={self.widths!r} must be 4 integers in [1, {MAX_CHANNELS}]")
+        if len(self.units) != 4 or not all(1 <= u <= MAX_UNITS for u in self.units):
+            raise ConfigError(f"sfe.units={self.units!r} must be 4 integers in [1, {MAX_UNITS}]")
+        check_int_range("sfe.fuser_blocks", self.fuser_blocks, 0, MAX_BLOCKS)
+        check_int_range("sfe.feature_index", self.feature_index, 2, gen.num_layers)
+        check_int_range("sfe.pool", self.pool, 1, 16)
+        check_power_of_two("sfe.input_size", self.input_size, minimum=16, maximum=1024)
+        res = feature_resolution(self.feature_index)
+        if self.input_size != 4 * res:
+            raise ConfigError(
+                f"sfe.input_size={self.input_size} must be 4x the resolution of generator feature "
+                f"{self.feature_index} ({res} px): {4 * res}"
+            )
+        if self.e4e is not None:
+            self._check_e4e()
+
+    def _check_e4e(self) -> None:
+        gen = self.generator
+        if self.e4e.type != "Encoder4Editing" or self.e4e.input_nc != 3:
+            raise ConfigError(f"sfe.e4e must be a 3-channel Encoder4Editing, got type {self.e4e.type!r}, input_nc {self.e4e.input_nc}")
+        if (self.e4e.n_styles, self.e4e.style_dim, self.e4e.input_size) != (gen.n_latent, gen.style_dim, self.input_size):
+            raise ConfigError(
+                f"sfe.e4e gives {self.e4e.n_styles} x {self.e4e.style_dim} codes from {self.e4e.input_size} px inputs; "
+                f"the {gen.size} px generator takes {gen.n_latent} x {gen.style_dim} and input_size is {self.input_size}"
+            )
+
+    @property
+    def n_styles(self) -> int:
+        return self.generator.n_latent
+
+    @property
+    def feature_channels(self) -> int:
+        return self.generator.channel_table()[feature_resolution(self.feature_index)]
+
+    # What the shared inference and evaluation tools read from a model config.
+    task = "inversion"
+    family = "sfe"
+    label_nc = 0
+    image_nc = 3
+    resize_to = 256  # side outputs are pooled to for evaluation, as the other families
+
+    @property
+    def encoder(self) -> EncoderConfig:
+        """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's (for an
+        inverter-only model one with the same input)."""
+        return self.e4e or EncoderConfig(n_styles=self.n_styles, style_dim=self.generator.style_dim, input_size=self.input_size)
+
+    def to_dict(self) -> dict:
+        return {
+            "generator": self.generator.to_dict(), "e4e": None if self.e4e is None else self.e4e.to_dict(), "widths": list(self.widths),
+            "units": list(self.units), "fuser_blocks": self.fuser_blocks, "feature_index": self.feature_index,
+            "input_size": self.input_size, "pool": self.pool, "editor": self.editor,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SFEConfig:
+        return from_dict(cls, dict(d), "sfe")
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-05)
+
+
+def _conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class IBasicBlock(nn.Module):
+    """ArcFace's residual unit: ``x' = BN(conv(PReLU(BN(conv(BN(x)))), stride)) + shortcut(x)``
+    (no activation after the sum); the shortcut is a strided 1x1 conv + BN when the shape
+    changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, shortcut: bool = False):
+        super().__init__()
+        self.bn1 = _bn(cin)
+        self.conv1 = _conv3(cin, cout)
+        self.bn2 = _bn(cout)
+        self.prelu = nn.PReLU(cout)
+        self.conv2 = _conv3(cout, cout, stride)
+        self.bn3 = _bn(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _bn(cout)) if shortcut else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (self.downsample(x) if self.downsample is not None else x)
+
+
+def _stage(cin: int, cout: int, units: int, stride: int) -> nn.Sequential:
+    # iresnet's stages all start with stride 2, so every first unit has a 1x1 shortcut (the
+    # third stage's is made stride 1 by SFE, keeping the shortcut).
+    return nn.Sequential(IBasicBlock(cin, cout, stride, True), *(IBasicBlock(cout, cout) for _ in range(units - 1)))
+
+
+class FSLikeBackbone(nn.Module):
+    """The inverter's encoder: ``x [B, 3, S, S] -> (latents [B, n_styles, D], feature [B, C, S/4, S/4])``.
+
+    iresnet stem (3x3 conv, BN, PReLU) and four stages of stride 2, except the third
+    whose first unit has stride 1 (stage outputs at S/2, S/4, S/4, S/8). Each stage output is
+    average-pooled to ``pool x pool``; their concatenation (flattened channel-major) feeds one
+    plain ``nn.Linear`` per style. The third stage's output also goes through the content layer
+    (BN, conv, BN, PReLU, conv, BN) to give the predicted feature."""
+
+    def __init__(self, config: SFEConfig):
+        super().__init__()
+        w, u = config.widths, config.units
+        self.conv = nn.Sequential(_conv3(3, w[0]), _bn(w[0]), nn.PReLU(w[0]))
+        self.block_1 = _stage(w[0], w[0], u[0], 2)
+        self.block_2 = _stage(w[0], w[1], u[1], 2)
+        self.block_3 = _stage(w[1], w[2], u[2], 1)
+        self.block_4 = _stage(w[2], w[3], u[3], 2)
+        c = config.feature_channels
+        self.content_layer = nn.Sequential(_bn(w[2]), _conv3(w[2], c), _bn(c), nn.PReLU(c), _conv3(c, c), _bn(c))
+        self.avg_pool = nn.AdaptiveAvgPool2d((config.pool, config.pool))
+        n_in = (w[0] + w[1] + w[2] + w[3]) * config.pool**2
+        self.styles = nn.ModuleList(nn.Linear(n_in, config.generator.style_dim) for _ in range(config.n_styles))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = []
+        x = self.block_1(self.conv(x))
+        pooled.append(self.avg_pool(x))
+        x = self.block_2(x)
+        pooled.append(self.avg_pool(x))
+        x = self.block_3(x)
+        pooled.append(self.avg_pool(x))
+        content = self.content_layer(x)
+        x = self.block_4(x)
+        pooled.append(self.avg_pool(x))
+        flat = torch.cat(pooled, dim=1).flatten(1)
+        return torch.stack([head(flat) for head in self.styles], dim=1), content
+
+
+class FeatureEncoderBlock(nn.Module):
+    """Residual branch ``BN, conv3x3, BN, PReLU, conv3x3, BN`` (no biases); the caller adds."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _bn(channels), _conv3(channels, channels), _bn(channels), nn.PReLU(channels),
+            _conv3(channels, channels), _bn(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ContentLayerDeepFast(nn.Module):
+    """``[B, 2C, R, R] -> [B, C, R, R]``: a 1x1 conv (with bias) then residual blocks
+    ``x = x + block(x)``. The blocks are registered before the conv (the original's key order)."""
+
+    def __init__(self, blocks: int, channels: int):
+        super().__init__()
+        self.body = nn.ModuleList(FeatureEncoderBlock(channels) for _ in range(blocks))
+        self.conv = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        for block in self.body:
+            x = x + block(x)
+        return x
+
+
+class Inverter(nn.Module):
+    """``fs_backbone`` + ``fuser`` (the original's ``Inverter``)."""
+
+    def __init__(self, config: SFEConfig):
+        super().__init__()
+        self.fs_backbone = FSLikeBackbone(config)
+        self.fuser = ContentLayerDeepFast(config.fuser_blocks, config.feature_channels)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class SFEEncoding:
+    """What re-rendering an SFE inversion needs (no input image): ``w_recon`` and ``w_e4e``
+    ``[B, n_styles, D]`` (``latent_avg`` included; ``w_e4e`` None for an inverter-only model)
+    and ``fused_feat [B, C, R, R]``.
+    An edited encoding (:meth:`SFE.edit`) also holds the edited latent ``w_edit`` and the
+    feature it is rendered with, ``edited_feat``; both are None for an inversion. Edits always
+    start from the inversion (compose edit functions to combine edits)."""
+
+    w_recon: torch.Tensor
+    w_e4e: torch.Tensor | None
+    fused_feat: torch.Tensor
+    w_edit: torch.Tensor | None = None
+    edited_feat: torch.Tensor | None = None
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """The W+ the image is rendered from: ``w_edit`` when edited, else ``w_recon``."""
+        return self.w_recon if self.w_edit is None else self.w_edit
+
+    def __len__(self) -> int:
+        return self.w_recon.shape[0]
+
+    def __getitem__(self, i) -> SFEEncoding:
+        sl = slice(i, i + 1) if isinstance(i, int) else i
+        return SFEEncoding(*(None if t is None else t[sl] for t in self._fields()))
+
+    def _fields(self) -> tuple:
+        return (self.w_recon, self.w_e4e, self.fused_feat, self.w_edit, self.edited_feat)
+
+    @property
+    def edited(self) -> bool:
+        return self.edited_feat is not None
+
+    @staticmethod
+    def blend(parts: list[SFEEncoding], weights: torch.Tensor) -> SFEEncoding:
+        """Weighted sums ``sum_j weights[:, j] * parts[j]`` of every field (each part batch 1;
+        ``weights [frames, len(parts)]``): interpolation between encodings, latents and features
+        alike. All parts edited or none."""
+        if len({p.edited for p in parts}) > 1:
+            raise ValueError("cannot blend edited and unedited SFE encodings")
+        if weights.ndim != 2 or weights.shape[1] != len(parts) or any(len(p) != 1 for p in parts):
+            raise ValueError(f"blend needs weights [frames, {len(parts)}] and encodings of one image each")
+        cols = list(zip(*(p._fields() for p in parts)))
+
+        def mix(ts):
+            if ts[0] is None:
+                return None
+            stack = torch.cat(ts)  # [n, ...]
+            w = weights.to(stack)
+            return torch.einsum("fn,n...->f...", w, stack)
+
+        return SFEEncoding(*(mix(c) for c in cols))
+
+    @staticmethod
+    def cat(parts: list[SFEEncoding]) -> SFEEncoding:
+        """One encoding of several (all edited or none)."""
+        if len({p.edited for p in parts}) > 1:
+            raise ValueError("cannot concatenate edited and unedited SFE encodings")
+        cols = list(zip(*(p._fields() for p in parts)))
+        return SFEEncoding(*(None if c[0] is None else torch.cat(c) for c in cols))
+
+
+class SFE(nn.Module):
+    """``inverter`` + ``encoder`` (feature editor) + ``e4e_encoder`` + ``decoder`` + ``latent_avg [D]``.
+
+    ``encode(x)`` -> :class:`SFEEncoding`; ``decode(enc)`` -> images; ``edit(enc, fn)`` ->
+    the edited encoding (``fn`` maps a W+ batch to its edited W+ batch)."""
+
+    random_weights: bool = False
+    family = "sfe"
+
+    def __init__(self, config: SFEConfig | None = None, latent_avg: torch.Tensor | None = None):
+        super().__init__()
+        self.config = cfg = config if config is not None else SFEConfig()
+        self.inverter = Inverter(cfg)
+        self.encoder = ContentLayerDeepFast(cfg.fuser_blocks, cfg.feature_channels) if cfg.editor else None
+        self.e4e_encoder = Encoder4Editing(cfg.e4e) if cfg.editor else None
+        self.decoder = Generator(cfg.generator)
+        d = cfg.generator.style_dim
+        avg = torch.zeros(d) if latent_avg is None else torch.as_tensor(latent_avg, dtype=torch.float32).reshape(-1)
+        if avg.shape != (d,):
+            raise ValueError(f"latent_avg must have {d} values, got shape {tuple(latent_avg.shape)}")
+        self.register_buffer("latent_avg", avg.clone())
+
+    n_styles = property(lambda self: self.config.n_styles)
+    output_size = property(lambda self: self.config.generator.size)
+    input_size = property(lambda self: self.config.input_size)
+    input_nc = 3
+
+    def sync_decoder_latent_avg(self) -> None:
+        self.decoder.latent_avg = self.latent_avg[None].clone()
+
+    # ----------------------------------------------------------------- steps
+
+    def resize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, 3, input_size, input_size]`` (bilinear, no antialiasing)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"SFE expects images [B, 3, H, W] in [-1, 1], got {tuple(x.shape)}")
+        s = self.config.input_size
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+
+    def generator_feature(self, w_plus: torch.Tensor) -> torch.Tensor:
+        """The generator's own feature ``feature_index`` of W+ (stored noise, early stop)."""
+        k = self.config.feature_index
+        _, feats = self.decoder.feature_list(w_plus, early_stop=feature_resolution(k))
+        return feats[k]
+
+    def render(self, w_plus: torch.Tensor, feature: torch.Tensor, feature_scale: float = INFERENCE_FEATURE_SCALE) -> torch.Tensor:
+        """Images of W+ with generator feature ``feature_index`` replaced by ``feature``."""
+        new = [None] * (self.decoder.num_layers + 1)
+        new[self.config.feature_index] = feature
+        image, _ = self.decoder([w_plus], input_is_latent=True, randomize_noise=False,
+                                new_features=new, feature_scale=feature_scale)
+        return image
+
+    def _check(self, enc: SFEEncoding) -> None:
+        c, r = self.config.feature_channels, feature_resolution(self.config.feature_index)
+        b, n, d = len(enc), self.n_styles, self.config.generator.style_dim
+        ok = (
+            tuple(enc.w_recon.shape) == (b, n, d)
+            and (enc.w_e4e is None if not self.config.editor else tuple(enc.w_e4e.shape) == (b, n, d))
+            and tuple(enc.fused_feat.shape) == (b, c, r, r)
+            and (enc.edited_feat is None or tuple(enc.edited_feat.shape) == (b, c, r, r))
+            and (enc.edited_feat is None) == (enc.w_edit is None)
+            and (enc.w_edit is None or tuple(enc.w_edit.shape) == (b, n, d))
+        )
+        if not ok:
+            raise ValueError(
+                f"SFE encoding does not fit this model: expected w_recon/w_e4e [B, {n}, {d}] (no w_e4e for an "
+                f"inverter-only model) and features [B, {c}, {r}, {r}]; got {tuple(enc.w_recon.shape)}, "
+                f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, {tuple(enc.fused_feat.shape)}"
+            )
+
+    # ----------------------------------------------------------------- public API
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> SFEEncoding:
+        """Images ``[B, 3, H, W]`` in [-1, 1] (aligned faces; 1024 px for the published models)
+        -> :class:`SFEEncoding` (inversion of the original's inference runner)."""
+        x = self.resize_input(x)
+        w_raw, predicted = self.inverter.fs_backbone(x)
+        w_recon = w_raw + self.latent_avg
+        fused = self.inverter.fuser(torch.cat([predicted, self.generator_feature(w_recon)], 1))
+        w_e4e = None if self.e4e_encoder is None else self.e4e_encoder(x) + self.latent_avg
+        return SFEEncoding(w_recon=w_recon, w_e4e=w_e4e, fused_feat=fused)
+
+    @torch.no_grad()
+    def edited_feature(self, fused: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """The feature editor on ``cat[fused, delta]`` (zero delta: the inversion); an
+        inverter-only model renders ``fused`` itself."""
+        if self.encoder is None:
+            if delta is not None:
+                raise ValueError("this SFE model is an inverter only (no feature editor): it cannot edit")
+            return fused
+        return self.encoder(torch.cat([fused, torch.zeros_like(fused) if delta is None else delta], 1))
+
+    @torch.no_grad()
+    def decode(self, enc: SFEEncoding | torch.Tensor) -> torch.Tensor:
+        """:class:`SFEEncoding` -> images ``[B, 3, size, size]``. A plain W+ tensor renders
+        without a feature (the generator alone)."""
+        if isinstance(enc, torch.Tensor):
+            return self.decoder.synthesize(enc)
+        self._check(enc)
+        feat = enc.edited_feat if enc.edited else self.edited_feature(enc.fused_feat)
+        return self.render(enc.latents, feat)
+
+    @torch.no_grad()
+    def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
+        """The original's editing: ``fn`` (W+ batch -> edited W+ batch) moves both the
+        inverter's and the e4e latents; the feature delta is the generator feature of the e4e
+        latent minus that of its edit; the editor turns ``cat[fused, delta]`` into the new
+        feature. Returns the encoding with ``w_edit = fn(w_recon)`` and ``edited_feat`` set;
+        an edit of an edited encoding starts again from its inversion (edits do not compound)."""
+        self._check(enc)
+        if not self.config.editor:
+            raise ValueError(
+                "this SFE model is an inverter only (phase 1, e.g. sfe_inverter_light.pt): it has no feature editor "
+                "and cannot edit; load the editor checkpoint (sfe_editor_light.pt)"
+            )
+        w_edit = fn(enc.w_recon)
+        e4e_edit = fn(enc.w_e4e)
+        for name, t in (("w_recon", w_edit), ("w_e4e", e4e_edit)):
+            if not isinstance(t, torch.Tensor) or t.shape != enc.w_recon.shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"the edit function must map W+ {tuple(enc.w_recon.shape)} to the same shape; for {name} it gave {got}")
+        delta = self.generator_feature(enc.w_e4e) - self.generator_feature(e4e_edit)
+        return SFEEncoding(w_recon=enc.w_recon, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat, w_edit=w_edit,
+                           edited_feat=self.edited_feature(enc.fused_feat, delta))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inversion: images -> reconstructions ``[B, 3, size, size]``."""
+        return self.decode(self.encode(x))
+
+    # ----------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """One self-contained folder: SFE (inverter + feature editor), e4e encoder, generator
+        and ``latent_avg`` in ``model.safetensors`` beside ``config.json``."""
+        return write_pretrained(directory, "sfe", self.config.to_dict(), self.state_dict(), extra, self.random_weights)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> SFE:
+        doc, tensors = read_pretrained(directory, "sfe")
+        model = adopt_state(cls, lambda: SFEConfig.from_dict(doc["config"]), tensors, Path(directory))
+        model.sync_decoder_latent_avg()
+        model.metadata = doc.get("metadata", {})
+        model.random_weights = doc.get("random_weights") is True
+        return model.to(resolve_device(device)).eval()
+
+
+# --------------------------------------------------------------------------- encoding files
+
+ENCODING_KIND = "instyle-sfe-encoding"
+ENCODING_VERSION = 1
+
+
+def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "float32") -> Path:
+    """Write an encoding as ``.npz`` (atomically, compressed): ``w_recon``, ``w_e4e`` (and
+    ``w_edit``) float32, ``fused_feat`` (and ``edited_feat``) in ``feature_dtype`` (``float32``
+    default, exact; ``float16`` halves the file but moves the image by more than 1e-4),
+    ``kind`` / ``version`` markers."""
+    if feature_dtype not in ("float32", "float16"):
+        raise ValueError(f"feature_dtype={feature_dtype!r}; accepted: 'float32', 'float16'")
+    arrays = {
+        "kind": np.array(ENCODING_KIND), "version": np.array(ENCODING_VERSION),
+        "w_recon": enc.w_recon.detach().cpu().float().numpy(),
+        "fused_feat": enc.fused_feat.detach().cpu().numpy().astype(feature_dtype),
+    }
+    if enc.w_e4e is not None:
+        arrays["w_e4e"] = enc.w_e4e.detach().cpu().float().numpy()
+    if enc.edited:
+        arrays["w_edit"] = enc.w_edit.detach().cpu().float().numpy()
+        arrays["edited_feat"] = enc.edited_feat.detach().cpu().numpy().astype(feature_dtype)
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+#: Bounds on an encoding file (a crafted file must not make us allocate gigabytes).
+MAX_ENCODING_ELEMENTS = 1 << 28
+
+
+def load_encoding(path: str | Path) -> SFEEncoding:
+    """Read a file written by :func:`save_encoding` (float32 tensors)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "kind" not in data.files or str(data["kind"]) != ENCODING_KIND:
+                raise CheckpointError(f"{path}: not an SFE encoding file (no kind={ENCODING_KIND!r})")
+            if int(data["version"]) > ENCODING_VERSION:
+                raise CheckpointError(f"{path}: SFE encoding version {int(data['version'])} is newer than {ENCODING_VERSION}; upgrade instyle")
+            out = {}
+            for k in ("w_recon", "w_e4e", "fused_feat", "w_edit", "edited_feat"):
+                if k not in data.files:
+                    if k in ("w_e4e", "w_edit", "edited_feat"):
+                        continue
+                    raise CheckpointError(f"{path}: SFE encoding lacks {k!r}")
+                a = data[k]
+                if a.size > MAX_ENCODING_ELEMENTS or a.dtype not in (np.float32, np.float16):
+                    raise CheckpointError(f"{path}: {k} is {a.dtype} with {a.size} values; expected float32/float16, at most {MAX_ENCODING_ELEMENTS}")
+                out[k] = torch.from_numpy(a.astype(np.float32)).clone()  # own, aligned storage
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
+    enc = SFEEncoding(out["w_recon"], out.get("w_e4e"), out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
+    e4e_ok = enc.w_e4e is None or enc.w_e4e.shape == enc.w_recon.shape
+    w_ok = enc.w_edit is None or enc.w_edit.shape == enc.w_recon.shape
+    f_ok = enc.edited_feat is None or enc.edited_feat.shape == enc.fused_feat.shape
+    if not (enc.w_recon.ndim == 3 and e4e_ok and enc.fused_feat.ndim == 4
+            and enc.fused_feat.shape[0] == enc.w_recon.shape[0] and w_ok and f_ok
+            and (enc.w_edit is None) == (enc.edited_feat is None)):
+        raise CheckpointError(
+            f"{path}: inconsistent SFE encoding shapes w_recon {tuple(enc.w_recon.shape)}, w_e4e "
+            f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
+        )
+    return enc
