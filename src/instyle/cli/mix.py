@@ -136,7 +136,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     Returns:
         ``(sources in input order, number of failures)``.
     """
-    from instyle.inference.latents import load_latent, load_weights_deltas
+    from instyle.inference.latents import read_latent_file
     from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
 
@@ -150,13 +150,14 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     for path, name in zip((f.path for f in files), names):
         try:
             if path.suffix.lower() in (".npy", ".npz"):
-                w, _, _ = load_latent(path)
+                latent = read_latent_file(path)
+                w = latent.w_plus
                 if tuple(w.shape[1:]) != shape:
                     raise InputError(
                         f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
                         f"codes (a file may hold [B, {shape[0]}, {shape[1]}])"
                     )
-                offsets = load_weights_deltas(path)
+                offsets = latent.deltas
                 if offsets is not None and not uses_offsets(model):
                     raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
                 if offsets is not None:
@@ -164,7 +165,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):
-                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, offsets))
+                    own = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[k : k + 1] for d in offsets]
+                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
