@@ -9,7 +9,19 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.common import (
+    MAX_BATCH,
+    MAX_INPUTS,
+    MAX_ITERATIONS,
+    MAX_RESIZE_FACTOR,
+    add_count,
+    add_device_arg,
+    add_precision_args,
+    apply_precision_args,
+    bounded_int,
+    count_help,
+    error,
+)
 from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
@@ -51,10 +63,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     p.add_argument(
-        "--iterations", type=int, default=None, metavar="N",
-        help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step",
+        "--iterations", type=bounded_int(1, MAX_ITERATIONS), default=None, metavar="N",
+        help=count_help("ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step",
+                        1, MAX_ITERATIONS),
     )
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
@@ -73,11 +86,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
-    p.add_argument("--limit", type=int, metavar="N", help="encode only the first N inputs in path order (the original's --n_images)")
+    add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
+              help="encode only the first N inputs in path order (the original's --n_images)")
     p.add_argument(
-        "--resize-factor", type=int, metavar="N",
-        help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
-        "--resize_factors); with --side-by-side each row is source | down-sampled | output",
+        "--resize-factor", type=bounded_int(1, MAX_RESIZE_FACTOR), metavar="N",
+        help=count_help("super-resolution models: down-sample each full-resolution photo by N first (the original's "
+                        "--resize_factors); with --side-by-side each row is source | down-sampled | output", 1, MAX_RESIZE_FACTOR),
     )
     add_refine_args(p)
     p.set_defaults(func=run)

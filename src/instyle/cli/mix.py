@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.common import MAX_BATCH, add_count, add_device_arg, add_precision_args, apply_precision_args, error
 from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
@@ -37,6 +37,9 @@ Writes <out>/<name>.png (input | outputs), outputs/<name>_<k>.<fmt>, grid.png an
 (exit code 1 at the end).
 """
 
+#: Most outputs per input (each one a full image).
+MAX_OUTPUTS = 256
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs or latent files (.npy/.npz)")
     add_model_args(p)
-    p.add_argument("--n-outputs", "-n", type=int, default=5, help="outputs per input (default: 5)")
+    add_count(p, "--n-outputs", "-n", minimum=1, maximum=MAX_OUTPUTS, default=5, help="outputs per input (default: 5)")
     p.add_argument(
         "--latent-mask",
         default=None,
@@ -64,7 +67,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the latent-space commands."""
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
