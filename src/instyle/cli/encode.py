@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
         apply_precision_args(model, args)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         error(str(e))
         return 2
     family = getattr(model, "family", "hyperstyle")

@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 
 from instyle.errors import InputError
-from instyle.inference.numpy_files import open_regular_file, read_numpy_file
+from instyle.inference.numpy_files import read_numpy_file
+from instyle.utils.files import describe_file, open_regular_file
 
 __all__ = [
     "load_direction",
@@ -327,18 +328,6 @@ def _edit_from_npz(path: Path) -> Edit:
     return DirectionSet(dirs, layers, str(path), kind)
 
 
-def _describe(path: Path) -> str:
-    """``"16 bytes of text ('this is not it')"`` or ``"2048 bytes of binary data"``."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(64)
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{size} bytes of binary data"
-    return f"{size} bytes of text ({text.strip()[:40]!r})" if text.isprintable() or text.strip().isprintable() else f"{size} bytes of data"
-
-
 def _is_npz(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -381,7 +370,7 @@ def load_edit(path: str | os.PathLike, n_styles: int | None = None, style_dim: i
     elif head[:2] == b"PK" or head[:1] == b"\x80":  # a zip-format or legacy (pickle) PyTorch file
         edit = _edit_from_torch(safe_torch_load(path, "edit file"), path)
     else:
-        raise InputError(f"{path}: not an edit file: {_describe(path)}; expected a .npy/.npz direction, a SeFa .npz "
+        raise InputError(f"{path}: not an edit file: {describe_file(path)}; expected a .npy/.npz direction, a SeFa .npz "
                          "or a PyTorch .pt (InterFaceGAN direction, GANSpace PCA)")
     if n_styles is not None and style_dim is not None:
         edit.check_fits(n_styles, style_dim)

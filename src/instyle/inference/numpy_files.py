@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -23,8 +22,9 @@ import numpy as np
 
 from instyle.errors import CheckpointError, InputError
 from instyle.interop.bounds import check_zip_members
+from instyle.utils.files import open_regular_file
 
-__all__ = ["MAX_MEMBERS", "NUMERIC", "TEXT", "read_npy", "read_npz", "read_numpy_file", "open_regular_file"]
+__all__ = ["MAX_MEMBERS", "NUMERIC", "TEXT", "read_npy", "read_npz", "read_numpy_file"]
 
 #: Most members a ``.npz`` may have (instyle's own hold a few dozen).
 MAX_MEMBERS = 4096
@@ -38,21 +38,6 @@ TEXT = "U"
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-def open_regular_file(path: Path, what: str) -> BinaryIO:
-    """Open ``path`` for reading, refusing FIFOs, devices and folders *before* opening them
-    (opening a FIFO blocks; reading ``/dev/zero`` never ends)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: not a regular file (a folder, device or pipe), not a {what}")
-    try:
-        return open(path, "rb")
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
 def read_npy(f: BinaryIO, available: int, source: str, kinds: str = NUMERIC) -> np.ndarray:
