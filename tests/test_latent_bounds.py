@@ -240,3 +240,11 @@ def test_special_files_as_latents_are_refused_without_reading(tmp_path):
         os.mkfifo(tmp_path / "fifo.npz")
         with pytest.raises(InputError, match=r"fifo\.npz.*not a regular file"):
             load_latent(tmp_path / "fifo.npz")
+
+
+def test_negative_shape_in_header_is_refused(tmp_path):
+    """Found by the fuzz test: a header shape ``(-1, 5)`` reached ``bytearray(-20)``."""
+    p = tmp_path / "neg.npy"
+    p.write_bytes(_forged_npy((-1, 5)))
+    with pytest.raises(InputError, match=r"neg\.npy.*negative"):
+        load_latent(p)

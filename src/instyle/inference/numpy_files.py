@@ -53,13 +53,15 @@ def read_npy(f: BinaryIO, available: int, source: str, kinds: str = NUMERIC) -> 
         else:
             raise ValueError(f"unknown .npy version {version}")
     except Exception as e:  # fail closed: a header we cannot parse is not read further
-        raise InputError(f"{source}: not a .npy array ({type(e).__name__}: {str(e)[:200]})") from None
+        raise InputError(f"{source}: not a .npy array ({type(e).__name__}: {_brief(e)})") from None
     if dtype.hasobject:
         raise InputError(f"{source}: holds pickled Python objects (object dtype), which are never loaded")
     if dtype.names is not None or dtype.subdtype is not None or dtype.kind not in kinds:
         raise InputError(f"{source}: dtype {dtype} is not accepted here (expected {_kinds_words(kinds)})")
     if len(shape) > MAX_NDIM:
         raise InputError(f"{source}: {len(shape)} dimensions, at most {MAX_NDIM} accepted")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InputError(f"{source}: shape {tuple(shape)} has negative or non-integer sizes")
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > available:
         raise InputError(
@@ -82,7 +84,7 @@ def read_npz(path: Path, f: BinaryIO, file_bytes: int, text: tuple[str, ...] = (
     try:
         zf = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-        raise InputError(f"{path}: not a readable .npz archive ({e})") from None
+        raise InputError(f"{path}: not a readable .npz archive ({_brief(e)})") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > MAX_MEMBERS:
@@ -101,11 +103,11 @@ def read_npz(path: Path, f: BinaryIO, file_bytes: int, text: tuple[str, ...] = (
                 with zf.open(info) as m:
                     out[key] = read_npy(m, info.file_size, source, NUMERIC + (TEXT if key in text else ""))
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
-                raise InputError(f"{source}: corrupt archive data ({e})") from None
+                raise InputError(f"{source}: corrupt archive data ({_brief(e)})") from None
             except Exception as e:
                 if isinstance(e, InputError):
                     raise
-                raise InputError(f"{source}: corrupt archive data ({type(e).__name__}: {str(e)[:200]})") from None
+                raise InputError(f"{source}: corrupt archive data ({type(e).__name__}: {_brief(e)})") from None
         return out
 
 
@@ -142,3 +144,8 @@ def _header_end(f: BinaryIO, path: Path) -> int:
 def _kinds_words(kinds: str) -> str:
     words = {"b": "bool", "i": "integers", "u": "unsigned integers", "f": "floats", "U": "text"}
     return ", ".join(words[k] for k in kinds)
+
+
+def _brief(e: BaseException) -> str:
+    """An exception's message on one printable ASCII line (it may quote bytes of the file)."""
+    return " ".join(str(e).encode("ascii", "backslashreplace").decode().split())[:200]
