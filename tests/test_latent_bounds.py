@@ -248,3 +248,20 @@ def test_negative_shape_in_header_is_refused(tmp_path):
     p.write_bytes(_forged_npy((-1, 5)))
     with pytest.raises(InputError, match=r"neg\.npy.*negative"):
         load_latent(p)
+
+
+@pytest.mark.slow
+def test_file_of_several_codes_gives_each_code_its_own_offsets(tmp_path, capsys):
+    """A HyperStyle ``.npz`` of B codes with B offsets: code k renders with offsets k (each
+    source used to get the whole batch of offsets)."""
+    from tests.test_hyperstyle import tiny_model
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "hs")
+    deltas = [None] * 17
+    deltas[0] = torch.randn(2, 16, 16, 3, 3) * 0.1
+    save_latent(tmp_path / "two.npz", torch.randn(2, 12, 32) * 0.3, weights_deltas=deltas)
+    rc = main(["mix", str(tmp_path / "two.npz"), "-c", str(tmp_path / "hs"), "-n", "3", "--out", str(tmp_path / "m"),
+               "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "m" / "outputs" / "two" / "1_2.png").is_file()
