@@ -54,3 +54,25 @@ def test_help_documents_the_maximum(command, option):
     text = " ".join(sub.format_help().split())
     i = text.rindex(option + " ")  # the option's own entry, after the usage line
     assert "accepted: " in text[i : i + 300], text[i : i + 300]
+
+
+@pytest.mark.parametrize(
+    "family, field",
+    [("psp", "batch_size"), ("psp", "test_batch_size"), ("psp", "workers"), ("psp", "test_workers"),
+     ("psp", "image_size"), ("psp", "output_size"), ("psp", "max_steps"), ("psp", "input_nc"), ("psp", "val_max_batches"),
+     ("psp", "image_interval"), ("restyle", "n_iters_per_batch"), ("e4e", "w_pool_size"), ("e4e", "d_reg_every")],
+)
+def test_training_counts_are_bounded(family, field):
+    """``train --set KEY=VALUE`` and a run's config.json: a count of 2**40 is refused, naming the key."""
+    import dataclasses
+
+    from instyle.training.config import TrainConfig
+    from instyle.utils.config import ConfigError
+
+    base = TrainConfig()
+    if family == "restyle":
+        base = dataclasses.replace(base, family="restyle", encoder_type="BackboneEncoder", start_from_latent_avg=True)
+    elif family == "e4e":
+        base = dataclasses.replace(base, family="e4e", encoder_type="Encoder4Editing")
+    with pytest.raises(ConfigError, match=rf"{field}=1099511627776 must be an integer in \[\d+, \d+\]"):
+        dataclasses.replace(base, **{field: 2**40})
