@@ -232,3 +232,10 @@ def test_truncated_training_state_says_corrupt(tmp_path, capsys):
     assert rc == 2
     assert "nothing to resume" not in err and "training_state.pt" in err and "corrupt" in err, err
     assert "no complete checkpoint" in err, err
+
+
+def test_odd_paths_are_problems_not_exceptions():
+    from instyle.inference.io import collect_input_files
+
+    files, problems = collect_input_files(["a\x00b", "x" * 5000])
+    assert not files and "not a valid path" in problems[0] and "cannot read" in problems[1]

@@ -127,6 +127,9 @@ def collect_input_files(
         except OSError as e:  # e.g. inside a folder that cannot be searched
             problems.append(f"{p}: cannot read ({e.strerror or e})")
             continue
+        except ValueError as e:  # e.g. an embedded NUL character
+            problems.append(f"{s!r}: not a valid path ({e})")
+            continue
         if p.is_dir():
             before = len(problems)
             inner = [e for e in skip if p.resolve() in e.parents]  # only folders strictly inside this input
