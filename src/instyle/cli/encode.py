@@ -18,8 +18,6 @@ from instyle.cli.common import (
     add_device_arg,
     add_precision_args,
     apply_precision_args,
-    bounded_int,
-    count_help,
     error,
 )
 from instyle.cli.refining import add_refine_args, run_refine
@@ -64,11 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
-    p.add_argument(
-        "--iterations", type=bounded_int(1, MAX_ITERATIONS), default=None, metavar="N",
-        help=count_help("ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step",
-                        1, MAX_ITERATIONS),
-    )
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+              help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step")
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_precision_args(p)
@@ -88,11 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
               help="encode only the first N inputs in path order (the original's --n_images)")
-    p.add_argument(
-        "--resize-factor", type=bounded_int(1, MAX_RESIZE_FACTOR), metavar="N",
-        help=count_help("super-resolution models: down-sample each full-resolution photo by N first (the original's "
-                        "--resize_factors); with --side-by-side each row is source | down-sampled | output", 1, MAX_RESIZE_FACTOR),
-    )
+    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+              help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
+              "--resize_factors); with --side-by-side each row is source | down-sampled | output")
     add_refine_args(p)
     p.set_defaults(func=run)
 

@@ -14,7 +14,6 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
-    bounded_int,
     error,
 )
 from instyle.errors import InstyleError
@@ -79,11 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
     add_count(p, "--max-images", minimum=1, maximum=MAX_INPUTS, help="evaluate at most this many images")
-    p.add_argument(
-        "--resize-factor", type=bounded_int(1, MAX_RESIZE_FACTOR), metavar="N",
-        help="super-resolution models: make each input by down-sampling its target xN (the original's "
-        "--resize_factors; default: the largest training factor, named in the report)",
-    )
+    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+              help="super-resolution models: make each input by down-sampling its target xN (the original's "
+              "--resize_factors; default: the largest training factor, named in the report)")
     add_count(p, "--warmup", minimum=0, maximum=100, default=1, help="untimed warm-up passes (default: 1)")
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")

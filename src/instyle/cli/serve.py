@@ -11,8 +11,6 @@ from instyle.cli.common import (
     add_device_arg,
     add_precision_args,
     apply_precision_args,
-    bounded_int,
-    count_help,
     error,
 )
 from instyle.utils.image_file import MAX_PIXELS
@@ -46,16 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
-    p.add_argument(
-        "--max-pixels", type=bounded_int(1, MAX_PIXELS), default=25_000_000,
-        help=count_help("largest accepted image in pixels (default: 25000000)", 1, MAX_PIXELS),
-    )
+    add_count(p, "--max-pixels", minimum=1, maximum=MAX_PIXELS, default=25_000_000,
+              help="largest accepted image in pixels (default: 25000000)")
     add_count(p, "--concurrency", minimum=1, maximum=MAX_WORKERS, default=1, help="model runs at the same time (default: 1)")
     add_count(p, "--queue-size", minimum=1, maximum=10_000, default=64, help="requests allowed to wait (default: 64)")
-    p.add_argument(
-        "--iterations", type=bounded_int(1, MAX_ITERATIONS), default=None, metavar="N",
-        help=count_help("ReStyle refinement steps (default: 5, the original's)", 1, MAX_ITERATIONS),
-    )
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+              help="ReStyle refinement steps (default: 5, the original's)")
     p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
                    help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")
     p.set_defaults(func=run)

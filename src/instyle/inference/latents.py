@@ -28,6 +28,7 @@ from instyle.errors import InputError
 from instyle.inference.numpy_files import read_numpy_file
 from instyle.models.hyperstyle import compact_deltas
 from instyle.utils.atomic import atomic_path
+from instyle.utils.files import MAX_JSON_DEPTH, json_depth
 
 __all__ = ["LatentFile", "save_latent", "load_latent", "load_weights_deltas", "read_latent_file"]
 
@@ -139,10 +140,10 @@ def _meta(arr: np.ndarray, path: Path) -> dict:
     text = str(arr[()])
     if len(text) > MAX_META_CHARS:
         raise InputError(f"{path}: member 'meta' is {len(text)} characters, at most {MAX_META_CHARS} accepted")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise InputError(f"{path}: member 'meta' is JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         meta = json.loads(text)
-    except RecursionError:
-        raise InputError(f"{path}: member 'meta' is JSON nested too deeply") from None
     except ValueError as e:
         raise InputError(f"{path}: member 'meta' is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
