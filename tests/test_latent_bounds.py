@@ -250,7 +250,6 @@ def test_negative_shape_in_header_is_refused(tmp_path):
         load_latent(p)
 
 
-@pytest.mark.slow
 def test_file_of_several_codes_gives_each_code_its_own_offsets(tmp_path, capsys):
     """A HyperStyle ``.npz`` of B codes with B offsets: code k renders with offsets k (each
     source used to get the whole batch of offsets)."""
