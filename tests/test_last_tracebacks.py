@@ -131,6 +131,26 @@ def test_unreadable_weights_are_not_called_missing(psp_dir, tmp_path):
     assert "missing" not in str(e.value)
 
 
+def test_unreadable_weights_simulated(psp_dir, tmp_path, monkeypatch):
+    """The same as above where the tests run as root: opening the file fails with EACCES."""
+    import builtins
+    import shutil
+
+    import instyle.utils.files as files
+
+    d = tmp_path / "m"
+    shutil.copytree(psp_dir, d)
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("model.safetensors"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", refuse, raising=False)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read the weights file \(Permission denied\)"):
+        instyle.load(d)
+
+
 def test_w_encoder_dev_zero_is_not_called_empty(tmp_path, capsys):
     path, _ = write_official(tiny_model(), tmp_path / "hs.pt", tmp_path / "w.pt")
     rc, err = _cli(capsys, "encode", _photo(tmp_path / "a.png"), "-c", path, "--w-encoder", "/dev/zero",
