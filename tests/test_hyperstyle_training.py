@@ -68,7 +68,7 @@ def hs_config(toy, **overrides) -> TrainConfig:
         ({"image_size": 32}, r"needs image_size >= 64.*got 32"),
         ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34"),
         ({"layers_to_tune": "0,x"}, r"layers_to_tune='0,x' must be comma-separated"),
-        ({"n_iters_per_batch": 0}, r"n_iters_per_batch=0 must be a positive integer"),
+        ({"n_iters_per_batch": 0}, r"n_iters_per_batch=0 must be an integer in \[1, 100\]"),
     ],
 )
 def test_hyperstyle_train_config_validation(toy, changes, match):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from instyle.cli.common import error
+from instyle.cli.common import MAX_SIDE, MAX_WORKERS, add_count, error
 
 DESCRIPTION = """\
 Detect faces with dlib, fit the 68 landmarks and crop each face the way FFHQ was made
@@ -37,14 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=1024, help="side of the aligned crops in pixels (default: 1024; pSp uses 256)")
+    add_count(p, "--size", minimum=16, maximum=MAX_SIDE, default=1024, help="side of the aligned crops in pixels (default: 1024; pSp uses 256)")
     p.add_argument("--all-faces", action="store_true", help="write every face found, not only the largest")
     p.add_argument("--detector", choices=["auto", "hog", "cnn"], default="auto", help="face detector (default: auto)")
-    p.add_argument("--upsample", type=int, default=1, help="detector upsampling; raise for tiny faces (default: 1)")
+    add_count(p, "--upsample", minimum=0, maximum=4, default=1, help="detector upsampling; raise for tiny faces (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
-    p.add_argument(
-        "--workers", type=int, default=1, help="photos aligned at once in threads, like the original's --num_threads (default: 1)"
-    )
+    add_count(p, "--workers", minimum=1, maximum=MAX_WORKERS, default=1,
+              help="photos aligned at once in threads, like the original's --num_threads (default: 1)")
     p.set_defaults(func=run)
 
 

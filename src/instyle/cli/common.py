@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from instyle.utils.device import DEVICE_CHOICES
 
@@ -46,3 +47,46 @@ def apply_precision_args(model, args: argparse.Namespace) -> None:
     choice = set_runtime(model, precision, compile)
     if precision != "fp32" or compile:
         print(f"instyle: {choice.describe()}" + (", torch.compile" if compile else ""), file=sys.stderr)
+
+
+def bounded_int(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a count a user types: an integer in ``minimum..maximum``,
+    refused at parse time (one line naming the option and the accepted range).
+
+    Use with :func:`count_help` so ``--help`` states the same range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer in {minimum}..{maximum}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def count_help(text: str, minimum: int, maximum: int) -> str:
+    """``text`` with the accepted range of a :func:`bounded_int` option appended."""
+    return f"{text} (accepted: {minimum} to {maximum})"
+
+
+def add_count(p, *flags: str, minimum: int, maximum: int, help: str, **kwargs) -> None:
+    """``p.add_argument(*flags, type=bounded_int(minimum, maximum), ...)`` with the range in its help."""
+    p.add_argument(*flags, type=bounded_int(minimum, maximum), help=count_help(help, minimum, maximum), **kwargs)
+
+
+#: Most images per forward pass.
+MAX_BATCH = 1024
+#: Most ReStyle / HyperStyle iterations per image (the originals use 5).
+MAX_ITERATIONS = 100
+#: Most inputs a ``--limit`` / ``--max-images`` may name.
+MAX_INPUTS = 10_000_000
+#: Largest super-resolution down-sampling factor (the tasks train 1 to 32).
+MAX_RESIZE_FACTOR = 64
+#: Largest side of a written image in pixels (align, prepare).
+MAX_SIDE = 4096
+#: Most worker threads or concurrent model runs.
+MAX_WORKERS = 64

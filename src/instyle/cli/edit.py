@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instyle.cli.common import error
+from instyle.cli.common import add_count, error
 from instyle.cli.mix import add_model_args, decode, load_model, load_sources, plan_sources, preview
 
 DESCRIPTION = """\
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     loc.add_argument("--region-from", help="image whose --box / --mask region is copied into the input")
     loc.add_argument("--box", help="region L,T,R,B in pixels of the input (right/bottom exclusive)")
     loc.add_argument("--mask", help="region as a mask image (non-zero = region), resized to the input")
-    loc.add_argument("--set-label", type=int, help="paint the --box / --mask region with this class id")
+    add_count(loc, "--set-label", minimum=0, maximum=255, help="paint the --box / --mask region with this class id")
     loc.set_defaults(func=run_local)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.common import (
+    MAX_BATCH,
+    MAX_INPUTS,
+    MAX_ITERATIONS,
+    MAX_RESIZE_FACTOR,
+    add_count,
+    add_device_arg,
+    add_precision_args,
+    apply_precision_args,
+    error,
+)
 from instyle.cli.mix import add_sfe_args, sfe_files
 from instyle.cli.refining import add_refine_args, run_refine
 
@@ -52,11 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
-    p.add_argument(
-        "--iterations", type=int, default=None, metavar="N",
-        help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step",
-    )
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+              help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step")
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_sfe_args(p)
@@ -75,12 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
-    p.add_argument("--limit", type=int, metavar="N", help="encode only the first N inputs in path order (the original's --n_images)")
-    p.add_argument(
-        "--resize-factor", type=int, metavar="N",
-        help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
-        "--resize_factors); with --side-by-side each row is source | down-sampled | output",
-    )
+    add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
+              help="encode only the first N inputs in path order (the original's --n_images)")
+    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+              help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
+              "--resize_factors); with --side-by-side each row is source | down-sampled | output")
     add_refine_args(p)
     p.set_defaults(func=run)
 
@@ -117,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         error(str(e))
         return 2
     family = getattr(model, "family", "hyperstyle")

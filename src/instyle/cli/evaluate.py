@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from instyle.cli.common import add_device_arg, add_precision_args, error
+from instyle.cli.common import (
+    MAX_BATCH,
+    MAX_INPUTS,
+    MAX_RESIZE_FACTOR,
+    add_count,
+    add_device_arg,
+    add_precision_args,
+    error,
+)
 from instyle.cli.mix import add_sfe_args
 from instyle.errors import InstyleError
 
@@ -61,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
     p.add_argument("--out", "-o", help="report folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
@@ -71,13 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
-    p.add_argument("--max-images", type=int, help="evaluate at most this many images")
-    p.add_argument(
-        "--resize-factor", type=int, metavar="N",
-        help="super-resolution models: make each input by down-sampling its target xN (the original's "
-        "--resize_factors; default: the largest training factor, named in the report)",
-    )
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
+    add_count(p, "--max-images", minimum=1, maximum=MAX_INPUTS, help="evaluate at most this many images")
+    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+              help="super-resolution models: make each input by down-sampling its target xN (the original's "
+              "--resize_factors; default: the largest training factor, named in the report)")
+    add_count(p, "--warmup", minimum=0, maximum=100, default=1, help="untimed warm-up passes (default: 1)")
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
     p.add_argument(

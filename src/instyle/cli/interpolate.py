@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instyle.cli.common import error
+from instyle.cli.common import add_count, error
 from instyle.cli.mix import add_model_args, decode, load_model, load_sources
 
 DESCRIPTION = """\
@@ -15,6 +15,9 @@ are images or latent files (.npy/.npz). Writes frames/frame_NNNN.<fmt>, grid.png
 at most --grid-frames frames) and an animation (GIF by default; MP4 needs imageio-ffmpeg).
 An unreadable input is reported and skipped (exit code 1) as long as two inputs remain.
 """
+
+#: Most frames per segment (each one a full image).
+MAX_STEPS = 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="two or more images or latent files (a file of several codes counts as several), in path order")
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=8, help="frames per segment, endpoints included (default: 8)")
+    add_count(p, "--steps", minimum=2, maximum=MAX_STEPS, default=8, help="frames per segment, endpoints included (default: 8)")
     p.add_argument("--animation", default="gif", choices=["gif", "webp", "mp4", "none"], help="animation format (default: gif)")
     p.add_argument("--fps", type=float, default=10.0, help="animation frames per second (default: 10)")
     p.add_argument("--boomerang", action="store_true", help="animation plays forward then backward")
-    p.add_argument("--grid-frames", type=int, default=12, help="most frames shown in grid.png (default: 12)")
+    add_count(p, "--grid-frames", minimum=2, maximum=256, default=12, help="most frames shown in grid.png (default: 12)")
     p.add_argument("--save-latents", action="store_true", help="also write latents.npy [frames, n_styles, 512]")
     p.set_defaults(func=run)
 

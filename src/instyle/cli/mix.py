@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.common import MAX_BATCH, add_count, add_device_arg, add_precision_args, apply_precision_args, error
 from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
@@ -37,6 +37,9 @@ Writes <out>/<name>.png (input | outputs), outputs/<name>_<k>.<fmt>, grid.png an
 (exit code 1 at the end).
 """
 
+#: Most outputs per input (each one a full image).
+MAX_OUTPUTS = 256
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs or latent files (.npy/.npz)")
     add_model_args(p)
-    p.add_argument("--n-outputs", "-n", type=int, default=5, help="outputs per input (default: 5)")
+    add_count(p, "--n-outputs", "-n", minimum=1, maximum=MAX_OUTPUTS, default=5, help="outputs per input (default: 5)")
     p.add_argument(
         "--latent-mask",
         default=None,
@@ -64,7 +67,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the latent-space commands."""
     p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
@@ -152,7 +155,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     Returns:
         ``(sources in input order, number of failures)``.
     """
-    from instyle.inference.latents import load_latent, load_weights_deltas
+    from instyle.inference.latents import read_latent_file
     from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
 
@@ -166,13 +169,14 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     for path, name in zip((f.path for f in files), names):
         try:
             if path.suffix.lower() in (".npy", ".npz"):
-                w, _, _ = load_latent(path)
+                latent = read_latent_file(path)
+                w = latent.w_plus
                 if tuple(w.shape[1:]) != shape:
                     raise InputError(
                         f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
                         f"codes (a file may hold [B, {shape[0]}, {shape[1]}])"
                     )
-                offsets = load_weights_deltas(path)
+                offsets = latent.deltas
                 if offsets is not None and not uses_offsets(model):
                     raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
                 if offsets is not None:
@@ -180,7 +184,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):
-                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, offsets))
+                    own = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[k : k + 1] for d in offsets]
+                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)

@@ -9,7 +9,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from instyle.cli.common import error
+from instyle.cli.common import MAX_SIDE, add_count, error
 from instyle.errors import InputError, InstyleError
 
 DESCRIPTION = """\
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, help="output folder (gets target/ and source/)")
     p.add_argument("--labels", help="seg2face: folder of label maps named like the photos")
     p.add_argument("--inputs", help="image2image: folder of input images named like the photos")
-    p.add_argument("--size", type=int, default=256, help="side of the written images (default: 256)")
+    add_count(p, "--size", minimum=16, maximum=MAX_SIDE, default=256, help="side of the written images (default: 256)")
     p.add_argument("--align", action="store_true", help="FFHQ-align each photo (largest face) first")
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="task option, e.g. factors=4 or mask=random"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from instyle.cli.common import MAX_INPUTS, add_count
+
 DESCRIPTION = """\
 Run the main job end to end without any downloaded weights:
 
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--photos", default=None, help=f"photos to encode (default: {DEFAULT_PHOTOS} if present, else the bundled sample)")
     p.add_argument("--config", default="quickstart", help="registered model config (default: quickstart)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    p.add_argument("--limit", type=int, default=24, help="encode at most this many photos (default: 24; 0 = all)")
+    add_count(p, "--limit", minimum=0, maximum=MAX_INPUTS, default=24, help="encode at most this many photos (default: 24; 0 = all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.set_defaults(func=run)
 

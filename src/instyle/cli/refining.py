@@ -7,16 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from instyle.cli.common import error
+from instyle.cli.common import MAX_ITERATIONS, add_count, error
 
 REFINE_METHODS = ("optimize", "pti", "restyle", "hyperstyle")
+#: Most optimiser steps per image (the originals use 200 to 1000).
+MAX_REFINE_STEPS = 100_000
 
 
 def add_refine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("refinement (slower, sharper; see docs/inference_tools.md)")
     g.add_argument("--refine", choices=REFINE_METHODS, help="refine each image after encoding: latent optimisation, "
                    "pivotal tuning, or the model's own iterations (ReStyle / HyperStyle checkpoints only)")
-    g.add_argument("--refine-steps", type=int, help="optimiser steps per image (default: 200; restyle/hyperstyle: iterations, default 5)")
+    add_count(g, "--refine-steps", minimum=1, maximum=MAX_REFINE_STEPS,
+              help=f"optimiser steps per image (default: 200; restyle/hyperstyle: iterations, default 5, at most {MAX_ITERATIONS})")
     g.add_argument("--refine-time", type=float, help="stop refining an image after this many seconds")
     g.add_argument("--refine-lr", type=float, help="learning rate (default: optimize 0.02, pti 3e-4)")
     g.add_argument("--refine-noise", action="store_true", help="optimize: also fit the noise maps (regularised)")
@@ -34,6 +37,9 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
     try:
         if args.full_resolution or args.side_by_side or args.grid:
             raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
+        if args.refine not in LOSS_REFINERS and (args.refine_steps or 0) > MAX_ITERATIONS:
+            raise ValueError(f"--refine-steps={args.refine_steps}: --refine {args.refine} runs the model's iterations, "
+                             f"at most {MAX_ITERATIONS}")
         steps = args.refine_steps or (RefineConfig.steps if args.refine in LOSS_REFINERS else DEFAULT_ITERATIONS)
         config = RefineConfig(steps=steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
                               optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
+from instyle.cli.common import (
+    MAX_ITERATIONS,
+    MAX_WORKERS,
+    add_count,
+    add_device_arg,
+    add_precision_args,
+    apply_precision_args,
+    error,
+)
+from instyle.utils.image_file import MAX_PIXELS
 
 DESCRIPTION = """\
 Start a local web page where you drop a face photo, sketch or label map and see its
@@ -31,18 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder name); repeat to offer several",
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
+    add_count(p, "--port", minimum=0, maximum=65535, default=7860, help="TCP port (default: 7860; 0 = any free port)")
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
-    p.add_argument(
-        "--max-pixels", type=int, default=25_000_000, help="largest accepted image in pixels (default: 25000000)"
-    )
-    p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default: 1)")
-    p.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: 64)")
-    p.add_argument(
-        "--iterations", type=int, default=None, metavar="N", help="ReStyle refinement steps (default: 5, the original's)"
-    )
+    add_count(p, "--max-pixels", minimum=1, maximum=MAX_PIXELS, default=25_000_000,
+              help="largest accepted image in pixels (default: 25000000)")
+    add_count(p, "--concurrency", minimum=1, maximum=MAX_WORKERS, default=1, help="model runs at the same time (default: 1)")
+    add_count(p, "--queue-size", minimum=1, maximum=10_000, default=64, help="requests allowed to wait (default: 64)")
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+              help="ReStyle refinement steps (default: 5, the original's)")
     p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
                    help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")
     p.set_defaults(func=run)

@@ -78,12 +78,14 @@ def edit_photo(
     Raises:
         DemoInputError: a bad edit, an edit that does not fit the model, or a refusal.
     """
+    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
     from instyle.inference.refine import RefineConfig, apply_generator_delta
     from instyle.inference.refine import refine as run_refine
 
     x = _prepare(model, image)
     with torch.no_grad():
-        w = model.encode(x)[0].float()
+        codes, offsets = encode_with_offsets(model, x)  # HyperStyle: (w_plus, offsets), not a batch of codes
+    w = codes[0].float()
     generator = model.decoder
     try:
         if refine != "none":
@@ -95,6 +97,9 @@ def edit_photo(
     except ValueError as e:  # parse errors, shape mismatches, RefineError
         raise DemoInputError(str(e)) from None
     with torch.no_grad():
-        images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
-        images = model.face_pool(images)
+        if offsets is not None and generator is model.decoder:  # HyperStyle: on the image's tuned generator
+            images = decode_with_offsets(model, torch.stack([w, edited]), offsets, resize=True)
+        else:
+            images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
+            images = model.face_pool(images)
     return EditResult(tensor_to_pil(images[0]), tensor_to_pil(images[1]), edited.cpu())

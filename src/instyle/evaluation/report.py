@@ -63,6 +63,7 @@ from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
 from instyle.utils.device import resolve_device
+from instyle.utils.files import read_json_file
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -678,10 +679,7 @@ def load_report(path: str | os.PathLike) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{p}: not a readable evaluation report ({e})") from None
+    data = read_json_file(p, "evaluation report (report.json)")  # bounded: no FIFO, device, huge or deep file
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         raise InputError(f"{p}: not an instyle evaluation report (no 'metrics' mapping)")
     for key, entry in data["metrics"].items():

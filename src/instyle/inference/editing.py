@@ -32,6 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instyle.errors import InputError
+from instyle.inference.numpy_files import read_numpy_file
+from instyle.utils.files import describe_file, open_regular_file
+
 __all__ = [
     "load_direction",
     "apply_direction",
@@ -66,21 +70,15 @@ def load_direction(path: str | os.PathLike, n_styles: int | None = None, style_d
     the file, as the direction's authors meant them).
 
     Raises:
-        ValueError: unreadable file or a shape that does not fit ``n_styles`` / ``style_dim``.
+        InputError: unreadable file (checked by :func:`~instyle.inference.numpy_files.read_numpy_file`
+            before anything is allocated) or a shape that does not fit ``n_styles`` / ``style_dim``.
     """
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (0 bytes), not a direction")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy direction ({e})") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        with arr:
-            keys = list(arr.keys())
-            if len(keys) != 1:
-                raise ValueError(f"{path}: a .npz direction must hold exactly one array, found {keys}")
-            arr = arr[keys[0]]
+    arr = read_numpy_file(path, "direction")
+    if isinstance(arr, dict):
+        if len(arr) != 1:
+            raise InputError(f"{path}: a .npz direction must hold exactly one array, found {sorted(arr)[:20]}")
+        (arr,) = arr.values()
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.number):
@@ -90,7 +88,7 @@ def load_direction(path: str | os.PathLike, n_styles: int | None = None, style_d
     if n_styles is not None and arr.ndim == 2 and arr.shape[0] != n_styles:
         raise ValueError(f"{path}: direction has {arr.shape[0]} rows but the model has {n_styles} style layers")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: direction contains NaN or infinite values")
+        raise InputError(f"{path}: direction contains NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
 
 
@@ -293,6 +291,8 @@ def _edit_from_torch(obj, path: Path) -> Edit:
         mean, comp = mean.reshape(-1), comp.reshape(comp.shape[0], -1)
         if comp.shape[1] != mean.numel() or std.reshape(-1).shape[0] != comp.shape[0]:
             raise ValueError(f"{path}: GANSpace shapes disagree: mean {tuple(mean.shape)}, comp {tuple(comp.shape)}, std {tuple(std.shape)}")
+        if not (std > 0).all():
+            raise InputError(f"{path}: GANSpace 'std' must be positive (edits divide by it), found {float(std.min())}")
         return GANSpacePCA(mean, comp, std.reshape(-1), str(path))
     if isinstance(obj, torch.Tensor):
         v = _float_tensor(obj, path, "the direction")
@@ -308,14 +308,23 @@ def _edit_from_torch(obj, path: Path) -> Edit:
 
 
 def _edit_from_npz(path: Path) -> Edit:
-    with np.load(path, allow_pickle=False) as z:
-        if "directions" not in z.files:
-            return LatentDirection(load_direction(path), str(path))
-        dirs = torch.from_numpy(np.asarray(z["directions"], dtype=np.float32))
-        layers = tuple(int(i) for i in z["layers"]) if "layers" in z.files else None
-        kind = str(z["kind"]) if "kind" in z.files else "sefa"
-    if dirs.ndim != 2 or not torch.isfinite(dirs).all():
-        raise ValueError(f"{path}: 'directions' must be finite [K, D], got {tuple(dirs.shape)}")
+    z = read_numpy_file(path, "edit file", text=("kind", "meta"))
+    if "directions" not in z:
+        return LatentDirection(load_direction(path), str(path))
+    dirs = torch.from_numpy(np.array(z["directions"], dtype=np.float32))
+    if dirs.ndim != 2 or len(dirs) == 0 or not torch.isfinite(dirs).all():
+        raise InputError(f"{path}: member 'directions' must be finite [K, D] with K >= 1, got {tuple(dirs.shape)}")
+    layers = None
+    if "layers" in z:
+        raw = z["layers"]
+        if raw.ndim != 1 or raw.dtype.kind not in "iu" or (raw < 0).any() or len(raw) > 4096:
+            raise InputError(f"{path}: member 'layers' must be non-negative style indices [n], got {raw.dtype} {raw.tolist()[:8]}")
+        layers = tuple(int(i) for i in raw)
+    kind = "sefa"
+    if "kind" in z:
+        if z["kind"].ndim != 0 or z["kind"].dtype.kind != "U":
+            raise InputError(f"{path}: member 'kind' must be one string, got {z['kind'].dtype} {z['kind'].shape}")
+        kind = str(z["kind"][()])[:40]
     return DirectionSet(dirs, layers, str(path), kind)
 
 
@@ -352,17 +361,17 @@ def load_edit(path: str | os.PathLike, n_styles: int | None = None, style_dim: i
     from instyle.interop.safe_load import safe_torch_load
 
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the edit file ({e.strerror or e})") from None
+    with open_regular_file(path, "edit file") as f:
+        head = f.read(len(_NPY_MAGIC))
     if head == _NPY_MAGIC:
         edit: Edit = LatentDirection(load_direction(path), str(path))
     elif _is_npz(path):
         edit = _edit_from_npz(path)
+    elif head[:2] == b"PK" or head[:1] == b"\x80":  # a zip-format or legacy (pickle) PyTorch file
+        edit = _edit_from_torch(safe_torch_load(path, "edit file"), path)
     else:
-        edit = _edit_from_torch(safe_torch_load(path, "edit"), path)
+        raise InputError(f"{path}: not an edit file: {describe_file(path)}; expected a .npy/.npz direction, a SeFa .npz "
+                         "or a PyTorch .pt (InterFaceGAN direction, GANSpace PCA)")
     if n_styles is not None and style_dim is not None:
         edit.check_fits(n_styles, style_dim)
     return edit

@@ -120,6 +120,16 @@ def collect_input_files(
     for item in inputs:
         s = os.fspath(item)
         p = Path(s).expanduser()
+        try:
+            os.stat(p)
+        except FileNotFoundError:
+            pass  # a glob pattern, a broken link or a missing file: told apart below
+        except OSError as e:  # e.g. inside a folder that cannot be searched
+            problems.append(f"{p}: cannot read ({e.strerror or e})")
+            continue
+        except ValueError as e:  # e.g. an embedded NUL character
+            problems.append(f"{s!r}: not a valid path ({e})")
+            continue
         if p.is_dir():
             before = len(problems)
             inner = [e for e in skip if p.resolve() in e.parents]  # only folders strictly inside this input

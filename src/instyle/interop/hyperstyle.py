@@ -113,6 +113,8 @@ def hypernet_config_from_state_dict(
             raise ArchitectureError(f"opts['encoder_type']={encoder_type!r} but the tensors describe {kind}")
     else:
         kind = encoder_type if encoder_type in HYPERNET_TYPES else HYPERNET_TYPES[0]
+    if encoder_type is not None and encoder_type not in HYPERNET_TYPES:
+        raise ArchitectureError(f"opts['encoder_type']={encoder_type!r} is not a HyperStyle hypernetwork (accepted: {list(HYPERNET_TYPES)})")
     shared = [i for i in tuned if i in SHARED_LAYERS]
     other = [i for i in tuned if i not in SHARED_LAYERS]
 
@@ -207,6 +209,13 @@ def read_w_encoder(w_ckpt: Any, w_source: Any, generator: GeneratorConfig, sourc
         raise fail(str(e)) from None
     if enc.input_nc != 3:
         raise fail(f"its encoder takes {enc.input_nc} input channels, HyperStyle's W-encoder takes 3")
+    opts = _opts(w_ckpt)
+    for key, value, what in (("encoder_type", "WEncoder", "a WEncoder"), ("input_nc", enc.input_nc, "encoder input channels"),
+                             ("output_size", w_gen.size if w_gen else None, "a generator of size"),
+                             ("stylegan_size", w_gen.size if w_gen else None, "a generator of size")):
+        given = opts.get(key)
+        if given is not None and value is not None and given != value:
+            raise fail(f"opts[{key!r}]={given!r} but its tensors describe {what} {value!r}")
     if enc.style_dim != generator.style_dim:
         raise fail(f"it predicts {enc.style_dim}-D codes but the generator's styles are {generator.style_dim}-D")
     if w_gen is not None and w_gen.size != generator.size:

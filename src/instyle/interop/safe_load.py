@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import pickletools
 import re
 import zipfile
@@ -27,6 +28,7 @@ from instyle.interop.bounds import (
     check_pickle_ops,
     check_zip_members,
 )
+from instyle.utils.files import open_regular_file
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
 
@@ -42,11 +44,8 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
             need a non-allowed global (it is never executed), or a non-PyTorch file.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such {what} file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a {what} file")
-    size = path.stat().st_size
+    with open_regular_file(path, f"{what} file", CheckpointError) as f:  # folders, devices, pipes: named
+        size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a usable {what} file")
     try:

@@ -21,6 +21,8 @@ reads the foreign formats on top of the models.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.utils.atomic import atomic_path
+from instyle.utils.files import open_regular_file, read_json_file
 
 __all__ = [
     "CONFIG_NAME",
@@ -51,6 +54,8 @@ FORMAT_VERSION = 1
 #: The model kinds a directory may hold (``config.json``'s ``kind``).
 KINDS = ("psp", "generator", "hyperstyle", "sfe")
 CONFIG_NAME = "config.json"
+#: Largest ``config.json`` read (real ones are a few KB).
+MAX_CONFIG_BYTES = 1 << 20
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -72,7 +77,9 @@ def write_pretrained(
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        mode = os.stat(tmp).st_mode  # what the atomic writer gave it (0666 minus the umask)
         save_file(tensors, str(tmp), metadata={"format": "instyle", "kind": kind})
+        os.chmod(tmp, stat.S_IMODE(mode))  # safetensors replaces the file (as 0600): restore it
     doc = {"format": "instyle", "kind": kind, "version": FORMAT_VERSION, "config": config, "metadata": metadata or {}}
     doc["random_weights"] = bool(random_weights)
     with atomic_path(directory / CONFIG_NAME) as tmp:
@@ -82,13 +89,15 @@ def write_pretrained(
 
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_NAME
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable instyle config ({e})") from None
+    doc = read_json_file(path, "instyle config", CheckpointError, max_bytes=MAX_CONFIG_BYTES)
     if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind {'|'.join(KINDS)})")
-    if int(doc.get("version", 0)) > FORMAT_VERSION:
+    for key, types, words in (("version", int, "an integer"), ("config", dict, "a JSON object"),
+                              ("metadata", dict, "a JSON object"), ("random_weights", bool, "true or false")):
+        value = doc.get(key, {"version": 0, "config": {}, "metadata": {}, "random_weights": False}[key])
+        if not isinstance(value, types) or (types is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: field {key!r} must be {words}, got {json.dumps(value)[:60]}")
+    if doc.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written by a newer instyle (format version {doc['version']} > {FORMAT_VERSION}); upgrade instyle"
         )
@@ -97,8 +106,9 @@ def read_config(directory: str | Path) -> dict:
 
 def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     path = directory / WEIGHTS_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: missing weights file next to {CONFIG_NAME}")
+    open_regular_file(path, "weights file", CheckpointError).close()  # a device, a pipe, unreadable: say so
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:

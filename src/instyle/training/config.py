@@ -22,14 +22,22 @@ from instyle.data.transforms import SOURCE_MODES
 from instyle.losses.objective import ObjectiveConfig
 from instyle.models.encoders import ENCODER_TYPES
 from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNET_TYPES
+from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
+from instyle.models.stylegan2 import MAX_SIZE
 from instyle.training.optim import OPTIMIZERS
 from instyle.utils.atomic import atomic_path
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
+from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
 ENCODER_INITS = ("ir_se50", "resnet34", "random")
+#: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
+MAX_BATCH = 4096
+MAX_WORKERS = 256
+MAX_STEPS = 10**9
+MAX_ITERS_PER_BATCH = 100
+MAX_POOL = 1_000_000
 
 
 def available_cpus() -> int:
@@ -189,14 +197,15 @@ class TrainConfig:
         elif self.family == "e4e":
             check_choice("encoder_type", self.encoder_type, E4E_TRAIN_TYPES)
             for name in ("d_reg_every", "progressive_step_every"):
-                check_positive_int(name, getattr(self, name))
+                check_int_range(name, getattr(self, name), 1, MAX_STEPS)
+            check_int_range("w_pool_size", self.w_pool_size, 0, MAX_POOL)
             if self.progressive_start is not None and self.progressive_start < 1:
                 raise ConfigError(f"progressive_start={self.progressive_start!r} must be >= 1 (or null)")
             if min(self.w_discriminator_lambda, self.w_discriminator_lr, self.r1, self.delta_norm_lambda) < 0:
                 raise ConfigError("w_discriminator_lambda, w_discriminator_lr, r1 and delta_norm_lambda must be >= 0")
         elif self.family == "restyle":
             check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
-            check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
+            check_int_range("n_iters_per_batch", self.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
             if self.input_nc != 3 or not self.start_from_latent_avg or self.learn_in_w:
                 raise ConfigError(
                     f"family='restyle' trains on 3-channel photos from the average latent: needs input_nc=3 "
@@ -212,17 +221,19 @@ class TrainConfig:
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)
         check_power_of_two("image_size", self.image_size, minimum=32)
+        check_int_range("image_size", self.image_size, 32, MAX_INPUT_SIZE)
         if self.output_size is not None:
             check_power_of_two("output_size", self.output_size, minimum=8)
-        for name in ("input_nc", "batch_size", "test_batch_size", "max_steps", "image_interval", "board_interval",
-                     "val_interval"):
-            check_positive_int(name, getattr(self, name))
+            check_int_range("output_size", self.output_size, 8, MAX_SIZE)
+        for name, maximum in (("input_nc", MAX_INPUT_NC), ("batch_size", MAX_BATCH), ("test_batch_size", MAX_BATCH),
+                              ("max_steps", MAX_STEPS), ("image_interval", MAX_STEPS), ("board_interval", MAX_STEPS),
+                              ("val_interval", MAX_STEPS)):
+            check_int_range(name, getattr(self, name), 1, maximum)
         for name in ("save_interval", "val_max_batches"):
             if getattr(self, name) is not None:
-                check_positive_int(name, getattr(self, name))
-        for name in ("workers", "test_workers", "label_nc"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
+                check_int_range(name, getattr(self, name), 1, MAX_STEPS)
+        for name, maximum in (("workers", MAX_WORKERS), ("test_workers", MAX_WORKERS), ("label_nc", MAX_INPUT_NC)):
+            check_int_range(name, getattr(self, name), 0, maximum)
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be > 0")
         if self.learn_in_w != (self.encoder_type == "BackboneEncoderUsingLastLayerIntoW"):
@@ -247,7 +258,7 @@ class TrainConfig:
         """HyperStyle's coach: a hypernetwork (``encoder_type``) on 3-channel photos, stored
         noise, the L2 / LPIPS / ID (or MoCo) terms only."""
         check_choice("encoder_type", self.encoder_type, HYPERNET_TYPES)
-        check_positive_int("n_iters_per_batch", self.n_iters_per_batch)
+        check_int_range("n_iters_per_batch", self.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
         self.tuned_layers()
         if self.input_nc != 3 or self.learn_in_w or self.source_mode != "rgb":
             raise ConfigError(

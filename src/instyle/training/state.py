@@ -139,6 +139,21 @@ def _read_manifest(folder: Path) -> dict | None:
     return doc
 
 
+def _incomplete_reason(folder: Path) -> str:
+    """Why :func:`_complete_step` refuses ``folder``: the first file that does not match its manifest."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        return f"no readable {MANIFEST_NAME}"
+    for fname, entry in manifest["files"].items():
+        try:
+            size = (folder / fname).stat().st_size
+        except OSError as e:
+            return f"{fname}: {e.strerror or e}"
+        if isinstance(entry, dict) and size != entry.get("size"):
+            return f"{fname} has {size} bytes, its manifest says {entry.get('size')} (truncated or damaged)"
+    return f"{MANIFEST_NAME} is malformed"
+
+
 def _complete_step(folder: Path) -> int | None:
     """The step of a complete checkpoint folder, or None when it is incomplete."""
     manifest = _read_manifest(folder)
@@ -287,6 +302,7 @@ def read_latest_state(run: RunFolder) -> tuple[Path, PSP, dict] | None:
     one is used. None when the run has no checkpoint at all; raises
     :class:`CheckpointError` (naming every folder and why) when none is readable."""
     problems = []
+    broken = [f for f in _siblings(run.checkpoints, "latest") if (f / STATE_NAME).exists() and _complete_step(f) is None]
     for folder in run.candidates("latest"):
         if not (folder / STATE_NAME).is_file():
             continue
@@ -296,7 +312,12 @@ def read_latest_state(run: RunFolder) -> tuple[Path, PSP, dict] | None:
             log.warning("checkpoint %s is unusable (%s); trying the previous one", folder, e)
             problems.append(f"{folder}: {e}")
             continue
+        for b in broken:
+            if not b.name.startswith("."):  # hidden ones are a crash's leftovers, expected
+                log.warning("checkpoint %s is corrupt or incomplete (%s); resuming from %s", b, _incomplete_reason(b), folder)
         return folder, model, state
+    for folder in broken:
+        problems.append(f"{folder}: corrupt or incomplete checkpoint ({_incomplete_reason(folder)})")
     if problems:
-        raise CheckpointError("no readable checkpoint to resume from: " + "; ".join(problems))
+        raise CheckpointError("no complete checkpoint to resume from: " + "; ".join(problems))
     return None
