@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from instyle.cli.common import add_device_arg, error
+from instyle.cli.common import MAX_BATCH, MAX_WORKERS, add_count, add_device_arg, error
+from instyle.cli.refining import MAX_REFINE_STEPS
 from instyle.errors import InstyleError
+
+#: Largest --every: keep one frame in this many.
+MAX_FRAME_STEP = 10_000
 
 DESCRIPTION = """\
 Track the face of CLIP, crop it smoothly (STIT's temporal smoothing), encode every frame,
@@ -38,25 +42,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="edit strength, constant (age=3) or key-framed (age=0:0,2s:3,4s:3) (repeatable)")
     p.add_argument("--start", type=float, help="first second of the clip to use")
     p.add_argument("--end", type=float, help="second of the clip to stop at")
-    p.add_argument("--every", type=int, default=1, help="use every N-th frame (output at fps / N; default 1)")
+    add_count(p, "--every", minimum=1, maximum=MAX_FRAME_STEP, default=1, help="use every N-th frame (output at fps / N; default 1)")
     p.add_argument("--detector", default="auto", choices=["auto", "hog", "cnn"], help="dlib face detector (default: auto)")
     p.add_argument("--center-sigma", type=float, default=1.0, help="smoothing of the crop centre over time, frames (default 1)")
     p.add_argument("--axes-sigma", type=float, default=3.0, help="smoothing of the crop's scale and rotation, frames (default 3)")
     p.add_argument("--latent-sigma", type=float, default=0.0, help="smoothing of the codes over time, frames (default 0: none)")
-    p.add_argument("--batch-size", type=int, default=4, help="frames per encoder pass (default 4)")
-    p.add_argument("--workers", type=int, default=1, help="threads detecting faces (default 1; same result with more)")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="frames per encoder pass (default 4)")
+    add_count(p, "--workers", minimum=1, maximum=MAX_WORKERS, default=1,
+              help="threads detecting faces (default 1; same result with more)")
     p.add_argument("--pti", action="store_true", help="tune one generator on all frames (pivotal tuning, STIT's settings)")
-    p.add_argument("--pti-steps", type=int, default=300, help="PTI passes over all frames (default 300, as STIT)")
+    add_count(p, "--pti-steps", minimum=1, maximum=MAX_REFINE_STEPS, default=300,
+              help="PTI passes over all frames (default 300, as STIT)")
     p.add_argument("--pti-lr", type=float, default=3e-5, help="PTI learning rate (default 3e-5, as STIT)")
     p.add_argument("--pti-time-budget", type=float, help="stop PTI after this many seconds (resumable)")
     p.add_argument("--pti-locality", type=float, default=0.0,
                    help="weight of PTI's locality regulariser (default 0: off, as STIT)")
     p.add_argument("--stitch", action="store_true",
                    help="STIT's stitching tuning: per frame, tune the generator so the edit meets the frame around the face")
-    p.add_argument("--stitch-steps", type=int, default=100, help="stitching tuning steps per frame (default 100, as STIT)")
+    add_count(p, "--stitch-steps", minimum=1, maximum=MAX_REFINE_STEPS, default=100,
+              help="stitching tuning steps per frame (default 100, as STIT)")
     p.add_argument("--side-by-side", action="store_true", help="also write side_by_side.mp4: source | reconstruction | edit")
     p.add_argument("--feather", type=float, default=0.1, help="paste-back blend width, fraction of the crop (default 0.1)")
-    p.add_argument("--crf", type=int, default=18, help="H.264 quality 0-51, lower is better (default 18)")
+    add_count(p, "--crf", minimum=0, maximum=51, default=18, help="H.264 quality, lower is better (default 18)")
     p.add_argument("--lpips-weights", metavar="PATH", help="LPIPS backbone weights: per-frame LPIPS, and PTI's LPIPS term")
     p.add_argument("--identity", metavar="SPEC", help="per-frame identity similarity: dlib or arcface:PATH")
     p.add_argument("--seed", type=int, default=0, help="seed of PTI's random codes (default 0)")
