@@ -29,13 +29,16 @@ exceeds 1) is refused and nothing is written to the output folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +75,8 @@ GRAPHS = ("encoder", "generator", "model")
 #: fast path against the original code: an export may not be less exact than that.
 #: Measured: 2.4e-7 (encoder), 2.1e-5 (1024-px generator and whole model).
 PARITY_BOUND = 1e-4
+#: Most refinement steps unrolled into one encoder graph (each copies the encoder and generator ops).
+MAX_ITERATIONS = 20
 #: Above this many bytes of weights a graph keeps them in a side file (protobuf's 2 GiB limit).
 _EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -240,11 +245,12 @@ def _export_graph(
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     module.eval()
     try:
-        torch.onnx.export(
-            module, args, str(path), dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
-            dynamic_shapes=dynamic_shapes, external_data=weight_bytes > _EXTERNAL_DATA_BYTES,
-            verbose=False,
-        )
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter's progress chatter
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, str(path), dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
+                dynamic_shapes=dynamic_shapes, external_data=weight_bytes > _EXTERNAL_DATA_BYTES, verbose=False,
+            )
     except Exception as e:  # the exporter's own errors are many and undocumented
         raise ExportError(f"exporting {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
 
@@ -361,9 +367,12 @@ def export_onnx(
     family = _family(model)
     if family not in ("psp", "e4e", "restyle", "hyperstyle"):
         raise ExportError(f"family={family!r} cannot be exported yet; accepted: psp, e4e, restyle, hyperstyle")
-    iterations = _default_iterations(model) if iterations is None else iterations
-    if family in ("psp", "e4e"):
-        iterations = None
+    if family in ("psp", "e4e") and iterations not in (None, 1):
+        raise ExportError(f"iterations={iterations!r}: only ReStyle and HyperStyle models refine; {family} encodes in one step")
+    if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
+                                   or not 1 <= iterations <= MAX_ITERATIONS):
+        raise ExportError(f"iterations={iterations!r}: unrolled refinement takes 1 to {MAX_ITERATIONS} steps")
+    iterations = None if family in ("psp", "e4e") else iterations or _default_iterations(model)
     if family != "hyperstyle" and batch is not None:
         raise ExportError(f"batch={batch}: only HyperStyle graphs have a fixed batch; {family} graphs take any batch")
     fixed = (1 if batch is None else batch) if family == "hyperstyle" else None
