@@ -72,7 +72,7 @@ def test_metadata_names_everything_a_deployer_needs(psp_export):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family, kind", [("e4e", "Encoder4Editing"), ("restyle", "BackboneEncoder")])
+@pytest.mark.parametrize("family, kind", [("e4e", "Encoder4Editing")])  # ReStyle: tests/test_backends.py
 def test_e4e_and_restyle_encoders_match_pytorch(tmp_path, family, kind):
     model = tiny(family, kind)
     iterations = 2 if family == "restyle" else None
