@@ -26,6 +26,8 @@ def load(
     w_encoder=None,
     precision: str = "fp32",
     compile: bool | str = False,
+    backend: str = "torch",
+    batch_size: int = 1,
 ) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
@@ -38,11 +40,21 @@ def load(
         precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
             the hardware runs it natively); the choice is in ``model.runtime.note``.
         compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
+        backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (the model's encode /
+            decode run on ONNX graphs exported into the cache on first use; the ``deploy``
+            extra) or ``"auto"``. ``auto`` (for the backend or the precision) times the
+            candidates on this machine at ``batch_size`` and caches the answer; see
+            :mod:`instyle.export.probe`.
     """
     from instyle.models.runtime import set_runtime
 
     model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
-    set_runtime(model, precision, compile)
+    if backend == "torch" and precision != "auto":
+        set_runtime(model, precision, compile)
+    else:
+        from instyle.export.probe import configure
+
+        configure(model, backend, precision, compile, batch=batch_size)
     return model
 
 

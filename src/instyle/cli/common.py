@@ -59,17 +59,13 @@ def apply_precision_args(model, args: argparse.Namespace) -> None:
     precision, compile = getattr(args, "precision", "fp32"), getattr(args, "compile", False)
     backend = getattr(args, "backend", "torch")
     if backend != "torch" or precision == "auto":
+        from instyle.export.probe import configure
+
         if compile and backend != "torch":
             raise ConfigError(f"--compile is a PyTorch option; --backend {backend} runs exported graphs (drop --compile)")
-        from instyle.export.probe import choose
-
         log = lambda msg: print(f"instyle: {msg}", file=sys.stderr, flush=True)  # noqa: E731
-        picked = choose(model, backend, precision, batch=max(1, getattr(args, "batch_size", 1) or 1), log=log)
-        if compile:
-            set_runtime(model, picked.precision, compile)
-        if hasattr(model, "runtime"):
-            model.runtime.note = picked.describe()
-        print(f"instyle: {picked.describe()}" + (", torch.compile" if compile else ""), file=sys.stderr)
+        note = configure(model, backend, precision, compile, batch=max(1, getattr(args, "batch_size", 1) or 1), log=log)
+        print(f"instyle: {note}", file=sys.stderr)
         return
     choice = set_runtime(model, precision, compile)
     if precision != "fp32" or compile:

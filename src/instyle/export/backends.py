@@ -41,6 +41,7 @@ from instyle.export.onnx import (
     read_export,
     require,
 )
+from instyle.interop.loading import cache_dir
 from instyle.utils.config import ConfigError, check_choice
 
 __all__ = [
@@ -77,8 +78,6 @@ def available_backends() -> list[str]:
 
 def export_cache_dir() -> Path:
     """Where exports made on first use live: ``<instyle cache>/onnx``."""
-    from instyle.interop.loading import cache_dir
-
     return cache_dir() / "onnx"
 
 

@@ -130,7 +130,7 @@ def _raw_image(model, w_plus: torch.Tensor, deltas=None) -> torch.Tensor:
 def _delta_layers(model, iterations: int | None) -> list[int]:
     """Generator layers that receive HyperStyle offsets (None entries are untuned layers)."""
     with torch.no_grad():
-        x = torch.zeros(1, 3, *_input_hw(model), device=_device(model))
+        x = torch.zeros(1, 3, *input_hw(model), device=_device(model))
         _, deltas = _torch_encode(model, x, 1)
     return [i for i, d in enumerate(deltas) if d is not None]
 
@@ -189,7 +189,7 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _input_hw(model) -> tuple[int, int]:
+def input_hw(model) -> tuple[int, int]:
     hw = getattr(model, "input_hw", None)
     if hw is not None:
         return tuple(hw)
@@ -207,7 +207,7 @@ def _default_iterations(model) -> int | None:
 
 
 def _images(model, batch: int, seed: int) -> torch.Tensor:
-    h, w = _input_hw(model)
+    h, w = input_hw(model)
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(batch, model.input_nc, h, w, generator=g) * 2 - 1).to(_device(model))
 
@@ -294,7 +294,7 @@ def _metadata(
 ) -> dict:
     family = _family(model)
     cfg = model.config
-    h, w = _input_hw(model)
+    h, w = input_hw(model)
     gen = model.decoder.config if hasattr(model.decoder, "config") else cfg.generator
     graphs = {}
     for name, (_, inputs, outputs) in specs.items():

@@ -40,12 +40,23 @@ from pathlib import Path
 import torch
 
 from instyle.export.backends import BACKEND_CHOICES, BACKEND_PRECISIONS, attach_backend, available_backends
-from instyle.export.onnx import model_fingerprint
+from instyle.export.onnx import input_hw, model_fingerprint
+from instyle.interop.loading import cache_dir
+from instyle.models.runtime import set_runtime
 from instyle.utils.atomic import atomic_write_bytes
-from instyle.utils.config import check_choice
+from instyle.utils.config import ConfigError, check_choice
 from instyle.utils.precision import PRECISION_CHOICES, _proc_cpu_flags, cpu_bf16_features
 
-__all__ = ["MIN_PSNR", "AutoChoice", "Candidate", "candidates", "choose", "machine_key", "probe_cache_path"]
+__all__ = [
+    "MIN_PSNR",
+    "AutoChoice",
+    "Candidate",
+    "candidates",
+    "choose",
+    "configure",
+    "machine_key",
+    "probe_cache_path",
+]
 
 logger = logging.getLogger("instyle")
 
@@ -93,8 +104,6 @@ def probe_cache_path() -> Path:
     env = os.environ.get("INSTYLE_PROBE_CACHE")
     if env:
         return Path(env).expanduser()
-    from instyle.interop.loading import cache_dir
-
     return cache_dir() / "probe.json"
 
 
@@ -173,8 +182,6 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def apply(model: torch.nn.Module, candidate: Candidate) -> str:
     """Make ``model`` run as ``candidate`` (PyTorch precision or an ONNX backend); returns its note."""
-    from instyle.models.runtime import set_runtime
-
     if candidate.backend == "torch":
         attach_backend(model, "torch")
         return set_runtime(model, candidate.precision).describe()
@@ -190,11 +197,9 @@ def _round_trip(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def _inputs(model, batch: int) -> torch.Tensor:
-    from instyle.export.onnx import _input_hw
-
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
-    return (torch.rand(batch, model.input_nc, *_input_hw(model), generator=g) * 2 - 1).to(device)
+    return (torch.rand(batch, model.input_nc, *input_hw(model), generator=g) * 2 - 1).to(device)
 
 
 def measure_candidate(model, candidate: Candidate, x: torch.Tensor, reps: int = 1) -> tuple[float, torch.Tensor]:
@@ -255,8 +260,6 @@ def choose(
     device = next(model.parameters()).device
     cands = candidates(backend, precision, device)
     if not cands:
-        from instyle.utils.config import ConfigError
-
         raise ConfigError(f"backend={backend!r} does not run precision={precision!r}; see instyle.export.backends")
     if len(cands) == 1:
         note = apply(model, cands[0])
@@ -311,3 +314,32 @@ def choose(
     reason = (f"measured at batch {batch}: {timings}{dropped}; "
               + ("cached for this machine" if cached else f"cached in {path}"))
     return AutoChoice(backend, precision, pick.backend, pick.precision, reason, seconds, cached)
+
+
+def configure(
+    model: torch.nn.Module,
+    backend: str = "torch",
+    precision: str = "fp32",
+    compile: bool | str = False,
+    batch: int = 1,
+    log: Callable[[str], None] | None = None,
+) -> str:
+    """Apply a backend / precision / compile request to ``model`` (measuring ``auto``); returns
+    what was chosen and why (also ``model.runtime.note`` for pSp-family models).
+
+    Raises:
+        instyle.utils.config.ConfigError: ``compile`` with a non-PyTorch backend, an unknown
+            name, a precision the backend does not run.
+    """
+    if backend == "torch" and precision != "auto":
+        attach_backend(model, "torch")
+        return set_runtime(model, precision, compile).describe() + (", torch.compile" if compile else "")
+    if compile and backend != "torch":
+        raise ConfigError(f"compile={compile!r} is a PyTorch option; backend {backend!r} runs exported graphs")
+    picked = choose(model, backend, precision, batch=batch, log=log)
+    if compile:
+        set_runtime(model, picked.precision, compile)
+    note = picked.describe()
+    if hasattr(model, "runtime"):
+        model.runtime.note = note
+    return note + (", torch.compile" if compile else "")
