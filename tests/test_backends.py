@@ -209,3 +209,24 @@ def test_cli_encode_with_an_onnx_backend_matches_torch(tmp_path, monkeypatch, ca
         assert np.abs(la - lb).max() < 1e-4
     assert main(["encode", *inputs, "-o", str(tmp_path / "x"), *common, "--backend", "openvino", "--compile"]) == 2
     assert "--compile is a PyTorch option" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys):
+    """``benchmarks/backends.py --tiny`` end to end (no timing asserted)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime", reason="needs the deploy extra")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backends.py"
+    spec = importlib.util.spec_from_file_location("bench_backends", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--tiny", "--parts", "generator", "--variants", "torch:fp32,onnxruntime:fp32"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("tiny ")]
+    assert len(rows) == 4  # 2 variants x batch 1 and 2
+    assert "matmul GFLOP/s" in out and "parity vs PyTorch fp32" in out
+    assert all("1.00x" in r for r in rows if "| torch " in r)

@@ -48,6 +48,7 @@ __all__ = [
     "BACKENDS",
     "BACKEND_CHOICES",
     "BACKEND_PRECISIONS",
+    "GraphSession",
     "OnnxBackend",
     "attach_backend",
     "available_backends",
@@ -85,10 +86,12 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-class _Session:
-    """One ONNX graph on one runtime: ``feeds {name: array}`` -> outputs in graph order."""
+class GraphSession:
+    """One ONNX graph on one runtime: ``feeds {name: array}`` -> outputs in graph order.
+    Uses ``torch.get_num_threads()`` threads (set it before creating the session)."""
 
-    def __init__(self, path: Path, backend: str, precision: str, device: torch.device):
+    def __init__(self, path: Path, backend: str, precision: str = "fp32", device: torch.device | str = "cpu"):
+        device = torch.device(device)
         self.path, self.backend = path, backend
         if backend == "onnxruntime":
             ort = require("onnxruntime")
@@ -138,13 +141,13 @@ class OnnxBackend:
 
     def __post_init__(self):
         self.device = next(self.model.parameters()).device
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, GraphSession] = {}
         self._other_iterations: dict[int, OnnxBackend] = {}
 
-    def session(self, graph: str) -> _Session:
+    def session(self, graph: str) -> GraphSession:
         if graph not in self._sessions:
             path = self.directory / self.metadata["graphs"][graph]["file"]
-            self._sessions[graph] = _Session(path, self.name, self.precision, self.device)
+            self._sessions[graph] = GraphSession(path, self.name, self.precision, self.device)
         return self._sessions[graph]
 
     @property
