@@ -110,6 +110,26 @@ def test_hyperstyle_offsets_are_explicit_graph_inputs(tmp_path):
     assert np.abs(plain - expected_plain.numpy()).max() < PARITY_BOUND
     assert np.abs(plain - tuned_img).max() > 1e-3  # the offsets matter
 
+    # The backend on this export: batches of 3 and 1 are chunked to the graphs' fixed 2 (the
+    # last chunk padded), offsets come back in generator order, compact offsets broadcast.
+    from instyle.export.backends import OnnxBackend
+    from instyle.models.hyperstyle import compact_deltas
+
+    x3 = _images(3, 256, seed=8)
+    with torch.no_grad():
+        w3, d3 = model.encode(x3, iterations=1)
+        img3 = model.decode(w3, d3)
+        model.backend = OnnxBackend(model, "onnxruntime", "fp32", tmp_path, result.metadata)
+        try:
+            w_b, d_b = model.encode(x3, iterations=1)
+            img_b = model.decode(w3, compact_deltas(d3))
+            one = model.decode(w3[:1], [None if d is None else d[:1] for d in d3])
+        finally:
+            model.backend = None
+    assert (w_b - w3).abs().max() < PARITY_BOUND and [d is None for d in d_b] == [d is None for d in d3]
+    assert max((a - b).abs().max() for a, b in zip(d_b, d3) if a is not None) < PARITY_BOUND
+    assert (img_b - img3).abs().max() < PARITY_BOUND and (one - img3[:1]).abs().max() < PARITY_BOUND
+
 
 @pytest.mark.slow
 def test_export_above_the_bound_is_refused_and_writes_nothing(tmp_path):

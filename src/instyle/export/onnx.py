@@ -122,9 +122,9 @@ def _torch_encode(model, x: torch.Tensor, iterations: int | None):
     return type(model).encode(model, x, iterations=iterations)
 
 
-def _raw_image(model, w_plus: torch.Tensor, deltas=None) -> torch.Tensor:
+def _raw_image(decoder, w_plus: torch.Tensor, deltas=None) -> torch.Tensor:
     kwargs = {"weights_deltas": deltas} if deltas is not None else {}
-    return model.decoder([w_plus], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+    return decoder([w_plus], input_is_latent=True, randomize_noise=False, **kwargs)[0]
 
 
 def _delta_layers(model, iterations: int | None) -> list[int]:
@@ -149,17 +149,19 @@ class _Encoder(nn.Module):
 
 
 class _Generator(nn.Module):
+    """Holds the generator alone: the traced program (and its memory) carries no encoder."""
+
     def __init__(self, model, layers: list[int] | None):
         super().__init__()
-        self.model, self.layers = model, layers
+        self.decoder, self.layers = model.decoder, layers
 
     def forward(self, w_plus, *offsets):
         if self.layers is None:
-            return _raw_image(self.model, w_plus)
-        deltas: list[torch.Tensor | None] = [None] * self.model.decoder.n_weight_layers
+            return _raw_image(self.decoder, w_plus)
+        deltas: list[torch.Tensor | None] = [None] * self.decoder.n_weight_layers
         for i, d in zip(self.layers, offsets):
             deltas[i] = d
-        return _raw_image(self.model, w_plus, deltas)
+        return _raw_image(self.decoder, w_plus, deltas)
 
 
 class _Whole(nn.Module):
