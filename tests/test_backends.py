@@ -50,6 +50,20 @@ def test_attach_refuses_what_a_backend_does_not_run(tiny_psp):
     assert BACKEND_PRECISIONS["openvino"] == ("fp32", "bf16", "fp16")
 
 
+@pytest.mark.parametrize("command", [
+    ["encode", "a.png", "-o", "out"], ["mix", "a.png", "-o", "out"], ["interpolate", "a.png", "b.png", "-o", "out"],
+    ["edit", "direction", "a.png", "-d", "d.npy", "-o", "out"], ["evaluate", "--data", "d", "-o", "out"], ["serve"],
+])
+def test_every_model_command_takes_backend(command):
+    from instyle.cli.main import build_parser
+
+    parser = build_parser()
+    for backend in ("torch", "onnxruntime", "openvino", "auto"):
+        args = parser.parse_args([*command, "-c", "m", "--backend", backend, "--precision", "auto"])
+        assert (args.backend, args.precision) == (backend, "auto")
+    assert parser.parse_args([*command, "-c", "m"]).backend == "torch"
+
+
 # --------------------------------------------------------------------------- auto never picks the slower
 
 
@@ -86,7 +100,7 @@ def test_auto_picks_the_fastest_of_many(monkeypatch, tiny_psp, tmp_path):
     monkeypatch.setattr(probe, "available_backends", lambda: ALL)
     monkeypatch.setattr(probe, "_native_16bit", lambda device: ["bf16"])
     applied = []
-    monkeypatch.setattr(probe, "apply", lambda model, c: applied.append(c.label) or c.label)
+    monkeypatch.setattr(probe, "apply", lambda model, c, batch=None: applied.append(c.label) or c.label)
     labels = [c.label for c in candidates("auto", "auto", "cpu", installed=ALL, native=["bf16"])]
     for i, perm in enumerate(itertools.permutations([1.0, 2.0, 3.0, 4.0, 5.0])):
         timings = dict(zip(labels, perm))

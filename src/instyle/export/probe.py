@@ -180,13 +180,15 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
 
 
-def apply(model: torch.nn.Module, candidate: Candidate) -> str:
-    """Make ``model`` run as ``candidate`` (PyTorch precision or an ONNX backend); returns its note."""
+def apply(model: torch.nn.Module, candidate: Candidate, batch: int | None = None) -> str:
+    """Make ``model`` run as ``candidate`` (PyTorch precision or an ONNX backend); returns its
+    note. ``batch``: HyperStyle's fixed graph batch (the job's batch size)."""
     if candidate.backend == "torch":
         attach_backend(model, "torch")
         return set_runtime(model, candidate.precision).describe()
     set_runtime(model, "fp32")
-    return attach_backend(model, candidate.backend, candidate.precision)
+    fixed = batch if getattr(model, "family", "hyperstyle") == "hyperstyle" else None
+    return attach_backend(model, candidate.backend, candidate.precision, batch=fixed)
 
 
 def _round_trip(model, x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +207,7 @@ def _inputs(model, batch: int) -> torch.Tensor:
 def measure_candidate(model, candidate: Candidate, x: torch.Tensor, reps: int = 1) -> tuple[float, torch.Tensor]:
     """``(seconds per batch, output)`` of one encode + decode of ``x`` as ``candidate``
     (after one untimed warm-up call; the best of ``reps`` timed calls)."""
-    apply(model, candidate)
+    apply(model, candidate, len(x))
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         out = _round_trip(model, x)
@@ -262,7 +264,7 @@ def choose(
     if not cands:
         raise ConfigError(f"backend={backend!r} does not run precision={precision!r}; see instyle.export.backends")
     if len(cands) == 1:
-        note = apply(model, cands[0])
+        note = apply(model, cands[0], batch)
         only = cands[0]
         reason = "the only candidate here"
         if precision == "auto" and only.precision == "fp32":
@@ -308,7 +310,7 @@ def choose(
         except OSError as e:  # a read-only cache costs a probe next time, nothing else
             logger.warning("auto: could not write the probe cache %s: %s", path, e)
     pick = _pick(cands, seconds, rejected)
-    apply(model, pick)
+    apply(model, pick, batch)
     timings = ", ".join(f"{label} {s:.3g} s" for label, s in sorted(seconds.items(), key=lambda kv: kv[1]))
     dropped = "".join(f"; {label} dropped ({why})" for label, why in rejected.items())
     reason = (f"measured at batch {batch}: {timings}{dropped}; "
