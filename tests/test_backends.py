@@ -244,3 +244,19 @@ def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys):
     assert len(rows) == 4  # 2 variants x batch 1 and 2
     assert "matmul GFLOP/s" in out and "parity vs PyTorch fp32" in out
     assert all("1.00x" in r for r in rows if "| torch " in r)
+
+
+@pytest.mark.slow
+def test_inverter_takes_a_backend(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="needs the deploy extra")
+    from instyle import Inverter
+
+    monkeypatch.setenv("INSTYLE_CACHE", str(tmp_path))
+    model = tiny("psp", "GradualStyleEncoder")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    ref = Inverter(model, device="cpu").invert(img)
+    inv = Inverter(model, device="cpu", backend="onnxruntime")
+    assert model.backend is not None and "backend onnxruntime" in model.backend.describe()
+    got = inv.invert(img)
+    assert (got.latent - ref.latent).abs().max() < 1e-4
+    assert np.abs(np.asarray(got.image, dtype=int) - np.asarray(ref.image, dtype=int)).max() <= 1
