@@ -16,7 +16,14 @@ section, so a run killed half-way still leaves what it measured:
    CUDA graphs), peak memory, PSNR vs fp32 (random inputs and the conformance inputs),
    achieved TFLOP/s against the measured matmul peak, compile time;
 4. ``instyle encode --precision bf16 --compile`` end to end over the fixture photos;
-5. one training step, batch 8: the original loop vs instyle fp32 vs instyle bf16.
+5. one training step, batch 8: the original loop vs instyle fp32 vs instyle bf16;
+6. backends: the model exported to ONNX (parity-checked) and run on ONNX Runtime (CUDA /
+   TensorRT execution providers when that build is installed, else its CPU provider) and
+   OpenVINO (CPU) beside PyTorch fp32, batch 1 and the inference batch, with max abs diff.
+
+The sections that read fixtures (conformance, its PSNR, encode) need ``prepare`` first; a
+dry run prepares them itself from ``../shared`` when that exists, and otherwise those
+sections are reported as skipped with the command to run (never a bare subprocess error).
 
 The fixtures folder is git-ignored and small (key lists, npz inputs, the checkpoint writer,
 the photos: ~30 MB); checkpoints are regenerated on the machine itself.
@@ -79,6 +86,12 @@ def prepare(shared: Path, dest: Path = FIXTURES) -> dict:
     return {"fixtures": str(dest), "photos": len(photos), "mib": round(size, 1)}
 
 
+def missing_fixtures(fixtures: Path) -> list[str]:
+    """The fixture files a run needs that ``fixtures`` lacks (empty: ready)."""
+    need = [f"conformance/{f}" for f in CONFORMANCE_FILES] + ["faces"]
+    return [f for f in need if not (fixtures / f).exists()]
+
+
 # --------------------------------------------------------------------------- plan and report
 
 
@@ -106,11 +119,11 @@ def make_plan(dry_run: bool, budget_s: float) -> Plan:
     if dry_run:
         return Plan(True, "cpu", budget_s, "tiny", [2], "default", 1, "tiny", 2, ["B"], 512, 4, 8,
                     {"environment": 5, "conformance": 40, "inference batch 2": 40,
-                     "latency (compile mode default)": 10, "encode": 20, "training": 20})
+                     "latency (compile mode default)": 10, "encode": 20, "training": 20, "backends": 60})
     return Plan(False, "cuda", budget_s, "psp_ffhq_1024", [32, 128], "reduce-overhead", 5, "psp_ffhq_1024", 8,
                 ["A", "B"], 8192, 32, 1000,
                 {"environment": 10, "conformance": 45, "inference batch 32": 110, "inference batch 128": 45,
-                 "latency (compile mode reduce-overhead)": 60, "encode": 45, "training": 40})
+                 "latency (compile mode reduce-overhead)": 60, "encode": 45, "training": 40, "backends": 120})
 
 
 class Report:
@@ -280,8 +293,11 @@ def section_conformance(plan: Plan, fixtures: Path) -> tuple[dict, str]:
     with tempfile.TemporaryDirectory(prefix="instyle_conformance_") as tmp:
         for name in plan.conformance:
             ckpt = Path(tmp) / f"{name}.pt"
-            subprocess.run([sys.executable, str(conf / "make_checkpoint.py"), "--keys", str(conf / "keys" / f"{name}.txt"),
-                            "--seed", str(CONFORMANCE_SEEDS[name]), "--out", str(ckpt)], check=True, capture_output=True)
+            proc = subprocess.run([sys.executable, str(conf / "make_checkpoint.py"), "--keys",
+                                   str(conf / "keys" / f"{name}.txt"), "--seed", str(CONFORMANCE_SEEDS[name]),
+                                   "--out", str(ckpt)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"make_checkpoint.py for {name} exited {proc.returncode}: {proc.stderr.strip()[-800:]}")
             net = instyle.load(ckpt, device=device)
             ckpt.unlink()
             with np.load(conf / f"{name}.npz") as f:
@@ -420,24 +436,115 @@ def section_training(plan: Plan) -> tuple[dict, str]:
     return {"config": plan.train_config, "rows": data}, f"`{plan.train_config}`\n\n{md}"
 
 
+def section_backends(plan: Plan) -> tuple[dict, str]:
+    """PyTorch fp32 on the device beside the exported graph on every installed runtime."""
+    import statistics
+
+    import torch
+
+    from instyle.export import export_onnx
+    from instyle.export.backends import GraphSession, available_backends
+    from instyle.models import get_config
+    from instyle.models.init import random_psp
+
+    device = torch.device(plan.device)
+    model = random_psp(get_config(plan.infer_config), seed=0, latent_samples=1024).eval()
+    rows, data = [], []
+    with tempfile.TemporaryDirectory(prefix="instyle_backends_") as tmp:
+        t = time.perf_counter()
+        parity = export_onnx(model, tmp, graphs=("model",)).parity["model"]
+        export_s = time.perf_counter() - t
+        model = model.to(device)
+        runners = {"torch fp32 (" + device.type + ")": None}
+        installed = available_backends()
+        if "onnxruntime" in installed:
+            import onnxruntime as ort
+
+            providers = ort.get_available_providers()
+            if device.type == "cuda" and {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(providers):
+                runners["onnxruntime " + providers[0]] = GraphSession(Path(tmp) / "model.onnx", "onnxruntime",
+                                                                      device=device)
+            runners["onnxruntime CPU"] = GraphSession(Path(tmp) / "model.onnx", "onnxruntime")
+        if "openvino" in installed:
+            runners["openvino CPU fp32"] = GraphSession(Path(tmp) / "model.onnx", "openvino", "fp32")
+            runners["openvino CPU bf16"] = GraphSession(Path(tmp) / "model.onnx", "openvino", "bf16")
+        for batch in sorted({1, plan.infer_batches[0]}):
+            g = torch.Generator().manual_seed(batch)
+            x = torch.rand(batch, 3, model.input_size, model.input_size, generator=g) * 2 - 1
+            times, outs = {}, {}
+            for name, session in runners.items():
+                if batch > 1 and "CPU" in name and not plan.dry_run:
+                    continue  # a CPU runtime at the GPU batch size would eat the budget
+                def call(session=session, x=x):
+                    if session is None:
+                        with torch.no_grad():
+                            out = model.decode(model.encode(x.to(device)))
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        return out.float().cpu()
+                    return torch.from_numpy(session({"image": x.numpy()})[0])
+                try:
+                    outs[name] = call()
+                    runs = []
+                    for _ in range(max(1, plan.reps if session is None or "CPU" not in name else 1)):
+                        t = time.perf_counter()
+                        call()
+                        runs.append(time.perf_counter() - t)
+                    times[name] = statistics.median(runs)
+                except Exception as e:  # one runtime failing leaves the others' rows
+                    rows.append([name, batch, "-", "-", f"failed: {e!r}"[:120]])
+            base = times.get(next(iter(runners)))
+            ref = outs.get(next(iter(runners)))
+            for name, sec in times.items():
+                diff = float((outs[name] - ref).abs().max()) if ref is not None else math.nan
+                rows.append([name, batch, f"{1000 * sec / batch:.1f}", f"{base / sec:.2f}x" if base else "-",
+                             f"{diff:.1e}"])
+                data.append({"runtime": name, "batch": batch, "ms_per_img": 1000 * sec / batch,
+                             "speedup": base / sec if base else None, "max_abs_diff": diff})
+    md = (f"`{plan.infer_config}` exported in {export_s:.0f} s (parity vs PyTorch fp32 on CPU {parity:.1e}); "
+          f"installed: {', '.join(installed)}\n\n"
+          + _table(["runtime", "batch", "ms/img", "speed-up vs torch fp32", "max abs diff vs torch fp32"], rows))
+    return {"config": plan.infer_config, "export_s": export_s, "parity": parity, "rows": data}, md
+
+
 # --------------------------------------------------------------------------- main
 
 
-def run_all(out_dir: Path, plan: Plan, fixtures: Path = FIXTURES) -> Report:
+def _fixture_section(report: Report, name: str, fn, missing: list[str]) -> None:
+    """A section that reads fixtures: skipped with the command to run when they are missing."""
+    if missing:
+        report.add(name, "skipped", 0.0, {"reason": "fixtures missing", "missing": missing},
+                   f"Skipped: the fixtures folder lacks {', '.join(missing)}. Run `benchmarks/device_check.sh prepare` "
+                   "where ../shared exists (it copies them into benchmarks/.device_fixtures), then run again.")
+        return
+    run_section(report, name, fn)
+
+
+def run_all(out_dir: Path, plan: Plan, fixtures: Path = FIXTURES, shared: Path | None = None) -> Report:
     report = Report(out_dir, plan)
     report.write()
+    missing = missing_fixtures(fixtures)
+    shared = ROOT.parent / "shared" if shared is None else shared
+    if missing and plan.dry_run and (shared / "conformance").is_dir():
+        t = time.perf_counter()
+        info = prepare(shared.resolve(), fixtures)
+        report.add("prepare fixtures", "done", time.perf_counter() - t, info,
+                   f"The dry run prepared its fixtures from {shared} ({info['mib']} MiB, {info['photos']} photos).")
+        missing = missing_fixtures(fixtures)
     peaks: dict = {}
     run_section(report, "environment", lambda: section_environment(plan, peaks))
-    run_section(report, "conformance", lambda: section_conformance(plan, fixtures))
+    _fixture_section(report, "conformance", lambda: section_conformance(plan, fixtures), missing)
     for i, batch in enumerate(plan.infer_batches):
         run_section(report, f"inference batch {batch}",
                     lambda b=batch, first=i == 0: section_inference(plan, f"batch {b}", [b], True, first, peaks))
     mode = plan.latency_compile
     run_section(report, f"latency (compile mode {mode})",
                 lambda: section_inference(plan, f"batch 1, compile mode {mode}", [1], mode, False, peaks))
-    run_section(report, "PSNR on the conformance inputs", lambda: section_conformance_psnr(plan, fixtures))
-    run_section(report, "encode", lambda: section_encode(plan, fixtures, out_dir))
+    _fixture_section(report, "PSNR on the conformance inputs", lambda: section_conformance_psnr(plan, fixtures),
+                     missing)
+    _fixture_section(report, "encode", lambda: section_encode(plan, fixtures, out_dir), missing)
     run_section(report, "training", lambda: section_training(plan))
+    run_section(report, "backends", lambda: section_backends(plan))
     return report
 
 

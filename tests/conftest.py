@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,8 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ``--precision auto`` / ``--backend auto`` remember their measurements: tests keep them out of
+# the user's cache (tests of the cache itself pass their own file).
+os.environ.setdefault("INSTYLE_PROBE_CACHE", os.path.join(tempfile.mkdtemp(prefix="instyle-probe-"), "probe.json"))

@@ -147,7 +147,7 @@ def test_device_check_dry_run_produces_the_report(device_check, shared_dir, tmp_
     status = {s["name"]: s["status"] for s in report["sections"]}
     assert status == dict.fromkeys(
         ["environment", "conformance", "inference batch 2", "latency (compile mode default)",
-         "PSNR on the conformance inputs", "encode", "training"], "done"), status
+         "PSNR on the conformance inputs", "encode", "training", "backends"], "done"), status
     result = {s["name"]: s["result"] for s in report["sections"]}
     assert max(result["conformance"]["B"].values()) <= 1e-4
     rows = result["inference batch 2"]["rows"]
@@ -159,6 +159,8 @@ def test_device_check_dry_run_produces_the_report(device_check, shared_dir, tmp_
     assert result["encode"]["returncode"] == 0 and result["encode"]["summary"]["encoded"] == 8
     assert [r["path"] for r in result["training"]["rows"]] == ["original loop", "instyle fp32", "instyle bf16"]
     assert "# instyle device check (DRY RUN" in (out / "report.md").read_text()
+    backends = result["backends"]["rows"]
+    assert backends and all(r["max_abs_diff"] < 1e-3 for r in backends if "bf16" not in r["runtime"])
 
 
 def test_family_rows_put_sfe_beside_restyle_and_hyperstyle(single_thread):
@@ -166,3 +168,27 @@ def test_family_rows_put_sfe_beside_restyle_and_hyperstyle(single_thread):
     rows = families.rows("tiny", reps=1)
     assert [r.family for r in rows] == ["ReStyle (pSp, 5 it.)", "HyperStyle (5 it.)", "SFE"]
     assert rows[0].ratio == 1.0 and all(math.isfinite(r.seconds) and r.seconds > 0 for r in rows)
+
+
+def test_device_check_without_fixtures_prepares_them_or_says_how(device_check, tmp_path, monkeypatch):
+    """A dry run prepares its fixtures from ../shared; without ../shared the sections that
+    read them are skipped with the command to run (not failed with a subprocess error)."""
+    ran = []
+    monkeypatch.setattr(device_check, "run_section", lambda report, name, fn: ran.append(name))
+    plan = device_check.make_plan(dry_run=True, budget_s=600)
+    report = device_check.run_all(tmp_path / "r1", plan, tmp_path / "none", shared=tmp_path / "no_shared")
+    skipped = {s["name"]: s["markdown"] for s in report.sections if s["status"] == "skipped"}
+    assert set(skipped) == {"conformance", "PSNR on the conformance inputs", "encode"}
+    assert all("benchmarks/device_check.sh prepare" in md for md in skipped.values())
+    assert "conformance" not in ran and "environment" in ran and "backends" in ran
+
+    shared = tmp_path / "shared"
+    for f in device_check.CONFORMANCE_FILES:
+        (shared / "conformance" / f).parent.mkdir(parents=True, exist_ok=True)
+        (shared / "conformance" / f).write_text("x")
+    (shared / "data" / "faces").mkdir(parents=True)
+    (shared / "data" / "faces" / "a.png").write_bytes(b"png")
+    ran.clear()
+    report = device_check.run_all(tmp_path / "r2", plan, tmp_path / "fx", shared=shared)
+    assert [s["name"] for s in report.sections] == ["prepare fixtures"]
+    assert "conformance" in ran and "encode" in ran and device_check.missing_fixtures(tmp_path / "fx") == []

@@ -20,6 +20,7 @@ LAYERS = (
     ("ops",),
     ("models", "alignment"),
     ("interop",),
+    ("export",),
     ("losses", "data", "tasks"),
     ("training", "inference"),
     ("evaluation",),

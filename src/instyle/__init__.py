@@ -28,6 +28,8 @@ def load(
     compile: bool | str = False,
     e4e=None,
     generator=None,
+    backend: str = "torch",
+    batch_size: int = 1,
 ) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
@@ -40,14 +42,24 @@ def load(
         e4e, generator: for an official StyleFeatureEditor checkpoint, its e4e encoder file and
             its rosinality StyleGAN2 file (an ``SFE`` model is returned; own-format SFE folders
             contain both).
-        precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
-            the hardware runs it natively); the choice is in ``model.runtime.note``.
+        precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (measured:
+            see ``backend``); the choice is in ``model.runtime.note``.
         compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
+        backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (the model's encode /
+            decode run on ONNX graphs exported into the cache on first use; the ``deploy``
+            extra) or ``"auto"``. ``auto`` (for the backend or the precision) times the
+            candidates on this machine at ``batch_size`` and caches the answer; see
+            :mod:`instyle.export.probe`.
     """
     from instyle.models.runtime import set_runtime
 
     model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder, e4e=e4e, generator=generator)
-    set_runtime(model, precision, compile)
+    if backend == "torch" and precision != "auto":
+        set_runtime(model, precision, compile)
+    else:
+        from instyle.export.probe import configure
+
+        configure(model, backend, precision, compile, batch=batch_size)
     return model
 
 

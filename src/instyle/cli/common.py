@@ -36,14 +36,38 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (the first batch of each size compiles)"
     )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino", "auto"),
+        help="what runs the model: torch (default), onnxruntime or openvino (exported to ONNX into the cache on "
+        "first use; pip install 'instyle[deploy]'), or auto = the fastest measured on this machine (cached)",
+    )
 
 
 def apply_precision_args(model, args: argparse.Namespace) -> None:
-    """Apply ``--precision`` / ``--compile`` to a loaded model; say what ``auto`` picked (stderr)."""
+    """Apply ``--precision`` / ``--compile`` / ``--backend`` to a loaded model; say what ``auto``
+    picked (stderr). ``auto`` measures (:mod:`instyle.export.probe`) at ``--batch-size``.
+
+    Raises:
+        instyle.errors.InstyleError: a backend that is not installed, a precision it does not
+            run, an export that failed its parity check.
+    """
     from instyle.models.runtime import set_runtime
+    from instyle.utils.config import ConfigError
 
     # Commands that call others with a hand-made Namespace (quickstart -> encode) may lack the flags.
     precision, compile = getattr(args, "precision", "fp32"), getattr(args, "compile", False)
+    backend = getattr(args, "backend", "torch")
+    if backend != "torch" or precision == "auto":
+        from instyle.export.probe import configure
+
+        if compile and backend != "torch":
+            raise ConfigError(f"--compile is a PyTorch option; --backend {backend} runs exported graphs (drop --compile)")
+        log = lambda msg: print(f"instyle: {msg}", file=sys.stderr, flush=True)  # noqa: E731
+        note = configure(model, backend, precision, compile, batch=max(1, getattr(args, "batch_size", 1) or 1), log=log)
+        print(f"instyle: {note}", file=sys.stderr)
+        return
     choice = set_runtime(model, precision, compile)
     if precision != "fp32" or compile:
         print(f"instyle: {choice.describe()}" + (", torch.compile" if compile else ""), file=sys.stderr)

@@ -95,9 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from instyle.errors import InstyleError
     from instyle.inference.io import collect_input_files
     from instyle.inference.pipeline import EncodeOptions, OutputFolderError, encode_files, world
-    from instyle.interop import CheckpointError, load_psp
+    from instyle.interop import load_psp
     from instyle.utils.config import ConfigError
     from instyle.utils.device import resolve_device
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
-    except (CheckpointError, ConfigError) as e:
+    except InstyleError as e:
         error(str(e))
         return 2
     family = getattr(model, "family", "hyperstyle")

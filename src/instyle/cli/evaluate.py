@@ -14,6 +14,7 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
+    apply_precision_args,
     error,
 )
 from instyle.cli.mix import add_sfe_args
@@ -119,20 +120,24 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         name, path = named_file(args.checkpoint)
         args.name, args.checkpoint = (name, path) if path != args.checkpoint else (None, args.checkpoint)
+    measured = args.checkpoint and (getattr(args, "backend", "torch") != "torch" or args.precision == "auto")
     try:
         checkpoint = args.checkpoint
-        if args.w_encoder or args.e4e or args.generator:  # HyperStyle / SFE: load here, with their other files
+        if args.w_encoder or args.e4e or args.generator or measured:  # HyperStyle / SFE / --backend: load here
             from instyle.interop import load_psp
 
-            checkpoint = load_psp(args.checkpoint, w_encoder=args.w_encoder, e4e=args.e4e, generator=args.generator)
+            where = {"device": args.device} if measured else {}
+            checkpoint = load_psp(args.checkpoint, w_encoder=args.w_encoder, e4e=args.e4e, generator=args.generator, **where)
+        if measured:  # --backend / auto: applied here, on the model the report then runs
+            apply_precision_args(checkpoint, args)
         report = evaluate(
             checkpoint,
             args.data,
             task=args.task,
             batch_size=args.batch_size,
             device=args.device,
-            precision=args.precision,
-            compile=args.compile,
+            precision=None if measured else args.precision,
+            compile=False if measured else args.compile,
             out_dir=args.out,
             predictions_dir=args.predictions,
             lpips_weights=args.lpips_weights,
@@ -151,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         error(f"could not write the report into {args.out}: {e.strerror or e}")
         return 1
-    if args.checkpoint and (args.precision != "fp32" or args.compile):
+    if args.checkpoint and not measured and (args.precision != "fp32" or args.compile):
         picked = f" -> {report['precision']}" if args.precision == "auto" else ""
         print(f"instyle: precision {args.precision}{picked}" + (", torch.compile" if args.compile else ""), file=sys.stderr)
     print((Path(args.out) / "report.md").read_text())

@@ -19,6 +19,7 @@ COMMANDS = [
     "quickstart",
     "encode",
     "convert",
+    "export",
     "train",
     "serve",
     "align",

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.demo import ModelStore, ServeSettings
     from instyle.demo.editing import load_edits
+    from instyle.errors import InstyleError
     from instyle.interop import CheckpointError
     from instyle.utils.config import ConfigError
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             store.set_iterations(args.iterations)
         for name in store.names:
             apply_precision_args(store.get(name).model, args)
-    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+    except (ConfigError, CheckpointError, ValueError, OSError, InstyleError) as e:
         error(str(e))
         return 2
     from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good

@@ -47,6 +47,8 @@ class Inverter:
             None keeps a given model's setting (fp32 for a path). ``self.precision`` says
             what was chosen.
         compile: ``torch.compile`` the model (``True`` or a mode name); None keeps a given model's.
+        backend: ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (measured, with
+            ``precision="auto"`` too); None keeps a given model's. See docs/deploy.md.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Inverter:
         full_resolution: bool = False,
         precision: str | None = None,
         compile: bool | str | None = None,
+        backend: str | None = None,
     ):
         from instyle.models.runtime import set_runtime
 
@@ -72,7 +75,11 @@ class Inverter:
                 "(the latent comes with per-image generator offsets; see docs/hyperstyle.md)"
             )
         self.model = model.to(self.device).eval()
-        if precision is not None or compile is not None:
+        if backend is not None:
+            from instyle.export.probe import configure
+
+            configure(self.model, backend, precision or "fp32", compile or False)
+        elif precision is not None or compile is not None:
             runtime = self.model.runtime
             set_runtime(
                 self.model,

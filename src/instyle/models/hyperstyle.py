@@ -148,6 +148,8 @@ class HyperStyle(nn.Module):
 
     #: True for a randomly initialised (untrained) model; saved with the model files.
     random_weights: bool = False
+    #: Another runtime for ``encode`` / ``decode`` (``instyle.export.backends.attach_backend``); None: PyTorch.
+    backend = None
 
     def __init__(self, config: HyperStyleConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
@@ -242,6 +244,9 @@ class HyperStyle(nn.Module):
 
         ``weights_deltas``: the offsets of :meth:`encode` (None renders the plain generator).
         ``resize`` pools to ``resize_to`` like the original ``resize=True``."""
+        if self.backend is not None and noise is None and not randomize_noise:
+            images = self.backend.generate(w_plus, weights_deltas)
+            return self.face_pool(images) if resize else images
         images, _ = self.decoder(
             [w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise,
             weights_deltas=weights_deltas,
@@ -253,6 +258,9 @@ class HyperStyle(nn.Module):
 
         ``iterations`` defaults to ``config.iterations`` (5). With ``return_all`` both are
         lists with one entry per iteration."""
+        if self.backend is not None and not return_all:
+            self._check_image(self.fit_input(x))
+            return self.backend.encode(self.fit_input(x), self.config.iterations if iterations is None else iterations)
         result = run_inversion(self, x, iterations, return_all=return_all)
         if return_all:
             return [result.w_plus] * len(result.weights_deltas), result.weights_deltas

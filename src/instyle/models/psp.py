@@ -180,6 +180,8 @@ class PSP(nn.Module):
     """
 
     random_weights: bool = False
+    #: Another runtime for ``encode`` / ``decode`` (``instyle.export.backends.attach_backend``); None: PyTorch.
+    backend = None
 
     def __init__(self, config: PSPConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
@@ -291,6 +293,8 @@ class PSP(nn.Module):
         """
         if self.family == "restyle":
             self._check_image(x, self.input_nc)
+            if self.backend is not None and not return_all:
+                return self.backend.encode(x, self.default_iterations if iterations is None else iterations)
             steps = refine(self, x, self.default_iterations if iterations is None else iterations)
             latents = [w for w, _ in steps]
             return latents if return_all else latents[-1]
@@ -299,6 +303,10 @@ class PSP(nn.Module):
                 f"iterations={iterations!r}: only ReStyle models refine iteratively; this {self.family} model "
                 "encodes in one step (use iterations=None or 1)"
             )
+        if self.backend is not None:
+            self._check_image(x)
+            codes = self.backend.encode(x)
+            return [codes] if return_all else codes
         codes = self.encode_codes(x)
         if codes.ndim == 2:
             codes = codes.unsqueeze(1).repeat(1, self.n_styles, 1)
@@ -322,9 +330,12 @@ class PSP(nn.Module):
         Returns:
             ``[B, 3, H, W]`` raw generator output (not clamped).
         """
-        with self.runtime.context(w_plus):
-            images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
-        images = self.runtime.finish(images)
+        if self.backend is not None and noise is None and not randomize_noise:
+            images = self.backend.generate(w_plus)
+        else:
+            with self.runtime.context(w_plus):
+                images, _ = self.decoder([w_plus], input_is_latent=True, noise=noise, randomize_noise=randomize_noise)
+            images = self.runtime.finish(images)
         if resize:
             images = self.face_pool(images)
         crop = self.config.output_crop

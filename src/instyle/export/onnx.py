@@ -1,0 +1,425 @@
+"""ONNX export of pSp, e4e, ReStyle and HyperStyle models, checked against PyTorch.
+
+    result = export_onnx(model, "deploy/psp_ffhq", source="psp_ffhq_encode.pt")
+    result.parity          # {"encoder": 2.4e-07, "generator": 2.1e-05, "model": 2.1e-05}
+
+writes into the folder:
+
+* ``encoder.onnx``: ``image [B, C, H, W]`` -> ``w_plus [B, n_styles, style_dim]`` (the
+  average latent added; ReStyle's refinement unrolled ``iterations`` times; HyperStyle also
+  returns its per-image generator offsets ``delta_<layer>``).
+* ``generator.onnx``: ``w_plus`` (HyperStyle: and the ``delta_<layer>`` offsets) -> the
+  generator's full-resolution ``image [B, 3, size, size]`` (raw, not clamped, not cropped).
+* ``model.onnx``: ``image`` -> that reconstruction, in one graph.
+* ``export.json``: the source checkpoint and its fingerprint, family, input size and
+  channels, normalisation, styles, output size and crop, iterations, every graph's inputs
+  and outputs, and the measured parity.
+
+The batch dimension is dynamic: graphs are traced at batch 2, because the fast modulated
+convolution has a separate ``batch == 1`` branch that a batch-1 trace would bake in (the
+batch-2 path computes the same for one image). The generator's stored noise maps are
+**constants** in the graphs (instyle's deterministic ``randomize_noise=False``): a deployer
+gets the same image for the same latent, as ``instyle encode`` does.
+
+Every export ends with a parity check: each graph runs (ONNX Runtime, else OpenVINO) on
+seeded inputs at batch 1 and 2 and is compared with PyTorch fp32; an export whose maximum
+absolute difference exceeds :data:`PARITY_BOUND` (scaled by the output's magnitude when it
+exceeds 1) is refused and nothing is written to the output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from instyle.errors import InstyleError, MissingExtraError
+from instyle.utils.atomic import atomic_write_bytes
+from instyle.version import __version__
+
+__all__ = [
+    "EXPORT_FILE",
+    "FORMAT_VERSION",
+    "GRAPHS",
+    "OPSET",
+    "PARITY_BOUND",
+    "ExportError",
+    "ExportResult",
+    "export_onnx",
+    "model_fingerprint",
+    "require",
+]
+
+#: ONNX opset of the graphs (the dynamo exporter's reliable floor for these ops).
+OPSET = 18
+#: Version of the ``export.json`` layout.
+FORMAT_VERSION = 1
+EXPORT_FILE = "export.json"
+GRAPHS = ("encoder", "generator", "model")
+#: Largest accepted max-abs difference between a graph and PyTorch fp32 (outputs of
+#: magnitude <= 1; larger outputs scale it). The conformance suite's bound for instyle's
+#: fast path against the original code: an export may not be less exact than that.
+#: Measured: 2.4e-7 (encoder), 2.1e-5 (1024-px generator and whole model).
+PARITY_BOUND = 1e-4
+#: Most refinement steps unrolled into one encoder graph (each copies the encoder and generator ops).
+MAX_ITERATIONS = 20
+#: Above this many bytes of weights a graph keeps them in a side file (protobuf's 2 GiB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ExportError(InstyleError, RuntimeError):
+    """An export failed or did not match PyTorch; the message says which graph and by how much."""
+
+
+def require(module: str):
+    """Import an optional deployment package or raise :class:`MissingExtraError` naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"{module} is not installed: pip install 'instyle[deploy]' (onnx, onnxscript, onnxruntime, openvino)"
+        ) from e
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's configuration and every tensor of its state (names, dtypes,
+    shapes, bytes): the cache key of its exports."""
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(type(model).__name__.encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- graph modules
+
+
+def _family(model: nn.Module) -> str:
+    return getattr(model, "family", "hyperstyle")
+
+
+def _torch_encode(model, x: torch.Tensor, iterations: int | None):
+    """The model's own PyTorch ``encode`` (bypassing an attached backend)."""
+    return type(model).encode(model, x, iterations=iterations)
+
+
+def _raw_image(decoder, w_plus: torch.Tensor, deltas=None) -> torch.Tensor:
+    kwargs = {"weights_deltas": deltas} if deltas is not None else {}
+    return decoder([w_plus], input_is_latent=True, randomize_noise=False, **kwargs)[0]
+
+
+def _delta_layers(model, iterations: int | None) -> list[int]:
+    """Generator layers that receive HyperStyle offsets (None entries are untuned layers)."""
+    with torch.no_grad():
+        x = torch.zeros(1, 3, *input_hw(model), device=_device(model))
+        _, deltas = _torch_encode(model, x, 1)
+    return [i for i, d in enumerate(deltas) if d is not None]
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model, iterations: int | None, layers: list[int] | None):
+        super().__init__()
+        self.model, self.iterations, self.layers = model, iterations, layers
+
+    def forward(self, image):
+        out = _torch_encode(self.model, image, self.iterations)
+        if self.layers is None:
+            return out
+        w, deltas = out
+        return (w, *[deltas[i] for i in self.layers])
+
+
+class _Generator(nn.Module):
+    """Holds the generator alone: the traced program (and its memory) carries no encoder."""
+
+    def __init__(self, model, layers: list[int] | None):
+        super().__init__()
+        self.decoder, self.layers = model.decoder, layers
+
+    def forward(self, w_plus, *offsets):
+        if self.layers is None:
+            return _raw_image(self.decoder, w_plus)
+        deltas: list[torch.Tensor | None] = [None] * self.decoder.n_weight_layers
+        for i, d in zip(self.layers, offsets):
+            deltas[i] = d
+        return _raw_image(self.decoder, w_plus, deltas)
+
+
+class _Whole(nn.Module):
+    def __init__(self, model, iterations: int | None, layers: list[int] | None):
+        super().__init__()
+        self.encoder, self.generator = _Encoder(model, iterations, layers), _Generator(model, layers)
+
+    def forward(self, image):
+        out = self.encoder(image)
+        return self.generator(*out) if isinstance(out, tuple) else self.generator(out)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote: the folder, its ``export.json`` content, and the
+    max-abs difference from PyTorch of every graph."""
+
+    directory: Path
+    metadata: dict
+    parity: dict[str, float] = field(default_factory=dict)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def input_hw(model) -> tuple[int, int]:
+    hw = getattr(model, "input_hw", None)
+    if hw is not None:
+        return tuple(hw)
+    s = model.input_size
+    return (s * 3 // 4 if getattr(model.config, "crop_cars", False) else s, s)
+
+
+def _default_iterations(model) -> int | None:
+    family = _family(model)
+    if family == "restyle":
+        return model.default_iterations
+    if family == "hyperstyle":
+        return model.config.iterations
+    return None
+
+
+def _images(model, batch: int, seed: int) -> torch.Tensor:
+    h, w = input_hw(model)
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, model.input_nc, h, w, generator=g) * 2 - 1).to(_device(model))
+
+
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _graph_specs(model, iterations: int | None) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
+    """``name -> (module, input names, output names)`` of the three graphs."""
+    layers = _delta_layers(model, iterations) if _family(model) == "hyperstyle" else None
+    deltas = [f"delta_{i}" for i in layers or []]
+    return {
+        "encoder": (_Encoder(model, iterations, layers), ["image"], ["w_plus", *deltas]),
+        "generator": (_Generator(model, layers), ["w_plus", *deltas], ["image"]),
+        "model": (_Whole(model, iterations, layers), ["image"], ["reconstruction"]),
+    }
+
+
+def _example_inputs(name: str, model, iterations, encoder: nn.Module, batch: int, seed: int) -> tuple:
+    x = _images(model, batch, seed)
+    if name in ("encoder", "model"):
+        return (x,)
+    with torch.no_grad():
+        return _as_tuple(encoder(x))
+
+
+def _export_graph(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: bool = True
+) -> None:
+    require("onnx")
+    require("onnxscript")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic_shapes = tuple({0: batch} for _ in args) if dynamic else None
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    module.eval()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter's progress chatter
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, args, str(path), dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
+                dynamic_shapes=dynamic_shapes, external_data=weight_bytes > _EXTERNAL_DATA_BYTES, verbose=False,
+            )
+    except Exception as e:  # the exporter's own errors are many and undocumented
+        raise ExportError(f"exporting {path.name} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
+def parity_runner(path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """A function running an ONNX file on this machine's CPU (ONNX Runtime, else OpenVINO)."""
+    threads = threads or torch.get_num_threads()
+    try:
+        ort = importlib.import_module("onnxruntime")
+    except ImportError:
+        ov = require("openvino")
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                              "INFERENCE_PRECISION_HINT": "f32"})
+        return lambda feeds: [np.asarray(v) for v in compiled(feeds).values()]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda feeds: session.run(None, feeds)
+
+
+def _parity(module: nn.Module, run, inputs: list[str], args: tuple) -> float:
+    """Largest |onnx - torch| over all outputs, relative to max(1, |torch|)."""
+    with torch.no_grad():
+        expected = _as_tuple(module(*args))
+    got = run({n: a.detach().cpu().numpy() for n, a in zip(inputs, args)})
+    if len(got) != len(expected):
+        raise ExportError(f"the graph returned {len(got)} outputs, PyTorch {len(expected)}")
+    worst = 0.0
+    for g, e in zip(got, expected):
+        e = e.detach().cpu().float().numpy()
+        if g.shape != e.shape:
+            raise ExportError(f"output shape {g.shape} differs from PyTorch's {e.shape}")
+        scale = max(1.0, float(np.abs(e).max()))
+        worst = max(worst, float(np.abs(g - e).max()) / scale)
+    return worst
+
+
+def _metadata(
+    model, iterations, specs, parity: dict[str, float], source, fingerprint: str, files: dict, fixed: int | None
+) -> dict:
+    family = _family(model)
+    cfg = model.config
+    h, w = input_hw(model)
+    gen = model.decoder.config if hasattr(model.decoder, "config") else cfg.generator
+    graphs = {}
+    for name, (_, inputs, outputs) in specs.items():
+        graphs[name] = {"file": files[name], "inputs": inputs, "outputs": outputs, "parity_max_abs": parity[name]}
+    return {
+        "format": "instyle-onnx",
+        "format_version": FORMAT_VERSION,
+        "instyle_version": __version__,
+        "torch_version": torch.__version__,
+        "opset": OPSET,
+        "source": {"checkpoint": None if source is None else str(source), "sha256": fingerprint},
+        "family": family,
+        "task": getattr(cfg, "task", "inversion"),
+        "input": {
+            "shape": ["batch", model.input_nc, h, w],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "normalisation": "RGB resized to the input size (bilinear), x / 127.5 - 1: values in [-1, 1] "
+            "(torchvision Normalize(mean=0.5, std=0.5))",
+        },
+        "styles": model.n_styles,
+        "style_dim": gen.style_dim,
+        "output": {
+            "shape": ["batch", 3, gen.size, gen.size],
+            "range": "[-1, 1] before clamping; uint8 = round((clamp(y, -1, 1) + 1) * 127.5)",
+            "resize_to": getattr(cfg, "resize_to", None),
+            "output_crop": list(cfg.output_crop) if getattr(cfg, "output_crop", None) else None,
+        },
+        "iterations": iterations,
+        "noise": "the generator's stored noise maps are constants in the graphs (randomize_noise=False)",
+        "batch": "dynamic" if fixed is None else fixed,
+        "parity_bound": PARITY_BOUND,
+        "graphs": graphs,
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    source: str | os.PathLike | None = None,
+    iterations: int | None = None,
+    graphs: tuple[str, ...] = GRAPHS,
+    bound: float = PARITY_BOUND,
+    log: Callable[[str], None] | None = None,
+    batch: int | None = None,
+) -> ExportResult:
+    """Export ``model`` (pSp, e4e, ReStyle or HyperStyle, fp32) to ONNX graphs in ``out_dir``.
+
+    Args:
+        model: a loaded model (its device: CPU is what the parity check runs on).
+        out_dir: the folder to write (created; files of an earlier export are replaced).
+        source: the checkpoint it came from, recorded in ``export.json``.
+        iterations: ReStyle / HyperStyle refinement steps unrolled into the encoder
+            (default: the model's own, 5).
+        graphs: which of ``encoder``, ``generator``, ``model`` to write.
+        bound: refuse an export whose parity error exceeds this (default :data:`PARITY_BOUND`).
+        log: called with one line per step (e.g. ``print``).
+        batch: HyperStyle only: the graphs' fixed batch size (default 1). Its offsets make
+            per-image kernels, a convolution with ``groups = batch`` that ONNX cannot leave
+            symbolic; the other families always export a dynamic batch.
+
+    Raises:
+        ExportError: a graph failed to export or differs from PyTorch by more than ``bound``.
+        instyle.errors.MissingExtraError: the ``deploy`` extra is not installed.
+    """
+    say = log or (lambda _msg: None)
+    unknown = [g for g in graphs if g not in GRAPHS]
+    if unknown or not graphs:
+        raise ExportError(f"graphs={list(graphs)!r}: choose from {list(GRAPHS)}")
+    family = _family(model)
+    if family not in ("psp", "e4e", "restyle", "hyperstyle"):
+        raise ExportError(f"family={family!r} cannot be exported yet; accepted: psp, e4e, restyle, hyperstyle")
+    if family in ("psp", "e4e") and iterations not in (None, 1):
+        raise ExportError(f"iterations={iterations!r}: only ReStyle and HyperStyle models refine; {family} encodes in one step")
+    if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
+                                   or not 1 <= iterations <= MAX_ITERATIONS):
+        raise ExportError(f"iterations={iterations!r}: unrolled refinement takes 1 to {MAX_ITERATIONS} steps")
+    iterations = None if family in ("psp", "e4e") else iterations or _default_iterations(model)
+    if family != "hyperstyle" and batch is not None:
+        raise ExportError(f"batch={batch}: only HyperStyle graphs have a fixed batch; {family} graphs take any batch")
+    fixed = (1 if batch is None else batch) if family == "hyperstyle" else None
+    if fixed is not None and not (isinstance(fixed, int) and 1 <= fixed <= 256):
+        raise ExportError(f"batch={batch!r}: a HyperStyle export takes a fixed batch of 1 to 256")
+    model = model.float().eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(model)
+    every = _graph_specs(model, iterations)
+    specs = {k: v for k, v in every.items() if k in graphs}
+    encoder = every["encoder"][0]
+    parity, files = {}, {}
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
+        for name, (module, inputs, outputs) in specs.items():
+            path = Path(tmp) / f"{name}.onnx"
+            t = time.perf_counter()
+            _export_graph(module, _example_inputs(name, model, iterations, encoder, fixed or 2, 0), path, inputs,
+                          outputs, dynamic=fixed is None)
+            run = parity_runner(path)
+            err = max(_parity(module, run, inputs, _example_inputs(name, model, iterations, encoder, b, 1 + b))
+                      for b in ((fixed,) if fixed else (1, 2)))
+            say(f"{name}.onnx: exported in {time.perf_counter() - t:.1f} s; max abs diff vs PyTorch fp32 {err:.2e} "
+                f"(bound {bound:.0e})")
+            if not err <= bound:
+                raise ExportError(
+                    f"{name}.onnx differs from PyTorch fp32 by {err:.3g} (max abs, batch 1 and 2), above the bound "
+                    f"{bound:g}; nothing was written to {out_dir}"
+                )
+            parity[name], files[name] = err, path.name
+        meta = _metadata(model, iterations, specs, parity, source, fingerprint, files, fixed)
+        (out_dir / EXPORT_FILE).unlink(missing_ok=True)  # an interrupted replacement is not a valid export
+        for item in sorted(Path(tmp).iterdir()):  # graphs (and any external-data files), each replaced atomically
+            os.replace(item, out_dir / item.name) if item.is_file() else shutil.move(str(item), out_dir / item.name)
+    atomic_write_bytes(out_dir / EXPORT_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return ExportResult(out_dir, meta, parity)
+
+
+def read_export(directory: str | os.PathLike) -> dict:
+    """The ``export.json`` of an export folder (:class:`ExportError` when missing or foreign)."""
+    path = Path(directory) / EXPORT_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{path}: not an instyle ONNX export ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != "instyle-onnx":
+        raise ExportError(f"{path}: not an instyle ONNX export (format {meta.get('format')!r}, expected 'instyle-onnx')")
+    return meta
