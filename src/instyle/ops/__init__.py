@@ -2,7 +2,7 @@
 functions (see :mod:`instyle.ops._backend`)."""
 
 # Importing the fast modules registers their fast paths (cheap: nothing is compiled).
-from instyle.ops import fast_act, fast_filtered_lrelu, fast_modconv, fast_upfirdn2d  # noqa: F401
+from instyle.ops import fast_act, fast_filtered_lrelu, fast_modconv, fast_upfirdn2d, stylegan3_conv  # noqa: F401
 from instyle.ops._backend import get_backend, register_fast_path, set_backend, use_backend
 from instyle.ops.filtered_lrelu import filtered_lrelu, filtered_lrelu_reference
 from instyle.ops.fused_act import FusedLeakyReLU, fused_leaky_relu, fused_leaky_relu_reference
