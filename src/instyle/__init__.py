@@ -26,6 +26,7 @@ def load(
     w_encoder=None,
     precision: str = "fp32",
     compile: bool | str = False,
+    generator=None,
 ) -> PSP:
     """Load a pSp checkpoint (official ``.pt`` or an instyle directory), in eval mode.
 
@@ -38,10 +39,12 @@ def load(
         precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 where
             the hardware runs it natively); the choice is in ``model.runtime.note``.
         compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
+        generator: for a ReStyle-over-StyleGAN3 checkpoint, the StyleGAN3 generator to use
+            instead of its decoder (``.pt``, NVIDIA ``.pkl`` or own format; see docs/stylegan3.md).
     """
     from instyle.models.runtime import set_runtime
 
-    model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder)
+    model = load_psp(path, device=device, expected=expected, w_encoder=w_encoder, generator=generator)
     set_runtime(model, precision, compile)
     return model
 

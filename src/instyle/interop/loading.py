@@ -31,6 +31,13 @@ from instyle.interop.keymaps import (
 )
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.stylegan3 import (
+    is_restyle3_checkpoint,
+    is_stylegan3_state_dict,
+    load_stylegan3_generator,
+    restyle3_from_checkpoint,
+    stylegan3_generator_from_object,
+)
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
@@ -118,6 +125,11 @@ def load_own(directory: str | os.PathLike):
     """An own-format directory as a :class:`PSP`, :class:`Generator` or
     :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
+    if kind in ("stylegan3", "restyle3"):
+        from instyle.models.restyle3 import ReStyle3
+        from instyle.models.stylegan3 import StyleGAN3Generator
+
+        return {"stylegan3": StyleGAN3Generator, "restyle3": ReStyle3}[kind].from_pretrained(directory)
     return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle}[kind].from_pretrained(directory)
 
 
@@ -195,6 +207,7 @@ def load_psp(
     device: str | torch.device = DEFAULT_DEVICE,
     expected: PSPConfig | None = None,
     w_encoder: str | os.PathLike | None = None,
+    generator: str | os.PathLike | None = None,
 ) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
@@ -204,11 +217,17 @@ def load_psp(
         expected: if given, the file's architecture must equal it.
         w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
             :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
+        generator: a StyleGAN3 encoder's replacement generator (``.pt`` state dict, NVIDIA
+            ``.pkl`` or own format), used instead of the checkpoint's decoder.
     """
     p = resolve_path(path)
     if is_own_format(p):
         if w_encoder is not None:
             raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
+        if read_config(p)["kind"] == "restyle3":  # ReStyle over StyleGAN3
+            from instyle.interop.stylegan3 import load_restyle3
+
+            return load_restyle3(p, generator).to(resolve_device(device))
         model = load_own(p)
         if _is_hyperstyle(model):
             return model.to(resolve_device(device)).eval()
@@ -223,6 +242,10 @@ def load_psp(
             f"{p}: an NVIDIA .pkl holds a generator, not a pSp model; use instyle.load_generator or `instyle convert`"
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
+    if is_restyle3_checkpoint(ckpt):  # ReStyle over StyleGAN3
+        return restyle3_from_checkpoint(ckpt, p, generator).to(resolve_device(device))
+    if generator is not None:
+        raise CheckpointError(f"{p}: generator={str(generator)!r} is only for encoders over StyleGAN3; this file is not one")
     fmt = detect_format(ckpt)
     if fmt == "hyperstyle":
         return hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve_path).to(resolve_device(device))
@@ -280,13 +303,24 @@ def load_generator(
     ``mean_latent(latent_avg_samples, seed=0)`` and a warning says so.
     """
     p = resolve_path(path)
+    if is_own_format(p) and read_config(p)["kind"] in ("stylegan3", "restyle3"):
+        return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     if is_own_format(p):
         m = load_own(p)
         g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
-        g = load_nvidia_generator(p)
+        try:
+            g = load_nvidia_generator(p)
+        except CheckpointError as e:
+            if "StyleGAN3" not in str(e):
+                raise
+            return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")
+        if is_stylegan3_state_dict(ckpt) or is_restyle3_checkpoint(ckpt) or (
+            isinstance(ckpt, Mapping) and is_stylegan3_state_dict(ckpt.get("G_ema"))
+        ):
+            return stylegan3_generator_from_object(ckpt, p).to(resolve_device(device)).eval()
         fmt = detect_format(ckpt)
         if fmt == "psp":
             config, state, latent_avg, _ = read_official_psp(ckpt, p)

@@ -36,6 +36,8 @@ __all__ = [
     "read_nvidia_stylegan3",
     "load_stylegan3_generator",
     "load_restyle3",
+    "restyle3_from_checkpoint",
+    "stylegan3_generator_from_object",
     "is_restyle3_checkpoint",
 ]
 
@@ -221,18 +223,23 @@ def load_stylegan3_generator(path: str | os.PathLike) -> StyleGAN3Generator:
         raise CheckpointError(f"{p}: holds a {kind!r} model, not a StyleGAN3 generator")
     if p.suffix == ".pkl":
         return read_nvidia_stylegan3(p)
-    obj = safe_torch_load(p, "StyleGAN3 generator")
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping) and is_stylegan3_state_dict(obj["state_dict"], "decoder."):
-        return stylegan3_from_state_dict(strip_prefix(obj["state_dict"], "decoder."), f"{p} [decoder]")
+    return stylegan3_generator_from_object(safe_torch_load(p, "StyleGAN3 generator"), p)
+
+
+def stylegan3_generator_from_object(obj: Any, source: Any) -> StyleGAN3Generator:
+    """The StyleGAN3 generator in a loaded ``.pt`` object: a bare state dict, ``{'G_ema': sd}``
+    or a ReStyle-over-StyleGAN3 checkpoint (its decoder)."""
+    if is_restyle3_checkpoint(obj):
+        return stylegan3_from_state_dict(strip_prefix(obj["state_dict"], "decoder."), f"{source} [decoder]")
     for key in ("G_ema", "g_ema"):
         if isinstance(obj, Mapping) and is_stylegan3_state_dict(obj.get(key)):
-            return stylegan3_from_state_dict(obj[key], f"{p} [{key}]")
+            return stylegan3_from_state_dict(obj[key], f"{source} [{key}]")
     if not is_stylegan3_state_dict(obj):
         raise CheckpointError(
-            f"{p}: not a StyleGAN3 generator: expected a Generator state dict (with synthesis.input.freqs), an NVIDIA "
-            ".pkl, an instyle StyleGAN3 directory or a ReStyle-over-StyleGAN3 checkpoint"
+            f"{source}: not a StyleGAN3 generator: expected a Generator state dict (with synthesis.input.freqs), an "
+            "NVIDIA .pkl, an instyle StyleGAN3 directory or a ReStyle-over-StyleGAN3 checkpoint"
         )
-    return stylegan3_from_state_dict(obj, p)
+    return stylegan3_from_state_dict(obj, source)
 
 
 # ----------------------------------------------------------------------------- ReStyle over StyleGAN3
@@ -255,48 +262,56 @@ def load_restyle3(path: str | os.PathLike, generator: str | os.PathLike | None =
             ``load_encoder(..., generator_path=...)``: the checkpoint's own decoder is loaded
             and verified first, then replaced; ``latent_avg`` stays the checkpoint's.
     """
-    from instyle.models.restyle3 import ReStyle3, ReStyle3Config
+    from instyle.models.restyle3 import ReStyle3
 
     p = Path(path)
     if is_own_format(p):
         model = ReStyle3.from_pretrained(p)
-    else:
-        ckpt = safe_torch_load(p, "ReStyle-StyleGAN3 checkpoint")
-        if not is_restyle3_checkpoint(ckpt):
-            raise CheckpointError(f"{p}: not a ReStyle-over-StyleGAN3 checkpoint (state_dict with encoder.* and a StyleGAN3 decoder.*)")
-        sd, opts = ckpt["state_dict"], ckpt.get("opts") or {}
-        if not isinstance(opts, Mapping):
-            raise CheckpointError(f"{p}: 'opts' is a {type(opts).__name__}, expected a mapping")
-        decoder = stylegan3_from_state_dict(strip_prefix(sd, "decoder."), f"{p} [decoder]")
-        enc_sd = strip_prefix(sd, "encoder.")
-        try:
-            enc = encoder_config_from_state_dict(enc_sd, n_styles=decoder.n_latent)
-        except (ArchitectureError, ValueError) as e:
-            raise CheckpointError(f"{p}: {e}") from None
-        kind = opts.get("encoder_type", "BackboneEncoder")
-        if kind not in ("BackboneEncoder", "ProgressiveBackboneEncoder") or enc.type != "BackboneEncoder":
-            raise CheckpointError(
-                f"{p}: encoder_type {kind!r} with {enc.type} tensors; ReStyle over StyleGAN3 has "
-                "BackboneEncoder / ProgressiveBackboneEncoder (same tensors)"
-            )
-        if opts.get("input_nc", enc.input_nc) != enc.input_nc or enc.input_nc != 6:
-            raise CheckpointError(f"{p}: the encoder takes {enc.input_nc} channels (opts: {opts.get('input_nc')}); ReStyle needs 6")
-        if enc.n_styles != decoder.n_latent:
-            raise CheckpointError(f"{p}: the encoder predicts {enc.n_styles} styles but the generator takes {decoder.n_latent}")
-        enc.type = kind
-        avg = ckpt.get("latent_avg")
-        if not isinstance(avg, torch.Tensor) or tuple(avg.shape) != (decoder.style_dim,):
-            shape = tuple(avg.shape) if isinstance(avg, torch.Tensor) else type(avg).__name__
-            raise CheckpointError(f"{p}: latent_avg must be a [{decoder.style_dim}] tensor (the original adds it at "
-                                  f"iteration 0); found {shape}")
-        iterations = opts.get("n_iters_per_batch", 3)
-        config = ReStyle3Config(encoder=enc, generator=decoder.config,
-                                iterations=iterations if isinstance(iterations, int) and 1 <= iterations <= 100 else 3)
-        model = build_empty(ReStyle3, config)
-        state = {**{f"encoder.{k}": v for k, v in enc_sd.items()},
-                 **{f"decoder.{k}": v for k, v in decoder.state_dict().items()}, "latent_avg": avg.float()}
-        load_state_checked(model, state, p, assign=True)
-        model.source = str(p)
+        if generator is not None:
+            model.replace_generator(load_stylegan3_generator(generator))
+        return model.eval()
+    return restyle3_from_checkpoint(safe_torch_load(p, "ReStyle-StyleGAN3 checkpoint"), p, generator)
+
+
+def restyle3_from_checkpoint(ckpt: Any, p: Any, generator: str | os.PathLike | None = None):
+    """:func:`load_restyle3` for an already loaded official checkpoint object."""
+    from instyle.models.restyle3 import ReStyle3, ReStyle3Config
+
+    if not is_restyle3_checkpoint(ckpt):
+        raise CheckpointError(f"{p}: not a ReStyle-over-StyleGAN3 checkpoint (state_dict with encoder.* and a StyleGAN3 decoder.*)")
+    sd, opts = ckpt["state_dict"], ckpt.get("opts") or {}
+    if not isinstance(opts, Mapping):
+        raise CheckpointError(f"{p}: 'opts' is a {type(opts).__name__}, expected a mapping")
+    decoder = stylegan3_from_state_dict(strip_prefix(sd, "decoder."), f"{p} [decoder]")
+    enc_sd = strip_prefix(sd, "encoder.")
+    try:
+        enc = encoder_config_from_state_dict(enc_sd, n_styles=decoder.n_latent)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    kind = opts.get("encoder_type", "BackboneEncoder")
+    if kind not in ("BackboneEncoder", "ProgressiveBackboneEncoder") or enc.type != "BackboneEncoder":
+        raise CheckpointError(
+            f"{p}: encoder_type {kind!r} with {enc.type} tensors; ReStyle over StyleGAN3 has "
+            "BackboneEncoder / ProgressiveBackboneEncoder (same tensors)"
+        )
+    if opts.get("input_nc", enc.input_nc) != enc.input_nc or enc.input_nc != 6:
+        raise CheckpointError(f"{p}: the encoder takes {enc.input_nc} channels (opts: {opts.get('input_nc')}); ReStyle needs 6")
+    if enc.n_styles != decoder.n_latent:
+        raise CheckpointError(f"{p}: the encoder predicts {enc.n_styles} styles but the generator takes {decoder.n_latent}")
+    enc.type = kind
+    avg = ckpt.get("latent_avg")
+    if not isinstance(avg, torch.Tensor) or tuple(avg.shape) != (decoder.style_dim,):
+        shape = tuple(avg.shape) if isinstance(avg, torch.Tensor) else type(avg).__name__
+        raise CheckpointError(f"{p}: latent_avg must be a [{decoder.style_dim}] tensor (the original adds it at "
+                              f"iteration 0); found {shape}")
+    iterations = opts.get("n_iters_per_batch", 3)
+    config = ReStyle3Config(encoder=enc, generator=decoder.config,
+                            iterations=iterations if isinstance(iterations, int) and 1 <= iterations <= 100 else 3)
+    model = build_empty(ReStyle3, config)
+    state = {**{f"encoder.{k}": v for k, v in enc_sd.items()},
+             **{f"decoder.{k}": v for k, v in decoder.state_dict().items()}, "latent_avg": avg.float()}
+    load_state_checked(model, state, p, assign=True)
+    model.source = str(p)
     if generator is not None:
         model.replace_generator(load_stylegan3_generator(generator))
     return model.eval()

@@ -25,6 +25,8 @@ from instyle.ops.filtered_lrelu import parse_filtered_lrelu_args
 
 __all__ = ["filtered_lrelu_fast"]
 
+SQRT2 = math.sqrt(2.0)
+
 
 def _resample(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, pad, gain: float) -> torch.Tensor:
     x0, x1, y0, y1 = pad
@@ -41,7 +43,7 @@ def _resample(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, pad, 
     return upfirdn2d_fast(x, g[:, None], up=(1, up), down=(1, down), pad=(0, 0, y0, y1))
 
 
-def filtered_lrelu_fast(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=math.sqrt(2.0), slope=0.2, clamp=None):
+def filtered_lrelu_fast(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQRT2, slope=0.2, clamp=None):
     """Filtered leaky ReLU of ``x [B, C, H, W]`` (see ``filtered_lrelu_reference``)."""
     px0, px1, py0, py1, out_h, out_w = parse_filtered_lrelu_args(x, fu, fd, b, up, down, padding, gain, slope, clamp)
     if b is not None:
