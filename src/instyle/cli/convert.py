@@ -58,13 +58,18 @@ def run(args: argparse.Namespace) -> int:
                 kind = kind if kind in ("psp", "hyperstyle") else "generator"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kind in ("psp", "hyperstyle"):
+            if kind in ("psp", "hyperstyle", "restyle3"):
                 model = load_psp(src, w_encoder=args.w_encoder)
                 model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
             if kind in ("psp", "hyperstyle") and hasattr(model.config, "hypernet"):
                 hyper = model.config.hypernet
                 desc = (
                     f"HyperStyle model: {hyper.type}, {len(hyper.layers_to_tune)} tuned layers, "
+                    f"output {model.output_size}px, {model.n_styles} styles"
+                )
+            elif kind in ("psp", "restyle3") and getattr(model, "family", None) == "restyle3":
+                desc = (
+                    f"ReStyle-{model.config.variant} over StyleGAN3: input 6x{model.config.encoder.input_size}px, "
                     f"output {model.output_size}px, {model.n_styles} styles"
                 )
             elif kind == "psp":

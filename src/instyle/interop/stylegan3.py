@@ -305,7 +305,7 @@ def restyle3_from_checkpoint(ckpt: Any, p: Any, generator: str | os.PathLike | N
         raise CheckpointError(f"{p}: latent_avg must be a [{decoder.style_dim}] tensor (the original adds it at "
                               f"iteration 0); found {shape}")
     iterations = opts.get("n_iters_per_batch", 3)
-    config = ReStyle3Config(encoder=enc, generator=decoder.config,
+    config = ReStyle3Config(encoder=enc, generator=decoder.config, pool_size=enc.input_size,
                             iterations=iterations if isinstance(iterations, int) and 1 <= iterations <= 100 else 3)
     model = build_empty(ReStyle3, config)
     state = {**{f"encoder.{k}": v for k, v in enc_sd.items()},
