@@ -113,6 +113,11 @@ def stylegan3_config_from_state_dict(sd: Mapping[str, torch.Tensor], options: Ma
     if "conv_clamp" in opts and opts["conv_clamp"] is None:
         kwargs["conv_clamp"] = None
     try:
+        if "margin_size" not in kwargs:  # L0's size is its sampling rate plus twice the margin
+            rate = layer_specs(StyleGAN3Config(**kwargs))["input"]["sampling_rate"]
+            margin = (layers[0][1] - rate) / 2
+            if margin >= 0 and float(margin).is_integer() and len(layers) > 2:
+                kwargs["margin_size"] = int(margin)
         config = StyleGAN3Config(**kwargs)
     except (ConfigError, TypeError) as e:
         raise ArchitectureError(str(e)) from None
