@@ -34,6 +34,7 @@ from instyle.interop.safe_load import safe_torch_load
 from instyle.interop.stylegan3 import (
     is_restyle3_checkpoint,
     is_stylegan3_state_dict,
+    load_restyle3,
     load_stylegan3_generator,
     restyle3_from_checkpoint,
     stylegan3_generator_from_object,
@@ -42,7 +43,9 @@ from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import get_config
+from instyle.models.restyle3 import ReStyle3
 from instyle.models.stylegan2 import Generator
+from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -126,9 +129,6 @@ def load_own(directory: str | os.PathLike):
     :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
     if kind in ("stylegan3", "restyle3"):
-        from instyle.models.restyle3 import ReStyle3
-        from instyle.models.stylegan3 import StyleGAN3Generator
-
         return {"stylegan3": StyleGAN3Generator, "restyle3": ReStyle3}[kind].from_pretrained(directory)
     return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle}[kind].from_pretrained(directory)
 
@@ -225,8 +225,6 @@ def load_psp(
         if w_encoder is not None:
             raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
         if read_config(p)["kind"] == "restyle3":  # ReStyle over StyleGAN3
-            from instyle.interop.stylegan3 import load_restyle3
-
             return load_restyle3(p, generator).to(resolve_device(device))
         model = load_own(p)
         if _is_hyperstyle(model):

@@ -21,9 +21,11 @@ import torch
 
 from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError, encoder_config_from_state_dict, strip_prefix
+from instyle.interop.nvidia import select_generator
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, is_own_format, load_state_checked, read_config
+from instyle.models.restyle3 import ReStyle3, ReStyle3Config
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator, layer_specs
 from instyle.utils.config import ConfigError
 
@@ -197,8 +199,6 @@ def _nvidia_options(g: PersistentObject) -> dict:
 def read_nvidia_stylegan3(path: str | os.PathLike) -> StyleGAN3Generator:
     """An NVIDIA StyleGAN3 ``.pkl`` (``G_ema`` of a snapshot, or a bare pickled ``Generator``)
     read through the restricted unpickler (nothing from it runs)."""
-    from instyle.interop.nvidia import select_generator
-
     data = read_pickle(path)
     record, key = select_generator(data, path)
     source = f"{path} [{key}]"
@@ -222,8 +222,6 @@ def load_stylegan3_generator(path: str | os.PathLike) -> StyleGAN3Generator:
         if kind == "stylegan3":
             return StyleGAN3Generator.from_pretrained(p)
         if kind == "restyle3":
-            from instyle.models.restyle3 import ReStyle3
-
             return ReStyle3.from_pretrained(p).decoder
         raise CheckpointError(f"{p}: holds a {kind!r} model, not a StyleGAN3 generator")
     if p.suffix == ".pkl":
@@ -267,8 +265,6 @@ def load_restyle3(path: str | os.PathLike, generator: str | os.PathLike | None =
             ``load_encoder(..., generator_path=...)``: the checkpoint's own decoder is loaded
             and verified first, then replaced; ``latent_avg`` stays the checkpoint's.
     """
-    from instyle.models.restyle3 import ReStyle3
-
     p = Path(path)
     if is_own_format(p):
         model = ReStyle3.from_pretrained(p)
@@ -280,8 +276,6 @@ def load_restyle3(path: str | os.PathLike, generator: str | os.PathLike | None =
 
 def restyle3_from_checkpoint(ckpt: Any, p: Any, generator: str | os.PathLike | None = None):
     """:func:`load_restyle3` for an already loaded official checkpoint object."""
-    from instyle.models.restyle3 import ReStyle3, ReStyle3Config
-
     if not is_restyle3_checkpoint(ckpt):
         raise CheckpointError(f"{p}: not a ReStyle-over-StyleGAN3 checkpoint (state_dict with encoder.* and a StyleGAN3 decoder.*)")
     sd, opts = ckpt["state_dict"], ckpt.get("opts") or {}

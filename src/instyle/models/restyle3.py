@@ -28,7 +28,7 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
-from instyle.utils.config import ConfigError, check_int_range, to_jsonable
+from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["DEFAULT_ITERATIONS_SG3", "ReStyle3Config", "ReStyle3"]
@@ -85,8 +85,6 @@ class ReStyle3Config:
     def from_dict(cls, d: dict) -> ReStyle3Config:
         if not isinstance(d, dict) or set(d) - {"encoder", "generator", "iterations", "pool_size"}:
             raise ConfigError(f"restyle3 config must have keys encoder, generator, iterations, pool_size; got {d!r:.200}")
-        from instyle.utils.config import from_dict
-
         return cls(encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
                    generator=StyleGAN3Config.from_dict(d["generator"]),
                    iterations=d.get("iterations", DEFAULT_ITERATIONS_SG3), pool_size=d.get("pool_size", 256))
