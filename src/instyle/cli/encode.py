@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    p.add_argument(
+        "--generator", metavar="PATH",
+        help="StyleGAN3 encoders only: the generator to decode with instead of the checkpoint's (.pt, NVIDIA .pkl or "
+        "an instyle folder; see docs/stylegan3.md)",
+    )
     add_precision_args(p)
     p.add_argument(
         "--save-latents", action="store_true",
@@ -113,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
+        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None),
+                         generator=getattr(args, "generator", None))
         apply_precision_args(model, args)
     except CheckpointError as e:
         error(str(e))
         return 2
     family = getattr(model, "family", "hyperstyle")
-    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "hyperstyle") and args.iterations != 1)):
+    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "restyle3", "hyperstyle") and args.iterations != 1)):
         error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
         return 2
 

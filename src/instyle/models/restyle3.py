@@ -74,6 +74,15 @@ class ReStyle3Config:
         check_int_range("restyle3.iterations", self.iterations, 1, 100)
         check_int_range("restyle3.pool_size", self.pool_size, 16, 1024)
 
+    # what the encode pipeline reads from a model config (pSp's names)
+    image_nc = 3
+    label_nc = 0
+    task = "inversion"
+
+    @property
+    def resize_to(self) -> int:
+        return self.pool_size
+
     @property
     def variant(self) -> str:
         return "e4e" if self.encoder.type == "ProgressiveBackboneEncoder" else "psp"
@@ -113,6 +122,14 @@ class ReStyle3(nn.Module):
     @property
     def output_size(self) -> int:
         return self.decoder.size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.encoder.input_size
+
+    @property
+    def input_nc(self) -> int:
+        return self.config.encoder.input_nc
 
     @property
     def default_iterations(self) -> int:
