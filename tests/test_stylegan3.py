@@ -271,3 +271,11 @@ def test_e4e_variant_runs():
     with torch.no_grad():
         ws = m.encode(torch.zeros(1, 3, 32, 32), iterations=1, return_all=True)
     assert m.config.variant == "e4e" and ws[0].shape == (1, m.n_styles, 8)
+
+
+def test_benchmark_script_runs_on_a_small_generator():
+    spec = importlib.util.spec_from_file_location("bench_sg3", Path(__file__).resolve().parents[1] / "benchmarks" / "stylegan3.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    g = bench.build(16, "T")
+    assert g.config.conv_kernel == 3 and g.size == 16

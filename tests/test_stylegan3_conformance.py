@@ -147,3 +147,22 @@ def test_landmarks_transform_helper(data):
         np.testing.assert_allclose(t.translation, data["landmarks_translation"][i], atol=1e-12)
         np.testing.assert_allclose(t.transform, data["landmarks_forward_transform"][i], atol=1e-12)
         np.testing.assert_allclose(t.inverse_transform, data["landmarks_transform"][i], atol=1e-12)
+
+
+def test_encode_command_with_replacement_generator(files, data, sg3_dir, tmp_path):
+    """``instyle encode -c CKPT --generator GEN``: the saved latents are the last iteration's."""
+    from instyle.cli.main import main
+
+    names = data["meta"]["images"]
+    faces = sg3_dir.parents[1] / "data" / "faces" / "ffhq_aligned"
+    if not all((faces / n).is_file() for n in names):
+        pytest.skip(f"needs the fixture photos {names} in {faces}")
+    out = tmp_path / "out"
+    rc = main(["encode", *[str(faces / n) for n in names], "-c", str(files["restyle_checkpoint"]),
+               "--generator", str(files["generator_checkpoint"]), "-o", str(out), "--save-latents", "--device", "cpu"])
+    assert rc == 0
+    for i, n in enumerate(names):
+        w = np.load(out / "latents" / f"{Path(n).stem}.npy")
+        diff = float(np.abs(w.astype(np.float64) - data["aligned_latents"][-1, i]).max())
+        assert diff <= TOLERANCE, f"{n}: max abs diff {diff:.3g}"
+    assert json.loads((out / "summary.json").read_text())["iterations"] == data["meta"]["n_iters_per_batch"]

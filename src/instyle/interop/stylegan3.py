@@ -49,14 +49,14 @@ _LAYER = re.compile(r"synthesis\.L(\d{1,3})_(\d{1,5})_(\d{1,5})\.weight")
 SG3_EDITING = "https://github.com/yuval-alaluf/stylegan3-editing#pretrained-models"
 #: Files published with stylegan3-editing (informational; the architecture is read from each file).
 STYLEGAN3_FILES: dict[str, dict] = {
-    "restyle_pSp_ffhq.pt": {"kind": "encoder", "family": "restyle_psp3", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
-    "restyle_e4e_ffhq.pt": {"kind": "encoder", "family": "restyle_e4e3", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
-    "sg3-r-ffhq-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ aligned", "url": SG3_EDITING},
-    "sg3-r-ffhqu-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ-U unaligned", "url": SG3_EDITING},
-    "sg3-t-ffhq-1024.pt": {"kind": "generator", "config": "T", "size": 1024, "domain": "FFHQ aligned", "url": SG3_EDITING},
-    "sg3-t-ffhqu-1024.pt": {"kind": "generator", "config": "T", "size": 1024, "domain": "FFHQ-U unaligned", "url": SG3_EDITING},
-    "sg3-r-afhq-512.pt": {"kind": "generator", "config": "R", "size": 512, "domain": "AFHQ", "url": SG3_EDITING},
-    "sg3-t-landscape-256.pt": {"kind": "generator", "config": "T", "size": 256, "domain": "landscapes (2-layer mapping)", "url": SG3_EDITING},
+    "restyle_pSp_ffhq.pt": {"kind": "encoder", "family": "ReStyle-pSp", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
+    "restyle_e4e_ffhq.pt": {"kind": "encoder", "family": "ReStyle-e4e", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
+    "sg3-r-ffhq-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ (aligned)", "url": SG3_EDITING},
+    "sg3-r-ffhqu-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ-U (unaligned)", "url": SG3_EDITING},
+    "stylegan3-r-ffhq-1024x1024.pkl": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ (aligned)",
+                                       "url": "https://github.com/NVlabs/stylegan3"},
+    "stylegan3-r-ffhqu-1024x1024.pkl": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ-U (unaligned)",
+                                        "url": "https://github.com/NVlabs/stylegan3"},
 }
 
 
