@@ -279,3 +279,32 @@ def test_benchmark_script_runs_on_a_small_generator():
     spec.loader.exec_module(bench)
     g = bench.build(16, "T")
     assert g.config.conv_kernel == 3 and g.size == 16
+
+
+def test_unaligned_encoding_renders_the_last_iteration_with_the_inverse_transform():
+    from PIL import Image
+
+    from instyle.alignment.stylegan3_transform import make_transform
+    from instyle.inference.unaligned import UnalignedInput, encode_unaligned, fixed_crop_quad
+
+    m = tiny_restyle3(seed=4)
+    rng = np.random.default_rng(0)
+    aligned = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    fwd = make_transform([0.02, -0.01], 12.0)
+    t = _transform_of(fwd)
+    w, image = encode_unaligned(m, UnalignedInput(aligned, aligned, t), iterations=2)
+    x = torch.from_numpy(np.asarray(aligned, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        steps = m.invert(x, 2, transform=torch.from_numpy(np.linalg.inv(fwd)).float()[None])
+    torch.testing.assert_close(w, steps[-1][0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(image, steps[-1][1][0], atol=1e-5, rtol=0)
+    # the crop is an axis-aligned square around the FFHQ centre
+    lm = rng.uniform(300, 700, (68, 2))
+    q = fixed_crop_quad(lm)
+    assert np.allclose(q[3] - q[0], [np.hypot(*(q[3] - q[0])), 0]) and np.allclose((q[1] - q[0])[0], 0)
+
+
+def _transform_of(forward: np.ndarray):
+    from instyle.alignment.stylegan3_transform import StyleGANTransform
+
+    return StyleGANTransform(0.0, forward[:2, 2].copy(), forward, np.linalg.inv(forward))

@@ -166,3 +166,25 @@ def test_encode_command_with_replacement_generator(files, data, sg3_dir, tmp_pat
         diff = float(np.abs(w.astype(np.float64) - data["aligned_latents"][-1, i]).max())
         assert diff <= TOLERANCE, f"{n}: max abs diff {diff:.3g}"
     assert json.loads((out / "summary.json").read_text())["iterations"] == data["meta"]["n_iters_per_batch"]
+
+
+def test_encode_unaligned_command(files, sg3_dir, tmp_path):
+    """``instyle encode --unaligned``: aligned encode, transform saved with the latent."""
+    pytest.importorskip("dlib")
+    from instyle.cli.main import main
+    from instyle.inference.latents import load_latent
+
+    photos = sorted((sg3_dir.parents[1] / "data" / "faces" / "unaligned").glob("*.jpg"))[:1]
+    if not photos:
+        pytest.skip("needs a photo in shared/data/faces/unaligned")
+    out = tmp_path / "out"
+    rc = main(["encode", str(photos[0]), "-c", str(files["restyle_checkpoint"]), "--generator",
+               str(files["generator_checkpoint"]), "-o", str(out), "--unaligned", "--device", "cpu"])
+    if rc == 2:
+        pytest.skip("the face tools (dlib models) are not installed")
+    assert rc == 0
+    w, _, meta = load_latent(out / "latents" / f"{photos[0].stem}.npz")
+    assert w.shape[-2:] == (16, 512)
+    t = np.array(meta["transform"])
+    np.testing.assert_allclose(t @ np.array(meta["forward_transform"]), np.eye(3), atol=1e-9)
+    assert (out / f"{photos[0].stem}.png").is_file()
