@@ -308,3 +308,21 @@ def _transform_of(forward: np.ndarray):
     from instyle.alignment.stylegan3_transform import StyleGANTransform
 
     return StyleGANTransform(0.0, forward[:2, 2].copy(), forward, np.linalg.inv(forward))
+
+
+def test_stylegan2_style_call_is_served():
+    g = tiny_generator()
+    z = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        img, lat = g([z], return_latents=True, randomize_noise=False)
+        torch.testing.assert_close(img, g(z), atol=0, rtol=0)
+        assert lat.shape == (2, g.n_latent, 8)
+        img_w, none = g([lat], input_is_latent=True)
+        torch.testing.assert_close(img_w, img, atol=0, rtol=0)
+        assert none is None
+        trunc, _ = g([z], truncation=0.7, truncation_latent=g.latent_avg)
+        torch.testing.assert_close(trunc, g(z, None, truncation_psi=0.7), atol=1e-6, rtol=0)
+        mixed, w = g([lat, lat.flip(0)], input_is_latent=True, inject_index=2, return_latents=True)
+        assert torch.equal(w[:, :2], lat[:, :2]) and torch.equal(w[:, 2:], lat.flip(0)[:, 2:])
+    with pytest.raises(ValueError):
+        g([z], weights_deltas=[None])

@@ -505,14 +505,56 @@ class StyleGAN3Generator(nn.Module):
             w_plus = w_plus.unsqueeze(1).repeat(1, self.n_latent, 1)
         return self.synthesis(w_plus, transform=transform)
 
-    def forward(self, z: torch.Tensor, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+    def forward(self, z, c=None, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
                 update_emas: bool | None = None, noise_mode: str = "const", force_fp32: bool = True,
-                transform: torch.Tensor | None = None) -> torch.Tensor:
+                transform: torch.Tensor | None = None, **rosinality):
         """NVIDIA's ``G(z, c)``: images ``[B, 3, R, R]``. ``update_emas`` (w_avg and the layers'
-        magnitude EMAs) defaults to the module's training mode."""
+        magnitude EMAs) defaults to the module's training mode.
+
+        Given a list of codes instead (``G([w], input_is_latent=True, ...)``), the StyleGAN2
+        :class:`~instyle.models.Generator` call is served and ``(images, latents or None)``
+        returned, so tools written for it run on StyleGAN3 too (see :meth:`_rosinality_call`).
+        """
+        if isinstance(z, (list, tuple)):
+            return self._rosinality_call(list(z), transform=transform, **rosinality)
+        if rosinality:
+            raise TypeError(f"unexpected arguments {sorted(rosinality)} (StyleGAN2-style calls take a list of codes)")
         update = self.training if update_emas is None else update_emas
         ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas=update)
         return self.synthesis(ws, noise_mode=noise_mode, force_fp32=force_fp32, update_emas=update, transform=transform)
+
+    def _rosinality_call(self, styles: list, input_is_latent: bool = False, return_latents: bool = False,
+                         truncation: float = 1.0, truncation_latent: torch.Tensor | None = None,
+                         inject_index: int | None = None, randomize_noise: bool = True, noise=None,
+                         return_features: bool = False, weights_deltas=None, transform=None):
+        """``([z or w] or [a, b], ...)`` as the StyleGAN2 generator takes it: one or two codes
+        ``[B, D]`` / ``[B, n_latent, D]``, mixed at ``inject_index``; noise arguments are
+        accepted and ignored (no noise inputs)."""
+        if weights_deltas is not None:
+            raise ValueError("per-layer weight offsets (HyperStyle) exist only for StyleGAN2 generators")
+        if noise is not None and any(n is not None for n in noise):
+            raise ValueError("StyleGAN3 has no noise inputs; give noise=None")
+        if not 1 <= len(styles) <= 2:
+            raise ValueError(f"expected one or two style codes, got {len(styles)}")
+        for s in styles:
+            if s.shape[-1] != self.style_dim or s.ndim not in (2, 3) or (s.ndim == 3 and s.shape[1] != self.n_latent):
+                raise ValueError(
+                    f"codes must be [B, {self.style_dim}] or [B, {self.n_latent}, {self.style_dim}]; got {tuple(s.shape)}"
+                )
+        if not input_is_latent:
+            styles = [self.get_latent(s.reshape(-1, self.style_dim)).view(s.shape) for s in styles]
+        if truncation < 1:
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.latent_avg)")
+            styles = [truncation_latent + truncation * (s - truncation_latent) for s in styles]
+        full = [s if s.ndim == 3 else s.unsqueeze(1).repeat(1, self.n_latent, 1) for s in styles]
+        if len(full) == 2:
+            k = int(torch.randint(1, self.n_latent, ()).item()) if inject_index is None else inject_index
+            latent = torch.cat([full[0][:, :k], full[1][:, k:]], 1)
+        else:
+            latent = full[0]
+        image = self.synthesize(latent, transform=transform)
+        return image, (latent if return_latents else None)
 
     # ----------------------------------------------------------------- persistence
 
