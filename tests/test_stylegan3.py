@@ -326,3 +326,23 @@ def test_stylegan2_style_call_is_served():
         assert torch.equal(w[:, :2], lat[:, :2]) and torch.equal(w[:, 2:], lat.flip(0)[:, 2:])
     with pytest.raises(ValueError):
         g([z], weights_deltas=[None])
+
+
+def test_latent_tools_run_on_a_stylegan3_model(tmp_path):
+    """interpolate, mix and edit direction meet the StyleGAN3 model through the shared interface."""
+    from PIL import Image
+
+    from instyle.cli.main import main
+
+    tiny_restyle3().save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    inputs = []
+    for i in range(2):
+        inputs.append(tmp_path / f"in{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(inputs[-1])
+    np.save(tmp_path / "d.npy", np.ones(8, np.float32))
+    common = ["-c", str(tmp_path / "m"), "--device", "cpu"]
+    assert main(["interpolate", *map(str, inputs), "--steps", "3", "--out", str(tmp_path / "i"), *common]) == 0
+    assert main(["mix", str(inputs[0]), "--n-outputs", "2", "--out", str(tmp_path / "x"), *common]) == 0
+    assert main(["edit", "direction", str(inputs[0]), "--direction", str(tmp_path / "d.npy"), "--strengths=-1:1:3",
+                 "--out", str(tmp_path / "e"), *common]) == 0

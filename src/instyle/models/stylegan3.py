@@ -148,6 +148,16 @@ class StyleGAN3Config:
         """Number of ws: the input, ``num_layers`` layers and ToRGB."""
         return self.num_layers + 2
 
+    @property
+    def style_dim(self) -> int:
+        """``w_dim`` under the StyleGAN2 config's name."""
+        return self.w_dim
+
+    @property
+    def size(self) -> int:
+        """``img_resolution`` under the StyleGAN2 config's name."""
+        return self.img_resolution
+
     def to_dict(self) -> dict:
         return to_jsonable(self)
 
@@ -477,6 +487,11 @@ class StyleGAN3Generator(nn.Module):
     def latent_avg(self, value: torch.Tensor) -> None:
         with torch.no_grad():
             self.mapping.w_avg.copy_(torch.as_tensor(value).reshape(self.style_dim))
+
+    @property
+    def style(self):
+        """z -> w, under the StyleGAN2 generator's name for its mapping network."""
+        return self.get_latent
 
     def get_latent(self, z: torch.Tensor) -> torch.Tensor:
         """z ``[B, z_dim]`` -> w ``[B, w_dim]`` (no truncation)."""
