@@ -328,6 +328,7 @@ def test_stylegan2_style_call_is_served():
         g([z], weights_deltas=[None])
 
 
+@pytest.mark.slow
 def test_latent_tools_run_on_a_stylegan3_model(tmp_path):
     """interpolate, mix and edit direction meet the StyleGAN3 model through the shared interface."""
     from PIL import Image
