@@ -347,3 +347,22 @@ def test_latent_tools_run_on_a_stylegan3_model(tmp_path):
     assert main(["mix", str(inputs[0]), "--n-outputs", "2", "--out", str(tmp_path / "x"), *common]) == 0
     assert main(["edit", "direction", str(inputs[0]), "--direction", str(tmp_path / "d.npy"), "--strengths=-1:1:3",
                  "--out", str(tmp_path / "e"), *common]) == 0
+
+
+@pytest.mark.slow
+def test_convert_command_writes_own_format(tmp_path):
+    from instyle.cli.main import main
+
+    g = tiny_generator(seed=6)
+    pkl = write_sg3_pickle(g, tmp_path / "g.pkl")
+    assert main(["convert", str(pkl), str(tmp_path / "own")]) == 0
+    back = instyle.load_generator(tmp_path / "own")
+    for k, v in g.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    m = tiny_restyle3()
+    sd = OrderedDict(m.state_dict())
+    avg = sd.pop("latent_avg")
+    torch.save({"state_dict": sd, "opts": {"encoder_type": "BackboneEncoder", "input_nc": 6}, "latent_avg": avg},
+               tmp_path / "r.pt")
+    assert main(["convert", str(tmp_path / "r.pt"), str(tmp_path / "r_own")]) == 0
+    assert isinstance(instyle.load(tmp_path / "r_own"), ReStyle3)
