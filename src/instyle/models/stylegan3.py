@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.models.own_format import adopt_state, check_finite, read_pretrained, write_pretrained
-from instyle.ops import filtered_lrelu
+from instyle.ops import filtered_lrelu, fused_leaky_relu
 from instyle.ops.stylegan3_conv import modulated_conv2d_sg3
 from instyle.utils.config import (
     ConfigError,
@@ -281,7 +281,7 @@ class FullyConnectedLayer(nn.Module):
             b = b * self.bias_gain
         if self.activation == "linear":
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return F.leaky_relu(x.matmul(w.t()) + b, 0.2) * math.sqrt(2.0)
+        return fused_leaky_relu(x.matmul(w.t()), b, 0.2, math.sqrt(2.0))
 
 
 class MappingNetwork(nn.Module):
