@@ -97,3 +97,19 @@ def test_dispatch_uses_the_backend():
 def test_bad_arguments_are_named(kwargs):
     with pytest.raises(ValueError):
         filtered_lrelu_reference(torch.zeros(1, 2, 8, 8), **kwargs)
+
+
+def test_fast_path_leaves_its_input_alone_and_has_the_reference_gradient():
+    x = torch.randn(1, 2, 6, 6) * 300
+    before = x.clone()
+    out = filtered_lrelu_fast(x, None, None, None, 1, 1, 0, 1.0, 1.0, 256.0)  # ToRGB without bias: clamp only
+    assert torch.equal(x, before) and out.abs().max() <= 256
+    f = torch.tensor([0.25, 0.5, 0.25])
+    grads = []
+    for fn in (filtered_lrelu_reference, filtered_lrelu_fast):
+        xi = (before / 100).requires_grad_()
+        b = torch.zeros(2, requires_grad=True)
+        fn(xi, f, f, b, 2, 2, (1, 2, 1, 2), 2**0.5, 0.2, 1.0).square().sum().backward()
+        grads.append((xi.grad, b.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=0)

@@ -46,14 +46,17 @@ def _resample(x: torch.Tensor, f: torch.Tensor | None, up: int, down: int, pad, 
 def filtered_lrelu_fast(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=SQRT2, slope=0.2, clamp=None):
     """Filtered leaky ReLU of ``x [B, C, H, W]`` (see ``filtered_lrelu_reference``)."""
     px0, px1, py0, py1, out_h, out_w = parse_filtered_lrelu_args(x, fu, fd, b, up, down, padding, gain, slope, clamp)
+    given = x
     if b is not None:
         x = x + b.to(x.dtype).view(1, -1, 1, 1)
-    x = _resample(x, fu, up, 1, (px0, px1, py0, py1), float(up * up))
-    x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
+    # lrelu(g * v) == g * lrelu(v) for g > 0: the gain rides on the (linear) upsampling filter,
+    # saving a pass over the largest tensor; without autograd the activation runs in place.
+    x = _resample(x, fu, up, 1, (px0, px1, py0, py1), float(up * up) * gain)
+    inplace = x is not given and not (torch.is_grad_enabled() and x.requires_grad)
+    if slope != 1:
+        x = F.leaky_relu_(x, slope) if inplace else F.leaky_relu(x, slope)
     if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    x = _resample(x, fd, 1, down, (0, 0, 0, 0), 1.0)
-    return x
-
+        x = x.clamp_(-clamp, clamp) if inplace else x.clamp(-clamp, clamp)
+    return _resample(x, fd, 1, down, (0, 0, 0, 0), 1.0)
 
 register_fast_path("filtered_lrelu", filtered_lrelu_fast)
