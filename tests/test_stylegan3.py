@@ -366,3 +366,20 @@ def test_convert_command_writes_own_format(tmp_path):
                tmp_path / "r.pt")
     assert main(["convert", str(tmp_path / "r.pt"), str(tmp_path / "r_own")]) == 0
     assert isinstance(instyle.load(tmp_path / "r_own"), ReStyle3)
+
+
+def test_sefa_on_stylegan3_weights():
+    from instyle.inference.directions import sefa
+
+    g = tiny_generator()
+    result = sefa(g)
+    assert result.layers == tuple(range(1, g.n_latent - 1)) and result.directions.shape == (8, 8)
+    a = g.synthesis.L1_20_16.affine.weight.detach().double()
+    a = a / a.norm(dim=1, keepdim=True)
+    top = torch.linalg.eigh(a.T @ a).eigenvectors[:, -1]
+    d = sefa(g, layers=[2]).directions[0].double()
+    assert abs(abs(float(d @ top)) - 1) < 1e-5
+    with pytest.raises(ValueError):
+        sefa(g, layers=[0])
+    with pytest.raises(ValueError):
+        sefa(g, mode="e4e")

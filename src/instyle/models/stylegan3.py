@@ -488,6 +488,13 @@ class StyleGAN3Generator(nn.Module):
         with torch.no_grad():
             self.mapping.w_avg.copy_(torch.as_tensor(value).reshape(self.style_dim))
 
+    def modulation_weights(self) -> list[torch.Tensor | None]:
+        """Per w index, the affine (modulation) weight ``[in_channels, w_dim]`` of the layer it
+        drives: None for w 0 (the input's rotation / translation) and the last w (ToRGB), as
+        SeFa leaves StyleGAN2's final ToRGB out."""
+        layers = [getattr(self.synthesis, name) for name in self.synthesis.layer_names]
+        return [None, *(layer.affine.weight for layer in layers[:-1]), None]
+
     @property
     def style(self):
         """z -> w, under the StyleGAN2 generator's name for its mapping network."""
