@@ -188,3 +188,17 @@ def test_encode_unaligned_command(files, sg3_dir, tmp_path):
     t = np.array(meta["transform"])
     np.testing.assert_allclose(t @ np.array(meta["forward_transform"]), np.eye(3), atol=1e-9)
     assert (out / f"{photos[0].stem}.png").is_file()
+
+
+def test_restyle_e4e_checkpoint_format_loads(sg3_dir, data, tmp_path):
+    """The ReStyle-e4e coach format (+ global_step, optimizer, best_val_loss; encoder type
+    ProgressiveBackboneEncoder) loads as the e4e variant over the same generator."""
+    record = json.loads((sg3_dir / f"{CONFIG}_fingerprints.json").read_text())
+    args = _writer_args(record["restyle_checkpoint"])
+    path = run_checkpoint_writer(sg3_dir / "make_checkpoint.py", sg3_dir / args["--keys"], int(args["--seed"]),
+                                 tmp_path / "e4e3.pt", "--project", "restyle_e4e3")
+    m = instyle.load(path)
+    assert m.config.variant == "e4e" and m.config.encoder.type == "ProgressiveBackboneEncoder"
+    assert m.n_styles == 16 and m.default_iterations == data["meta"]["n_iters_per_batch"]
+    del m
+    path.unlink()
