@@ -298,10 +298,12 @@ def test_unaligned_encoding_renders_the_last_iteration_with_the_inverse_transfor
         steps = m.invert(x, 2, transform=torch.from_numpy(np.linalg.inv(fwd)).float()[None])
     torch.testing.assert_close(w, steps[-1][0][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(image, steps[-1][1][0], atol=1e-5, rtol=0)
-    # the crop is an axis-aligned square around the FFHQ centre
-    lm = rng.uniform(300, 700, (68, 2))
-    q = fixed_crop_quad(lm)
-    assert np.allclose(q[3] - q[0], [np.hypot(*(q[3] - q[0])), 0]) and np.allclose((q[1] - q[0])[0], 0)
+    # the crop is the axis-aligned square with the aligned quad's centre and side
+    t = np.radians(20)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    square = np.array([[-1, -1], [-1, 1], [1, 1], [1, -1]], dtype=np.float64) * 50
+    q = fixed_crop_quad(square @ rot.T + [300, 400])
+    np.testing.assert_allclose(q, square + [300, 400], atol=1e-9)
 
 
 def _transform_of(forward: np.ndarray):

@@ -51,14 +51,14 @@ class UnalignedInput:
     transform: StyleGANTransform
 
 
-def fixed_crop_quad(landmarks: np.ndarray) -> np.ndarray:
-    """Axis-aligned square quad (top-left, bottom-left, bottom-right, top-right) centred where
-    the FFHQ crop is, of half side twice the eye distance (the original's crop mode)."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
-    eye_avg = (eye_left + eye_right) / 2
-    c = eye_avg + ((lm[48] + lm[54]) / 2 - eye_avg) * 0.1
-    d = np.hypot(*(eye_right - eye_left)) * 2.0
+def fixed_crop_quad(aligned_quad: np.ndarray) -> np.ndarray:
+    """The axis-aligned square (top-left, bottom-left, bottom-right, top-right) with the centre
+    and side of the aligned crop's ``quad``: the two crops differ by a rotation only, which
+    the landmark transform expresses exactly (the original's crop mode likewise keeps the
+    alignment's centre and size and drops its rotation)."""
+    q = np.asarray(aligned_quad, dtype=np.float64)
+    c = q.mean(0)
+    d = np.hypot(*(q[3] - q[0])) / 2
     dx, dy = np.array([d, 0.0]), np.array([0.0, d])
     return np.stack([c - dx - dy, c - dx + dy, c + dx + dy, c + dx - dy])
 
@@ -70,7 +70,7 @@ def unaligned_input(image: Image.Image, size: int = 256, detector: str = "auto")
     if not faces:
         return None
     face = faces[0]
-    quad = fixed_crop_quad(face.landmarks)
+    quad = fixed_crop_quad(face.quad)
     crop = warp_quad(image, quad, size)
     scale = TRANSFORM_FRAME / size
     lm_aligned = source_to_crop(face.landmarks, face.quad, size) * scale
