@@ -165,34 +165,41 @@ def stylegan3_from_state_dict(sd: Mapping[str, torch.Tensor], source: Any, optio
 # ----------------------------------------------------------------------------- NVIDIA pickles
 
 
+#: Constructor arguments read from an NVIDIA pickle, with their types (the rest come from tensors).
+_OPTION_TYPES = {
+    "channel_base": int, "channel_max": int, "num_critical": int, "margin_size": int, "lrelu_upsampling": int,
+    "filter_size": int, "first_cutoff": float, "first_stopband": float, "last_stopband_rel": float,
+    "output_scale": float, "magnitude_ema_beta": float, "lr_multiplier": float, "w_avg_beta": float,
+    "conv_clamp": float,
+}
+
+
 def _nvidia_options(g: PersistentObject) -> dict:
-    """Non-tensor settings of an NVIDIA StyleGAN3 ``Generator`` record (constructor arguments)."""
+    """Non-tensor settings of an NVIDIA StyleGAN3 ``Generator`` record: its constructor
+    arguments (synthesis ones are flattened into the Generator's), the mapping's, and the
+    synthesis network's attributes where present."""
     init = dict(g.attr("_init_kwargs") or {})
-    opts = {k: v for k, v in init.items() if k not in ("mapping_kwargs", "synthesis_kwargs")}
-    opts.update(dict(init.get("synthesis_kwargs") or {}))
+    raw = {k: v for k, v in init.items() if k not in ("mapping_kwargs", "synthesis_kwargs")}
+    raw.update(dict(init.get("synthesis_kwargs") or {}))
     mapping = dict(init.get("mapping_kwargs") or {})
-    if "lr_multiplier" in mapping:
-        opts["lr_multiplier"] = mapping["lr_multiplier"]
-    if "w_avg_beta" in mapping:
-        opts["w_avg_beta"] = mapping["w_avg_beta"]
+    raw.update({k: mapping[k] for k in ("lr_multiplier", "w_avg_beta") if k in mapping})
     synthesis = g.modules.get("synthesis")
     if synthesis is not None:
-        for key in ("output_scale", "margin_size", "num_critical"):
-            if synthesis.attr(key) is not None:
-                opts[key] = synthesis.attr(key)
-    if int(opts.get("c_dim") or 0):
-        raise ArchitectureError(f"conditional generators (c_dim={opts['c_dim']}) are not supported")
-    out = {}
-    for key, value in opts.items():
-        if key in ("conv_clamp",) and value is None:
+        raw.update({k: synthesis.attr(k) for k in ("output_scale", "margin_size", "num_critical") if synthesis.attr(k) is not None})
+    if int(raw.get("c_dim") or 0):
+        raise ArchitectureError(f"conditional generators (c_dim={raw['c_dim']}) are not supported")
+    out: dict[str, Any] = {}
+    for key, kind in _OPTION_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "conv_clamp" and value is None:
             out[key] = None
-        elif isinstance(value, bool) or key == "use_radial_filters":
-            out[key] = bool(value)
-        elif isinstance(value, (int, float)) or hasattr(value, "item"):
-            v = value.item() if hasattr(value, "item") else value
-            out[key] = int(v) if float(v).is_integer() and key not in (
-                "first_cutoff", "first_stopband", "last_stopband_rel", "output_scale", "magnitude_ema_beta",
-                "lr_multiplier", "w_avg_beta", "conv_clamp") else float(v)
+            continue
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ArchitectureError(f"the pickle's {key}={value!r:.40} is not a number")
+        out[key] = int(value) if kind is int and float(value).is_integer() else float(value)
     return out
 
 
