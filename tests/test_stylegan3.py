@@ -385,3 +385,23 @@ def test_sefa_on_stylegan3_weights():
         sefa(g, layers=[0])
     with pytest.raises(ValueError):
         sefa(g, mode="e4e")
+
+
+def test_optimize_and_pti_refine_a_stylegan3_inversion(tmp_path):
+    from instyle.inference.refine import RefineConfig, apply_generator_delta, load_generator_delta, refine, save_generator_delta
+
+    m = tiny_restyle3(seed=2)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        w = m.encode(x)
+    config = RefineConfig(steps=4, lpips_weight=0)
+    opt = refine(m, x, w, "optimize", config)
+    assert opt.latent.shape == (m.n_styles, 8) and opt.losses[-1] < opt.losses[0]
+    pti = refine(m, x, w, "pti", config)
+    assert pti.losses[-1] < pti.losses[0]
+    assert not any(k.startswith("style.") for k in m.decoder.state_dict())  # the z -> w view adds no state
+    path = save_generator_delta(tmp_path / "d.safetensors", pti.generator_delta, m.decoder, half=False)
+    tuned = apply_generator_delta(m.decoder, load_generator_delta(path, m.decoder))
+    with torch.no_grad():
+        again = m.face_pool(tuned.synthesize(w))[0]
+    torch.testing.assert_close(again, pti.image, atol=1e-5, rtol=0)

@@ -142,9 +142,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if getattr(args, "unaligned", False):
         return _unaligned(args, model, files)
-    if args.refine and family == "restyle3":
-        error("--refine is not available for encoders over StyleGAN3 yet; encode without it")
-        return 2
     if args.refine:
         return _refine(args, model, files, len(problems))
     # Every process reports the files of its own shard.

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from instyle.errors import CheckpointError
@@ -114,6 +113,7 @@ class ReStyle3(nn.Module):
         self.encoder = build_encoder(self.config.encoder)
         self.decoder = StyleGAN3Generator(self.config.generator)
         self.register_buffer("latent_avg", torch.zeros(self.config.generator.w_dim))
+        self.face_pool = nn.AdaptiveAvgPool2d((self.config.pool_size, self.config.pool_size))
 
     @property
     def n_styles(self) -> int:
@@ -129,7 +129,8 @@ class ReStyle3(nn.Module):
 
     @property
     def input_nc(self) -> int:
-        return self.config.encoder.input_nc
+        """Channels of the input images: 3 (the encoder sees 6: image + current output)."""
+        return self.config.image_nc
 
     @property
     def default_iterations(self) -> int:
@@ -149,7 +150,7 @@ class ReStyle3(nn.Module):
         self.config.generator = generator.config
 
     def _pool(self, images: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(images, (self.config.pool_size, self.config.pool_size))
+        return self.face_pool(images)
 
     def decode(self, w_plus: torch.Tensor, transform: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
         """W+ ``[B, n_styles, w_dim]`` -> images ``[B, 3, R, R]`` (raw, not clamped).

@@ -450,6 +450,17 @@ class SynthesisNetwork(nn.Module):
         return x.to(torch.float32)
 
 
+class _MappingToW(nn.Module):
+    """``z [B, z_dim] -> w [B, w_dim]`` through a mapping network (no truncation)."""
+
+    def __init__(self, mapping: MappingNetwork):
+        super().__init__()
+        self.mapping = mapping
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mapping(z)[:, 0]
+
+
 class StyleGAN3Generator(nn.Module):
     """StyleGAN3 generator: ``mapping`` + ``synthesis`` with NVIDIA's names.
 
@@ -496,9 +507,14 @@ class StyleGAN3Generator(nn.Module):
         return [None, *(layer.affine.weight for layer in layers[:-1]), None]
 
     @property
-    def style(self):
-        """z -> w, under the StyleGAN2 generator's name for its mapping network."""
-        return self.get_latent
+    def style(self) -> nn.Module:
+        """z -> w as a module, under the StyleGAN2 generator's name for its mapping network
+        (shares ``mapping``'s parameters; not a second entry in the state dict)."""
+        view = self.__dict__.get("_style_view")
+        if view is None or view.mapping is not self.mapping:
+            view = _MappingToW(self.mapping)
+            object.__setattr__(self, "_style_view", view)  # unregistered: no duplicate state
+        return view
 
     def get_latent(self, z: torch.Tensor) -> torch.Tensor:
         """z ``[B, z_dim]`` -> w ``[B, w_dim]`` (no truncation)."""
