@@ -388,7 +388,13 @@ def test_sefa_on_stylegan3_weights():
 
 
 def test_optimize_and_pti_refine_a_stylegan3_inversion(tmp_path):
-    from instyle.inference.refine import RefineConfig, apply_generator_delta, load_generator_delta, refine, save_generator_delta
+    from instyle.inference.refine import (
+        RefineConfig,
+        apply_generator_delta,
+        load_generator_delta,
+        refine,
+        save_generator_delta,
+    )
 
     m = tiny_restyle3(seed=2)
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
