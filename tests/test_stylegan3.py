@@ -411,3 +411,10 @@ def test_optimize_and_pti_refine_a_stylegan3_inversion(tmp_path):
     with torch.no_grad():
         again = m.face_pool(tuned.synthesize(w))[0]
     torch.testing.assert_close(again, pti.image, atol=1e-5, rtol=0)
+
+
+def test_generator_argument_is_refused_for_stylegan2_models(tmp_path, tiny_psp):
+    tiny_psp.save_pretrained(tmp_path / "psp")
+    tiny_generator().save_pretrained(tmp_path / "g")
+    with pytest.raises(CheckpointError, match="only for encoders over StyleGAN3"):
+        instyle.load(tmp_path / "psp", generator=tmp_path / "g")

@@ -226,6 +226,8 @@ def load_psp(
             raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
         if read_config(p)["kind"] == "restyle3":  # ReStyle over StyleGAN3
             return load_restyle3(p, generator).to(resolve_device(device))
+        if generator is not None:
+            raise CheckpointError(f"{p}: generator={str(generator)!r} is only for encoders over StyleGAN3; this model is not one")
         model = load_own(p)
         if _is_hyperstyle(model):
             return model.to(resolve_device(device)).eval()
