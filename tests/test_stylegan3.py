@@ -418,3 +418,27 @@ def test_generator_argument_is_refused_for_stylegan2_models(tmp_path, tiny_psp):
     tiny_generator().save_pretrained(tmp_path / "g")
     with pytest.raises(CheckpointError, match="only for encoders over StyleGAN3"):
         instyle.load(tmp_path / "psp", generator=tmp_path / "g")
+
+
+@pytest.mark.slow
+def test_edit_renders_with_the_transform_saved_by_unaligned_encoding(tmp_path):
+    from PIL import Image
+
+    from instyle.cli.main import main
+    from instyle.inference.latents import save_latent
+    from instyle.utils.image import tensor_to_pil
+
+    m = tiny_restyle3()
+    m.save_pretrained(tmp_path / "m")
+    w = torch.randn(1, m.n_styles, 8, generator=torch.Generator().manual_seed(7))
+    t = [[0.9, 0.3, 0.1], [-0.3, 0.9, 0.0], [0.0, 0.0, 1.0]]
+    save_latent(tmp_path / "lat.npz", w, meta={"transform": t})
+    np.save(tmp_path / "d.npy", np.zeros(8, np.float32))
+    assert main(["edit", "direction", str(tmp_path / "lat.npz"), "--direction", str(tmp_path / "d.npy"),
+                 "--strengths=0", "-c", str(tmp_path / "m"), "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
+    got = np.asarray(Image.open(tmp_path / "e" / "lat" / "strength_+0.000.png")).astype(np.int64)
+    with torch.no_grad():
+        want = np.asarray(tensor_to_pil(m.decode(w, transform=torch.tensor(t), resize=True)[0]))
+        aligned = np.asarray(tensor_to_pil(m.decode(w, resize=True)[0]))
+    assert np.abs(got - want).max() <= 1  # PNG rounding
+    assert np.abs(got - aligned).mean() > 4 * np.abs(got - want).mean() + 0.5

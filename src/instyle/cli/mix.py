@@ -82,6 +82,7 @@ class Source:
     w: torch.Tensor
     preview: object | None
     offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
+    transform: torch.Tensor | None = None  # StyleGAN3: the [3, 3] rendering transform saved with the code
 
 
 def load_model(args):
@@ -150,7 +151,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     for path, name in zip((f.path for f in files), names):
         try:
             if path.suffix.lower() in (".npy", ".npz"):
-                w, _, _ = load_latent(path)
+                w, _, meta = load_latent(path)
+                transform = _saved_transform(model, meta, device)
                 if tuple(w.shape[1:]) != shape:
                     raise InputError(
                         f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
@@ -164,7 +166,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):
-                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, offsets))
+                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, offsets, transform))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
@@ -182,6 +184,17 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     return [s for s in loaded if s is not None], failed
 
 
+def _saved_transform(model, meta: dict, device) -> torch.Tensor | None:
+    """The ``transform`` ``encode --unaligned`` stores in a latent's meta, for a StyleGAN3 model."""
+    t = (meta or {}).get("transform")
+    if t is None or getattr(model, "family", None) != "restyle3":
+        return None
+    t = torch.as_tensor(t, dtype=torch.float32)
+    if t.shape != (3, 3) or not bool(torch.isfinite(t).all()):
+        raise InputError(f"the latent's saved transform must be a finite [3, 3] matrix, got shape {tuple(t.shape)}")
+    return t.to(device)
+
+
 def preview(x: torch.Tensor, config):
     """A viewable picture of a network input (photo, sketch or label map)."""
     from instyle.inference.preprocess import input_preview
@@ -189,9 +202,10 @@ def preview(x: torch.Tensor, config):
     return input_preview(x, config)
 
 
-def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None) -> list:
+def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None, transform=None) -> list:
     """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches; ``offsets``: HyperStyle
-    generator offsets (batch 1: shared by all codes, or batch N)."""
+    generator offsets (batch 1: shared by all codes, or batch N); ``transform``: a StyleGAN3
+    model's ``[3, 3]`` rendering transform (``encode --unaligned``)."""
     from instyle.inference.io import tensor_to_pil
     from instyle.inference.offsets import batch_slice, decode_with_offsets
 
@@ -199,7 +213,10 @@ def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offse
     with torch.inference_mode():
         for start in range(0, len(w), batch_size):
             stop = start + batch_size
-            y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
+            if transform is not None:
+                y = model.decode(w[start:stop], transform=transform, resize=not full_resolution)
+            else:
+                y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
             out.extend(tensor_to_pil(t) for t in y)
     return out
 
