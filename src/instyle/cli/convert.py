@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             kind = "psp" if kind == "sfe" else kind
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kind in ("psp", "hyperstyle"):
+            if kind in ("psp", "hyperstyle", "restyle3"):
                 model = load_psp(src, w_encoder=args.w_encoder, **sfe_files(args))
                 model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
             if kind in ("psp", "hyperstyle") and hasattr(model.config, "hypernet"):
@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
                 desc = (
                     f"StyleFeatureEditor model (+ e4e encoder and generator): output {model.output_size}px, "
                     f"{model.n_styles} styles, feature {model.config.feature_index}"
+                )
+            elif kind in ("psp", "restyle3") and getattr(model, "family", None) == "restyle3":
+                desc = (
+                    f"ReStyle-{model.config.variant} over StyleGAN3: input 6x{model.config.encoder.input_size}px, "
+                    f"output {model.output_size}px, {model.n_styles} styles"
                 )
             elif kind == "psp":
                 desc = (

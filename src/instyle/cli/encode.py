@@ -81,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
     p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
+    p.add_argument(
+        "--unaligned", action="store_true",
+        help="StyleGAN3 encoders: encode each photo's face aligned, render it where and as rotated as in an unaligned "
+        "crop (landmark transform, saved in latents/<name>.npz); needs dlib (see docs/stylegan3.md)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     family = getattr(model, "family", "hyperstyle")
     if family == "sfe":
         return _encode_sfe(args, model, rank, world_size)
-    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "hyperstyle") and args.iterations != 1)):
+    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "restyle3", "hyperstyle") and args.iterations != 1)):
         error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
         return 2
 
@@ -141,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         error("no input images found")
         return 1
+    if getattr(args, "unaligned", False):
+        return _unaligned(args, model, files)
     if args.refine:
         return _refine(args, model, files, len(problems))
     # Every process reports the files of its own shard.
@@ -190,6 +197,29 @@ def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> 
     failed = summary["failed"] + len(problems)
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _unaligned(args: argparse.Namespace, model, files) -> int:
+    """``--unaligned``: ReStyle over StyleGAN3 with the landmark transform on the last iteration."""
+    from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.unaligned import encode_unaligned_files
+
+    if getattr(model, "family", None) != "restyle3":
+        error("--unaligned needs an encoder over StyleGAN3 (e.g. restyle_pSp_ffhq.pt); this model's generator takes no transform")
+        return 2
+    if not _face_tools_ready():
+        return 2
+    files = files[: args.limit] if args.limit else files
+    try:
+        summary = encode_unaligned_files(
+            model, files, args.out, iterations=args.iterations, full_resolution=args.full_resolution,
+            side_by_side=args.side_by_side, image_format=args.format, log=lambda m: print(f"instyle: {m}", file=sys.stderr),
+        )
+    except (OutputFolderError, ValueError) as e:
+        error(str(e))
+        return 2
+    print(f"encoded {summary['encoded']} unaligned image(s) into {args.out}" + (f"; {summary['failed']} failed" if summary["failed"] else ""))
+    return 1 if summary["failed"] else 0
 
 
 def _face_tools_ready() -> bool:

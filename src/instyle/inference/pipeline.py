@@ -257,6 +257,8 @@ def _iterations(model, asked: int | None) -> int:
 
     if uses_offsets(model):
         return asked or model.config.iterations
+    if getattr(model, "family", "psp") == "restyle3":  # ReStyle over StyleGAN3: the checkpoint's (3)
+        return asked or model.default_iterations
     return (asked or DEFAULT_ITERATIONS) if getattr(model, "family", "psp") == "restyle" else 1
 
 

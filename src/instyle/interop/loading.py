@@ -32,12 +32,22 @@ from instyle.interop.keymaps import (
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.safe_load import safe_torch_load
 from instyle.interop.sfe import is_sfe_checkpoint, is_sfe_inverter_checkpoint, sfe_from_checkpoint
+from instyle.interop.stylegan3 import (
+    is_restyle3_checkpoint,
+    is_stylegan3_state_dict,
+    load_restyle3,
+    load_stylegan3_generator,
+    restyle3_from_checkpoint,
+    stylegan3_generator_from_object,
+)
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import get_config
+from instyle.models.restyle3 import ReStyle3
 from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import Generator
+from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -120,6 +130,8 @@ def load_own(directory: str | os.PathLike):
     """An own-format directory as a :class:`PSP`, :class:`Generator` or
     :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
+    if kind in ("stylegan3", "restyle3"):
+        return {"stylegan3": StyleGAN3Generator, "restyle3": ReStyle3}[kind].from_pretrained(directory)
     return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle, "sfe": SFE}[kind].from_pretrained(directory)
 
 
@@ -208,15 +220,27 @@ def load_psp(
         expected: if given, the file's architecture must equal it.
         w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
             :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
-        e4e, generator: the e4e and StyleGAN2 files an official StyleFeatureEditor checkpoint
-            needs (then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
+        e4e: the e4e file an official StyleFeatureEditor checkpoint needs (with ``generator``;
+            then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
+        generator: the StyleGAN2 file of an official StyleFeatureEditor checkpoint, or a StyleGAN3
+            encoder's replacement generator (``.pt`` state dict, NVIDIA ``.pkl`` or own format),
+            used instead of the checkpoint's decoder.
     """
     p = resolve_path(path)
     if is_own_format(p):
         if w_encoder is not None:
             raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
-        if e4e is not None or generator is not None:
-            raise CheckpointError(f"{p}: an instyle model folder is self-contained; e4e= / generator= are not used")
+        if read_config(p)["kind"] == "restyle3":  # ReStyle over StyleGAN3
+            if e4e is not None:
+                raise CheckpointError(f"{p}: e4e={str(e4e)!r} is only for StyleFeatureEditor checkpoints; this model is not one")
+            return load_restyle3(p, generator).to(resolve_device(device))
+        if e4e is not None:
+            raise CheckpointError(f"{p}: an instyle model folder is self-contained; e4e= is not used")
+        if generator is not None:
+            raise CheckpointError(
+                f"{p}: an instyle model folder is self-contained; generator={str(generator)!r} is only for encoders over "
+                "StyleGAN3 (to replace their decoder)"
+            )
         model = load_own(p)
         if _is_hyperstyle(model) or isinstance(model, SFE):
             return model.to(resolve_device(device)).eval()
@@ -233,8 +257,13 @@ def load_psp(
     ckpt = safe_torch_load(p, "pSp checkpoint")
     if is_sfe_checkpoint(ckpt) or is_sfe_inverter_checkpoint(ckpt):
         return sfe_from_checkpoint(ckpt, p, e4e, generator, resolve_path).to(resolve_device(device))
+    if is_restyle3_checkpoint(ckpt) and e4e is None:  # ReStyle over StyleGAN3
+        return restyle3_from_checkpoint(ckpt, p, generator).to(resolve_device(device))
     if e4e is not None or generator is not None:
-        raise CheckpointError(f"{p}: e4e= / generator= are only for StyleFeatureEditor checkpoints; this is {detect_format(ckpt)}")
+        raise CheckpointError(
+            f"{p}: e4e= / generator= are only for StyleFeatureEditor checkpoints (generator= also for encoders over "
+            f"StyleGAN3); this is {detect_format(ckpt)}"
+        )
     fmt = detect_format(ckpt)
     if fmt == "hyperstyle":
         return hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve_path).to(resolve_device(device))
@@ -292,13 +321,24 @@ def load_generator(
     ``mean_latent(latent_avg_samples, seed=0)`` and a warning says so.
     """
     p = resolve_path(path)
+    if is_own_format(p) and read_config(p)["kind"] in ("stylegan3", "restyle3"):
+        return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     if is_own_format(p):
         m = load_own(p)
         g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
-        g = load_nvidia_generator(p)
+        try:
+            g = load_nvidia_generator(p)
+        except CheckpointError as e:
+            if "StyleGAN3" not in str(e):
+                raise
+            return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")
+        if is_stylegan3_state_dict(ckpt) or is_restyle3_checkpoint(ckpt) or (
+            isinstance(ckpt, Mapping) and is_stylegan3_state_dict(ckpt.get("G_ema"))
+        ):
+            return stylegan3_generator_from_object(ckpt, p).to(resolve_device(device)).eval()
         fmt = detect_format(ckpt)
         if fmt == "psp":
             config, state, latent_avg, _ = read_official_psp(ckpt, p)
