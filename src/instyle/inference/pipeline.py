@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -357,14 +356,13 @@ def input_preparer(model, align: bool, resize_factor: int | None = None) -> Call
 
 def _encode_items(model, files, items, records, out: Path, options: EncodeOptions, log, progress: bool):
     """The encode loop of :func:`encode_files`: ``(grid rows, whether a full disk stopped it)``."""
-    from tqdm import tqdm
-
+    from instyle.utils.progress import Progress
 
     device = next(model.parameters()).device
     prepare = input_preparer(model, options.align, options.resize_factor)
     grid_rows: list[list] = []
     stopped = False
-    bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)
+    bar = Progress(len(items), "encode", "img", enabled=progress)
     batches = prefetch_batches(items, lambda item: prepare(files[item[0]].path), options.batch_size, errors=(InputError,))
     with BackgroundWriter() as writer:
         for batch in batches:
@@ -515,7 +513,7 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
     Returns:
         Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
     """
-    from tqdm import tqdm
+    from instyle.utils.progress import track
 
     try:
         names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
@@ -534,7 +532,7 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
             todo.append((f, name))
     t0 = time.perf_counter()
     results = _ordered_map(lambda item: (item, *_align_one(item[0].path, options)), todo, options.workers)
-    for (f, name), faces, problem in tqdm(results, total=len(todo), unit="img", desc="align", file=sys.stderr, disable=None if progress else True):
+    for (f, name), faces, problem in track(results, "align", "img", total=len(todo), enabled=progress):
         if problem is not None or not faces:
             log(problem or f"no face found in {f.path} (try --detector cnn or --upsample 2)")
             counts["failed" if problem else "no_face"] += 1

@@ -79,7 +79,8 @@ class RefineConfig:
         locality_interval: pti: apply the regulariser every this many steps (PTI: 1).
         time_budget: seconds per image after which the refinement stops (None = no limit).
         seed: seed of everything random (the regulariser's codes).
-        progress: show a progress bar of the steps.
+        progress: show the steps and the loss (:class:`instyle.utils.progress.Progress`).
+        progress_label: what the progress names (e.g. the image), after the method.
     """
 
     steps: int = 200
@@ -95,6 +96,7 @@ class RefineConfig:
     time_budget: float | None = None
     seed: int = 0
     progress: bool = False
+    progress_label: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -205,21 +207,27 @@ def _frozen(module: torch.nn.Module):
 
 
 class _Budget:
-    """Step loop with an optional wall-clock limit and progress bar."""
+    """Step loop with an optional wall-clock limit; with ``config.progress`` it shows the steps
+    and the last loss (a bar on a terminal, a line every quarter of the steps in a log).
+    The refiner appends each step's loss to ``losses``."""
 
     def __init__(self, config: RefineConfig, desc: str):
-        from tqdm import tqdm
+        from instyle.utils.progress import Progress
 
         self.config, self.start = config, time.perf_counter()
-        self.bar = tqdm(total=config.steps, desc=desc, unit="step", leave=False, disable=not config.progress)
+        self.losses: list[float] = []
+        label = f"{desc} {config.progress_label}" if config.progress_label else desc
+        self.bar = Progress(config.steps, label, "step", every=max(1, config.steps // 4), leave=False, enabled=config.progress)
 
     def __iter__(self):
-        for step in range(self.config.steps):
-            if self.config.time_budget is not None and time.perf_counter() - self.start > self.config.time_budget:
-                break
-            yield step
-            self.bar.update(1)
-        self.bar.close()
+        try:
+            for step in range(self.config.steps):
+                if self.config.time_budget is not None and time.perf_counter() - self.start > self.config.time_budget:
+                    break
+                yield step
+                self.bar.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
+        finally:
+            self.bar.close()
 
     @property
     def seconds(self) -> float:
@@ -256,7 +264,8 @@ def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResul
     w = w_init.clone().requires_grad_(True)
     noises = [n.detach().clone().requires_grad_(True) for n in gen.fixed_noise()] if config.optimize_noise else None
     opt = torch.optim.Adam([w, *(noises or [])], lr=base_lr, betas=(0.9, 0.999))
-    losses, budget, done = [], _Budget(config, "optimize"), 0
+    budget, done = _Budget(config, "optimize"), 0
+    losses = budget.losses
     with _frozen(gen), torch.enable_grad():
         for step in budget:
             for group in opt.param_groups:
@@ -306,7 +315,8 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
         p.requires_grad_(True)  # whatever the base's flags, the copy's synthesis weights train
     opt = torch.optim.Adam([p for _, p in params], lr=config.lr or 3e-4)
     rng = torch.Generator().manual_seed(config.seed)
-    losses, budget, done = [], _Budget(config, "pti"), 0
+    budget, done = _Budget(config, "pti"), 0
+    losses = budget.losses
     with _frozen(base), torch.enable_grad():
         tuned.style.requires_grad_(False)
         for step in budget:

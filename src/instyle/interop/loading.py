@@ -196,6 +196,39 @@ def load_psp(
     expected: PSPConfig | None = None,
     w_encoder: str | os.PathLike | None = None,
 ) -> PSP:
+    """Load a pSp model (own format directory or official ``.pt``) in eval mode, saying on
+    stderr what it loads and how long that took (see :mod:`instyle.utils.progress`).
+    Arguments as :func:`_load_psp`."""
+    from instyle.utils.progress import timed
+
+    name = Path(path).name or str(path)
+    with timed(f"loading model {name}", f"loaded model {name}") as t:
+        model = _load_psp(path, device, expected, w_encoder)
+        t.detail = describe_model(model)
+    return model
+
+
+def describe_model(model) -> str:
+    """``e4e, 1024 px, 18 styles, on cpu``: what a loaded pSp-family model is."""
+    family = getattr(model, "family", None) or ("hyperstyle" if _is_hyperstyle(model) else "psp")
+    parts = [family]
+    size = getattr(model, "output_size", None)
+    if size:
+        parts.append(f"{size} px")
+    if hasattr(model, "n_styles"):
+        parts.append(f"{model.n_styles} styles")
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if param is not None:
+        parts.append(f"on {param.device}")
+    return ", ".join(parts)
+
+
+def _load_psp(
+    path: str | os.PathLike,
+    device: str | torch.device = DEFAULT_DEVICE,
+    expected: PSPConfig | None = None,
+    w_encoder: str | os.PathLike | None = None,
+) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
     Args:
