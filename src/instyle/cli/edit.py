@@ -169,10 +169,12 @@ def run_direction(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     rows = []
-    for src in sources:
+    from instyle.utils.progress import track
+
+    for src in track(sources, "edit", "img"):
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets)
+            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.generator_delta)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
@@ -210,8 +212,8 @@ def run_combine(args: argparse.Namespace) -> int:
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
     # HyperStyle: A and the combination render on A's tuned generator, B on its own.
-    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets)
-    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets)
+    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets, a.generator_delta)
+    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets, b.generator_delta)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import add_device_arg, add_precision_args, apply_precision_args, error
-from instyle.cli.refining import add_refine_args, run_refine
+from instyle.cli.refining import add_refine_args, prepare_refine, run_refine
 
 DESCRIPTION = """\
 Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.align and not _face_tools_ready():
         return 2
+    refining = prepare_refine(args) if args.refine else None  # refused settings fail before the long load
+    if args.refine and refining is None:
+        return 2
     torch.manual_seed(args.seed)
     if device.type == "cpu":
         from instyle.ops.fast_memory import retain_freed_memory
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         error("no input images found")
         return 1
     if args.refine:
-        return _refine(args, model, files, len(problems))
+        return _refine(args, model, files, len(problems), refining)
     # Every process reports the files of its own shard.
     log = lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)
     try:
@@ -157,17 +160,19 @@ def _face_tools_ready() -> bool:
         return False
 
 
-def _refine(args: argparse.Namespace, model, files, n_skipped: int) -> int:
+def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared) -> int:
     """``--refine``: output names and folder checks as for a plain encode, then the per-image loop."""
     from instyle.inference.io import output_names
     from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
+    from instyle.inference.refine import refine_outputs
 
     files = files[: args.limit] if args.limit else files
     try:
-        names = output_names(files)
-        prepare_output_folder(args.out, files, [Path(args.out) / f"{n}.{args.format}" for n in names])
+        outputs = lambda name: refine_outputs(name, args.refine, args.format, args.save_latents)
+        names = output_names(files, outputs, ["grid.png", "summary.json"])
+        prepare_output_folder(args.out, files, [Path(args.out) / o for n in names for o in outputs(n)])
     except (OutputFolderError, ValueError) as e:
         error(str(e))
         return 2
     items = [(f.path, n) for f, n in zip(files, names)]
-    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped)
+    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped, prepared)

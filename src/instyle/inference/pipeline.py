@@ -43,6 +43,7 @@ from instyle.inference.preprocess import align_input, input_preview, prepare_inp
 from instyle.models.iterative import DEFAULT_ITERATIONS
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
+from instyle.utils.progress import Progress, track
 
 T = TypeVar("T")
 
@@ -356,8 +357,6 @@ def input_preparer(model, align: bool, resize_factor: int | None = None) -> Call
 
 def _encode_items(model, files, items, records, out: Path, options: EncodeOptions, log, progress: bool):
     """The encode loop of :func:`encode_files`: ``(grid rows, whether a full disk stopped it)``."""
-    from instyle.utils.progress import Progress
-
     device = next(model.parameters()).device
     prepare = input_preparer(model, options.align, options.resize_factor)
     grid_rows: list[list] = []
@@ -513,8 +512,6 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
     Returns:
         Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
     """
-    from instyle.utils.progress import track
-
     try:
         names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
     except ValueError as e:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
+from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official, detect_family
 from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
 from instyle.interop.keymaps import (
     DATASET_TYPE_TO_TASK,
@@ -30,13 +30,14 @@ from instyle.interop.keymaps import (
     strip_prefix,
 )
 from instyle.interop.nvidia import load_nvidia_generator
-from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.safe_load import ALLOWED_GLOBALS, safe_torch_load
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import get_config
 from instyle.models.stylegan2 import Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+from instyle.utils.progress import timed
 
 __all__ = [
     "PUBLISHED_CHECKPOINTS",
@@ -199,8 +200,6 @@ def load_psp(
     """Load a pSp model (own format directory or official ``.pt``) in eval mode, saying on
     stderr what it loads and how long that took (see :mod:`instyle.utils.progress`).
     Arguments as :func:`_load_psp`."""
-    from instyle.utils.progress import timed
-
     name = Path(path).name or str(path)
     with timed(f"loading model {name}", f"loaded model {name}") as t:
         model = _load_psp(path, device, expected, w_encoder)
@@ -221,6 +220,28 @@ def describe_model(model) -> str:
     if param is not None:
         parts.append(f"on {param.device}")
     return ", ".join(parts)
+
+
+def peek_family(path: str | os.PathLike) -> str | None:
+    """The family of a pSp-family model file (``psp``, ``e4e``, ``restyle``, ``hyperstyle``)
+    read without building the model (an official file is memory-mapped), so a command can
+    refuse a setting the model cannot run before the long load; None when it cannot tell
+    cheaply (the real load then reports any problem)."""
+    try:
+        p = resolve_path(path)
+        if is_own_format(p):
+            cfg = read_config(p)
+            return "hyperstyle" if cfg.get("kind") == "hyperstyle" else cfg.get("config", {}).get("family", "psp")
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        fmt = detect_format(ckpt)
+        if fmt != "psp":
+            return "hyperstyle" if fmt == "hyperstyle" else None
+        opts = ckpt.get("opts")
+        opts = opts if isinstance(opts, Mapping) else vars(opts) if hasattr(opts, "__dict__") else None
+        return detect_family(opts) if opts is not None else None
+    except Exception:  # not cheaply readable (legacy format, bad file): the real load tells
+        return None
 
 
 def _load_psp(

@@ -1,0 +1,166 @@
+"""Issue 27: every command says what it is doing, and every result feeds the next command.
+
+Tiny random models throughout; progress output is read from stderr (never a TTY under
+pytest, so the one-line-per-N-items log form is what these tests see)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from instyle.cli.main import main
+from instyle.models import get_config
+from instyle.models.init import random_psp
+from instyle.utils.progress import Progress, quiet, say, timed
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("model") / "tiny"
+    random_psp(get_config("tiny"), seed=4, latent_samples=256).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("in")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / f"{name}.png")
+    return d
+
+
+# --------------------------------------------------------------------------- the progress module
+
+
+def test_progress_log_lines_count_rate_and_eta(capsys):
+    with Progress(25, "encode", "img", every=10) as bar:
+        for _ in range(25):
+            bar.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    # the first item, every 10th and the last: a log gets a readable record, not a bar
+    assert [ln.split()[2] for ln in lines] == ["1/25", "10/25", "20/25", "25/25"]
+    assert "ETA" in lines[1] and "img/s" in lines[1] and "took" in lines[-1]
+
+
+def test_progress_shows_loss_and_quiet_silences_everything(capsys):
+    with Progress(4, "pti a", "step", every=2) as bar:
+        for k in range(4):
+            bar.update(1, loss=1.0 / (k + 1))
+    assert "loss 0.25" in capsys.readouterr().err.splitlines()[-1]
+    with quiet():
+        say("hello")
+        with timed("loading x", "loaded x"), Progress(3, "encode") as bar:
+            bar.update(3)
+    assert capsys.readouterr().err == ""
+
+
+def test_timed_says_what_and_how_long(capsys):
+    with timed("loading model m", "loaded model m") as t:
+        t.detail = "psp, 64 px"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "instyle: loading model m ..."
+    assert err[1].startswith("instyle: loaded model m (psp, 64 px) in ") and err[1].endswith("s")
+
+
+def test_encode_says_what_it_loads_and_shows_progress_and_quiet_turns_it_off(tiny_dir, photos, tmp_path, capsys):
+    args = ["encode", str(photos), "-c", str(tiny_dir), "--device", "cpu", "--batch-size", "1"]
+    assert main([*args, "-o", str(tmp_path / "o1")]) == 0
+    out, err = capsys.readouterr()
+    assert "loading model tiny ..." in err and "loaded model tiny (psp, 64 px" in err
+    assert "encode 3/3 img" in err
+    assert out.startswith("encoded 3 image(s)")  # the result line is unchanged, on stdout
+    for argv in ([*args, "-o", str(tmp_path / "o2"), "--quiet"], ["--quiet", *args, "-o", str(tmp_path / "o3")]):
+        assert main(argv) == 0
+        quiet_out, quiet_err = capsys.readouterr()
+        assert quiet_err == "" and quiet_out.startswith("encoded 3 image(s)")
+    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["encoded"] == 3
+
+
+# --------------------------------------------------------------------------- PTI results lead somewhere
+
+
+@pytest.fixture(scope="module")
+def pti_out(tiny_dir, photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pti") / "out"
+    rc = main(["encode", str(photos / "a.png"), str(photos / "b.png"), "-c", str(tiny_dir), "-o", str(out),
+               "--device", "cpu", "--refine", "pti", "--refine-steps", "2", "--refine-lpips", "0", "--grid"])
+    assert rc == 0
+    return out
+
+
+def test_refine_follows_encode_layout(pti_out, capsys):
+    summary = json.loads((pti_out / "summary.json").read_text())
+    assert summary["method"] == "pti" and summary["refined"] == 2
+    files = {Path(r["input"]).name: r for r in summary["files"]}
+    assert files["a.png"]["status"] == "refined"
+    assert files["a.png"]["outputs"] == ["a.png", "latents/a.npz", "pti/a.safetensors"]
+    assert all((pti_out / o).is_file() for r in summary["files"] for o in r["outputs"])
+    assert (pti_out / "grid.png").is_file()
+
+
+def test_refine_shows_steps_and_loss_per_image(tiny_dir, photos, tmp_path, capsys):
+    assert main(["encode", str(photos / "a.png"), "-c", str(tiny_dir), "-o", str(tmp_path / "o"), "--device", "cpu",
+                 "--refine", "optimize", "--refine-steps", "4", "--refine-lpips", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "optimize a 4/4 step" in err and "loss " in err
+
+
+def test_pti_latent_references_its_tuned_generator_by_sha256(pti_out):
+    with np.load(pti_out / "latents" / "a.npz") as data:
+        meta = json.loads(str(data["meta"]))
+    delta = pti_out / "latents" / meta["generator_delta"]
+    assert delta.resolve() == (pti_out / "pti" / "a.safetensors").resolve()
+    assert meta["generator_delta_sha256"] == hashlib.sha256(delta.read_bytes()).hexdigest()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+
+
+def test_edit_mix_interpolate_render_pti_latents_on_the_tuned_generator(tiny_dir, pti_out, tmp_path, capsys):
+    """Strength 0 of an edit of a PTI latent is the refined reconstruction, not the untuned one."""
+    latent = pti_out / "latents" / "a.npz"
+    out = tmp_path / "e"
+    d = tmp_path / "dir.npy"
+    np.save(d, np.random.default_rng(1).standard_normal(64).astype(np.float32))
+    assert main(["edit", "direction", str(latent), "-c", str(tiny_dir), "-o", str(out), "--device", "cpu",
+                 "--direction", str(d), "--strengths", "0"]) == 0
+    edited = _pixels(out / "a" / "strength_+0.000.png")
+    refined = _pixels(pti_out / "a.png")
+    assert np.abs(edited - refined).mean() < 1.0
+    # the same code on the untuned generator differs (else this test could not fail)
+    np.save(tmp_path / "plain.npy", np.load(latent)["w_plus"])
+    assert main(["edit", "direction", str(tmp_path / "plain.npy"), "-c", str(tiny_dir), "-o", str(tmp_path / "p"),
+                 "--device", "cpu", "--direction", str(d), "--strengths", "0"]) == 0
+    assert np.abs(_pixels(tmp_path / "p" / "plain" / "strength_+0.000.png") - refined).mean() > 1.0
+    assert main(["mix", str(latent), "-c", str(tiny_dir), "-o", str(tmp_path / "m"), "--device", "cpu", "-n", "1"]) == 0
+    assert main(["interpolate", str(latent), str(pti_out / "latents" / "b.npz"), "-c", str(tiny_dir), "-o",
+                 str(tmp_path / "i"), "--device", "cpu", "--steps", "2", "--animation", "none"]) == 0
+    first = _pixels(tmp_path / "i" / "frames" / "frame_0000.png")
+    assert np.abs(first - refined).mean() < 1.0
+
+
+def test_pti_latent_with_a_missing_or_changed_generator_is_refused(tiny_dir, pti_out, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pti_out, copy)
+    (copy / "pti" / "a.safetensors").unlink()
+    tampered = copy / "pti" / "b.safetensors"
+    tampered.write_bytes(tampered.read_bytes() + b" ")
+    d = tmp_path / "dir.npy"
+    np.save(d, np.ones(64, dtype=np.float32))
+    rc = main(["edit", "direction", str(copy / "latents" / "a.npz"), str(copy / "latents" / "b.npz"), "-c", str(tiny_dir),
+               "-o", str(tmp_path / "e"), "--device", "cpu", "--direction", str(d), "--strengths", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "a.safetensors" in err and "missing" in err
+    assert "b.safetensors" in err and "sha256" in err
