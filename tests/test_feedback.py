@@ -164,3 +164,61 @@ def test_pti_latent_with_a_missing_or_changed_generator_is_refused(tiny_dir, pti
     assert rc == 1
     assert "a.safetensors" in err and "missing" in err
     assert "b.safetensors" in err and "sha256" in err
+
+
+def test_refine_settings_the_model_cannot_run_fail_before_it_loads(tiny_dir, photos, tmp_path, capsys, monkeypatch):
+    base = ["encode", str(photos / "a.png"), "-c", str(tiny_dir), "-o", str(tmp_path / "o"), "--device", "cpu"]
+    assert main([*base, "--refine", "restyle"]) == 2
+    err = capsys.readouterr().err
+    assert "'restyle' refinement needs a ReStyle checkpoint" in err and "this is a psp model" in err
+    assert "loading model" not in err
+    # no LPIPS weights anywhere: the message names this command's flags, before the model loads
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    assert main([*base, "--refine", "pti"]) == 2
+    err = capsys.readouterr().err
+    assert "--lpips-weights PATH" in err and "--refine-lpips 0" in err and "instyle train" not in err
+    assert "loading model" not in err
+
+
+def test_peek_family_reads_official_files_without_building_the_model(tmp_path):
+    import torch
+
+    from instyle.interop.loading import peek_family
+
+    model = random_psp(get_config("tiny"), seed=0, latent_samples=64)
+    torch.save({"state_dict": model.state_dict(), "opts": {"output_size": 64, "n_iters_per_batch": 5}}, tmp_path / "r.pt")
+    torch.save({"state_dict": model.state_dict(), "opts": {"stylegan_size": 64}}, tmp_path / "e.pt")
+    assert peek_family(tmp_path / "r.pt") == "restyle" and peek_family(tmp_path / "e.pt") == "e4e"
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    assert peek_family(tmp_path / "bad.pt") is None  # the real load reports it
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@pytest.mark.slow  # imports Gradio (~10 s on one core)
+def test_serve_takes_w_encoder_and_says_loading_then_its_url(tiny_dir, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gradio")
+    import instyle.demo.app as app
+    from tests.test_hyperstyle import tiny_model, write_official
+
+    hs, w = write_official(tiny_model(), tmp_path / "hs.pt", tmp_path / "w.pt")
+    seen = {}
+
+    def fake_run(asgi, **kwargs):  # stands in for uvicorn: record, do not block
+        seen.update(kwargs)
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr(app, "create_app", lambda store, settings: type("A", (), {"state": type("S", (), {
+        "outputs": type("O", (), {"close": lambda self: None})()})()})())
+    port = 7999
+    assert main(["serve", "-c", f"hs={hs}", "-c", str(tiny_dir), "--w-encoder", str(w), "--device", "cpu",
+                 "--port", str(port)]) == 0
+    out, err = capsys.readouterr()
+    assert "loading model hs.pt ..." in err and "loaded model hs.pt (hyperstyle" in err and "loaded model tiny (psp" in err
+    assert "built the demo page" in err
+    assert f"http://127.0.0.1:{port}/" in out and seen["port"] == port
+    # a --w-encoder no checkpoint needs is refused, before anything loads
+    assert main(["serve", "-c", str(tiny_dir), "--w-encoder", str(w), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "none of the checkpoints" in err and "loading model" not in err

@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="pSp checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
         "folder name); repeat to offer several",
     )  # fmt: skip
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint official HyperStyle files need")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="TCP port (default: 7860)")
     add_device_arg(p)
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             directions=tuple(args.direction),
         )
         load_edits(settings.directions)  # a bad file fails now, not on the page
-        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
+        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device, w_encoder=args.w_encoder)
         if args.iterations is not None:
             store.set_iterations(args.iterations)
         for name in store.names:

@@ -528,7 +528,10 @@ def serve(settings: ServeSettings, store: ModelStore) -> None:
     """Run the server until interrupted (blocking)."""
     import uvicorn
 
-    app = create_app(store, settings)
+    from instyle.utils.progress import timed
+
+    with timed("building the demo page", "built the demo page"):
+        app = create_app(store, settings)
     url = f"http://{settings.host}:{settings.port}/"
     print(f"instyle serve: {url}  (models: {', '.join(store.names)}; device {store.device})", flush=True)
     if store.any_random:

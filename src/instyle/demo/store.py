@@ -109,10 +109,14 @@ class ModelStore:
             entry.model.default_iterations = n
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:
+    def from_checkpoints(
+        cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto", w_encoder: str | os.PathLike | None = None
+    ) -> ModelStore:
         """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
 
         Each is a path (named after its file or folder) or ``"NAME=PATH"`` (named ``NAME``).
+        ``w_encoder``: the W-encoder file official HyperStyle checkpoints need (given to each
+        of them; instyle folders carry their own).
 
         Raises:
             instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
@@ -120,12 +124,17 @@ class ModelStore:
         if not checkpoints:
             return cls.quickstart(device)
         from instyle.interop import load_psp
+        from instyle.interop.loading import peek_family, resolve_path
+        from instyle.models.own_format import is_own_format
 
         dev = resolve_device(device)
         named = [split_named(c) for c in checkpoints]
+        needs = [w_encoder is not None and peek_family(p) == "hyperstyle" and not is_own_format(resolve_path(p)) for _, p in named]
+        if w_encoder is not None and not any(needs):
+            raise ValueError(f"--w-encoder {w_encoder}: none of the checkpoints is an official HyperStyle file that needs it")
         entries = []
-        for name, (_, p) in zip(_unique_names(named), named):
-            model = load_psp(p, device=dev).eval()
+        for name, (_, p), need in zip(_unique_names(named), named, needs):
+            model = load_psp(p, device=dev, w_encoder=w_encoder if need else None).eval()
             entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)
 
