@@ -222,3 +222,39 @@ def test_serve_takes_w_encoder_and_says_loading_then_its_url(tiny_dir, tmp_path,
     assert main(["serve", "-c", str(tiny_dir), "--w-encoder", str(w), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "none of the checkpoints" in err and "loading model" not in err
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@pytest.mark.slow
+def test_evaluate_iterations_per_iteration_metrics_and_no_cpu_warmup(photos, tmp_path, capsys, monkeypatch):
+    import instyle.evaluation.report as report_module
+    from tests.test_families import tiny
+
+    tiny("restyle", "BackboneEncoder").save_pretrained(tmp_path / "restyle")
+    calls = []
+    real = report_module._reconstruct
+    monkeypatch.setattr(report_module, "_reconstruct", lambda net, x, it=None: calls.append(it) or real(net, x, it))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no LPIPS weights anywhere
+    out = tmp_path / "report"
+    rc = main(["evaluate", "-c", str(tmp_path / "restyle"), "--data", str(photos), "--out", str(out), "--device", "cpu",
+               "--identity", "none", "--iterations", "2", "--per-iteration", "--limit", "2", "--batch-size", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["iterations"] == 2 and report["n_images"] == 2
+    assert calls == [2, 2]  # one timed pass per batch, no warm-up pass on the CPU
+    assert "after 0 warm-up pass(es)" in report["runtime_note"]
+    steps = report["per_iteration"]
+    assert [s["iteration"] for s in steps] == [1, 2]
+    assert steps[1]["mse"]["mean"] == pytest.approx(report["metrics"]["mse"]["mean"])
+    assert steps[0]["mse"]["mean"] != steps[1]["mse"]["mean"]
+    assert "## Per iteration" in (out / "report.md").read_text()
+    assert "evaluate 2/2 img" in err
+    # the LPIPS note names this command's flag
+    assert "instyle evaluate --lpips-weights PATH" in report["unavailable"]["lpips"]
+    # --iterations on a one-step model is refused; --max-images still works as --limit's old spelling
+    rc = main(["evaluate", "-c", str(tmp_path / "restyle"), "--data", str(photos), "--out", str(tmp_path / "r2"),
+               "--device", "cpu", "--identity", "none", "--max-images", "1", "--iterations", "0"])
+    assert rc == 2 and "iterations=0" in capsys.readouterr().err

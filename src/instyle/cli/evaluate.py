@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
-    p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
+    p.add_argument("--data", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
     p.add_argument("--out", "-o", help="report folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
@@ -69,13 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
-    p.add_argument("--max-images", type=int, help="evaluate at most this many images")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images (as encode --limit)")
+    p.add_argument("--max-images", type=int, dest="limit", help=argparse.SUPPRESS)  # the old spelling of --limit
+    p.add_argument(
+        "--iterations", type=int, metavar="N",
+        help="ReStyle / HyperStyle refinement steps (default: the model's, 5); pSp and e4e encode in one step",
+    )
+    p.add_argument(
+        "--per-iteration", action="store_true",
+        help="ReStyle / HyperStyle: also measure the reconstruction after every iteration (report.md table, "
+        "report.json per_iteration), like the original scripts' per-step outputs",
+    )
     p.add_argument(
         "--resize-factor", type=int, metavar="N",
         help="super-resolution models: make each input by down-sampling its target xN (the original's "
         "--resize_factors; default: the largest training factor, named in the report)",
     )
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up passes (default: 1)")
+    p.add_argument(
+        "--warmup", type=int, default=None,
+        help="untimed warm-up passes before timing (default: 1 on a GPU, 0 on the CPU, where a pass costs a full run)",
+    )
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
     p.add_argument(
@@ -131,11 +144,13 @@ def run(args: argparse.Namespace) -> int:
             identity=None if args.identity == "none" else args.identity,
             face_box=args.face_box,
             inception_weights=args.inception_weights,
-            max_images=args.max_images,
+            max_images=args.limit,
             warmup=args.warmup,
             progress=True,
             resize_factor=args.resize_factor,
             name=getattr(args, "name", None),
+            iterations=args.iterations,
+            per_iteration=args.per_iteration,
         )
     except (InstyleError, FileNotFoundError) as e:
         error(str(e))
@@ -185,7 +200,7 @@ def _run_lec(args: argparse.Namespace) -> int:
         edit = load_edit(path, model.n_styles, model.config.generator.style_dim)
         spec = parse_edit(args.lec_edit or f"{name}=3")
         edit = edit_function(resolve_edit(spec.name, {name: edit}), spec)
-        result = lec_on_folder(model, args.data, edit, args.batch_size, args.max_images)
+        result = lec_on_folder(model, args.data, edit, args.batch_size, args.limit)
     except (CheckpointError, ValueError) as e:
         error(f"LEC: {e}")
         return 2
