@@ -21,6 +21,13 @@ from instyle.utils.progress import Progress, quiet, say, timed
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+@pytest.fixture(autouse=True)
+def announce_at_once(monkeypatch):
+    """Start lines at once (by default only a step slower than half a second announces itself),
+    so that the tests below see what a long model load prints, and when it does not."""
+    monkeypatch.setattr("instyle.utils.progress.ANNOUNCE_AFTER", 0)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("model") / "tiny"
@@ -60,6 +67,21 @@ def test_progress_shows_loss_and_quiet_silences_everything(capsys):
         with timed("loading x", "loaded x"), Progress(3, "encode") as bar:
             bar.update(3)
     assert capsys.readouterr().err == ""
+
+
+def test_quick_steps_and_quick_failures_print_no_start_line(capsys, monkeypatch):
+    import time
+
+    monkeypatch.setattr("instyle.utils.progress.ANNOUNCE_AFTER", 0.2)
+    with timed("loading quick", "loaded quick"):
+        pass
+    assert capsys.readouterr().err.startswith("instyle: loaded quick in ")
+    with pytest.raises(ValueError), timed("loading bad", "loaded bad"):
+        raise ValueError("refused")
+    assert capsys.readouterr().err == ""  # the command's one-line error stays the only line
+    with timed("loading slow", "loaded slow"):
+        time.sleep(0.5)
+    assert capsys.readouterr().err.splitlines()[0] == "instyle: loading slow ..."
 
 
 def test_timed_says_what_and_how_long(capsys):
@@ -258,3 +280,56 @@ def test_evaluate_iterations_per_iteration_metrics_and_no_cpu_warmup(photos, tmp
     rc = main(["evaluate", "-c", str(tmp_path / "restyle"), "--data", str(photos), "--out", str(tmp_path / "r2"),
                "--device", "cpu", "--identity", "none", "--max-images", "1", "--iterations", "0"])
     assert rc == 2 and "iterations=0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- align + paste-back
+
+
+@pytest.fixture(scope="module")
+def aligned_run(tiny_dir, faces_dir, tmp_path_factory):
+    pytest.importorskip("dlib", reason="face alignment needs dlib (pip install 'instyle[faces]')")
+    root = tmp_path_factory.mktemp("align")
+    src = root / "in"
+    src.mkdir()
+    (src / "face.jpg").write_bytes((faces_dir / "unaligned" / "img5.jpg").read_bytes())
+    out = root / "out"
+    rc = main(["encode", "-c", str(tiny_dir), str(src), "--out", str(out), "--device", "cpu", "--align",
+               "--paste-back", "--save-latents"])
+    assert rc == 0
+    return src, out
+
+
+def test_encode_align_keeps_crops_and_pastes_back(aligned_run):
+    src, out = aligned_run
+    index = json.loads((out / "aligned" / "alignment.json").read_text())
+    assert list(index) == ["face.png"] and len(index["face.png"]["quad"]) == 4
+    assert Path(index["face.png"]["source"]).resolve() == (src / "face.jpg").resolve()
+    crop = Image.open(out / "aligned" / "face.png")
+    assert crop.size == (64, 64)  # the network input, as aligned for this model
+    original = Image.open(src / "face.jpg").convert("RGB")
+    pasted = Image.open(out / "pasted" / "face.png").convert("RGB")
+    assert pasted.size == original.size
+    diff = np.abs(np.asarray(pasted, dtype=np.int16) - np.asarray(original, dtype=np.int16)).max(-1)
+    # the face region changed (random model), the corners of the photo did not
+    assert diff.mean() > 0.5 and diff[:5, :5].max() == 0 and diff[-5:, -5:].max() == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"][0]["outputs"] == ["face.png", "latents/face.npy", "aligned/face.png", "pasted/face.png"]
+
+
+def test_edit_pastes_back_through_the_alignment_of_encode(tiny_dir, aligned_run, tmp_path, capsys):
+    src, out = aligned_run
+    d = tmp_path / "dir.npy"
+    np.save(d, np.ones(64, dtype=np.float32))
+    for inp in (out / "latents" / "face.npy", out / "aligned" / "face.png"):
+        e = tmp_path / inp.suffix[1:]
+        assert main(["edit", "direction", str(inp), "-c", str(tiny_dir), "-o", str(e), "--device", "cpu",
+                     "--direction", str(d), "--strengths=-1,1", "--paste-back"]) == 0
+        pasted = sorted(p.relative_to(e / "pasted").as_posix() for p in (e / "pasted").rglob("*.png"))
+        assert pasted == ["face/strength_+1.000.png", "face/strength_-1.000.png"]
+        assert Image.open(e / "pasted" / "face" / "strength_+1.000.png").size == Image.open(src / "face.jpg").size
+    # an input without alignment: its edit is written, the paste-back refused with the reason (exit 1)
+    np.save(tmp_path / "plain.npy", np.load(out / "latents" / "face.npy"))
+    rc = main(["edit", "direction", str(tmp_path / "plain.npy"), "-c", str(tiny_dir), "-o", str(tmp_path / "x"),
+               "--device", "cpu", "--direction", str(d), "--strengths=1", "--paste-back"])
+    assert rc == 1 and "no alignment record" in capsys.readouterr().err
+    assert (tmp_path / "x" / "plain" / "strength_+1.000.png").is_file()

@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="start:stop:count or a list like -2,0,2; write --strengths=-2,0,2 when it starts with a minus (default: -3:3:7)",
     )
     d.add_argument("--layers", default=None, help="0-based layers to edit, e.g. 0-7 (default: all)")
+    d.add_argument(
+        "--paste-back", action="store_true",
+        help="also paste every edited face into its original photo (OUT/pasted/...): inputs are crops of "
+        "`instyle align` / `encode --align` or latents of `encode --align --save-latents`",
+    )
     d.set_defaults(func=run_direction)
 
     c = modes.add_parser("combine", help="take some layers' styles of A from B")
@@ -138,12 +143,36 @@ def _direction_outputs(args, edits, named: bool):
     return outputs
 
 
+def _alignments(sources, failed: int) -> tuple[dict, int]:
+    """``({source name: alignment record}, failed)``: a source without one is reported and counted."""
+    import sys
+
+    from instyle.inference.pasteback import PasteBackError, find_alignment
+
+    found = {}
+    for src in sources:
+        try:
+            found[src.name] = find_alignment(src.path)
+        except PasteBackError as e:
+            print(f"instyle: cannot paste back: {e}", file=sys.stderr)
+            failed += 1
+    return found, failed
+
+
 def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.editing import edit_codes
     from instyle.inference.io import caption, make_grid, save_image
     from instyle.inference.latents import save_latent
+    from instyle.inference.pasteback import PASTED_DIR, paste_result
     from instyle.inference.pipeline import OutputFolderError
 
+    try:  # the values are checked before the long model load
+        from instyle.inference.editing import parse_edit, parse_strengths
+
+        _ = [parse_edit(e) for e in args.edit] if args.edit else parse_strengths(args.strengths)
+    except ValueError as e:
+        error(str(e))
+        return 2
     loaded = load_model(args)
     if loaded is None:
         return 2
@@ -171,6 +200,7 @@ def run_direction(args: argparse.Namespace) -> int:
     rows = []
     from instyle.utils.progress import track
 
+    alignments, failed = _alignments(sources, failed) if args.paste_back else ({}, failed)
     for src in track(sources, "edit", "img"):
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
@@ -178,6 +208,9 @@ def run_direction(args: argparse.Namespace) -> int:
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
+                if src.name in alignments:  # the same relative path under pasted/
+                    rel = (folder / f"strength_{s:+.3f}.{args.format}").relative_to(out)
+                    save_image(paste_result(alignments[src.name], im), out / PASTED_DIR / rel)
             stem = f"{src.name}_{spec.slug}" if named else src.name
             save_latent(out / "latents" / (f"{src.name}/{spec.slug}.npy" if named else f"{src.name}.npy"), codes)
             row = ([src.preview] if src.preview is not None else []) + [

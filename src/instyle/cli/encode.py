@@ -70,7 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
     p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
-    p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
+    p.add_argument(
+        "--align", action="store_true",
+        help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`); keeps the crops and their "
+        "alignment.json in OUT/aligned/",
+    )
+    p.add_argument(
+        "--paste-back", action="store_true",
+        help="with --align: also paste each reconstruction back into its original photo (OUT/pasted/<name>)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     p.add_argument("--limit", type=int, metavar="N", help="encode only the first N inputs in path order (the original's --n_images)")
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from instyle.inference.io import collect_input_files
-    from instyle.inference.pipeline import EncodeOptions, OutputFolderError, encode_files, world
+    from instyle.inference.pipeline import EncodeOptions, OutputFolderError, check_output_folder, encode_files, world
     from instyle.interop import CheckpointError, load_psp
     from instyle.utils.config import ConfigError
     from instyle.utils.device import resolve_device
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
             side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
             iterations=args.iterations, resize_factor=args.resize_factor, limit=args.limit,
+            paste_back=args.paste_back,
         )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
@@ -106,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
         error(str(e).replace("batch_size=", "--batch-size="))
         return 2
     if args.align and not _face_tools_ready():
+        return 2
+    try:
+        check_output_folder(args.out)  # before the long model load
+    except OutputFolderError as e:
+        error(str(e))
         return 2
     refining = prepare_refine(args) if args.refine else None  # refused settings fail before the long load
     if args.refine and refining is None:

@@ -94,6 +94,10 @@ def load_model(args):
         error(f"--batch-size={args.batch_size} must be >= 1")
         return None
     try:
+        if getattr(args, "out", None):
+            from instyle.inference.pipeline import check_output_folder
+
+            check_output_folder(args.out)  # before the long model load
         device = resolve_device(args.device)
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None))
         apply_precision_args(model, args)

@@ -85,17 +85,35 @@ class _Timer:
         return time.perf_counter() - self.start
 
 
+#: :func:`timed` announces what it starts only when it takes longer than this (seconds), so a
+#: quick step (or one that fails at once, with its one-line error) prints no start line
+ANNOUNCE_AFTER = 0.5
+
+
 @contextmanager
 def timed(doing: str, done: str) -> Iterator[_Timer]:
-    """``doing ...`` now and ``done (detail) in 1.2s`` when the block ends without an error::
+    """``doing ...`` once the block has run :data:`ANNOUNCE_AFTER` seconds, and
+    ``done (detail) in 1.2s`` when it ends without an error::
 
         with timed(f"loading {path}", f"loaded {path}") as t:
             model = ...
             t.detail = f"{model.family}, {model.output_size} px"
     """
-    say(f"{doing} ...")
+    import threading
+
     timer = _Timer()
-    yield timer
+    announce = None
+    if ANNOUNCE_AFTER <= 0:
+        say(f"{doing} ...")
+    elif not _QUIET:
+        announce = threading.Timer(ANNOUNCE_AFTER, say, args=(f"{doing} ...",))
+        announce.daemon = True
+        announce.start()
+    try:
+        yield timer
+    finally:
+        if announce is not None:
+            announce.cancel()
     say(f"{done}" + (f" ({timer.detail})" if timer.detail else "") + f" in {_duration(timer.seconds)}")
 
 
