@@ -278,7 +278,7 @@ def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, f
     from instyle.inference.mixing import style_mix
     from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
     from instyle.utils.atomic import atomic_write_bytes
-    from instyle.utils.progress import say, track
+    from instyle.utils.progress import track, warn
 
     out, outputs = Path(args.out), _mix_outputs(args)
     records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in files}
@@ -299,7 +299,7 @@ def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, f
             if args.save_latents:
                 save_latent(out / "latents" / f"{src.name}.npy", mixed.cpu())
         except OSError as e:
-            say(f"could not write outputs for {src.path}: {e.strerror or e}")
+            warn(f"could not write outputs for {src.path}: {e.strerror or e}")
             failed += 1
             if e.errno in FATAL_WRITE_ERRNOS:
                 break

@@ -3,7 +3,8 @@
 One home for the feedback of every batch job (encode, edit, mix, interpolate, evaluate,
 refine, prepare, serve's start-up), so they all look and behave the same:
 
-* :func:`say` prints one ``instyle: ...`` line to stderr (without breaking a running bar).
+* :func:`say` prints one ``instyle: ...`` line to stderr (without breaking a running bar);
+  :func:`warn` the same for problems (a skipped file), printed even when quiet.
 * :func:`timed` says what starts (``loading model.pt ...``) and what it took
   (``loaded model.pt (e4e, 1024 px) in 3.1s``).
 * :class:`Progress` is a tqdm bar (items, rate, ETA) when stderr is a terminal and one
@@ -26,7 +27,7 @@ from typing import IO, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Progress", "is_quiet", "quiet", "say", "set_quiet", "timed", "track"]
+__all__ = ["Progress", "is_quiet", "quiet", "say", "set_quiet", "timed", "track", "warn"]
 
 _QUIET = False
 
@@ -60,6 +61,14 @@ def say(msg: str) -> None:
     """One ``instyle: msg`` line on stderr (nothing when quiet)."""
     if _QUIET:
         return
+    from tqdm import tqdm
+
+    tqdm.write(f"instyle: {msg}", file=_stream())
+
+
+def warn(msg: str) -> None:
+    """One ``instyle: msg`` line on stderr even when quiet (a skipped file, a failed write),
+    without breaking a running bar."""
     from tqdm import tqdm
 
     tqdm.write(f"instyle: {msg}", file=_stream())
