@@ -333,3 +333,24 @@ def test_edit_pastes_back_through_the_alignment_of_encode(tiny_dir, aligned_run,
                "--device", "cpu", "--direction", str(d), "--strengths=1", "--paste-back"])
     assert rc == 1 and "no alignment record" in capsys.readouterr().err
     assert (tmp_path / "x" / "plain" / "strength_+1.000.png").is_file()
+
+
+def test_every_batch_command_shows_its_progress(tiny_dir, photos, tmp_path, capsys):
+    d = tmp_path / "dir.npy"
+    np.save(d, np.ones(64, dtype=np.float32))
+    model = ["-c", str(tiny_dir), "--device", "cpu"]
+    runs = {
+        "edit 3/3 img": ["edit", "direction", str(photos), *model, "-o", str(tmp_path / "e"), "--direction", str(d),
+                         "--strengths=0,1"],
+        "mix 3/3 img": ["mix", str(photos), *model, "-o", str(tmp_path / "m"), "-n", "1"],
+        "interpolate 3/3 frame": ["interpolate", str(photos / "a.png"), str(photos / "b.png"), *model, "-o",
+                                  str(tmp_path / "i"), "--steps", "3", "--animation", "none"],
+        "prepare sketch2face 3/3 img": ["prepare", "sketch2face", "--photos", str(photos), "--out", str(tmp_path / "p")],
+    }
+    for line, argv in runs.items():
+        assert main(argv) == 0, argv
+        err = capsys.readouterr().err
+        assert line in err, err
+        assert main([*argv[:-1], argv[-1], "--quiet"] if argv[0] != "prepare" else ["--quiet", *argv[:-2], "--out",
+                    str(tmp_path / "p2")]) == 0
+        assert capsys.readouterr().err == ""
