@@ -354,3 +354,56 @@ def test_every_batch_command_shows_its_progress(tiny_dir, photos, tmp_path, caps
         assert main([*argv[:-1], argv[-1], "--quiet"] if argv[0] != "prepare" else ["--quiet", *argv[:-2], "--out",
                     str(tmp_path / "p2")]) == 0
         assert capsys.readouterr().err == ""
+
+
+# --------------------------------------------------------------------------- one vocabulary
+
+
+def test_one_vocabulary_across_commands():
+    """--limit everywhere (old --max-images still read), -d only ever --direction, one strength
+    range syntax, and the help of every command taking a model names every family."""
+    import argparse
+
+    from instyle.cli.main import build_parser
+    from instyle.inference.editing import parse_edit, parse_strengths
+
+    parser = build_parser()
+    commands = {name: p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name, p in a.choices.items()}
+    subparsers = dict(commands)
+    for name, p in commands.items():
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                subparsers.update({f"{name} {k}": v for k, v in a.choices.items()})
+    for name, p in subparsers.items():
+        opts = p._option_string_actions
+        assert "--max-images" not in opts or opts["--max-images"].help == argparse.SUPPRESS, name
+        assert "-d" not in opts or opts["-d"].dest == "direction", name
+        if "--checkpoint" in opts:
+            text = opts["--checkpoint"].help
+            assert all(f in text for f in ("pSp", "e4e", "ReStyle", "HyperStyle")), (name, text)
+    assert "--limit" in subparsers["evaluate"]._option_string_actions and "--limit" in subparsers["encode"]._option_string_actions
+    assert parse_strengths("-1..1:3") == [-1.0, 0.0, 1.0] == list(parse_edit("age=-1..1:3").strengths)
+    assert subparsers["edit direction"].get_default("strengths") == "-3..3:7"
+    assert parser.parse_args(["evaluate", "--max-images", "2"]).limit == 2
+
+
+def test_compare_labels_every_report_the_same_way(tmp_path, capsys):
+    """Two reports or three: rows, the best-per-metric line and the JSON use the same distinct
+    labels (two runs both called ``latest`` are told apart by their report folders)."""
+
+    def report(folder: str, method: str, mse: float) -> Path:
+        d = tmp_path / folder
+        d.mkdir()
+        metrics = {"mse": {"mean": mse, "std": 0.0, "n": 2}}
+        (d / "report.json").write_text(json.dumps({"method": method, "metrics": metrics, "data": "x", "n_images": 2}))
+        return d
+
+    a, b, c = report("run_a", "latest", 0.2), report("run_b", "latest", 0.1), report("e4e", "e4e.pt", 0.3)
+    assert main(["evaluate", "--compare", str(a), str(b)]) == 0
+    two = capsys.readouterr().out
+    assert "| latest (run_a) |" in two and "| latest (run_b) |" in two
+    assert two.strip().splitlines()[-1] == "best: mse: latest (run_b)"
+    assert main(["evaluate", "--compare", str(a), str(b), str(c)]) == 0
+    three = capsys.readouterr().out
+    assert "| latest (run_a) |" in three and "| e4e.pt |" in three
+    assert three.strip().splitlines()[-1] == "best: mse: latest (run_b)"

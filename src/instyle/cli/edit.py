@@ -14,8 +14,8 @@ from instyle.cli.mix import add_model_args, decode, load_model, load_sources, pl
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
 
-  instyle edit direction INPUT... --direction smile.npy --strengths=-3:3:7 [--layers 0-7]
-      w + s * d for each strength s (start:stop:count or a list); the direction is a .npy of
+  instyle edit direction INPUT... --direction smile.npy --strengths=-3..3:7 [--layers 0-7]
+      w + s * d for each strength s (start..stop:count or a list); the direction is a .npy of
       shape [512] or [n_styles, 512], or a published InterFaceGAN .pt (age.pt, pose.pt, ...).
   instyle edit direction INPUT... -d age=age.pt -d ffhq_pca.pt --edit age=-3..3:7 --edit ganspace:54,7,8=20
       named edits, each NAME[:COMPONENT]=VALUES (VALUES: a..b:count, a list or one value).
@@ -62,8 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--strengths",
         "-s",
-        default="-3:3:7",
-        help="start:stop:count or a list like -2,0,2; write --strengths=-2,0,2 when it starts with a minus (default: -3:3:7)",
+        default="-3..3:7",
+        help="start..stop:count or a list like -2,0,2 (the syntax of --edit's VALUES); write --strengths=-2,0,2 when "
+        "it starts with a minus (default: -3..3:7)",
     )
     d.add_argument("--layers", default=None, help="0-based layers to edit, e.g. 0-7 (default: all)")
     d.add_argument(

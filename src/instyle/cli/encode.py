@@ -13,7 +13,7 @@ from instyle.cli.common import add_device_arg, add_precision_args, apply_precisi
 from instyle.cli.refining import add_refine_args, prepare_refine, run_refine
 
 DESCRIPTION = """\
-Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
+Encode images with a pSp, e4e, ReStyle or HyperStyle checkpoint and write the reconstructions (and
 optionally the W+ latents). ReStyle models refine their latents --iterations times
 (default 5, as the original's inference script). Inputs are files, folders (searched recursively) or glob patterns.
 Photos are prepared like the original test transforms (resize to 256x256 bilinear,
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
     p.add_argument(

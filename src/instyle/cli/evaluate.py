@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", metavar="[NAME=]PATH",
-        help="pSp checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
+        help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
         "(default: its file or folder name)",
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             progress=True,
             resize_factor=args.resize_factor,
-            name=getattr(args, "name", None),
+            name=getattr(args, "name", None) or (Path(args.checkpoint).name if args.w_encoder else None),
             iterations=args.iterations,
             per_iteration=args.per_iteration,
         )
@@ -228,10 +228,5 @@ def _run_compare(args: argparse.Namespace) -> int:
         except OSError as e:
             error(f"could not write the comparison into {out}: {e.strerror or e}")
             return 1
-    print(
-        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items())
-        if "better" in result
-        else "best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()),
-        file=sys.stdout,
-    )
+    print("best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()))
     return 0

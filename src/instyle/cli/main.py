@@ -43,8 +43,8 @@ Run `instyle COMMAND --help` for the options of each command.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instyle",
-        description="pixel2style2pixel (pSp): encode face images, sketches and label maps into "
-        "StyleGAN2's W+ latent space and decode them back into photos.",
+        description="pixel2style2pixel (pSp) and its successors e4e, ReStyle and HyperStyle: encode face images, "
+        "sketches and label maps into StyleGAN2's W+ latent space and decode them back into photos.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

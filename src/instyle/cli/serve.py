@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", action="append", default=[], metavar="[NAME=]CKPT",
-        help="pSp checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
+        help="pSp, e4e, ReStyle or HyperStyle checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
         "folder name); repeat to offer several",
     )  # fmt: skip
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint official HyperStyle files need")

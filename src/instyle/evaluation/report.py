@@ -683,8 +683,8 @@ def _fmt(key: str, value) -> str:
     return METRICS[key][2].format(v) if key in METRICS else f"{v:.4g}"
 
 
-def _row(report: dict) -> list[str]:
-    cells = [report.get("method", "?")]
+def _row(report: dict, label: str | None = None) -> list[str]:
+    cells = [label or report.get("method", "?")]
     for key in METRICS:
         cells.append(_fmt(key, (report["metrics"].get(key) or {}).get("mean")))
     fid = _num(report.get("fid"))
@@ -692,11 +692,12 @@ def _row(report: dict) -> list[str]:
     return cells
 
 
-def markdown_table(reports: list[dict]) -> str:
-    """The paper's Table 1 layout (Method, Similarity, LPIPS, MSE, Runtime) plus PSNR, SSIM, FID."""
+def markdown_table(reports: list[dict], labels: list[str] | None = None) -> str:
+    """The paper's Table 1 layout (Method, Similarity, LPIPS, MSE, Runtime) plus PSNR, SSIM, FID;
+    ``labels`` name the rows (default: each report's method)."""
     header = ["Method", *(h for h, _, _ in METRICS.values()), "↓ FID"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
+    lines += ["| " + " | ".join(_row(r, lb)) + " |" for r, lb in zip(reports, labels or [None] * len(reports))]
     return "\n".join(lines) + "\n"
 
 
@@ -766,15 +767,34 @@ def load_report(path: str | os.PathLike) -> dict:
     return data
 
 
+def report_labels(reports: list[dict], sources: list | None = None) -> list[str]:
+    """One distinct label per report, the same in every comparison: its method name, and where
+    two share one, the report's folder (else its position) after it."""
+    methods = [r.get("method") or "?" for r in reports]
+    sources = sources or [None] * len(reports)
+    labels = []
+    for i, (m, src) in enumerate(zip(methods, sources)):
+        if methods.count(m) > 1:
+            folder = None
+            if isinstance(src, (str, os.PathLike)):
+                p = Path(src)
+                folder = (p.parent if p.suffix == ".json" else p).name or None
+            m = f"{m} ({folder})" if folder else f"{m} #{i + 1}"
+        labels.append(m)
+    return [lb if labels.count(lb) == 1 else f"{lb} #{i + 1}" for i, lb in enumerate(labels)]
+
+
 def compare(a_json: str | os.PathLike | dict, b_json: str | os.PathLike | dict) -> dict:
     """Compare two reports: both rows, ``b - a`` per metric, which is better, and caveats.
 
     Returns:
-        ``{"a", "b", "delta": {metric: b - a}, "better": {metric: "a"|"b"|"tie"}, "notes",
-        "markdown"}``.
+        ``{"a", "b", "labels", "delta": {metric: b - a}, "better": {metric: "a"|"b"|"tie"},
+        "best": {metric: label or "tie"}, "notes", "markdown"}`` (``labels``: see
+        :func:`report_labels`, as :func:`compare_many` names its rows).
     """
     a = a_json if isinstance(a_json, dict) else load_report(a_json)
     b = b_json if isinstance(b_json, dict) else load_report(b_json)
+    labels = report_labels([a, b], [a_json, b_json])
     delta, better = {}, {}
     for key, (_, higher, _) in METRICS.items():
         va, vb = (_num((r["metrics"].get(key) or {}).get("mean")) for r in (a, b))
@@ -794,10 +814,13 @@ def compare(a_json: str | os.PathLike | dict, b_json: str | os.PathLike | dict) 
         na, nb = a.get("networks", {}).get(key), b.get("networks", {}).get(key)
         if na and nb and na != nb:
             notes.append(f"{key} measured by different networks: {na} vs {nb}")
-    table = markdown_table([a, b])
-    diff = "| Δ (b − a) | " + " | ".join(_fmt_delta(k, delta.get(k)) for k in METRICS) + " | |\n"
-    md = table + diff + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
-    return {"a": a.get("method"), "b": b.get("method"), "delta": delta, "better": better, "notes": notes, "markdown": md}
+    table = markdown_table([a, b], labels)
+    best_row = "| best | " + " | ".join({"a": labels[0], "b": labels[1]}.get(better.get(k), better.get(k, "n/a")) for k in METRICS)
+    diff = f"| Δ ({labels[1]} − {labels[0]}) | " + " | ".join(_fmt_delta(k, delta.get(k)) for k in METRICS) + " | |\n"
+    md = table + best_row + " | |\n" + diff + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    best = {k: {"a": labels[0], "b": labels[1]}.get(v, v) for k, v in better.items()}
+    return {"a": a.get("method"), "b": b.get("method"), "labels": labels, "delta": delta, "better": better, "best": best,
+            "notes": notes, "markdown": md}
 
 
 def compare_many(reports: list) -> dict:
@@ -805,12 +828,13 @@ def compare_many(reports: list) -> dict:
     each, the best method per metric, and caveats when the data differ.
 
     Returns:
-        ``{"methods", "best": {metric: method}, "notes", "markdown"}``.
+        ``{"methods", "best": {metric: method}, "notes", "markdown"}``; ``methods`` are the
+        reports' labels (:func:`report_labels`).
     """
     rows = [r if isinstance(r, dict) else load_report(r) for r in reports]
     if len(rows) < 2:
         raise InputError(f"compare needs at least two reports, got {len(rows)}")
-    methods = [r.get("method", "?") for r in rows]
+    methods = report_labels(rows, list(reports))
     best = {}
     for key, (_, higher, _) in METRICS.items():
         values = [(_num((r["metrics"].get(key) or {}).get("mean")), m) for r, m in zip(rows, methods)]
@@ -821,7 +845,7 @@ def compare_many(reports: list) -> dict:
     if len({(r.get("data"), r.get("n_images")) for r in rows}) > 1:
         notes.append("different data: " + "; ".join(f"{m}: {r.get('data')} ({r.get('n_images')})" for m, r in zip(methods, rows)))
     best_row = "| best | " + " | ".join(best.get(k, "n/a") for k in METRICS) + " | |\n"
-    md = markdown_table(rows) + best_row + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    md = markdown_table(rows, methods) + best_row + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     return {"methods": methods, "best": best, "notes": notes, "markdown": md}
 
 
