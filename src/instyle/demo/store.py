@@ -55,8 +55,23 @@ class ModelEntry:
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
             "n_styles": cfg.n_styles,
+            "family": self.family,
+            "iterations": self.iterations,
             "random_weights": self.random_weights,
         }
+
+    @property
+    def family(self) -> str:
+        return getattr(self.model, "family", None) or "hyperstyle"
+
+    @property
+    def iterations(self) -> int:
+        """The encoding steps a request runs: ReStyle's and HyperStyle's iterations, else 1."""
+        if self.family == "restyle":
+            return int(self.model.default_iterations)
+        if self.family == "hyperstyle":
+            return int(self.model.config.iterations)
+        return 1
 
 
 def split_named(spec: str | os.PathLike) -> tuple[str | None, Path]:

@@ -89,6 +89,8 @@ class RefineConfig:
         seed: seed of everything random (the regulariser's codes).
         progress: show the steps and the loss (:class:`instyle.utils.progress.Progress`).
         progress_label: what the progress names (e.g. the image), after the method.
+        on_step: called as ``on_step(steps done, loss)`` after each step (e.g. a web page's
+            progress bar).
     """
 
     steps: int = 200
@@ -105,6 +107,7 @@ class RefineConfig:
     seed: int = 0
     progress: bool = False
     progress_label: str | None = None
+    on_step: Callable[[int, float], None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -249,6 +252,8 @@ class _Budget:
                     break
                 yield step
                 self.bar.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
+                if self.config.on_step is not None:
+                    self.config.on_step(step + 1, self.losses[-1] if self.losses else float("nan"))
         finally:
             self.bar.close()
 
