@@ -407,3 +407,17 @@ def test_compare_labels_every_report_the_same_way(tmp_path, capsys):
     three = capsys.readouterr().out
     assert "| latest (run_a) |" in three and "| e4e.pt |" in three
     assert three.strip().splitlines()[-1] == "best: mse: latest (run_b)"
+
+
+def test_grid_says_how_many_of_the_images_it_shows(tiny_dir, tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(17):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{k:02d}.png")
+    assert main(["encode", str(d), "-c", str(tiny_dir), "-o", str(tmp_path / "o"), "--device", "cpu", "--grid",
+                 "--batch-size", "8"]) == 0
+    assert "grid.png shows the first 16 of 17 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["grid"] == {"file": "grid.png", "images": 16}
+    assert main(["encode", str(d / "00.png"), "-c", str(tiny_dir), "-o", str(tmp_path / "p"), "--device", "cpu", "--grid"]) == 0
+    assert "grid.png shows all 1 image(s)" in capsys.readouterr().out

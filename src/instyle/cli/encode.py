@@ -159,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = summary["failed"] + summary["not_done"]
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
+    if summary.get("grid", {}).get("images"):
+        shown, done = summary["grid"]["images"], summary["encoded"]
+        print(f"{summary['grid']['file']} shows " + (f"all {done} image(s)" if shown >= done else f"the first {shown} of {done} images"))
     return 1 if failed or not summary["summary_written"] else 0
 
 

@@ -354,6 +354,8 @@ def encode_files(
         "files": mine,
         "skipped": list(skipped) if rank == 0 else [],
     }
+    if options.grid:  # the grid holds the first 16 images: say so where it may surprise
+        summary["grid"] = {"file": reserved[0], "images": len(grid_rows) if not stopped else 0}
     for r in mine:
         if r["status"] != "encoded":
             r["outputs"] = []
