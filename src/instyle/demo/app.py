@@ -491,7 +491,7 @@ def _edit_tab(ui: _Ui, h: _Handlers) -> None:
             with gr.Column():
                 e_before = gr.Image(type="filepath", label="Reconstruction", interactive=False, **VIEW)
                 e_after = gr.Image(type="filepath", label="Edited", interactive=False, elem_id="edit-output", **VIEW)
-                e_npy = gr.File(label="Edited W+ latent (.npy)")
+                e_npy = gr.File(label="Edited W+ latent (.npy)", elem_id="edit-latent")
         e_run.click(h.edit, [e_model, e_photo, e_refine, e_steps, e_extra, *sliders], [e_before, e_after, e_npy], api_name="edit", **ui.limits)
 
 
@@ -505,7 +505,7 @@ def _refine_defaults(store: ModelStore, name: str, settings: ServeSettings) -> t
     if per_step != per_step:  # no average latent to time with
         return steps, "each step renders and back-propagates the generator"
     return steps, (f"about {per_step:.2f} s per step on this server ({store.device.type}): {steps} steps ≈ "
-                   f"{steps * per_step:.0f} s, 50 steps ≈ {50 * per_step:.0f} s; the first Edit click refines, "
+                   f"{steps * per_step:.1f} s, 50 steps ≈ {50 * per_step:.0f} s; the first Edit click refines, "
                    "later clicks on the same photo re-use it")
 
 
