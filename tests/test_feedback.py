@@ -96,7 +96,7 @@ def test_encode_says_what_it_loads_and_shows_progress_and_quiet_turns_it_off(tin
     args = ["encode", str(photos), "-c", str(tiny_dir), "--device", "cpu", "--batch-size", "1"]
     assert main([*args, "-o", str(tmp_path / "o1")]) == 0
     out, err = capsys.readouterr()
-    assert "loading model tiny ..." in err and "loaded model tiny (psp, 64 px" in err
+    assert f"loading model {tiny_dir} ..." in err and f"loaded model {tiny_dir} (psp, 64 px" in err
     assert "encode 3/3 img" in err
     assert out.startswith("encoded 3 image(s)")  # the result line is unchanged, on stdout
     for argv in ([*args, "-o", str(tmp_path / "o2"), "--quiet"], ["--quiet", *args, "-o", str(tmp_path / "o3")]):
@@ -237,7 +237,7 @@ def test_serve_takes_w_encoder_and_says_loading_then_its_url(tiny_dir, tmp_path,
     assert main(["serve", "-c", f"hs={hs}", "-c", str(tiny_dir), "--w-encoder", str(w), "--device", "cpu",
                  "--port", str(port)]) == 0
     out, err = capsys.readouterr()
-    assert "loading model hs.pt ..." in err and "loaded model hs.pt (hyperstyle" in err and "loaded model tiny (psp" in err
+    assert f"loading model {hs} ..." in err and f"loaded model {hs} (hyperstyle" in err and f"loaded model {tiny_dir} (psp" in err
     assert "built the demo page" in err
     assert f"http://127.0.0.1:{port}/" in out and seen["port"] == port
     # a --w-encoder no checkpoint needs is refused, before anything loads
@@ -421,3 +421,28 @@ def test_grid_says_how_many_of_the_images_it_shows(tiny_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["grid"] == {"file": "grid.png", "images": 16}
     assert main(["encode", str(d / "00.png"), "-c", str(tiny_dir), "-o", str(tmp_path / "p"), "--device", "cpu", "--grid"]) == 0
     assert "grid.png shows all 1 image(s)" in capsys.readouterr().out
+
+
+def test_a_folder_of_latents_feeds_edit_and_mix(tiny_dir, photos, tmp_path, capsys):
+    """`encode --save-latents` writes OUT/latents/; that folder is an input of edit and mix."""
+    out = tmp_path / "enc"
+    assert main(["encode", str(photos), "-c", str(tiny_dir), "-o", str(out), "--device", "cpu", "--save-latents"]) == 0
+    d = tmp_path / "dir.npy"
+    np.save(d, np.ones(64, dtype=np.float32))
+    assert main(["edit", "direction", str(out / "latents"), "-c", str(tiny_dir), "-o", str(tmp_path / "e"),
+                 "--device", "cpu", "--direction", str(d), "--strengths=0,1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.png")) == ["a.png", "b.png", "c.png", "grid.png"]
+    assert main(["mix", str(out / "latents"), "-c", str(tiny_dir), "-o", str(tmp_path / "m"), "--device", "cpu", "-n", "1"]) == 0
+    assert "mixed 3 input(s)" in capsys.readouterr().out
+
+
+def test_slow_jobs_show_seconds_per_item(monkeypatch, capsys):
+    import instyle.utils.progress as progress
+
+    clock = iter([0.0, 5.0, 10.0, 20.0, 30.0, 40.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    with Progress(3, "pti face", "step", every=1) as bar:
+        for _ in range(3):
+            bar.update(1)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split("(")[1].split(",")[0] for ln in lines] == ["5.0s/step", "5.0s/step", "6.7s/step"]

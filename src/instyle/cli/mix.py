@@ -118,7 +118,7 @@ def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None,
     from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
 
     if expand:
-        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [])
+        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [], latents=True)
     else:
         files, problems = [InputFile(Path(p), Path(p).parent) for p in inputs], []
     outputs = outputs or (lambda name: [name])

@@ -200,7 +200,7 @@ def load_psp(
     """Load a pSp model (own format directory or official ``.pt``) in eval mode, saying on
     stderr what it loads and how long that took (see :mod:`instyle.utils.progress`).
     Arguments as :func:`_load_psp`."""
-    name = Path(path).name or str(path)
+    name = str(path)
     with timed(f"loading model {name}", f"loaded model {name}") as t:
         model = _load_psp(path, device, expected, w_encoder)
         t.detail = describe_model(model)

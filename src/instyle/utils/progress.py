@@ -171,7 +171,8 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
-        parts = [f"{rate:.2f} {self.unit}/s" if rate >= 0.1 or rate == 0 else f"{_duration(1 / rate)}/{self.unit}"]
+        # one form per job: items per second when fast, seconds per item when slow
+        parts = [f"{rate:.2f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{_duration(1 / rate)}/{self.unit}"]
         if self.total is not None and 0 < self.done < self.total and rate > 0:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
         elif self.total is not None and self.done >= self.total:
