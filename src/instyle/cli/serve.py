@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError, ValueError, OSError) as e:
         error(str(e))
         return 2
-    from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good
+    from instyle.utils.progress import timed
+
+    with timed("loading the web framework (Gradio)", "loaded Gradio"):
+        from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good
 
     serve(settings, store)
     return 0
