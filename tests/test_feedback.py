@@ -446,3 +446,9 @@ def test_slow_jobs_show_seconds_per_item(monkeypatch, capsys):
             bar.update(1)
     lines = capsys.readouterr().err.splitlines()
     assert [ln.split("(")[1].split(",")[0] for ln in lines] == ["5.0s/step", "5.0s/step", "6.7s/step"]
+
+
+def test_paste_back_without_align_is_refused_before_loading(tiny_dir, photos, tmp_path, capsys):
+    assert main(["encode", str(photos), "-c", str(tiny_dir), "-o", str(tmp_path / "o"), "--paste-back"]) == 2
+    err = capsys.readouterr().err
+    assert "--paste-back --align" in err and "loading model" not in err

@@ -32,6 +32,7 @@ def prepare_refine(args: argparse.Namespace):
     from instyle.inference.refine import LOSS_REFINERS, RefineConfig, check_refiner_fits
     from instyle.interop.loading import peek_family
     from instyle.models.iterative import DEFAULT_ITERATIONS
+    from instyle.utils.progress import timed
 
     try:
         if args.full_resolution or args.side_by_side:
@@ -47,7 +48,8 @@ def prepare_refine(args: argparse.Namespace):
 
             hint = ("`instyle encode --refine ... --lpips-weights PATH`, or `--refine-lpips 0` to fit with MSE only "
                     "(blurrier).")
-            lpips = LPIPSLoss(weights=args.lpips_weights, hint=hint)
+            with timed("loading LPIPS (AlexNet)", "loaded LPIPS"):
+                lpips = LPIPSLoss(weights=args.lpips_weights, hint=hint)
     except (InstyleError, ValueError, ImportError, OSError) as e:
         error(str(e))
         return None
