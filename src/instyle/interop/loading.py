@@ -298,10 +298,10 @@ def _load_psp(
         raise CheckpointError(f"{p}: {e}") from None
     load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
     if latent_avg is None and config.start_from_latent_avg:
-        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=3)
         avg = model.decoder.mean_latent(4096, seed=0)
     for note in notes:
-        warnings.warn(f"{p}: {note}", stacklevel=2)
+        warnings.warn(f"{p}: {note}", stacklevel=3)
     # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
     model.set_latent_avg(avg)
     model.source = str(p)
