@@ -274,6 +274,8 @@ def test_evaluate_iterations_per_iteration_metrics_and_no_cpu_warmup(photos, tmp
     assert steps[0]["mse"]["mean"] != steps[1]["mse"]["mean"]
     assert "## Per iteration" in (out / "report.md").read_text()
     assert "evaluate 2/2 img" in err
+    # what will be missing is said before the model loads, and only for the metrics asked for
+    assert err.index("lpips will be n/a") < err.index("loaded model") and "identity will be n/a" not in err
     # the LPIPS note names this command's flag
     assert "instyle evaluate --lpips-weights PATH" in report["unavailable"]["lpips"]
     # --iterations on a one-step model is refused; --max-images still works as --limit's old spelling
@@ -452,3 +454,20 @@ def test_paste_back_without_align_is_refused_before_loading(tiny_dir, photos, tm
     assert main(["encode", str(photos), "-c", str(tiny_dir), "-o", str(tmp_path / "o"), "--paste-back"]) == 2
     err = capsys.readouterr().err
     assert "--paste-back --align" in err and "loading model" not in err
+
+
+def test_serve_iterations_reach_hyperstyle_models_too():
+    """`serve --iterations N` (ModelStore.set_iterations) used to be ignored by HyperStyle models,
+    whose encode reads its config; the page's table then showed the wrong count."""
+    from instyle.demo.store import ModelEntry, ModelStore
+    from tests.test_hyperstyle import tiny_model
+
+    model = tiny_model()
+    store = ModelStore([ModelEntry("hs", model)])
+    store.set_iterations(2)
+    assert store.describe()[0]["iterations"] == 2
+    import torch
+
+    with torch.no_grad():
+        w, _ = model.encode(torch.zeros(1, 3, 256, 256), return_all=True)
+    assert len(w) == 2

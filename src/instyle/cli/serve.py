@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="model runs at the same time (default: 1)")
     p.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default: 64)")
     p.add_argument(
-        "--iterations", type=int, default=None, metavar="N", help="ReStyle refinement steps (default: 5, the original's)"
+        "--iterations", type=int, default=None, metavar="N", help="ReStyle / HyperStyle refinement steps (default: 5, the originals')"
     )
     p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
                    help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")

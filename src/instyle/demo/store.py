@@ -6,6 +6,7 @@ the store is refused, so no visitor-typed path ever reaches the loader.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,11 +118,14 @@ class ModelStore:
         self.device = next(entries[0].model.parameters()).device
 
     def set_iterations(self, n: int) -> None:
-        """ReStyle refinement steps for every ReStyle model here (the others take one step)."""
+        """Refinement steps for every ReStyle and HyperStyle model here (the others take one step)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"iterations={n!r} must be a positive integer")
         for entry in self._entries.values():
-            entry.model.default_iterations = n
+            if entry.family == "hyperstyle":  # its encode reads the config
+                entry.model.config = dataclasses.replace(entry.model.config, iterations=n)
+            else:
+                entry.model.default_iterations = n
 
     @classmethod
     def from_checkpoints(

@@ -62,7 +62,7 @@ from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
 from instyle.utils.device import resolve_device
-from instyle.utils.progress import Progress, timed
+from instyle.utils.progress import Progress, say, timed
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -448,6 +448,14 @@ def evaluate(
         raise ConfigError("give a model (checkpoint) or predictions_dir with saved outputs")
     log = log or (lambda msg: print(f"instyle: skipped {msg}", file=sys.stderr))
     device = resolve_device(device)
+    # the metric networks first: what is missing is said before the (long) model load
+    with timed("loading the metric networks", "loaded the metric networks") as t:
+        measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
+        t.detail = ", ".join(measures.networks) or "none available"
+    asked = {"lpips": True, "identity": identity is not None, "fid": inception_weights is not None}
+    for key, why in measures.unavailable.items():
+        if asked.get(key, True):
+            say(f"{key} will be n/a: {why.splitlines()[0]}")
     net = _load_model(model, device)
     if net is not None and (precision is not None or compile):
         set_runtime(net, precision or net.runtime.precision, compile)
@@ -461,9 +469,6 @@ def evaluate(
     warmup = auto_warmup(device) if warmup is None else warmup
     run = _Run(net, device, net.config.resize_to if net is not None else size, warmup, iterations, per_iteration)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
-    with timed("loading the metric networks", "loaded the metric networks") as t:
-        measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
-        t.detail = ", ".join(measures.networks) or "none available"
     cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
     rows = _score(run, samples, batch_size, make_input, measures, cases, log, failed, progress)
     settings = {
