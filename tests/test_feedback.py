@@ -471,3 +471,12 @@ def test_serve_iterations_reach_hyperstyle_models_too():
     with torch.no_grad():
         w, _ = model.encode(torch.zeros(1, 3, 256, 256), return_all=True)
     assert len(w) == 2
+
+
+def test_quiet_turns_the_training_bar_off_too(tmp_path):
+    from instyle.training.logger import RunLogger
+
+    with quiet():
+        logger = RunLogger(tmp_path / "run", True, 3, 0, progress=True)
+    assert logger.bar.disable
+    logger.close()
