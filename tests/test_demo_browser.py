@@ -175,7 +175,7 @@ def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, fac
         page.get_by_role("radio", name="pti", exact=True).check()
         page.click("#edit-run")
         page.locator("#edit-output img").wait_for()
-        page.locator(f'#edit-latent a[download="{photos[0].stem}_unedited.npy"]').wait_for()
+        page.locator(f'#edit-latent a[download="{photos[0].stem}_unedited.npz"]').wait_for()  # PTI: says so
         _save(page, "demo_edit.png", tmp_path)
 
         # The API tab's example calls this very server.

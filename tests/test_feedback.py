@@ -480,3 +480,32 @@ def test_quiet_turns_the_training_bar_off_too(tmp_path):
         logger = RunLogger(tmp_path / "run", True, 3, 0, progress=True)
     assert logger.bar.disable
     logger.close()
+
+
+def test_a_pti_latent_without_its_generator_is_refused(tiny_dir, pti_out, tmp_path, capsys):
+    """A PTI code whose tuned generator is not referenced (e.g. the demo's download, or an older
+    file) is refused by name instead of being rendered on the untuned generator."""
+    from instyle.inference.latents import load_latent, save_latent
+
+    w, _, meta = load_latent(pti_out / "latents" / "a.npz")
+    save_latent(tmp_path / "lone.npz", w[0], meta={"method": "pti", "steps": 2})
+    d = tmp_path / "dir.npy"
+    np.save(d, np.ones(64, dtype=np.float32))
+    rc = main(["edit", "direction", str(tmp_path / "lone.npz"), "-c", str(tiny_dir), "-o", str(tmp_path / "e"),
+               "--device", "cpu", "--direction", str(d), "--strengths=0"])
+    assert rc == 1 and "lone.npz" in capsys.readouterr().err
+
+
+def test_demo_pti_edit_download_says_it_needs_its_tuned_generator(tiny_psp, tmp_path):
+    from instyle.demo import actions
+    from instyle.demo.editing import edit_photo
+    from instyle.inference.latents import load_latent
+    from instyle.inference.refine import RefineError, referenced_delta
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    r = edit_photo(tiny_psp, photo, {}, {}, refine="pti", steps=1)
+    path = actions.write_latent(r.latent, tmp_path / "face.npy", meta=r.meta)
+    _, _, meta = load_latent(path)
+    assert path.suffix == ".npz" and meta["method"] == "pti"
+    with pytest.raises(RefineError, match="tuned generator"):
+        referenced_delta(path, meta, tiny_psp.decoder)

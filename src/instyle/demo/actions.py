@@ -177,13 +177,13 @@ def interpolate(
     return out
 
 
-def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None) -> Path:
+def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None, meta: dict | None = None) -> Path:
     """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read;
-    with HyperStyle offsets, ``.npz`` with the offsets (the path's suffix is replaced)."""
+    with HyperStyle offsets or ``meta``, ``.npz`` (the path's suffix is replaced)."""
     from instyle.inference.latents import save_latent
 
-    if offsets is not None:
-        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), weights_deltas=offsets)
+    if offsets is not None or meta:
+        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), meta=meta, weights_deltas=offsets)
     return save_latent(path, latent.float().cpu())
 
 

@@ -251,10 +251,10 @@ class _Handlers:
     def _read(self, payload, what: str, mode: str | None = "RGB"):
         return read_upload(payload, what, self.settings, mode=mode, uploads=self.uploads)
 
-    def _latent_file(self, latent, stem: str, offsets=None) -> str:
-        # named as `instyle encode --save-latents` names it: <name>.npy (.npz with offsets)
-        path = self.outputs.new(f"{stem}.{'npz' if offsets else 'npy'}")
-        return str(actions.write_latent(latent, path, offsets))
+    def _latent_file(self, latent, stem: str, offsets=None, meta=None) -> str:
+        # named as `instyle encode --save-latents` names it: <name>.npy (.npz with offsets or meta)
+        path = self.outputs.new(f"{stem}.{'npz' if offsets or meta else 'npy'}")
+        return str(actions.write_latent(latent, path, offsets, meta))
 
     def _png(self, img, stem: str = "image") -> str:
         # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
@@ -346,7 +346,7 @@ class _Handlers:
                     "further edits of this photo re-use it")
         before, after = self._png(r.before, "reconstruction"), self._png(r.after, "edited")
         stem = _stem(photo, "photo")
-        return before, after, self._latent_file(r.latent, f"{stem}_{r.name}")
+        return before, after, self._latent_file(r.latent, f"{stem}_{r.name}", meta=r.meta)
 
 
 def _encoding(entry, what: str = "") -> str:

@@ -61,6 +61,9 @@ class EditResult:
     name: str = "unedited"
     cached: bool = False
     refine_seconds: float = 0.0
+    #: what the latent file must say about itself: a PTI code belongs to a tuned generator
+    #: the download does not carry, so ``instyle`` commands refuse it rather than misrender it
+    meta: dict | None = None
 
 
 class EncodingCache:
@@ -168,4 +171,5 @@ def edit_photo(
     with torch.no_grad():
         images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
         images = model.face_pool(images)
-    return EditResult(tensor_to_pil(images[0]), tensor_to_pil(images[1]), edited.cpu(), name, hit is not None, seconds)
+    meta = {"method": "pti", "steps": int(steps), "note": "tuned generator not included (web demo)"} if delta is not None else None
+    return EditResult(tensor_to_pil(images[0]), tensor_to_pil(images[1]), edited.cpu(), name, hit is not None, seconds, meta)

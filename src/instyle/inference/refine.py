@@ -492,13 +492,19 @@ def referenced_delta(latent_path: str | Path, meta: dict, base) -> dict[str, tor
 
     Raises:
         RefineError: the delta file is missing, changed since it was referenced, or was
-            tuned from another generator -- a latent of a tuned generator is never
-            rendered on the untuned one.
+            tuned from another generator, or a PTI code references none -- a latent of a
+            tuned generator is never rendered on the untuned one.
     """
     ref = meta.get(DELTA_REF)
+    latent_path = Path(latent_path)
+    if ref is None and meta.get("method") == "pti":
+        raise RefineError(
+            f"{latent_path}: a PTI code whose tuned generator is not referenced (no {DELTA_REF!r} in its meta); "
+            "on the untuned generator it would show another face. Use the latents/ and pti/ folders of "
+            "`instyle encode --refine pti`"
+        )
     if ref is None:
         return None
-    latent_path = Path(latent_path)
     if not isinstance(ref, str) or Path(ref).is_absolute() or not isinstance(meta.get(DELTA_SHA), str):
         raise RefineError(f"{latent_path}: bad tuned-generator reference {ref!r} in its meta")
     path = latent_path.parent / ref
