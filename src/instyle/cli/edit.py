@@ -146,16 +146,15 @@ def _direction_outputs(args, edits, named: bool):
 
 def _alignments(sources, failed: int) -> tuple[dict, int]:
     """``({source name: alignment record}, failed)``: a source without one is reported and counted."""
-    import sys
-
     from instyle.inference.pasteback import PasteBackError, find_alignment
+    from instyle.utils.progress import warn
 
     found = {}
     for src in sources:
         try:
             found[src.name] = find_alignment(src.path)
         except PasteBackError as e:
-            print(f"instyle: cannot paste back: {e}", file=sys.stderr)
+            warn(f"cannot paste back: {e}")
             failed += 1
     return found, failed
 
@@ -166,6 +165,7 @@ def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.latents import save_latent
     from instyle.inference.pasteback import PASTED_DIR, paste_result
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.utils.progress import track
 
     try:  # the values are checked before the long model load
         from instyle.inference.editing import parse_edit, parse_strengths
@@ -199,8 +199,6 @@ def run_direction(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     rows = []
-    from instyle.utils.progress import track
-
     alignments, failed = _alignments(sources, failed) if args.paste_back else ({}, failed)
     for src in track(sources, "edit", "img"):
         for edit, spec in edits:
