@@ -191,8 +191,9 @@ def test_interpolation_endpoints_and_files(tiny_psp, face, tmp_path):
     frames = actions.interpolate(tiny_psp, w_a, w_b, 5)
     ends = actions.decode(tiny_psp, torch.stack([w_a, w_b]))
     assert len(frames) == 5
-    assert np.array_equal(np.asarray(frames[0]), np.asarray(ends[0]))
-    assert np.array_equal(np.asarray(frames[-1]), np.asarray(ends[1]))
+    # the end frames are the two reconstructions (decoded in another batch: equal up to rounding)
+    for frame, end in ((frames[0], ends[0]), (frames[-1], ends[1])):
+        assert np.abs(np.asarray(frame, dtype=np.int16) - np.asarray(end, dtype=np.int16)).max() <= 1
     gif = actions.write_animation(frames, tmp_path / "a.gif")
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 8  # boomerang: 5 forward + 3 back
