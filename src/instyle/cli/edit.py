@@ -14,8 +14,8 @@ from instyle.cli.mix import add_model_args, decode, load_model, load_sources, pl
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
 
-  instyle edit direction INPUT... --direction smile.npy --strengths=-3:3:7 [--layers 0-7]
-      w + s * d for each strength s (start:stop:count or a list); the direction is a .npy of
+  instyle edit direction INPUT... --direction smile.npy --strengths=-3..3:7 [--layers 0-7]
+      w + s * d for each strength s (start..stop:count or a list); the direction is a .npy of
       shape [512] or [n_styles, 512], or a published InterFaceGAN .pt (age.pt, pose.pt, ...).
   instyle edit direction INPUT... -d age=age.pt -d ffhq_pca.pt --edit age=-3..3:7 --edit ganspace:54,7,8=20
       named edits, each NAME[:COMPONENT]=VALUES (VALUES: a..b:count, a list or one value).
@@ -62,10 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--strengths",
         "-s",
-        default="-3:3:7",
-        help="start:stop:count or a list like -2,0,2; write --strengths=-2,0,2 when it starts with a minus (default: -3:3:7)",
+        default="-3..3:7",
+        help="start..stop:count or a list like -2,0,2 (the syntax of --edit's VALUES); write --strengths=-2,0,2 when "
+        "it starts with a minus (default: -3..3:7)",
     )
     d.add_argument("--layers", default=None, help="0-based layers to edit, e.g. 0-7 (default: all)")
+    d.add_argument(
+        "--paste-back", action="store_true",
+        help="also paste every edited face into its original photo (OUT/pasted/...): inputs are crops of "
+        "`instyle align` / `encode --align` or latents of `encode --align --save-latents`",
+    )
     d.set_defaults(func=run_direction)
 
     c = modes.add_parser("combine", help="take some layers' styles of A from B")
@@ -138,12 +144,36 @@ def _direction_outputs(args, edits, named: bool):
     return outputs
 
 
+def _alignments(sources, failed: int) -> tuple[dict, int]:
+    """``({source name: alignment record}, failed)``: a source without one is reported and counted."""
+    from instyle.inference.pasteback import PasteBackError, find_alignment
+    from instyle.utils.progress import warn
+
+    found = {}
+    for src in sources:
+        try:
+            found[src.name] = find_alignment(src.path)
+        except PasteBackError as e:
+            warn(f"cannot paste back: {e}")
+            failed += 1
+    return found, failed
+
+
 def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.editing import edit_codes
     from instyle.inference.io import caption, make_grid, save_image
     from instyle.inference.latents import save_latent
+    from instyle.inference.pasteback import PASTED_DIR, paste_result
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.utils.progress import track
 
+    try:  # the values are checked before the long model load
+        from instyle.inference.editing import parse_edit, parse_strengths
+
+        _ = [parse_edit(e) for e in args.edit] if args.edit else parse_strengths(args.strengths)
+    except ValueError as e:
+        error(str(e))
+        return 2
     loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
@@ -171,13 +201,18 @@ def run_direction(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     rows = []
-    for src in sources:
+    alignments, failed = _alignments(sources, failed) if args.paste_back else ({}, failed)
+    for src in track(sources, "edit", "img"):
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.transform)
+            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.transform,
+                            generator_delta=src.generator_delta)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
+                if src.name in alignments:  # the same relative path under pasted/
+                    rel = (folder / f"strength_{s:+.3f}.{args.format}").relative_to(out)
+                    save_image(paste_result(alignments[src.name], im), out / PASTED_DIR / rel)
             stem = f"{src.name}_{spec.slug}" if named else src.name
             save_latent(out / "latents" / (f"{src.name}/{spec.slug}.npy" if named else f"{src.name}.npy"), codes)
             row = ([src.preview] if src.preview is not None else []) + [
@@ -272,8 +307,8 @@ def run_combine(args: argparse.Namespace) -> int:
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
     # HyperStyle: A and the combination render on A's tuned generator, B on its own.
-    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets)
-    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets)
+    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets, generator_delta=a.generator_delta)
+    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets, generator_delta=b.generator_delta)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")

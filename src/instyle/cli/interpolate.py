@@ -39,12 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from instyle.inference.interpolation import interpolate_path, save_animation
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.offsets import frame_offsets, path_coefficients
+    from instyle.inference.refine import blend_generator_deltas
+    from instyle.utils.progress import Progress
 
     if args.steps < 2:
         error(f"--steps={args.steps} must be >= 2")
@@ -68,10 +68,16 @@ def run(args: argparse.Namespace) -> int:
     coefficients = path_coefficients(len(sources), args.steps)
     out = Path(args.out)
     frames = []
-    for start in tqdm(range(0, len(w), args.batch_size), unit="batch", desc="interpolate", disable=None):
-        stop = start + args.batch_size
-        offsets = frame_offsets([s.offsets for s in sources], coefficients[start:stop]) if all(with_offsets) else None
-        frames.extend(decode(model, w[start:stop], args.full_resolution, args.batch_size, offsets))
+    # PTI: each frame renders on the sources' tuned generators blended by the same weights.
+    tuned = any(s.generator_delta is not None for s in sources)
+    step = 1 if tuned else args.batch_size
+    with Progress(len(w), "interpolate", "frame") as bar:
+        for start in range(0, len(w), step):
+            stop = start + step
+            offsets = frame_offsets([s.offsets for s in sources], coefficients[start:stop]) if all(with_offsets) else None
+            delta = blend_generator_deltas([s.generator_delta for s in sources], coefficients[start].tolist()) if tuned else None
+            frames.extend(decode(model, w[start:stop], args.full_resolution, args.batch_size, offsets, generator_delta=delta))
+            bar.update(stop - start if stop <= len(w) else len(w) - start)
     for i, im in enumerate(frames):
         save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
     pick = _spread(len(frames), max(2, args.grid_frames))

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the latent-space commands."""
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
@@ -103,6 +103,7 @@ class Source:
     preview: object | None
     offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
     transform: torch.Tensor | None = None  # StyleGAN3: the [3, 3] rendering transform saved with the code
+    generator_delta: dict | None = None  # PTI: the tuned generator its latent file references
 
 
 def load_model(args, allow_sfe: bool = False):
@@ -115,6 +116,10 @@ def load_model(args, allow_sfe: bool = False):
         error(f"--batch-size={args.batch_size} must be >= 1")
         return None
     try:
+        if getattr(args, "out", None):
+            from instyle.inference.pipeline import check_output_folder
+
+            check_output_folder(args.out)  # before the long model load
         device = resolve_device(args.device)
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
@@ -138,7 +143,7 @@ def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None,
     from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
 
     if expand:
-        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [])
+        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [], latents=True)
     else:
         files, problems = [InputFile(Path(p), Path(p).parent) for p in inputs], []
     outputs = outputs or (lambda name: [name])
@@ -164,6 +169,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     from instyle.inference.latents import read_latent_file
     from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
     from instyle.inference.preprocess import prepare_input
+    from instyle.inference.refine import referenced_delta
+    from instyle.utils.progress import Progress
 
     files, names, problems = plan if plan is not None else plan_sources(inputs, expand)
     for msg in problems:
@@ -177,7 +184,8 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
             if path.suffix.lower() in (".npy", ".npz"):
                 latent = read_latent_file(path)
                 w = latent.w_plus
-                transform = _saved_transform(model, latent.meta, device)
+                meta = latent.meta
+                transform = _saved_transform(model, meta, device)
                 if tuple(w.shape[1:]) != shape:
                     raise InputError(
                         f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
@@ -189,10 +197,13 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 if offsets is not None:
                     check_offsets(model, offsets)
                 offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
+                delta = referenced_delta(path, meta, model.decoder)  # a PTI code renders on its tuned generator
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):
                     own = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[k : k + 1] for d in offsets]
-                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own, transform))
+                    loaded.append(
+                        Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own, transform, delta)
+                    )
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
@@ -200,13 +211,15 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             print(f"instyle: skipped {msg}", file=sys.stderr)
             failed += 1
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        x = torch.stack([t for *_, t in chunk]).to(device)
-        with torch.inference_mode():
-            w, offsets = encode_with_offsets(model, x)
-        for j, ((i, path, name, t), wi) in enumerate(zip(chunk, w.float())):
-            loaded[i] = Source(path, name, wi, preview(t, model.config), sample_offsets(offsets, j))
+    with Progress(len(pending), "encode", "img", enabled=bool(pending)) as bar:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            x = torch.stack([t for *_, t in chunk]).to(device)
+            with torch.inference_mode():
+                w, offsets = encode_with_offsets(model, x)
+            for j, ((i, path, name, t), wi) in enumerate(zip(chunk, w.float())):
+                loaded[i] = Source(path, name, wi, preview(t, model.config), sample_offsets(offsets, j))
+            bar.update(len(chunk))
     return [s for s in loaded if s is not None], failed
 
 
@@ -228,15 +241,18 @@ def preview(x: torch.Tensor, config):
     return input_preview(x, config)
 
 
-def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None, transform=None) -> list:
+def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None, transform=None,
+           generator_delta=None) -> list:
     """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches; ``offsets``: HyperStyle
     generator offsets (batch 1: shared by all codes, or batch N); ``transform``: a StyleGAN3
-    model's ``[3, 3]`` rendering transform (``encode --unaligned``)."""
+    model's ``[3, 3]`` rendering transform (``encode --unaligned``); ``generator_delta``: PTI's
+    tuned weights (a :class:`Source`'s), rendered on the tuned generator."""
     from instyle.inference.io import tensor_to_pil
     from instyle.inference.offsets import batch_slice, decode_with_offsets
+    from instyle.inference.refine import generator_delta_applied
 
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), generator_delta_applied(model, generator_delta):
         for start in range(0, len(w), batch_size):
             stop = start + batch_size
             if transform is not None:
@@ -304,23 +320,25 @@ def run(args: argparse.Namespace) -> int:
 
 def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, failed: int) -> tuple[int, int]:
     """Mix and write every source, then grid.png and summary.json: ``(done, failed)``."""
-    from tqdm import tqdm
-
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.mixing import style_mix
     from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
     from instyle.utils.atomic import atomic_write_bytes
+    from instyle.utils.progress import track, warn
 
     out, outputs = Path(args.out), _mix_outputs(args)
     records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in files}
     grid_rows, done = [], 0
-    for src in tqdm(sources, unit="img", desc="mix", file=sys.stderr, disable=None):
+    for src in track(sources, "mix", "img"):
         mixed = style_mix(
             model, src.w[None], args.n_outputs, latent_mask=mask, alpha=args.mix_alpha, seed=args.seed, truncation=args.truncation
         )[0]
-        images = decode(model, mixed, args.full_resolution, args.batch_size, src.offsets)
-        first = [src.preview] if src.preview is not None else decode(model, src.w[None], args.full_resolution, 1, src.offsets)
+        images = decode(model, mixed, args.full_resolution, args.batch_size, src.offsets, src.transform,
+                        generator_delta=src.generator_delta)
+        first = [src.preview] if src.preview is not None else decode(
+            model, src.w[None], args.full_resolution, 1, src.offsets, src.transform, generator_delta=src.generator_delta
+        )
         row = first + images
         try:
             for k, im in enumerate(images):
@@ -329,7 +347,7 @@ def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, f
             if args.save_latents:
                 save_latent(out / "latents" / f"{src.name}.npy", mixed.cpu())
         except OSError as e:
-            tqdm.write(f"instyle: could not write outputs for {src.path}: {e.strerror or e}", file=sys.stderr)
+            warn(f"could not write outputs for {src.path}: {e.strerror or e}")
             failed += 1
             if e.errno in FATAL_WRITE_ERRNOS:
                 break

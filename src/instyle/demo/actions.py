@@ -100,9 +100,12 @@ def _to(offsets: list | None, device) -> list | None:
 
 
 @torch.inference_mode()
-def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None) -> list[Image.Image]:
+def decode(
+    model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None, progress=None
+) -> list[Image.Image]:
     """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``);
-    ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B."""
+    ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B; ``progress(n done)``
+    is called after each batch."""
     device = next(model.parameters()).device
     offsets = _to(offsets, device)
     out: list[Image.Image] = []
@@ -110,6 +113,8 @@ def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list 
         part = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[i : i + batch_size] for d in offsets]
         y = decode_with_offsets(model, w_plus[i : i + batch_size].to(device), part, resize=True)
         out.extend(tensor_to_pil(t) for t in y)
+        if progress is not None:
+            progress(len(out))
     return out
 
 
@@ -132,6 +137,7 @@ def mix(
     seed: int = 0,
     truncation: float = 1.0,
     offsets: list | None = None,
+    progress=None,
 ) -> list[Image.Image]:
     """Multi-modal variants of one code: ``layers`` (0-based, e.g. ``"8-17"``) come from random styles.
 
@@ -144,14 +150,15 @@ def mix(
         codes = style_mix(model, latent[None], n_outputs, latent_mask=layers or None, alpha=alpha, seed=seed, truncation=truncation)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
-    return decode(model, codes[0], offsets=offsets)
+    return decode(model, codes[0], offsets=offsets, progress=progress)
 
 
 def interpolate(
-    model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None
+    model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None, progress=None
 ) -> list[Image.Image]:
     """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+ (and, for
-    HyperStyle, in the two images' generator offsets ``offsets = (a, b)``)."""
+    HyperStyle, in the two images' generator offsets ``offsets = (a, b)``); ``progress(frames
+    done)`` after each batch."""
     from instyle.inference.interpolation import interpolate as lerp
 
     try:
@@ -159,22 +166,24 @@ def interpolate(
     except ValueError as e:
         raise DemoInputError(str(e)) from None
     if offsets is None:
-        return decode(model, frames)
+        return decode(model, frames, progress=progress)
     lam = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
     out: list[Image.Image] = []
     for i in range(0, steps, 4):  # blended offsets are large (one set per frame): a few frames at a time
         coeff = torch.stack([lam[i : i + 4], 1 - lam[i : i + 4]], 1)
         out += decode(model, frames[i : i + 4], offsets=frame_offsets(list(offsets), coeff))
+        if progress is not None:
+            progress(len(out))
     return out
 
 
-def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None) -> Path:
+def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None, meta: dict | None = None) -> Path:
     """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read;
-    with HyperStyle offsets, ``.npz`` with the offsets (the path's suffix is replaced)."""
+    with HyperStyle offsets or ``meta``, ``.npz`` (the path's suffix is replaced)."""
     from instyle.inference.latents import save_latent
 
-    if offsets is not None:
-        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), weights_deltas=offsets)
+    if offsets is not None or meta:
+        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), meta=meta, weights_deltas=offsets)
     return save_latent(path, latent.float().cpu())
 
 

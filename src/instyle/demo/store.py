@@ -6,6 +6,7 @@ the store is refused, so no visitor-typed path ever reaches the loader.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,8 +56,23 @@ class ModelEntry:
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
             "n_styles": cfg.n_styles,
+            "family": self.family,
+            "iterations": self.iterations,
             "random_weights": self.random_weights,
         }
+
+    @property
+    def family(self) -> str:
+        return getattr(self.model, "family", None) or "hyperstyle"
+
+    @property
+    def iterations(self) -> int:
+        """The encoding steps a request runs: ReStyle's and HyperStyle's iterations, else 1."""
+        if self.family == "restyle":
+            return int(self.model.default_iterations)
+        if self.family == "hyperstyle":
+            return int(self.model.config.iterations)
+        return 1
 
 
 def split_named(spec: str | os.PathLike) -> tuple[str | None, Path]:
@@ -102,17 +118,24 @@ class ModelStore:
         self.device = next(entries[0].model.parameters()).device
 
     def set_iterations(self, n: int) -> None:
-        """ReStyle refinement steps for every ReStyle model here (the others take one step)."""
+        """Refinement steps for every ReStyle and HyperStyle model here (the others take one step)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"iterations={n!r} must be a positive integer")
         for entry in self._entries.values():
-            entry.model.default_iterations = n
+            if entry.family == "hyperstyle":  # its encode reads the config
+                entry.model.config = dataclasses.replace(entry.model.config, iterations=n)
+            else:
+                entry.model.default_iterations = n
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:
+    def from_checkpoints(
+        cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto", w_encoder: str | os.PathLike | None = None
+    ) -> ModelStore:
         """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
 
         Each is a path (named after its file or folder) or ``"NAME=PATH"`` (named ``NAME``).
+        ``w_encoder``: the W-encoder file official HyperStyle checkpoints need (given to each
+        of them; instyle folders carry their own).
 
         Raises:
             instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
@@ -120,12 +143,17 @@ class ModelStore:
         if not checkpoints:
             return cls.quickstart(device)
         from instyle.interop import load_psp
+        from instyle.interop.loading import peek_family, resolve_path
+        from instyle.models.own_format import is_own_format
 
         dev = resolve_device(device)
         named = [split_named(c) for c in checkpoints]
+        needs = [w_encoder is not None and peek_family(p) == "hyperstyle" and not is_own_format(resolve_path(p)) for _, p in named]
+        if w_encoder is not None and not any(needs):
+            raise ValueError(f"--w-encoder {w_encoder}: none of the checkpoints is an official HyperStyle file that needs it")
         entries = []
-        for name, (_, p) in zip(_unique_names(named), named):
-            model = load_psp(p, device=dev).eval()
+        for name, (_, p), need in zip(_unique_names(named), named, needs):
+            model = load_psp(p, device=dev, w_encoder=w_encoder if need else None).eval()
             entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
+from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official, detect_family
 from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
 from instyle.interop.keymaps import (
     DATASET_TYPE_TO_TASK,
@@ -30,7 +30,7 @@ from instyle.interop.keymaps import (
     strip_prefix,
 )
 from instyle.interop.nvidia import load_nvidia_generator
-from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.safe_load import ALLOWED_GLOBALS, safe_torch_load
 from instyle.interop.sfe import is_sfe_checkpoint, is_sfe_inverter_checkpoint, sfe_from_checkpoint
 from instyle.interop.stylegan3 import (
     is_restyle3_checkpoint,
@@ -49,6 +49,7 @@ from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import Generator
 from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+from instyle.utils.progress import timed
 
 __all__ = [
     "PUBLISHED_CHECKPOINTS",
@@ -212,6 +213,61 @@ def load_psp(
     e4e: str | os.PathLike | None = None,
     generator: str | os.PathLike | None = None,
 ) -> PSP:
+    """Load a pSp model (own format directory or official ``.pt``) in eval mode, saying on
+    stderr what it loads and how long that took (see :mod:`instyle.utils.progress`).
+    Arguments as :func:`_load_psp`."""
+    name = str(path)
+    with timed(f"loading model {name}", f"loaded model {name}") as t:
+        model = _load_psp(path, device, expected, w_encoder, e4e, generator)
+        t.detail = describe_model(model)
+    return model
+
+
+def describe_model(model) -> str:
+    """``e4e, 1024 px, 18 styles, on cpu``: what a loaded pSp-family model is."""
+    family = getattr(model, "family", None) or ("hyperstyle" if _is_hyperstyle(model) else "psp")
+    parts = [family]
+    size = getattr(model, "output_size", None)
+    if size:
+        parts.append(f"{size} px")
+    if hasattr(model, "n_styles"):
+        parts.append(f"{model.n_styles} styles")
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if param is not None:
+        parts.append(f"on {param.device}")
+    return ", ".join(parts)
+
+
+def peek_family(path: str | os.PathLike) -> str | None:
+    """The family of a pSp-family model file (``psp``, ``e4e``, ``restyle``, ``hyperstyle``)
+    read without building the model (an official file is memory-mapped), so a command can
+    refuse a setting the model cannot run before the long load; None when it cannot tell
+    cheaply (the real load then reports any problem)."""
+    try:
+        p = resolve_path(path)
+        if is_own_format(p):
+            cfg = read_config(p)
+            return "hyperstyle" if cfg.get("kind") == "hyperstyle" else cfg.get("config", {}).get("family", "psp")
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        fmt = detect_format(ckpt)
+        if fmt != "psp":
+            return "hyperstyle" if fmt == "hyperstyle" else None
+        opts = ckpt.get("opts")
+        opts = opts if isinstance(opts, Mapping) else vars(opts) if hasattr(opts, "__dict__") else None
+        return detect_family(opts) if opts is not None else None
+    except Exception:  # not cheaply readable (legacy format, bad file): the real load tells
+        return None
+
+
+def _load_psp(
+    path: str | os.PathLike,
+    device: str | torch.device = DEFAULT_DEVICE,
+    expected: PSPConfig | None = None,
+    w_encoder: str | os.PathLike | None = None,
+    e4e: str | os.PathLike | None = None,
+    generator: str | os.PathLike | None = None,
+) -> PSP:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
     Args:
@@ -285,10 +341,10 @@ def load_psp(
         raise CheckpointError(f"{p}: {e}") from None
     load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
     if latent_avg is None and config.start_from_latent_avg:
-        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=3)
         avg = model.decoder.mean_latent(4096, seed=0)
     for note in notes:
-        warnings.warn(f"{p}: {note}", stacklevel=2)
+        warnings.warn(f"{p}: {note}", stacklevel=3)
     # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
     model.set_latent_avg(avg)
     model.source = str(p)
