@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("video", help="invert, edit and paste back a face through a video clip",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clip", metavar="CLIP", help="a video file (constant frame rate)")
-    p.add_argument("--checkpoint", "-c", required=True, help="model: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True,
+                   help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder (result.mp4, report.json, report.png, cache/)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--direction", "-d", action="append", default=[], metavar="[NAME=]FILE",
