@@ -57,6 +57,18 @@ def test_progress_log_lines_count_rate_and_eta(capsys):
     assert "ETA" in lines[1] and "img/s" in lines[1] and "took" in lines[-1]
 
 
+def test_progress_of_a_resumed_job_counts_from_where_it_was(capsys, monkeypatch):
+    """A resumed job (video PTI passes) starts at ``initial``; its rate counts this run's items only."""
+    import instyle.utils.progress as progress
+
+    clock = iter([0.0, 10.0, 10.0, 20.0, 20.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    with Progress(300, "pti", "pass", every=100, initial=100) as bar:
+        bar.update(1)
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.split()[2] == "101/300" and "10s/pass" in line.replace(" ", "").replace(".0", ""), line
+
+
 def test_progress_shows_loss_and_quiet_silences_everything(capsys):
     with Progress(4, "pti a", "step", every=2) as bar:
         for k in range(4):

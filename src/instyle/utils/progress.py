@@ -136,11 +136,12 @@ class Progress:
     """
 
     def __init__(
-        self, total: int | None, desc: str, unit: str = "img", every: int | None = None, leave: bool = True, enabled: bool = True
+        self, total: int | None, desc: str, unit: str = "img", every: int | None = None, leave: bool = True, enabled: bool = True,
+        initial: int = 0,
     ):
         self.total, self.desc, self.unit = total, desc, unit
         self.every = every or max(1, math.ceil((total or 10) / 10))
-        self.done = 0
+        self.done = self.initial = initial  # items a resumed job had already done (not in the rate)
         self.postfix: dict[str, object] = {}
         self.start = time.perf_counter()
         self._bar = None
@@ -150,7 +151,7 @@ class Progress:
         if self.enabled and self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, leave=leave, dynamic_ncols=True)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=stream, leave=leave, dynamic_ncols=True, initial=initial)
 
     def update(self, n: int = 1, **postfix: object) -> None:
         self.done += n
@@ -163,13 +164,13 @@ class Progress:
             self._bar.update(n)
             return
         last = self.total is not None and self.done >= self.total
-        if self.done == n or last or self.done // self.every != (self.done - n) // self.every:
+        if self.done - self.initial == n or last or self.done // self.every != (self.done - n) // self.every:
             say(self.line())
 
     def line(self) -> str:
         """The plain status line (what a log gets)."""
         elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
         # one form per job: items per second when fast, seconds per item when slow
         parts = [f"{rate:.2f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{_duration(1 / rate)}/{self.unit}"]
