@@ -16,6 +16,7 @@ from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hyperstyle import build_hyperstyle
+from instyle.training.restyle3 import build_restyle3
 from instyle.training.presets import get_preset, list_presets
 from instyle.utils.config import ConfigError
 
@@ -157,6 +158,8 @@ def build_model(cfg: TrainConfig) -> PSP:
     """
     if cfg.family == "hyperstyle":
         return build_hyperstyle(cfg)
+    if cfg.family == "restyle3":
+        return build_restyle3(cfg)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
         if isinstance(model, HyperStyle):

@@ -169,6 +169,10 @@ def family_forward_loss(
     """The forward (and, with ``train``, backward) of one batch for the model's family:
     pSp (one pass), ReStyle or HyperStyle (``n_iters`` iterations)."""
     model = getattr(net, "module", net)
+    if getattr(model, "family", None) == "restyle3":
+        from instyle.training.restyle3 import restyle3_forward_loss
+
+        return restyle3_forward_loss(net, objective, latent_avg, x, y, n_iters or 1, precision, scaler, train)
     if isinstance(model, HyperStyle):
         return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
     if getattr(model, "family", "psp") == "restyle":

