@@ -161,6 +161,19 @@ def test_restyle3_learns_to_invert_a_random_generators_samples(toy, tmp_path):
     end = l2(loaded)
     print(f"L2 start {start:.4f} end {end:.4f} ratio {start / end:.2f} ({time.perf_counter() - t0:.1f} s)")
     assert end < start / 5
+    # fine-tuning from the run's checkpoint reads its architecture; a bare .pt generator state dict works
+    from instyle.training import fine_tuning_base
+
+    base = fine_tuning_base(str(tmp_path / "run" / "checkpoints" / "latest"), {})
+    assert (base["family"], base["encoder_type"], base["image_size"], base["n_iters_per_batch"]) == (
+        "restyle3", "BackboneEncoder", 32, 3)
+    torch.save(instyle.load_generator(toy["gen"]).state_dict(), tmp_path / "sg3.pt")
+    cfg2 = cfg.replace(**{k: v for k, v in base.items() if k in ("family", "encoder_type", "image_size")},
+                       checkpoint_path=str(tmp_path / "run" / "checkpoints" / "latest"),
+                       stylegan_weights=str(tmp_path / "sg3.pt"))
+    tuned = build_model(cfg2)
+    assert all(torch.equal(a, b) for a, b in zip(tuned.encoder.state_dict().values(), loaded.encoder.state_dict().values()))
+    assert tuned.training and tuned.output_size == 32
 
 
 # --------------------------------------------------------------------------- ReStyle-e4e
@@ -211,3 +224,22 @@ def test_restyle3_psp_resume_after_sigkill_is_bit_exact(toy, tmp_path):
     cfg = sg3_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
                      flip=True)
     _kill_and_resume(cfg, tmp_path, n)
+
+
+def test_cli_trains_the_preset_from_a_stylegan3_generator(toy, tmp_path):
+    """``instyle train --preset restyle3_e4e_inversion --generator DIR``: the preset's recipe with
+    tiny-model overrides, checkpoints loadable as restyle3 models."""
+    from tests.test_training import cli
+
+    sets = ["image_size=32", "encoder_init=random", "encoder_widths=[8,16,32,64]", "encoder_units=[1,1,1,1]",
+            "id_lambda=0", "random_loss_networks=true", "max_steps=2", "workers=0", "test_workers=0", "device=cpu",
+            "progress=false", "val_interval=2"]
+    argv = ["--preset", "restyle3_e4e_inversion", "--generator", str(toy["gen"]), "--train", str(toy["train"]),
+            "--val", str(toy["val"]), "--out", str(tmp_path / "run")]
+    assert cli(argv + [x for s in sets for x in ("--set", s)]) == 0
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert (saved.family, saved.encoder_type, saved.w_discriminator_lambda, saved.n_iters_per_batch) == (
+        "restyle3", "ProgressiveBackboneEncoder", 0.1, 3)
+    for name in ("latest", "best"):
+        model = instyle.load(tmp_path / "run" / "checkpoints" / name)
+        assert isinstance(model, ReStyle3) and model.config.variant == "e4e"

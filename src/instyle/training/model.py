@@ -16,7 +16,7 @@ from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hyperstyle import build_hyperstyle
-from instyle.training.restyle3 import build_restyle3
+from instyle.training.restyle3 import build_restyle3, restyle3_architecture
 from instyle.training.presets import get_preset, list_presets
 from instyle.utils.config import ConfigError
 
@@ -99,7 +99,10 @@ def architecture_keys(mc: PSPConfig) -> dict:
 def checkpoint_architecture(path: str) -> dict:
     """The architecture keys of the pSp checkpoint at ``path`` (any format ``load_psp``
     reads) plus its ``task``: what fine-tuning from it needs no ``--set`` for."""
-    mc = load_psp(path).config
+    model = load_psp(path)
+    if getattr(model, "family", None) == "restyle3":
+        return restyle3_architecture(model)
+    mc = model.config
     return {**architecture_keys(mc), "task": mc.task}
 
 

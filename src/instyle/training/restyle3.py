@@ -32,7 +32,7 @@ from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.training.e4e import E4EObjective, E4ETraining
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
-__all__ = ["RESTYLE3_TRAIN_TYPES", "check_restyle3_config", "build_restyle3", "restyle3_forward_loss",
+__all__ = ["RESTYLE3_TRAIN_TYPES", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_forward_loss",
            "Restyle3E4ETraining", "restyle3_extras", "RESTYLE3_RECIPES"]
 
 log = logging.getLogger("instyle.training")
@@ -93,6 +93,14 @@ def _from_checkpoint(cfg) -> ReStyle3:
         model.replace_generator(_read_generator(cfg.stylegan_weights))
     model.config.iterations = cfg.n_iters_per_batch
     return model.train()
+
+
+def restyle3_architecture(model: ReStyle3) -> dict:
+    """The :class:`TrainConfig` keys a ReStyle3 checkpoint fixes (fine-tuning reads them)."""
+    enc = model.config.encoder
+    return {"family": FAMILY, "encoder_type": enc.type, "input_nc": 3, "label_nc": 0, "learn_in_w": False,
+            "start_from_latent_avg": True, "image_size": enc.input_size, "output_size": model.output_size,
+            "n_iters_per_batch": model.config.iterations, "task": model.config.task}
 
 
 def build_restyle3(cfg) -> ReStyle3:
