@@ -16,8 +16,8 @@ from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hyperstyle import build_hyperstyle
-from instyle.training.restyle3 import build_restyle3, restyle3_architecture
 from instyle.training.presets import get_preset, list_presets
+from instyle.training.restyle3 import build_restyle3, restyle3_architecture
 from instyle.utils.config import ConfigError
 
 __all__ = [
