@@ -16,7 +16,7 @@ from instyle.models.restyle3 import ReStyle3
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from instyle.training import TrainConfig, build_model, build_objective, prepare_for_training, train
 from instyle.training.presets import get_preset
-from instyle.training.restyle3 import restyle3_forward_loss
+from instyle.training.step import family_forward_loss
 from instyle.training.toy import toy_config
 from instyle.utils.config import ConfigError
 from instyle.utils.image import tensor_to_pil
@@ -121,7 +121,7 @@ def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):
     prepare_for_training(model, cfg)  # the generator frozen
     objective = build_objective(cfg.objective())
     x = PairedImageDataset.from_folders(toy["train"], image_size=32)[0]["x"][None].repeat(2, 1, 1, 1)
-    out = restyle3_forward_loss(model, objective, model.latent_avg, x, x, 3)
+    out = family_forward_loss(model, objective, model.latent_avg, x, x, 3, randomize_noise=False)
     got = {n: p.grad.clone() for n, p in model.encoder.named_parameters()}
     assert all(p.grad is None for p in model.decoder.parameters())
     model.zero_grad(set_to_none=True)

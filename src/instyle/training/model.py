@@ -162,7 +162,7 @@ def build_model(cfg: TrainConfig) -> PSP:
     if cfg.family == "hyperstyle":
         return build_hyperstyle(cfg)
     if cfg.family == "restyle3":
-        return build_restyle3(cfg)
+        return build_restyle3(cfg, init_encoder_from_ir_se50)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
         if isinstance(model, HyperStyle):

@@ -18,6 +18,7 @@ stylegan3-editing's ``coach_restyle_psp.py`` / ``coach_restyle_e4e.py``:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.training.e4e import E4EObjective, E4ETraining
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
-__all__ = ["RESTYLE3_TRAIN_TYPES", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_forward_loss",
+__all__ = ["RESTYLE3_TRAIN_TYPES", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_iterations",
            "Restyle3E4ETraining", "restyle3_extras", "RESTYLE3_RECIPES"]
 
 log = logging.getLogger("instyle.training")
@@ -103,10 +104,12 @@ def restyle3_architecture(model: ReStyle3) -> dict:
             "n_iters_per_batch": model.config.iterations, "task": model.config.task}
 
 
-def build_restyle3(cfg) -> ReStyle3:
+def build_restyle3(cfg, init_encoder: Callable | None = None) -> ReStyle3:
     """The ReStyle3 model a run starts from (CPU, train mode): ``checkpoint_path`` (own
     format or published ``.pt``; ``stylegan_weights`` then replaces its decoder), or a new
-    encoder seeded with ``seed`` around the ``stylegan_weights`` generator."""
+    encoder seeded with ``seed`` around the ``stylegan_weights`` generator, its backbone
+    loaded with ``init_encoder(encoder, state, input_nc)`` from ``ir_se50_weights`` when
+    ``encoder_init='ir_se50'`` (:func:`instyle.training.model.init_encoder_from_ir_se50`)."""
     if cfg.checkpoint_path:
         return _from_checkpoint(cfg)
     if not cfg.stylegan_weights:
@@ -131,9 +134,9 @@ def build_restyle3(cfg) -> ReStyle3:
     with torch.no_grad():
         model.latent_avg.copy_(generator.mapping.w_avg)  # the original: decoder.mapping.w_avg
     if cfg.encoder_init == "ir_se50":
-        from instyle.training.model import init_encoder_from_ir_se50
-
-        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), 6)
+        if init_encoder is None:
+            raise ConfigError("encoder_init='ir_se50' needs the IR-SE-50 initialiser (build through build_model)")
+        n = init_encoder(model.encoder, read_ir_se50(cfg.ir_se50_weights), 6)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
     n = sum(p.numel() for p in model.encoder.parameters())
     log.info("restyle3: %s, input %d px, %.1fM parameters; StyleGAN3 %d px, %d ws", cfg.encoder_type, cfg.image_size,
@@ -141,15 +144,14 @@ def build_restyle3(cfg) -> ReStyle3:
     return model.train()
 
 
-def restyle3_forward_loss(net: nn.Module, objective: Objective, latent_avg, x: torch.Tensor, y: torch.Tensor,
-                          n_iters: int, precision=None, scaler=None, train: bool = True):
-    """The coach's ``perform_train_iteration_on_batch`` (see the module docstring); returns the
-    last iteration's :class:`~instyle.training.step.StepOutput`."""
-    from instyle.training.step import Precision, StepOutput, backward
-
+def restyle3_iterations(net: nn.Module, objective: Objective, latent_avg, x: torch.Tensor, y: torch.Tensor,
+                        n_iters: int, precision, scaler=None, train: bool = True):
+    """The coach's ``perform_train_iteration_on_batch`` (see the module docstring), with
+    ``precision`` a :class:`~instyle.training.step.Precision`. Returns the last iteration's
+    ``(objective output, image, latent)``; :func:`instyle.training.step.family_forward_loss`
+    wraps it."""
     model = getattr(net, "module", net)
     model.decoder.eval()  # frozen generator: no EMA updates, identical in train and eval mode
-    precision = precision or Precision()
     with torch.no_grad():
         avg = F.adaptive_avg_pool2d(model.average_image()[None].to(x.dtype), x.shape[-1])
     feedback = avg.expand(x.shape[0], -1, -1, -1)
@@ -161,9 +163,9 @@ def restyle3_forward_loss(net: nn.Module, objective: Objective, latent_avg, x: t
             y_hat = model.decode(codes, resize=True)  # identity transform, pooled to image_size
             out = objective(x, y, y_hat, codes, latent_avg)
         if train:
-            backward(out.loss, scaler)
+            (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
         feedback, latent = y_hat, codes
-    return StepOutput(out, y_hat.detach(), latent.detach())
+    return out, y_hat.detach(), latent.detach()
 
 
 class Restyle3E4ETraining(E4ETraining):
