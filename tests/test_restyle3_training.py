@@ -21,6 +21,7 @@ from instyle.training.toy import toy_config
 from instyle.utils.config import ConfigError
 from instyle.utils.image import tensor_to_pil
 from tests.test_families_training import _kill_and_resume
+from tests.test_training import ir_se50_file  # noqa: F401, F811 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -111,6 +112,18 @@ def test_model_starts_from_the_generator_and_its_w_avg(toy):
     assert torch.equal(model.latent_avg, g.mapping.w_avg) and model.latent_avg.shape == (8,)
     sd, gd = model.decoder.state_dict(), g.state_dict()
     assert all(torch.equal(sd[k], gd[k]) for k in gd)
+
+
+def test_ir_se50_initialisation_puts_the_rgb_filters_in_the_first_three_channels(toy, ir_se50_file):  # noqa: F811
+    path, sd = ir_se50_file
+    cfg = sg3_config(toy, encoder_init="ir_se50", ir_se50_weights=str(path), encoder_widths=None, encoder_units=None)
+    model = build_model(cfg)
+    enc = model.encoder.state_dict()
+    assert torch.equal(enc["body.5.res_layer.1.weight"], sd["body.5.res_layer.1.weight"])
+    w = enc["input_layer.0.weight"]
+    assert w.shape[1] == 6 and torch.equal(w[:, :3], sd["input_layer.0.weight"])
+    assert 0.8 < float(w[:, 3:].std()) < 1.2  # torch.randn, as the original
+    assert torch.equal(w, build_model(cfg).encoder.state_dict()["input_layer.0.weight"])  # seeded
 
 
 def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):

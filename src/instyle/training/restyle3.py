@@ -104,6 +104,20 @@ def restyle3_architecture(model: ReStyle3) -> dict:
             "n_iters_per_batch": model.config.iterations, "task": model.config.task}
 
 
+@torch.no_grad()
+def _six_channel_input_layer(encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The original's input layer: ``torch.randn`` filters for the 6 channels with the IR-SE-50
+    RGB filters in channels 0-2."""
+    own = encoder.input_layer[0].weight
+    rgb = state.get("input_layer.0.weight")
+    if rgb is None or rgb.ndim != 4 or rgb.shape[1] != 3 or (rgb.shape[0], *rgb.shape[2:]) != (own.shape[0], *own.shape[2:]):
+        raise ConfigError(f"the IR-SE-50 weights' input_layer.0.weight "
+                          f"{None if rgb is None else tuple(rgb.shape)} does not fit the encoder's {tuple(own.shape)}")
+    weight = torch.randn(own.shape, dtype=torch.float32)
+    weight[:, :3] = rgb
+    own.copy_(weight)
+
+
 def build_restyle3(cfg, init_encoder: Callable | None = None) -> ReStyle3:
     """The ReStyle3 model a run starts from (CPU, train mode): ``checkpoint_path`` (own
     format or published ``.pt``; ``stylegan_weights`` then replaces its decoder), or a new
@@ -130,14 +144,16 @@ def build_restyle3(cfg, init_encoder: Callable | None = None) -> ReStyle3:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = ReStyle3(config)
+        if cfg.encoder_init == "ir_se50":
+            if init_encoder is None:
+                raise ConfigError("encoder_init='ir_se50' needs the IR-SE-50 initialiser (build through build_model)")
+            state = read_ir_se50(cfg.ir_se50_weights)
+            n = init_encoder(model.encoder, state, 6)
+            _six_channel_input_layer(model.encoder, state)
+            log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n + 1)
     model.decoder.load_state_dict(generator.state_dict())
     with torch.no_grad():
         model.latent_avg.copy_(generator.mapping.w_avg)  # the original: decoder.mapping.w_avg
-    if cfg.encoder_init == "ir_se50":
-        if init_encoder is None:
-            raise ConfigError("encoder_init='ir_se50' needs the IR-SE-50 initialiser (build through build_model)")
-        n = init_encoder(model.encoder, read_ir_se50(cfg.ir_se50_weights), 6)
-        log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
     n = sum(p.numel() for p in model.encoder.parameters())
     log.info("restyle3: %s, input %d px, %.1fM parameters; StyleGAN3 %d px, %d ws", cfg.encoder_type, cfg.image_size,
              n / 1e6, gc.img_resolution, gc.n_latent)
