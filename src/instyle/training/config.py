@@ -88,7 +88,8 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
-        family: ``psp``, ``e4e``, ``restyle`` or ``hyperstyle``. ReStyle: ``input_nc`` = the
+        family: ``psp``, ``e4e``, ``restyle``, ``hyperstyle`` or ``restyle3`` (ReStyle-pSp / -e4e over
+            StyleGAN3, :mod:`instyle.training.restyle3`). ReStyle: ``input_nc`` = the
             images' 3 channels, the encoder sees 6; ``n_iters_per_batch`` refinement steps per
             batch, each with its own backward, one optimiser step, as the official ReStyle coach.
             ``hyperstyle``: a hypernetwork (``encoder_type`` one of ``HYPERNET_TYPES``, trunk
