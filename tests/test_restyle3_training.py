@@ -256,3 +256,22 @@ def test_cli_trains_the_preset_from_a_stylegan3_generator(toy, tmp_path):
     for name in ("latest", "best"):
         model = instyle.load(tmp_path / "run" / "checkpoints" / name)
         assert isinstance(model, ReStyle3) and model.config.variant == "e4e"
+    # fine-tuning: --checkpoint alone gives a valid restyle3 config; a contradicting key is named
+    from instyle.training import fine_tuning_base
+
+    latest = str(tmp_path / "run" / "checkpoints" / "latest")
+    base = fine_tuning_base(latest, {})
+    tuned = TrainConfig.from_dict({**base, "checkpoint_path": latest, "train_target": str(toy["train"]),
+                                   "encoder_init": "random", "id_lambda": 0.0})
+    assert (tuned.family, tuned.encoder_type, tuned.image_size) == ("restyle3", "ProgressiveBackboneEncoder", 32)
+    with pytest.raises(ConfigError, match=r"encoder_type: config 'BackboneEncoder' vs checkpoint "
+                                          r"'ProgressiveBackboneEncoder'"):
+        build_model(tuned.replace(encoder_type="BackboneEncoder", w_discriminator_lambda=0.0))
+
+
+def test_several_processes_are_refused_naming_the_count(toy):
+    from instyle.training.restyle3 import restyle3_extras
+
+    cfg = sg3_config(toy)
+    with pytest.raises(ConfigError, match=r"got 2 processes"):
+        restyle3_extras(cfg, build_model(cfg), None, torch.device("cpu"), 2)
