@@ -275,3 +275,28 @@ def test_several_processes_are_refused_naming_the_count(toy):
     cfg = sg3_config(toy)
     with pytest.raises(ConfigError, match=r"got 2 processes"):
         restyle3_extras(cfg, build_model(cfg), None, torch.device("cpu"), 2)
+
+
+def test_training_continues_from_a_published_style_checkpoint(toy, tmp_path):
+    """A stylegan3-editing ``.pt`` (state_dict + opts with PosixPaths + latent_avg, the coach's
+    last transforms in the decoder) as ``--checkpoint``: its encoder, decoder and latent_avg
+    are the start, and the run saves a restyle3 folder."""
+    import pathlib
+    from collections import OrderedDict
+
+    from instyle.training import fine_tuning_base
+
+    start = build_model(sg3_config(toy, encoder_widths=(4, 6, 8, 10), seed=3))
+    sd = OrderedDict(start.state_dict())
+    avg = sd.pop("latent_avg")
+    sd["decoder.synthesis.input.transform"] = torch.eye(3).repeat(2, 1, 1)
+    opts = {"exp_dir": pathlib.PosixPath("experiments/run"), "encoder_type": "BackboneEncoder", "input_nc": 6,
+            "n_iters_per_batch": 3, "stylegan_weights": pathlib.PosixPath("pretrained/sg3-r-ffhq-1024.pt")}
+    torch.save({"state_dict": sd, "opts": opts, "latent_avg": avg}, tmp_path / "restyle_pSp_ffhq.pt")
+    base = fine_tuning_base(str(tmp_path / "restyle_pSp_ffhq.pt"), {})
+    cfg = sg3_config(toy, **{k: base[k] for k in ("family", "encoder_type", "image_size", "n_iters_per_batch")},
+                     checkpoint_path=str(tmp_path / "restyle_pSp_ffhq.pt"), max_steps=2, val_target=None)
+    model = build_model(cfg)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.state_dict().items())
+    train(cfg, tmp_path / "run")
+    assert isinstance(instyle.load(tmp_path / "run" / "checkpoints" / "latest"), ReStyle3)
