@@ -300,3 +300,20 @@ def test_training_continues_from_a_published_style_checkpoint(toy, tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.state_dict().items())
     train(cfg, tmp_path / "run")
     assert isinstance(instyle.load(tmp_path / "run" / "checkpoints" / "latest"), ReStyle3)
+
+
+def test_average_input_is_kept_while_the_generator_is_frozen(toy):
+    from instyle.training.restyle3 import average_input
+
+    cfg = sg3_config(toy)
+    model = build_model(cfg)
+    prepare_for_training(model, cfg)
+    a = average_input(model, 32)
+    assert average_input(model, 32) is a
+    torch.testing.assert_close(a[0], model.average_image(), atol=0, rtol=0)
+    with torch.no_grad():
+        model.latent_avg.add_(0.5)  # a new latent_avg: recomputed
+    b = average_input(model, 32)
+    assert b is not a and not torch.equal(a, b)
+    model.decoder.requires_grad_(True)  # a trained generator: never kept
+    assert average_input(model, 32) is not average_input(model, 32)

@@ -33,7 +33,7 @@ from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.training.e4e import E4EObjective, E4ETraining
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
-__all__ = ["RESTYLE3_TRAIN_TYPES", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_iterations",
+__all__ = ["RESTYLE3_TRAIN_TYPES", "average_input", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_iterations",
            "Restyle3E4ETraining", "restyle3_extras", "RESTYLE3_RECIPES"]
 
 log = logging.getLogger("instyle.training")
@@ -160,6 +160,21 @@ def build_restyle3(cfg, init_encoder: Callable | None = None) -> ReStyle3:
     return model.train()
 
 
+def average_input(model: ReStyle3, size: int) -> torch.Tensor:
+    """``[1, 3, size, size]``: the average image pooled to the encoder's input (no gradient).
+    Kept while the generator is frozen and ``latent_avg`` unchanged (the original computes it
+    once); recomputed when the generator trains."""
+    frozen = not any(p.requires_grad for p in model.decoder.parameters())
+    key = (id(model.decoder), model.latent_avg.data_ptr(), model.latent_avg._version, size)
+    cached = model.__dict__.get("_average_input")
+    if frozen and cached is not None and cached[0] == key:
+        return cached[1]
+    with torch.no_grad():
+        avg = F.adaptive_avg_pool2d(model.average_image()[None], size)
+    model.__dict__["_average_input"] = (key, avg) if frozen else None
+    return avg
+
+
 def restyle3_iterations(net: nn.Module, objective: Objective, latent_avg, x: torch.Tensor, y: torch.Tensor,
                         n_iters: int, precision, scaler=None, train: bool = True):
     """The coach's ``perform_train_iteration_on_batch`` (see the module docstring), with
@@ -168,9 +183,7 @@ def restyle3_iterations(net: nn.Module, objective: Objective, latent_avg, x: tor
     wraps it."""
     model = getattr(net, "module", net)
     model.decoder.eval()  # frozen generator: no EMA updates, identical in train and eval mode
-    with torch.no_grad():
-        avg = F.adaptive_avg_pool2d(model.average_image()[None].to(x.dtype), x.shape[-1])
-    feedback = avg.expand(x.shape[0], -1, -1, -1)
+    feedback = average_input(model, x.shape[-1]).to(x.dtype).expand(x.shape[0], -1, -1, -1)
     latent = model.latent_avg.to(x.dtype).repeat(x.shape[0], 1, 1)
     out = y_hat = None
     for _ in range(n_iters):
@@ -193,7 +206,7 @@ class Restyle3E4ETraining(E4ETraining):
     def _real_and_fake(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(x.shape[0], model.decoder.config.z_dim, device=x.device)
         real = model.decoder.mapping(z, None)
-        avg = F.adaptive_avg_pool2d(model.average_image()[None].to(x.dtype), x.shape[-1])
+        avg = average_input(model, x.shape[-1]).to(x.dtype)
         fake = model.encoder(torch.cat([x, avg.expand(x.shape[0], -1, -1, -1)], dim=1))
         if self.steps is not None:
             fake = fake[:, self.dims(model)]
