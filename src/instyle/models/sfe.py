@@ -483,9 +483,20 @@ class SFE(nn.Module):
         return SFEEncoding(w_recon=enc.w_recon, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat, w_edit=w_edit,
                            edited_feat=self.edited_feature(enc.fused_feat, delta))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inversion: images -> reconstructions ``[B, 3, size, size]``."""
-        return self.decode(self.encode(x))
+    def forward(self, x: torch.Tensor, feature_scale: float | None = None):
+        """Inversion: images -> reconstructions ``[B, 3, size, size]``.
+
+        With ``feature_scale`` (training, gradients kept): the original's ``FSEInverter.forward``
+        with ``return_latents`` -> ``(images, w_recon, fused_feat, w_feat)``, the fused feature
+        blended into the generator's with ``feature_scale`` (the original's
+        ``min(1, 1e-4 * n_iter)``); a full model's feature editor is not applied."""
+        if feature_scale is None:
+            return self.decode(self.encode(x))
+        w_raw, predicted = self.inverter.fs_backbone(self.resize_input(x))
+        w_recon = w_raw + self.latent_avg
+        w_feat = self.generator_feature(w_recon)
+        fused = self.inverter.fuser(torch.cat([predicted, w_feat], 1))
+        return self.render(w_recon, fused, feature_scale), w_recon, fused, w_feat
 
     # ----------------------------------------------------------------- persistence
 

@@ -25,6 +25,7 @@ from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNE
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
 from instyle.training.optim import OPTIMIZERS
+from instyle.training.sfe import check_sfe_config
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
@@ -55,7 +56,7 @@ def default_workers(original: int) -> int:
 
 
 #: Families the trainer implements.
-TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle")
+TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "sfe")
 #: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
 E4E_TRAIN_TYPES = ("Encoder4Editing",)
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
@@ -150,6 +151,11 @@ class TrainConfig:
     resnet34_weights: str | None = None
     layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
+    # StyleFeatureEditor (family='sfe', see instyle.training.sfe)
+    sfe_phase: str = "inverter"
+    sfe_feature_index: int = 9
+    sfe_feature_scale_steps: int = 10000
+    feat_rec_lambda: float = 0.0
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False
@@ -212,6 +218,8 @@ class TrainConfig:
                     f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
                     f"learn_in_w=false"
                 )
+        elif self.family == "sfe":
+            check_sfe_config(self)
         else:
             self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)

@@ -40,6 +40,7 @@ from instyle.training.logger import RunLogger
 from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
+from instyle.training.sfe import SFEObjective
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
 from instyle.training.step import (
     Precision,
@@ -144,7 +145,8 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     params = prepare_for_training(model, cfg)
     model.to(ctx.device)
     if cfg.channels_last:  # the encoder's convs (the generator's modulated convs reshape their weights anyway)
-        (model.hypernet if isinstance(model, HyperStyle) else model.encoder).to(memory_format=torch.channels_last)
+        (model.hypernet if isinstance(model, HyperStyle) else model.inverter if cfg.family == "sfe"
+         else model.encoder).to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     objective = build_objective(cfg.objective(), ctx.device)
@@ -152,6 +154,8 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     if cfg.family == "e4e":
         e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, ctx.device)
         objective = E4EObjective(objective, e4e, model)
+    if cfg.family == "sfe":
+        objective = SFEObjective(objective, cfg)
     session = Session(
         cfg=cfg,
         ctx=ctx,
@@ -187,6 +191,8 @@ def _restore(s: Session, state: dict) -> None:
 def _e4e_step(s: Session, x: torch.Tensor) -> dict[str, float]:
     """e4e, before the encoder step: the progressive stage for this step, then one
     discriminator update (the original's order)."""
+    if isinstance(s.objective, SFEObjective):
+        s.objective.step = s.step  # SFE: the feature-scale ramp
     if s.e4e is None:
         return {}
     s.model.encoder.set_progressive_stage(s.e4e.stage(s.step))

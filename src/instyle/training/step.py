@@ -19,6 +19,8 @@ from torch import nn
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.iterative import average_image
+from instyle.models.sfe import SFE
+from instyle.training.sfe import sfe_forward
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PRECISIONS, autocast
 
@@ -169,6 +171,11 @@ def family_forward_loss(
     """The forward (and, with ``train``, backward) of one batch for the model's family:
     pSp (one pass), ReStyle or HyperStyle (``n_iters`` iterations)."""
     model = getattr(net, "module", net)
+    if isinstance(model, SFE):
+        out, y_hat, latent = sfe_forward(net, objective, x, y, precision or Precision())
+        if train:
+            backward(out.loss, scaler)
+        return StepOutput(out, y_hat, latent)
     if isinstance(model, HyperStyle):
         return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
     if getattr(model, "family", "psp") == "restyle":
