@@ -5,15 +5,18 @@ load as SFE models."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import instyle
 from instyle.data import PairedImageDataset
+from instyle.errors import CheckpointError
 from instyle.models.sfe import SFE
 from instyle.training import TrainConfig, build_model, build_objective, train
-from instyle.training.sfe import SFEObjective, feature_scale
+from instyle.training.sfe import SFEObjective, feature_scale, load_discriminator
 from instyle.training.step import Precision, family_forward_loss
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
@@ -43,6 +46,8 @@ def sfe_config(toy, **overrides) -> TrainConfig:
     ({"sfe_phase": "painter"}, r"sfe_phase='painter' is not accepted"),
     ({"sfe_feature_scale_steps": -1}, r"sfe_feature_scale_steps=-1"),
     ({"feat_rec_lambda": -0.5}, r"feat_rec_lambda=-0.5 must be >= 0"),
+    ({"adv_lambda": -1.0}, r"adv_lambda=-1.0 must be >= 0"),
+    ({"d_reg_every": 0}, r"d_reg_every=0"),
     ({"randomize_noise": True}, r"set randomize_noise=false"),
     ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50'"),
     ({"w_norm_lambda": 0.1}, r"no \['w_norm_lambda'\] terms"),
@@ -53,9 +58,10 @@ def test_sfe_train_config_validation_names_the_bad_value(toy, changes, match):
         sfe_config(toy, **changes)
 
 
-def test_sfe_input_size_must_fit_the_feature(toy):
-    with pytest.raises(ConfigError, match=r"sfe.input_size=32 must be 4x the resolution of generator feature 5"):
-        build_model(sfe_config(toy, sfe_feature_index=5))
+def test_sfe_reads_images_at_the_generators_resolution(toy):
+    with pytest.raises(ConfigError, match=r"image_size=64: family='sfe' reads training images at the generator's "
+                                          r"resolution \(32 px\)"):
+        build_model(sfe_config(toy, image_size=64))
 
 
 def test_sfe_preset_is_the_originals_recipe():
@@ -66,7 +72,9 @@ def test_sfe_preset_is_the_originals_recipe():
     # configs/fse_inverter_train.yaml: l2 1, lpips 0.8, id 0.1, feat_rec 0.01; batch 8; ranger 1e-4
     assert (cfg.l2_lambda, cfg.lpips_lambda, cfg.id_lambda, cfg.feat_rec_lambda) == (1.0, 0.8, 0.1, 0.01)
     assert (cfg.batch_size, cfg.optim_name, cfg.learning_rate, cfg.randomize_noise) == (8, "ranger", 1e-4, False)
-    assert cfg.sfe_feature_scale_steps == 10000 and cfg.sfe_feature_index == 9 and cfg.image_size == 256
+    assert cfg.sfe_feature_scale_steps == 10000 and cfg.sfe_feature_index == 9 and cfg.image_size == 1024
+    # its discriminator: adv 0.01 from step 45000, Adam 1e-4, R1 10 every 16 steps
+    assert (cfg.adv_lambda, cfg.d_start_step, cfg.d_learning_rate, cfg.r1, cfg.d_reg_every) == (0.01, 45000, 1e-4, 10.0, 16)
 
 
 def test_feature_scale_ramp_is_the_originals():
@@ -148,11 +156,57 @@ def test_sfe_inverter_learns_to_invert_a_frozen_generator(toy, tmp_path):
 
 @pytest.mark.slow
 def test_sfe_resume_after_sigkill_is_bit_exact(toy, tmp_path):
-    """The feature-scale ramp (8 steps) spans the kill; Ranger's Lookahead too."""
+    """The feature-scale ramp (8 steps), the discriminator's start (step 3), its R1 steps
+    (every 5), its weights and Adam state, and Ranger's Lookahead all span the kill."""
     n = 12
     cfg = sfe_config(toy, max_steps=n, save_interval=4, optim_name="ranger", learning_rate=1e-2, batch_size=4,
-                     sfe_feature_scale_steps=8)
-    full, _ = kill_and_resume(cfg, tmp_path, n)
+                     sfe_feature_scale_steps=8, adv_lambda=0.1, d_start_step=3, d_reg_every=5, board_interval=1)
+    full, killed = kill_and_resume(cfg, tmp_path, n)
     start = build_model(cfg).state_dict()
     a = _weights(full)
     assert not torch.equal(start["inverter.fuser.conv.weight"], a["inverter.fuser.conv.weight"])
+    sa, sb = (torch.load(r / "checkpoints" / "latest" / "training_state.pt", weights_only=True)["sfe"]
+              for r in (full, killed))
+    d0 = load_discriminator(None, build_model(cfg).config.generator, cfg.seed + 1).state_dict()
+    assert not torch.equal(d0["final_linear.1.weight"], sa["discriminator"]["final_linear.1.weight"])  # D trained
+    assert all(torch.equal(sa["discriminator"][k], sb["discriminator"][k]) for k in sa["discriminator"])
+    assert all(torch.equal(sa["d_optimizer"]["state"][i]["exp_avg"], sb["d_optimizer"]["state"][i]["exp_avg"])
+               for i in sa["d_optimizer"]["state"])
+    lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any("disc/r1_reg" in m for m in lines) and any("loss_adv" in m for m in lines)
+
+
+def test_discriminator_step_and_adversarial_term_follow_the_original(toy):
+    """Before ``d_start_step`` no adversarial term and no D update; from it, the encoder's
+    term is softplus(-D(renders)).mean() and D's loss the mean of its two softplus terms."""
+    cfg = sfe_config(toy, adv_lambda=0.5, d_start_step=2, d_reg_every=1000)
+    model = build_model(cfg)
+    objective = SFEObjective(build_objective(cfg), cfg, model.config.generator)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    objective.step = 1
+    out = family_forward_loss(model, objective, model.latent_avg, x, x, train=True)
+    assert "loss_adv" not in out.objective.terms and objective.train_discriminator(x, 1) == {}
+    objective.step = 2
+    out = family_forward_loss(model, objective, model.latent_avg, x, x, train=True)
+    fake = objective.disc.fake.clone()
+    d = objective.disc.d
+    with torch.no_grad():
+        assert out.objective.terms["loss_adv"] == pytest.approx(float(F.softplus(-d(fake)).mean()), rel=1e-5)
+        want = float((F.softplus(-d(x)).mean() + F.softplus(d(fake)).mean()) / 2)
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    terms = objective.train_discriminator(x, 2)
+    assert terms["disc/main_loss"] == pytest.approx(want, rel=1e-5) and "disc/r1_reg" not in terms
+    assert any(not torch.equal(before[k], v) for k, v in d.state_dict().items())
+
+
+def test_discriminator_weights_load_from_a_rosinality_file_and_misfits_are_named(toy, tmp_path):
+    gen = build_model(sfe_config(toy)).config.generator
+    d = load_discriminator(None, gen, seed=5)
+    torch.save({"g_ema": {}, "d": d.state_dict()}, tmp_path / "sg2.pt")
+    loaded = load_discriminator(str(tmp_path / "sg2.pt"), gen, seed=0)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in d.state_dict().items())
+    state = d.state_dict()
+    state["final_linear.1.weight"] = torch.zeros(1, 7)
+    torch.save({"d": state}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt: does not fit a 32 px StyleGAN2 discriminator.*final_linear.1.weight"):
+        load_discriminator(str(tmp_path / "bad.pt"), gen, seed=0)

@@ -156,6 +156,10 @@ class TrainConfig:
     sfe_feature_index: int = 9
     sfe_feature_scale_steps: int = 10000
     feat_rec_lambda: float = 0.0
+    adv_lambda: float = 0.0
+    discriminator_weights: str | None = None
+    d_start_step: int = 150000
+    d_learning_rate: float = 1e-4
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False
@@ -255,7 +259,7 @@ class TrainConfig:
             raise ConfigError(f"source_mode='gray' gives 1-channel inputs, but input_nc={self.input_nc}")
         if self.flip and self.source_mode == "label":
             raise ConfigError("flip=true with label-map inputs would mirror left/right classes; set flip=false")
-        if self.image_size != 256 and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
+        if self.image_size != 256 and self.family != "sfe" and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
             raise ConfigError(
                 f"id_lambda, lpips_lambda_crop and l2_lambda_crop use the 256x256 face window; image_size="
                 f"{self.image_size} needs them at 0"

@@ -155,7 +155,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, ctx.device)
         objective = E4EObjective(objective, e4e, model)
     if cfg.family == "sfe":
-        objective = SFEObjective(objective, cfg)
+        objective = SFEObjective(objective, cfg, model.config.generator, ctx.device)
     session = Session(
         cfg=cfg,
         ctx=ctx,
@@ -180,6 +180,8 @@ def _restore(s: Session, state: dict) -> None:
     s.step = int(state["step"])
     if s.e4e is not None:
         s.e4e.load_state_dict(state["e4e"])
+    if isinstance(s.objective, SFEObjective):
+        s.objective.load_training_state(state.get("sfe"))
     s.best_val_loss = state.get("best_val_loss")
     s.best_step = state.get("best_step")
     same = {"world_size": s.ctx.world_size, "batch_size": s.cfg.batch_size, "seed": s.cfg.seed}
@@ -262,6 +264,7 @@ def _save_latest(s: Session, terms: dict[str, float] | None, bad: BadFileLog, da
         "dataset_size": dataset_size,
         "bad_files": sorted(bad.seen),
         "e4e": s.e4e.state_dict() if s.e4e is not None else None,
+        "sfe": s.objective.training_state() if isinstance(s.objective, SFEObjective) else None,
     }
     write_checkpoint(s.run, "latest", s.model, _metadata(s, terms), state)
 
@@ -346,6 +349,8 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
                 s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
                 cfg.freeze_batchnorm, cfg.n_iters_per_batch,
             )
+            if isinstance(s.objective, SFEObjective):  # SFE: the discriminator after the encoder step
+                d_terms = s.objective.train_discriminator(x, s.step)
             s.step += 1
             terms = {**d_terms, **out.objective.terms}
             logger.advance(terms["loss"])

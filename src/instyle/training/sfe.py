@@ -24,13 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instyle.errors import CheckpointError
 from instyle.interop import load_generator, load_psp
+from instyle.interop.safe_load import safe_torch_load
 from instyle.losses.objective import Objective, ObjectiveOutput
-from instyle.models.sfe import IRESNET50_UNITS, SFE, SFEConfig
+from instyle.models.discriminator import Discriminator
+from instyle.models.sfe import IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
-           "SFEObjective", "sfe_forward"]
+           "SFEObjective", "SFEDiscriminator", "load_discriminator", "sfe_forward"]
 
 #: The two training phases of the original: the inverter (FSEInverter), the feature editor (FSEFull).
 SFE_PHASES = ("inverter",)
@@ -45,7 +48,8 @@ SFE_RECIPES = {
         "inversion",
         {
             "family": "sfe", "sfe_phase": "inverter", "l2_lambda": 1.0, "lpips_lambda": 0.8, "id_lambda": 0.1,
-            "feat_rec_lambda": 0.01, "w_norm_lambda": 0.0, "batch_size": 8, "optim_name": "ranger",
+            "feat_rec_lambda": 0.01, "adv_lambda": 0.01, "d_start_step": 45000, "d_learning_rate": 1e-4,
+            "r1": 10.0, "d_reg_every": 16, "image_size": 1024, "w_norm_lambda": 0.0, "batch_size": 8, "optim_name": "ranger",
             "learning_rate": 1e-4, "max_steps": 300000, "board_interval": 500, "val_interval": 15000,
             "save_interval": 15000, "randomize_noise": False, "encoder_init": "random", "sfe_feature_scale_steps": 10000,
         },
@@ -61,8 +65,11 @@ def check_sfe_config(cfg) -> None:
     check_choice("sfe_phase", cfg.sfe_phase, SFE_PHASES)
     check_int_range("sfe_feature_scale_steps", cfg.sfe_feature_scale_steps, 0, MAX_RAMP)
     check_int_range("sfe_feature_index", cfg.sfe_feature_index, 2, 32)
-    if not cfg.feat_rec_lambda >= 0:
-        raise ConfigError(f"feat_rec_lambda={cfg.feat_rec_lambda!r} must be >= 0")
+    for name in ("feat_rec_lambda", "adv_lambda", "d_learning_rate", "r1"):
+        if not getattr(cfg, name) >= 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 0")
+    check_int_range("d_start_step", cfg.d_start_step, 0, MAX_RAMP)
+    check_int_range("d_reg_every", cfg.d_reg_every, 1, MAX_RAMP)
     if cfg.input_nc != 3 or cfg.source_mode != "rgb":
         raise ConfigError(f"family='sfe' trains on RGB photos: needs input_nc=3 and source_mode='rgb' "
                           f"(got {cfg.input_nc}, {cfg.source_mode!r})")
@@ -83,13 +90,25 @@ def check_sfe_config(cfg) -> None:
 def sfe_config_for(cfg, generator) -> SFEConfig:
     """The inverter-only SFE architecture a training config describes around a generator:
     FS backbone widths/units from ``encoder_widths``/``encoder_units`` (default iresnet50's),
-    feature ``sfe_feature_index``, input ``image_size`` (4x the feature's resolution)."""
+    feature ``sfe_feature_index``, encoder input 4x that feature's resolution (256 for the
+    original's feature 9). Training images are read at the generator's resolution
+    (``image_size``; the original's 1024 px photos) and resized for the encoder by the model."""
+    if cfg.image_size != generator.size:
+        raise ConfigError(f"image_size={cfg.image_size}: family='sfe' reads training images at the generator's "
+                          f"resolution ({generator.size} px), as the original; set image_size={generator.size}")
     if cfg.output_size is not None and cfg.output_size != generator.size:
         raise ConfigError(f"output_size={cfg.output_size} but the generator produces {generator.size}px images")
     widths = tuple(cfg.encoder_widths or SFEConfig.widths)
     units = tuple(cfg.encoder_units or IRESNET50_UNITS)
-    return SFEConfig(generator=generator, widths=widths, units=units, feature_index=cfg.sfe_feature_index,
-                     input_size=cfg.image_size, editor=False)
+    index = cfg.sfe_feature_index
+    if index > generator.num_layers:
+        raise ConfigError(f"sfe_feature_index={index}: the {generator.size} px generator has features 2..{generator.num_layers}")
+    input_size = 4 * feature_resolution(index)
+    if cfg.id_lambda > 0 and input_size != 256:
+        raise ConfigError(f"id_lambda={cfg.id_lambda}: the identity loss needs the 256 px loss images of feature 9 "
+                          f"(sfe_feature_index={index} gives {input_size} px); set id_lambda=0")
+    return SFEConfig(generator=generator, widths=widths, units=units, feature_index=index, input_size=input_size,
+                     editor=False)
 
 
 def _from_checkpoint(cfg) -> SFE:
@@ -99,7 +118,7 @@ def _from_checkpoint(cfg) -> SFE:
     if model.config.editor:
         raise ConfigError(f"{cfg.checkpoint_path}: sfe_phase='inverter' continues an inverter-only model; this one has "
                           "a feature editor")
-    found = {"image_size": model.config.input_size, "sfe_feature_index": model.config.feature_index}
+    found = {"image_size": model.config.generator.size, "sfe_feature_index": model.config.feature_index}
     diffs = [f"{k}: config {getattr(cfg, k)!r} vs checkpoint {v!r}" for k, v in found.items() if getattr(cfg, k) != v]
     if diffs:
         raise ConfigError(f"{cfg.checkpoint_path}: the checkpoint's architecture differs from the config: " + "; ".join(diffs))
@@ -141,36 +160,135 @@ def feature_scale(step: int, ramp: int) -> float:
     return 1.0 if ramp == 0 else min(1.0, (1.0 / ramp) * step)
 
 
-class SFEObjective(nn.Module):
-    """The pSp objective on both renders plus the feature reconstruction term; ``step`` is
-    set by the loop before each step (the feature-scale ramp reads it)."""
+def load_discriminator(path: str | None, generator, seed: int) -> Discriminator:
+    """The image discriminator for the generator's resolution: from a rosinality checkpoint's
+    ``d`` entry (or a bare state dict), loaded strictly; without a file, seeded with ``seed``."""
+    with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
+        torch.manual_seed(seed)
+        d = Discriminator(generator.size, channels=generator.channel_table())
+    if path is None:
+        log.warning("no discriminator_weights: the SFE discriminator starts from random weights (the original loads "
+                    "the pretrained StyleGAN2 discriminator)")
+        return d
+    ckpt = safe_torch_load(path, "discriminator checkpoint")
+    state = ckpt.get("d", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"discriminator_weights={path}: expected a rosinality StyleGAN2 checkpoint with a 'd' "
+                              "state dict (or a bare discriminator state dict)")
+    own = d.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"discriminator_weights={path}: does not fit a {generator.size} px StyleGAN2 discriminator with the "
+            f"generator's channels ({len(missing)} missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. "
+            f"{extra[:2]}; {len(wrong)} shape mismatches, e.g. {wrong[:2]})"
+        )
+    d.load_state_dict({k: v.float() for k, v in state.items()})
+    return d
 
-    def __init__(self, base: Objective, cfg):
+
+class SFEDiscriminator:
+    """The original's image discriminator on the feature path: from step ``d_start_step``
+    the encoder gets ``adv_lambda * softplus(-D(renders)).mean()``, and after each encoder
+    step D takes one Adam step on ``(softplus(-D(x)).mean() + softplus(D(renders)).mean()) / 2``
+    plus, every ``d_reg_every`` steps, ``r1 / 2 * R1 * d_reg_every`` (one backward, as the original)."""
+
+    def __init__(self, cfg, generator, device: torch.device):
+        self.cfg = cfg
+        self.d = load_discriminator(cfg.discriminator_weights, generator, cfg.seed + 1).to(device)
+        self.optimizer = torch.optim.Adam(self.d.parameters(), lr=cfg.d_learning_rate, betas=(0.9, 0.999))
+        self.d.requires_grad_(False)
+        self.fake: torch.Tensor | None = None
+
+    def active(self, step: int) -> bool:
+        return step >= self.cfg.d_start_step
+
+    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        """One discriminator update on real ``x`` and the renders of the last encoder step."""
+        if self.fake is None or not self.active(step):
+            return {}
+        d, cfg = self.d, self.cfg
+        d.requires_grad_(True)
+        loss = (F.softplus(-d(x)).mean() + F.softplus(d(self.fake)).mean()) / 2
+        terms = {"disc/main_loss": float(loss.detach())}
+        if step % cfg.d_reg_every == 0:
+            real = x.detach().requires_grad_(True)
+            pred = d(real).view(real.shape[0], -1).mean(1, keepdim=True)
+            (grad,) = torch.autograd.grad(pred.sum(), real, create_graph=True)
+            r1 = cfg.r1 / 2 * grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean() * cfg.d_reg_every + 0 * pred[0]
+            terms["disc/r1_reg"] = float(r1.detach().sum())
+            loss = loss + r1.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        d.requires_grad_(False)
+        self.fake = None
+        return terms
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.d.state_dict(), "d_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.d.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["d_optimizer"])
+
+
+class SFEObjective(nn.Module):
+    """The pSp objective on both renders plus the feature reconstruction term and, once
+    active, the adversarial term; ``step`` is set by the loop before each step (the
+    feature-scale ramp and the discriminator's start read it)."""
+
+    def __init__(self, base: Objective, cfg, generator=None, device: torch.device | None = None):
         super().__init__()
         self.base = base
         self.feat_rec_lambda = cfg.feat_rec_lambda
+        self.adv_lambda = cfg.adv_lambda
         self.ramp = cfg.sfe_feature_scale_steps
         self.step = 0
+        self.disc = SFEDiscriminator(cfg, generator, device or torch.device("cpu")) if cfg.adv_lambda > 0 else None
 
-    def forward(self, x, y, y_hat, latent, latent_avg, fused=None, w_feat=None) -> ObjectiveOutput:
+    def forward(self, x, y, y_hat, latent, latent_avg, fused=None, w_feat=None, renders=None) -> ObjectiveOutput:
         out = self.base(x, y, y_hat, latent, latent_avg)
-        if fused is None or self.feat_rec_lambda <= 0:
+        loss, terms = out.loss, {}
+        if fused is not None and self.feat_rec_lambda > 0:
+            rec = F.mse_loss(fused.float(), w_feat.float())
+            terms["loss_feat_rec"] = float(rec.detach())
+            loss = loss + self.feat_rec_lambda * rec
+        if renders is not None and self.disc is not None and self.disc.active(self.step):
+            adv = F.softplus(-self.disc.d(renders)).mean()
+            terms["loss_adv"] = float(adv.detach())
+            loss = loss + self.adv_lambda * adv
+            if torch.is_grad_enabled():
+                self.disc.fake = renders.detach().float()
+        if not terms:
             return out
-        rec = F.mse_loss(fused.float(), w_feat.float())
-        loss = out.loss + self.feat_rec_lambda * rec
-        return ObjectiveOutput(loss, {**out.terms, "loss_feat_rec": float(rec.detach()), "loss": float(loss.detach())},
-                               out.id_logs)
+        return ObjectiveOutput(loss, {**out.terms, **terms, "loss": float(loss.detach())}, out.id_logs)
+
+    def train_discriminator(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        return {} if self.disc is None else self.disc.train_step(x, step)
+
+    def training_state(self) -> dict | None:
+        return None if self.disc is None else self.disc.state_dict()
+
+    def load_training_state(self, state: dict | None) -> None:
+        if self.disc is not None:
+            self.disc.load_state_dict(state)
 
 
 def sfe_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: torch.Tensor, precision):
     """Phase 1's forward and loss on one batch (no backward) -> ``(ObjectiveOutput, y_hat
     [B, 3, S, S] of the feature path pooled to the input size, w_recon)``."""
     model = getattr(net, "module", net)
-    size = x.shape[-1]
+    size = model.config.input_size  # the original's AdaptiveAvgPool2d(256) of images and targets
     with precision.autocast():
         y_inv, w_recon, fused, w_feat = net(x, feature_scale=feature_scale(objective.step, objective.ramp))
         y_w, _ = model.decoder([w_recon], input_is_latent=True, randomize_noise=False)
-        y_hat = F.adaptive_avg_pool2d(torch.cat([y_inv, y_w]), size)  # the original's AdaptiveAvgPool2d(256)
-        x2, y2 = torch.cat([x, x]), torch.cat([y, y])
-        out = objective(x2, y2, y_hat, torch.cat([w_recon, w_recon]), model.latent_avg, fused, w_feat)
-    return out, y_hat[: len(x)].detach(), w_recon.detach()
+        y_hat = F.adaptive_avg_pool2d(torch.cat([y_inv, y_w]), size)
+        x2 = F.adaptive_avg_pool2d(torch.cat([x, x]), size)
+        y2 = F.adaptive_avg_pool2d(torch.cat([y, y]), size)
+        renders = torch.cat([y_inv, y_w])
+        out = objective(x2, y2, y_hat, torch.cat([w_recon, w_recon]), model.latent_avg, fused, w_feat, renders)
+    return out, y_inv.detach(), w_recon.detach()
