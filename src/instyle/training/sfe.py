@@ -26,6 +26,7 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.interop import load_generator, load_psp
+from instyle.interop.nvidia_discriminator import load_nvidia_discriminator
 from instyle.interop.safe_load import safe_torch_load
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.discriminator import Discriminator
@@ -161,14 +162,20 @@ def feature_scale(step: int, ramp: int) -> float:
 
 
 def load_discriminator(path: str | None, generator, seed: int) -> Discriminator:
-    """The image discriminator for the generator's resolution: from a rosinality checkpoint's
-    ``d`` entry (or a bare state dict), loaded strictly; without a file, seeded with ``seed``."""
+    """The image discriminator for the generator's resolution: the ``D`` of an NVIDIA ``.pkl``
+    (what the original loads), a rosinality checkpoint's ``d`` entry (or a bare state dict),
+    loaded strictly; without a file, seeded with ``seed``."""
     with torch.random.fork_rng(devices=[]):  # the same initial weights whatever ran before
         torch.manual_seed(seed)
         d = Discriminator(generator.size, channels=generator.channel_table())
     if path is None:
         log.warning("no discriminator_weights: the SFE discriminator starts from random weights (the original loads "
                     "the pretrained StyleGAN2 discriminator)")
+        return d
+    if str(path).endswith(".pkl"):  # NVIDIA's StyleGAN2-ADA pickle (the original's stylegan2-ffhq-config-f.pkl)
+        d = load_nvidia_discriminator(path)
+        if d.size != generator.size:
+            raise CheckpointError(f"discriminator_weights={path}: a {d.size} px discriminator for a {generator.size} px generator")
         return d
     ckpt = safe_torch_load(path, "discriminator checkpoint")
     state = ckpt.get("d", ckpt) if isinstance(ckpt, dict) else None
