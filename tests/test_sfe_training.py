@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -268,3 +269,123 @@ def test_discriminator_weights_load_from_an_nvidia_pickle(toy, tmp_path):
     dump({"D": rec}, tmp_path / "cond.pkl")
     with pytest.raises(CheckpointError, match=r"cond.pkl: a conditional discriminator"):
         load_discriminator(str(tmp_path / "cond.pkl"), gen, seed=0)
+
+
+# --------------------------------------------------------------------------- phase 2: the feature editor
+
+
+@pytest.fixture(scope="module")
+def phase2(toy, tmp_path_factory):
+    """A phase-1 inverter folder, a tiny e4e file in the official format and an InterFaceGAN direction."""
+    from instyle.models.encoders.e4e import Encoder4Editing
+    from instyle.models.encoders.psp_encoders import EncoderConfig
+
+    root = tmp_path_factory.mktemp("phase2")
+    inv = build_model(sfe_config(toy))
+    inv.save_pretrained(root / "inverter")
+    gen = inv.config.generator
+    torch.manual_seed(0)
+    e4e = Encoder4Editing(EncoderConfig(type="Encoder4Editing", n_styles=gen.n_latent, style_dim=gen.style_dim,
+                                        widths=(4, 8, 12, 16), units=(1, 1, 1, 1), input_size=32))
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in e4e.state_dict().items()},
+                "opts": {"encoder_type": "Encoder4Editing"}}, root / "e4e.pt")
+    (root / "edits").mkdir()
+    d = torch.randn(1, gen.style_dim, generator=torch.Generator().manual_seed(1))
+    torch.save(d / d.norm(), root / "edits" / "age.pt")
+    return {"inverter": root / "inverter", "e4e": root / "e4e.pt", "edits": root / "edits"}
+
+
+def editor_config(toy, phase2, **overrides) -> TrainConfig:
+    return sfe_config(toy, **{"sfe_phase": "editor", "feat_rec_lambda": 0.0, "checkpoint_path": str(phase2["inverter"]),
+                              "e4e_checkpoint_path": str(phase2["e4e"]), "sfe_edits_dir": str(phase2["edits"]),
+                              "sfe_edits": "age=-7,5", **overrides})
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"sfe_edits": "age"}, r"sfe_edits='age': 'age' is not NAME=DEGREE"),
+    ({"sfe_edits": "age=-7,x"}, r"'age=-7,x' is not NAME=DEGREE"),
+    ({"feat_rec_lambda": 0.01}, r"feat_rec_lambda=0.01: sfe_phase='editor' has no feature term"),
+])
+def test_editor_config_validation_names_the_bad_value(toy, phase2, changes, match):
+    with pytest.raises(ConfigError, match=match):
+        editor_config(toy, phase2, **changes)
+
+
+def test_editor_model_is_built_from_the_inverter_and_e4e_and_trains_only_the_editor(toy, phase2):
+    from instyle.training.model import prepare_for_training
+
+    cfg = editor_config(toy, phase2)
+    model = build_model(cfg)
+    inv = instyle.load(phase2["inverter"])
+    assert model.config.editor and model.e4e_encoder is not None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in inv.state_dict().items())
+    params = prepare_for_training(model, cfg)
+    assert {id(p) for p in params} == {id(p) for p in model.encoder.parameters()}
+    assert not any(p.requires_grad for p in [*model.inverter.parameters(), *model.e4e_encoder.parameters()])
+    with pytest.raises(ConfigError, match=r"needs the e4e encoder \(e4e_checkpoint_path"):
+        build_model(editor_config(toy, phase2, e4e_checkpoint_path=None))
+    with pytest.raises(ConfigError, match=r"sfe_edits: SFE edit 'smile': no smile.pt"):
+        SFEObjective(build_objective(cfg), cfg.replace(sfe_edits="smile=3")).sample_edit()
+
+
+def test_editor_step_is_the_originals_written_out(toy, phase2):
+    """The synthetic pair of the original's fse_editor runner, written out: e4e inversion x_E
+    (input) and its edit y_E (target), the delta of their features, the inverter on x_E, the
+    editor on cat[fused(x_E), delta], the render of the inverter's edited latent."""
+    cfg = editor_config(toy, phase2, lpips_lambda=0.0)
+    model = build_model(cfg).eval()
+    objective = SFEObjective(build_objective(cfg), cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    np.random.seed(3)
+    out = family_forward_loss(model, objective, model.latent_avg, x, x, train=False)
+    np.random.seed(3)
+    _, degree, fn = objective.sample_edit()
+    assert degree in (-7.0, 5.0)
+    with torch.no_grad():
+        avg = model.latent_avg
+        w_e4e = model.e4e_encoder(x) + avg
+        x_e, fx = model.decoder.feature_list(w_e4e)
+        y_e, fy = model.decoder.feature_list(w_e4e + degree / 2 * torch.load(phase2["edits"] / "age.pt"))
+        w_raw, pred = model.inverter.fs_backbone(x_e)
+        w_xe = w_raw + avg
+        fused_e = model.inverter.fuser(torch.cat([pred, model.generator_feature(w_xe)], 1))
+        edited = model.encoder(torch.cat([fused_e, fx[3] - fy[3]], 1))
+        y_edit = model.render(fn(w_xe), edited)
+        y_inv = model(x)
+        want = F.mse_loss(torch.cat([y_inv, y_edit]), torch.cat([x, y_e]))
+    assert out.objective.terms["loss_l2"] == pytest.approx(float(want), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_editor_loss_falls_on_a_random_generators_samples(toy, phase2, tmp_path):
+    """60 steps (batch 8, Adam 1e-3) of phase 2 around a random inverter: the phase-2
+    objective on a fixed batch and edit (eval mode) falls >= 5x (measured ~10x; ~15 s)."""
+    cfg = editor_config(toy, phase2, max_steps=150, board_interval=50, learning_rate=2e-3)
+    ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
+    x = torch.stack([ds[i]["x"] for i in range(16)])
+
+    def loss(model) -> float:
+        objective = SFEObjective(build_objective(cfg), cfg)
+        np.random.seed(0)
+        with torch.no_grad():
+            return family_forward_loss(model.eval(), objective, model.latent_avg, x, x, train=False).objective.terms["loss"]
+
+    start = loss(build_model(cfg))
+    train(cfg, tmp_path / "run")
+    model = instyle.load(tmp_path / "run" / "checkpoints" / "latest")
+    assert isinstance(model, SFE) and model.config.editor
+    end = loss(model)
+    print(f"phase-2 loss start {start:.4f} end {end:.4f} ratio {start / end:.2f}")
+    assert end < start / 5
+
+
+@pytest.mark.slow
+def test_editor_resume_after_sigkill_is_bit_exact(toy, phase2, tmp_path):
+    """The random edits (NumPy's RNG), the discriminator and Ranger span the kill."""
+    n = 12
+    cfg = editor_config(toy, phase2, max_steps=n, save_interval=4, optim_name="ranger", learning_rate=1e-2,
+                        batch_size=4, adv_lambda=0.1, d_start_step=3, d_reg_every=5)
+    full, _ = kill_and_resume(cfg, tmp_path, n)
+    a = _weights(full)
+    start = build_model(cfg).state_dict()
+    assert not torch.equal(start["encoder.conv.weight"], a["encoder.conv.weight"])

@@ -25,7 +25,7 @@ from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNE
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
 from instyle.training.optim import OPTIMIZERS
-from instyle.training.sfe import check_sfe_config
+from instyle.training.sfe import DEFAULT_SFE_EDITS, check_sfe_config
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
@@ -160,6 +160,9 @@ class TrainConfig:
     discriminator_weights: str | None = None
     d_start_step: int = 150000
     d_learning_rate: float = 1e-4
+    e4e_checkpoint_path: str | None = None
+    sfe_edits_dir: str | None = None
+    sfe_edits: str = DEFAULT_SFE_EDITS
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False

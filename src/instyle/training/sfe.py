@@ -18,26 +18,31 @@ resume it exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from instyle.errors import CheckpointError
+from instyle.inference.sfe_editing import named_edit_fn
 from instyle.interop import load_generator, load_psp
 from instyle.interop.nvidia_discriminator import load_nvidia_discriminator
 from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.sfe import read_e4e_file
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.discriminator import Discriminator
-from instyle.models.sfe import IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
+from instyle.models.own_format import is_own_format
+from instyle.models.sfe import INFERENCE_FEATURE_SCALE, IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
-           "SFEObjective", "SFEDiscriminator", "load_discriminator", "sfe_forward"]
+           "SFEObjective", "SFEDiscriminator", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
 
 #: The two training phases of the original: the inverter (FSEInverter), the feature editor (FSEFull).
-SFE_PHASES = ("inverter",)
+SFE_PHASES = ("inverter", "editor")
 #: Loss weights the original's SFE runners have (``configs/fse_inverter_train.yaml``); others are refused.
 SFE_TERMS = ("l2_lambda", "lpips_lambda", "id_lambda", "moco_lambda")
 MAX_RAMP = 10**9
@@ -45,6 +50,18 @@ MAX_RAMP = 10**9
 #: The original's training recipes (``configs/fse_inverter_train.yaml`` over ``arguments/training_arguments.py``
 #: defaults), as trainer presets on top of the ``inversion`` task (``name: (task, overrides, description)``).
 SFE_RECIPES = {
+    "sfe_editor": (
+        "inversion",
+        {
+            "family": "sfe", "sfe_phase": "editor", "l2_lambda": 1.0, "lpips_lambda": 0.8, "id_lambda": 0.1,
+            "feat_rec_lambda": 0.0, "adv_lambda": 0.01, "d_start_step": 45000, "d_learning_rate": 1e-4,
+            "r1": 10.0, "d_reg_every": 16, "image_size": 1024, "w_norm_lambda": 0.0, "batch_size": 8,
+            "optim_name": "ranger", "learning_rate": 1e-4, "max_steps": 500000, "board_interval": 500,
+            "val_interval": 15000, "save_interval": 15000, "randomize_noise": False, "encoder_init": "random",
+            "sfe_feature_scale_steps": 10000,
+        },
+        "SFE phase 2: the feature editor on synthetic editing pairs, from a phase-1 inverter (the original's recipe)",
+    ),
     "sfe_inverter": (
         "inversion",
         {
@@ -61,6 +78,33 @@ SFE_RECIPES = {
 log = logging.getLogger("instyle.training")
 
 
+#: The original's training edits (``FACE_DIRECTIONS`` of ``runners/training_runners.py``) that are
+#: W+ edits: InterFaceGAN ``age`` / ``rotation`` (``NAME.pt`` in ``sfe_edits_dir``) and the GANSpace
+#: preset ``face_roundness`` (``ffhq_pca.pt``). Its StyleCLIP / StyleSpace / FS-boundary edits
+#: (``afro``, ``purple_hair``, ``glasses``, ``fs_makeup`` ...) are not W+ edits and are not supported.
+DEFAULT_SFE_EDITS = "age=-7,-5,5,7,10;face_roundness=-13,-7,7,13;rotation=-5,-3,-1,1,3,5"
+MAX_EDITS = 256
+
+
+def parse_edits(spec: str) -> list[tuple[str, list[float]]]:
+    """``"age=-7,5;face_roundness=-13,13"`` -> ``[("age", [-7.0, 5.0]), ...]``; raises
+    :class:`ConfigError` naming the bad part."""
+    out: list[tuple[str, list[float]]] = []
+    for part in str(spec).split(";"):
+        name, sep, values = part.strip().partition("=")
+        try:
+            degrees = [float(v) for v in values.split(",")] if sep else []
+        except ValueError:
+            degrees = []
+        if not name.strip() or not degrees or not all(abs(d) < 1e6 for d in degrees) or len(degrees) > MAX_EDITS:
+            raise ConfigError(f"sfe_edits={spec!r}: {part.strip()!r} is not NAME=DEGREE,DEGREE,... "
+                              "(e.g. 'age=-7,-5,5,7,10;face_roundness=-13,13')")
+        out.append((name.strip(), degrees))
+    if len(out) > MAX_EDITS:
+        raise ConfigError(f"sfe_edits={spec!r}: at most {MAX_EDITS} edits")
+    return out
+
+
 def check_sfe_config(cfg) -> None:
     """The checks of a ``family='sfe'`` :class:`~instyle.training.config.TrainConfig`."""
     check_choice("sfe_phase", cfg.sfe_phase, SFE_PHASES)
@@ -71,6 +115,11 @@ def check_sfe_config(cfg) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} must be >= 0")
     check_int_range("d_start_step", cfg.d_start_step, 0, MAX_RAMP)
     check_int_range("d_reg_every", cfg.d_reg_every, 1, MAX_RAMP)
+    if cfg.sfe_phase == "editor":
+        parse_edits(cfg.sfe_edits)
+        if cfg.feat_rec_lambda > 0:
+            raise ConfigError(f"feat_rec_lambda={cfg.feat_rec_lambda}: sfe_phase='editor' has no feature term (the "
+                              "inverter is frozen); set feat_rec_lambda=0")
     if cfg.input_nc != 3 or cfg.source_mode != "rgb":
         raise ConfigError(f"family='sfe' trains on RGB photos: needs input_nc=3 and source_mode='rgb' "
                           f"(got {cfg.input_nc}, {cfg.source_mode!r})")
@@ -127,10 +176,47 @@ def _from_checkpoint(cfg) -> SFE:
     return model.train()
 
 
+def _editor_model(cfg) -> SFE:
+    """Phase 2's model: the phase-1 inverter ``checkpoint_path`` (instyle folder, or the
+    official inverter ``.pt`` with ``stylegan_weights``) plus the e4e encoder
+    ``e4e_checkpoint_path`` and a new feature editor seeded with ``seed``; or a full SFE
+    checkpoint to continue."""
+    if not cfg.checkpoint_path:
+        raise ConfigError("sfe_phase='editor' starts from the phase-1 inverter: give checkpoint_path (a run's "
+                          "checkpoints/best or latest, or sfe_inverter_light.pt with --generator)")
+    if is_own_format(cfg.checkpoint_path):
+        base = load_psp(cfg.checkpoint_path)
+    else:
+        base = load_psp(cfg.checkpoint_path, generator=cfg.stylegan_weights, e4e=cfg.e4e_checkpoint_path)
+    if not isinstance(base, SFE):
+        raise ConfigError(f"{cfg.checkpoint_path}: family='sfe' needs an SFE checkpoint, this is a {type(base).__name__}")
+    if base.config.editor:
+        base.random_weights = False
+        return base.train()
+    if not cfg.e4e_checkpoint_path:
+        raise ConfigError("sfe_phase='editor' needs the e4e encoder (e4e_checkpoint_path=e4e_ffhq_encode.pt): the "
+                          "edit deltas come from its inversions, as the original")
+    gen = base.config.generator
+    e4e_cfg, e4e_state = read_e4e_file(cfg.e4e_checkpoint_path, gen, cfg.checkpoint_path)
+    e4e_cfg = dataclasses.replace(e4e_cfg, input_size=base.config.input_size)
+    config = dataclasses.replace(base.config, editor=True, e4e=e4e_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = SFE(config, latent_avg=base.latent_avg)
+    state = model.state_dict()
+    state.update(base.state_dict())
+    state.update(e4e_state)
+    model.load_state_dict(state)
+    model.sync_decoder_latent_avg()
+    return model.train()
+
+
 def build_sfe(cfg) -> SFE:
     """The SFE model a run starts from (CPU, train mode): ``checkpoint_path``, or a new
     inverter (seeded with ``seed``) around the generator ``stylegan_weights`` and its
-    average latent."""
+    average latent; phase 2: see :func:`_editor_model`."""
+    if cfg.sfe_phase == "editor":
+        return _editor_model(cfg)
     if cfg.checkpoint_path:
         return _from_checkpoint(cfg)
     if not cfg.stylegan_weights:
@@ -152,8 +238,10 @@ def build_sfe(cfg) -> SFE:
 
 
 def trained_modules(model: SFE) -> nn.Module:
-    """What phase 1 trains: the inverter (FS backbone + fuser)."""
-    return model.inverter
+    """What a phase trains: the inverter (FS backbone + fuser) in phase 1, the feature editor
+    in phase 2 (the rest is frozen)."""
+    model.requires_grad_(False)
+    return model.encoder if model.config.editor else model.inverter
 
 
 def feature_scale(step: int, ramp: int) -> float:
@@ -256,6 +344,25 @@ class SFEObjective(nn.Module):
         self.ramp = cfg.sfe_feature_scale_steps
         self.step = 0
         self.disc = SFEDiscriminator(cfg, generator, device or torch.device("cpu")) if cfg.adv_lambda > 0 else None
+        self.edits = parse_edits(cfg.sfe_edits) if cfg.sfe_phase == "editor" else []
+        self.edits_dir = cfg.sfe_edits_dir
+        self._edit_fns: dict = {}
+
+    def sample_edit(self):
+        """A random training edit as the original's ``get_random_edit`` (NumPy's global RNG:
+        a direction uniformly, then one of its degrees) -> ``(name, degree, W+ edit function)``."""
+        names = [n for n, _ in self.edits]
+        name = str(np.random.choice(names))
+        degree = float(np.random.choice(dict(self.edits)[name]))
+        if (name, degree) not in self._edit_fns:
+            if self.edits_dir is None:
+                raise ConfigError("sfe_phase='editor' needs sfe_edits_dir: the folder with the edit files "
+                                  "(age.pt, rotation.pt, ffhq_pca.pt)")
+            try:
+                self._edit_fns[(name, degree)] = named_edit_fn(name, degree, self.edits_dir)
+            except ValueError as e:
+                raise ConfigError(f"sfe_edits: {e}") from None
+        return name, degree, self._edit_fns[(name, degree)]
 
     def forward(self, x, y, y_hat, latent, latent_avg, fused=None, w_feat=None, renders=None) -> ObjectiveOutput:
         out = self.base(x, y, y_hat, latent, latent_avg)
@@ -285,10 +392,40 @@ class SFEObjective(nn.Module):
             self.disc.load_state_dict(state)
 
 
+def sfe_editor_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: torch.Tensor, precision):
+    """Phase 2 (the original's ``fse_editor`` runner) on one batch: the inversion of ``x``
+    with a zero delta, and a synthetic editing pair -- the e4e reconstruction ``x_E`` of ``x``
+    as input, the e4e render of the edited e4e latent ``y_E`` as target, the delta between
+    their generator features -- rendered from the inverter's edited latent of ``x_E``; the
+    losses on both against ``cat[x, y_E]``, the discriminator on the inversion."""
+    model = getattr(net, "module", net)
+    k, avg = model.config.feature_index, model.latent_avg
+    _, _, fn = objective.sample_edit()
+    size = model.config.input_size
+    with precision.autocast():
+        with torch.no_grad():
+            w_e4e = model.e4e_encoder(model.resize_input(x)) + avg
+            x_e, fx = model.decoder.feature_list(w_e4e)
+            y_e, fy = model.decoder.feature_list(fn(w_e4e))
+            delta = fx[k] - fy[k]
+            w_raw, predicted = model.inverter.fs_backbone(model.resize_input(x_e))
+            w_xe = w_raw + avg
+            fused_e = model.inverter.fuser(torch.cat([predicted, model.generator_feature(w_xe)], 1))
+        y_inv, w_recon, _, _, y_edit = net(x, feature_scale=INFERENCE_FEATURE_SCALE, edit=(fused_e, delta, fn(w_xe)))
+        y_hat = F.adaptive_avg_pool2d(torch.cat([y_inv, y_edit]), size)
+        x2 = F.adaptive_avg_pool2d(torch.cat([x, y_e.to(x.dtype)]), size)
+        y2 = F.adaptive_avg_pool2d(torch.cat([y, y_e.to(y.dtype)]), size)
+        out = objective(x2, y2, y_hat, torch.cat([w_recon, w_recon]), avg, renders=y_inv)
+    return out, y_inv.detach(), w_recon.detach()
+
+
 def sfe_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: torch.Tensor, precision):
     """Phase 1's forward and loss on one batch (no backward) -> ``(ObjectiveOutput, y_hat
-    [B, 3, S, S] of the feature path pooled to the input size, w_recon)``."""
+    [B, 3, S, S] of the feature path pooled to the input size, w_recon)``; phase 2: see
+    :func:`sfe_editor_forward`."""
     model = getattr(net, "module", net)
+    if model.config.editor:
+        return sfe_editor_forward(net, objective, x, y, precision)
     size = model.config.input_size  # the original's AdaptiveAvgPool2d(256) of images and targets
     with precision.autocast():
         y_inv, w_recon, fused, w_feat = net(x, feature_scale=feature_scale(objective.step, objective.ramp))
