@@ -360,7 +360,7 @@ def test_editor_step_is_the_originals_written_out(toy, phase2):
 def test_editor_loss_falls_on_a_random_generators_samples(toy, phase2, tmp_path):
     """60 steps (batch 8, Adam 1e-3) of phase 2 around a random inverter: the phase-2
     objective on a fixed batch and edit (eval mode) falls >= 5x (measured ~10x; ~15 s)."""
-    cfg = editor_config(toy, phase2, max_steps=150, board_interval=50, learning_rate=2e-3)
+    cfg = editor_config(toy, phase2, max_steps=200, board_interval=50)
     ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
     x = torch.stack([ds[i]["x"] for i in range(16)])
 
