@@ -123,6 +123,19 @@ def test_inverter_step_is_the_originals_written_out(toy):
         torch.testing.assert_close(got[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
 
 
+def test_editor_bf16_step_runs_and_is_finite(toy, phase2):
+    cfg = editor_config(toy, phase2, precision="bf16")
+    model = build_model(cfg)
+    from instyle.training.model import prepare_for_training
+
+    prepare_for_training(model, cfg)
+    objective = SFEObjective(build_objective(cfg), cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = family_forward_loss(model, objective, model.latent_avg, x, x, precision=Precision("bf16"), train=True)
+    assert torch.isfinite(torch.tensor(out.objective.terms["loss"]))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
 def test_bf16_step_runs_and_is_finite(toy):
     cfg = sfe_config(toy, precision="bf16")
     model = build_model(cfg)

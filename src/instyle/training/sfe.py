@@ -161,8 +161,16 @@ def sfe_config_for(cfg, generator) -> SFEConfig:
                      editor=False)
 
 
+def _load_sfe(cfg):
+    """``checkpoint_path``: an instyle folder, or an official SFE ``.pt`` with ``stylegan_weights``
+    (and ``e4e_checkpoint_path`` for an editor file)."""
+    if is_own_format(cfg.checkpoint_path):
+        return load_psp(cfg.checkpoint_path)
+    return load_psp(cfg.checkpoint_path, generator=cfg.stylegan_weights, e4e=cfg.e4e_checkpoint_path)
+
+
 def _from_checkpoint(cfg) -> SFE:
-    model = load_psp(cfg.checkpoint_path)
+    model = _load_sfe(cfg)
     if not isinstance(model, SFE):
         raise ConfigError(f"{cfg.checkpoint_path}: family='sfe' needs an SFE checkpoint, this is a {type(model).__name__}")
     if model.config.editor:
@@ -184,10 +192,7 @@ def _editor_model(cfg) -> SFE:
     if not cfg.checkpoint_path:
         raise ConfigError("sfe_phase='editor' starts from the phase-1 inverter: give checkpoint_path (a run's "
                           "checkpoints/best or latest, or sfe_inverter_light.pt with --generator)")
-    if is_own_format(cfg.checkpoint_path):
-        base = load_psp(cfg.checkpoint_path)
-    else:
-        base = load_psp(cfg.checkpoint_path, generator=cfg.stylegan_weights, e4e=cfg.e4e_checkpoint_path)
+    base = _load_sfe(cfg)
     if not isinstance(base, SFE):
         raise ConfigError(f"{cfg.checkpoint_path}: family='sfe' needs an SFE checkpoint, this is a {type(base).__name__}")
     if base.config.editor:
