@@ -50,7 +50,7 @@ def sfe_config(toy, **overrides) -> TrainConfig:
     ({"adv_lambda": -1.0}, r"adv_lambda=-1.0 must be >= 0"),
     ({"d_reg_every": 0}, r"d_reg_every=0"),
     ({"randomize_noise": True}, r"set randomize_noise=false"),
-    ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50'"),
+    ({"encoder_init": "ir_se50"}, r"encoder_init='ir_se50': family='sfe' starts its FS backbone from ArcFace's iresnet50"),
     ({"w_norm_lambda": 0.1}, r"no \['w_norm_lambda'\] terms"),
     ({"input_nc": 1, "source_mode": "gray"}, r"needs input_nc=3 and source_mode='rgb' \(got 1, 'gray'\)"),
 ])
@@ -73,6 +73,7 @@ def test_sfe_preset_is_the_originals_recipe():
     # configs/fse_inverter_train.yaml: l2 1, lpips 0.8, id 0.1, feat_rec 0.01; batch 8; ranger 1e-4
     assert (cfg.l2_lambda, cfg.lpips_lambda, cfg.id_lambda, cfg.feat_rec_lambda) == (1.0, 0.8, 0.1, 0.01)
     assert (cfg.batch_size, cfg.optim_name, cfg.learning_rate, cfg.randomize_noise) == (8, "ranger", 1e-4, False)
+    assert cfg.encoder_init == "iresnet50"  # FSLikeBackbone loads ArcFace's iresnet50 first
     assert cfg.sfe_feature_scale_steps == 10000 and cfg.sfe_feature_index == 9 and cfg.image_size == 1024
     # its discriminator: adv 0.01 from step 45000, Adam 1e-4, R1 10 every 16 steps
     assert (cfg.adv_lambda, cfg.d_start_step, cfg.d_learning_rate, cfg.r1, cfg.d_reg_every) == (0.01, 45000, 1e-4, 10.0, 16)
@@ -432,3 +433,30 @@ def test_sfe_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_
     print(f"largest update {moved:.3g}, largest 1- vs 2-process difference {diff:.3g}")
     assert moved > 1e-4
     assert diff < 1e-3 * moved, f"2-process result differs by {diff} (update size {moved})"
+
+
+def test_fs_backbone_starts_from_arcface_iresnet50_as_the_original(toy, tmp_path):
+    """``encoder_init=iresnet50``: ArcFace's stem and ``layer1..4`` (insightface names) become
+    ``conv.*`` and ``block_1..4`` (the third stage's first unit with stride 1 keeps its weights);
+    ``fc``/``bn2`` are ignored; a file of other widths is refused naming the mismatch."""
+    model = build_model(sfe_config(toy))
+    fs = model.inverter.fs_backbone.state_dict()
+    gen = torch.Generator().manual_seed(4)
+    arc = {"fc.weight": torch.randn(512, 10), "bn2.weight": torch.randn(16)}
+    for k, v in fs.items():
+        for ours, theirs in (("conv.0.", "conv1."), ("conv.1.", "bn1."), ("conv.2.", "prelu.")):
+            if k.startswith(ours):
+                arc[theirs + k[len(ours):]] = torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+        if k.startswith("block_"):
+            arc["layer" + k[len("block_"):]] = torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+    torch.save(arc, tmp_path / "iresnet50.pth")
+    cfg = sfe_config(toy, encoder_init="iresnet50", iresnet50_weights=str(tmp_path / "iresnet50.pth"))
+    got = build_model(cfg).inverter.fs_backbone.state_dict()
+    assert torch.equal(got["conv.0.weight"], arc["conv1.weight"])
+    assert torch.equal(got["block_3.0.conv2.weight"], arc["layer3.0.conv2.weight"])
+    assert torch.equal(got["block_4.0.downsample.1.running_var"], arc["layer4.0.downsample.1.running_var"])
+    assert torch.equal(got["content_layer.1.weight"], fs["content_layer.1.weight"])  # not in the file: seeded
+    arc["layer2.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(arc, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match=r"iresnet50 weights do not fit this FS backbone.*block_2.0.conv1.weight"):
+        build_model(cfg.replace(iresnet50_weights=str(tmp_path / "bad.pth")))

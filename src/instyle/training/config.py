@@ -32,7 +32,7 @@ from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
-ENCODER_INITS = ("ir_se50", "resnet34", "random")
+ENCODER_INITS = ("ir_se50", "resnet34", "iresnet50", "random")
 #: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
 MAX_BATCH = 4096
 MAX_WORKERS = 256
@@ -149,6 +149,7 @@ class TrainConfig:
     progressive_step_every: int = 2000
     w_encoder_checkpoint_path: str | None = None
     resnet34_weights: str | None = None
+    iresnet50_weights: str | None = None
     layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
     # StyleFeatureEditor (family='sfe', see instyle.training.sfe)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import numpy as np
 import torch
@@ -33,13 +34,14 @@ from instyle.interop.nvidia_discriminator import load_nvidia_discriminator
 from instyle.interop.safe_load import safe_torch_load
 from instyle.interop.sfe import read_e4e_file
 from instyle.losses.objective import Objective, ObjectiveOutput
+from instyle.losses.weights import find_weights, read_state_dict
 from instyle.models.discriminator import Discriminator
 from instyle.models.own_format import is_own_format
 from instyle.models.sfe import INFERENCE_FEATURE_SCALE, IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
-           "SFEObjective", "SFEDiscriminator", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
+           "SFEObjective", "SFEDiscriminator", "init_fs_backbone_from_iresnet50", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
 
 #: The two training phases of the original: the inverter (FSEInverter), the feature editor (FSEFull).
 SFE_PHASES = ("inverter", "editor")
@@ -69,7 +71,7 @@ SFE_RECIPES = {
             "feat_rec_lambda": 0.01, "adv_lambda": 0.01, "d_start_step": 45000, "d_learning_rate": 1e-4,
             "r1": 10.0, "d_reg_every": 16, "image_size": 1024, "w_norm_lambda": 0.0, "batch_size": 8, "optim_name": "ranger",
             "learning_rate": 1e-4, "max_steps": 300000, "board_interval": 500, "val_interval": 15000,
-            "save_interval": 15000, "randomize_noise": False, "encoder_init": "random", "sfe_feature_scale_steps": 10000,
+            "save_interval": 15000, "randomize_noise": False, "encoder_init": "iresnet50", "sfe_feature_scale_steps": 10000,
         },
         "face photo -> W+ and a 64x64 feature with the StyleFeatureEditor inverter (phase 1; the original's recipe)",
     ),
@@ -126,10 +128,10 @@ def check_sfe_config(cfg) -> None:
     if cfg.randomize_noise:
         raise ConfigError("family='sfe' renders with the generator's stored noise, as the original runners; "
                           "set randomize_noise=false")
-    if cfg.encoder_init != "random":
+    if cfg.encoder_init not in ("iresnet50", "random"):
         raise ConfigError(
-            f"encoder_init={cfg.encoder_init!r}: family='sfe' initialises its FS backbone at random (the original's "
-            "ArcFace iresnet50 initialisation is not supported yet); set encoder_init='random'"
+            f"encoder_init={cfg.encoder_init!r}: family='sfe' starts its FS backbone from ArcFace's iresnet50 "
+            "('iresnet50', the original) or at random ('random')"
         )
     extra = [k for k in ("lpips_lambda_crop", "l2_lambda_crop", "w_norm_lambda") if getattr(cfg, k) > 0]
     if extra or cfg.train_decoder or cfg.learn_in_w:
@@ -237,9 +239,51 @@ def build_sfe(cfg) -> SFE:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = SFE(config, latent_avg=avg)
+    if cfg.encoder_init == "iresnet50":
+        path = find_weights(cfg.iresnet50_weights, IRESNET50_NAMES, "ArcFace iresnet50",
+                            "Give insightface's iresnet50 file (the original's iresnet50-7f187506.pth) with "
+                            "iresnet50_weights=PATH, or set encoder_init=random.")
+        n = init_fs_backbone_from_iresnet50(model.inverter.fs_backbone, read_state_dict(path, "ArcFace iresnet50"))
+        log.info("FS backbone: %d tensors initialised from the iresnet50 weights", n)
     model.decoder.load_state_dict(generator.state_dict())
     model.sync_decoder_latent_avg()
     return model.train()
+
+
+#: insightface's ArcFace iresnet50 file the original initialises the FS backbone from.
+IRESNET50_NAMES = ("iresnet50-7f187506.pth",)
+
+
+def init_fs_backbone_from_iresnet50(backbone: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """The original's FS-backbone initialisation: ArcFace iresnet50's stem (``conv1``, ``bn1``,
+    ``prelu``) and ``layer1..4`` become ``conv.0/1/2`` and ``block_1..4`` (the third stage's
+    first unit keeps its weights with stride 1); ``bn2``/``fc``/``features`` are not used.
+    Returns the tensors copied.
+
+    Raises:
+        ConfigError: the file is not an iresnet50 of the backbone's widths and depths.
+    """
+    stem = {"conv1.": "conv.0.", "bn1.": "conv.1.", "prelu.": "conv.2."}
+    mapped: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        for src, dst in stem.items():
+            if k.startswith(src):
+                mapped[dst + k[len(src):]] = v
+        m = re.fullmatch(r"layer([1-4])\.(.+)", k)
+        if m:
+            mapped[f"block_{m.group(1)}.{m.group(2)}"] = v
+    own = backbone.state_dict()
+    wrong = [f"{k}: file {tuple(v.shape)} vs backbone {tuple(own[k].shape) if k in own else None}"
+             for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k.startswith(("conv.", "block_")) and k not in mapped]
+    if wrong or missing or not mapped:
+        raise ConfigError(
+            f"the iresnet50 weights do not fit this FS backbone ({len(wrong)} mismatches, e.g. {wrong[:2]}; "
+            f"{len(missing)} tensors missing, e.g. {missing[:2]}); use the default encoder_widths/encoder_units or "
+            "encoder_init=random"
+        )
+    backbone.load_state_dict(mapped, strict=False)
+    return len(mapped)
 
 
 def trained_modules(model: SFE) -> nn.Module:
