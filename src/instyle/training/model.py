@@ -13,11 +13,13 @@ from instyle.losses.identity import read_ir_se50
 from instyle.models.encoders import EncoderConfig
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
+from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hyperstyle import build_hyperstyle
 from instyle.training.presets import get_preset, list_presets
 from instyle.training.restyle3 import build_restyle3, restyle3_architecture
+from instyle.training.sfe import build_sfe, trained_modules
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -163,6 +165,8 @@ def build_model(cfg: TrainConfig) -> PSP:
         return build_hyperstyle(cfg)
     if cfg.family == "restyle3":
         return build_restyle3(cfg, init_encoder_from_ir_se50)
+    if cfg.family == "sfe":
+        return build_sfe(cfg)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
         if isinstance(model, HyperStyle):
@@ -191,6 +195,8 @@ def prepare_for_training(model: PSP | HyperStyle, cfg: TrainConfig) -> list[nn.P
     HyperStyle the hypernetwork, its W-encoder frozen --, plus the decoder with
     ``train_decoder``), in a fixed order."""
     trained = model.hypernet if isinstance(model, HyperStyle) else model.encoder
+    if isinstance(model, SFE):
+        trained = trained_modules(model)
     if isinstance(model, HyperStyle):
         model.w_encoder.requires_grad_(False)
     trained.requires_grad_(True)

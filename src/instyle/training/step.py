@@ -19,7 +19,9 @@ from torch import nn
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.iterative import average_image
+from instyle.models.sfe import SFE
 from instyle.training.restyle3 import restyle3_iterations
+from instyle.training.sfe import sfe_forward
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PRECISIONS, autocast
 
@@ -173,6 +175,11 @@ def family_forward_loss(
     if getattr(model, "family", None) == "restyle3":
         return StepOutput(*restyle3_iterations(net, objective, latent_avg, x, y, n_iters or 1, precision or Precision(),
                                                scaler, train))
+    if isinstance(model, SFE):
+        out, y_hat, latent = sfe_forward(net, objective, x, y, precision or Precision())
+        if train:
+            backward(out.loss, scaler)
+        return StepOutput(out, y_hat, latent)
     if isinstance(model, HyperStyle):
         return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
     if getattr(model, "family", "psp") == "restyle":
