@@ -52,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from instyle.export import export_onnx
     from instyle.export.onnx import check_graphs
     from instyle.interop import load_psp
-    from instyle.utils.progress import say
 
     try:
         graphs = check_graphs(tuple(g.strip() for g in args.graphs.split(",") if g.strip()))  # before the load
         model = load_psp(args.checkpoint, device="cpu", w_encoder=args.w_encoder)
         result = export_onnx(
             model, args.out, source=args.checkpoint, iterations=args.iterations, graphs=graphs, batch=args.batch,
-            log=say,
+            log=lambda msg: print(f"instyle: {msg}", flush=True),  # the parity of each graph: a result (stdout)
         )
     except InstyleError as e:
         error(str(e))
