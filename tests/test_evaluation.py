@@ -144,7 +144,9 @@ def test_evaluate_full_report_and_self_comparison(setup, tmp_path, capsys):
     assert result["delta"]["mse"] == pytest.approx(-report["metrics"]["mse"]["mean"])
     capsys.readouterr()
     assert main(["evaluate", "--compare", str(out / "report.json"), str(tmp_path / "self" / "report.json")]) == 0
-    assert "Δ (b − a)" in capsys.readouterr().out
+    # the delta row names both reports by the labels every compare uses (not "a" / "b")
+    delta_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Δ ("))
+    assert delta_row.startswith(f"| Δ ({result['labels'][1]} − {result['labels'][0]}) |"), delta_row
 
 
 def test_evaluate_reports_bad_files_and_missing_networks(setup, tmp_path, capsys):
