@@ -143,12 +143,13 @@ def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.io import caption, make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.models.family import family_of
 
     loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
     model, device = loaded
-    if getattr(model, "family", None) == "sfe":
+    if not family_of(model).editable_latents:  # the family's own editing path (StyleFeatureEditor)
         return _run_direction_sfe(args, model)
     try:
         edits = _plan(args, model)

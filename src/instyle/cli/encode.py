@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.io import collect_input_files
     from instyle.inference.pipeline import EncodeOptions, OutputFolderError, encode_files, world
     from instyle.interop import load_psp
+    from instyle.models.family import family_of, get_family, list_families
     from instyle.utils.config import ConfigError
     from instyle.utils.device import resolve_device
 
@@ -128,11 +129,12 @@ def run(args: argparse.Namespace) -> int:
     except InstyleError as e:
         error(str(e))
         return 2
-    family = getattr(model, "family", "hyperstyle")
-    if family == "sfe":
+    family = family_of(model)
+    if family.encoding == "features":  # StyleFeatureEditor: its encodings are written as its own files
         return _encode_sfe(args, model, rank, world_size)
-    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "hyperstyle") and args.iterations != 1)):
-        error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
+    if args.iterations is not None and (args.iterations < 1 or (not family.iterative and args.iterations != 1)):
+        iterative = " and ".join(get_family(f).title for f in list_families() if get_family(f).iterative)
+        error(f"--iterations={args.iterations}: {iterative} models take N >= 1; this {family.name} model encodes in one step")
         return 2
 
     files, problems = collect_input_files(args.inputs, exclude=[args.out])

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.offsets import frame_offsets, path_coefficients
+    from instyle.models.family import family_of
 
     if args.steps < 2:
         error(f"--steps={args.steps} must be >= 2")
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     model, device = loaded
-    if getattr(model, "family", None) == "sfe":
+    if not family_of(model).editable_latents:  # the family's own latent path (StyleFeatureEditor)
         return _run_sfe(args, model)
     sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
     if len(sources) < 2:

@@ -103,6 +103,7 @@ def load_model(args, allow_sfe: bool = False):
     """``(model, device)`` or ``None`` after printing the error. StyleFeatureEditor models
     (W+ plus a feature map) only where the command has an SFE path (``allow_sfe``)."""
     from instyle.interop import load_psp
+    from instyle.models.family import family_of
     from instyle.utils.device import resolve_device
 
     if getattr(args, "batch_size", 1) < 1:
@@ -112,8 +113,9 @@ def load_model(args, allow_sfe: bool = False):
         device = resolve_device(args.device)
         model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
         apply_precision_args(model, args)
-        if getattr(model, "family", None) == "sfe" and not allow_sfe:
-            error(f"{args.checkpoint}: StyleFeatureEditor models are used with `instyle encode` and `instyle edit direction`")
+        family = family_of(model)
+        if not family.editable_latents and not allow_sfe:
+            error(f"{args.checkpoint}: {family.title} models are used with `instyle encode` and `instyle edit direction`")
             return None
         return model, device
     except (InstyleError, OSError) as e:

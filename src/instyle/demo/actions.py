@@ -20,7 +20,7 @@ from instyle.demo.inputs import DemoInputError
 from instyle.inference.io import tensor_to_pil
 from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, frame_offsets, sample_offsets
 from instyle.inference.preprocess import prepare_input
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
@@ -73,7 +73,7 @@ def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
     return tensor_to_pil(preview_input(x, preset))
 
 
-def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
+def _prepare(model: InversionModel, image: Image.Image) -> torch.Tensor:
     """PIL image -> ``[1, input_nc, S, S]`` on the model's device, prepared for the model's task."""
     try:
         x = prepare_input(image, model.config)
@@ -83,13 +83,13 @@ def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode(model: PSP, image: Image.Image) -> torch.Tensor:
+def encode(model: InversionModel, image: Image.Image) -> torch.Tensor:
     """One input image -> its W+ code ``[n_styles, D]`` (CPU, float32)."""
     return encode_image(model, image)[0]
 
 
 @torch.inference_mode()
-def encode_image(model: PSP, image: Image.Image) -> tuple[torch.Tensor, list | None]:
+def encode_image(model: InversionModel, image: Image.Image) -> tuple[torch.Tensor, list | None]:
     """One input image -> ``(W+ code [n_styles, D], HyperStyle offsets or None)`` (CPU, float32)."""
     w, offsets = encode_with_offsets(model, _prepare(model, image))
     return w[0].float().cpu(), _to(sample_offsets(offsets, 0), "cpu")
@@ -100,7 +100,7 @@ def _to(offsets: list | None, device) -> list | None:
 
 
 @torch.inference_mode()
-def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None) -> list[Image.Image]:
+def decode(model: InversionModel, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None) -> list[Image.Image]:
     """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``);
     ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B."""
     device = next(model.parameters()).device
@@ -114,7 +114,7 @@ def decode(model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list 
 
 
 @torch.inference_mode()
-def reconstruct(model: PSP, image: Image.Image) -> Reconstruction:
+def reconstruct(model: InversionModel, image: Image.Image) -> Reconstruction:
     """Encode and decode one input (photo, sketch, label map, ... as the model's task takes)."""
     x = _prepare(model, image)
     w, offsets = encode_with_offsets(model, x)
@@ -124,7 +124,7 @@ def reconstruct(model: PSP, image: Image.Image) -> Reconstruction:
 
 
 def mix(
-    model: PSP,
+    model: InversionModel,
     latent: torch.Tensor,
     n_outputs: int,
     layers: str | Sequence[int] | None = None,
@@ -148,7 +148,7 @@ def mix(
 
 
 def interpolate(
-    model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None
+    model: InversionModel, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None
 ) -> list[Image.Image]:
     """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+ (and, for
     HyperStyle, in the two images' generator offsets ``offsets = (a, b)``)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from instyle.inference.editing import named_file
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel
 from instyle.utils.device import resolve_device
 
 __all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore", "split_named"]
@@ -30,14 +30,14 @@ class ModelEntry:
     Attributes:
         name: the label visitors choose (``NAME`` of ``NAME=PATH``, else the file or folder
             name, made unique).
-        model: the :class:`PSP`, in eval mode on the server's device.
+        model: the model (:class:`~instyle.models.family.InversionModel`), in eval mode on the server's device.
         source: where it was loaded from (``None`` for the built-in random-weight model).
         random_weights: True for an untrained model (the quickstart model, or a checkpoint whose
             files say so): its outputs are textures, not faces.
     """
 
     name: str
-    model: PSP
+    model: InversionModel
     source: str | None = None
     random_weights: bool = False
 

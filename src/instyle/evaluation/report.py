@@ -52,13 +52,12 @@ from instyle.inference.io import (
     save_image,
     tensor_to_pil,
 )
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, uses_offsets
+from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
-from instyle.models.psp import PSP
-from instyle.models.runtime import set_runtime
-from instyle.models.sfe import SFE
+from instyle.models.family import family_of
+from instyle.models.runtime import model_precision, set_runtime
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
@@ -310,24 +309,22 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
-    if not isinstance(model, (PSP, SFE)) and not uses_offsets(model):
+    if isinstance(model, (str, os.PathLike)):
         model = load_psp(model, device=device)
     return model.to(device).eval()
 
 
 def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
-    if isinstance(net, SFE):  # W+ and a feature map; full-size inputs
-        return F.adaptive_avg_pool2d(net.decode(net.encode(x)), net.config.resize_to)
     return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
 
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
     """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
     name = task_name or model.config.task
-    if isinstance(model, SFE):  # the original's transform: the photo at the generator's size
+    if family_of(model).photos_at_output_size:  # the original's transform: the photo at the generator's size
         if name != "inversion" or resize_factor is not None:
-            raise InputError(f"StyleFeatureEditor models invert photos (task {name!r}, resize_factor {resize_factor} given)")
+            raise InputError(f"{family_of(model).title} models invert photos (task {name!r}, resize_factor {resize_factor} given)")
         return (lambda s: pil_to_tensor(load_image(s.input), model.config.generator.size)), None
     try:
         task = get_task(name)
@@ -542,9 +539,9 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
         "task": settings["task"],
-        "family": getattr(getattr(run.net, "config", None), "family", "hyperstyle") if run.net is not None else None,
+        "family": family_of(run.net).name if run.net is not None else None,
         "device": str(device),
-        "precision": getattr(getattr(run.net, "runtime", None), "precision", "fp32") if run.net is not None else None,
+        "precision": model_precision(run.net) if run.net is not None else None,
         "device_name": _device_name(device),
         "batch_size": batch_size,
         "eval_size": run.eval_size,

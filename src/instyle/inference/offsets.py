@@ -11,12 +11,13 @@ that image's tuned generator, as HyperStyle's editing scripts do.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from instyle.errors import InputError
 from instyle.inference.interpolation import interpolate_path
-from instyle.models.hyperstyle import HyperStyle
+from instyle.models.family import family_of
 
 __all__ = [
     "Offsets",
@@ -35,30 +36,22 @@ Offsets = list[torch.Tensor | None]
 
 
 def uses_offsets(model) -> bool:
-    """Whether ``model.encode`` returns ``(w_plus, weights_deltas)`` (HyperStyle)."""
+    """Whether the model's latents carry per-image generator offsets (its family's encoding)."""
+    return family_of(model).encoding == "offsets"
 
-    return isinstance(model, HyperStyle)
 
+def encode_with_offsets(model, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, Any]:
+    """Images ``[B, C, S, S]`` -> ``(w_plus [B, n_styles, D], extra or None)``: the family's
+    ``invert`` (extra: HyperStyle's offsets, StyleFeatureEditor's encoding, else None).
 
-def encode_with_offsets(model, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, Offsets | None]:
-    """Images ``[B, C, S, S]`` -> ``(w_plus [B, n_styles, D], offsets or None)``.
-
-    ``iterations``: ReStyle / HyperStyle refinement steps (default the model's); other
+    ``iterations``: refinement steps of an iterative family (default the model's); other
     models take one step (None or 1)."""
-    if uses_offsets(model):
-        return model.encode(x, iterations=iterations)
-    return model.encode(x, iterations=iterations), None
+    return model.invert(x, iterations=iterations)
 
 
-def decode_with_offsets(
-    model, w_plus: torch.Tensor, offsets: Sequence[torch.Tensor | None] | None = None, resize: bool = False
-) -> torch.Tensor:
-    """W+ ``[B, n_styles, D]`` -> images, on the tuned generator when ``offsets`` are given."""
-    if offsets is None:
-        return model.decode(w_plus, resize=resize)
-    if not uses_offsets(model):
-        raise ValueError("these latents carry HyperStyle weight offsets; render them with a HyperStyle model")
-    return model.decode(w_plus, weights_deltas=offsets, resize=resize)
+def decode_with_offsets(model, w_plus: torch.Tensor, offsets: Any = None, resize: bool = False) -> torch.Tensor:
+    """W+ ``[B, n_styles, D]`` -> images, with what the encoding carried (the family's ``synthesize``)."""
+    return model.synthesize(w_plus, offsets, resize=resize)
 
 
 def sample_offsets(offsets: Sequence[torch.Tensor | None] | None, i: int) -> Offsets | None:

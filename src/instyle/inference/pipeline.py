@@ -41,7 +41,8 @@ from instyle.inference.io import (
 from instyle.inference.latents import save_latent
 from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets, uses_offsets
 from instyle.inference.preprocess import align_input, input_preview, prepare_input
-from instyle.models.iterative import DEFAULT_ITERATIONS
+from instyle.models.family import family_of
+from instyle.models.runtime import model_precision
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
 
@@ -253,11 +254,8 @@ def _is_fatal(e: BaseException) -> bool:
 
 
 def _iterations(model, asked: int | None) -> int:
-    """The refinement steps an encode ran: ReStyle's and HyperStyle's default is 5."""
-
-    if uses_offsets(model):
-        return asked or model.config.iterations
-    return (asked or DEFAULT_ITERATIONS) if getattr(model, "family", "psp") == "restyle" else 1
+    """The refinement steps an encode ran (an iterative family's default: the model's)."""
+    return family_of(model).iterations(asked, model)
 
 
 def encode_files(
@@ -319,7 +317,7 @@ def encode_files(
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if options.full_resolution else model.config.resize_to,
-        "precision": model.runtime.precision if hasattr(model, "runtime") else "fp32",
+        "precision": model_precision(model),
         "iterations": _iterations(model, options.iterations),
         "rank": rank,
         "world_size": world_size,

@@ -43,6 +43,7 @@ from instyle.errors import InputError
 from instyle.inference.io import save_image, tensor_to_pil
 from instyle.inference.latents import save_latent
 from instyle.inference.offsets import sample_offsets, uses_offsets
+from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
 
 __all__ = [
@@ -337,7 +338,8 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
 def _restyle(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
     """ReStyle's own loop, ``config.steps`` iterations from the average image (the original's
     ``inference_iterative.py``; ``w_init`` is not used: ReStyle never starts from a code)."""
-    if getattr(model, "family", None) != "restyle":
+    family = family_of(model)
+    if not (family.iterative and family.encoding == "latent"):  # ReStyle: refines the latent alone
         kind = getattr(getattr(model, "config", None), "encoder", None)
         raise RefineError(
             f"'restyle' refinement needs a ReStyle checkpoint (an iterative encoder); this model's encoder is "
@@ -357,7 +359,7 @@ def _hyperstyle(model, target, w_init, config: RefineConfig, lpips) -> RefineRes
     if not uses_offsets(model):
         raise RefineError(
             f"'hyperstyle' refinement needs a HyperStyle checkpoint (W-encoder + hypernetwork); this is a "
-            f"{getattr(model, 'family', type(model).__name__)} model. Use 'optimize' or 'pti'."
+            f"{family_of(model).title} model. Use 'optimize' or 'pti'."
         )
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -470,7 +472,7 @@ def refine_files(
             summary["failed"] += 1
             continue
         with torch.no_grad():
-            w = model.encode(x)[0].float() if uses_offsets(model) else model.encode(x).float()
+            w = model.invert(x)[0].float()
         result = refine(model, x, w, method, config, lpips)
         try:
             if result.generator_delta is not None:

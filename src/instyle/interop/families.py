@@ -10,10 +10,14 @@ weights; the two must agree, or the file is refused naming both sides.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
     DATASET_TYPE_TO_TASK,
     ArchitectureError,
@@ -22,10 +26,12 @@ from instyle.interop.keymaps import (
     psp_config_from_official,
     strip_prefix,
 )
-from instyle.models.psp import PSPConfig
+from instyle.interop.readers import OfficialReader, register_reader
+from instyle.models.own_format import build_empty, load_state_checked
+from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import encoder_class, list_encoders
 
-__all__ = ["FAMILY_CHECKPOINTS", "detect_family", "config_from_official"]
+__all__ = ["FAMILY_CHECKPOINTS", "check_expected", "config_from_official", "detect_family", "psp_from_checkpoint", "read_official_psp"]
 
 E4E_DOWNLOADS = "https://github.com/omertov/encoder4editing#pretrained-models"
 RESTYLE_DOWNLOADS = "https://github.com/yuval-alaluf/restyle-encoder#pretrained-models"
@@ -141,3 +147,89 @@ def config_from_official(
         task=_task(opts.get("dataset_type")), family=family, output_crop=crop,
     )
     return config, notes
+
+
+def _official_latent_avg(ckpt: Mapping, source: Any = "checkpoint") -> torch.Tensor | None:
+    avg = ckpt.get("latent_avg")
+    if avg is None:
+        return None
+    if not isinstance(avg, torch.Tensor):
+        raise CheckpointError(f"{source}: 'latent_avg' is a {type(avg).__name__}, expected a tensor")
+    return avg.float()
+
+
+def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPConfig, dict, torch.Tensor | None, list[str]]:
+    """Pure conversion of a loaded official pSp checkpoint object.
+
+    Returns:
+        ``(config, state_dict, latent_avg or None, notes)``; the state dict keys are
+        already instyle's (the official names are kept as they are).
+    """
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{source}: no 'state_dict' in this pSp checkpoint")
+    opts = ckpt.get("opts")
+    if opts is not None and not isinstance(opts, Mapping):
+        opts = vars(opts) if hasattr(opts, "__dict__") else None
+    try:
+        config, notes = config_from_official(sd, opts, "latent_avg" in ckpt)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+    return config, state, _official_latent_avg(ckpt, source), notes
+
+
+def check_expected(config: Any, expected: Any, source: Any) -> None:
+    """Refuse a file whose architecture differs from ``expected`` (None: anything goes)."""
+    if expected is None:
+        return
+    if type(config) is not type(expected):
+        raise CheckpointError(f"{source}: holds a {type(config).__name__}, expected a {type(expected).__name__}")
+    a, b = config.to_dict(), expected.to_dict()
+    diffs = []
+    for section in ("encoder", "generator"):
+        for k in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(k) != b[section].get(k):
+                diffs.append(f"{section}.{k}: file {a[section].get(k)!r} vs expected {b[section].get(k)!r}")
+    if diffs:
+        raise CheckpointError(f"{source}: architecture differs from the expected one: " + "; ".join(diffs[:5]))
+
+
+
+def is_psp_checkpoint(obj: Any) -> bool:
+    """A pSp-layout checkpoint (pSp, e4e, ReStyle): ``state_dict`` with ``encoder.*`` tensors."""
+    sd = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    return isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd)
+
+
+def psp_from_checkpoint(ckpt: Mapping, p: Path, resolve: Any = Path, expected: PSPConfig | None = None) -> PSP:
+    """A :class:`PSP` (CPU, eval) from a loaded official pSp, e4e or ReStyle checkpoint."""
+    config, state, latent_avg, notes = read_official_psp(ckpt, p)
+    check_expected(config, expected, p)
+    model = build_empty(PSP, config)
+    try:
+        avg = model.normalize_latent_avg(latent_avg if latent_avg is not None else torch.zeros(1, config.generator.style_dim))
+    except ValueError as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
+    if latent_avg is None and config.start_from_latent_avg:
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=3)
+        avg = model.decoder.mean_latent(4096, seed=0)
+    for note in notes:
+        warnings.warn(f"{p}: {note}", stacklevel=3)
+    # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
+    model.set_latent_avg(avg)
+    model.source = str(p)
+    return model.eval()
+
+
+def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | None]:
+    _, state, latent_avg, _ = read_official_psp(ckpt, source)
+    return strip_prefix(state, "decoder."), latent_avg
+
+
+register_reader(OfficialReader(
+    family="psp", format="psp", recognise=is_psp_checkpoint,
+    read=lambda ckpt, p, resolve=Path, expected=None: psp_from_checkpoint(ckpt, p, resolve, expected),
+    generator=_generator_part,
+))

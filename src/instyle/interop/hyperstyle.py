@@ -27,6 +27,7 @@ from instyle.interop.keymaps import (
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.readers import OfficialReader, register_reader
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.encoders.hypernetwork import HYPERNET_TYPES, SHARED_LAYERS, HyperNetConfig, weight_layer_shapes
 from instyle.models.encoders.w_encoder import WEncoderConfig
@@ -263,3 +264,16 @@ def hyperstyle_from_checkpoint(
     model.source = str(source)
     model.w_encoder_source = str(w_path)
     return model.eval()
+
+
+def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | None]:
+    """The tuned generator before any per-image offsets, and its average latent."""
+    avg = ckpt.get("latent_avg")
+    return strip_prefix(ckpt["state_dict"], "decoder."), avg.float() if isinstance(avg, torch.Tensor) else None
+
+
+register_reader(OfficialReader(
+    family="hyperstyle", format="hyperstyle", recognise=is_hyperstyle_checkpoint, priority=10,
+    read=lambda ckpt, p, resolve=Path, expected=None, w_encoder=None: hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve),
+    generator=_generator_part,
+))

@@ -21,22 +21,19 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.families import FAMILY_CHECKPOINTS, config_from_official
-from instyle.interop.hyperstyle import hyperstyle_from_checkpoint
+from instyle.interop.families import FAMILY_CHECKPOINTS, check_expected, read_official_psp
 from instyle.interop.keymaps import (
     DATASET_TYPE_TO_TASK,
     ArchitectureError,
     generator_config_from_state_dict,
-    strip_prefix,
 )
 from instyle.interop.nvidia import load_nvidia_generator
+from instyle.interop.readers import reader_for
 from instyle.interop.safe_load import safe_torch_load
-from instyle.interop.sfe import is_sfe_checkpoint, is_sfe_inverter_checkpoint, sfe_from_checkpoint
-from instyle.models.hyperstyle import HyperStyle
+from instyle.models.family import InversionModel, get_family, list_families, model_kinds
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
-from instyle.models.psp import PSP, PSPConfig
+from instyle.models.psp import PSPConfig
 from instyle.models.registry import get_config
-from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -117,13 +114,13 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def load_own(directory: str | os.PathLike):
-    """An own-format directory as a :class:`PSP`, :class:`Generator` or
-    :class:`~instyle.models.hyperstyle.HyperStyle` (CPU, eval), by its kind."""
+    """An own-format directory as a :class:`Generator` or the model of the family that wrote
+    it (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
-    return {"psp": PSP, "generator": Generator, "hyperstyle": HyperStyle, "sfe": SFE}[kind].from_pretrained(directory)
+    return {"generator": Generator, **model_kinds()}[kind].from_pretrained(directory)
 
 
-def save_psp(model: PSP, directory: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_psp(model: InversionModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:
     """Same as ``model.save_pretrained(directory, extra)``."""
     return model.save_pretrained(directory, extra)
 
@@ -134,62 +131,18 @@ def save_generator(generator: Generator, directory: str | os.PathLike, extra: di
 
 
 def detect_format(obj: Any) -> str:
-    """Name the format of a loaded checkpoint object: ``psp``, ``hyperstyle``, ``rosinality``,
+    """Name the format of a loaded checkpoint object: a model family's official format (``psp``,
+    ``hyperstyle``, ``sfe``, ... see :mod:`instyle.interop.readers`), ``rosinality``,
     ``generator_state_dict`` or ``unknown``."""
+    reader = reader_for(obj)
+    if reader is not None:
+        return reader.format
     if isinstance(obj, Mapping):
-        sd = obj.get("state_dict")
-        if isinstance(sd, Mapping) and any(str(k).startswith("hypernet.") for k in sd):
-            return "hyperstyle"
-        if isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd):
-            return "psp"
         if "g_ema" in obj or "g" in obj:
             return "rosinality"
         if "style.1.weight" in obj and "conv1.conv.weight" in obj:
             return "generator_state_dict"
     return "unknown"
-
-
-def _official_latent_avg(ckpt: Mapping, source: Any = "checkpoint") -> torch.Tensor | None:
-    avg = ckpt.get("latent_avg")
-    if avg is None:
-        return None
-    if not isinstance(avg, torch.Tensor):
-        raise CheckpointError(f"{source}: 'latent_avg' is a {type(avg).__name__}, expected a tensor")
-    return avg.float()
-
-
-def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPConfig, dict, torch.Tensor | None, list[str]]:
-    """Pure conversion of a loaded official pSp checkpoint object.
-
-    Returns:
-        ``(config, state_dict, latent_avg or None, notes)``; the state dict keys are
-        already instyle's (the official names are kept as they are).
-    """
-    sd = ckpt.get("state_dict")
-    if not isinstance(sd, Mapping):
-        raise CheckpointError(f"{source}: no 'state_dict' in this pSp checkpoint")
-    opts = ckpt.get("opts")
-    if opts is not None and not isinstance(opts, Mapping):
-        opts = vars(opts) if hasattr(opts, "__dict__") else None
-    try:
-        config, notes = config_from_official(sd, opts, "latent_avg" in ckpt)
-    except (ArchitectureError, ValueError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
-    return config, state, _official_latent_avg(ckpt, source), notes
-
-
-def _check_expected(config: PSPConfig, expected: PSPConfig | None, source: Any) -> None:
-    if expected is None:
-        return
-    a, b = config.to_dict(), expected.to_dict()
-    diffs = []
-    for section in ("encoder", "generator"):
-        for k in sorted(set(a[section]) | set(b[section])):
-            if a[section].get(k) != b[section].get(k):
-                diffs.append(f"{section}.{k}: file {a[section].get(k)!r} vs expected {b[section].get(k)!r}")
-    if diffs:
-        raise CheckpointError(f"{source}: architecture differs from the expected one: " + "; ".join(diffs[:5]))
 
 
 def load_psp(
@@ -199,7 +152,7 @@ def load_psp(
     w_encoder: str | os.PathLike | None = None,
     e4e: str | os.PathLike | None = None,
     generator: str | os.PathLike | None = None,
-) -> PSP:
+) -> InversionModel:
     """Load a pSp model (own format directory or official ``.pt``) in eval mode.
 
     Args:
@@ -212,17 +165,19 @@ def load_psp(
             needs (then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
     """
     p = resolve_path(path)
+    given = {k: v for k, v in (("w_encoder", w_encoder), ("e4e", e4e), ("generator", generator)) if v is not None}
     if is_own_format(p):
-        if w_encoder is not None:
-            raise CheckpointError(f"{p}: an instyle model folder contains its W-encoder; w_encoder={str(w_encoder)!r} is not used")
-        if e4e is not None or generator is not None:
-            raise CheckpointError(f"{p}: an instyle model folder is self-contained; e4e= / generator= are not used")
+        if given:
+            words = {"w_encoder": "W-encoder", "e4e": "e4e encoder", "generator": "generator"}
+            raise CheckpointError(
+                f"{p}: an instyle model folder is self-contained: it contains its "
+                f"{' and '.join(words[k] for k in given)}; "
+                f"{', '.join(f'{k}={str(v)!r}' for k, v in given.items())} {'is' if len(given) == 1 else 'are'} not used"
+            )
         model = load_own(p)
-        if _is_hyperstyle(model) or isinstance(model, SFE):
-            return model.to(resolve_device(device)).eval()
-        if not isinstance(model, PSP):
+        if isinstance(model, Generator):
             raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
-        _check_expected(model.config, expected, p)
+        check_expected(model.config, expected, p)
         return model.to(resolve_device(device)).eval()
     if p.is_dir():
         raise CheckpointError(f"{p}: a directory without config.json is not an instyle model")
@@ -231,44 +186,26 @@ def load_psp(
             f"{p}: an NVIDIA .pkl holds a generator, not a pSp model; use instyle.load_generator or `instyle convert`"
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
-    if is_sfe_checkpoint(ckpt) or is_sfe_inverter_checkpoint(ckpt):
-        return sfe_from_checkpoint(ckpt, p, e4e, generator, resolve_path).to(resolve_device(device))
-    if e4e is not None or generator is not None:
-        raise CheckpointError(f"{p}: e4e= / generator= are only for StyleFeatureEditor checkpoints; this is {detect_format(ckpt)}")
-    fmt = detect_format(ckpt)
-    if fmt == "hyperstyle":
-        return hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve_path).to(resolve_device(device))
-    if w_encoder is not None:
-        raise CheckpointError(f"{p}: w_encoder={str(w_encoder)!r} is only for HyperStyle checkpoints; this is {fmt}")
-    if fmt != "psp":
+    reader = reader_for(ckpt)
+    takes = get_family(reader.family).companions if reader is not None else {}
+    extra = [k for k in given if k not in takes]
+    if extra:
+        owners = [get_family(f).title for f in list_families() if set(extra) <= set(get_family(f).companions)]
+        raise CheckpointError(
+            f"{p}: {' / '.join(k + '=' for k in extra)} "
+            f"{'are' if len(extra) > 1 else 'is'} only for {' or '.join(owners) or 'other'} checkpoints; "
+            f"this is {detect_format(ckpt)}"
+        )
+    if reader is None:
+        fmt = detect_format(ckpt)
         what = {"rosinality": "a StyleGAN2 generator (rosinality) file", "generator_state_dict": "a generator state dict"}
         raise CheckpointError(
             f"{p}: expected a pSp checkpoint (a dict with 'state_dict' holding encoder.* and decoder.* "
             f"tensors), but this is {what.get(fmt, 'not a pSp checkpoint')}"
             + ("; load it with instyle.load_generator" if fmt in what else "")
         )
-    config, state, latent_avg, notes = read_official_psp(ckpt, p)
-    _check_expected(config, expected, p)
-    model = build_empty(PSP, config)
-    try:
-        avg = model.normalize_latent_avg(latent_avg if latent_avg is not None else torch.zeros(1, config.generator.style_dim))
-    except ValueError as e:
-        raise CheckpointError(f"{p}: {e}") from None
-    load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
-    if latent_avg is None and config.start_from_latent_avg:
-        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=2)
-        avg = model.decoder.mean_latent(4096, seed=0)
-    for note in notes:
-        warnings.warn(f"{p}: {note}", stacklevel=2)
-    # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
-    model.set_latent_avg(avg)
-    model.source = str(p)
+    model = reader.read(ckpt, p, resolve=resolve_path, expected=expected, **given)
     return model.to(resolve_device(device)).eval()
-
-
-def _is_hyperstyle(model) -> bool:
-
-    return isinstance(model, HyperStyle)
 
 
 def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
@@ -300,16 +237,12 @@ def load_generator(
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")
         fmt = detect_format(ckpt)
-        if fmt == "psp":
-            config, state, latent_avg, _ = read_official_psp(ckpt, p)
-            g = _generator_from_state(strip_prefix(state, "decoder."), p)
-            if latent_avg is not None:
-                g.latent_avg = latent_avg.reshape(-1, latent_avg.shape[-1]).mean(0, keepdim=True)
-        elif fmt == "hyperstyle":  # the tuned generator before any per-image offsets
-            g = _generator_from_state(strip_prefix(ckpt["state_dict"], "decoder."), p)
-            avg = ckpt.get("latent_avg")
-            if isinstance(avg, torch.Tensor):
-                g.latent_avg = avg.float().reshape(-1, avg.shape[-1]).mean(0, keepdim=True)
+        reader = reader_for(ckpt)
+        if reader is not None and reader.generator is not None:  # the model's generator (HyperStyle: before offsets)
+            state, avg = reader.generator(ckpt, p)
+            g = _generator_from_state(state, p)
+            if avg is not None:
+                g.latent_avg = avg.reshape(-1, avg.shape[-1]).mean(0, keepdim=True)
         elif fmt == "rosinality":
             key = "g_ema" if "g_ema" in ckpt else "g"
             g = _generator_from_state(ckpt[key], f"{p} [{key}]")

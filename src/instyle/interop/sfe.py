@@ -38,6 +38,7 @@ from instyle.interop.keymaps import (
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.readers import OfficialReader, register_reader
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, check_finite, load_state_checked
 from instyle.models.sfe import SFE, SFEConfig, feature_resolution
@@ -251,3 +252,10 @@ def _adopt_latent_avg(model: SFE, latent_avg: torch.Tensor, source: Any) -> None
     left = [k for k, v in model.state_dict().items() if v.is_meta]
     if left:  # every part must have come from a file
         raise CheckpointError(f"{source}: the SFE model lacks weights for {left[:3]}")
+
+
+register_reader(OfficialReader(
+    family="sfe", format="sfe", priority=20,
+    recognise=lambda obj: is_sfe_checkpoint(obj) or is_sfe_inverter_checkpoint(obj),
+    read=lambda ckpt, p, resolve=Path, expected=None, e4e=None, generator=None: sfe_from_checkpoint(ckpt, p, e4e, generator, resolve),
+))

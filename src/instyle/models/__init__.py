@@ -5,6 +5,7 @@ from instyle.models.encoders import EncoderConfig
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.psp import FAMILIES, PSP, PSPConfig
 from instyle.models.registry import build_encoder, get_config, list_configs, list_encoders
+from instyle.models.sfe import SFE, SFEConfig  # noqa: F401  (registers its family)
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 
 

@@ -37,6 +37,7 @@ from torch import nn
 from instyle.errors import CheckpointError
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
@@ -382,6 +383,14 @@ class SFE(nn.Module):
     output_size = property(lambda self: self.config.generator.size)
     input_size = property(lambda self: self.config.input_size)
     input_nc = 3
+    input_hw = property(lambda self: (self.config.input_size, self.config.input_size))
+
+    def describe(self) -> str:
+        """One line for people: sizes and the replaced feature."""
+        return (
+            f"StyleFeatureEditor model (+ e4e encoder and generator): output {self.output_size}px, "
+            f"{self.n_styles} styles, feature {self.config.feature_index}"
+        )
 
     def sync_decoder_latent_avg(self) -> None:
         self.decoder.latent_avg = self.latent_avg[None].clone()
@@ -459,6 +468,28 @@ class SFE(nn.Module):
         self._check(enc)
         feat = enc.edited_feat if enc.edited else self.edited_feature(enc.fused_feat)
         return self.render(enc.latents, feat)
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def invert(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, SFEEncoding]:
+        """``(w_plus, extra)``: the extra is the whole :class:`SFEEncoding` (its feature maps)."""
+        if iterations not in (None, 1):
+            raise ValueError(f"iterations={iterations!r}: StyleFeatureEditor encodes in one step (use None or 1)")
+        enc = self.encode(x)
+        return enc.latents, enc
+
+    @torch.no_grad()
+    def synthesize(self, w_plus: torch.Tensor, extra: SFEEncoding | None = None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus``: with its encoding, the encoding itself when ``w_plus`` is its
+        latent, else ``w_plus`` as an edit of it (the feature editor follows); without, the
+        plain generator. ``resize`` pools to ``resize_to``."""
+        if extra is None:
+            images = self.decoder.synthesize(w_plus)
+        elif w_plus.shape == extra.latents.shape and torch.equal(w_plus, extra.latents.to(w_plus)):
+            images = self.decode(extra)
+        else:
+            images = self.decode(self.edit(extra, lambda _w: w_plus))
+        return F.adaptive_avg_pool2d(images, self.config.resize_to) if resize else images
 
     @torch.no_grad()
     def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
@@ -569,3 +600,10 @@ def load_encoding(path: str | Path) -> SFEEncoding:
             f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
         )
     return enc
+
+
+register_family(Family(
+    name="sfe", title="StyleFeatureEditor", model_class=SFE, config_class=SFEConfig, kind="sfe",
+    encoding="features", runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
+    companions={"e4e": "the e4e encoder it edits with", "generator": "the StyleGAN2 generator it renders with"},
+))
