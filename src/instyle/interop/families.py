@@ -19,31 +19,38 @@ import torch
 
 from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
-    DATASET_TYPE_TO_TASK,
     ArchitectureError,
     encoder_config_from_state_dict,
     generator_config_from_state_dict,
     psp_config_from_official,
     strip_prefix,
+    task_for_dataset_type,
 )
+from instyle.interop.published import Published, register_published
 from instyle.interop.readers import OfficialReader, register_reader
 from instyle.models.own_format import build_empty, load_state_checked
 from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import encoder_class, list_encoders
 
-__all__ = ["FAMILY_CHECKPOINTS", "check_expected", "config_from_official", "detect_family", "psp_from_checkpoint", "read_official_psp"]
+__all__ = ["check_expected", "config_from_official", "detect_family", "psp_from_checkpoint", "read_official_psp"]
 
 E4E_DOWNLOADS = "https://github.com/omertov/encoder4editing#pretrained-models"
 RESTYLE_DOWNLOADS = "https://github.com/yuval-alaluf/restyle-encoder#pretrained-models"
 
-#: The checkpoints published by the e4e and ReStyle authors (file name -> facts from their
-#: READMEs). Informational: the architecture of a file is always read from the file.
-FAMILY_CHECKPOINTS: dict[str, dict] = {
-    "e4e_ffhq_encode.pt": {"family": "e4e", "domain": "faces (FFHQ)", "output_size": 1024, "url": E4E_DOWNLOADS},
-    "e4e_cars_encode.pt": {"family": "e4e", "domain": "cars", "output_size": 512, "url": E4E_DOWNLOADS},
-    "e4e_horse_encode.pt": {"family": "e4e", "domain": "horses", "output_size": 256, "url": E4E_DOWNLOADS},
-    "e4e_church_encode.pt": {"family": "e4e", "domain": "churches", "output_size": 256, "url": E4E_DOWNLOADS},
-}
+PSP_DOWNLOADS = "https://github.com/eladrich/pixel2style2pixel#pretrained-models"
+
+# The pSp README's table of pretrained models: (file, dataset_type, input channels).
+_PSP = (
+    ("psp_ffhq_encode.pt", "ffhq_encode", 3),
+    ("psp_ffhq_frontalization.pt", "ffhq_frontalize", 3),
+    ("psp_celebs_sketch_to_face.pt", "celebs_sketch_to_face", 1),
+    ("psp_celebs_seg_to_face.pt", "celebs_seg_to_face", 19),
+    ("psp_celebs_super_resolution.pt", "celebs_super_resolution", 3),
+    ("psp_ffhq_toonify.pt", "toonify", 3),
+)
+# e4e's README: (file stem, domain, generator size).
+_E4E = (("ffhq_encode", "faces (FFHQ)", 1024), ("cars_encode", "cars", 512), ("horse_encode", "horses", 256),
+        ("church_encode", "churches", 256))
 _RESTYLE = {  # (variant, file stem) -> (domain, generator size); ReStyle's README tables
     ("psp", "ffhq_encode"): ("faces (FFHQ)", 1024),
     ("psp", "cars_encode"): ("cars", 512),
@@ -56,10 +63,20 @@ _RESTYLE = {  # (variant, file stem) -> (domain, generator size); ReStyle's READ
     ("e4e", "afhq_wild_encode"): ("wild animals (AFHQ wild)", 512),
     ("e4e", "horse_encode"): ("horses", 256),
 }
-for (_variant, _stem), (_domain, _size) in _RESTYLE.items():
-    FAMILY_CHECKPOINTS[f"restyle_{_variant}_{_stem}.pt"] = {
-        "family": "restyle", "variant": _variant, "domain": _domain, "output_size": _size, "url": RESTYLE_DOWNLOADS,
-    }
+def _psp_domain(dataset_type: str) -> str:
+    if dataset_type == "toonify":
+        return "faces -> toons"
+    return "faces (CelebA-HQ)" if dataset_type.startswith("celebs") else "faces (FFHQ)"
+
+
+register_published(
+    *(Published(name, "psp", task_for_dataset_type(dt), _psp_domain(dt), 1024, PSP_DOWNLOADS, input_nc=nc,
+                dataset_type=dt, config="psp_ffhq_1024") for name, dt, nc in _PSP),
+    *(Published(f"e4e_{stem}.pt", "e4e", task_for_dataset_type(stem), domain, size, E4E_DOWNLOADS, dataset_type=stem)
+      for stem, domain, size in _E4E),
+    *(Published(f"restyle_{variant}_{stem}.pt", "restyle", task_for_dataset_type(stem), domain, size, RESTYLE_DOWNLOADS,
+                dataset_type=stem, note=f"{variant} encoder") for (variant, stem), (domain, size) in _RESTYLE.items()),
+)
 
 
 def detect_family(opts: Mapping) -> str:
@@ -78,14 +95,6 @@ def detect_family(opts: Mapping) -> str:
     except ValueError:
         return "psp"  # the pSp reader names the unknown type
     return "psp" if "psp" in families else families[0]
-
-
-def _task(dataset_type: str | None) -> str:
-    if not dataset_type:
-        return "inversion"
-    if dataset_type in DATASET_TYPE_TO_TASK:
-        return DATASET_TYPE_TO_TASK[dataset_type]
-    return "inversion" if dataset_type.endswith("_encode") else "image2image"
 
 
 def _check_opt(opts: Mapping, key: str, value, what: str) -> None:
@@ -144,7 +153,7 @@ def config_from_official(
         notes.append(f"cars model: {enc.input_size}x{enc.input_height} inputs, outputs cropped to rows {crop[0]}:{crop[1]}")
     config = PSPConfig(
         encoder=enc, generator=gen, start_from_latent_avg=bool(start), learn_in_w=False,
-        task=_task(opts.get("dataset_type")), family=family, output_crop=crop,
+        task=task_for_dataset_type(opts.get("dataset_type")), family=family, output_crop=crop,
     )
     return config, notes
 

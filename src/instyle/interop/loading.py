@@ -21,24 +21,22 @@ from typing import Any
 import torch
 
 from instyle.errors import CheckpointError
-from instyle.interop.families import FAMILY_CHECKPOINTS, check_expected, read_official_psp
+from instyle.interop.families import check_expected, read_official_psp
 from instyle.interop.keymaps import (
-    DATASET_TYPE_TO_TASK,
     ArchitectureError,
     generator_config_from_state_dict,
 )
 from instyle.interop.nvidia import load_nvidia_generator
+from instyle.interop.published import published, published_hint
 from instyle.interop.readers import reader_for
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.family import InversionModel, get_family, list_families, model_kinds
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSPConfig
-from instyle.models.registry import get_config
 from instyle.models.stylegan2 import Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
-    "PUBLISHED_CHECKPOINTS",
     "cache_dir",
     "published_info",
     "resolve_path",
@@ -52,29 +50,17 @@ __all__ = [
     "save_psp",
 ]
 
-#: The checkpoints published with the pSp paper: file name -> the original's ``dataset_type``
-#: (its task comes from :data:`DATASET_TYPE_TO_TASK`), the registered architecture and the
-#: input channels; :func:`published_info` puts them together. Their sha256 sums are not
-#: documented upstream, so they are not checked.
-PUBLISHED_CHECKPOINTS: dict[str, dict[str, Any]] = {
-    "psp_ffhq_encode.pt": {"dataset_type": "ffhq_encode", "config": "psp_ffhq_1024", "input_nc": 3},
-    "psp_ffhq_frontalization.pt": {"dataset_type": "ffhq_frontalize", "config": "psp_ffhq_1024", "input_nc": 3},
-    "psp_celebs_sketch_to_face.pt": {"dataset_type": "celebs_sketch_to_face", "config": "psp_ffhq_1024", "input_nc": 1},
-    "psp_celebs_seg_to_face.pt": {"dataset_type": "celebs_seg_to_face", "config": "psp_ffhq_1024", "input_nc": 19},
-    "psp_celebs_super_resolution.pt": {"dataset_type": "celebs_super_resolution", "config": "psp_ffhq_1024", "input_nc": 3},
-    "psp_ffhq_toonify.pt": {"dataset_type": "toonify", "config": "psp_ffhq_1024", "input_nc": 3},
-}
-OFFICIAL_DOWNLOADS = "https://github.com/eladrich/pixel2style2pixel#pretrained-models"
-
-
 def published_info(name: str) -> dict[str, Any]:
-    """``{"task", "output_size", "input_nc", "config", "dataset_type"}`` of a published file name."""
-    entry = PUBLISHED_CHECKPOINTS[name]
-    return {
-        **entry,
-        "task": DATASET_TYPE_TO_TASK.get(entry["dataset_type"], "image2image"),
-        "output_size": get_config(entry["config"]).output_size,
-    }
+    """What the registry knows of a published file name (:class:`instyle.interop.published.Published`
+    as a dict: family, task, domain, output_size, url, companions, input_nc, dataset_type, config, note).
+
+    Raises:
+        KeyError: not a published file name (``instyle models`` lists them).
+    """
+    entry = published(name)
+    if entry is None:
+        raise KeyError(name)
+    return entry.as_dict()
 
 
 def cache_dir() -> Path:
@@ -97,19 +83,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
     cached = cache_dir() / p.name
     if not p.is_absolute() and cached.exists():
         return cached
-    hint = ""
-    if p.name in PUBLISHED_CHECKPOINTS:
-        info = published_info(p.name)
-        hint = (
-            f" It is the published pSp {info['task']} checkpoint ({info['output_size']}px); download it from "
-            f"{OFFICIAL_DOWNLOADS} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
-        )
-    elif p.name in FAMILY_CHECKPOINTS:
-        info = FAMILY_CHECKPOINTS[p.name]
-        hint = (
-            f" It is a published {info['family']} checkpoint ({info['domain']}, {info['output_size']}px); download it "
-            f"from {info['url']} and put it there or in {cache_dir()} (set INSTYLE_CACHE to change)."
-        )
+    hint = published_hint(p.name, str(cache_dir()))
     raise CheckpointError(f"{p}: no such file (also looked in {cache_dir()}).{hint}")
 
 
