@@ -27,18 +27,18 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "instyle"
 #: Model and config classes of the families (and their encodings' payload types).
 FAMILY_CLASSES = {
     "PSP", "PSPConfig", "HyperStyle", "HyperStyleConfig", "SFE", "SFEConfig", "SFEEncoding",
-    "StyleGAN3", "StyleGAN3Config", "Generator3", "Generator3Config",
+    "ReStyle3", "ReStyle3Config",
 }
 #: Attributes only some families' models or configs have.
 FAMILY_ATTRS = {"runtime", "hypernet", "family", "w_encoder", "e4e_encoder", "inverter", "iterations", "crop_cars"}
-FAMILY_NAMES = {"psp", "e4e", "restyle", "hyperstyle", "sfe", "stylegan3", "restyle_sg3", "restyle-sg3", "sg3"}
+FAMILY_NAMES = {"psp", "e4e", "restyle", "hyperstyle", "sfe", "restyle3"}
 #: The shared tools' name for HyperStyle's offsets (the generator's own ``weights_deltas``
 #: argument and the latent file's ``deltas`` field are not family questions).
 OFFSET_NAMES = {"offsets"}
 
 #: A family's own modules: its model, its official reader, its training and its tools.
-FAMILY_MODULE_STEMS = ("psp", "e4e", "restyle", "hyperstyle", "sfe", "stylegan3", "iterative", "family", "families",
-                       "offsets")
+FAMILY_MODULE_STEMS = ("psp", "e4e", "restyle", "restyle3", "hyperstyle", "sfe", "stylegan3", "iterative", "family",
+                       "families", "offsets", "unaligned")
 FAMILY_PACKAGES = ("models/encoders/",)
 
 #: Files outside the family modules still allowed some branches: path -> (count, why).

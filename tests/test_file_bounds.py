@@ -413,3 +413,73 @@ def test_train_resume_with_malformed_state_is_one_line(tmp_path, capsys):
     rc, err = _run_cli("train", "--resume", str(run.root), capsys=capsys)
     assert rc == 2 and "Traceback" not in err
     assert "training_state.pt: malformed training state: 'optimizer' is a list" in err
+
+
+# --- the private unpickler BoundedUnpickler builds on, under every supported CPython --------
+
+_UNPICKLER_CHECK = r'''
+import io, pickle, sys, time
+class CheckpointError(Exception):
+    pass
+MAX_PICKLE_OPS = 1000
+Any = object
+exec(compile(SOURCE, "bounds.py", "exec"))
+assert BoundedUnpickler(io.BytesIO(pickle.dumps({"a": [1, 2.5, "x"]}, protocol=2))).load() == {"a": [1, 2.5, "x"]}
+assert BoundedUnpickler(io.BytesIO(pickle.dumps(list(range(50)), protocol=5))).load() == list(range(50))
+try:
+    BoundedUnpickler(io.BytesIO(pickle.dumps(list(range(5000)), protocol=0))).load()
+except CheckpointError as e:
+    assert "1000 operations" in str(e)
+else:
+    raise SystemExit("a 5000-element protocol-0 list ran past the operation bound")
+# LONG_BINPUT naming memo index 2**30: a dict entry for the pure-Python unpickler.
+t = time.perf_counter()
+assert BoundedUnpickler(io.BytesIO(b"\x80\x02K\x07r\x00\x00\x00\x40.")).load() == 7
+assert time.perf_counter() - t < 1.0
+print("ok", sys.version_info[:2])
+'''
+
+
+def _supported_pythons() -> list[str]:
+    """One interpreter per CPython version of the supported range found here: this one, each
+    ``python3.N`` on PATH, and those named in ``INSTYLE_TEST_PYTHONS``."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    spec = re.search(r'requires-python = ">=3\.(\d+)"', (Path(__file__).parents[1] / "pyproject.toml").read_text())
+    lowest = int(spec.group(1))
+    found = [sys.executable] + [shutil.which(f"python3.{minor}") for minor in range(lowest, 14)]
+    extra = os.environ.get("INSTYLE_TEST_PYTHONS", "")  # more interpreters, separated by os.pathsep
+    found += [p for p in extra.split(os.pathsep) if p]
+    working = {}
+    for python in filter(None, found):  # a shim without that version installed does not count
+        r = subprocess.run([python, "-I", "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+        if r.returncode == 0:
+            working.setdefault(r.stdout.strip(), python)
+    return list(working.values())
+
+
+def test_bounded_unpickler_runs_on_every_supported_python_found():
+    """``BoundedUnpickler`` subclasses CPython's private ``pickle._Unpickler`` and reuses its
+    ``dispatch`` table. Its source (taken from bounds.py, not copied) runs under each
+    ``python3.N`` of the supported range on PATH: round trips, the operation bound and the
+    dict memo must hold on every one."""
+    import ast
+    import subprocess
+
+    from instyle.interop import bounds
+
+    pythons = _supported_pythons()
+    text = Path(bounds.__file__).read_text()
+    tree = ast.parse(text)
+    parts = [ast.get_source_segment(text, n) for n in tree.body
+             if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in ("_counted", "BoundedUnpickler")]
+    assert len(parts) == 2
+    source = "from __future__ import annotations\n" + "\n\n".join(parts)
+    script = f"SOURCE = {source!r}\n" + _UNPICKLER_CHECK
+    for python in pythons:
+        r = subprocess.run([python, "-I", "-c", script], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("ok"), f"{python}: {r.stdout}{r.stderr[-1500:]}"

@@ -45,6 +45,8 @@ def load(
         precision: ``"fp32"`` (exact, default), ``"bf16"``, ``"fp16"`` or ``"auto"`` (measured:
             see ``backend``); the choice is in ``model.runtime.note``.
         compile: ``torch.compile`` encoder and generator (``True`` or a mode name).
+        generator: also, for a ReStyle-over-StyleGAN3 checkpoint, the StyleGAN3 generator to use
+            instead of its decoder (``.pt``, NVIDIA ``.pkl`` or own format; see docs/stylegan3.md).
         backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` (the model's encode /
             decode run on ONNX graphs exported into the cache on first use; the ``deploy``
             extra) or ``"auto"``. ``auto`` (for the backend or the precision) times the

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.interop.loading import resolve_path
     from instyle.interop.readers import reader_for
     from instyle.interop.safe_load import safe_torch_load
+    from instyle.models.family import model_kinds
     from instyle.models.own_format import is_own_format, read_config
 
     try:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         kind = args.kind
         if kind == "auto":
             if is_own_format(src):
-                kind = "generator" if read_config(src)["kind"] == "generator" else "psp"
+                kind = "psp" if read_config(src)["kind"] in model_kinds() else "generator"
             elif src.suffix == ".pkl":
                 kind = "generator"
             else:

@@ -175,7 +175,7 @@ def run_direction(args: argparse.Namespace) -> int:
     for src in sources:
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets)
+            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.transform)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")

@@ -81,6 +81,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
     p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
     p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
+    p.add_argument(
+        "--unaligned", action="store_true",
+        help="StyleGAN3 encoders: encode each photo's face aligned, render it where and as rotated as in an unaligned "
+        "crop (landmark transform, saved in latents/<name>.npz); needs dlib (see docs/stylegan3.md)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
     add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
@@ -133,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     if family.encoding == "features":  # StyleFeatureEditor: its encodings are written as its own files
         return _encode_sfe(args, model, rank, world_size)
     if args.iterations is not None and (args.iterations < 1 or (not family.iterative and args.iterations != 1)):
-        iterative = " and ".join(get_family(f).title for f in list_families() if get_family(f).iterative)
+        titles = [get_family(f).title for f in list_families() if get_family(f).iterative]
+        iterative = ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else titles[0]
         error(f"--iterations={args.iterations}: {iterative} models take N >= 1; this {family.name} model encodes in one step")
         return 2
 
@@ -143,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         error("no input images found")
         return 1
+    if getattr(args, "unaligned", False):
+        return _unaligned(args, model, files)
     if args.refine:
         return _refine(args, model, files, len(problems))
     # Every process reports the files of its own shard.
@@ -192,6 +200,30 @@ def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> 
     failed = summary["failed"] + len(problems)
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
+
+
+def _unaligned(args: argparse.Namespace, model, files) -> int:
+    """``--unaligned``: ReStyle over StyleGAN3 with the landmark transform on the last iteration."""
+    from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.unaligned import encode_unaligned_files
+    from instyle.models.family import family_of
+
+    if not family_of(model).transform:
+        error("--unaligned needs an encoder over StyleGAN3 (e.g. restyle_pSp_ffhq.pt); this model's generator takes no transform")
+        return 2
+    if not _face_tools_ready():
+        return 2
+    files = files[: args.limit] if args.limit else files
+    try:
+        summary = encode_unaligned_files(
+            model, files, args.out, iterations=args.iterations, full_resolution=args.full_resolution,
+            side_by_side=args.side_by_side, image_format=args.format, log=lambda m: print(f"instyle: {m}", file=sys.stderr),
+        )
+    except (OutputFolderError, ValueError) as e:
+        error(str(e))
+        return 2
+    print(f"encoded {summary['encoded']} unaligned image(s) into {args.out}" + (f"; {summary['failed']} failed" if summary["failed"] else ""))
+    return 1 if summary["failed"] else 0
 
 
 def _face_tools_ready() -> bool:

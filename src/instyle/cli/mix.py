@@ -77,9 +77,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_sfe_args(p: argparse.ArgumentParser) -> None:
-    """``--e4e`` / ``--generator``: the two files an official StyleFeatureEditor checkpoint needs."""
+    """``--e4e`` / ``--generator``: the two files an official StyleFeatureEditor checkpoint needs;
+    ``--generator`` alone: the replacement generator of an encoder over StyleGAN3."""
     p.add_argument("--e4e", metavar="PATH", help="StyleFeatureEditor only: the e4e checkpoint (e4e_ffhq_encode.pt)")
-    p.add_argument("--generator", metavar="PATH", help="StyleFeatureEditor only: the StyleGAN2 file (stylegan2-ffhq-config-f.pt)")
+    p.add_argument(
+        "--generator", metavar="PATH",
+        help="StyleFeatureEditor: the StyleGAN2 file (stylegan2-ffhq-config-f.pt); encoders over StyleGAN3: the generator "
+        "to decode with instead of the checkpoint's (.pt, NVIDIA .pkl or an instyle folder; see docs/stylegan3.md)",
+    )
 
 
 def sfe_files(args) -> dict:
@@ -97,6 +102,7 @@ class Source:
     w: torch.Tensor
     preview: object | None
     offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
+    transform: torch.Tensor | None = None  # StyleGAN3: the [3, 3] rendering transform saved with the code
 
 
 def load_model(args, allow_sfe: bool = False):
@@ -173,6 +179,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
             if path.suffix.lower() in (".npy", ".npz"):
                 latent = read_latent_file(path)
                 w = latent.w_plus
+                transform = _saved_transform(model, latent.meta, device)
                 if tuple(w.shape[1:]) != shape:
                     raise InputError(
                         f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
@@ -187,7 +194,7 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k, code in enumerate(w):
                     own = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[k : k + 1] for d in offsets]
-                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own))
+                    loaded.append(Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own, transform))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
@@ -205,6 +212,19 @@ def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: 
     return [s for s in loaded if s is not None], failed
 
 
+def _saved_transform(model, meta: dict, device) -> torch.Tensor | None:
+    """The ``transform`` ``encode --unaligned`` stores in a latent's meta, for a StyleGAN3 model."""
+    from instyle.models.family import family_of
+
+    t = (meta or {}).get("transform")
+    if t is None or not family_of(model).transform:
+        return None
+    t = torch.as_tensor(t, dtype=torch.float32)
+    if t.shape != (3, 3) or not bool(torch.isfinite(t).all()):
+        raise InputError(f"the latent's saved transform must be a finite [3, 3] matrix, got shape {tuple(t.shape)}")
+    return t.to(device)
+
+
 def preview(x: torch.Tensor, config):
     """A viewable picture of a network input (photo, sketch or label map)."""
     from instyle.inference.preprocess import input_preview
@@ -212,9 +232,10 @@ def preview(x: torch.Tensor, config):
     return input_preview(x, config)
 
 
-def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None) -> list:
+def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None, transform=None) -> list:
     """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches; ``offsets``: HyperStyle
-    generator offsets (batch 1: shared by all codes, or batch N)."""
+    generator offsets (batch 1: shared by all codes, or batch N); ``transform``: a StyleGAN3
+    model's ``[3, 3]`` rendering transform (``encode --unaligned``)."""
     from instyle.inference.io import tensor_to_pil
     from instyle.inference.offsets import batch_slice, decode_with_offsets
 
@@ -222,7 +243,10 @@ def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offse
     with torch.inference_mode():
         for start in range(0, len(w), batch_size):
             stop = start + batch_size
-            y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
+            if transform is not None:
+                y = model.decode(w[start:stop], transform=transform, resize=not full_resolution)
+            else:
+                y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
             out.extend(tensor_to_pil(t) for t in y)
     return out
 

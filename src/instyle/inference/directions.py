@@ -69,6 +69,14 @@ def _conv_layers(generator) -> list:
     return [generator.conv1, *generator.convs]
 
 
+def _style_modulations(generator) -> list:
+    """Per style index, the modulation weight ``[in_channels, D]`` of the convolution it
+    drives, or None (a StyleGAN3 generator's style 0 drives its input transform)."""
+    if hasattr(generator, "modulation_weights"):
+        return generator.modulation_weights()
+    return [c.conv.modulation.weight for c in _conv_layers(generator)]
+
+
 def sefa_weights(generator, layers: Sequence[int] | None = None, mode: str = "styles") -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """The modulation weights ``[in_channels, D]`` SeFa factorises, and the styles it edits.
 
@@ -80,6 +88,8 @@ def sefa_weights(generator, layers: Sequence[int] | None = None, mode: str = "st
     """
     if mode not in SEFA_MODES:
         raise ValueError(f"SeFa mode {mode!r} is not one of {', '.join(SEFA_MODES)}")
+    if hasattr(generator, "modulation_weights"):
+        return _sefa_weights_by_style(generator, layers, mode)
     convs = _conv_layers(generator)
     n = len(convs)
     if mode == "e4e":
@@ -98,6 +108,19 @@ def sefa_weights(generator, layers: Sequence[int] | None = None, mode: str = "st
         )
     weights = [convs[i].conv.modulation.weight.detach() for i in chosen]
     return weights, tuple(edited)
+
+
+def _sefa_weights_by_style(generator, layers, mode: str) -> tuple[list[torch.Tensor], tuple[int, ...]]:
+    mods = _style_modulations(generator)
+    usable = [i for i, w in enumerate(mods) if w is not None]
+    if mode != "styles":
+        raise ValueError(f"SeFa mode {mode!r} exists for StyleGAN2 generators only; use mode 'styles'")
+    edited = usable if layers is None else sorted(set(layers))
+    bad = [i for i in edited if i not in usable]
+    if bad or not edited:
+        raise ValueError(f"SeFa layers {list(layers or [])} do not fit: this generator's convolutions are driven by styles "
+                         f"{usable[0]}..{usable[-1]}")
+    return [mods[i].detach() for i in edited], tuple(edited)
 
 
 @torch.no_grad()

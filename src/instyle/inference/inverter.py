@@ -71,7 +71,7 @@ class Inverter:
         if family.encoding != "latent":
             raise ValueError(
                 f"Inverter works with models whose latent alone re-renders the image (pSp, e4e, ReStyle); for "
-                f"{family.title} use model.encode / model.decode, or model.invert / model.synthesize (its latent "
+                f"{family.title} use model.encode / model.decode, or model.encode_for_render / model.synthesize (its latent "
                 f"comes with {family.encoding}; see docs/families.md)"
             )
         self.model = model.to(self.device).eval()

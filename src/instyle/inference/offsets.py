@@ -46,7 +46,7 @@ def encode_with_offsets(model, x: torch.Tensor, iterations: int | None = None) -
 
     ``iterations``: refinement steps of an iterative family (default the model's); other
     models take one step (None or 1)."""
-    return model.invert(x, iterations=iterations)
+    return model.encode_for_render(x, iterations=iterations)
 
 
 def decode_with_offsets(model, w_plus: torch.Tensor, offsets: Any = None, resize: bool = False) -> torch.Tensor:

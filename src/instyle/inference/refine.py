@@ -472,7 +472,7 @@ def refine_files(
             summary["failed"] += 1
             continue
         with torch.no_grad():
-            w = model.invert(x)[0].float()
+            w = model.encode_for_render(x)[0].float()
         result = refine(model, x, w, method, config, lpips)
         try:
             if result.generator_delta is not None:

@@ -141,7 +141,13 @@ def _counted(op: Any) -> Any:
 class BoundedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler (its memo is a dict: the C one grows a table to the
     largest memo index a file names, so 10 bytes naming index 2**30 cost 8 GB) with at
-    most :data:`MAX_PICKLE_OPS` operations."""
+    most :data:`MAX_PICKLE_OPS` operations.
+
+    ``pickle._Unpickler`` and its ``dispatch`` table (opcode byte -> unbound method) are
+    CPython's *private* pure-Python implementation: present and unchanged in 3.10-3.13, but
+    not a public API. ``tests/test_file_bounds.py`` runs this class under every CPython of the
+    supported range it finds on the machine, so a release that changes them fails there
+    first rather than in a user's hands."""
 
     dispatch = {code: _counted(op) for code, op in pickle._Unpickler.dispatch.items()}
 

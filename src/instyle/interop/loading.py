@@ -28,12 +28,19 @@ from instyle.interop.keymaps import (
 )
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.published import published, published_hint
-from instyle.interop.readers import reader_for
+from instyle.interop.readers import official_readers, reader_for
 from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.stylegan3 import (
+    is_restyle3_checkpoint,
+    is_stylegan3_state_dict,
+    load_stylegan3_generator,
+    stylegan3_generator_from_object,
+)
 from instyle.models.family import InversionModel, get_family, list_families, model_kinds
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSPConfig
 from instyle.models.stylegan2 import Generator
+from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -91,7 +98,7 @@ def load_own(directory: str | os.PathLike):
     """An own-format directory as a :class:`Generator` or the model of the family that wrote
     it (CPU, eval), by its kind."""
     kind = read_config(directory)["kind"]
-    return {"generator": Generator, **model_kinds()}[kind].from_pretrained(directory)
+    return {"generator": Generator, "stylegan3": StyleGAN3Generator, **model_kinds()}[kind].from_pretrained(directory)
 
 
 def save_psp(model: InversionModel, directory: str | os.PathLike, extra: dict | None = None) -> Path:
@@ -135,21 +142,29 @@ def load_psp(
         expected: if given, the file's architecture must equal it.
         w_encoder: the W-encoder file an official HyperStyle checkpoint needs (then a
             :class:`~instyle.models.hyperstyle.HyperStyle` is returned).
-        e4e, generator: the e4e and StyleGAN2 files an official StyleFeatureEditor checkpoint
-            needs (then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
+        e4e: the e4e file an official StyleFeatureEditor checkpoint needs (with ``generator``;
+            then an :class:`~instyle.models.sfe.SFE` is returned; see :mod:`instyle.interop.sfe`).
+        generator: the StyleGAN2 file of an official StyleFeatureEditor checkpoint, or a StyleGAN3
+            encoder's replacement generator (``.pt`` state dict, NVIDIA ``.pkl`` or own format),
+            used instead of the checkpoint's decoder.
     """
     p = resolve_path(path)
     given = {k: v for k, v in (("w_encoder", w_encoder), ("e4e", e4e), ("generator", generator)) if v is not None}
     if is_own_format(p):
+        kind = read_config(p)["kind"]
+        reader = next((r for r in official_readers() if r.own and get_family(r.family).kind == kind), None)
+        if reader is not None:  # a family whose companions also apply to its own folders (a replacement generator)
+            return _with_companions(reader, p, given, lambda: reader.own(p, **given)).to(resolve_device(device)).eval()
         if given:
             words = {"w_encoder": "W-encoder", "e4e": "e4e encoder", "generator": "generator"}
             raise CheckpointError(
                 f"{p}: an instyle model folder is self-contained: it contains its "
                 f"{' and '.join(words[k] for k in given)}; "
                 f"{', '.join(f'{k}={str(v)!r}' for k, v in given.items())} {'is' if len(given) == 1 else 'are'} not used"
+                + "".join(f" ({k}=: {d})" for k, d in _folder_companions().items() if k in given)
             )
         model = load_own(p)
-        if isinstance(model, Generator):
+        if isinstance(model, (Generator, StyleGAN3Generator)):
             raise CheckpointError(f"{p}: this is a generator, not a pSp model; load it with instyle.load_generator")
         check_expected(model.config, expected, p)
         return model.to(resolve_device(device)).eval()
@@ -161,15 +176,7 @@ def load_psp(
         )
     ckpt = safe_torch_load(p, "pSp checkpoint")
     reader = reader_for(ckpt)
-    takes = get_family(reader.family).companions if reader is not None else {}
-    extra = [k for k in given if k not in takes]
-    if extra:
-        owners = [get_family(f).title for f in list_families() if set(extra) <= set(get_family(f).companions)]
-        raise CheckpointError(
-            f"{p}: {' / '.join(k + '=' for k in extra)} "
-            f"{'are' if len(extra) > 1 else 'is'} only for {' or '.join(owners) or 'other'} checkpoints; "
-            f"this is {detect_format(ckpt)}"
-        )
+    _check_companions(reader, p, given, detect_format(ckpt))
     if reader is None:
         fmt = detect_format(ckpt)
         what = {"rosinality": "a StyleGAN2 generator (rosinality) file", "generator_state_dict": "a generator state dict"}
@@ -180,6 +187,33 @@ def load_psp(
         )
     model = reader.read(ckpt, p, resolve=resolve_path, expected=expected, **given)
     return model.to(resolve_device(device)).eval()
+
+
+def _folder_companions() -> dict[str, str]:
+    """Companions some family's own folders also take (keyword -> what it is)."""
+    out: dict[str, str] = {}
+    for r in official_readers():
+        if r.own is not None:
+            out.update(get_family(r.family).companions)
+    return out
+
+
+def _check_companions(reader, p: Path, given: dict, what: str) -> None:
+    """Refuse companion files the file's family does not take, naming the families that do."""
+    takes = get_family(reader.family).companions if reader is not None else {}
+    extra = [k for k in given if k not in takes]
+    if extra:
+        owners = [get_family(f).title for f in list_families() if set(extra) <= set(get_family(f).companions)]
+        raise CheckpointError(
+            f"{p}: {' / '.join(k + '=' for k in extra)} "
+            f"{'are' if len(extra) > 1 else 'is'} only for {' or '.join(owners) or 'other'} checkpoints; "
+            f"this is {what}"
+        )
+
+
+def _with_companions(reader, p: Path, given: dict, load):
+    _check_companions(reader, p, given, f"a {get_family(reader.family).title} model folder")
+    return load()
 
 
 def _generator_from_state(sd: Mapping[str, torch.Tensor], source: Any) -> Generator:
@@ -203,13 +237,24 @@ def load_generator(
     ``mean_latent(latent_avg_samples, seed=0)`` and a warning says so.
     """
     p = resolve_path(path)
+    if is_own_format(p) and read_config(p)["kind"] in ("stylegan3", "restyle3"):
+        return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     if is_own_format(p):
         m = load_own(p)
         g = m if isinstance(m, Generator) else m.decoder
     elif p.suffix == ".pkl":
-        g = load_nvidia_generator(p)
+        try:
+            g = load_nvidia_generator(p)
+        except CheckpointError as e:
+            if "StyleGAN3" not in str(e):
+                raise
+            return load_stylegan3_generator(p).to(resolve_device(device)).eval()
     else:
         ckpt = safe_torch_load(p, "generator checkpoint")
+        if is_stylegan3_state_dict(ckpt) or is_restyle3_checkpoint(ckpt) or (
+            isinstance(ckpt, Mapping) and is_stylegan3_state_dict(ckpt.get("G_ema"))
+        ):
+            return stylegan3_generator_from_object(ckpt, p).to(resolve_device(device)).eval()
         fmt = detect_format(ckpt)
         reader = reader_for(ckpt)
         if reader is not None and reader.generator is not None:  # the model's generator (HyperStyle: before offsets)

@@ -29,6 +29,8 @@ class OfficialReader:
         read: ``(checkpoint, path, resolve=..., expected=..., **companions) -> model`` (CPU).
         generator: ``(checkpoint, path) -> (generator state dict, latent_avg or None)``: the
             StyleGAN2 generator inside such a file (None: it holds none to extract).
+        own: ``(folder, **companions) -> model``: how the family's own-format folders load when
+            its companions also apply to them (a replacement generator); None: folders take none.
         priority: readers are asked highest first (a more specific layout before a generic one).
     """
 
@@ -37,6 +39,7 @@ class OfficialReader:
     recognise: Callable[[Any], bool]
     read: Callable[..., Any]
     generator: Callable[..., Any] | None = None
+    own: Callable[..., Any] | None = None
     priority: int = 0
 
 

@@ -44,7 +44,7 @@ from instyle.interop.bounds import (
     check_zip_members,
 )
 
-__all__ = ["PersistentObject", "EasyDict", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
+__all__ = ["PersistentObject", "EasyDict", "NdarrayRecord", "RestrictedUnpickler", "read_pickle", "ALLOWED_GLOBALS"]
 
 #: Magic number that starts PyTorch's legacy (pre-1.6, non-zip) ``torch.save`` files.
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
@@ -167,6 +167,45 @@ def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
+class NdarrayRecord:
+    """A pickled NumPy array read as data (StyleGAN3 modules keep sizes as small arrays).
+
+    ``numpy.core.multiarray._reconstruct(ndarray, ...)`` makes this stand-in; the pickle's
+    state ``(version, shape, dtype, fortran, raw bytes)`` fills ``array``, after checking that
+    the bytes are exactly what the shape and dtype declare. Object arrays are refused.
+    """
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("malformed NumPy array record")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("unsupported NumPy array record (object dtype or no raw bytes)")
+        if not (isinstance(shape, tuple) and len(shape) <= 8 and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise pickle.UnpicklingError(f"malformed NumPy array shape {shape!r:.80}")
+        if math.prod(shape) * dtype.itemsize != len(raw):
+            raise pickle.UnpicklingError(
+                f"NumPy array record declares shape {list(shape)} of {dtype} but holds {len(raw)} bytes"
+            )
+        arr = np.frombuffer(bytes(raw), dtype=dtype)
+        self.array = arr.reshape(shape, order="F" if fortran else "C").copy()
+
+    def tolist(self) -> Any:
+        return None if self.array is None else self.array.tolist()
+
+
+def _numpy_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NdarrayRecord:
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("NumPy _reconstruct of something other than ndarray")
+    return NdarrayRecord()
+
+
+_NDARRAY = object()  # what the global numpy.ndarray resolves to: a marker, not the class
+
+
 def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
     # protocol-2 pickles (e.g. torch.save) store bytes as _codecs.encode(text, 'latin1')
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
@@ -205,6 +244,9 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable | type | _StorageType] = {
     ("_codecs", "encode"): _codecs_encode,
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,  # StyleGAN3 size arrays
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib", "EasyDict"): EasyDict,
@@ -243,8 +285,8 @@ class RestrictedUnpickler(BoundedUnpickler):
         if target is None or (isinstance(target, _StorageType) and self._read_storage is None):
             raise CheckpointError(
                 f"{self.source}: refused to read this pickle: it needs the Python global '{module}.{name}', "
-                "which is not among the types NVIDIA StyleGAN2(-ADA) network pickles contain (other networks, "
-                "e.g. StyleGAN3, are not supported). Nothing from the file was executed."
+                "which is not among the types NVIDIA StyleGAN2-ADA / StyleGAN3 network pickles contain. "
+                "Nothing from the file was executed."
             )
         return target
 

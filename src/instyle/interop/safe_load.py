@@ -16,7 +16,7 @@ import os
 import pickletools
 import re
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -32,8 +32,19 @@ from instyle.utils.files import open_regular_file
 
 __all__ = ["ALLOWED_GLOBALS", "safe_torch_load"]
 
-#: Classes a supported checkpoint may contain besides tensors and containers.
-ALLOWED_GLOBALS: list[Any] = [argparse.Namespace]
+
+
+def _posix_path(*parts: Any) -> str:
+    """``pathlib.PosixPath`` records (stylegan3-editing's ``opts`` hold them) read as the
+    path's text: nothing touches the file system and it works on any OS."""
+    if not all(isinstance(p, str) for p in parts):
+        raise TypeError("a PosixPath record must hold strings")
+    return str(PurePosixPath(*parts))
+
+
+#: Classes a supported checkpoint may contain besides tensors and containers
+#: (``(stand-in, "module.name")`` entries resolve that global to the stand-in).
+ALLOWED_GLOBALS: list[Any] = [argparse.Namespace, (_posix_path, "pathlib.PosixPath")]
 
 
 def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:

@@ -5,8 +5,10 @@ from instyle.models.encoders import EncoderConfig
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.psp import FAMILIES, PSP, PSPConfig
 from instyle.models.registry import build_encoder, get_config, list_configs, list_encoders
+from instyle.models.restyle3 import ReStyle3, ReStyle3Config
 from instyle.models.sfe import SFE, SFEConfig  # noqa: F401  (registers its family)
 from instyle.models.stylegan2 import Generator, GeneratorConfig
+from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 
 
 def create_psp(name: str = "psp_ffhq_1024", **overrides) -> PSP:
@@ -28,6 +30,10 @@ __all__ = [
     "HyperStyle",
     "HyperStyleConfig",
     "PSPConfig",
+    "ReStyle3",
+    "ReStyle3Config",
+    "StyleGAN3Config",
+    "StyleGAN3Generator",
     "build_encoder",
     "create_psp",
     "get_config",

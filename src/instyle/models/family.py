@@ -61,6 +61,8 @@ class Family:
         fixed_batch_graphs: its exported graphs are traced at one batch size (offsets).
         photos_at_output_size: it inverts photos given at the generator's size (inversion
             only), not the task inputs at ``input_size``.
+        transform: its generator renders a latent under a ``[3, 3]`` transform (StyleGAN3:
+            ``encode --unaligned`` saves one with each latent).
         exportable: ``instyle export`` can trace it to ONNX graphs.
         editable_latents: its latents may be edited / mixed / interpolated by the shared
             latent tools (False: it has its own editing path).
@@ -83,6 +85,7 @@ class Family:
     fixed_batch_graphs: bool = False
     exportable: bool = False
     photos_at_output_size: bool = False
+    transform: bool = False
     editable_latents: bool = True
     reader: str = ""
     training: Any = None
@@ -113,7 +116,7 @@ def register_family(family: Family) -> Family:
 
 
 #: The modules that register the families: the one line a new family adds itself to.
-FAMILY_MODULES = ("instyle.models.psp", "instyle.models.hyperstyle", "instyle.models.sfe")
+FAMILY_MODULES = ("instyle.models.psp", "instyle.models.hyperstyle", "instyle.models.sfe", "instyle.models.restyle3")
 
 
 def _ensure_loaded() -> None:

@@ -287,7 +287,7 @@ class HyperStyle(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def invert(self, x: torch.Tensor, iterations: int | None = None):
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None):
         """``(w_plus, extra)``: the extra is the per-image generator offsets (``weights_deltas``)."""
         return self.encode(x, iterations=iterations)
 

@@ -52,7 +52,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 #: The model kinds a directory may hold (``config.json``'s ``kind``).
-KINDS = ("psp", "generator", "hyperstyle", "sfe")
+KINDS = ("psp", "generator", "hyperstyle", "sfe", "stylegan3", "restyle3")
 CONFIG_NAME = "config.json"
 #: Largest ``config.json`` read (real ones are a few KB).
 MAX_CONFIG_BYTES = 1 << 20
@@ -130,8 +130,10 @@ def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, t
         )
     doc = read_config(directory)
     if doc["kind"] != kind:
-        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model", "sfe": "StyleFeatureEditor model"}
-        hint = "instyle.load_generator" if doc["kind"] == "generator" else "instyle.load"
+        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model",
+                 "sfe": "StyleFeatureEditor model", "stylegan3": "StyleGAN3 generator",
+                 "restyle3": "ReStyle model over StyleGAN3"}
+        hint = "instyle.load_generator" if doc["kind"] in ("generator", "stylegan3") else "instyle.load"
         raise CheckpointError(
             f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"
         )

@@ -322,7 +322,7 @@ class PSP(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def invert(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, None]:
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, None]:
         """``(w_plus, extra)`` of :class:`~instyle.models.family.InversionModel`: nothing
         beyond W+ is needed to re-render a pSp-family latent."""
         return self.encode(x, iterations=iterations), None

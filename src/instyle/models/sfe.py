@@ -471,7 +471,7 @@ class SFE(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def invert(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, SFEEncoding]:
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, SFEEncoding]:
         """``(w_plus, extra)``: the extra is the whole :class:`SFEEncoding` (its feature maps)."""
         if iterations not in (None, 1):
             raise ValueError(f"iterations={iterations!r}: StyleFeatureEditor encodes in one step (use None or 1)")

@@ -1,0 +1,254 @@
+"""ReStyle-pSp / ReStyle-e4e over StyleGAN3 ("Third Time's the Charm?", Alaluf et al. 2022).
+
+The encoders are ReStyle's own (``BackboneEncoder`` / ``ProgressiveBackboneEncoder``, 6
+input channels, one style per StyleGAN3 w: 16 at every resolution); the decoder is a
+:class:`~instyle.models.stylegan3.StyleGAN3Generator`. Inference follows the original's
+``run_on_batch``:
+
+* start from the average image: the generator's image of ``latent_avg [512]`` (repeated
+  over the ws, no mapping network), identity transform, pooled to 256;
+* each iteration encodes ``cat(x, previous image pooled to 256)`` into a residual added to
+  the current latent (``latent_avg`` at the first iteration) and synthesises it with the
+  identity transform;
+* an optional user transform (``[3, 3]`` or ``[B, 3, 3]``, the landmarks' inverse transform
+  of an unaligned crop) renders only the last iteration; latents never depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from instyle.errors import CheckpointError
+from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.family import Family, register_family
+from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
+from instyle.models.registry import build_encoder
+from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
+from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+
+__all__ = ["DEFAULT_ITERATIONS_SG3", "ReStyle3Config", "ReStyle3"]
+
+#: The original's ``n_iters_per_batch`` for the StyleGAN3 encoders.
+DEFAULT_ITERATIONS_SG3 = 3
+
+
+@dataclass
+class ReStyle3Config:
+    """Architecture of a ReStyle model over StyleGAN3.
+
+    Attributes:
+        encoder: the ReStyle encoder (``BackboneEncoder`` = ReStyle-pSp,
+            ``ProgressiveBackboneEncoder`` = ReStyle-e4e), 6 input channels.
+        generator: the StyleGAN3 generator.
+        iterations: default refinement steps (the checkpoint's ``n_iters_per_batch``).
+        pool_size: side of the images fed back to the encoder (the original's face_pool, 256).
+    """
+
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(type="BackboneEncoder", input_nc=6, n_styles=16))
+    generator: StyleGAN3Config = field(default_factory=StyleGAN3Config)
+    iterations: int = DEFAULT_ITERATIONS_SG3
+    pool_size: int = 256
+
+    def __post_init__(self):
+        if isinstance(self.encoder, dict):
+            self.encoder = EncoderConfig(**self.encoder)
+        if isinstance(self.generator, dict):
+            self.generator = StyleGAN3Config.from_dict(self.generator)
+        if self.encoder.type not in ("BackboneEncoder", "ProgressiveBackboneEncoder"):
+            raise ConfigError(
+                f"restyle3.encoder.type={self.encoder.type!r} is not accepted; choose one of "
+                "['BackboneEncoder', 'ProgressiveBackboneEncoder']"
+            )
+        if self.encoder.input_nc != 6:
+            raise ConfigError(f"restyle3.encoder.input_nc={self.encoder.input_nc} must be 6 (image + current output)")
+        if self.encoder.n_styles != self.generator.n_latent or self.encoder.style_dim != self.generator.w_dim:
+            raise ConfigError(
+                f"the encoder predicts {self.encoder.n_styles}x{self.encoder.style_dim} but the generator takes "
+                f"{self.generator.n_latent}x{self.generator.w_dim}"
+            )
+        check_int_range("restyle3.iterations", self.iterations, 1, 100)
+        check_int_range("restyle3.pool_size", self.pool_size, 16, 1024)
+
+    # what the encode pipeline reads from a model config (pSp's names)
+    image_nc = 3
+    label_nc = 0
+    task = "inversion"
+
+    @property
+    def resize_to(self) -> int:
+        return self.pool_size
+
+    @property
+    def variant(self) -> str:
+        return "e4e" if self.encoder.type == "ProgressiveBackboneEncoder" else "psp"
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ReStyle3Config:
+        if not isinstance(d, dict) or set(d) - {"encoder", "generator", "iterations", "pool_size"}:
+            raise ConfigError(f"restyle3 config must have keys encoder, generator, iterations, pool_size; got {d!r:.200}")
+        return cls(encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
+                   generator=StyleGAN3Config.from_dict(d["generator"]),
+                   iterations=d.get("iterations", DEFAULT_ITERATIONS_SG3), pool_size=d.get("pool_size", 256))
+
+
+class ReStyle3(nn.Module):
+    """ReStyle encoder + StyleGAN3 decoder + ``latent_avg [w_dim]``.
+
+    ``model.encode(x, iterations=3, return_all=True)`` -> one W+ ``[B, 16, 512]`` per
+    iteration; ``model.decode(w, transform=T)`` -> images at the generator's resolution.
+    """
+
+    family = "restyle3"
+
+    def __init__(self, config: ReStyle3Config | None = None):
+        super().__init__()
+        self.config = config or ReStyle3Config()
+        self.encoder = build_encoder(self.config.encoder)
+        self.decoder = StyleGAN3Generator(self.config.generator)
+        self.register_buffer("latent_avg", torch.zeros(self.config.generator.w_dim))
+        self.face_pool = nn.AdaptiveAvgPool2d((self.config.pool_size, self.config.pool_size))
+
+    @property
+    def n_styles(self) -> int:
+        return self.decoder.n_latent
+
+    @property
+    def output_size(self) -> int:
+        return self.decoder.size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.encoder.input_size
+
+    @property
+    def input_nc(self) -> int:
+        """Channels of the input images: 3 (the encoder sees 6: image + current output)."""
+        return self.config.image_nc
+
+    @property
+    def default_iterations(self) -> int:
+        return self.config.iterations
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return (self.input_size, self.input_size)
+
+    def describe(self) -> str:
+        """One line for people: variant, sizes."""
+        return (
+            f"ReStyle-{self.config.variant} over StyleGAN3: input 6x{self.config.encoder.input_size}px, "
+            f"output {self.output_size}px, {self.n_styles} styles"
+        )
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, None]:
+        """``(w_plus, extra)``: a latent re-renders alone (a rendering transform is the caller's choice)."""
+        return self.encode(x, iterations=iterations), None
+
+    def synthesize(self, w_plus: torch.Tensor, extra: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus``; ``extra``: an optional ``[3, 3]`` / ``[B, 3, 3]`` rendering transform."""
+        return self.decode(w_plus, transform=extra, resize=resize)
+
+    def replace_generator(self, generator: StyleGAN3Generator) -> None:
+        """Use ``generator`` instead of the checkpoint's decoder (the original's
+        ``generator_path``); ``latent_avg`` stays the checkpoint's."""
+        if not isinstance(generator, StyleGAN3Generator):
+            raise CheckpointError(f"the replacement generator is a {type(generator).__name__}, not a StyleGAN3 generator")
+        if generator.n_latent != self.n_styles or generator.style_dim != self.config.encoder.style_dim:
+            raise CheckpointError(
+                f"the replacement generator takes {generator.n_latent}x{generator.style_dim} ws but the encoder "
+                f"predicts {self.config.encoder.n_styles}x{self.config.encoder.style_dim}"
+            )
+        self.decoder = generator.to(self.latent_avg.device)
+        self.config.generator = generator.config
+
+    def _pool(self, images: torch.Tensor) -> torch.Tensor:
+        return self.face_pool(images)
+
+    def decode(self, w_plus: torch.Tensor, transform: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
+        """W+ ``[B, n_styles, w_dim]`` -> images ``[B, 3, R, R]`` (raw, not clamped).
+
+        ``transform``: ``[3, 3]`` or ``[B, 3, 3]`` inverse transform of the rendering (None:
+        identity). ``resize`` pools to ``pool_size`` like the original's face_pool."""
+        images = self.decoder.synthesize(w_plus, transform=transform)
+        return self._pool(images) if resize else images
+
+    def average_image(self) -> torch.Tensor:
+        """``[3, pool, pool]``: the image of ``latent_avg`` in every w, pooled (the original's
+        ``get_average_image``)."""
+        w = self.latent_avg.repeat(self.n_styles, 1).unsqueeze(0)
+        return self.decode(w, resize=True)[0]
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        s = self.config.encoder.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise ValueError(f"ReStyle expects images [B, 3, {s}, {s}] in [-1, 1]; got {tuple(x.shape)}")
+
+    def invert(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None,
+               average: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Run the iterations on ``x [B, 3, 256, 256]`` in [-1, 1].
+
+        Args:
+            iterations: steps (default ``config.iterations``, the original's 3).
+            transform: rendering transform of the last iteration only (``[3, 3]`` or ``[B, 3, 3]``).
+            average: the average image (computed when None).
+
+        Returns:
+            per iteration ``(w_plus [B, n_styles, w_dim], image [B, 3, R, R])``.
+        """
+        n = self.default_iterations if iterations is None else iterations
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"iterations={iterations!r} must be a positive integer")
+        self._check_image(x)
+        avg = self.average_image() if average is None else average
+        feedback = avg.to(x.dtype)[None].expand(x.shape[0], -1, -1, -1)
+        latent = self.latent_avg.to(x.dtype).repeat(x.shape[0], 1, 1)
+        steps = []
+        for it in range(n):
+            latent = self.encoder(torch.cat([x, feedback], dim=1)) + latent
+            images = self.decode(latent)
+            feedback = self._pool(images)
+            if transform is not None and it == n - 1:
+                images = self.decode(latent, transform=transform)
+            steps.append((latent, images))
+        return steps
+
+    def encode(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """Images ``[B, 3, 256, 256]`` -> W+ ``[B, n_styles, w_dim]`` (the last iteration's), or
+        with ``return_all`` the list of every iteration's."""
+        latents = [w for w, _ in self.invert(x, iterations)]
+        return latents if return_all else latents[-1]
+
+    def forward(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction ``[B, 3, R, R]`` of ``x`` after the iterations."""
+        return self.invert(x, iterations, transform)[-1][1]
+
+    # ----------------------------------------------------------------- persistence
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """``config.json`` (kind ``restyle3``) + ``model.safetensors`` into ``directory``."""
+        return write_pretrained(directory, "restyle3", self.config.to_dict(), dict(self.state_dict()), extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = DEFAULT_DEVICE) -> ReStyle3:
+        doc, tensors = read_pretrained(directory, "restyle3")
+        model = adopt_state(cls, lambda: ReStyle3Config.from_dict(doc["config"]), tensors, Path(directory))
+        model.metadata = doc.get("metadata", {})
+        return model.to(resolve_device(device)).eval()
+
+
+register_family(Family(
+    name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
+    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True,
+    companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
+    reader="instyle.interop.stylegan3",
+))
