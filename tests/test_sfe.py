@@ -10,8 +10,9 @@ import torch
 
 import instyle
 from instyle.errors import CheckpointError
+from instyle.inference.encoding import load_sfe_encoding as load_encoding
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.sfe import SFE, SFEConfig, feature_resolution, load_encoding, save_encoding
+from instyle.models.sfe import SFE, SFEConfig, feature_resolution, save_encoding
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError
 from instyle.utils.image import pil_to_tensor

@@ -6,8 +6,7 @@ import argparse
 import sys
 import warnings
 
-from instyle.cli.common import error
-from instyle.cli.mix import add_sfe_args, sfe_files
+from instyle.cli.common import add_sfe_args, companion_files, error
 
 DESCRIPTION = """\
 Convert a model file to instyle's own format (a folder with config.json +
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if kind == "psp":  # a model of any family
-                model = load_psp(src, w_encoder=args.w_encoder, **sfe_files(args))
+                model = load_psp(src, **companion_files(args))
                 model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
                 desc = model.describe()
             else:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instyle.cli.common import add_count, error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources, plan_sources, preview
+from instyle.cli.common import add_count, add_model_args, error, load_model
+from instyle.inference.sources import load_sources, plan_sources, preview, render_images
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
@@ -175,7 +175,7 @@ def run_direction(args: argparse.Namespace) -> int:
     for src in sources:
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.transform)
+            images = render_images(model, src.encoding.with_latents(codes), args.full_resolution, args.batch_size)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
@@ -273,8 +273,8 @@ def run_combine(args: argparse.Namespace) -> int:
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
     # HyperStyle: A and the combination render on A's tuned generator, B on its own.
-    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets)
-    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets)
+    out_a, mixed = render_images(model, a.encoding.with_latents(torch.stack([a.w, w])), args.full_resolution, 2)
+    (out_b,) = render_images(model, b.encoding, args.full_resolution, 1)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")
@@ -366,11 +366,11 @@ def run_local(args: argparse.Namespace) -> int:
     except (ImageLoadError, ValueError, OSError) as e:
         error(str(e))
         return 1
-    from instyle.inference.offsets import encode_with_offsets
+    from instyle.inference.encoding import encode
 
     with torch.inference_mode():
-        w, offsets = encode_with_offsets(model, x)
-    before, after = decode(model, w, args.full_resolution, 2, offsets)
+        enc = encode(model, x)
+    before, after = render_images(model, enc, args.full_resolution, 2)
     out = Path(args.out)
     name = Path(args.input).stem
     save_image(edited, out / f"{name}_edited_input.png")

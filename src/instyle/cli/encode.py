@@ -17,10 +17,11 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
+    add_sfe_args,
     apply_precision_args,
+    companion_files,
     error,
 )
-from instyle.cli.mix import add_sfe_args, sfe_files
 from instyle.cli.refining import add_refine_args, run_refine
 
 DESCRIPTION = """\
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
+        model = load_psp(args.checkpoint, device=device, **companion_files(args))
         apply_precision_args(model, args)
     except InstyleError as e:
         error(str(e))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instyle.cli.common import add_count, error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources
+from instyle.cli.common import add_count, add_model_args, error, load_model
+from instyle.inference.sources import load_sources, render_images
 
 DESCRIPTION = """\
 Encode A, B (and more) and decode w' = lambda * w_A + (1 - lambda) * w_B for lambda from 1
@@ -41,10 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from instyle.inference.encoding import Encoding
     from instyle.inference.interpolation import interpolate_path, save_animation
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
-    from instyle.inference.offsets import frame_offsets, path_coefficients
+    from instyle.inference.offsets import path_coefficients
     from instyle.models.family import family_of
 
     if args.steps < 2:
@@ -61,18 +62,19 @@ def run(args: argparse.Namespace) -> int:
         error(f"only {len(sources)} usable code(s); interpolation needs at least two inputs (A B [C ...]) or a latent file of several codes")
         return 1 if failed else 2
     w = interpolate_path([s.w for s in sources], args.steps)
-    with_offsets = [s.offsets is not None for s in sources]
-    if any(with_offsets) and not all(with_offsets):
-        error("some inputs carry HyperStyle generator offsets and some do not; give all as images or all as .npz")
-        return 2
-    # HyperStyle: each frame's generator offsets follow the same path as its latent.
+    ends = [s.encoding for s in sources]
+    # Each frame's extra (HyperStyle's generator offsets) follows the same path as its latent.
     coefficients = path_coefficients(len(sources), args.steps)
     out = Path(args.out)
     frames = []
     for start in tqdm(range(0, len(w), args.batch_size), unit="batch", desc="interpolate", disable=None):
         stop = start + args.batch_size
-        offsets = frame_offsets([s.offsets for s in sources], coefficients[start:stop]) if all(with_offsets) else None
-        frames.extend(decode(model, w[start:stop], args.full_resolution, args.batch_size, offsets))
+        try:
+            enc = Encoding.blend(ends, coefficients[start:stop]).with_latents(w[start:stop])
+        except ValueError as e:  # some inputs with their extra (.npz files, images), some without
+            error(str(e))
+            return 2
+        frames.extend(render_images(model, enc, args.full_resolution, args.batch_size))
     for i, im in enumerate(frames):
         save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
     pick = _spread(len(frames), max(2, args.grid_frames))

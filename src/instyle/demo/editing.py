@@ -78,14 +78,14 @@ def edit_photo(
     Raises:
         DemoInputError: a bad edit, an edit that does not fit the model, or a refusal.
     """
-    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
+    from instyle.inference.encoding import encode, render
     from instyle.inference.refine import RefineConfig, apply_generator_delta
     from instyle.inference.refine import refine as run_refine
 
     x = _prepare(model, image)
     with torch.no_grad():
-        codes, offsets = encode_with_offsets(model, x)  # HyperStyle: (w_plus, offsets), not a batch of codes
-    w = codes[0].float()
+        enc = encode(model, x)
+    w = enc.latents[0].float()
     generator = model.decoder
     try:
         if refine != "none":
@@ -97,9 +97,9 @@ def edit_photo(
     except ValueError as e:  # parse errors, shape mismatches, RefineError
         raise DemoInputError(str(e)) from None
     with torch.no_grad():
-        if offsets is not None and generator is model.decoder:  # HyperStyle: on the image's tuned generator
-            images = decode_with_offsets(model, torch.stack([w, edited]), offsets, resize=True)
-        else:
+        if generator is model.decoder:  # with the image's own extra (HyperStyle: its tuned generator)
+            images = render(model, enc.with_latents(torch.stack([w, edited])), resize=True)
+        else:  # PTI: the generator tuned for this image
             images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
             images = model.face_pool(images)
     return EditResult(tensor_to_pil(images[0]), tensor_to_pil(images[1]), edited.cpu())

@@ -41,6 +41,7 @@ from instyle.errors import InputError, InstyleError
 from instyle.evaluation.fid import InceptionFeatures, feature_stats, fid_caveat, frechet_distance
 from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
+from instyle.inference.encoding import encode, render
 from instyle.inference.io import (
     IMAGE_EXTENSIONS,
     caption,
@@ -52,7 +53,6 @@ from instyle.inference.io import (
     save_image,
     tensor_to_pil,
 )
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
@@ -316,7 +316,7 @@ def _load_model(model, device):
 
 def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
-    return decode_with_offsets(net, *encode_with_offsets(net, x), resize=True)
+    return render(net, encode(net, x), resize=True)
 
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):

@@ -29,6 +29,7 @@ from PIL import Image
 
 from instyle.alignment import DETECTORS, align_faces
 from instyle.errors import InputError, InstyleError
+from instyle.inference.encoding import encode, render, save_encoding
 from instyle.inference.io import (
     ImageLoadError,
     InputFile,
@@ -38,8 +39,7 @@ from instyle.inference.io import (
     save_image,
     tensor_to_pil,
 )
-from instyle.inference.latents import save_latent
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets, uses_offsets
+from instyle.inference.offsets import uses_offsets
 from instyle.inference.preprocess import align_input, input_preview, prepare_input
 from instyle.models.family import family_of
 from instyle.models.runtime import model_precision
@@ -372,9 +372,9 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
             if batch.tensors is not None:
                 x = batch.tensors.to(device)
                 with torch.inference_mode():
-                    w, offsets = encode_with_offsets(model, x, options.iterations)
-                    y = decode_with_offsets(model, w, offsets, resize=not options.full_resolution)
-                for k, ((i, name), xi, yi, wi) in enumerate(zip(batch.items, x, y, w)):
+                    enc = encode(model, x, options.iterations)
+                    y = render(model, enc, resize=not options.full_resolution)
+                for k, ((i, name), xi, yi) in enumerate(zip(batch.items, x, y)):
                     recon = tensor_to_pil(yi)
                     want_grid = options.grid and len(grid_rows) < 16
                     preview = input_preview(xi, model.config) if options.side_by_side or want_grid else None
@@ -385,9 +385,8 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     records[i]["status"] = "encoded"
                     writer.submit(save_image, image, out / f"{name}.{options.format}", tag=i)
                     if options.save_latents:
-                        deltas = {} if offsets is None else {"weights_deltas": sample_offsets(offsets, k)}
                         latent = out / "latents" / f"{name}.{options.latent_format}"
-                        writer.submit(save_latent, latent, wi.float().cpu(), **deltas, tag=i)
+                        writer.submit(save_encoding, latent, enc[k].to("cpu"), tag=i)
                     if want_grid:
                         grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))

@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "DEFAULT_ITERATIONS",
     "ENCODINGS",
+    "ExtraOps",
     "Family",
     "InversionModel",
     "family_for_kind",
@@ -66,6 +67,8 @@ class Family:
         exportable: ``instyle export`` can trace it to ONNX graphs.
         editable_latents: its latents may be edited / mixed / interpolated by the shared
             latent tools (False: it has its own editing path).
+        extra_ops: how the family's extra (see ``encoding``) is sliced, joined, blended and moved
+            (:class:`ExtraOps`); None for a family whose latents carry nothing else.
         reader: the ``interop`` module that registers how an official file of the family is
             recognised and read (:mod:`instyle.interop.readers`); empty: own format only.
         training: the family's training hooks (placeholder: training still dispatches on
@@ -87,6 +90,7 @@ class Family:
     photos_at_output_size: bool = False
     transform: bool = False
     editable_latents: bool = True
+    extra_ops: Any = None
     reader: str = ""
     training: Any = None
 
@@ -176,6 +180,24 @@ def model_kinds() -> dict[str, type]:
     for f in map(get_family, list_families()):
         out.setdefault(f.kind, f.model_class)
     return out
+
+
+class ExtraOps(Protocol):
+    """What :class:`~instyle.inference.encoding.Encoding` asks of a family's extra (HyperStyle's
+    offsets, StyleFeatureEditor's encoding, a StyleGAN3 transform). A batch-1 extra is shared
+    by every latent of a batch (an image's edits render on that image's own extra)."""
+
+    def take(self, extra: Any, index: slice) -> Any:
+        """Rows ``index`` of a batch's extra (a shared batch-1 extra whole)."""
+
+    def cat(self, extras: list[Any]) -> Any:
+        """One extra of several batches' (in order)."""
+
+    def blend(self, extras: list[Any], weights: torch.Tensor) -> Any:
+        """``weights [F, n]`` sums of ``n`` batch-1 extras: ``F`` rows (interpolation frames)."""
+
+    def to(self, extra: Any, device: Any) -> Any:
+        """The extra on ``device``."""
 
 
 @runtime_checkable

@@ -406,9 +406,38 @@ def compact_deltas(weights_deltas: Sequence[torch.Tensor | None]) -> WeightsDelt
     return out
 
 
+class OffsetsOps:
+    """:class:`~instyle.models.family.ExtraOps` of HyperStyle's offsets (``weights_deltas``: one
+    ``[B or 1, out, in, k or 1, k or 1]`` tensor or None per generator weight layer)."""
+
+    @staticmethod
+    def take(extra: WeightsDeltas, index: slice) -> WeightsDeltas:
+        return [d if d is None or d.shape[0] == 1 else d[index] for d in extra]
+
+    @staticmethod
+    def cat(extras: list[WeightsDeltas]) -> WeightsDeltas:
+        return [None if layer[0] is None else torch.cat(layer) for layer in zip(*extras)]
+
+    @staticmethod
+    def blend(extras: list[WeightsDeltas], weights: torch.Tensor) -> WeightsDeltas:
+        out: WeightsDeltas = []
+        for layer in zip(*extras):
+            if any(d is None for d in layer):  # a layer untuned in any input stays untuned
+                out.append(None)
+                continue
+            k = max(d.shape[-1] for d in layer)
+            stack = torch.cat([d.expand(*d.shape[:-2], k, k) for d in layer])  # [n, out, in, k, k]
+            out.append(torch.einsum("fn,n...->f...", weights.to(stack), stack))
+        return out
+
+    @staticmethod
+    def to(extra: WeightsDeltas, device) -> WeightsDeltas:
+        return [d if d is None else d.to(device) for d in extra]
+
+
 register_family(Family(
     name="hyperstyle", title="HyperStyle", model_class=HyperStyle, config_class=HyperStyleConfig, kind="hyperstyle",
     encoding="offsets", iterative=True, default_iterations=DEFAULT_ITERATIONS, runtime=False,
     companions={"w_encoder": "the W-encoder (an e4e or pSp-in-W checkpoint) it starts from"},
-    fixed_batch_graphs=True, exportable=True, reader="instyle.interop.hyperstyle",
+    fixed_batch_graphs=True, exportable=True, extra_ops=OffsetsOps(), reader="instyle.interop.hyperstyle",
 ))

@@ -107,6 +107,8 @@ class ReStyle3(nn.Module):
     """
 
     family = "restyle3"
+    #: True for a randomly initialised (untrained) model (the family protocol's flag).
+    random_weights: bool = False
 
     def __init__(self, config: ReStyle3Config | None = None):
         super().__init__()
@@ -144,7 +146,7 @@ class ReStyle3(nn.Module):
     def describe(self) -> str:
         """One line for people: variant, sizes."""
         return (
-            f"ReStyle-{self.config.variant} over StyleGAN3: input 6x{self.config.encoder.input_size}px, "
+            f"ReStyle over StyleGAN3 (ReStyle-{self.config.variant}): input 6x{self.config.encoder.input_size}px, "
             f"output {self.output_size}px, {self.n_styles} styles"
         )
 
@@ -246,9 +248,30 @@ class ReStyle3(nn.Module):
         return model.to(resolve_device(device)).eval()
 
 
+class TransformOps:
+    """:class:`~instyle.models.family.ExtraOps` of a rendering transform (``[3, 3]`` shared or ``[B, 3, 3]``)."""
+
+    @staticmethod
+    def take(extra: torch.Tensor, index: slice) -> torch.Tensor:
+        return extra if extra.ndim == 2 or extra.shape[0] == 1 else extra[index]
+
+    @staticmethod
+    def cat(extras: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1, 3, 3) for t in extras])
+
+    @staticmethod
+    def blend(extras: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        stack = torch.cat([t.reshape(-1, 3, 3) for t in extras])
+        return torch.einsum("fn,nij->fij", weights.to(stack), stack)
+
+    @staticmethod
+    def to(extra: torch.Tensor, device) -> torch.Tensor:
+        return extra.to(device)
+
+
 register_family(Family(
     name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
-    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True,
+    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True, extra_ops=TransformOps(),
     companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
     reader="instyle.interop.stylegan3",
 ))

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.errors import CheckpointError
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.family import Family, register_family
@@ -55,7 +54,6 @@ __all__ = [
     "Inverter",
     "feature_resolution",
     "save_encoding",
-    "load_encoding",
 ]
 
 #: iresnet50's residual units per stage (ArcFace).
@@ -564,46 +562,23 @@ def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "floa
     return path
 
 
-#: Bounds on an encoding file (a crafted file must not make us allocate gigabytes).
-MAX_ENCODING_ELEMENTS = 1 << 28
+class SFEEncodingOps:
+    """:class:`~instyle.models.family.ExtraOps` of :class:`SFEEncoding` extras."""
 
+    @staticmethod
+    def take(extra: SFEEncoding, index: slice) -> SFEEncoding:
+        return extra if len(extra) == 1 else extra[index]
 
-def load_encoding(path: str | Path) -> SFEEncoding:
-    """Read a file written by :func:`save_encoding` (float32 tensors)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "kind" not in data.files or str(data["kind"]) != ENCODING_KIND:
-                raise CheckpointError(f"{path}: not an SFE encoding file (no kind={ENCODING_KIND!r})")
-            if int(data["version"]) > ENCODING_VERSION:
-                raise CheckpointError(f"{path}: SFE encoding version {int(data['version'])} is newer than {ENCODING_VERSION}; upgrade instyle")
-            out = {}
-            for k in ("w_recon", "w_e4e", "fused_feat", "w_edit", "edited_feat"):
-                if k not in data.files:
-                    if k in ("w_e4e", "w_edit", "edited_feat"):
-                        continue
-                    raise CheckpointError(f"{path}: SFE encoding lacks {k!r}")
-                a = data[k]
-                if a.size > MAX_ENCODING_ELEMENTS or a.dtype not in (np.float32, np.float16):
-                    raise CheckpointError(f"{path}: {k} is {a.dtype} with {a.size} values; expected float32/float16, at most {MAX_ENCODING_ELEMENTS}")
-                out[k] = torch.from_numpy(a.astype(np.float32)).clone()  # own, aligned storage
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
-    enc = SFEEncoding(out["w_recon"], out.get("w_e4e"), out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
-    e4e_ok = enc.w_e4e is None or enc.w_e4e.shape == enc.w_recon.shape
-    w_ok = enc.w_edit is None or enc.w_edit.shape == enc.w_recon.shape
-    f_ok = enc.edited_feat is None or enc.edited_feat.shape == enc.fused_feat.shape
-    if not (enc.w_recon.ndim == 3 and e4e_ok and enc.fused_feat.ndim == 4
-            and enc.fused_feat.shape[0] == enc.w_recon.shape[0] and w_ok and f_ok
-            and (enc.w_edit is None) == (enc.edited_feat is None)):
-        raise CheckpointError(
-            f"{path}: inconsistent SFE encoding shapes w_recon {tuple(enc.w_recon.shape)}, w_e4e "
-            f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
-        )
-    return enc
+    cat = staticmethod(SFEEncoding.cat)
+    blend = staticmethod(SFEEncoding.blend)
+
+    @staticmethod
+    def to(extra: SFEEncoding, device) -> SFEEncoding:
+        return SFEEncoding(*(None if t is None else t.to(device) for t in extra._fields()))
 
 
 register_family(Family(
     name="sfe", title="StyleFeatureEditor", model_class=SFE, config_class=SFEConfig, kind="sfe",
-    encoding="features", runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
+    encoding="features", extra_ops=SFEEncodingOps(), runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
     companions={"e4e": "the e4e encoder it edits with", "generator": "the StyleGAN2 generator it renders with"},
 ))
