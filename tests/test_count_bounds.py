@@ -26,6 +26,8 @@ HUGE = [
     (["serve", "-c", "m", "--queue-size", "100000000"], "--queue-size"),
     (["serve", "-c", "m", "--port", "70000"], "--port"),
     (["align", "a.png", "--out", "o", "--workers", "100000"], "--workers"),
+    (["export", "-c", "m", "--out", "o", "--iterations", "1000000"], "--iterations"),
+    (["export", "-c", "m", "--out", "o", "--batch", "100000000"], "--batch"),
     (["video", "-c", "m", "clip.mp4", "--out", "o", "--every", "100000000"], "--every"),
     (["video", "-c", "m", "clip.mp4", "--out", "o", "--batch-size", "100000000"], "--batch-size"),
     (["video", "-c", "m", "clip.mp4", "--out", "o", "--workers", "100000"], "--workers"),

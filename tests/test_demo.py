@@ -280,7 +280,7 @@ def test_client_api_reconstruct_mix_interpolate_and_errors(server, tmp_path, pho
     image, seen, npy = client.predict(None, handle_file(str(photo_file)), False, api_name="/reconstruct")
     with Image.open(image) as im:
         assert im.format == "PNG" and im.size == (64, 64)
-    assert np.load(npy).shape == (10, 64) and npy.endswith("face_latent.npy")
+    assert np.load(npy).shape == (10, 64) and npy.endswith("face.npy")
 
     gallery = client.predict("tiny", handle_file(str(photo_file)), 3, "8-9", True, 0.5, 7, 0.7, api_name="/mix")
     assert len(gallery) == 3 and all(Image.open(g["image"]).size == (64, 64) for g in gallery)
@@ -331,3 +331,17 @@ def test_model_events_share_one_bounded_queue(server):
     for name in ("reconstruct", "mix", "interpolate"):
         assert named[name].concurrency_limit == 1 and named[name].concurrency_id == "model"
     assert blocks._queue.max_size == 64  # private in Gradio 6: the demo extra pins gradio<7
+
+
+def test_edit_endpoint_reports_progress_and_names_its_download(server, photo_file):
+    """The Edit handler (with Gradio's progress injected before the slider values) refines, and
+    a second click re-uses the cached encoding: the same reconstruction."""
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    before, after, npy = client.predict(None, handle_file(str(photo_file)), "pti", 2, "", api_name="/edit")
+    again, _, _ = client.predict(None, handle_file(str(photo_file)), "pti", 2, "", api_name="/edit")
+    # a PTI code: .npz saying its tuned generator is not included (the CLI refuses it, never misrenders it)
+    assert npy.endswith("face_unedited.npz") and np.load(npy)["w_plus"].shape == (10, 64)
+    assert np.array_equal(np.asarray(Image.open(before)), np.asarray(Image.open(again)))

@@ -128,7 +128,7 @@ def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, fac
         out = _fetch_image(page, "#rec-output img")
         assert out.format == "PNG" and out.size == (out_size, out_size) and out.mode == "RGB"
         assert max(hi - lo for lo, hi in out.getextrema()) > 0  # not a blank image
-        link = page.locator('#rec-latent a[download$="_latent.npy"]')
+        link = page.locator(f'#rec-latent a[download="{photos[0].stem}.npy"]')
         link.wait_for()
         latent = np.load(io.BytesIO(page.request.get(link.get_attribute("href")).body()))
         assert latent.shape == (health["models"][0]["n_styles"], 64) and latent.dtype == np.float32
@@ -167,6 +167,21 @@ def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, fac
         gif = _fetch_image(page, "#interp-gif img")
         assert gif.format == "GIF" and gif.n_frames > 2 and gif.size == (out_size, out_size)
         _save(page, "demo_interpolation.png", tmp_path)
+
+        # Edit with PTI first: the steps' progress, then the outputs; the download is named after the edit.
+        page.get_by_role("tab", name="Edit").click()
+        page.locator("#edit-input input[type=file]").set_input_files(str(photos[0]))
+        page.locator("#edit-input img").wait_for()
+        page.get_by_role("radio", name="pti", exact=True).check()
+        page.click("#edit-run")
+        page.locator("#edit-output img").wait_for()
+        page.locator(f'#edit-latent a[download="{photos[0].stem}_unedited.npz"]').wait_for()  # PTI: says so
+        _save(page, "demo_edit.png", tmp_path)
+
+        # The API tab's example calls this very server.
+        page.get_by_role("tab", name="API").click()
+        assert f'Client("{url}")' in page.inner_text("body")
+        _save(page, "demo_api.png", tmp_path)
     finally:
         context.close()
 
@@ -199,7 +214,7 @@ def test_browser_label_map_tab(served, browser, tmp_path):
         out = _fetch_image(page, "#task-seg2face-output img")
         assert out.size == (seg["output_size"], seg["output_size"]) and out.mode == "RGB"
         assert max(hi - lo for lo, hi in out.getextrema()) > 0
-        link = page.locator('#task-seg2face-latent a[download$="_latent.npy"]')
+        link = page.locator(f'#task-seg2face-latent a[download="{path.stem}.npy"]')
         link.wait_for()
         latent = np.load(io.BytesIO(page.request.get(link.get_attribute("href")).body()))
         assert latent.shape == (seg["n_styles"], 64)

@@ -65,3 +65,41 @@ def test_edit_tab_is_on_the_page(files):
     assert "edit" in names
     labels = {c.get("props", {}).get("label") for c in demo.config["components"]}
     assert "older" in labels and "Refine first" in labels
+
+
+def test_edit_reuses_the_cached_encoding_of_the_same_upload(tiny_psp, files, monkeypatch):
+    """A second Edit click on the same photo (another slider value) neither encodes nor refines
+    again; the edited latent is named after its edit."""
+    from instyle.demo.editing import EncodingCache
+
+    tmp, photo = files
+    edits = load_edits([str(tmp / "older.npy")])
+    calls = {"encode": 0, "steps": 0}
+    encode = tiny_psp.encode
+    monkeypatch.setattr(tiny_psp, "encode", lambda *a, **k: calls.__setitem__("encode", calls["encode"] + 1) or encode(*a, **k))
+    cache = EncodingCache()
+    on_step = lambda k, loss: calls.__setitem__("steps", calls["steps"] + 1)  # noqa: E731
+    first = edit_photo(tiny_psp, photo, edits, {"older": 1.0}, refine="pti", steps=2, cache=cache, on_step=on_step)
+    second = edit_photo(tiny_psp, photo, edits, {"older": -2.0}, refine="pti", steps=2, cache=cache, on_step=on_step)
+    assert calls == {"encode": 1, "steps": 2} and not first.cached and second.cached
+    assert first.refine_seconds > 0 and second.refine_seconds == 0
+    assert np.array_equal(np.asarray(first.before), np.asarray(second.before))  # the same tuned reconstruction
+    assert first.name == "older+1" and second.name == "older-2"
+    other = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    edit_photo(tiny_psp, other, edits, {"older": 1.0}, refine="pti", steps=2, cache=cache)
+    assert calls["encode"] == 2  # another photo is encoded
+
+
+def test_demo_page_names_family_iterations_real_port_and_cpu_refine_defaults(files):
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    from instyle.demo import ModelStore, ServeSettings
+    from instyle.demo.app import build_demo
+
+    tmp, _ = files
+    store = ModelStore.quickstart(device="cpu", config="tiny")
+    demo = build_demo(store, ServeSettings(port=8123, directions=(str(tmp / "older.npy"),)))
+    texts = " ".join(str(c.get("props", {}).get("value")) for c in demo.config["components"])
+    assert "| model | family | iterations |" in texts and "| psp | 1 |" in texts
+    assert 'Client("http://127.0.0.1:8123/")' in texts and "7860" not in texts
+    steps = next(c["props"] for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "edit-steps")
+    assert steps["value"] == 5 and "s per step on this server (cpu)" in steps["info"]

@@ -68,7 +68,7 @@ def test_load_direction_shapes_and_errors(tmp_path):
         load_direction(tmp_path / "junk.npy")
     assert parse_strengths("-3:3:7") == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
     assert parse_strengths("-2, 0,2") == [-2.0, 0.0, 2.0]
-    with pytest.raises(ValueError, match="start:stop:count"):
+    with pytest.raises(ValueError, match=r"start\.\.stop:count"):
         parse_strengths("1:2")
 
 

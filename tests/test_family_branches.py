@@ -44,10 +44,10 @@ FAMILY_PACKAGES = ("models/encoders/",)
 #: Files outside the family modules still allowed some branches: path -> (count, why).
 ALLOWED: dict[str, tuple[int, str]] = {
     # Training dispatches on the family itself until it moves to family hooks (issue 22, part 7).
-    "training/model.py": (5, "training hooks not yet per family"),
-    "training/step.py": (2, "training hooks not yet per family"),
-    "training/loop.py": (2, "training hooks not yet per family"),
-    "training/config.py": (4, "TrainConfig validates each family's options itself"),
+    "training/model.py": (7, "training hooks not yet per family"),
+    "training/step.py": (3, "training hooks not yet per family"),
+    "training/loop.py": (3, "training hooks not yet per family"),
+    "training/config.py": (5, "TrainConfig validates each family's options itself"),
     # The demo's latent download names its suffix by whether offsets came with the code.
     "demo/actions.py": (1, "write_latent: .npz when the code carries offsets"),
 }

@@ -130,7 +130,7 @@ def test_cli_encode_refine_resumes_and_refuses_restyle(model, tmp_path, capsys):
     assert main(cmd) == 1
     assert "refined 1 image(s) with pti into" in capsys.readouterr().out
     assert (out / "a.png").read_bytes() == first
-    summary = json.loads((out / "summary_refine.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] == 1 and summary["steps"] == [2]
     assert main([*cmd[:4], "-o", str(tmp_path / "r"), "--device", "cpu", "--refine", "restyle", "--refine-lpips", "0"]) == 2
     assert "needs a ReStyle checkpoint" in capsys.readouterr().err

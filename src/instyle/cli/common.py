@@ -122,7 +122,7 @@ MAX_WORKERS = 64
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the latent-space commands."""
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
@@ -166,6 +166,10 @@ def load_model(args, allow_sfe: bool = False):
         error(f"--batch-size={args.batch_size} must be >= 1")
         return None
     try:
+        if getattr(args, "out", None):
+            from instyle.inference.pipeline import check_output_folder
+
+            check_output_folder(args.out)  # before the long model load
         device = resolve_device(args.device)
         model = load_psp(args.checkpoint, device=device, **companion_files(args))
         apply_precision_args(model, args)

@@ -9,13 +9,12 @@ import numpy as np
 import torch
 
 from instyle.cli.common import add_count, add_model_args, error, load_model
-from instyle.inference.sources import load_sources, plan_sources, preview, render_images
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
 
-  instyle edit direction INPUT... --direction smile.npy --strengths=-3:3:7 [--layers 0-7]
-      w + s * d for each strength s (start:stop:count or a list); the direction is a .npy of
+  instyle edit direction INPUT... --direction smile.npy --strengths=-3..3:7 [--layers 0-7]
+      w + s * d for each strength s (start..stop:count or a list); the direction is a .npy of
       shape [512] or [n_styles, 512], or a published InterFaceGAN .pt (age.pt, pose.pt, ...).
   instyle edit direction INPUT... -d age=age.pt -d ffhq_pca.pt --edit age=-3..3:7 --edit ganspace:54,7,8=20
       named edits, each NAME[:COMPONENT]=VALUES (VALUES: a..b:count, a list or one value).
@@ -62,10 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--strengths",
         "-s",
-        default="-3:3:7",
-        help="start:stop:count or a list like -2,0,2; write --strengths=-2,0,2 when it starts with a minus (default: -3:3:7)",
+        default="-3..3:7",
+        help="start..stop:count or a list like -2,0,2 (the syntax of --edit's VALUES); write --strengths=-2,0,2 when "
+        "it starts with a minus (default: -3..3:7)",
     )
     d.add_argument("--layers", default=None, help="0-based layers to edit, e.g. 0-7 (default: all)")
+    d.add_argument(
+        "--paste-back", action="store_true",
+        help="also paste every edited face into its original photo (OUT/pasted/...): inputs are crops of "
+        "`instyle align` / `encode --align` or latents of `encode --align --save-latents`",
+    )
     d.set_defaults(func=run_direction)
 
     c = modes.add_parser("combine", help="take some layers' styles of A from B")
@@ -138,13 +143,38 @@ def _direction_outputs(args, edits, named: bool):
     return outputs
 
 
+def _alignments(sources, failed: int) -> tuple[dict, int]:
+    """``({source name: alignment record}, failed)``: a source without one is reported and counted."""
+    from instyle.inference.pasteback import PasteBackError, find_alignment
+    from instyle.utils.progress import warn
+
+    found = {}
+    for src in sources:
+        try:
+            found[src.name] = find_alignment(src.path)
+        except PasteBackError as e:
+            warn(f"cannot paste back: {e}")
+            failed += 1
+    return found, failed
+
+
 def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.editing import edit_codes
     from instyle.inference.io import caption, make_grid, save_image
     from instyle.inference.latents import save_latent
+    from instyle.inference.pasteback import PASTED_DIR, paste_result
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.sources import load_sources, plan_sources, render_images
     from instyle.models.family import family_of
+    from instyle.utils.progress import track
 
+    try:  # the values are checked before the long model load
+        from instyle.inference.editing import parse_edit, parse_strengths
+
+        _ = [parse_edit(e) for e in args.edit] if args.edit else parse_strengths(args.strengths)
+    except ValueError as e:
+        error(str(e))
+        return 2
     loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
@@ -172,13 +202,18 @@ def run_direction(args: argparse.Namespace) -> int:
         return 1
     out = Path(args.out)
     rows = []
-    for src in sources:
+    alignments, failed = _alignments(sources, failed) if args.paste_back else ({}, failed)
+    for src in track(sources, "edit", "img"):
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = render_images(model, src.encoding.with_latents(codes), args.full_resolution, args.batch_size)
+            images = render_images(model, src.encoding.with_latents(codes), args.full_resolution, args.batch_size,
+                                   generator_delta=src.generator_delta)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
+                if src.name in alignments:  # the same relative path under pasted/
+                    rel = (folder / f"strength_{s:+.3f}.{args.format}").relative_to(out)
+                    save_image(paste_result(alignments[src.name], im), out / PASTED_DIR / rel)
             stem = f"{src.name}_{spec.slug}" if named else src.name
             save_latent(out / "latents" / (f"{src.name}/{spec.slug}.npy" if named else f"{src.name}.npy"), codes)
             row = ([src.preview] if src.preview is not None else []) + [
@@ -203,6 +238,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
     from instyle.inference.pipeline import OutputFolderError
     from instyle.inference.sfe_editing import edit_fn, preset_spec
     from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
+    from instyle.inference.sources import plan_sources
 
     if not model.config.editor:
         error(f"{args.checkpoint}: an SFE inverter (phase 1) has no feature editor and cannot edit; use the editor checkpoint")
@@ -256,6 +292,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
 def run_combine(args: argparse.Namespace) -> int:
     from instyle.inference.editing import combine_styles
     from instyle.inference.io import make_grid, save_image
+    from instyle.inference.sources import load_sources, render_images
 
     loaded = load_model(args)
     if loaded is None:
@@ -273,8 +310,9 @@ def run_combine(args: argparse.Namespace) -> int:
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
     # HyperStyle: A and the combination render on A's tuned generator, B on its own.
-    out_a, mixed = render_images(model, a.encoding.with_latents(torch.stack([a.w, w])), args.full_resolution, 2)
-    (out_b,) = render_images(model, b.encoding, args.full_resolution, 1)
+    out_a, mixed = render_images(model, a.encoding.with_latents(torch.stack([a.w, w])), args.full_resolution, 2,
+                                 generator_delta=a.generator_delta)
+    (out_b,) = render_images(model, b.encoding, args.full_resolution, 1, generator_delta=b.generator_delta)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")
@@ -355,6 +393,7 @@ def _edited_input(args, model):
 def run_local(args: argparse.Namespace) -> int:
     from instyle.inference.io import ImageLoadError, make_grid, save_image, tensor_to_pil
     from instyle.inference.preprocess import prepare_input
+    from instyle.inference.sources import preview, render_images
 
     loaded = load_model(args)
     if loaded is None:

@@ -22,10 +22,10 @@ from instyle.cli.common import (
     companion_files,
     error,
 )
-from instyle.cli.refining import add_refine_args, run_refine
+from instyle.cli.refining import add_refine_args, prepare_refine, run_refine
 
 DESCRIPTION = """\
-Encode images with a pSp, e4e or ReStyle checkpoint and write the reconstructions (and
+Encode images with a pSp, e4e, ReStyle or HyperStyle checkpoint and write the reconstructions (and
 optionally the W+ latents). ReStyle models refine their latents --iterations times
 (default 5, as the original's inference script). Inputs are files, folders (searched recursively) or glob patterns.
 Photos are prepared like the original test transforms (resize to 256x256 bilinear,
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
@@ -81,7 +81,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--side-by-side", action="store_true", help="write input | output pairs instead of outputs alone")
     p.add_argument("--grid", action="store_true", help="also write grid.png with input | output rows (first 16 images)")
-    p.add_argument("--align", action="store_true", help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`)")
+    p.add_argument(
+        "--align", action="store_true",
+        help="FFHQ-align faces in the inputs first (needs dlib; see `instyle align`); keeps the crops and their "
+        "alignment.json in OUT/aligned/",
+    )
+    p.add_argument(
+        "--paste-back", action="store_true",
+        help="with --align: also paste each reconstruction back into its original photo (OUT/pasted/<name>)",
+    )
     p.add_argument(
         "--unaligned", action="store_true",
         help="StyleGAN3 encoders: encode each photo's face aligned, render it where and as rotated as in an unaligned "
@@ -103,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.errors import InstyleError
     from instyle.inference.io import collect_input_files
-    from instyle.inference.pipeline import EncodeOptions, OutputFolderError, encode_files, world
+    from instyle.inference.pipeline import EncodeOptions, OutputFolderError, check_output_folder, encode_files, world
     from instyle.interop import load_psp
     from instyle.models.family import family_of, get_family, list_families
     from instyle.utils.config import ConfigError
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
             side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
             iterations=args.iterations, resize_factor=args.resize_factor, limit=args.limit,
+            paste_back=args.paste_back,
         )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
@@ -123,6 +132,14 @@ def run(args: argparse.Namespace) -> int:
         error(str(e).replace("batch_size=", "--batch-size="))
         return 2
     if args.align and not _face_tools_ready():
+        return 2
+    try:
+        check_output_folder(args.out)  # before the long model load
+    except OutputFolderError as e:
+        error(str(e))
+        return 2
+    refining = prepare_refine(args) if args.refine else None  # refused settings fail before the long load
+    if args.refine and refining is None:
         return 2
     torch.manual_seed(args.seed)
     if device.type == "cpu":
@@ -153,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "unaligned", False):
         return _unaligned(args, model, files)
     if args.refine:
-        return _refine(args, model, files, len(problems))
+        return _refine(args, model, files, len(problems), refining)
     # Every process reports the files of its own shard.
     log = lambda msg: tqdm.write(f"instyle: {msg}", file=sys.stderr)
     try:
@@ -165,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = summary["failed"] + summary["not_done"]
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))
+    if summary.get("grid", {}).get("images"):
+        shown, done = summary["grid"]["images"], summary["encoded"]
+        print(f"{summary['grid']['file']} shows " + (f"all {done} image(s)" if shown >= done else f"the first {shown} of {done} images"))
     return 1 if failed or not summary["summary_written"] else 0
 
 
@@ -239,17 +259,19 @@ def _face_tools_ready() -> bool:
         return False
 
 
-def _refine(args: argparse.Namespace, model, files, n_skipped: int) -> int:
+def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared) -> int:
     """``--refine``: output names and folder checks as for a plain encode, then the per-image loop."""
     from instyle.inference.io import output_names
     from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
+    from instyle.inference.refine import refine_outputs
 
     files = files[: args.limit] if args.limit else files
     try:
-        names = output_names(files)
-        prepare_output_folder(args.out, files, [Path(args.out) / f"{n}.{args.format}" for n in names])
+        outputs = lambda name: refine_outputs(name, args.refine, args.format, args.save_latents)
+        names = output_names(files, outputs, ["grid.png", "summary.json"])
+        prepare_output_folder(args.out, files, [Path(args.out) / o for n in names for o in outputs(n)])
     except (OutputFolderError, ValueError) as e:
         error(str(e))
         return 2
     items = [(f.path, n) for f, n in zip(files, names)]
-    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped)
+    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped, prepared)

@@ -10,12 +10,14 @@ from pathlib import Path
 from instyle.cli.common import (
     MAX_BATCH,
     MAX_INPUTS,
+    MAX_ITERATIONS,
     MAX_RESIZE_FACTOR,
     add_count,
     add_device_arg,
     add_precision_args,
     add_sfe_args,
     apply_precision_args,
+    bounded_int,
     error,
 )
 from instyle.errors import InstyleError
@@ -61,13 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", metavar="[NAME=]PATH",
-        help="pSp checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
+        help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
         "(default: its file or folder name)",
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_sfe_args(p)
     p.add_argument("--predictions", help="score saved outputs in this folder (matched to --data by name) instead")
-    p.add_argument("--data", "-d", help="folder of target photos, or a prepared folder (target/ + source/)")
+    p.add_argument("--data", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
     p.add_argument("--out", "-o", help="report folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
@@ -80,11 +82,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
-    add_count(p, "--max-images", minimum=1, maximum=MAX_INPUTS, help="evaluate at most this many images")
+    add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N", help="evaluate only the first N images (as encode --limit)")
+    p.add_argument("--max-images", type=bounded_int(1, MAX_INPUTS), dest="limit", help=argparse.SUPPRESS)  # the old spelling
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, metavar="N",
+              help="ReStyle / HyperStyle refinement steps (default: the model's, 5); pSp and e4e encode in one step")
+    p.add_argument(
+        "--per-iteration", action="store_true",
+        help="ReStyle / HyperStyle: also measure the reconstruction after every iteration (report.md table, "
+        "report.json per_iteration), like the original scripts' per-step outputs",
+    )
     add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
               help="super-resolution models: make each input by down-sampling its target xN (the original's "
               "--resize_factors; default: the largest training factor, named in the report)")
-    add_count(p, "--warmup", minimum=0, maximum=100, default=1, help="untimed warm-up passes (default: 1)")
+    add_count(p, "--warmup", minimum=0, maximum=100, default=None,
+              help="untimed warm-up passes before timing (default: 1 on a GPU, 0 on the CPU, where a pass costs a full run)")
     p.add_argument("--lec", metavar="[NAME=]FILE", help="also measure LEC for this edit file (direction, GANSpace, SeFa)")
     p.add_argument("--lec-edit", metavar="NAME[:COMP]=S", help="the edit LEC applies (default: NAME=3)")
     p.add_argument(
@@ -144,11 +155,13 @@ def run(args: argparse.Namespace) -> int:
             identity=None if args.identity == "none" else args.identity,
             face_box=args.face_box,
             inception_weights=args.inception_weights,
-            max_images=args.max_images,
+            max_images=args.limit,
             warmup=args.warmup,
             progress=True,
             resize_factor=args.resize_factor,
-            name=getattr(args, "name", None),
+            name=getattr(args, "name", None) or (Path(args.checkpoint).name if args.w_encoder else None),
+            iterations=args.iterations,
+            per_iteration=args.per_iteration,
         )
     except (InstyleError, FileNotFoundError) as e:
         error(str(e))
@@ -198,7 +211,7 @@ def _run_lec(args: argparse.Namespace) -> int:
         edit = load_edit(path, model.n_styles, model.config.generator.style_dim)
         spec = parse_edit(args.lec_edit or f"{name}=3")
         edit = edit_function(resolve_edit(spec.name, {name: edit}), spec)
-        result = lec_on_folder(model, args.data, edit, args.batch_size, args.max_images)
+        result = lec_on_folder(model, args.data, edit, args.batch_size, args.limit)
     except (CheckpointError, ValueError) as e:
         error(f"LEC: {e}")
         return 2
@@ -226,10 +239,5 @@ def _run_compare(args: argparse.Namespace) -> int:
         except OSError as e:
             error(f"could not write the comparison into {out}: {e.strerror or e}")
             return 1
-    print(
-        "better: " + ", ".join(f"{k}: {v}" for k, v in result["better"].items())
-        if "better" in result
-        else "best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()),
-        file=sys.stdout,
-    )
+    print("best: " + ", ".join(f"{k}: {v}" for k, v in result["best"].items()))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from instyle.cli.common import error
+from instyle.cli.common import MAX_BATCH, MAX_ITERATIONS, add_count, error
 
 DESCRIPTION = """\
 Export a pSp, e4e, ReStyle or HyperStyle checkpoint to ONNX for deployment without
@@ -33,32 +33,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", "-c", required=True, help="checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder (created; an earlier export there is replaced)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
-    p.add_argument(
-        "--iterations", type=int, default=None, metavar="N",
-        help="ReStyle / HyperStyle: refinement steps unrolled into the encoder (default: the model's, 5)",
-    )
+    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+              help="ReStyle / HyperStyle: refinement steps unrolled into the encoder (default: the model's, 5)")
     p.add_argument(
         "--graphs", default="encoder,generator,model", metavar="G[,G]",
         help="which graphs to write: encoder, generator, model (default: all three)",
     )
-    p.add_argument("--batch", type=int, default=None, metavar="N", help="HyperStyle only: the graphs' fixed batch size (default 1)")
+    add_count(p, "--batch", minimum=1, maximum=MAX_BATCH, default=None, metavar="N",
+              help="HyperStyle only: the graphs' fixed batch size (default 1)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from instyle.errors import InstyleError
     from instyle.export import export_onnx
+    from instyle.export.onnx import check_graphs
     from instyle.interop import load_psp
+    from instyle.utils.progress import say
 
     try:
+        graphs = check_graphs(tuple(g.strip() for g in args.graphs.split(",") if g.strip()))  # before the load
         model = load_psp(args.checkpoint, device="cpu", w_encoder=args.w_encoder)
-        graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
         result = export_onnx(
             model, args.out, source=args.checkpoint, iterations=args.iterations, graphs=graphs, batch=args.batch,
-            log=lambda msg: print(f"instyle: {msg}", flush=True),
+            log=say,
         )
     except InstyleError as e:
         error(str(e))

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from instyle.cli.common import add_count, add_model_args, error, load_model
-from instyle.inference.sources import load_sources, render_images
 
 DESCRIPTION = """\
 Encode A, B (and more) and decode w' = lambda * w_A + (1 - lambda) * w_B for lambda from 1
@@ -39,14 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from instyle.inference.encoding import Encoding
     from instyle.inference.interpolation import interpolate_path, save_animation
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.offsets import path_coefficients
+    from instyle.inference.refine import blend_generator_deltas
+    from instyle.inference.sources import load_sources, render_images
     from instyle.models.family import family_of
+    from instyle.utils.progress import Progress
 
     if args.steps < 2:
         error(f"--steps={args.steps} must be >= 2")
@@ -67,14 +67,20 @@ def run(args: argparse.Namespace) -> int:
     coefficients = path_coefficients(len(sources), args.steps)
     out = Path(args.out)
     frames = []
-    for start in tqdm(range(0, len(w), args.batch_size), unit="batch", desc="interpolate", disable=None):
-        stop = start + args.batch_size
-        try:
-            enc = Encoding.blend(ends, coefficients[start:stop]).with_latents(w[start:stop])
-        except ValueError as e:  # some inputs with their extra (.npz files, images), some without
-            error(str(e))
-            return 2
-        frames.extend(render_images(model, enc, args.full_resolution, args.batch_size))
+    # PTI: each frame renders on the sources' tuned generators blended by the same weights.
+    tuned = any(s.generator_delta is not None for s in sources)
+    step = 1 if tuned else args.batch_size
+    with Progress(len(w), "interpolate", "frame") as bar:
+        for start in range(0, len(w), step):
+            stop = start + step
+            try:
+                enc = Encoding.blend(ends, coefficients[start:stop]).with_latents(w[start:stop])
+            except ValueError as e:  # some inputs with their extra (.npz files, images), some without
+                error(str(e))
+                return 2
+            delta = blend_generator_deltas([s.generator_delta for s in sources], coefficients[start].tolist()) if tuned else None
+            frames.extend(render_images(model, enc, args.full_resolution, args.batch_size, generator_delta=delta))
+            bar.update(stop - start if stop <= len(w) else len(w) - start)
     for i, im in enumerate(frames):
         save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")
     pick = _spread(len(frames), max(2, args.grid_frames))

@@ -46,17 +46,32 @@ Run `instyle COMMAND --help` for the options of each command.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instyle",
-        description="pixel2style2pixel (pSp): encode face images, sketches and label maps into "
-        "StyleGAN2's W+ latent space and decode them back into photos.",
+        description="pixel2style2pixel (pSp) and its successors e4e, ReStyle and HyperStyle: encode face images, "
+        "sketches and label maps into StyleGAN2's W+ latent space and decode them back into photos.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"instyle {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"instyle.cli.{name}")
         module.register(sub)
+    _add_quiet(sub)
     return parser
+
+
+QUIET_HELP = "no progress bars or status lines on stderr (errors and the final result still print)"
+
+
+def _add_quiet(sub: argparse._SubParsersAction) -> None:
+    """``--quiet`` also after the command name (``instyle encode ... --quiet``), at every level."""
+    for p in set(sub.choices.values()):
+        if "--quiet" not in p._option_string_actions:
+            p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_quiet(action)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from instyle.utils.progress import quiet
+
     try:
-        return int(args.func(args) or 0)
+        with quiet(args.quiet):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,24 +116,26 @@ def run(args: argparse.Namespace) -> int:
 
 def _mix_and_write(model, sources: list, files, mask: list[int], args, failed: int) -> tuple[int, int]:
     """Mix and write every source, then grid.png and summary.json: ``(done, failed)``."""
-    from tqdm import tqdm
-
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.mixing import style_mix
     from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
     from instyle.inference.sources import render_images
     from instyle.utils.atomic import atomic_write_bytes
+    from instyle.utils.progress import track, warn
 
     out, outputs = Path(args.out), _mix_outputs(args)
     records = {str(f.path): {"input": str(f.path), "outputs": [], "status": "failed"} for f in files}
     grid_rows, done = [], 0
-    for src in tqdm(sources, unit="img", desc="mix", file=sys.stderr, disable=None):
+    for src in track(sources, "mix", "img"):
         mixed = style_mix(
             model, src.w[None], args.n_outputs, latent_mask=mask, alpha=args.mix_alpha, seed=args.seed, truncation=args.truncation
         )[0]
-        images = render_images(model, src.encoding.with_latents(mixed), args.full_resolution, args.batch_size)
-        first = [src.preview] if src.preview is not None else render_images(model, src.encoding, args.full_resolution, 1)
+        images = render_images(model, src.encoding.with_latents(mixed), args.full_resolution, args.batch_size,
+                               generator_delta=src.generator_delta)
+        first = [src.preview] if src.preview is not None else render_images(
+            model, src.encoding, args.full_resolution, 1, generator_delta=src.generator_delta
+        )
         row = first + images
         try:
             for k, im in enumerate(images):
@@ -143,7 +144,7 @@ def _mix_and_write(model, sources: list, files, mask: list[int], args, failed: i
             if args.save_latents:
                 save_latent(out / "latents" / f"{src.name}.npy", mixed.cpu())
         except OSError as e:
-            tqdm.write(f"instyle: could not write outputs for {src.path}: {e.strerror or e}", file=sys.stderr)
+            warn(f"could not write outputs for {src.path}: {e.strerror or e}")
             failed += 1
             if e.errno in FATAL_WRITE_ERRNOS:
                 break

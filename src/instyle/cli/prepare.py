@@ -186,14 +186,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tuple[int, int, list[str], bool]:
     """Write the pairs: ``(written, already done, failure lines, stopped by a write error)``."""
-    from tqdm import tqdm
-
     from instyle.inference.io import load_image, save_image
+    from instyle.utils.progress import track, warn
 
     written = resumed = 0
     failures: list[str] = []
     pairs = list(zip((f.path for f in files), keys))
-    for path, key in tqdm(pairs, unit="img", desc=f"prepare {task.name}", file=sys.stderr, disable=None):
+    for path, key in track(pairs, f"prepare {task.name}", "img"):
         target_file, source_file = out / "target" / f"{key}.png", out / "source" / f"{key}.png"
         if not args.overwrite and target_file.is_file():  # the target is written last
             resumed += 1
@@ -209,7 +208,7 @@ def _make_pairs(task, files, keys, out: Path, args, align, labels, inputs) -> tu
         except (InstyleError, OSError) as e:
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             failures.append(msg)
-            tqdm.write(f"instyle: skipped {msg}", file=sys.stderr)
+            warn(f"skipped {msg}")
             continue
         try:
             if source is not None:

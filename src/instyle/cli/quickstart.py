@@ -75,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
          "--device", args.device, "--save-latents", "--grid", "--seed", str(args.seed)]
     )
     rc = encode_run(ns)
-    print(f"results: {out / 'results'} (grid.png, latents/*.npy, summary.json)")
+    print(f"results: {out / 'results'} (<name>.png reconstructions, grid.png, latents/<name>.npy, summary.json)")
     return rc

@@ -27,36 +27,61 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
 
 
-def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int) -> int:
-    """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`."""
-    from instyle.inference.refine import LOSS_REFINERS, RefineConfig, refine_files
-    from instyle.interop import CheckpointError
+def prepare_refine(args: argparse.Namespace):
+    """Everything ``--refine`` can check before the model loads: the settings, whether the
+    checkpoint's family runs the method, the LPIPS weights. ``(config, lpips)``, or None
+    after printing the error."""
+    from instyle.errors import InstyleError
+    from instyle.inference.refine import LOSS_REFINERS, RefineConfig, check_refiner_fits
+    from instyle.interop.loading import peek_family
     from instyle.models.iterative import DEFAULT_ITERATIONS
-    from instyle.utils.atomic import atomic_write_bytes
+    from instyle.utils.progress import timed
 
     try:
-        if args.full_resolution or args.side_by_side or args.grid:
-            raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side, --grid)")
+        if args.full_resolution or args.side_by_side:
+            raise ValueError("--refine writes 256 px reconstructions only (no --full-resolution, --side-by-side)")
         if args.refine not in LOSS_REFINERS and (args.refine_steps or 0) > MAX_ITERATIONS:
             raise ValueError(f"--refine-steps={args.refine_steps}: --refine {args.refine} runs the model's iterations, "
                              f"at most {MAX_ITERATIONS}")
         steps = args.refine_steps or (RefineConfig.steps if args.refine in LOSS_REFINERS else DEFAULT_ITERATIONS)
         config = RefineConfig(steps=steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
                               optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,
-                              progress=sys.stderr.isatty())
+                              progress=True)
+        check_refiner_fits(args.refine, peek_family(args.checkpoint))
         lpips = None
         if args.refine in LOSS_REFINERS and config.lpips_weight > 0:
             from instyle.losses.lpips import LPIPSLoss
 
-            lpips = LPIPSLoss(weights=args.lpips_weights).to(next(model.parameters()).device)
+            hint = ("`instyle encode --refine ... --lpips-weights PATH`, or `--refine-lpips 0` to fit with MSE only "
+                    "(blurrier).")
+            with timed("loading LPIPS (AlexNet)", "loaded LPIPS"):
+                lpips = LPIPSLoss(weights=args.lpips_weights, hint=hint)
+    except (InstyleError, ValueError, ImportError, OSError) as e:
+        error(str(e))
+        return None
+    return config, lpips
+
+
+def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int, prepared) -> int:
+    """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`.
+    ``prepared``: what :func:`prepare_refine` returned."""
+    from instyle.inference.refine import refine_files
+    from instyle.interop import CheckpointError
+    from instyle.utils.atomic import atomic_write_bytes
+
+    config, lpips = prepared
+    try:
+        if lpips is not None:
+            lpips = lpips.to(next(model.parameters()).device)
         out = Path(args.out)
         summary = refine_files(model, items, out, args.refine, config, prepare, lpips, args.format,
-                               args.save_latents, log=lambda m: print(m, file=sys.stderr))
+                               args.save_latents, log=lambda m: print(m, file=sys.stderr), grid=args.grid)
     except (CheckpointError, ValueError, ImportError) as e:
         error(str(e))
         return 2
     summary["failed"] += failed
-    atomic_write_bytes(out / "summary_refine.json", (json.dumps(summary, indent=2) + "\n").encode())
+    summary["checkpoint"] = str(args.checkpoint)
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(f"refined {summary['refined']} image(s) with {args.refine} into {out}"
           + (f" ({summary['resumed']} already done)" if summary["resumed"] else "")
           + (f"; {summary['failed']} failed" if summary["failed"] else ""))

@@ -36,9 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", action="append", default=[], metavar="[NAME=]CKPT",
-        help="pSp checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
+        help="pSp, e4e, ReStyle or HyperStyle checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
         "folder name); repeat to offer several",
     )  # fmt: skip
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint official HyperStyle files need")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     add_count(p, "--port", minimum=0, maximum=65535, default=7860, help="TCP port (default: 7860; 0 = any free port)")
     add_device_arg(p)
@@ -49,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_count(p, "--concurrency", minimum=1, maximum=MAX_WORKERS, default=1, help="model runs at the same time (default: 1)")
     add_count(p, "--queue-size", minimum=1, maximum=10_000, default=64, help="requests allowed to wait (default: 64)")
     add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
-              help="ReStyle refinement steps (default: 5, the original's)")
+              help="ReStyle / HyperStyle refinement steps (default: 5, the originals')")
     p.add_argument("--direction", action="append", default=[], metavar="[NAME=]FILE",
                    help="edit file for the Edit tab (InterFaceGAN/GANSpace .pt, .npy, SeFa .npz); repeatable")
     p.set_defaults(func=run)
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             directions=tuple(args.direction),
         )
         load_edits(settings.directions)  # a bad file fails now, not on the page
-        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device)
+        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device, w_encoder=args.w_encoder)
         if args.iterations is not None:
             store.set_iterations(args.iterations)
         for name in store.names:
@@ -87,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, CheckpointError, ValueError, OSError, InstyleError) as e:
         error(str(e))
         return 2
-    from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good
+    from instyle.utils.progress import timed
+
+    with timed("loading the web framework (Gradio)", "loaded Gradio"):
+        from instyle.demo.app import serve  # imports Gradio: only once the inputs are known to be good
 
     serve(settings, store)
     return 0

@@ -41,8 +41,8 @@ PATH_KEYS = {"stylegan_weights", "checkpoint_path", "ir_se50_weights", "train_ta
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a pSp encoder (resumable, TensorBoard, multi-GPU with torchrun)",
-        description="Train a pSp encoder on image folders. The run folder gets config.json, TensorBoard logs, "
+        help="train a pSp, e4e, ReStyle or HyperStyle encoder (resumable, TensorBoard, multi-GPU with torchrun)",
+        description="Train a pSp-family encoder (pSp, e4e, ReStyle, HyperStyle: the family key) on image folders. The run folder gets config.json, TensorBoard logs, "
         "metrics.jsonl and checkpoints/{latest,best} in instyle's format; kill it any time and --resume.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,8 +50,9 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", type=Path, help="a JSON training config (e.g. a run's config.json)")
     src.add_argument("--preset", help="a task recipe, e.g. 'inversion' (see --list-presets)")
-    p.add_argument("--generator", help="pretrained StyleGAN2 (rosinality .pt, NVIDIA .pkl, pSp .pt or instyle dir)")
-    p.add_argument("--checkpoint", help="fine-tune this pSp checkpoint (its architecture and task are read from it)")
+    p.add_argument("--generator", help="pretrained StyleGAN2 (rosinality .pt, NVIDIA .pkl, pSp .pt or instyle dir); "
+                   "StyleGAN3 for family=restyle3 (NVIDIA .pkl, .pt state dict or instyle dir)")
+    p.add_argument("--checkpoint", help="fine-tune this pSp, e4e, ReStyle, HyperStyle or ReStyle-over-StyleGAN3 checkpoint (its architecture and task are read from it)")
     p.add_argument("--id-weights", dest="id_weights", help="ArcFace model_ir_se50.pth (identity loss, encoder init)")
     p.add_argument("--w-encoder", dest="w_encoder", help="HyperStyle (family=hyperstyle): the frozen W-encoder file")
     p.add_argument("--train", help="folder of training target images, or a prepared folder (target/ + source/)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from instyle.cli.common import MAX_BATCH, MAX_WORKERS, add_count, add_device_arg, error
 from instyle.cli.refining import MAX_REFINE_STEPS
@@ -33,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("video", help="invert, edit and paste back a face through a video clip",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clip", metavar="CLIP", help="a video file (constant frame rate)")
-    p.add_argument("--checkpoint", "-c", required=True, help="model: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True,
+                   help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder (result.mp4, report.json, report.png, cache/)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     p.add_argument("--direction", "-d", action="append", default=[], metavar="[NAME=]FILE",
@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from instyle.interop import load_psp
     from instyle.utils.device import resolve_device
+    from instyle.utils.progress import say
     from instyle.video import ClipTuneConfig, StitchConfig, VideoOptions, edit_video
 
     try:
@@ -84,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
             pti=args.pti, pti_config=ClipTuneConfig(steps=args.pti_steps, lr=args.pti_lr, locality_weight=args.pti_locality,
                                                     time_budget=args.pti_time_budget, seed=args.seed),
             stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
-            lpips_weights=args.lpips_weights, identity=args.identity, progress=sys.stderr.isatty(),
+            lpips_weights=args.lpips_weights, identity=args.identity, progress=True,
         )
         model = load_psp(args.checkpoint, device=resolve_device(args.device), w_encoder=args.w_encoder).eval()
-        edit_video(model, args.clip, args.out, options, log=lambda line: print(f"instyle: {line}", file=sys.stderr))
+        edit_video(model, args.clip, args.out, options, log=say)
     except (InstyleError, OSError) as e:
         error(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return 1

@@ -97,12 +97,17 @@ def encode_image(model: InversionModel, image: Image.Image) -> tuple[torch.Tenso
 
 
 @torch.inference_mode()
-def decode(model: InversionModel, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None) -> list[Image.Image]:
+def decode(
+    model: InversionModel, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None, progress=None
+) -> list[Image.Image]:
     """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``);
-    ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B."""
+    ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B; ``progress(n done)``
+    is called after each batch."""
     out: list[Image.Image] = []
     for y in render_batches(model, as_encoding(model, w_plus, offsets), resize=True, batch_size=batch_size):
         out.extend(tensor_to_pil(t) for t in y)
+        if progress is not None:
+            progress(len(out))
     return out
 
 
@@ -126,6 +131,7 @@ def mix(
     seed: int = 0,
     truncation: float = 1.0,
     offsets: list | None = None,
+    progress=None,
 ) -> list[Image.Image]:
     """Multi-modal variants of one code: ``layers`` (0-based, e.g. ``"8-17"``) come from random styles.
 
@@ -138,14 +144,16 @@ def mix(
         codes = style_mix(model, latent[None], n_outputs, latent_mask=layers or None, alpha=alpha, seed=seed, truncation=truncation)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
-    return decode(model, codes[0], offsets=offsets)
+    return decode(model, codes[0], offsets=offsets, progress=progress)
 
 
 def interpolate(
-    model: InversionModel, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None
+    model: InversionModel, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None,
+    progress=None,
 ) -> list[Image.Image]:
     """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+ (and, for
-    HyperStyle, in the two images' generator offsets ``offsets = (a, b)``)."""
+    HyperStyle, in the two images' generator offsets ``offsets = (a, b)``); ``progress(frames
+    done)`` after each batch."""
     from instyle.inference.interpolation import interpolate as lerp
 
     try:
@@ -160,16 +168,18 @@ def interpolate(
         coeff = torch.stack([lam[i : i + 4], 1 - lam[i : i + 4]], 1)
         enc = Encoding.blend(ends, coeff).with_latents(frames[i : i + 4])
         out += [tensor_to_pil(t) for t in render(model, enc.to(model.latent_avg.device), resize=True)]
+        if progress is not None:
+            progress(len(out))
     return out
 
 
-def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None) -> Path:
+def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None, meta: dict | None = None) -> Path:
     """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read;
-    with HyperStyle offsets, ``.npz`` with the offsets (the path's suffix is replaced)."""
+    with HyperStyle offsets or ``meta``, ``.npz`` (the path's suffix is replaced)."""
     from instyle.inference.latents import save_latent
 
-    if offsets is not None:
-        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), weights_deltas=offsets)
+    if offsets is not None or meta:
+        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), meta=meta, weights_deltas=offsets)
     return save_latent(path, latent.float().cpu())
 
 

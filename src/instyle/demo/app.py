@@ -29,22 +29,26 @@ import torch  # noqa: E402
 
 from instyle import __version__  # noqa: E402
 from instyle.demo import actions  # noqa: E402
-from instyle.demo.editing import edit_photo, load_edits, slider_names  # noqa: E402
+from instyle.demo.editing import EncodingCache, edit_photo, estimate_step_seconds, load_edits, slider_names  # noqa: E402
 from instyle.demo.inputs import DemoInputError, UploadArea, read_upload, upload_file  # noqa: E402
 from instyle.demo.settings import ServeSettings  # noqa: E402
 from instyle.demo.store import ModelStore  # noqa: E402
 from instyle.demo.theme import CSS, local_theme  # noqa: E402
 from instyle.inference.io import save_image  # noqa: E402
 
-__all__ = ["API_EXAMPLE", "build_demo", "create_app", "serve"]
+__all__ = ["API_EXAMPLE", "api_example", "build_demo", "create_app", "serve"]
 
 log = logging.getLogger("instyle.serve")
 
-#: Shown on the page and in docs/demo.md: calling the server from Python.
-API_EXAMPLE = """\
+def api_example(settings: ServeSettings | None = None) -> str:
+    """Calling the server from Python, with this server's address (shown on its API tab)."""
+    settings = settings or ServeSettings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    return f"""\
 from gradio_client import Client, handle_file
 
-client = Client("http://127.0.0.1:7860/")
+client = Client("http://{host}:{settings.port}/")
 image, network_input, latent_npy = client.predict(
     None,                          # model: None = the server's default
     handle_file("face.jpg"),       # the photo
@@ -52,6 +56,10 @@ image, network_input, latent_npy = client.predict(
     api_name="/reconstruct",
 )
 """
+
+
+#: The API example for the default address (docs/demo.md shows it).
+API_EXAMPLE = api_example()
 
 #: Tabs for task inputs: title, input label and how the input is given.
 TASK_TABS = {
@@ -166,13 +174,14 @@ def _stem(payload, default: str) -> str:
 
 def _header(store: ModelStore, settings: ServeSettings) -> str:
     rows = "\n".join(
-        f"| {d['name']} | {d['task']} | {d['input_channels']} × {d['input_size']}² | {d['output_size']}² | {d['n_styles']} |"
+        f"| {d['name']} | {d['family']} | {d['iterations']} | {d['task']} | {d['input_channels']} × {d['input_size']}² "
+        f"| {d['output_size']}² | {d['n_styles']} |"
         for d in store.describe()
     )
     return (
         "# instyle: pixel2style2pixel\n"
         "Encode a face photo, sketch or label map into StyleGAN2's W+ space and decode it back.\n\n"
-        "| model | task | input | output | styles |\n|---|---|---|---|---|\n"
+        "| model | family | iterations | task | input | output | styles |\n|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
         f"Uploads: PNG, JPEG or WebP, at most {settings.max_upload_mb:g} MB and "
         f"{settings.max_pixels / 1e6:g} megapixels."
@@ -212,7 +221,7 @@ def build_demo(store: ModelStore, settings: ServeSettings | None = None, outputs
         _mix_tab(ui, h)
         _interpolation_tab(ui, h)
         _edit_tab(ui, h)
-        _api_tab()
+        _api_tab(settings)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
 
@@ -237,13 +246,15 @@ class _Handlers:
         self.store, self.settings, self.outputs, self.uploads = store, settings, outputs, uploads
         self.edits = load_edits(settings.directions)
         self.edit_names = slider_names(self.edits)
+        self.encodings = EncodingCache()  # the Edit tab re-uses the encoding of the same upload
 
     def _read(self, payload, what: str, mode: str | None = "RGB"):
         return read_upload(payload, what, self.settings, mode=mode, uploads=self.uploads)
 
-    def _latent_file(self, latent, stem: str, offsets=None) -> str:
-        path = self.outputs.new(f"{stem}_latent.{'npz' if offsets else 'npy'}")
-        return str(actions.write_latent(latent, path, offsets))
+    def _latent_file(self, latent, stem: str, offsets=None, meta=None) -> str:
+        # named as `instyle encode --save-latents` names it: <name>.npy (.npz with offsets or meta)
+        path = self.outputs.new(f"{stem}.{'npz' if offsets or meta else 'npy'}")
+        return str(actions.write_latent(latent, path, offsets, meta))
 
     def _png(self, img, stem: str = "image") -> str:
         # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
@@ -252,18 +263,21 @@ class _Handlers:
         return str(save_image(img, self.outputs.new(f"{stem}.png")))
 
     @_guard
-    def reconstruct(self, model_name, photo, align):
+    def reconstruct(self, model_name, photo, align, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
         entry = self.store.get(model_name)
         image = self._read(photo, "a face photo")
         if align:
+            progress(0.1, desc="aligning the face")
             image = actions.align(image, size=max(256, entry.model.input_size))
+        progress(0.3, desc=_encoding(entry))
         r = actions.reconstruct(entry.model, image)
         return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.latent, _stem(photo, "image"), r.offsets)
 
     @_guard
-    def task_run(self, model_name, payload):
+    def task_run(self, model_name, payload, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
         entry = self.store.get(model_name)
         what = TASK_TABS.get(entry.task, ("", "an input image", ""))[1]
+        progress(0.3, desc=_encoding(entry))
         r = actions.reconstruct(entry.model, self._read(payload, what, mode=_mode_for(entry)))
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
@@ -278,11 +292,12 @@ class _Handlers:
         return self._png(actions.input_preview(x, entry.task), "input")
 
     @_guard
-    def mix(self, model_name, photo, n_outputs, layers, blend, alpha, seed, truncation):
+    def mix(self, model_name, photo, n_outputs, layers, blend, alpha, seed, truncation, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
         entry = self.store.get(model_name)
         n = int(n_outputs)
         if not 1 <= n <= self.settings.max_mix_outputs:
             raise DemoInputError(f"number of outputs must be between 1 and {self.settings.max_mix_outputs}, got {n}")
+        progress(0.1, desc=_encoding(entry))
         latent, offsets = actions.encode_image(entry.model, self._read(photo, "a face photo", mode=_mode_for(entry)))
         images = actions.mix(
             entry.model,
@@ -293,32 +308,51 @@ class _Handlers:
             seed=int(seed),
             truncation=float(truncation),
             offsets=offsets,
+            progress=lambda k: progress((k, n), desc=f"rendering variant {k}/{n}", unit="image"),
         )
         return [(self._png(im, f"variant_{k + 1}"), f"variant {k + 1}") for k, im in enumerate(images)]
 
     @_guard
-    def interpolate(self, model_name, photo_a, photo_b, frames):
+    def interpolate(self, model_name, photo_a, photo_b, frames, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
         entry = self.store.get(model_name)
         steps = int(frames)
         if not 2 <= steps <= self.settings.max_frames:
             raise DemoInputError(f"number of frames must be between 2 and {self.settings.max_frames}, got {steps}")
+        progress(0.05, desc=_encoding(entry, "photo A"))
         w_a, off_a = actions.encode_image(entry.model, self._read(photo_a, "photo A", mode=_mode_for(entry)))
+        progress(0.15, desc=_encoding(entry, "photo B"))
         w_b, off_b = actions.encode_image(entry.model, self._read(photo_b, "photo B", mode=_mode_for(entry)))
-        images = actions.interpolate(entry.model, w_a, w_b, steps, None if off_a is None else (off_a, off_b))
+        images = actions.interpolate(
+            entry.model, w_a, w_b, steps, None if off_a is None else (off_a, off_b),
+            progress=lambda k: progress((k, steps), desc=f"rendering frame {k}/{steps}", unit="frame"),
+        )
         gif = actions.write_animation(images, self.outputs.new("interpolation.gif"))
         frames_out = [(self._png(im, f"frame_{k:02d}"), f"λ = {1 - k / (steps - 1):.2f}") for k, im in enumerate(images)]
         return frames_out, str(gif), str(gif)
 
     @_guard
-    def edit(self, model_name, photo, refine, steps, extra, *values):
+    def edit(self, model_name, photo, refine, steps, extra, progress=gr.Progress(), *values):  # noqa: B008 (Gradio's API)
         entry = self.store.get(model_name)
         n = int(steps)
         if refine != "none" and not 1 <= n <= self.settings.max_refine_steps:
             raise DemoInputError(f"refinement steps must be between 1 and {self.settings.max_refine_steps}, got {n}")
         image = self._read(photo, "a face photo")
-        r = edit_photo(entry.model, image, self.edits, dict(zip(self.edit_names, values)), extra or "", refine, n)
+        progress(0.05, desc=_encoding(entry) + (f", then {refine} for {n} steps" if refine != "none" else ""))
+        on_step = lambda k, loss: progress((k, n), desc=f"{refine}: step {k}/{n}, loss {loss:.4f}", unit="step")  # noqa: E731
+        r = edit_photo(entry.model, image, self.edits, dict(zip(self.edit_names, values)), extra or "", refine, n,
+                       cache=self.encodings, on_step=on_step)
+        if r.refine_seconds:
+            gr.Info(f"{refine}: {n} steps in {r.refine_seconds:.1f} s ({r.refine_seconds / n:.2f} s per step); "
+                    "further edits of this photo re-use it")
         before, after = self._png(r.before, "reconstruction"), self._png(r.after, "edited")
-        return before, after, self._latent_file(r.latent, _stem(photo, "edited"))
+        stem = _stem(photo, "photo")
+        return before, after, self._latent_file(r.latent, f"{stem}_{r.name}", meta=r.meta)
+
+
+def _encoding(entry, what: str = "") -> str:
+    """What a request is doing while it encodes (shown in the tab's progress)."""
+    steps = f" ({entry.iterations} iterations)" if entry.iterations > 1 else ""
+    return f"encoding {what + ' ' if what else ''}with {entry.name}{steps}"
 
 
 def _reconstruct_tab(ui: _Ui, h: _Handlers) -> None:
@@ -446,23 +480,41 @@ def _edit_tab(ui: _Ui, h: _Handlers) -> None:
                 e_photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], image_mode=None, elem_id="edit-input")
                 sliders = [gr.Slider(-5.0, 5.0, value=0.0, step=0.25, label=n) for n in h.edit_names]
                 e_extra = gr.Textbox(label="More edits (e.g. ganspace:54,7,8=20; sefa:0=3)", placeholder="ganspace:54,7,8=20")
+                default_steps, info = _refine_defaults(ui.store, choices[0], settings)
                 with gr.Row():
                     e_refine = gr.Radio(["none", "optimize", "pti"], value="none", label="Refine first")
-                    e_steps = gr.Slider(1, settings.max_refine_steps, value=min(50, settings.max_refine_steps), step=1, label="Refinement steps")
+                    e_steps = gr.Slider(
+                        1, settings.max_refine_steps, value=default_steps, step=1, label="Refinement steps", info=info,
+                        elem_id="edit-steps",
+                    )
                 e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
             with gr.Column():
                 e_before = gr.Image(type="filepath", label="Reconstruction", interactive=False, **VIEW)
                 e_after = gr.Image(type="filepath", label="Edited", interactive=False, elem_id="edit-output", **VIEW)
-                e_npy = gr.File(label="Edited W+ latent (.npy)")
+                e_npy = gr.File(label="Edited W+ latent (.npy)", elem_id="edit-latent")
         e_run.click(h.edit, [e_model, e_photo, e_refine, e_steps, e_extra, *sliders], [e_before, e_after, e_npy], api_name="edit", **ui.limits)
 
 
-def _api_tab() -> None:
+def _refine_defaults(store: ModelStore, name: str, settings: ServeSettings) -> tuple[int, str]:
+    """Refinement steps offered first -- a few on the CPU, 50 on a GPU -- and the expected time
+    per step on this server (one generator pass timed at start, see :func:`estimate_step_seconds`)."""
+    entry = store.get(name)
+    on_cpu = store.device.type == "cpu"
+    steps = min(5 if on_cpu else 50, settings.max_refine_steps)
+    per_step = estimate_step_seconds(entry.model)
+    if per_step != per_step:  # no average latent to time with
+        return steps, "each step renders and back-propagates the generator"
+    return steps, (f"about {per_step:.2f} s per step on this server ({store.device.type}): {steps} steps ≈ "
+                   f"{steps * per_step:.1f} s, 50 steps ≈ {50 * per_step:.0f} s; the first Edit click refines, "
+                   "later clicks on the same photo re-use it")
+
+
+def _api_tab(settings: ServeSettings) -> None:
     with gr.Tab("API"):
         gr.Markdown(
             "This server also answers programs. Readiness: `GET /healthz`. "
             "Python (`pip install gradio_client`):\n\n"
-            f"```python\n{API_EXAMPLE}```\n"
+            f"```python\n{api_example(settings)}```\n"
             "Endpoints: `/reconstruct`, `/mix`, `/interpolate`, `/edit` and one per task tab; "
             "the *Use via API* link at the bottom lists their parameters."
         )
@@ -528,7 +580,10 @@ def serve(settings: ServeSettings, store: ModelStore) -> None:
     """Run the server until interrupted (blocking)."""
     import uvicorn
 
-    app = create_app(store, settings)
+    from instyle.utils.progress import timed
+
+    with timed("building the demo page", "built the demo page"):
+        app = create_app(store, settings)
     url = f"http://{settings.host}:{settings.port}/"
     print(f"instyle serve: {url}  (models: {', '.join(store.names)}; device {store.device})", flush=True)
     if store.any_random:

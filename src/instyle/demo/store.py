@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from instyle.inference.editing import named_file
-from instyle.models.family import InversionModel
+from instyle.models.family import InversionModel, family_of
 from instyle.utils.device import resolve_device
 
 __all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore", "split_named"]
@@ -55,8 +55,19 @@ class ModelEntry:
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
             "n_styles": cfg.n_styles,
+            "family": self.family,
+            "iterations": self.iterations,
             "random_weights": self.random_weights,
         }
+
+    @property
+    def family(self) -> str:
+        return family_of(self.model).name
+
+    @property
+    def iterations(self) -> int:
+        """The encoding steps a request runs: an iterative family's model's, else 1."""
+        return family_of(self.model).iterations(None, self.model)
 
 
 def split_named(spec: str | os.PathLike) -> tuple[str | None, Path]:
@@ -102,17 +113,22 @@ class ModelStore:
         self.device = next(entries[0].model.parameters()).device
 
     def set_iterations(self, n: int) -> None:
-        """ReStyle refinement steps for every ReStyle model here (the others take one step)."""
+        """Refinement steps for every model of an iterative family here (the others take one step)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"iterations={n!r} must be a positive integer")
         for entry in self._entries.values():
-            entry.model.default_iterations = n
+            if family_of(entry.model).iterative:
+                entry.model.default_iterations = n
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto") -> ModelStore:
+    def from_checkpoints(
+        cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto", w_encoder: str | os.PathLike | None = None
+    ) -> ModelStore:
         """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
 
         Each is a path (named after its file or folder) or ``"NAME=PATH"`` (named ``NAME``).
+        ``w_encoder``: the W-encoder file official HyperStyle checkpoints need (given to each
+        of them; instyle folders carry their own).
 
         Raises:
             instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
@@ -120,12 +136,17 @@ class ModelStore:
         if not checkpoints:
             return cls.quickstart(device)
         from instyle.interop import load_psp
+        from instyle.interop.loading import peek_family, resolve_path
+        from instyle.models.own_format import is_own_format
 
         dev = resolve_device(device)
         named = [split_named(c) for c in checkpoints]
+        needs = [w_encoder is not None and peek_family(p) == "hyperstyle" and not is_own_format(resolve_path(p)) for _, p in named]
+        if w_encoder is not None and not any(needs):
+            raise ValueError(f"--w-encoder {w_encoder}: none of the checkpoints is an official HyperStyle file that needs it")
         entries = []
-        for name, (_, p) in zip(_unique_names(named), named):
-            model = load_psp(p, device=dev).eval()
+        for name, (_, p), need in zip(_unique_names(named), named, needs):
+            model = load_psp(p, device=dev, w_encoder=w_encoder if need else None).eval()
             entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)
 

@@ -41,7 +41,7 @@ from instyle.errors import InputError, InstyleError
 from instyle.evaluation.fid import InceptionFeatures, feature_stats, fid_caveat, frechet_distance
 from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
-from instyle.inference.encoding import encode, render
+from instyle.inference.encoding import encode, encode_steps, render
 from instyle.inference.io import (
     IMAGE_EXTENSIONS,
     caption,
@@ -56,13 +56,14 @@ from instyle.inference.io import (
 from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
-from instyle.models.family import family_of
+from instyle.models.family import family_of, get_family, list_families
 from instyle.models.runtime import model_precision, set_runtime
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
 from instyle.utils.device import resolve_device
 from instyle.utils.files import read_json_file
+from instyle.utils.progress import Progress, say, timed
 from instyle.version import __version__
 
 __all__ = ["METRICS", "Sample", "find_samples", "evaluate", "compare", "markdown_table", "load_report"]
@@ -254,7 +255,8 @@ class _Measures:
             return None
 
     def _lpips(self, net, weights, device):
-        m = LPIPSLoss(net=net, weights=weights).to(device)
+        m = LPIPSLoss(net=net, weights=weights, hint="`instyle evaluate --lpips-weights PATH` (LPIPS is then reported as n/a "
+                      "without it).").to(device)
         self.networks["lpips"] = f"LPIPS v0.1 ({net}) via the lpips package"
         return m
 
@@ -271,8 +273,9 @@ class _Measures:
         return m
 
     @torch.no_grad()
-    def batch(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, list]:
-        """Per-image metrics of a batch ``[B, 3, S, S]`` in [-1, 1] (both on one device)."""
+    def batch(self, pred: torch.Tensor, target: torch.Tensor, fid: bool = True) -> dict[str, list]:
+        """Per-image metrics of a batch ``[B, 3, S, S]`` in [-1, 1] (both on one device);
+        ``fid=False``: not added to the FID features (an intermediate iteration)."""
 
         out = {
             "mse": mse(pred, target).tolist(),
@@ -287,7 +290,7 @@ class _Measures:
             scores = self.identity.scores(preds, targets)
             out["identity"] = [sc.value for sc in scores]
             out["identity_missing"] = [sc.missing for sc in scores]
-        if self.fid is not None:
+        if self.fid is not None and fid:
             self.fid_features[0].append(self.fid(pred).double().cpu().numpy())
             self.fid_features[1].append(self.fid(target).double().cpu().numpy())
         return out
@@ -314,9 +317,37 @@ def _load_model(model, device):
     return model.to(device).eval()
 
 
-def _reconstruct(net, x: torch.Tensor) -> torch.Tensor:
+def _reconstruct(net, x: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
-    return render(net, encode(net, x), resize=True)
+    return render(net, encode(net, x, iterations), resize=True)
+
+
+def _reconstruct_each_iteration(net, x: torch.Tensor, iterations: int | None) -> list[torch.Tensor]:
+    """The reconstruction after every refinement step of an iterative family (the original
+    scripts' per-step outputs), the last one being :func:`_reconstruct`'s."""
+    return [render(net, enc, resize=True) for enc in encode_steps(net, x, iterations)]
+
+
+def check_iterations(net, iterations: int | None) -> None:
+    """``iterations`` must be >= 1, and other than 1 only for an iterative family's model."""
+    if iterations is None:
+        return
+    family = family_of(net)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ConfigError(f"iterations={iterations!r} must be an integer >= 1")
+    if iterations != 1 and not family.iterative:
+        titles = [get_family(f).title for f in list_families() if get_family(f).iterative]
+        raise ConfigError(
+            f"iterations={iterations}: {', '.join(titles[:-1])} and {titles[-1]} models iterate; "
+            f"this {family.name} model encodes in one step"
+        )
+
+
+def auto_warmup(device: torch.device) -> int:
+    """Untimed warm-up passes by default: one on an accelerator (kernel selection, lazy
+    initialisation), none on the CPU, where a pass costs as much as the timed one and its
+    one-time costs are small (the first batch's time includes them)."""
+    return 0 if device.type == "cpu" else 1
 
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
@@ -372,7 +403,7 @@ def evaluate(
     face_box: str = "aligned",
     inception_weights: str | os.PathLike | None = None,
     max_images: int | None = None,
-    warmup: int = 1,
+    warmup: int | None = None,
     grid_cases: int = 4,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -380,11 +411,13 @@ def evaluate(
     compile: bool | str = False,
     resize_factor: int | None = None,
     name: str | None = None,
+    iterations: int | None = None,
+    per_iteration: bool = False,
 ) -> dict:
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
     Args:
-        model: a :class:`~instyle.models.psp.PSP`, a checkpoint path, or None together with
+        model: a model of any family (:class:`~instyle.models.family.InversionModel`), a checkpoint path, or None together with
             ``predictions_dir`` to score saved outputs (no runtime then).
         data_dir: targets (and inputs), see the module docstring.
         task: task preset making inputs from targets (default: the model's).
@@ -399,13 +432,17 @@ def evaluate(
         face_box: dlib face box, ``"aligned"`` (known box of aligned crops) or ``"detect"``.
         inception_weights: torchvision Inception-v3 weights; FID only when given.
         max_images: evaluate at most this many cases.
-        warmup: untimed forward passes of the first batch before timing.
+        warmup: untimed forward passes of the first batch before timing (None: one on a
+            GPU, none on the CPU, see :func:`auto_warmup`).
         grid_cases: best and worst cases shown in ``best_worst.png``.
         log: called with one line per skipped file (default: stderr).
         precision: ``fp32``/``bf16``/``fp16``/``auto`` for the model (None keeps its setting);
             compile: ``torch.compile`` it (see :func:`instyle.models.runtime.set_runtime`).
         resize_factor: super-resolution models: down-sample each target by this factor to make
             its input (default: the largest training factor, stated in the report).
+        iterations: ReStyle / HyperStyle refinement steps (default: the model's).
+        per_iteration: also measure the reconstruction after every iteration (report key
+            ``per_iteration``: one metrics summary per step; more time, untimed steps).
 
     Returns:
         The report dict (also ``report.json``): ``metrics`` (mean/std/n per metric), ``fid``,
@@ -417,6 +454,14 @@ def evaluate(
         raise ConfigError("give a model (checkpoint) or predictions_dir with saved outputs")
     log = log or (lambda msg: print(f"instyle: skipped {msg}", file=sys.stderr))
     device = resolve_device(device)
+    # the metric networks first: what is missing is said before the (long) model load
+    with timed("loading the metric networks", "loaded the metric networks") as t:
+        measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
+        t.detail = ", ".join(measures.networks) or "none available"
+    asked = {"lpips": True, "identity": identity is not None, "fid": inception_weights is not None}
+    for key, why in measures.unavailable.items():
+        if asked.get(key, True):
+            say(f"{key} will be n/a: {why.splitlines()[0]}")
     net = _load_model(model, device)
     if net is not None and (precision is not None or compile):
         set_runtime(net, precision or net.runtime.precision, compile)
@@ -425,9 +470,11 @@ def evaluate(
         log(msg)
     if max_images is not None:
         samples = samples[:max_images]
-    run = _Run(net, device, net.config.resize_to if net is not None else size, warmup)
+    if net is not None:
+        check_iterations(net, iterations)
+    warmup = auto_warmup(device) if warmup is None else warmup
+    run = _Run(net, device, net.config.resize_to if net is not None else size, warmup, iterations, per_iteration)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
-    measures = _Measures(device, lpips_weights, lpips_net, identity, face_box, inception_weights)
     cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
     rows = _score(run, samples, batch_size, make_input, measures, cases, log, failed, progress)
     settings = {
@@ -435,6 +482,7 @@ def evaluate(
         "batch_size": batch_size,
         "input_note": input_note,
         "name": name,
+        "iterations": _iterations_run(net, iterations),
     }
     report = _report(model, predictions_dir, data_dir, run, settings, rows, failed, measures, cases)
     if out_dir is not None:
@@ -442,30 +490,33 @@ def evaluate(
     return report
 
 
+def _iterations_run(net, asked: int | None) -> int | None:
+    if net is None:
+        return None
+    return family_of(net).iterations(asked, net)
+
+
 def _score(run: _Run, samples, batch_size: int, make_input, measures: _Measures, cases: _Cases, log, failed, progress):
     """Predict and measure every sample, batch by batch: one row per readable image (cases for
     the best/worst grid go to ``cases``; unreadable files are logged and added to ``failed``)."""
     rows: list[dict] = []
-    bar = _progress_bar(len(samples)) if progress else None
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        chunk, x, target = _read_batch(batch, run.net, make_input, run.eval_size, log, failed)
-        if bar is not None:
+    with Progress(len(samples), "evaluate", "img", enabled=progress) as bar:
+        for start in range(0, len(samples), batch_size):
+            batch = samples[start : start + batch_size]
+            chunk, x, target = _read_batch(batch, run.net, make_input, run.eval_size, log, failed)
+            if not chunk:
+                bar.update(len(batch))
+                continue
+            pred, runtime, steps = run.predict(x)
+            target = target.to(run.device)
+            values = measures.batch(pred.float(), target.float())
+            if steps is not None:  # per-iteration metrics: row["per_iteration"][metric] = [step 1, step 2, ...]
+                each = [measures.batch(p.float(), target.float(), fid=False) for p in steps[:-1]] + [values]
+                values = dict(values)
+                values["per_iteration"] = [{k: [e[k][i] for e in each] for k in each[0] if k in METRICS} for i in range(len(chunk))]
+            _record(chunk, values, runtime, target, pred, rows, cases)
             bar.update(len(batch))
-        if not chunk:
-            continue
-        pred, runtime = run.predict(x)
-        target = target.to(run.device)
-        _record(chunk, measures.batch(pred.float(), target.float()), runtime, target, pred, rows, cases)
-    if bar is not None:
-        bar.close()
     return rows
-
-
-def _progress_bar(total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, disable=None)
 
 
 def _read_batch(batch: list[Sample], net, make_input, eval_size: int, log, failed: list[str]):
@@ -492,29 +543,38 @@ def _read_batch(batch: list[Sample], net, make_input, eval_size: int, log, faile
 class _Run:
     """The model's forward on each batch, timed after ``warmup`` untimed passes of the first."""
 
-    def __init__(self, net, device: torch.device, eval_size: int, warmup: int):
+    def __init__(self, net, device: torch.device, eval_size: int, warmup: int, iterations: int | None = None,
+                 per_iteration: bool = False):
         self.net, self.device, self.eval_size, self.warmup = net, device, eval_size, warmup
+        self.iterations, self.per_iteration = iterations, per_iteration
         self.warm = net is None or warmup <= 0
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
-        """``(predictions [B, 3, S, S] quantised like saved PNGs, seconds per image)``; saved
-        predictions (no model) pass through untimed."""
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, float | None, list[torch.Tensor] | None]:
+        """``(predictions [B, 3, S, S] quantised like saved PNGs, seconds per image, each
+        iteration's predictions with per_iteration else None)``; saved predictions (no
+        model) pass through untimed."""
         x = x.to(self.device)
         if self.net is None:
-            return x, None
+            return x, None, None
+        steps = None
         with torch.inference_mode():
             if not self.warm:
                 for _ in range(self.warmup):
-                    _reconstruct(self.net, x)
+                    _reconstruct(self.net, x, self.iterations)
                 self.warm = True
             _sync(self.device)
             t0 = time.perf_counter()
-            pred = _reconstruct(self.net, x)
+            pred = _reconstruct(self.net, x, self.iterations)
             _sync(self.device)
             runtime = (time.perf_counter() - t0) / len(x)
+            if self.per_iteration:
+                steps = [self._sized(p) for p in _reconstruct_each_iteration(self.net, x, self.iterations)]
+        return self._sized(pred), runtime, steps
+
+    def _sized(self, pred: torch.Tensor) -> torch.Tensor:
         if pred.shape[-1] != self.eval_size:
             pred = F.interpolate(pred, size=(self.eval_size, self.eval_size), mode="area")
-        return quantize(pred), runtime
+        return quantize(pred)
 
 
 def _record(chunk, values: dict[str, list], runtime, target, pred, rows: list[dict], cases: _Cases) -> None:
@@ -563,11 +623,22 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "grid_order": [name for _, name, _, _ in cases.items],
         "grid_sorted_by": cases.key,
         "grid_note": cases.note(),
+        "iterations": settings.get("iterations"),
+        "per_iteration": _per_iteration(rows),
         "per_image": rows,
     }
     if run.net is None:
         report["metrics"]["runtime_s"] = {"mean": None, "std": None, "n": 0}
     return report
+
+
+def _per_iteration(rows: list[dict]) -> list[dict] | None:
+    """``[{"iteration": k, metric: summary, ...}]`` over the images, when measured per iteration."""
+    if not rows or "per_iteration" not in rows[0]:
+        return None
+    n = len(next(iter(rows[0]["per_iteration"].values())))
+    keys = list(rows[0]["per_iteration"])
+    return [{"iteration": k + 1, **{m: _summary([r["per_iteration"][m][k] for r in rows]) for m in keys}} for k in range(n)]
 
 
 def _excluded(rows: list[dict]) -> dict[str, int]:
@@ -623,8 +694,8 @@ def _fmt(key: str, value) -> str:
     return METRICS[key][2].format(v) if key in METRICS else f"{v:.4g}"
 
 
-def _row(report: dict) -> list[str]:
-    cells = [report.get("method", "?")]
+def _row(report: dict, label: str | None = None) -> list[str]:
+    cells = [label or report.get("method", "?")]
     for key in METRICS:
         cells.append(_fmt(key, (report["metrics"].get(key) or {}).get("mean")))
     fid = _num(report.get("fid"))
@@ -632,11 +703,12 @@ def _row(report: dict) -> list[str]:
     return cells
 
 
-def markdown_table(reports: list[dict]) -> str:
-    """The paper's Table 1 layout (Method, Similarity, LPIPS, MSE, Runtime) plus PSNR, SSIM, FID."""
+def markdown_table(reports: list[dict], labels: list[str] | None = None) -> str:
+    """The paper's Table 1 layout (Method, Similarity, LPIPS, MSE, Runtime) plus PSNR, SSIM, FID;
+    ``labels`` name the rows (default: each report's method)."""
     header = ["Method", *(h for h, _, _ in METRICS.values()), "↓ FID"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(_row(r)) + " |" for r in reports]
+    lines += ["| " + " | ".join(_row(r, lb)) + " |" for r, lb in zip(reports, labels or [None] * len(reports))]
     return "\n".join(lines) + "\n"
 
 
@@ -665,7 +737,18 @@ def markdown_report(report: dict) -> str:
         notes.append(f"- **{key}: {caveat}**")
     if report.get("grid_note") and report.get("grid_order"):
         notes.append(f"- best_worst.png: {report['grid_note']}")
-    return f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"
+    if report.get("iterations") not in (None, 1):
+        notes.append(f"- iterations: {report['iterations']}")
+    text = f"# Evaluation: {report['method']}\n\n" + markdown_table([report]) + "\n" + "\n".join(notes) + "\n"
+    steps = report.get("per_iteration")
+    if steps:
+        keys = [k for k in METRICS if k in steps[0]]
+        text += "\n## Per iteration\n\n| Iteration | " + " | ".join(METRICS[k][0] for k in keys) + " |\n"
+        text += "|" + "|".join([" ---: "] * (len(keys) + 1)) + "|\n"
+        for step in steps:
+            cells = [_fmt(k, step[k]["mean"]) for k in keys]
+            text += f"| {step['iteration']} | " + " | ".join(cells) + " |\n"
+    return text
 
 
 # --------------------------------------------------------------------------- comparing
@@ -692,15 +775,34 @@ def load_report(path: str | os.PathLike) -> dict:
     return data
 
 
+def report_labels(reports: list[dict], sources: list | None = None) -> list[str]:
+    """One distinct label per report, the same in every comparison: its method name, and where
+    two share one, the report's folder (else its position) after it."""
+    methods = [r.get("method") or "?" for r in reports]
+    sources = sources or [None] * len(reports)
+    labels = []
+    for i, (m, src) in enumerate(zip(methods, sources)):
+        if methods.count(m) > 1:
+            folder = None
+            if isinstance(src, (str, os.PathLike)):
+                p = Path(src)
+                folder = (p.parent if p.suffix == ".json" else p).name or None
+            m = f"{m} ({folder})" if folder else f"{m} #{i + 1}"
+        labels.append(m)
+    return [lb if labels.count(lb) == 1 else f"{lb} #{i + 1}" for i, lb in enumerate(labels)]
+
+
 def compare(a_json: str | os.PathLike | dict, b_json: str | os.PathLike | dict) -> dict:
     """Compare two reports: both rows, ``b - a`` per metric, which is better, and caveats.
 
     Returns:
-        ``{"a", "b", "delta": {metric: b - a}, "better": {metric: "a"|"b"|"tie"}, "notes",
-        "markdown"}``.
+        ``{"a", "b", "labels", "delta": {metric: b - a}, "better": {metric: "a"|"b"|"tie"},
+        "best": {metric: label or "tie"}, "notes", "markdown"}`` (``labels``: see
+        :func:`report_labels`, as :func:`compare_many` names its rows).
     """
     a = a_json if isinstance(a_json, dict) else load_report(a_json)
     b = b_json if isinstance(b_json, dict) else load_report(b_json)
+    labels = report_labels([a, b], [a_json, b_json])
     delta, better = {}, {}
     for key, (_, higher, _) in METRICS.items():
         va, vb = (_num((r["metrics"].get(key) or {}).get("mean")) for r in (a, b))
@@ -720,10 +822,13 @@ def compare(a_json: str | os.PathLike | dict, b_json: str | os.PathLike | dict) 
         na, nb = a.get("networks", {}).get(key), b.get("networks", {}).get(key)
         if na and nb and na != nb:
             notes.append(f"{key} measured by different networks: {na} vs {nb}")
-    table = markdown_table([a, b])
-    diff = "| Δ (b − a) | " + " | ".join(_fmt_delta(k, delta.get(k)) for k in METRICS) + " | |\n"
-    md = table + diff + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
-    return {"a": a.get("method"), "b": b.get("method"), "delta": delta, "better": better, "notes": notes, "markdown": md}
+    table = markdown_table([a, b], labels)
+    best_row = "| best | " + " | ".join({"a": labels[0], "b": labels[1]}.get(better.get(k), better.get(k, "n/a")) for k in METRICS)
+    diff = f"| Δ ({labels[1]} − {labels[0]}) | " + " | ".join(_fmt_delta(k, delta.get(k)) for k in METRICS) + " | |\n"
+    md = table + best_row + " | |\n" + diff + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    best = {k: {"a": labels[0], "b": labels[1]}.get(v, v) for k, v in better.items()}
+    return {"a": a.get("method"), "b": b.get("method"), "labels": labels, "delta": delta, "better": better, "best": best,
+            "notes": notes, "markdown": md}
 
 
 def compare_many(reports: list) -> dict:
@@ -731,12 +836,13 @@ def compare_many(reports: list) -> dict:
     each, the best method per metric, and caveats when the data differ.
 
     Returns:
-        ``{"methods", "best": {metric: method}, "notes", "markdown"}``.
+        ``{"methods", "best": {metric: method}, "notes", "markdown"}``; ``methods`` are the
+        reports' labels (:func:`report_labels`).
     """
     rows = [r if isinstance(r, dict) else load_report(r) for r in reports]
     if len(rows) < 2:
         raise InputError(f"compare needs at least two reports, got {len(rows)}")
-    methods = [r.get("method", "?") for r in rows]
+    methods = report_labels(rows, list(reports))
     best = {}
     for key, (_, higher, _) in METRICS.items():
         values = [(_num((r["metrics"].get(key) or {}).get("mean")), m) for r, m in zip(rows, methods)]
@@ -747,7 +853,7 @@ def compare_many(reports: list) -> dict:
     if len({(r.get("data"), r.get("n_images")) for r in rows}) > 1:
         notes.append("different data: " + "; ".join(f"{m}: {r.get('data')} ({r.get('n_images')})" for m, r in zip(methods, rows)))
     best_row = "| best | " + " | ".join(best.get(k, "n/a") for k in METRICS) + " | |\n"
-    md = markdown_table(rows) + best_row + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
+    md = markdown_table(rows, methods) + best_row + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
     return {"methods": methods, "best": best, "notes": notes, "markdown": md}
 
 

@@ -71,6 +71,13 @@ OPSET = 18
 FORMAT_VERSION = 1
 EXPORT_FILE = "export.json"
 GRAPHS = ("encoder", "generator", "model")
+
+
+def check_graphs(graphs: tuple[str, ...]) -> tuple[str, ...]:
+    """``graphs`` itself when it names one or more of :data:`GRAPHS`, else :class:`ExportError`."""
+    if not graphs or any(g not in GRAPHS for g in graphs):
+        raise ExportError(f"graphs={list(graphs)!r}: choose from {list(GRAPHS)}")
+    return graphs
 #: Largest accepted max-abs difference between a graph and PyTorch fp32 (outputs of
 #: magnitude <= 1; larger outputs scale it). The conformance suite's bound for instyle's
 #: fast path against the original code: an export may not be less exact than that.
@@ -355,9 +362,7 @@ def export_onnx(
         instyle.errors.MissingExtraError: the ``deploy`` extra is not installed.
     """
     say = log or (lambda _msg: None)
-    unknown = [g for g in graphs if g not in GRAPHS]
-    if unknown or not graphs:
-        raise ExportError(f"graphs={list(graphs)!r}: choose from {list(GRAPHS)}")
+    check_graphs(graphs)
     family = _family(model)
     exportable = [f for f in list_families() if get_family(f).exportable]
     if not family.exportable:

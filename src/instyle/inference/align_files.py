@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +17,7 @@ from instyle.inference.io import ImageLoadError, InputFile, load_image, output_n
 from instyle.inference.pipeline import OutputFolderError, is_fatal_write_error, prepare_output_folder
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
+from instyle.utils.progress import track
 
 __all__ = ["AlignOptions", "MAX_FACES_PER_PHOTO", "align_files", "read_alignment_index"]
 
@@ -113,8 +113,6 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
     Returns:
         Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
     """
-    from tqdm import tqdm
-
     try:
         names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
     except ValueError as e:
@@ -132,7 +130,7 @@ def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: Ali
             todo.append((f, name))
     t0 = time.perf_counter()
     results = _ordered_map(lambda item: (item, *_align_one(item[0].path, options)), todo, options.workers)
-    for (f, name), faces, problem in tqdm(results, total=len(todo), unit="img", desc="align", file=sys.stderr, disable=None if progress else True):
+    for (f, name), faces, problem in track(results, "align", "img", total=len(todo), enabled=progress):
         if problem is not None or not faces:
             log(problem or f"no face found in {f.path} (try --detector cnn or --upsample 2)")
             counts["failed" if problem else "no_face"] += 1

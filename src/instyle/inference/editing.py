@@ -97,8 +97,14 @@ MAX_STRENGTHS = 256
 
 
 def parse_strengths(spec: str) -> list[float]:
-    """``"-3:3:7"`` (start:stop:count, inclusive) or ``"-2,0,2"`` -> 1 to :data:`MAX_STRENGTHS` finite floats."""
+    """``"-3..3:7"`` (start..stop:count, inclusive; count 7 when left out) or ``"-2,0,2"`` ->
+    1 to :data:`MAX_STRENGTHS` finite floats. The one range syntax of every command (``--strengths``,
+    ``--edit NAME=VALUES``, the demo); the older ``start:stop:count`` is still read."""
     try:
+        if ".." in spec:
+            lo, _, rest = spec.partition("..")
+            hi, _, count = rest.partition(":")
+            spec = f"{lo}:{hi}:{count.strip() or 7}"
         if ":" in spec:
             start, stop, count = spec.split(":")
             n = int(count)
@@ -112,7 +118,7 @@ def parse_strengths(spec: str) -> list[float]:
         return values
     except ValueError:
         raise ValueError(
-            f"strengths {spec!r}: give 'start:stop:count' (e.g. -3:3:7, count 1-{MAX_STRENGTHS}) "
+            f"strengths {spec!r}: give 'start..stop:count' (e.g. -3..3:7, count 1-{MAX_STRENGTHS}) "
             "or a list of finite numbers like -2,0,2"
         ) from None
 
@@ -401,8 +407,7 @@ class EditSpec:
 def parse_edit(spec: str) -> EditSpec:
     """``age=-3..3:7`` (7 values from -3 to 3), ``smile=2``, ``pose=-1,0,1``,
     ``ganspace:54,7,8=20`` (GANSpace component 54 on styles 7..7, to coordinate 20),
-    ``sefa:0=-5..5:5`` (direction 0 of a direction set). ``start:stop:count`` also works
-    for the values."""
+    ``sefa:0=-5..5:5`` (direction 0 of a direction set); VALUES as :func:`parse_strengths`."""
     name, sep, values = spec.partition("=")
     name, _, comp = name.strip().partition(":")
     if not sep or not name or not values.strip():
@@ -413,12 +418,7 @@ def parse_edit(spec: str) -> EditSpec:
             component = tuple(int(c) for c in comp.split(","))
         except ValueError:
             raise ValueError(f"edit {spec!r}: the component after ':' must be integers, e.g. ganspace:54,7,8=20") from None
-    values = values.strip()
-    if ".." in values:
-        lo, _, rest = values.partition("..")
-        hi, _, count = rest.partition(":")
-        values = f"{lo}:{hi}:{count or 7}"
-    return EditSpec(name, component, tuple(parse_strengths(values)))
+    return EditSpec(name, component, tuple(parse_strengths(values.strip())))
 
 
 def resolve_edit(name: str, edits: dict[str, Edit]) -> Edit:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from instyle.models.family import family_of, get_family
 from instyle.models.sfe import ENCODING_KIND, ENCODING_VERSION, SFEEncoding
 from instyle.models.sfe import save_encoding as save_sfe_encoding
 
-__all__ = ["Encoding", "as_encoding", "encode", "load_encoding", "load_sfe_encoding", "render", "render_batches", "save_encoding"]
+__all__ = ["Encoding", "as_encoding", "encode", "encode_steps", "load_encoding", "load_sfe_encoding", "render", "render_batches", "save_encoding"]
 
 
 @dataclass
@@ -42,6 +42,9 @@ class Encoding:
     family: str
     latents: torch.Tensor
     extra: Any = None
+    #: What the file it was read from says besides (``instyle encode``'s provenance, a PTI
+    #: code's tuned-generator reference); not carried through slicing or blending.
+    meta: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _ops(self):
         return get_family(self.family).extra_ops
@@ -104,6 +107,14 @@ def encode(model, x: torch.Tensor, iterations: int | None = None) -> Encoding:
     steps of an iterative family, default the model's)."""
     latents, extra = model.encode_for_render(x, iterations=iterations)
     return Encoding(family_of(model).name, latents, extra)
+
+
+def encode_steps(model, x: torch.Tensor, iterations: int | None = None) -> list[Encoding]:
+    """Every refinement step's :class:`Encoding` of images ``x`` (one for a single-pass family),
+    the last being :func:`encode`'s."""
+    latents, extras = model.encode_for_render(x, iterations=iterations, return_all=True)
+    name = family_of(model).name
+    return [Encoding(name, w, e) for w, e in zip(latents, extras)]
 
 
 def render_batches(model, enc: Encoding, resize: bool = False, batch_size: int | None = None) -> Iterator[torch.Tensor]:
@@ -172,7 +183,7 @@ def load_encoding(path: str | os.PathLike, model) -> Encoding:
         extra = torch.as_tensor(transform, dtype=torch.float32)
         if extra.shape != (3, 3) or not bool(torch.isfinite(extra).all()):
             raise InputError(f"the latent's saved transform must be a finite [3, 3] matrix, got shape {tuple(extra.shape)}")
-    return Encoding(family.name, latent.w_plus, extra)
+    return Encoding(family.name, latent.w_plus, extra, latent.meta or {})
 
 
 #: Bounds on an SFE encoding file's arrays (a crafted file must not make us allocate gigabytes).

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+#: latent files the latent-space commands (edit, mix, interpolate) also take from folders
+LATENT_EXTENSIONS = (".npy", ".npz")
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ def _inside(path: Path, folders: Sequence[Path]) -> bool:
     return any(real == f or f in real.parents for f in folders)
 
 
-def _scan_folder(root: Path, recursive: bool, exclude: Sequence[Path], problems: list[str]) -> list[Path]:
+def _scan_folder(
+    root: Path, recursive: bool, exclude: Sequence[Path], problems: list[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
     """Image files under ``root``, sorted; unreadable folders, broken links and special files are
     reported in ``problems``; ``exclude``d folders (resolved) are not entered."""
     found: list[Path] = []
@@ -83,7 +87,7 @@ def _scan_folder(root: Path, recursive: bool, exclude: Sequence[Path], problems:
         dirs[:] = sorted(dirs) if recursive else []
         for name in files:
             p = Path(folder) / name
-            if p.suffix.lower() not in IMAGE_EXTENSIONS or _inside(p, exclude):
+            if p.suffix.lower() not in extensions or _inside(p, exclude):
                 continue
             if p.is_symlink() and not p.exists():
                 problems.append(f"{p}: broken symbolic link (its target {os.readlink(p)} does not exist)")
@@ -102,11 +106,13 @@ def _glob_root(pattern: str) -> Path:
 
 
 def collect_input_files(
-    inputs: Iterable[str | os.PathLike], recursive: bool = True, exclude: Iterable[str | os.PathLike] = ()
+    inputs: Iterable[str | os.PathLike], recursive: bool = True, exclude: Iterable[str | os.PathLike] = (),
+    latents: bool = False,
 ) -> tuple[list[InputFile], list[str]]:
     """Expand files, folders and glob patterns into de-duplicated :class:`InputFile` s.
 
-    Folders contribute files with an image extension (recursively by default, sorted), never
+    Folders contribute files with an image extension (with ``latents``, also ``.npy`` / ``.npz``
+    latent files, for the commands that read them) (recursively by default, sorted), never
     entering the ``exclude`` folders (e.g. the job's output folder); explicit files are kept
     whatever their extension (they get a clear error later if not images).
 
@@ -133,9 +139,10 @@ def collect_input_files(
         if p.is_dir():
             before = len(problems)
             inner = [e for e in skip if p.resolve() in e.parents]  # only folders strictly inside this input
-            found = _scan_folder(p, recursive, inner, problems)
+            exts = (*IMAGE_EXTENSIONS, *LATENT_EXTENSIONS) if latents else IMAGE_EXTENSIONS
+            found = _scan_folder(p, recursive, inner, problems, exts)
             if not found and len(problems) == before:
-                problems.append(f"{p}: folder contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                problems.append(f"{p}: folder contains no images ({', '.join(exts)})")
             out.extend(InputFile(q, p) for q in found)
         elif p.exists():
             out.append(InputFile(p, p.parent))

@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,11 +37,13 @@ from instyle.inference.io import (
     tensor_to_pil,
 )
 from instyle.inference.offsets import uses_offsets
-from instyle.inference.preprocess import align_input, input_preview, prepare_input
+from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, face_record, paste_result
+from instyle.inference.preprocess import align_input_face, input_preview, prepare_input
 from instyle.models.family import family_of
 from instyle.models.runtime import model_precision
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
+from instyle.utils.progress import Progress
 
 T = TypeVar("T")
 
@@ -51,6 +52,7 @@ __all__ = [
     "BackgroundWriter",
     "EncodeOptions",
     "OutputFolderError",
+    "check_output_folder",
     "encode_files",
     "prefetch_batches",
     "prepare_output_folder",
@@ -210,6 +212,23 @@ def prepare_output_folder(out: str | os.PathLike, files: Sequence[InputFile], pl
     return out
 
 
+def check_output_folder(out: str | os.PathLike) -> None:
+    """Fail fast, before any model loads, when ``out`` can neither be used nor created
+    (a file in the way, no permission); creates nothing (see :func:`prepare_output_folder`).
+
+    Raises:
+        OutputFolderError: one line naming the folder.
+    """
+    p = Path(out).absolute()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputFolderError(f"--out {out}: cannot write there ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"--out {out}: cannot write there (no permission in {probe})")
+
+
 @dataclass
 class EncodeOptions:
     """Settings of :func:`encode_files` (validated on creation)."""
@@ -230,6 +249,8 @@ class EncodeOptions:
     resize_factor: int | None = None
     #: encode only the first N inputs (the original's ``--n_images``)
     limit: int | None = None
+    #: with ``align``: also paste each reconstruction back into its photo (``pasted/<name>.<format>``)
+    paste_back: bool = False
 
     def __post_init__(self) -> None:
 
@@ -237,6 +258,8 @@ class EncodeOptions:
             raise ConfigError(f"batch_size={self.batch_size!r} must be an integer >= 1")
         if self.format not in ("png", "jpg"):
             raise ConfigError(f"format={self.format!r} is not one of: png, jpg")
+        if self.paste_back and not self.align:
+            raise ConfigError("paste_back needs align (--paste-back --align): only aligned faces know where they came from")
         for name in ("resize_factor", "limit"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -244,7 +267,12 @@ class EncodeOptions:
 
     def outputs(self, name: str) -> list[str]:
         """Paths (relative to the output folder) written for the input named ``name``."""
-        return [f"{name}.{self.format}"] + ([f"latents/{name}.{self.latent_format}"] if self.save_latents else [])
+        return (
+            [f"{name}.{self.format}"]
+            + ([f"latents/{name}.{self.latent_format}"] if self.save_latents else [])
+            + ([f"{ALIGNED_DIR}/{name}.png"] if self.align else [])
+            + ([f"{PASTED_DIR}/{name}.{self.format}"] if self.paste_back else [])
+        )
 
 
 def is_fatal_write_error(e: BaseException) -> bool:
@@ -291,7 +319,7 @@ def encode_files(
         files = list(files)[: options.limit]
     rank, world_size = world()
     suffix = "" if world_size == 1 else f"_rank{rank}"
-    reserved = [f"grid{suffix}.png", f"summary{suffix}.json"]
+    reserved = [f"grid{suffix}.png", f"summary{suffix}.json", f"{ALIGNED_DIR}/{INDEX_NAME}"]
     try:
         names = output_names(files, options.outputs, reserved)
     except ValueError as e:
@@ -323,6 +351,8 @@ def encode_files(
         "files": mine,
         "skipped": list(skipped) if rank == 0 else [],
     }
+    if options.grid:  # the grid holds the first 16 images: say so where it may surprise
+        summary["grid"] = {"file": reserved[0], "images": len(grid_rows) if not stopped else 0}
     for r in mine:
         if r["status"] != "encoded":
             r["outputs"] = []
@@ -341,11 +371,18 @@ def _write_or_log(log: Callable[[str], None], write: Callable[[], Any], path: Pa
         return False
 
 
-def input_preparer(model, align: bool, resize_factor: int | None = None) -> Callable[[Path], torch.Tensor]:
+def input_preparer(model, align: bool, resize_factor: int | None = None, faces: dict | None = None) -> Callable[[Path], torch.Tensor]:
+    """``path -> network input``; with ``align`` and a ``faces`` dict, each aligned face is
+    kept there by path (its crop and quad: what paste-back needs)."""
 
     def prepare(path: Path) -> torch.Tensor:
         try:
-            return prepare_input(align_input(path, model.input_size) if align else path, model.config, resize_factor)
+            if align:
+                face = align_input_face(path, model.input_size)
+                if faces is not None:
+                    faces[path] = face
+                return prepare_input(face.image, model.config, resize_factor)
+            return prepare_input(path, model.config, resize_factor)
         except (InstyleError, OSError) as e:  # a bad file; a bug elsewhere is not "a skipped file"
             raise InputError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
@@ -354,14 +391,13 @@ def input_preparer(model, align: bool, resize_factor: int | None = None) -> Call
 
 def _encode_items(model, files, items, records, out: Path, options: EncodeOptions, log, progress: bool):
     """The encode loop of :func:`encode_files`: ``(grid rows, whether a full disk stopped it)``."""
-    from tqdm import tqdm
-
-
     device = next(model.parameters()).device
-    prepare = input_preparer(model, options.align, options.resize_factor)
+    faces: dict = {}
+    prepare = input_preparer(model, options.align, options.resize_factor, faces)
+    alignment: dict = {}
     grid_rows: list[list] = []
     stopped = False
-    bar = tqdm(total=len(items), unit="img", desc="encode", file=sys.stderr, disable=None if progress else True)
+    bar = Progress(len(items), "encode", "img", enabled=progress)
     batches = prefetch_batches(items, lambda item: prepare(files[item[0]].path), options.batch_size, errors=(InputError,))
     with BackgroundWriter() as writer:
         for batch in batches:
@@ -386,6 +422,13 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     if options.save_latents:
                         latent = out / "latents" / f"{name}.{options.latent_format}"
                         writer.submit(save_encoding, latent, enc[k].to("cpu"), tag=i)
+                    if options.align:
+                        face = faces.pop(files[i].path)
+                        writer.submit(save_image, face.image, out / ALIGNED_DIR / f"{name}.png", tag=i)
+                        alignment[f"{name}.png"] = face_record(face, files[i].path)
+                        if options.paste_back:
+                            writer.submit(_paste_and_save, alignment[f"{name}.png"], recon,
+                                          out / PASTED_DIR / f"{name}.{options.format}", tag=i)
                     if want_grid:
                         grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))
@@ -395,7 +438,14 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     batches.close()
     bar.close()
     _record_write_errors(writer.errors, records, files, log)
+    if alignment:
+        index = out / ALIGNED_DIR / INDEX_NAME
+        _write_or_log(log, lambda: atomic_write_bytes(index, (json.dumps(alignment, indent=1) + "\n").encode()), index)
     return grid_rows, stopped
+
+
+def _paste_and_save(record: dict, recon, path: Path) -> None:
+    save_image(paste_result(record, recon), path)
 
 
 def _record_write_errors(errors, records, files, log) -> None:

@@ -22,7 +22,7 @@ from instyle.models.psp import PSPConfig
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
-__all__ = ["align_input", "degrade_for_super_resolution", "get_task_for", "input_preview", "prepare_input"]
+__all__ = ["align_input", "align_input_face", "degrade_for_super_resolution", "get_task_for", "input_preview", "prepare_input"]
 
 
 def get_task_for(config: PSPConfig):
@@ -104,13 +104,18 @@ def align_input(image: str | os.PathLike | Image.Image, size: int = 256, detecto
         ValueError: no face was found (the message names the file).
         instyle.alignment.AlignmentUnavailable: dlib or its landmark model is missing.
     """
+    return align_input_face(image, size, detector).image
 
+
+def align_input_face(image: str | os.PathLike | Image.Image, size: int = 256, detector: str = "auto"):
+    """As :func:`align_input`, but the whole :class:`~instyle.alignment.AlignedFace` (crop and
+    its quad in the photo, what paste-back needs)."""
     name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
     img = load_image(image) if isinstance(image, (str, os.PathLike)) else image
     face = align_face(img, size=size, detector=detector)
     if face is None:
         raise InputError(f"{name}: no face found to align (try `instyle align --detector cnn`)")
-    return face.image
+    return face
 
 
 def input_preview(x: torch.Tensor, config: PSPConfig) -> Image.Image:

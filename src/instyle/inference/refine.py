@@ -40,11 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from instyle.errors import InputError
-from instyle.inference.io import save_image, tensor_to_pil
+from instyle.inference.io import make_grid, save_image, tensor_to_pil
 from instyle.inference.latents import save_latent
 from instyle.inference.offsets import sample_offsets, uses_offsets
+from instyle.inference.preprocess import input_preview
 from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.utils.progress import Progress, say
 
 __all__ = [
     "REFINERS",
@@ -52,9 +54,15 @@ __all__ = [
     "RefineError",
     "RefineResult",
     "apply_generator_delta",
+    "blend_generator_deltas",
+    "check_refiner_fits",
     "load_generator_delta",
     "refine",
+    "delta_reference",
+    "generator_delta_applied",
     "refine_files",
+    "refine_outputs",
+    "referenced_delta",
     "register_refiner",
     "save_generator_delta",
 ]
@@ -80,7 +88,10 @@ class RefineConfig:
         locality_interval: pti: apply the regulariser every this many steps (PTI: 1).
         time_budget: seconds per image after which the refinement stops (None = no limit).
         seed: seed of everything random (the regulariser's codes).
-        progress: show a progress bar of the steps.
+        progress: show the steps and the loss (:class:`instyle.utils.progress.Progress`).
+        progress_label: what the progress names (e.g. the image), after the method.
+        on_step: called as ``on_step(steps done, loss)`` after each step (e.g. a web page's
+            progress bar).
     """
 
     steps: int = 200
@@ -96,6 +107,8 @@ class RefineConfig:
     time_budget: float | None = None
     seed: int = 0
     progress: bool = False
+    progress_label: str | None = None
+    on_step: Callable[[int, float], None] | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -175,6 +188,23 @@ def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, confi
     return REFINERS[method](model, target.detach().to(device).float(), w_init.detach().clone().to(device).float(), config, lpips)
 
 
+#: refiners that run a model's own loop, and the family each needs
+FAMILY_REFINERS = {"restyle": "restyle", "hyperstyle": "hyperstyle"}
+
+
+def check_refiner_fits(method: str, family: str | None) -> None:
+    """Refuse ``method`` for a model of ``family`` (None: unknown yet, nothing refused).
+
+    Raises:
+        RefineError: ``restyle`` needs a ReStyle model, ``hyperstyle`` a HyperStyle one.
+    """
+    need = FAMILY_REFINERS.get(method)
+    if need is None or family is None or family == need:
+        return
+    what = "a ReStyle checkpoint (an iterative encoder)" if need == "restyle" else "a HyperStyle checkpoint (W-encoder + hypernetwork)"
+    raise RefineError(f"'{method}' refinement needs {what}; this is a {family} model. Use 'optimize' or 'pti'.")
+
+
 # --------------------------------------------------------------------------- shared pieces
 
 
@@ -206,21 +236,27 @@ def _frozen(module: torch.nn.Module):
 
 
 class _Budget:
-    """Step loop with an optional wall-clock limit and progress bar."""
+    """Step loop with an optional wall-clock limit; with ``config.progress`` it shows the steps
+    and the last loss (a bar on a terminal, a line every quarter of the steps in a log).
+    The refiner appends each step's loss to ``losses``."""
 
     def __init__(self, config: RefineConfig, desc: str):
-        from tqdm import tqdm
-
         self.config, self.start = config, time.perf_counter()
-        self.bar = tqdm(total=config.steps, desc=desc, unit="step", leave=False, disable=not config.progress)
+        self.losses: list[float] = []
+        label = f"{desc} {config.progress_label}" if config.progress_label else desc
+        self.bar = Progress(config.steps, label, "step", every=max(1, config.steps // 4), leave=False, enabled=config.progress)
 
     def __iter__(self):
-        for step in range(self.config.steps):
-            if self.config.time_budget is not None and time.perf_counter() - self.start > self.config.time_budget:
-                break
-            yield step
-            self.bar.update(1)
-        self.bar.close()
+        try:
+            for step in range(self.config.steps):
+                if self.config.time_budget is not None and time.perf_counter() - self.start > self.config.time_budget:
+                    break
+                yield step
+                self.bar.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
+                if self.config.on_step is not None:
+                    self.config.on_step(step + 1, self.losses[-1] if self.losses else float("nan"))
+        finally:
+            self.bar.close()
 
     @property
     def seconds(self) -> float:
@@ -257,7 +293,8 @@ def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResul
     w = w_init.clone().requires_grad_(True)
     noises = [n.detach().clone().requires_grad_(True) for n in gen.fixed_noise()] if config.optimize_noise else None
     opt = torch.optim.Adam([w, *(noises or [])], lr=base_lr, betas=(0.9, 0.999))
-    losses, budget, done = [], _Budget(config, "optimize"), 0
+    budget, done = _Budget(config, "optimize"), 0
+    losses = budget.losses
     with _frozen(gen), torch.enable_grad():
         for step in budget:
             for group in opt.param_groups:
@@ -307,7 +344,8 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
         p.requires_grad_(True)  # whatever the base's flags, the copy's synthesis weights train
     opt = torch.optim.Adam([p for _, p in params], lr=config.lr or 3e-4)
     rng = torch.Generator().manual_seed(config.seed)
-    losses, budget, done = [], _Budget(config, "pti"), 0
+    budget, done = _Budget(config, "pti"), 0
+    losses = budget.losses
     with _frozen(base), torch.enable_grad():
         tuned.style.requires_grad_(False)
         for step in budget:
@@ -427,12 +465,104 @@ def apply_generator_delta(base, delta: dict[str, torch.Tensor]):
     return tuned
 
 
+# --------------------------------------------------------------------------- tuned generators of saved latents
+
+#: keys of a refined latent file's ``meta`` that point to its PTI generator delta (relative to
+#: the latent file) and pin its content
+DELTA_REF, DELTA_SHA = "generator_delta", "generator_delta_sha256"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def delta_reference(latent_path: str | Path, delta_path: str | Path) -> dict[str, str]:
+    """The ``meta`` entries by which a latent file names its tuned generator (see :func:`referenced_delta`)."""
+    import os
+
+    rel = os.path.relpath(Path(delta_path), Path(latent_path).parent)
+    return {DELTA_REF: Path(rel).as_posix(), DELTA_SHA: _sha256(Path(delta_path))}
+
+
+def referenced_delta(latent_path: str | Path, meta: dict, base) -> dict[str, torch.Tensor] | None:
+    """The PTI generator delta a latent file references (None when it references none), read
+    only when its sha256 matches and checked against ``base`` (the model's generator).
+
+    Raises:
+        RefineError: the delta file is missing, changed since it was referenced, or was
+            tuned from another generator, or a PTI code references none -- a latent of a
+            tuned generator is never rendered on the untuned one.
+    """
+    ref = meta.get(DELTA_REF)
+    latent_path = Path(latent_path)
+    if ref is None and meta.get("method") == "pti":
+        raise RefineError(
+            f"{latent_path}: a PTI code whose tuned generator is not referenced (no {DELTA_REF!r} in its meta); "
+            "on the untuned generator it would show another face. Use the latents/ and pti/ folders of "
+            "`instyle encode --refine pti`"
+        )
+    if ref is None:
+        return None
+    if not isinstance(ref, str) or Path(ref).is_absolute() or not isinstance(meta.get(DELTA_SHA), str):
+        raise RefineError(f"{latent_path}: bad tuned-generator reference {ref!r} in its meta")
+    path = latent_path.parent / ref
+    if not path.is_file():
+        raise RefineError(
+            f"{latent_path}: its tuned generator {path} is missing (keep the pti/ folder beside latents/); "
+            "refusing to render this PTI code on the untuned generator"
+        )
+    if _sha256(path) != meta[DELTA_SHA]:
+        raise RefineError(f"{latent_path}: its tuned generator {path} changed since it was written (sha256 differs)")
+    return load_generator_delta(path, base)
+
+
+def blend_generator_deltas(deltas: list[dict[str, torch.Tensor] | None], weights: list[float]) -> dict[str, torch.Tensor] | None:
+    """``sum_i weights[i] * deltas[i]`` (None counts as the untuned generator, a zero delta);
+    None when no delta is given: an interpolation between PTI codes moves their tuned
+    generators along the same path as the codes."""
+    out: dict[str, torch.Tensor] = {}
+    for delta, wt in zip(deltas, weights):
+        for name, d in (delta or {}).items():
+            out[name] = out[name] + wt * d if name in out else wt * d
+    return out or None
+
+
+@contextmanager
+def generator_delta_applied(model, delta: dict[str, torch.Tensor] | None):
+    """``model`` rendering on its generator tuned by ``delta`` inside the block (no change for None)."""
+    if delta is None:
+        yield model
+        return
+    base = model.decoder
+    model.decoder = apply_generator_delta(base, delta)
+    try:
+        yield model
+    finally:
+        model.decoder = base
+
+
 # --------------------------------------------------------------------------- folders
 
 
-def _done(out: Path, name: str, fmt: str, method: str) -> bool:
-    """An image counts as done when its output (written last) and, for pti, its delta exist."""
-    return (out / f"{name}.{fmt}").is_file() and (method != "pti" or (out / "pti" / f"{name}.safetensors").is_file())
+def refine_outputs(name: str, method: str, fmt: str = "png", save_latents: bool = False) -> list[str]:
+    """Files written for the input named ``name`` (relative to the output folder), as
+    ``encode`` lists them: the image, the latent (always for pti: the tuned generator is
+    useless without its pivot code) and pti's generator delta."""
+    files = [f"{name}.{fmt}"]
+    if save_latents or method == "pti":
+        files.append(f"latents/{name}.npz")
+    if method == "pti":
+        files.append(f"pti/{name}.safetensors")
+    return files
+
+
+def _done(out: Path, name: str, fmt: str, method: str, save_latents: bool = False) -> bool:
+    """An image counts as done when its output (written last) and the other files exist."""
+    return all((out / f).is_file() for f in refine_outputs(name, method, fmt, save_latents))
 
 
 def refine_files(
@@ -446,47 +576,77 @@ def refine_files(
     fmt: str = "png",
     save_latents: bool = False,
     log: Callable[[str], None] = print,
+    grid: bool = False,
 ) -> dict:
-    """Encode + refine each ``(path, output name)`` and write, per image and atomically:
-    ``<name>.<fmt>`` (last, so it marks the image done), ``pti/<name>.safetensors`` (pti's
-    generator delta) and with ``save_latents`` ``latents/<name>.npz`` (code, noise maps, meta).
+    """Encode + refine each ``(path, output name)`` and write, per image and atomically,
+    :func:`refine_outputs`: ``pti/<name>.safetensors`` (pti's generator delta),
+    ``latents/<name>.npz`` (code, noise maps, meta; for pti it references the delta by path
+    and sha256) and ``<name>.<fmt>`` (last, so it marks the image done); with ``grid`` also
+    ``grid.png`` (input | output, first 16), as ``encode`` does.
 
     Images already done are skipped (a stopped run resumes); a bad input is logged and
     counted, never stops the run. Every image uses ``config.seed``, so a resumed run gives
-    the results an uninterrupted one would. Returns a summary dict.
+    the results an uninterrupted one would. Returns a summary dict with ``files``: one
+    ``{"input", "outputs", "status", "error", "steps", "seconds", "loss"}`` per item.
     """
-    from tqdm import tqdm
-
+    import dataclasses
 
     out = Path(out_dir)
-    summary = {"method": method, "refined": 0, "resumed": 0, "failed": 0, "seconds": [], "steps": []}
+    summary = {"method": method, "refined": 0, "resumed": 0, "failed": 0, "seconds": [], "steps": [], "files": []}
     device = next(model.parameters()).device
-    for path, name in tqdm(items, unit="img", desc=method, disable=None):
-        if _done(out, name, fmt, method):
+    grid_rows: list[list] = []
+    bar = Progress(len(items), method, "img", every=1, enabled=config.progress)
+    for path, name in items:
+        record = {"input": str(path), "outputs": [], "status": "failed", "error": None}
+        summary["files"].append(record)
+        outputs = refine_outputs(name, method, fmt, save_latents)
+        if _done(out, name, fmt, method, save_latents):
             summary["resumed"] += 1
+            record.update(outputs=outputs, status="resumed")
+            bar.update(1)
             continue
         try:
             x = prepare(path)[None].to(device)
         except ValueError as e:
             log(f"instyle: skipped {e}")
             summary["failed"] += 1
+            record["error"] = str(e)
+            bar.update(1)
             continue
         with torch.no_grad():
             w = model.encode_for_render(x)[0].float()
-        result = refine(model, x, w, method, config, lpips)
+        result = refine(model, x, w, method, dataclasses.replace(config, progress_label=name), lpips)
         try:
+            meta = {"method": method, "steps": result.steps, "source": str(path)}
+            latent = out / "latents" / f"{name}.npz"
             if result.generator_delta is not None:
-                save_generator_delta(out / "pti" / f"{name}.safetensors", result.generator_delta, model.decoder)
-            if save_latents:
-                meta = {"method": method, "steps": result.steps, "source": str(path)}
-                save_latent(out / "latents" / f"{name}.npz", result.latent.cpu(), result.noise, meta,
-                            weights_deltas=sample_offsets(result.weights_deltas, 0))
-            save_image(tensor_to_pil(result.image), out / f"{name}.{fmt}")
+                delta = save_generator_delta(out / "pti" / f"{name}.safetensors", result.generator_delta, model.decoder)
+                meta.update(delta_reference(latent, delta))
+            if f"latents/{name}.npz" in outputs:
+                save_latent(latent, result.latent.cpu(), result.noise, meta, weights_deltas=sample_offsets(result.weights_deltas, 0))
+            recon = tensor_to_pil(result.image)
+            save_image(recon, out / f"{name}.{fmt}")
         except OSError as e:
             log(f"instyle: could not write the outputs of {path}: {e}")
             summary["failed"] += 1
+            record["error"] = f"could not write output: {e}"
+            bar.update(1)
             continue
+        loss = round(result.losses[-1], 6) if result.losses else None
+        record.update(outputs=outputs, status="refined", steps=result.steps, seconds=round(result.seconds, 3), loss=loss)
+        if grid and len(grid_rows) < 16:
+            grid_rows.append([input_preview(x[0], model.config), recon])
         summary["refined"] += 1
         summary["seconds"].append(round(result.seconds, 3))
         summary["steps"].append(result.steps)
+        if config.progress:
+            say(f"{method} {name}: {result.steps} steps in {result.seconds:.1f}s" + (f", loss {loss:.4g}" if loss is not None else ""))
+        bar.update(1)
+    bar.close()
+    if grid_rows:
+        try:
+            rows = [sum(grid_rows[i : i + 4], []) for i in range(0, len(grid_rows), 4)]
+            save_image(make_grid(rows, cell=256), out / "grid.png")
+        except OSError as e:
+            log(f"instyle: could not write {out / 'grid.png'}: {e}")
     return summary

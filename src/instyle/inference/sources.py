@@ -16,6 +16,8 @@ from instyle.inference.encoding import Encoding, encode, load_encoding, render_b
 from instyle.inference.io import InputFile, collect_input_files, output_names, tensor_to_pil
 from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
 from instyle.inference.preprocess import input_preview, prepare_input
+from instyle.inference.refine import generator_delta_applied, referenced_delta
+from instyle.utils.progress import Progress
 
 __all__ = ["Source", "load_sources", "plan_sources", "preview", "render_images"]
 
@@ -30,6 +32,7 @@ class Source:
     name: str
     encoding: Encoding
     preview: object | None = None
+    generator_delta: dict | None = None  # PTI: the tuned generator its latent file references
 
     @property
     def w(self) -> torch.Tensor:
@@ -49,7 +52,7 @@ def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None,
         instyle.inference.pipeline.OutputFolderError: one line naming the folder or files.
     """
     if expand:
-        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [])
+        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [], latents=True)
     else:
         files, problems = [InputFile(Path(p), Path(p).parent) for p in inputs], []
     outputs = outputs or (lambda name: [name])
@@ -93,9 +96,10 @@ def load_sources(
                         f"codes (a file may hold [B, {shape[0]}, {shape[1]}])"
                     )
                 enc = enc.to(device)
+                delta = referenced_delta(path, enc.meta, model.decoder)  # a PTI code renders on its tuned generator
                 # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
                 for k in range(len(enc)):
-                    loaded.append(Source(path, name if len(enc) == 1 else f"{name}/{k}", enc[k], None))
+                    loaded.append(Source(path, name if len(enc) == 1 else f"{name}/{k}", enc[k], None, delta))
             else:
                 pending.append((len(loaded), path, name, prepare_input(path, model.config)))
                 loaded.append(None)
@@ -103,14 +107,16 @@ def load_sources(
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
             log(f"skipped {msg}")
             failed += 1
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        x = torch.stack([t for *_, t in chunk]).to(device)
-        with torch.inference_mode():
-            enc = encode(model, x)
-        enc = enc.with_latents(enc.latents.float())
-        for j, (i, path, name, t) in enumerate(chunk):
-            loaded[i] = Source(path, name, enc[j], preview(t, model.config))
+    with Progress(len(pending), "encode", "img", enabled=bool(pending)) as bar:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            x = torch.stack([t for *_, t in chunk]).to(device)
+            with torch.inference_mode():
+                enc = encode(model, x)
+            enc = enc.with_latents(enc.latents.float())
+            for j, (i, path, name, t) in enumerate(chunk):
+                loaded[i] = Source(path, name, enc[j], preview(t, model.config))
+            bar.update(len(chunk))
     return [s for s in loaded if s is not None], failed
 
 
@@ -119,11 +125,12 @@ def preview(x: torch.Tensor, config):
     return input_preview(x, config)
 
 
-def render_images(model, enc: Encoding, full_resolution: bool, batch_size: int) -> list:
+def render_images(model, enc: Encoding, full_resolution: bool, batch_size: int, generator_delta=None) -> list:
     """An :class:`Encoding` -> PIL images, ``batch_size`` at a time (256 px unless
-    ``full_resolution``)."""
+    ``full_resolution``); ``generator_delta``: PTI's tuned weights (a :class:`Source`'s),
+    rendered on the tuned generator."""
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), generator_delta_applied(model, generator_delta):
         for y in render_batches(model, enc, resize=not full_resolution, batch_size=batch_size):
             out.extend(tensor_to_pil(t) for t in y)
     return out

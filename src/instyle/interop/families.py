@@ -222,14 +222,20 @@ def psp_from_checkpoint(ckpt: Mapping, p: Path, resolve: Any = Path, expected: P
         raise CheckpointError(f"{p}: {e}") from None
     load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
     if latent_avg is None and config.start_from_latent_avg:
-        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=3)
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=5)
         avg = model.decoder.mean_latent(4096, seed=0)
     for note in notes:
-        warnings.warn(f"{p}: {note}", stacklevel=3)
+        warnings.warn(f"{p}: {note}", stacklevel=5)
     # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
     model.set_latent_avg(avg)
     model.source = str(p)
     return model.eval()
+
+
+def _peek(ckpt: Mapping) -> str | None:
+    opts = ckpt.get("opts")
+    opts = opts if isinstance(opts, Mapping) else vars(opts) if hasattr(opts, "__dict__") else None
+    return detect_family(opts) if opts is not None else None
 
 
 def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | None]:
@@ -240,5 +246,5 @@ def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | No
 register_reader(OfficialReader(
     family="psp", format="psp", recognise=is_psp_checkpoint,
     read=lambda ckpt, p, resolve=Path, expected=None: psp_from_checkpoint(ckpt, p, resolve, expected),
-    generator=_generator_part,
+    generator=_generator_part, peek=_peek,
 ))

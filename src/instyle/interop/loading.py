@@ -29,19 +29,20 @@ from instyle.interop.keymaps import (
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.published import published, published_hint
 from instyle.interop.readers import official_readers, reader_for
-from instyle.interop.safe_load import safe_torch_load
+from instyle.interop.safe_load import ALLOWED_GLOBALS, safe_torch_load
 from instyle.interop.stylegan3 import (
     is_restyle3_checkpoint,
     is_stylegan3_state_dict,
     load_stylegan3_generator,
     stylegan3_generator_from_object,
 )
-from instyle.models.family import InversionModel, get_family, list_families, model_kinds
+from instyle.models.family import InversionModel, family_of, get_family, list_families, model_kinds
 from instyle.models.own_format import build_empty, check_finite, is_own_format, load_state_checked, read_config
 from instyle.models.psp import PSPConfig
 from instyle.models.stylegan2 import Generator
 from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+from instyle.utils.progress import timed
 
 __all__ = [
     "cache_dir",
@@ -134,7 +135,61 @@ def load_psp(
     e4e: str | os.PathLike | None = None,
     generator: str | os.PathLike | None = None,
 ) -> InversionModel:
-    """Load a pSp model (own format directory or official ``.pt``) in eval mode.
+    """Load a model of any family (own format directory or official ``.pt``) in eval mode,
+    saying on stderr what it loads and how long that took (see :mod:`instyle.utils.progress`).
+    Arguments as :func:`_load_psp`."""
+    name = str(path)
+    with timed(f"loading model {name}", f"loaded model {name}") as t:
+        model = _load_psp(path, device, expected, w_encoder, e4e, generator)
+        t.detail = describe_model(model)
+    return model
+
+
+def describe_model(model) -> str:
+    """``e4e, 1024 px, 18 styles, on cpu``: what a loaded model is."""
+    parts = [family_of(model).name]
+    size = getattr(model, "output_size", None)
+    if size:
+        parts.append(f"{size} px")
+    parts.append(f"{model.n_styles} styles")
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        parts.append(f"on {param.device}")
+    return ", ".join(parts)
+
+
+def peek_family(path: str | os.PathLike) -> str | None:
+    """The family of a model file read without building the model (an official file is
+    memory-mapped), so a command can refuse a setting the model cannot run before the long
+    load; None when it cannot tell cheaply (the real load then reports any problem)."""
+    try:
+        p = resolve_path(path)
+        if is_own_format(p):
+            cfg = read_config(p)
+            sharing = [f for f in list_families() if get_family(f).kind == cfg.get("kind")]
+            if len(sharing) == 1:
+                return sharing[0]
+            named = cfg.get("config", {}).get("family")  # one class for several families: its config says
+            return named if named in sharing else sharing[0] if sharing else None
+        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
+            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        reader = reader_for(ckpt)
+        if reader is None:
+            return None
+        return reader.peek(ckpt) if reader.peek is not None else reader.family
+    except Exception:  # not cheaply readable (legacy format, bad file): the real load tells
+        return None
+
+
+def _load_psp(
+    path: str | os.PathLike,
+    device: str | torch.device = DEFAULT_DEVICE,
+    expected: PSPConfig | None = None,
+    w_encoder: str | os.PathLike | None = None,
+    e4e: str | os.PathLike | None = None,
+    generator: str | os.PathLike | None = None,
+) -> InversionModel:
+    """Load a model (own format directory or official ``.pt``) in eval mode.
 
     Args:
         path: file or directory (bare published names are also looked up in the cache).

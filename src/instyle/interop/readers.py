@@ -31,6 +31,8 @@ class OfficialReader:
             StyleGAN2 generator inside such a file (None: it holds none to extract).
         own: ``(folder, **companions) -> model``: how the family's own-format folders load when
             its companions also apply to them (a replacement generator); None: folders take none.
+        peek: ``(loaded object) -> family name`` when one reader serves several families
+            (pSp, e4e, ReStyle); None: ``family``.
         priority: readers are asked highest first (a more specific layout before a generic one).
     """
 
@@ -40,6 +42,7 @@ class OfficialReader:
     read: Callable[..., Any]
     generator: Callable[..., Any] | None = None
     own: Callable[..., Any] | None = None
+    peek: Callable[[Any], str | None] | None = None
     priority: int = 0
 
 

@@ -69,12 +69,16 @@ class LPIPSLoss(nn.Module):
             torchvision's hub cache.
         random_backbone: keep a randomly initialised backbone instead (tests only:
             the distance is then not perceptually meaningful).
+        hint: how the caller's user gives the weights (e.g. a command's flags), said when
+            they are missing.
 
     ``forward(y_hat, y)``: images ``[B, 3, H, W]`` in [-1, 1] (H, W >= 32; 256 in pSp)
     -> 0-d tensor. Gradients flow into the inputs only; every weight is frozen.
     """
 
-    def __init__(self, net: str = "alex", weights: str | os.PathLike | None = None, random_backbone: bool = False):
+    def __init__(
+        self, net: str = "alex", weights: str | os.PathLike | None = None, random_backbone: bool = False, hint: str | None = None
+    ):
         super().__init__()
         if net not in LPIPS_NETS:
             raise ConfigError(f"lpips net={net!r} is not supported; choose one of {sorted(LPIPS_NETS)}")
@@ -92,8 +96,9 @@ class LPIPSLoss(nn.Module):
                 f"LPIPS {net} backbone",
                 f"Give the ImageNet weights of torchvision's {net} (e.g. the file {info['hub_names'][0]} that "
                 f"{info['torchvision']} downloads into torch.hub.get_dir()/checkpoints, or a state dict with its "
-                "features.* entries): `instyle train --set lpips_weights=PATH`, "
-                "`instyle evaluate --lpips-weights PATH`, or LPIPSLoss(weights=PATH).",
+                "features.* entries): "
+                + (hint or "`instyle train --set lpips_weights=PATH`, `instyle evaluate --lpips-weights PATH`, "
+                   "or LPIPSLoss(weights=PATH)."),
             )
             state = lpips_backbone_state(read_state_dict(path, f"LPIPS {net}"), net, path)
         with warnings.catch_warnings():

@@ -16,6 +16,7 @@ offset is constant over the kernel window) or ``None`` for untuned layers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,10 @@ class HyperStyle(nn.Module):
         """Refinement steps of ``encode`` when none are asked (``config.iterations``)."""
         return self.config.iterations
 
+    @default_iterations.setter
+    def default_iterations(self, n: int) -> None:
+        self.config = dataclasses.replace(self.config, iterations=n)
+
     def normalize_latent_avg(self, latent_avg: torch.Tensor) -> torch.Tensor:
         """``[512]``, ``[1, 512]`` or ``[n_styles, 512]`` -> ``[n_styles, 512]``."""
         n, d = self.n_styles, self.config.generator.style_dim
@@ -287,9 +292,10 @@ class HyperStyle(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None):
-        """``(w_plus, extra)``: the extra is the per-image generator offsets (``weights_deltas``)."""
-        return self.encode(x, iterations=iterations)
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: the extra is the per-image generator offsets (``weights_deltas``);
+        ``return_all``: both lists, one entry per refinement step."""
+        return self.encode(x, iterations=iterations, return_all=return_all)
 
     def synthesize(self, w_plus: torch.Tensor, extra=None, resize: bool = False) -> torch.Tensor:
         """Images of ``w_plus`` on the generator tuned by ``extra`` (None: the plain generator)."""

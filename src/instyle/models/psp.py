@@ -322,9 +322,13 @@ class PSP(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, None]:
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
         """``(w_plus, extra)`` of :class:`~instyle.models.family.InversionModel`: nothing
-        beyond W+ is needed to re-render a pSp-family latent."""
+        beyond W+ is needed to re-render a pSp-family latent (``return_all``: both lists, one
+        entry per refinement step)."""
+        if return_all:
+            steps = self.encode(x, iterations=iterations, return_all=True)
+            return steps, [None] * len(steps)
         return self.encode(x, iterations=iterations), None
 
     def synthesize(self, w_plus: torch.Tensor, extra=None, resize: bool = False) -> torch.Tensor:

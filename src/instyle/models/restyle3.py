@@ -16,6 +16,7 @@ input channels, one style per StyleGAN3 w: 16 at every resolution); the decoder 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,6 +140,10 @@ class ReStyle3(nn.Module):
     def default_iterations(self) -> int:
         return self.config.iterations
 
+    @default_iterations.setter
+    def default_iterations(self, n: int) -> None:
+        self.config = dataclasses.replace(self.config, iterations=n)
+
     @property
     def input_hw(self) -> tuple[int, int]:
         return (self.input_size, self.input_size)
@@ -152,8 +157,12 @@ class ReStyle3(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, None]:
-        """``(w_plus, extra)``: a latent re-renders alone (a rendering transform is the caller's choice)."""
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: a latent re-renders alone (a rendering transform is the caller's
+        choice); ``return_all``: both lists, one entry per iteration."""
+        if return_all:
+            steps = self.encode(x, iterations=iterations, return_all=True)
+            return steps, [None] * len(steps)
         return self.encode(x, iterations=iterations), None
 
     def synthesize(self, w_plus: torch.Tensor, extra: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:

@@ -469,12 +469,13 @@ class SFE(nn.Module):
 
     # ----------------------------------------------------------------- the family protocol
 
-    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, SFEEncoding]:
-        """``(w_plus, extra)``: the extra is the whole :class:`SFEEncoding` (its feature maps)."""
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: the extra is the whole :class:`SFEEncoding` (its feature maps);
+        ``return_all``: one-entry lists (a single step)."""
         if iterations not in (None, 1):
             raise ValueError(f"iterations={iterations!r}: StyleFeatureEditor encodes in one step (use None or 1)")
         enc = self.encode(x)
-        return enc.latents, enc
+        return ([enc.latents], [enc]) if return_all else (enc.latents, enc)
 
     @torch.no_grad()
     def synthesize(self, w_plus: torch.Tensor, extra: SFEEncoding | None = None, resize: bool = False) -> torch.Tensor:

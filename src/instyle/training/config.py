@@ -25,6 +25,7 @@ from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNE
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
 from instyle.training.optim import OPTIMIZERS
+from instyle.training.restyle3 import check_restyle3_config
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
@@ -55,7 +56,7 @@ def default_workers(original: int) -> int:
 
 
 #: Families the trainer implements.
-TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle")
+TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "restyle3")
 #: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
 E4E_TRAIN_TYPES = ("Encoder4Editing",)
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
@@ -87,7 +88,8 @@ class TrainConfig:
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
         encoder_type, output_size (None: the generator's), start_from_latent_avg,
         learn_in_w, train_decoder: as the original.
-        family: ``psp``, ``e4e``, ``restyle`` or ``hyperstyle``. ReStyle: ``input_nc`` = the
+        family: ``psp``, ``e4e``, ``restyle``, ``hyperstyle`` or ``restyle3`` (ReStyle-pSp / -e4e over
+            StyleGAN3, :mod:`instyle.training.restyle3`). ReStyle: ``input_nc`` = the
             images' 3 channels, the encoder sees 6; ``n_iters_per_batch`` refinement steps per
             batch, each with its own backward, one optimiser step, as the official ReStyle coach.
             ``hyperstyle``: a hypernetwork (``encoder_type`` one of ``HYPERNET_TYPES``, trunk
@@ -212,6 +214,8 @@ class TrainConfig:
                     f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
                     f"learn_in_w=false"
                 )
+        elif self.family == "restyle3":
+            check_restyle3_config(self)
         else:
             self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from instyle.tasks import Task, preview_input
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.utils.progress import is_quiet
 
 __all__ = ["RunLogger", "input_to_rgb", "image_grid", "truncate_metrics"]
 
@@ -87,7 +88,8 @@ class RunLogger:
             self.writer = SummaryWriter(log_dir=str(Path(run_root) / "logs"), purge_step=purge)
         except ImportError:
             log.warning("tensorboard is not installed: no TensorBoard logs (pip install 'instyle[train]')")
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not progress)
+        # `instyle --quiet train ...` turns the bar off like every other command's progress
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, disable=not progress or is_quiet())
 
     def scalars(self, prefix: str, step: int, values: dict[str, float]) -> None:
         if not self.enabled:

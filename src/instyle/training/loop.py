@@ -40,6 +40,7 @@ from instyle.training.logger import RunLogger
 from instyle.training.model import build_model, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
+from instyle.training.restyle3 import restyle3_extras
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
 from instyle.training.step import (
     Precision,
@@ -152,6 +153,8 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     if cfg.family == "e4e":
         e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, ctx.device)
         objective = E4EObjective(objective, e4e, model)
+    elif cfg.family == "restyle3":
+        e4e, objective = restyle3_extras(cfg, model, objective, ctx.device, ctx.world_size)
     session = Session(
         cfg=cfg,
         ctx=ctx,

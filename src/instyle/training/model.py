@@ -17,6 +17,7 @@ from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hyperstyle import build_hyperstyle
 from instyle.training.presets import get_preset, list_presets
+from instyle.training.restyle3 import build_restyle3, restyle3_architecture
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -98,7 +99,10 @@ def architecture_keys(mc: PSPConfig) -> dict:
 def checkpoint_architecture(path: str) -> dict:
     """The architecture keys of the pSp checkpoint at ``path`` (any format ``load_psp``
     reads) plus its ``task``: what fine-tuning from it needs no ``--set`` for."""
-    mc = load_psp(path).config
+    model = load_psp(path)
+    if getattr(model, "family", None) == "restyle3":
+        return restyle3_architecture(model)
+    mc = model.config
     return {**architecture_keys(mc), "task": mc.task}
 
 
@@ -157,6 +161,8 @@ def build_model(cfg: TrainConfig) -> PSP:
     """
     if cfg.family == "hyperstyle":
         return build_hyperstyle(cfg)
+    if cfg.family == "restyle3":
+        return build_restyle3(cfg, init_encoder_from_ir_se50)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
         if isinstance(model, HyperStyle):

@@ -19,6 +19,7 @@ from torch import nn
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.hyperstyle import HyperStyle
 from instyle.models.iterative import average_image
+from instyle.training.restyle3 import restyle3_iterations
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PRECISIONS, autocast
 
@@ -169,6 +170,9 @@ def family_forward_loss(
     """The forward (and, with ``train``, backward) of one batch for the model's family:
     pSp (one pass), ReStyle or HyperStyle (``n_iters`` iterations)."""
     model = getattr(net, "module", net)
+    if getattr(model, "family", None) == "restyle3":
+        return StepOutput(*restyle3_iterations(net, objective, latent_avg, x, y, n_iters or 1, precision or Precision(),
+                                               scaler, train))
     if isinstance(model, HyperStyle):
         return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
     if getattr(model, "family", "psp") == "restyle":

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from instyle.inference.refine import apply_generator_delta, load_generator_delta
 from instyle.losses.lpips import LPIPSLoss
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import tensor_to_pil
+from instyle.utils.progress import Progress
 from instyle.video.keyframes import TimedEdit, parse_timed_edit
 from instyle.video.media import MAX_SIDE, MP4_AUDIO, Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.report import build_report, format_report, write_plot
@@ -199,9 +199,9 @@ def _save_npz(path: Path, **arrays) -> None:
 
 
 def _bar(total: int, desc: str, progress: bool, unit: str = "frame"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress)
+    """The shared progress display (a bar on a terminal, a line every tenth in a log, nothing
+    under ``--quiet``)."""
+    return Progress(total, desc, unit, enabled=progress)
 
 
 # --------------------------------------------------------------------------- stages

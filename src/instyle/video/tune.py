@@ -26,6 +26,7 @@ from instyle.errors import InputError
 from instyle.inference.offsets import uses_offsets
 from instyle.inference.refine import RefineConfig, _locality_codes, _recon_loss, _render, _tunable
 from instyle.utils.atomic import atomic_write_bytes
+from instyle.utils.progress import Progress
 
 __all__ = ["ClipTuneConfig", "tune_clip"]
 
@@ -104,8 +105,6 @@ def tune_clip(
         state_path: checkpoint file (read when present: the run resumes from it).
         on_step: called with the number of passes done after each pass.
     """
-    from tqdm import tqdm
-
     if uses_offsets(model):
         raise InputError("--pti tunes one generator for the clip; a HyperStyle model already tunes one per frame")
     if len(targets) != len(pivots):
@@ -137,7 +136,7 @@ def tune_clip(
     stopped_by_budget, passes_here = False, 0
     base_flags = [p.requires_grad for p in base.parameters()]
     base.requires_grad_(False)
-    bar = tqdm(total=config.steps, initial=done, desc="pti", unit="pass", disable=not progress)
+    bar = Progress(config.steps, "pti", "pass", enabled=progress, initial=done)
     try:
         with torch.enable_grad():
             while done < config.steps:
