@@ -43,7 +43,7 @@ class Encoding:
     latents: torch.Tensor
     extra: Any = None
     #: What the file it was read from says besides (``instyle encode``'s provenance, a PTI
-    #: code's tuned-generator reference); not carried through slicing or blending.
+    #: code's tuned-generator reference); kept by ``to``, not carried through slicing or blending.
     meta: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _ops(self):
@@ -67,7 +67,7 @@ class Encoding:
 
     def to(self, device: Any) -> Encoding:
         extra = None if self.extra is None else self._ops().to(self.extra, device)
-        return Encoding(self.family, self.latents.to(device), extra)
+        return Encoding(self.family, self.latents.to(device), extra, self.meta)
 
     @staticmethod
     def cat(parts: Sequence[Encoding]) -> Encoding:
