@@ -71,8 +71,8 @@ class Family:
             (:class:`ExtraOps`); None for a family whose latents carry nothing else.
         reader: the ``interop`` module that registers how an official file of the family is
             recognised and read (:mod:`instyle.interop.readers`); empty: own format only.
-        training: the family's training hooks (placeholder: training still dispatches on
-            the family itself, see ``docs/families.md``).
+        training: unused here: a family's training hooks register from its training module
+            (:mod:`instyle.training.hooks`, keyed by family name), above this layer.
     """
 
     name: str
