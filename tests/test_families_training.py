@@ -38,7 +38,7 @@ def restyle_config(toy, **overrides) -> TrainConfig:
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"family": "stylegan"}, r"family='stylegan' is not accepted; choose one of \['psp', 'e4e', 'restyle', 'hyperstyle', 'restyle3'\]"),
+        ({"family": "stylegan"}, r"family='stylegan' is not accepted; choose one of \['psp', 'e4e', 'restyle', 'hyperstyle', 'restyle3', 'sfe'\]"),
         ({"encoder_type": "Encoder4Editing"}, r"encoder_type='Encoder4Editing' is not accepted"),
         ({"input_nc": 1, "source_mode": "gray"}, r"needs input_nc=3 \(got 1\)"),
         ({"n_iters_per_batch": 0}, r"n_iters_per_batch=0 must be an integer in \[1, 100\]"),

@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "instyle"
 #: Model and config classes of the families (and their encodings' payload types).
 FAMILY_CLASSES = {
     "PSP", "PSPConfig", "HyperStyle", "HyperStyleConfig", "SFE", "SFEConfig", "SFEEncoding",
-    "ReStyle3", "ReStyle3Config",
+    "ReStyle3", "ReStyle3Config", "SFEObjective", "E4EObjective",
 }
 #: Attributes only some families' models or configs have.
 FAMILY_ATTRS = {"runtime", "hypernet", "family", "w_encoder", "e4e_encoder", "inverter", "iterations", "crop_cars"}
@@ -45,9 +45,11 @@ FAMILY_PACKAGES = ("models/encoders/",)
 ALLOWED: dict[str, tuple[int, str]] = {
     # TrainConfig validates each family's own options (encoder types, ReStyle's 6 channels,
     # the HyperStyle-only ResNet-34 start) where the flat --set keys are checked.
-    "training/config.py": (5, "TrainConfig validates each family's options"),
+    "training/config.py": (7, "TrainConfig validates each family's options"),
     # The pSp-family builder gives ReStyle's encoder its 6 input channels.
     "training/model.py": (1, "the pSp builder: ReStyle's encoder sees [image, reconstruction]"),
+    # SFE's training state and discriminator step (merged from main at the end; not yet hooks).
+    "training/loop.py": (4, "SFE's objective state and discriminator step, not yet training hooks"),
     # The demo's latent download names its suffix by whether offsets came with the code.
     "demo/actions.py": (1, "write_latent: .npz when the code carries offsets"),
 }

@@ -44,7 +44,8 @@ from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, check_finite, load_state_checked
 from instyle.models.sfe import SFE, SFEConfig, feature_resolution
 
-__all__ = ["is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "sfe_config_from_state_dict", "sfe_from_checkpoint"]
+__all__ = ["is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "read_e4e_file", "sfe_config_from_state_dict",
+           "sfe_from_checkpoint"]
 
 E4E_FILE = "e4e_ffhq_encode.pt"
 GENERATOR_FILE = "stylegan2-ffhq-config-f.pt"
@@ -151,6 +152,12 @@ def _e4e_part(obj: Any, path: Path, generator, source: Any):
         )
     fields = {**cfg.to_dict(), "type": "Encoder4Editing"}
     return type(cfg).from_dict(fields), {f"e4e_encoder.{k}": v for k, v in enc_sd.items()}
+
+
+def read_e4e_file(path: str | Path, generator, source: Any):
+    """``(EncoderConfig, state dict 'e4e_encoder.*')`` of omertov's e4e file for an SFE model
+    around ``generator`` (a :class:`GeneratorConfig`); raises :class:`CheckpointError` naming both."""
+    return _e4e_part(safe_torch_load(path, "e4e checkpoint"), Path(path), generator, source)
 
 
 def _generator_part(obj: Any, path: Path, source: Any):

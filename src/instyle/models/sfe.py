@@ -513,9 +513,31 @@ class SFE(nn.Module):
         return SFEEncoding(w_recon=enc.w_recon, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat, w_edit=w_edit,
                            edited_feat=self.edited_feature(enc.fused_feat, delta))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inversion: images -> reconstructions ``[B, 3, size, size]``."""
-        return self.decode(self.encode(x))
+    def forward(self, x: torch.Tensor, feature_scale: float | None = None, edit: tuple | None = None):
+        """Inversion: images -> reconstructions ``[B, 3, size, size]``.
+
+        With ``feature_scale`` (training, gradients kept): the original's forward with
+        ``return_latents`` -> ``(images, w_recon, fused_feat, w_feat)``. An inverter-only model
+        (``FSEInverter``, phase 1) renders the fused feature blended into the generator's with
+        ``feature_scale`` (the original's ``min(1, 1e-4 * n_iter)``); a full model (``FSEFull``,
+        phase 2) computes the fused feature without gradients and renders the feature editor's
+        ``editor(cat[fused, 0])``. ``edit = (fused, delta, w_edit)`` (phase 2's synthetic pair)
+        appends the render of ``w_edit`` with ``editor(cat[fused, delta])`` (scale 1)."""
+        if feature_scale is None:
+            return self.decode(self.encode(x))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.editor):
+            w_raw, predicted = self.inverter.fs_backbone(self.resize_input(x))
+            w_recon = w_raw + self.latent_avg
+            w_feat = self.generator_feature(w_recon)
+            fused = self.inverter.fuser(torch.cat([predicted, w_feat], 1))
+        if not self.config.editor:
+            return self.render(w_recon, fused, feature_scale), w_recon, fused, w_feat
+        images = self.render(w_recon, self.encoder(torch.cat([fused, torch.zeros_like(fused)], 1)), feature_scale)
+        if edit is None:
+            return images, w_recon, fused, w_feat
+        fused_e, delta, w_edit = edit
+        edited = self.render(w_edit, self.encoder(torch.cat([fused_e, delta], 1)), INFERENCE_FEATURE_SCALE)
+        return images, w_recon, fused, w_feat, edited
 
     # ----------------------------------------------------------------- persistence
 

@@ -26,13 +26,14 @@ from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
 from instyle.training.optim import OPTIMIZERS
 from instyle.training.restyle3 import check_restyle3_config
+from instyle.training.sfe import DEFAULT_SFE_EDITS, check_sfe_config
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
 
 __all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
 
-ENCODER_INITS = ("ir_se50", "resnet34", "random")
+ENCODER_INITS = ("ir_se50", "resnet34", "iresnet50", "random")
 #: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
 MAX_BATCH = 4096
 MAX_WORKERS = 256
@@ -56,7 +57,7 @@ def default_workers(original: int) -> int:
 
 
 #: Families the trainer implements.
-TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "restyle3")
+TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "restyle3", "sfe")
 #: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
 E4E_TRAIN_TYPES = ("Encoder4Editing",)
 #: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
@@ -150,8 +151,21 @@ class TrainConfig:
     progressive_step_every: int = 2000
     w_encoder_checkpoint_path: str | None = None
     resnet34_weights: str | None = None
+    iresnet50_weights: str | None = None
     layers_to_tune: str = ",".join(map(str, DEFAULT_LAYERS_TO_TUNE))
     output_size: int | None = None
+    # StyleFeatureEditor (family='sfe', see instyle.training.sfe)
+    sfe_phase: str = "inverter"
+    sfe_feature_index: int = 9
+    sfe_feature_scale_steps: int = 10000
+    feat_rec_lambda: float = 0.0
+    adv_lambda: float = 0.0
+    discriminator_weights: str | None = None
+    d_start_step: int = 150000
+    d_learning_rate: float = 1e-4
+    e4e_checkpoint_path: str | None = None
+    sfe_edits_dir: str | None = None
+    sfe_edits: str = DEFAULT_SFE_EDITS
     start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False
@@ -216,6 +230,8 @@ class TrainConfig:
                 )
         elif self.family == "restyle3":
             check_restyle3_config(self)
+        elif self.family == "sfe":
+            check_sfe_config(self)
         else:
             self._check_hyperstyle()
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
@@ -251,7 +267,7 @@ class TrainConfig:
             raise ConfigError(f"source_mode='gray' gives 1-channel inputs, but input_nc={self.input_nc}")
         if self.flip and self.source_mode == "label":
             raise ConfigError("flip=true with label-map inputs would mirror left/right classes; set flip=false")
-        if self.image_size != 256 and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
+        if self.image_size != 256 and self.family != "sfe" and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
             raise ConfigError(
                 f"id_lambda, lpips_lambda_crop and l2_lambda_crop use the 256x256 face window; image_size="
                 f"{self.image_size} needs them at 0"

@@ -1,6 +1,6 @@
 """What training does differently for each model family, registered by the family's own
 training module (``register_training(...)`` at the end of ``training/hyperstyle.py``,
-``training/e4e.py``, ``training/restyle.py``, ``training/restyle3.py``), so the trainer
+``training/e4e.py``, ``training/restyle.py``, ``training/restyle3.py``, ``training/sfe.py``), so the trainer
 (:mod:`instyle.training.loop`, :mod:`instyle.training.step`, :mod:`instyle.training.model`)
 asks :func:`training_hooks` instead of testing which family it trains. A family with no
 entry (pSp) trains the plain way: the pSp builder, the encoder's parameters, one forward.
@@ -26,6 +26,8 @@ class TrainingHooks:
         architecture: ``(model) -> dict``: the config keys fine-tuning from a checkpoint takes.
         trained: ``(model) -> nn.Module``: the module whose parameters are optimised.
         frozen: ``(model) -> list[nn.Module]``: modules kept frozen besides the decoder.
+        channels_last: ``(model) -> nn.Module``: the convolutions ``channels_last`` applies to
+            (default: the trained module).
         forward: ``(net, objective, latent_avg, x, y, n_iters, randomize_noise, precision,
             scaler, train) -> StepOutput``: one batch's forward (and, with ``train``, backward).
         extras: ``(cfg, model, objective, device, world_size) -> (extra state or None,
@@ -36,13 +38,14 @@ class TrainingHooks:
     architecture: Callable[[Any], dict] | None = None
     trained: Callable[[Any], Any] | None = None
     frozen: Callable[[Any], list] | None = None
+    channels_last: Callable[[Any], Any] | None = None
     forward: Callable[..., Any] | None = None
     extras: Callable[..., Any] | None = None
 
 
 #: The modules that register training hooks (imported on first use).
 TRAINING_MODULES = ("instyle.training.e4e", "instyle.training.restyle", "instyle.training.hyperstyle",
-                    "instyle.training.restyle3")
+                    "instyle.training.restyle3", "instyle.training.sfe")
 _HOOKS: dict[str, TrainingHooks] = {}
 _PLAIN = TrainingHooks()
 

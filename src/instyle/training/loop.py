@@ -37,9 +37,10 @@ from instyle.training.distributed import DistContext, all_mean, gather_objects, 
 from instyle.training.e4e import E4ETraining
 from instyle.training.hooks import training_hooks
 from instyle.training.logger import RunLogger
-from instyle.training.model import build_model, prepare_for_training, trained_module
+from instyle.training.model import build_model, channels_last_module, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
+from instyle.training.sfe import SFEObjective
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
 from instyle.training.step import (
     Precision,
@@ -144,7 +145,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     params = prepare_for_training(model, cfg)
     model.to(ctx.device)
     if cfg.channels_last:  # the encoder's convs (the generator's modulated convs reshape their weights anyway)
-        trained_module(model).to(memory_format=torch.channels_last)
+        channels_last_module(model).to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     objective = build_objective(cfg.objective(), ctx.device)
@@ -176,6 +177,8 @@ def _restore(s: Session, state: dict) -> None:
     s.step = int(state["step"])
     if s.e4e is not None:
         s.e4e.load_state_dict(state["e4e"])
+    if isinstance(s.objective, SFEObjective):
+        s.objective.load_training_state(state.get("sfe"))
     s.best_val_loss = state.get("best_val_loss")
     s.best_step = state.get("best_step")
     same = {"world_size": s.ctx.world_size, "batch_size": s.cfg.batch_size, "seed": s.cfg.seed}
@@ -187,6 +190,8 @@ def _restore(s: Session, state: dict) -> None:
 def _e4e_step(s: Session, x: torch.Tensor) -> dict[str, float]:
     """e4e, before the encoder step: the progressive stage for this step, then one
     discriminator update (the original's order)."""
+    if isinstance(s.objective, SFEObjective):
+        s.objective.step = s.step  # SFE: the feature-scale ramp
     if s.e4e is None:
         return {}
     s.model.encoder.set_progressive_stage(s.e4e.stage(s.step))
@@ -256,6 +261,7 @@ def _save_latest(s: Session, terms: dict[str, float] | None, bad: BadFileLog, da
         "dataset_size": dataset_size,
         "bad_files": sorted(bad.seen),
         "e4e": s.e4e.state_dict() if s.e4e is not None else None,
+        "sfe": s.objective.training_state() if isinstance(s.objective, SFEObjective) else None,
     }
     write_checkpoint(s.run, "latest", s.model, _metadata(s, terms), state)
 
@@ -340,6 +346,8 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
                 s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
                 cfg.freeze_batchnorm, cfg.n_iters_per_batch,
             )
+            if isinstance(s.objective, SFEObjective):  # SFE: the discriminator after the encoder step
+                d_terms = s.objective.train_discriminator(x, s.step)
             s.step += 1
             terms = {**d_terms, **out.objective.terms}
             logger.advance(terms["loss"])

@@ -27,6 +27,7 @@ __all__ = [
     "init_encoder_from_ir_se50",
     "prepare_for_training",
     "trained_module",
+    "channels_last_module",
 ]
 
 log = logging.getLogger("instyle.training")
@@ -191,6 +192,12 @@ def trained_module(model) -> nn.Module:
     """The module whose parameters a run optimises (the encoder; a family's hook may say otherwise)."""
     own = training_hooks(family_of(model).name).trained
     return own(model) if own is not None else model.encoder
+
+
+def channels_last_module(model) -> nn.Module:
+    """The module whose convolutions ``channels_last`` applies to (the trained one unless a hook says)."""
+    own = training_hooks(family_of(model).name).channels_last
+    return own(model) if own is not None else trained_module(model)
 
 
 def prepare_for_training(model: InversionModel, cfg: TrainConfig) -> list[nn.Parameter]:

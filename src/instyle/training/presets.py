@@ -21,6 +21,7 @@ from typing import Any
 from instyle.data.transforms import InputTransform
 from instyle.tasks import Task, get_task, list_tasks
 from instyle.training.restyle3 import RESTYLE3_RECIPES
+from instyle.training.sfe import SFE_RECIPES
 from instyle.training.task_presets import preset_overrides, transform_factory
 
 __all__ = ["TrainPreset", "get_preset", "list_presets", "preset_from_task"]
@@ -79,6 +80,7 @@ FAMILY_RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {
         },
         "face photo -> the same face with ReStyle-pSp (5 refinement steps per batch; ReStyle README recipe)",
     ),
+    **SFE_RECIPES,  # StyleFeatureEditor's two phases (instyle.training.sfe)
 }
 
 FAMILY_RECIPES.update(RESTYLE3_RECIPES)  # ReStyle over StyleGAN3 (stylegan3-editing)
