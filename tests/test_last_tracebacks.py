@@ -198,6 +198,17 @@ def test_w_encoder_opts_contradicting_its_tensors(tmp_path, opts, key):
         instyle.load(path, w_encoder=w_path)
 
 
+@pytest.mark.parametrize("name", ["WEncoder", "BackboneEncoderUsingLastLayerIntoW"])
+def test_w_encoder_opts_may_name_either_spelling_of_the_w_encoder(tmp_path, name):
+    """Published W-encoder files were trained as pSp's ``BackboneEncoderUsingLastLayerIntoW``
+    (HyperStyle renames it ``WEncoder`` when it loads them): both names describe these tensors."""
+    path, w_path = write_official(tiny_model(), tmp_path / "hs.pt", tmp_path / "w.pt")
+    w = torch.load(w_path, weights_only=True)
+    w["opts"] = {"encoder_type": name, "input_nc": 3}
+    torch.save(w, w_path)
+    assert instyle.load(path, w_encoder=w_path) is not None
+
+
 def test_demo_dimension_error_quotes_the_style_width(tmp_path):
     from instyle.demo.editing import edit_photo, load_edits
     from instyle.demo.inputs import DemoInputError

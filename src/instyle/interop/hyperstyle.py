@@ -194,6 +194,10 @@ def read_official_hyperstyle(ckpt: Mapping, source: Any = "checkpoint"):
     return gen, hyper, state, avg.float(), opts
 
 
+#: ``opts['encoder_type']`` values of a W-encoder file.
+W_ENCODER_TYPES = ("WEncoder", "BackboneEncoderUsingLastLayerIntoW")
+
+
 def read_w_encoder(w_ckpt: Any, w_source: Any, generator: GeneratorConfig, source: Any):
     """``(WEncoderConfig, state dict 'w_encoder.*')`` from a loaded W-encoder checkpoint,
     checked to fit the HyperStyle model of ``source``: errors name both files."""
@@ -215,7 +219,12 @@ def read_w_encoder(w_ckpt: Any, w_source: Any, generator: GeneratorConfig, sourc
     if enc.input_nc != 3:
         raise fail(f"its encoder takes {enc.input_nc} input channels, HyperStyle's W-encoder takes 3")
     opts = _opts(w_ckpt)
-    for key, value, what in (("encoder_type", "WEncoder", "a WEncoder"), ("input_nc", enc.input_nc, "encoder input channels"),
+    # The published W-encoders were trained as pSp's W encoder (BackboneEncoderUsingLastLayerIntoW);
+    # HyperStyle renames the class WEncoder when it loads them: both names describe these tensors.
+    given_type = opts.get("encoder_type")
+    if given_type is not None and given_type not in W_ENCODER_TYPES:
+        raise fail(f"opts['encoder_type']={given_type!r} but its tensors describe a W encoder (accepted: {list(W_ENCODER_TYPES)})")
+    for key, value, what in (("input_nc", enc.input_nc, "encoder input channels"),
                              ("output_size", w_gen.size if w_gen else None, "a generator of size"),
                              ("stylegan_size", w_gen.size if w_gen else None, "a generator of size")):
         given = opts.get(key)
