@@ -10,8 +10,9 @@ import torch
 
 import instyle
 from instyle.errors import CheckpointError
+from instyle.inference.encoding import load_sfe_encoding as load_encoding
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.sfe import SFE, SFEConfig, feature_resolution, load_encoding, save_encoding
+from instyle.models.sfe import SFE, SFEConfig, feature_resolution, save_encoding
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError
 from instyle.utils.image import pil_to_tensor
@@ -430,3 +431,14 @@ def test_inverter_only_file_renders_the_fused_feature(tmp_path):
     assert torch.equal(instyle.load(tmp_path / "own").decode(enc), expected)
     with pytest.raises(CheckpointError, match="needs the StyleGAN2 generator file"):
         instyle.load(tmp_path / "inv.pt")
+
+
+def test_encoding_file_is_sized_before_it_is_decompressed(tmp_path):
+    """A small file whose members declare far more bytes than it holds (a zip bomb) is refused
+    by the bounded reader; ``np.load`` used to inflate it (32 MiB from a 33 KB file)."""
+    np.savez_compressed(
+        tmp_path / "bomb.npz", kind=np.array("instyle-sfe-encoding"), version=np.array(1),
+        w_recon=np.zeros((1, 8, D), np.float32), fused_feat=np.zeros((1, 512, 128, 128), np.float32),
+    )
+    with pytest.raises(CheckpointError, match="zip bomb"):
+        load_encoding(tmp_path / "bomb.npz")

@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
     from instyle.alignment import AlignmentUnavailable
     from instyle.alignment.models import require_dlib, shape_predictor
+    from instyle.inference.align_files import AlignOptions, align_files
     from instyle.inference.io import collect_input_files
-    from instyle.inference.pipeline import AlignOptions, OutputFolderError, align_files
+    from instyle.inference.pipeline import OutputFolderError
     from instyle.utils.config import ConfigError
 
     try:

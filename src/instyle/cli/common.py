@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from instyle.errors import InstyleError
 from instyle.utils.device import DEVICE_CHOICES
 
 
@@ -114,3 +115,69 @@ MAX_RESIZE_FACTOR = 64
 MAX_SIDE = 4096
 #: Most worker threads or concurrent model runs.
 MAX_WORKERS = 64
+
+
+# --------------------------------------------------------------------------- model options
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by the latent-space commands."""
+    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
+    add_device_arg(p)
+    add_precision_args(p)
+    p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
+    p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
+    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    add_sfe_args(p)
+
+
+def add_sfe_args(p: argparse.ArgumentParser) -> None:
+    """``--e4e`` / ``--generator``: the two files an official StyleFeatureEditor checkpoint needs;
+    ``--generator`` alone: the replacement generator of an encoder over StyleGAN3."""
+    p.add_argument("--e4e", metavar="PATH", help="StyleFeatureEditor only: the e4e checkpoint (e4e_ffhq_encode.pt)")
+    p.add_argument(
+        "--generator", metavar="PATH",
+        help="StyleFeatureEditor: the StyleGAN2 file (stylegan2-ffhq-config-f.pt); encoders over StyleGAN3: the generator "
+        "to decode with instead of the checkpoint's (.pt, NVIDIA .pkl or an instyle folder; see docs/stylegan3.md)",
+    )
+
+
+def companion_files(args) -> dict:
+    """The companion-file keywords of ``load_psp`` (``w_encoder=``, ``e4e=``, ``generator=``:
+    the files an official checkpoint of some families needs) from the parsed options."""
+    return {k: getattr(args, k, None) for k in ("w_encoder", "e4e", "generator")}
+
+
+def sfe_files(args) -> dict:
+    """The ``e4e=`` / ``generator=`` keywords of ``load_psp`` from the parsed options."""
+    return {"e4e": getattr(args, "e4e", None), "generator": getattr(args, "generator", None)}
+
+
+def load_model(args, allow_sfe: bool = False):
+    """``(model, device)`` or ``None`` after printing the error. StyleFeatureEditor models
+    (W+ plus a feature map) only where the command has an SFE path (``allow_sfe``)."""
+    from instyle.interop import load_psp
+    from instyle.models.family import family_of
+    from instyle.utils.device import resolve_device
+
+    if getattr(args, "batch_size", 1) < 1:
+        error(f"--batch-size={args.batch_size} must be >= 1")
+        return None
+    try:
+        if getattr(args, "out", None):
+            from instyle.inference.pipeline import check_output_folder
+
+            check_output_folder(args.out)  # before the long model load
+        device = resolve_device(args.device)
+        model = load_psp(args.checkpoint, device=device, **companion_files(args))
+        apply_precision_args(model, args)
+        family = family_of(model)
+        if not family.editable_latents and not allow_sfe:
+            error(f"{args.checkpoint}: {family.title} models are used with `instyle encode` and `instyle edit direction`")
+            return None
+        return model, device
+    except (InstyleError, OSError) as e:
+        error(str(e))
+        return None

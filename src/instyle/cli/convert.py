@@ -6,10 +6,7 @@ import argparse
 import sys
 import warnings
 
-from instyle.cli.common import error
-from instyle.cli.mix import add_sfe_args, sfe_files
-
-FAMILY_NAMES = {"psp": "pSp", "e4e": "e4e", "restyle": "ReStyle"}
+from instyle.cli.common import add_sfe_args, companion_files, error
 
 DESCRIPTION = """\
 Convert a model file to instyle's own format (a folder with config.json +
@@ -45,8 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from instyle.interop import CheckpointError, load_generator, load_psp, save_generator
-    from instyle.interop.loading import detect_format, resolve_path
+    from instyle.interop.loading import resolve_path
+    from instyle.interop.readers import reader_for
     from instyle.interop.safe_load import safe_torch_load
+    from instyle.models.family import model_kinds
     from instyle.models.own_format import is_own_format, read_config
 
     try:
@@ -54,39 +53,17 @@ def run(args: argparse.Namespace) -> int:
         kind = args.kind
         if kind == "auto":
             if is_own_format(src):
-                kind = read_config(src)["kind"]
+                kind = "psp" if read_config(src)["kind"] in model_kinds() else "generator"
             elif src.suffix == ".pkl":
                 kind = "generator"
             else:
-                kind = detect_format(safe_torch_load(src))
-                kind = kind if kind in ("psp", "hyperstyle") else "generator"
-            kind = "psp" if kind == "sfe" else kind
+                kind = "psp" if reader_for(safe_torch_load(src)) is not None else "generator"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if kind in ("psp", "hyperstyle", "restyle3"):
-                model = load_psp(src, w_encoder=args.w_encoder, **sfe_files(args))
+            if kind == "psp":  # a model of any family
+                model = load_psp(src, **companion_files(args))
                 model.save_pretrained(args.out_dir, extra={"converted_from": src.name})
-            if kind in ("psp", "hyperstyle") and hasattr(model.config, "hypernet"):
-                hyper = model.config.hypernet
-                desc = (
-                    f"HyperStyle model: {hyper.type}, {len(hyper.layers_to_tune)} tuned layers, "
-                    f"output {model.output_size}px, {model.n_styles} styles"
-                )
-            elif kind == "psp" and getattr(model, "family", None) == "sfe":
-                desc = (
-                    f"StyleFeatureEditor model (+ e4e encoder and generator): output {model.output_size}px, "
-                    f"{model.n_styles} styles, feature {model.config.feature_index}"
-                )
-            elif kind in ("psp", "restyle3") and getattr(model, "family", None) == "restyle3":
-                desc = (
-                    f"ReStyle-{model.config.variant} over StyleGAN3: input 6x{model.config.encoder.input_size}px, "
-                    f"output {model.output_size}px, {model.n_styles} styles"
-                )
-            elif kind == "psp":
-                desc = (
-                    f"{FAMILY_NAMES[model.config.family]} model: {model.config.encoder.type}, input {model.input_nc}x{model.input_size}px, "
-                    f"output {model.output_size}px, {model.n_styles} styles, task {model.config.task}"
-                )
+                desc = model.describe()
             else:
                 g = load_generator(src)
                 save_generator(g, args.out_dir, extra={"converted_from": src.name})

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instyle.cli.common import add_count, error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources, plan_sources, preview
+from instyle.cli.common import add_count, add_model_args, error, load_model
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
@@ -165,6 +164,8 @@ def run_direction(args: argparse.Namespace) -> int:
     from instyle.inference.latents import save_latent
     from instyle.inference.pasteback import PASTED_DIR, paste_result
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.sources import load_sources, plan_sources, render_images
+    from instyle.models.family import family_of
     from instyle.utils.progress import track
 
     try:  # the values are checked before the long model load
@@ -178,7 +179,7 @@ def run_direction(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     model, device = loaded
-    if getattr(model, "family", None) == "sfe":
+    if not family_of(model).editable_latents:  # the family's own editing path (StyleFeatureEditor)
         return _run_direction_sfe(args, model)
     try:
         edits = _plan(args, model)
@@ -205,8 +206,8 @@ def run_direction(args: argparse.Namespace) -> int:
     for src in track(sources, "edit", "img"):
         for edit, spec in edits:
             codes = edit_codes(src.w, edit, spec, layers)
-            images = decode(model, codes, args.full_resolution, args.batch_size, src.offsets, src.transform,
-                            generator_delta=src.generator_delta)
+            images = render_images(model, src.encoding.with_latents(codes), args.full_resolution, args.batch_size,
+                                   generator_delta=src.generator_delta)
             folder = out / src.name / spec.slug if named else out / src.name
             for s, im in zip(spec.strengths, images):
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
@@ -237,6 +238,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
     from instyle.inference.pipeline import OutputFolderError
     from instyle.inference.sfe_editing import edit_fn, preset_spec
     from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
+    from instyle.inference.sources import plan_sources
 
     if not model.config.editor:
         error(f"{args.checkpoint}: an SFE inverter (phase 1) has no feature editor and cannot edit; use the editor checkpoint")
@@ -290,6 +292,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
 def run_combine(args: argparse.Namespace) -> int:
     from instyle.inference.editing import combine_styles
     from instyle.inference.io import make_grid, save_image
+    from instyle.inference.sources import load_sources, render_images
 
     loaded = load_model(args)
     if loaded is None:
@@ -307,8 +310,9 @@ def run_combine(args: argparse.Namespace) -> int:
     a, b = sources
     w = combine_styles(a.w, b.w, layers)
     # HyperStyle: A and the combination render on A's tuned generator, B on its own.
-    out_a, mixed = decode(model, torch.stack([a.w, w]), args.full_resolution, 2, a.offsets, generator_delta=a.generator_delta)
-    (out_b,) = decode(model, b.w[None], args.full_resolution, 1, b.offsets, generator_delta=b.generator_delta)
+    out_a, mixed = render_images(model, a.encoding.with_latents(torch.stack([a.w, w])), args.full_resolution, 2,
+                                 generator_delta=a.generator_delta)
+    (out_b,) = render_images(model, b.encoding, args.full_resolution, 1, generator_delta=b.generator_delta)
     out = Path(args.out)
     save_image(mixed, out / f"{a.name}_with_{b.name}.{args.format}")
     save_image(make_grid([[out_a, out_b, mixed]]), out / "grid.png")
@@ -389,6 +393,7 @@ def _edited_input(args, model):
 def run_local(args: argparse.Namespace) -> int:
     from instyle.inference.io import ImageLoadError, make_grid, save_image, tensor_to_pil
     from instyle.inference.preprocess import prepare_input
+    from instyle.inference.sources import preview, render_images
 
     loaded = load_model(args)
     if loaded is None:
@@ -400,11 +405,11 @@ def run_local(args: argparse.Namespace) -> int:
     except (ImageLoadError, ValueError, OSError) as e:
         error(str(e))
         return 1
-    from instyle.inference.offsets import encode_with_offsets
+    from instyle.inference.encoding import encode
 
     with torch.inference_mode():
-        w, offsets = encode_with_offsets(model, x)
-    before, after = decode(model, w, args.full_resolution, 2, offsets)
+        enc = encode(model, x)
+    before, after = render_images(model, enc, args.full_resolution, 2)
     out = Path(args.out)
     name = Path(args.input).stem
     save_image(edited, out / f"{name}_edited_input.png")

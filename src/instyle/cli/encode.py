@@ -17,10 +17,11 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
+    add_sfe_args,
     apply_precision_args,
+    companion_files,
     error,
 )
-from instyle.cli.mix import add_sfe_args, sfe_files
 from instyle.cli.refining import add_refine_args, prepare_refine, run_refine
 
 DESCRIPTION = """\
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from instyle.inference.io import collect_input_files
     from instyle.inference.pipeline import EncodeOptions, OutputFolderError, check_output_folder, encode_files, world
     from instyle.interop import load_psp
+    from instyle.models.family import family_of, get_family, list_families
     from instyle.utils.config import ConfigError
     from instyle.utils.device import resolve_device
 
@@ -145,16 +147,18 @@ def run(args: argparse.Namespace) -> int:
 
         retain_freed_memory()  # a batch job: reuse freed large blocks (INSTYLE_MALLOC=default opts out)
     try:
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
+        model = load_psp(args.checkpoint, device=device, **companion_files(args))
         apply_precision_args(model, args)
     except InstyleError as e:
         error(str(e))
         return 2
-    family = getattr(model, "family", "hyperstyle")
-    if family == "sfe":
+    family = family_of(model)
+    if family.encoding == "features":  # StyleFeatureEditor: its encodings are written as its own files
         return _encode_sfe(args, model, rank, world_size)
-    if args.iterations is not None and (args.iterations < 1 or (family not in ("restyle", "restyle3", "hyperstyle") and args.iterations != 1)):
-        error(f"--iterations={args.iterations}: ReStyle and HyperStyle models take N >= 1; this {family} model encodes in one step")
+    if args.iterations is not None and (args.iterations < 1 or (not family.iterative and args.iterations != 1)):
+        titles = [get_family(f).title for f in list_families() if get_family(f).iterative]
+        iterative = ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else titles[0]
+        error(f"--iterations={args.iterations}: {iterative} models take N >= 1; this {family.name} model encodes in one step")
         return 2
 
     files, problems = collect_input_files(args.inputs, exclude=[args.out])
@@ -223,8 +227,9 @@ def _unaligned(args: argparse.Namespace, model, files) -> int:
     """``--unaligned``: ReStyle over StyleGAN3 with the landmark transform on the last iteration."""
     from instyle.inference.pipeline import OutputFolderError
     from instyle.inference.unaligned import encode_unaligned_files
+    from instyle.models.family import family_of
 
-    if getattr(model, "family", None) != "restyle3":
+    if not family_of(model).transform:
         error("--unaligned needs an encoder over StyleGAN3 (e.g. restyle_pSp_ffhq.pt); this model's generator takes no transform")
         return 2
     if not _face_tools_ready():

@@ -15,11 +15,11 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
+    add_sfe_args,
     apply_precision_args,
     bounded_int,
     error,
 )
-from instyle.cli.mix import add_sfe_args
 from instyle.errors import InstyleError
 
 DESCRIPTION = """\

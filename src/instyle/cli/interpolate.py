@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instyle.cli.common import add_count, error
-from instyle.cli.mix import add_model_args, decode, load_model, load_sources
+from instyle.cli.common import add_count, add_model_args, error, load_model
 
 DESCRIPTION = """\
 Encode A, B (and more) and decode w' = lambda * w_A + (1 - lambda) * w_B for lambda from 1
@@ -39,11 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instyle.inference.encoding import Encoding
     from instyle.inference.interpolation import interpolate_path, save_animation
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
-    from instyle.inference.offsets import frame_offsets, path_coefficients
+    from instyle.inference.offsets import path_coefficients
     from instyle.inference.refine import blend_generator_deltas
+    from instyle.inference.sources import load_sources, render_images
+    from instyle.models.family import family_of
     from instyle.utils.progress import Progress
 
     if args.steps < 2:
@@ -53,18 +55,15 @@ def run(args: argparse.Namespace) -> int:
     if loaded is None:
         return 2
     model, device = loaded
-    if getattr(model, "family", None) == "sfe":
+    if not family_of(model).editable_latents:  # the family's own latent path (StyleFeatureEditor)
         return _run_sfe(args, model)
     sources, failed = load_sources(model, device, args.inputs, args.batch_size, expand=False)
     if len(sources) < 2:
         error(f"only {len(sources)} usable code(s); interpolation needs at least two inputs (A B [C ...]) or a latent file of several codes")
         return 1 if failed else 2
     w = interpolate_path([s.w for s in sources], args.steps)
-    with_offsets = [s.offsets is not None for s in sources]
-    if any(with_offsets) and not all(with_offsets):
-        error("some inputs carry HyperStyle generator offsets and some do not; give all as images or all as .npz")
-        return 2
-    # HyperStyle: each frame's generator offsets follow the same path as its latent.
+    ends = [s.encoding for s in sources]
+    # Each frame's extra (HyperStyle's generator offsets) follows the same path as its latent.
     coefficients = path_coefficients(len(sources), args.steps)
     out = Path(args.out)
     frames = []
@@ -74,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
     with Progress(len(w), "interpolate", "frame") as bar:
         for start in range(0, len(w), step):
             stop = start + step
-            offsets = frame_offsets([s.offsets for s in sources], coefficients[start:stop]) if all(with_offsets) else None
+            try:
+                enc = Encoding.blend(ends, coefficients[start:stop]).with_latents(w[start:stop])
+            except ValueError as e:  # some inputs with their extra (.npz files, images), some without
+                error(str(e))
+                return 2
             delta = blend_generator_deltas([s.generator_delta for s in sources], coefficients[start].tolist()) if tuned else None
-            frames.extend(decode(model, w[start:stop], args.full_resolution, args.batch_size, offsets, generator_delta=delta))
+            frames.extend(render_images(model, enc, args.full_resolution, args.batch_size, generator_delta=delta))
             bar.update(stop - start if stop <= len(w) else len(w) - start)
     for i, im in enumerate(frames):
         save_image(im, out / "frames" / f"frame_{i:04d}.{args.format}")

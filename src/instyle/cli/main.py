@@ -30,6 +30,7 @@ COMMANDS = [
     "directions",
     "evaluate",
     "video",
+    "models",
 ]
 
 EPILOG = """\

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from instyle.cli.common import MAX_BATCH, add_count, add_device_arg, add_precision_args, apply_precision_args, error
-from instyle.errors import InputError, InstyleError
+from instyle.cli.common import add_count, add_model_args, error, load_model
 
 DESCRIPTION = """\
 For each input, write N outputs that keep the input's styles on some layers and take the
@@ -63,206 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by the latent-space commands."""
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
-    p.add_argument("--out", "-o", required=True, help="output folder")
-    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
-    add_device_arg(p)
-    add_precision_args(p)
-    p.add_argument("--full-resolution", action="store_true", help="write the generator's full-size output (default: 256 px)")
-    p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
-    p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
-    add_sfe_args(p)
-
-
-def add_sfe_args(p: argparse.ArgumentParser) -> None:
-    """``--e4e`` / ``--generator``: the two files an official StyleFeatureEditor checkpoint needs;
-    ``--generator`` alone: the replacement generator of an encoder over StyleGAN3."""
-    p.add_argument("--e4e", metavar="PATH", help="StyleFeatureEditor only: the e4e checkpoint (e4e_ffhq_encode.pt)")
-    p.add_argument(
-        "--generator", metavar="PATH",
-        help="StyleFeatureEditor: the StyleGAN2 file (stylegan2-ffhq-config-f.pt); encoders over StyleGAN3: the generator "
-        "to decode with instead of the checkpoint's (.pt, NVIDIA .pkl or an instyle folder; see docs/stylegan3.md)",
-    )
-
-
-def sfe_files(args) -> dict:
-    """The ``e4e=`` / ``generator=`` keywords of ``load_psp`` from the parsed options."""
-    return {"e4e": getattr(args, "e4e", None), "generator": getattr(args, "generator", None)}
-
-
-@dataclass
-class Source:
-    """One loaded input: its path, a unique output name, its W+ code ``[n_styles, D]`` and a
-    preview of the network input (None for latent files)."""
-
-    path: Path
-    name: str
-    w: torch.Tensor
-    preview: object | None
-    offsets: list | None = None  # HyperStyle: this image's generator offsets (batch 1 each)
-    transform: torch.Tensor | None = None  # StyleGAN3: the [3, 3] rendering transform saved with the code
-    generator_delta: dict | None = None  # PTI: the tuned generator its latent file references
-
-
-def load_model(args, allow_sfe: bool = False):
-    """``(model, device)`` or ``None`` after printing the error. StyleFeatureEditor models
-    (W+ plus a feature map) only where the command has an SFE path (``allow_sfe``)."""
-    from instyle.interop import load_psp
-    from instyle.utils.device import resolve_device
-
-    if getattr(args, "batch_size", 1) < 1:
-        error(f"--batch-size={args.batch_size} must be >= 1")
-        return None
-    try:
-        if getattr(args, "out", None):
-            from instyle.inference.pipeline import check_output_folder
-
-            check_output_folder(args.out)  # before the long model load
-        device = resolve_device(args.device)
-        model = load_psp(args.checkpoint, device=device, w_encoder=getattr(args, "w_encoder", None), **sfe_files(args))
-        apply_precision_args(model, args)
-        if getattr(model, "family", None) == "sfe" and not allow_sfe:
-            error(f"{args.checkpoint}: StyleFeatureEditor models are used with `instyle encode` and `instyle edit direction`")
-            return None
-        return model, device
-    except (InstyleError, OSError) as e:
-        error(str(e))
-        return None
-
-
-def plan_sources(inputs: list[str], expand: bool = True, out=None, outputs=None, reserved=()):
-    """``(files, output names, problems)`` for ``inputs``; with ``out`` the output folder is
-    excluded from folder scans and checked (it must not be an input folder nor overwrite an input).
-
-    Raises:
-        instyle.inference.pipeline.OutputFolderError: one line naming the folder or files.
-    """
-    from instyle.inference.io import InputFile, collect_input_files, output_names
-    from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
-
-    if expand:
-        files, problems = collect_input_files(inputs, exclude=[out] if out is not None else [], latents=True)
-    else:
-        files, problems = [InputFile(Path(p), Path(p).parent) for p in inputs], []
-    outputs = outputs or (lambda name: [name])
-    try:
-        names = output_names(files, outputs, reserved)
-    except ValueError as e:
-        if out is not None:
-            raise OutputFolderError(str(e)) from None
-        names = [f.path.stem for f in files]  # nothing is written per input: the names only label them
-    if out is not None:
-        prepare_output_folder(out, files, [Path(out) / o for n in names for o in outputs(n)])
-    return files, names, problems
-
-
-def load_sources(model, device, inputs: list[str], batch_size: int = 4, expand: bool = True, plan=None) -> tuple[list[Source], int]:
-    """Encode images / read latent files. Bad inputs are reported on stderr and counted.
-
-    ``plan`` is a :func:`plan_sources` result (default: planned here without an output folder).
-
-    Returns:
-        ``(sources in input order, number of failures)``.
-    """
-    from instyle.inference.latents import read_latent_file
-    from instyle.inference.offsets import check_offsets, encode_with_offsets, sample_offsets, uses_offsets
-    from instyle.inference.preprocess import prepare_input
-    from instyle.inference.refine import referenced_delta
-    from instyle.utils.progress import Progress
-
-    files, names, problems = plan if plan is not None else plan_sources(inputs, expand)
-    for msg in problems:
-        print(f"instyle: skipped {msg}", file=sys.stderr)
-    failed = len(problems)
-    shape = (model.n_styles, model.config.generator.style_dim)
-    loaded: list[Source | None] = []
-    pending: list[tuple[int, Path, str, torch.Tensor]] = []
-    for path, name in zip((f.path for f in files), names):
-        try:
-            if path.suffix.lower() in (".npy", ".npz"):
-                latent = read_latent_file(path)
-                w = latent.w_plus
-                meta = latent.meta
-                transform = _saved_transform(model, meta, device)
-                if tuple(w.shape[1:]) != shape:
-                    raise InputError(
-                        f"latent of shape {tuple(w.shape)} does not fit this model: it takes [{shape[0]}, {shape[1]}] "
-                        f"codes (a file may hold [B, {shape[0]}, {shape[1]}])"
-                    )
-                offsets = latent.deltas
-                if offsets is not None and not uses_offsets(model):
-                    raise InputError("this latent file carries HyperStyle generator offsets; use its HyperStyle model")
-                if offsets is not None:
-                    check_offsets(model, offsets)
-                offsets = None if offsets is None else [d if d is None else d.to(device) for d in offsets]
-                delta = referenced_delta(path, meta, model.decoder)  # a PTI code renders on its tuned generator
-                # a file of several codes (e.g. mix --save-latents) is one source per code: NAME/0, NAME/1, ...
-                for k, code in enumerate(w):
-                    own = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[k : k + 1] for d in offsets]
-                    loaded.append(
-                        Source(path, name if len(w) == 1 else f"{name}/{k}", code.to(device), None, own, transform, delta)
-                    )
-            else:
-                pending.append((len(loaded), path, name, prepare_input(path, model.config)))
-                loaded.append(None)
-        except (InstyleError, OSError) as e:
-            msg = str(e) if str(path) in str(e) else f"{path}: {e}"
-            print(f"instyle: skipped {msg}", file=sys.stderr)
-            failed += 1
-    with Progress(len(pending), "encode", "img", enabled=bool(pending)) as bar:
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
-            x = torch.stack([t for *_, t in chunk]).to(device)
-            with torch.inference_mode():
-                w, offsets = encode_with_offsets(model, x)
-            for j, ((i, path, name, t), wi) in enumerate(zip(chunk, w.float())):
-                loaded[i] = Source(path, name, wi, preview(t, model.config), sample_offsets(offsets, j))
-            bar.update(len(chunk))
-    return [s for s in loaded if s is not None], failed
-
-
-def _saved_transform(model, meta: dict, device) -> torch.Tensor | None:
-    """The ``transform`` ``encode --unaligned`` stores in a latent's meta, for a StyleGAN3 model."""
-    t = (meta or {}).get("transform")
-    if t is None or getattr(model, "family", None) != "restyle3":
-        return None
-    t = torch.as_tensor(t, dtype=torch.float32)
-    if t.shape != (3, 3) or not bool(torch.isfinite(t).all()):
-        raise InputError(f"the latent's saved transform must be a finite [3, 3] matrix, got shape {tuple(t.shape)}")
-    return t.to(device)
-
-
-def preview(x: torch.Tensor, config):
-    """A viewable picture of a network input (photo, sketch or label map)."""
-    from instyle.inference.preprocess import input_preview
-
-    return input_preview(x, config)
-
-
-def decode(model, w: torch.Tensor, full_resolution: bool, batch_size: int, offsets=None, transform=None,
-           generator_delta=None) -> list:
-    """W+ codes ``[N, n_styles, D]`` -> PIL images, in batches; ``offsets``: HyperStyle
-    generator offsets (batch 1: shared by all codes, or batch N); ``transform``: a StyleGAN3
-    model's ``[3, 3]`` rendering transform (``encode --unaligned``); ``generator_delta``: PTI's
-    tuned weights (a :class:`Source`'s), rendered on the tuned generator."""
-    from instyle.inference.io import tensor_to_pil
-    from instyle.inference.offsets import batch_slice, decode_with_offsets
-    from instyle.inference.refine import generator_delta_applied
-
-    out = []
-    with torch.inference_mode(), generator_delta_applied(model, generator_delta):
-        for start in range(0, len(w), batch_size):
-            stop = start + batch_size
-            if transform is not None:
-                y = model.decode(w[start:stop], transform=transform, resize=not full_resolution)
-            else:
-                y = decode_with_offsets(model, w[start:stop], batch_slice(offsets, start, stop), resize=not full_resolution)
-            out.extend(tensor_to_pil(t) for t in y)
-    return out
-
-
 def _mix_outputs(args) -> Callable[[str], list[str]]:
     """The files ``mix`` writes for the input named ``name`` (relative to --out)."""
 
@@ -288,6 +83,7 @@ def _check_args(args) -> bool:
 def run(args: argparse.Namespace) -> int:
     from instyle.inference.mixing import default_latent_mask, parse_latent_mask
     from instyle.inference.pipeline import OutputFolderError
+    from instyle.inference.sources import load_sources, plan_sources
 
     if not _check_args(args):
         return 2
@@ -318,12 +114,13 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, failed: int) -> tuple[int, int]:
+def _mix_and_write(model, sources: list, files, mask: list[int], args, failed: int) -> tuple[int, int]:
     """Mix and write every source, then grid.png and summary.json: ``(done, failed)``."""
     from instyle.inference.io import make_grid, save_image
     from instyle.inference.latents import save_latent
     from instyle.inference.mixing import style_mix
     from instyle.inference.pipeline import FATAL_WRITE_ERRNOS
+    from instyle.inference.sources import render_images
     from instyle.utils.atomic import atomic_write_bytes
     from instyle.utils.progress import track, warn
 
@@ -334,10 +131,10 @@ def _mix_and_write(model, sources: list[Source], files, mask: list[int], args, f
         mixed = style_mix(
             model, src.w[None], args.n_outputs, latent_mask=mask, alpha=args.mix_alpha, seed=args.seed, truncation=args.truncation
         )[0]
-        images = decode(model, mixed, args.full_resolution, args.batch_size, src.offsets, src.transform,
-                        generator_delta=src.generator_delta)
-        first = [src.preview] if src.preview is not None else decode(
-            model, src.w[None], args.full_resolution, 1, src.offsets, src.transform, generator_delta=src.generator_delta
+        images = render_images(model, src.encoding.with_latents(mixed), args.full_resolution, args.batch_size,
+                               generator_delta=src.generator_delta)
+        first = [src.preview] if src.preview is not None else render_images(
+            model, src.encoding, args.full_resolution, 1, generator_delta=src.generator_delta
         )
         row = first + images
         try:

@@ -17,10 +17,11 @@ from PIL import Image
 
 from instyle.alignment import AlignmentUnavailable, align_face
 from instyle.demo.inputs import DemoInputError
+from instyle.inference.encoding import Encoding, as_encoding, render, render_batches
+from instyle.inference.encoding import encode as encode_images
 from instyle.inference.io import tensor_to_pil
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, frame_offsets, sample_offsets
 from instyle.inference.preprocess import prepare_input
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
@@ -73,7 +74,7 @@ def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
     return tensor_to_pil(preview_input(x, preset))
 
 
-def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
+def _prepare(model: InversionModel, image: Image.Image) -> torch.Tensor:
     """PIL image -> ``[1, input_nc, S, S]`` on the model's device, prepared for the model's task."""
     try:
         x = prepare_input(image, model.config)
@@ -83,35 +84,27 @@ def _prepare(model: PSP, image: Image.Image) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode(model: PSP, image: Image.Image) -> torch.Tensor:
+def encode(model: InversionModel, image: Image.Image) -> torch.Tensor:
     """One input image -> its W+ code ``[n_styles, D]`` (CPU, float32)."""
     return encode_image(model, image)[0]
 
 
 @torch.inference_mode()
-def encode_image(model: PSP, image: Image.Image) -> tuple[torch.Tensor, list | None]:
+def encode_image(model: InversionModel, image: Image.Image) -> tuple[torch.Tensor, list | None]:
     """One input image -> ``(W+ code [n_styles, D], HyperStyle offsets or None)`` (CPU, float32)."""
-    w, offsets = encode_with_offsets(model, _prepare(model, image))
-    return w[0].float().cpu(), _to(sample_offsets(offsets, 0), "cpu")
-
-
-def _to(offsets: list | None, device) -> list | None:
-    return None if offsets is None else [d if d is None else d.to(device) for d in offsets]
+    enc = encode_images(model, _prepare(model, image))[0].to("cpu")
+    return enc.latents[0].float(), enc.extra
 
 
 @torch.inference_mode()
 def decode(
-    model: PSP, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None, progress=None
+    model: InversionModel, w_plus: torch.Tensor, batch_size: int = 8, offsets: list | None = None, progress=None
 ) -> list[Image.Image]:
     """W+ codes ``[B, n_styles, D]`` -> ``B`` images of the model's output size (``resize_to``);
     ``offsets`` (HyperStyle): batch 1 (shared by all codes) or batch B; ``progress(n done)``
     is called after each batch."""
-    device = next(model.parameters()).device
-    offsets = _to(offsets, device)
     out: list[Image.Image] = []
-    for i in range(0, len(w_plus), batch_size):
-        part = None if offsets is None else [d if d is None or d.shape[0] == 1 else d[i : i + batch_size] for d in offsets]
-        y = decode_with_offsets(model, w_plus[i : i + batch_size].to(device), part, resize=True)
+    for y in render_batches(model, as_encoding(model, w_plus, offsets), resize=True, batch_size=batch_size):
         out.extend(tensor_to_pil(t) for t in y)
         if progress is not None:
             progress(len(out))
@@ -119,17 +112,18 @@ def decode(
 
 
 @torch.inference_mode()
-def reconstruct(model: PSP, image: Image.Image) -> Reconstruction:
+def reconstruct(model: InversionModel, image: Image.Image) -> Reconstruction:
     """Encode and decode one input (photo, sketch, label map, ... as the model's task takes)."""
     x = _prepare(model, image)
-    w, offsets = encode_with_offsets(model, x)
-    y = decode_with_offsets(model, w, offsets, resize=True)
+    enc = encode_images(model, x)
+    y = render(model, enc, resize=True)
     preview = input_preview(x[0].cpu(), model.config.task)
-    return Reconstruction(preview, tensor_to_pil(y[0]), w[0].float().cpu(), _to(offsets, "cpu"))
+    enc = enc.to("cpu")
+    return Reconstruction(preview, tensor_to_pil(y[0]), enc.latents[0].float(), enc.extra)
 
 
 def mix(
-    model: PSP,
+    model: InversionModel,
     latent: torch.Tensor,
     n_outputs: int,
     layers: str | Sequence[int] | None = None,
@@ -154,7 +148,8 @@ def mix(
 
 
 def interpolate(
-    model: PSP, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None, progress=None
+    model: InversionModel, w_a: torch.Tensor, w_b: torch.Tensor, steps: int, offsets: tuple[list, list] | None = None,
+    progress=None,
 ) -> list[Image.Image]:
     """``steps`` frames from ``w_a`` to ``w_b`` (both included), linear in W+ (and, for
     HyperStyle, in the two images' generator offsets ``offsets = (a, b)``); ``progress(frames
@@ -165,13 +160,14 @@ def interpolate(
         frames = lerp(w_a, w_b, steps)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
-    if offsets is None:
-        return decode(model, frames, progress=progress)
+    a, b = offsets or (None, None)
+    ends = [as_encoding(model, w_a[None], a), as_encoding(model, w_b[None], b)]
     lam = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
     out: list[Image.Image] = []
-    for i in range(0, steps, 4):  # blended offsets are large (one set per frame): a few frames at a time
+    for i in range(0, steps, 4):  # blended extras (offsets) are large (one set per frame): a few frames at a time
         coeff = torch.stack([lam[i : i + 4], 1 - lam[i : i + 4]], 1)
-        out += decode(model, frames[i : i + 4], offsets=frame_offsets(list(offsets), coeff))
+        enc = Encoding.blend(ends, coeff).with_latents(frames[i : i + 4])
+        out += [tensor_to_pil(t) for t in render(model, enc.to(model.latent_avg.device), resize=True)]
         if progress is not None:
             progress(len(out))
     return out

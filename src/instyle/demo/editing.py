@@ -144,7 +144,7 @@ def edit_photo(
     Raises:
         DemoInputError: a bad edit, an edit that does not fit the model, or a refusal.
     """
-    from instyle.inference.offsets import decode_with_offsets, encode_with_offsets
+    from instyle.inference.encoding import encode, render
     from instyle.inference.refine import RefineConfig, apply_generator_delta
     from instyle.inference.refine import refine as run_refine
 
@@ -155,25 +155,25 @@ def edit_photo(
         if hit is None:
             x = _prepare(model, image)
             with torch.no_grad():
-                codes, offsets = encode_with_offsets(model, x)  # HyperStyle: (w_plus, offsets), not a batch of codes
-            w = codes[0].float()
+                enc = encode(model, x)  # the latent and the family's extra (HyperStyle: offsets)
+            w = enc.latents[0].float()
             delta = None
             if refine != "none":
                 config = RefineConfig(steps=int(steps), lpips_weight=0.0, seed=int(seed), on_step=on_step)
                 res = run_refine(model, x, w, refine, config)
                 w, delta, seconds = res.latent, res.generator_delta, res.seconds
             if cache is not None:
-                cache.put(key, (w, delta, offsets))
+                cache.put(key, (w, delta, enc))
         else:
-            w, delta, offsets = hit
+            w, delta, enc = hit
         edited, name = _codes(w, edits, sliders, extra)
     except ValueError as e:  # parse errors, shape mismatches, RefineError
         raise DemoInputError(str(e)) from None
     generator = apply_generator_delta(model.decoder, delta) if delta is not None else model.decoder
     with torch.no_grad():
-        if offsets is not None and delta is None:  # HyperStyle: on the image's tuned generator
-            images = decode_with_offsets(model, torch.stack([w, edited]), offsets, resize=True)
-        else:
+        if delta is None:  # with the image's own extra (HyperStyle: its tuned generator)
+            images = render(model, enc.with_latents(torch.stack([w, edited])), resize=True)
+        else:  # PTI: the generator tuned for this image
             images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
             images = model.face_pool(images)
     meta = {"method": "pti", "steps": int(steps), "note": "tuned generator not included (web demo)"} if delta is not None else None

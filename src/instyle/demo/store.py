@@ -6,7 +6,6 @@ the store is refused, so no visitor-typed path ever reaches the loader.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from instyle.inference.editing import named_file
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel, family_of
 from instyle.utils.device import resolve_device
 
 __all__ = ["QUICKSTART_NAME", "ModelEntry", "ModelStore", "split_named"]
@@ -31,14 +30,14 @@ class ModelEntry:
     Attributes:
         name: the label visitors choose (``NAME`` of ``NAME=PATH``, else the file or folder
             name, made unique).
-        model: the :class:`PSP`, in eval mode on the server's device.
+        model: the model (:class:`~instyle.models.family.InversionModel`), in eval mode on the server's device.
         source: where it was loaded from (``None`` for the built-in random-weight model).
         random_weights: True for an untrained model (the quickstart model, or a checkpoint whose
             files say so): its outputs are textures, not faces.
     """
 
     name: str
-    model: PSP
+    model: InversionModel
     source: str | None = None
     random_weights: bool = False
 
@@ -63,16 +62,12 @@ class ModelEntry:
 
     @property
     def family(self) -> str:
-        return getattr(self.model, "family", None) or "hyperstyle"
+        return family_of(self.model).name
 
     @property
     def iterations(self) -> int:
-        """The encoding steps a request runs: ReStyle's and HyperStyle's iterations, else 1."""
-        if self.family == "restyle":
-            return int(self.model.default_iterations)
-        if self.family == "hyperstyle":
-            return int(self.model.config.iterations)
-        return 1
+        """The encoding steps a request runs: an iterative family's model's, else 1."""
+        return family_of(self.model).iterations(None, self.model)
 
 
 def split_named(spec: str | os.PathLike) -> tuple[str | None, Path]:
@@ -118,13 +113,11 @@ class ModelStore:
         self.device = next(entries[0].model.parameters()).device
 
     def set_iterations(self, n: int) -> None:
-        """Refinement steps for every ReStyle and HyperStyle model here (the others take one step)."""
+        """Refinement steps for every model of an iterative family here (the others take one step)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"iterations={n!r} must be a positive integer")
         for entry in self._entries.values():
-            if entry.family == "hyperstyle":  # its encode reads the config
-                entry.model.config = dataclasses.replace(entry.model.config, iterations=n)
-            else:
+            if family_of(entry.model).iterative:
                 entry.model.default_iterations = n
 
     @classmethod

@@ -41,6 +41,7 @@ from instyle.errors import InputError, InstyleError
 from instyle.evaluation.fid import InceptionFeatures, feature_stats, fid_caveat, frechet_distance
 from instyle.evaluation.identity import build_identity
 from instyle.evaluation.metrics import mse, psnr, ssim
+from instyle.inference.encoding import encode, encode_steps, render
 from instyle.inference.io import (
     IMAGE_EXTENSIONS,
     caption,
@@ -52,13 +53,11 @@ from instyle.inference.io import (
     save_image,
     tensor_to_pil,
 )
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, uses_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.interop import load_psp
 from instyle.losses.lpips import LPIPSLoss
-from instyle.models.psp import PSP
-from instyle.models.runtime import set_runtime
-from instyle.models.sfe import SFE
+from instyle.models.family import family_of, get_family, list_families
+from instyle.models.runtime import model_precision, set_runtime
 from instyle.tasks import get_task
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
@@ -313,36 +312,35 @@ class _Measures:
 def _load_model(model, device):
     if model is None:
         return None
-    if not isinstance(model, (PSP, SFE)) and not uses_offsets(model):
+    if isinstance(model, (str, os.PathLike)):
         model = load_psp(model, device=device)
     return model.to(device).eval()
 
 
 def _reconstruct(net, x: torch.Tensor, iterations: int | None = None) -> torch.Tensor:
     """Encode and decode (HyperStyle: on each image's tuned generator), pooled to ``resize_to``."""
-    if isinstance(net, SFE):  # W+ and a feature map; full-size inputs
-        return F.adaptive_avg_pool2d(net.decode(net.encode(x)), net.config.resize_to)
-    return decode_with_offsets(net, *encode_with_offsets(net, x, iterations), resize=True)
+    return render(net, encode(net, x, iterations), resize=True)
 
 
 def _reconstruct_each_iteration(net, x: torch.Tensor, iterations: int | None) -> list[torch.Tensor]:
-    """The reconstruction after every ReStyle / HyperStyle iteration (the original scripts'
-    per-step outputs), the last one being :func:`_reconstruct`'s."""
-    w, offsets = net.encode(x, iterations=iterations, return_all=True) if uses_offsets(net) else (
-        net.encode(x, iterations=iterations, return_all=True), None)
-    offsets = offsets if offsets is not None else [None] * len(w)
-    return [decode_with_offsets(net, wk, ok, resize=True) for wk, ok in zip(w, offsets)]
+    """The reconstruction after every refinement step of an iterative family (the original
+    scripts' per-step outputs), the last one being :func:`_reconstruct`'s."""
+    return [render(net, enc, resize=True) for enc in encode_steps(net, x, iterations)]
 
 
 def check_iterations(net, iterations: int | None) -> None:
-    """``iterations`` must be >= 1, and other than 1 only for ReStyle / HyperStyle models."""
+    """``iterations`` must be >= 1, and other than 1 only for an iterative family's model."""
     if iterations is None:
         return
-    family = getattr(net, "family", "hyperstyle")
+    family = family_of(net)
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise ConfigError(f"iterations={iterations!r} must be an integer >= 1")
-    if iterations != 1 and family not in ("restyle", "hyperstyle"):
-        raise ConfigError(f"iterations={iterations}: ReStyle and HyperStyle models iterate; this {family} model encodes in one step")
+    if iterations != 1 and not family.iterative:
+        titles = [get_family(f).title for f in list_families() if get_family(f).iterative]
+        raise ConfigError(
+            f"iterations={iterations}: {', '.join(titles[:-1])} and {titles[-1]} models iterate; "
+            f"this {family.name} model encodes in one step"
+        )
 
 
 def auto_warmup(device: torch.device) -> int:
@@ -355,9 +353,9 @@ def auto_warmup(device: torch.device) -> int:
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
     """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
     name = task_name or model.config.task
-    if isinstance(model, SFE):  # the original's transform: the photo at the generator's size
+    if family_of(model).photos_at_output_size:  # the original's transform: the photo at the generator's size
         if name != "inversion" or resize_factor is not None:
-            raise InputError(f"StyleFeatureEditor models invert photos (task {name!r}, resize_factor {resize_factor} given)")
+            raise InputError(f"{family_of(model).title} models invert photos (task {name!r}, resize_factor {resize_factor} given)")
         return (lambda s: pil_to_tensor(load_image(s.input), model.config.generator.size)), None
     try:
         task = get_task(name)
@@ -419,7 +417,7 @@ def evaluate(
     """Measure reconstructions against targets; write the report files when ``out_dir`` is set.
 
     Args:
-        model: a :class:`~instyle.models.psp.PSP`, a checkpoint path, or None together with
+        model: a model of any family (:class:`~instyle.models.family.InversionModel`), a checkpoint path, or None together with
             ``predictions_dir`` to score saved outputs (no runtime then).
         data_dir: targets (and inputs), see the module docstring.
         task: task preset making inputs from targets (default: the model's).
@@ -495,9 +493,7 @@ def evaluate(
 def _iterations_run(net, asked: int | None) -> int | None:
     if net is None:
         return None
-    if uses_offsets(net):
-        return asked or net.config.iterations
-    return (asked or net.default_iterations) if getattr(net, "family", "psp") == "restyle" else 1
+    return family_of(net).iterations(asked, net)
 
 
 def _score(run: _Run, samples, batch_size: int, make_input, measures: _Measures, cases: _Cases, log, failed, progress):
@@ -603,9 +599,9 @@ def _report(model, predictions_dir, data_dir, run: _Run, settings: dict, rows, f
         "predictions": None if predictions_dir is None else str(predictions_dir),
         "data": str(data_dir),
         "task": settings["task"],
-        "family": getattr(getattr(run.net, "config", None), "family", "hyperstyle") if run.net is not None else None,
+        "family": family_of(run.net).name if run.net is not None else None,
         "device": str(device),
-        "precision": getattr(getattr(run.net, "runtime", None), "precision", "fp32") if run.net is not None else None,
+        "precision": model_precision(run.net) if run.net is not None else None,
         "device_name": _device_name(device),
         "batch_size": batch_size,
         "eval_size": run.eval_size,

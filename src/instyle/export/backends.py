@@ -42,6 +42,7 @@ from instyle.export.onnx import (
     require,
 )
 from instyle.interop.loading import cache_dir
+from instyle.models.family import family_of
 from instyle.utils.config import ConfigError, check_choice
 
 __all__ = [
@@ -185,7 +186,7 @@ class OnnxBackend:
                 )
             return self._other_iterations[iterations].encode(x, iterations)
         outs = self._batched("encoder", [x])
-        if self.metadata["family"] != "hyperstyle":
+        if len(outs) == 1:  # no offsets
             return outs[0]
         deltas: list[torch.Tensor | None] = [None] * self.model.decoder.n_weight_layers
         for name, d in zip(self.metadata["graphs"]["encoder"]["outputs"][1:], outs[1:]):
@@ -211,8 +212,7 @@ class OnnxBackend:
 
 
 def _cache_folder(model, iterations: int | None, batch: int | None) -> Path:
-    family = getattr(model, "family", "hyperstyle")
-    parts = [model_fingerprint(model)[:24], family]
+    parts = [model_fingerprint(model)[:24], family_of(model).name]
     if iterations is not None:
         parts.append(f"it{iterations}")
     if batch is not None:
@@ -221,14 +221,13 @@ def _cache_folder(model, iterations: int | None, batch: int | None) -> Path:
 
 
 def _prepare(model, backend: str, precision: str, iterations: int | None, batch: int | None) -> OnnxBackend:
-    family = getattr(model, "family", "hyperstyle")
-    if family in ("psp", "e4e"):
-        iterations = None
-    elif iterations is None:
-        iterations = model.default_iterations if family == "restyle" else model.config.iterations
-    if family == "hyperstyle" and batch is None:
+    family = family_of(model)
+    iterations = family.iterations(iterations, model) if family.iterative else None
+    if not family.fixed_batch_graphs:
+        batch = None
+    elif batch is None:
         batch = 1
-    folder = _cache_folder(model, iterations, batch if family == "hyperstyle" else None)
+    folder = _cache_folder(model, iterations, batch)
     meta = None
     if (folder / EXPORT_FILE).is_file():
         try:
@@ -243,7 +242,7 @@ def _prepare(model, backend: str, precision: str, iterations: int | None, batch:
         try:
             meta = export_onnx(
                 model, folder, source=getattr(model, "source", None), iterations=iterations,
-                graphs=("encoder", "generator"), batch=batch if family == "hyperstyle" else None,
+                graphs=("encoder", "generator"), batch=batch,
             ).metadata
         finally:
             model.backend = attached

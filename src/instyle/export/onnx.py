@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from instyle.errors import InstyleError, MissingExtraError
+from instyle.models.family import Family, family_of, get_family, list_families
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.version import __version__
 
@@ -120,8 +121,8 @@ def model_fingerprint(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- graph modules
 
 
-def _family(model: nn.Module) -> str:
-    return getattr(model, "family", "hyperstyle")
+def _family(model: nn.Module) -> Family:
+    return family_of(model)
 
 
 def _torch_encode(model, x: torch.Tensor, iterations: int | None):
@@ -199,20 +200,11 @@ def _device(model) -> torch.device:
 
 
 def input_hw(model) -> tuple[int, int]:
-    hw = getattr(model, "input_hw", None)
-    if hw is not None:
-        return tuple(hw)
-    s = model.input_size
-    return (s * 3 // 4 if getattr(model.config, "crop_cars", False) else s, s)
+    return tuple(model.input_hw)
 
 
 def _default_iterations(model) -> int | None:
-    family = _family(model)
-    if family == "restyle":
-        return model.default_iterations
-    if family == "hyperstyle":
-        return model.config.iterations
-    return None
+    return _family(model).iterations(None, model) if _family(model).iterative else None
 
 
 def _images(model, batch: int, seed: int) -> torch.Tensor:
@@ -227,7 +219,7 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 
 def _graph_specs(model, iterations: int | None) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
     """``name -> (module, input names, output names)`` of the three graphs."""
-    layers = _delta_layers(model, iterations) if _family(model) == "hyperstyle" else None
+    layers = _delta_layers(model, iterations) if _family(model).encoding == "offsets" else None
     deltas = [f"delta_{i}" for i in layers or []]
     return {
         "encoder": (_Encoder(model, iterations, layers), ["image"], ["w_plus", *deltas]),
@@ -315,7 +307,7 @@ def _metadata(
         "torch_version": torch.__version__,
         "opset": OPSET,
         "source": {"checkpoint": None if source is None else str(source), "sha256": fingerprint},
-        "family": family,
+        "family": family.name,
         "task": getattr(cfg, "task", "inversion"),
         "input": {
             "shape": ["batch", model.input_nc, h, w],
@@ -372,19 +364,22 @@ def export_onnx(
     say = log or (lambda _msg: None)
     check_graphs(graphs)
     family = _family(model)
-    if family not in ("psp", "e4e", "restyle", "hyperstyle"):
-        raise ExportError(f"family={family!r} cannot be exported yet; accepted: psp, e4e, restyle, hyperstyle")
-    if family in ("psp", "e4e") and iterations not in (None, 1):
-        raise ExportError(f"iterations={iterations!r}: only ReStyle and HyperStyle models refine; {family} encodes in one step")
+    exportable = [f for f in list_families() if get_family(f).exportable]
+    if not family.exportable:
+        raise ExportError(f"family={family.name!r} cannot be exported yet; accepted: {', '.join(exportable)}")
+    if not family.iterative and iterations not in (None, 1):
+        refining = " and ".join(get_family(f).title for f in exportable if get_family(f).iterative)
+        raise ExportError(f"iterations={iterations!r}: only {refining} models refine; {family.name} encodes in one step")
     if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
                                    or not 1 <= iterations <= MAX_ITERATIONS):
         raise ExportError(f"iterations={iterations!r}: unrolled refinement takes 1 to {MAX_ITERATIONS} steps")
-    iterations = None if family in ("psp", "e4e") else iterations or _default_iterations(model)
-    if family != "hyperstyle" and batch is not None:
-        raise ExportError(f"batch={batch}: only HyperStyle graphs have a fixed batch; {family} graphs take any batch")
-    fixed = (1 if batch is None else batch) if family == "hyperstyle" else None
+    iterations = iterations or _default_iterations(model) if family.iterative else None
+    if not family.fixed_batch_graphs and batch is not None:
+        fixed_ones = " and ".join(get_family(f).title for f in exportable if get_family(f).fixed_batch_graphs)
+        raise ExportError(f"batch={batch}: only {fixed_ones} graphs have a fixed batch; {family.name} graphs take any batch")
+    fixed = (1 if batch is None else batch) if family.fixed_batch_graphs else None
     if fixed is not None and not (isinstance(fixed, int) and 1 <= fixed <= 256):
-        raise ExportError(f"batch={batch!r}: a HyperStyle export takes a fixed batch of 1 to 256")
+        raise ExportError(f"batch={batch!r}: a {family.title} export takes a fixed batch of 1 to 256")
     model = model.float().eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ import torch
 from instyle.export.backends import BACKEND_CHOICES, BACKEND_PRECISIONS, attach_backend, available_backends
 from instyle.export.onnx import input_hw, model_fingerprint
 from instyle.interop.loading import cache_dir
+from instyle.models.family import family_of
 from instyle.models.runtime import set_runtime
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError, check_choice
@@ -187,7 +188,7 @@ def apply(model: torch.nn.Module, candidate: Candidate, batch: int | None = None
         attach_backend(model, "torch")
         return set_runtime(model, candidate.precision).describe()
     set_runtime(model, "fp32")
-    fixed = batch if getattr(model, "family", "hyperstyle") == "hyperstyle" else None
+    fixed = batch if family_of(model).fixed_batch_graphs else None
     return attach_backend(model, candidate.backend, candidate.precision, batch=fixed)
 
 
@@ -342,6 +343,6 @@ def configure(
     if compile:
         set_runtime(model, picked.precision, compile)
     note = picked.describe()
-    if hasattr(model, "runtime"):
+    if family_of(model).runtime:
         model.runtime.note = note
     return note + (", torch.compile" if compile else "")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from instyle.inference.io import tensor_to_pil
 from instyle.inference.preprocess import prepare_input
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel, family_of
 from instyle.utils.device import resolve_device
 
 __all__ = ["InversionResult", "Inverter"]
@@ -40,7 +40,7 @@ class Inverter:
     """Encode images into W+ and decode latents into images.
 
     Args:
-        model: a :class:`PSP`, or a path to any supported pSp checkpoint.
+        model: a pSp-family model (:class:`~instyle.models.family.InversionModel`), or a path to any supported checkpoint.
         device: ``auto``, ``cpu``, ``cuda``, ``mps`` or a torch device.
         full_resolution: decode at the generator's size instead of ``resize_to`` (256).
         precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see :mod:`instyle.models.runtime`);
@@ -53,7 +53,7 @@ class Inverter:
 
     def __init__(
         self,
-        model: PSP | str | os.PathLike,
+        model: InversionModel | str | os.PathLike,
         device: str | torch.device = "auto",
         full_resolution: bool = False,
         precision: str | None = None,
@@ -63,16 +63,16 @@ class Inverter:
         from instyle.models.runtime import set_runtime
 
         self.device = resolve_device(device)
-        from instyle.inference.offsets import uses_offsets
-
-        if not isinstance(model, PSP) and not uses_offsets(model):
+        if isinstance(model, (str, os.PathLike)):
             from instyle.interop import load_psp
 
             model = load_psp(model, device=self.device)
-        if uses_offsets(model):
+        family = family_of(model)
+        if family.encoding != "latent":
             raise ValueError(
-                "Inverter works with pSp-family models; for HyperStyle use model.encode / model.decode "
-                "(the latent comes with per-image generator offsets; see docs/hyperstyle.md)"
+                f"Inverter works with models whose latent alone re-renders the image (pSp, e4e, ReStyle); for "
+                f"{family.title} use model.encode / model.decode, or model.encode_for_render / model.synthesize (its latent "
+                f"comes with {family.encoding}; see docs/families.md)"
             )
         self.model = model.to(self.device).eval()
         if backend is not None:

@@ -1,5 +1,6 @@
-"""HyperStyle's per-image generator offsets in the shared tools (encode, edit, mix,
-interpolate): one way to encode and decode for every model.
+"""HyperStyle's per-image generator offsets: helpers of its family (checking a file's offsets
+against a model, one sample of a batch, interpolation frames). The shared tools carry them
+inside an :class:`~instyle.inference.encoding.Encoding`.
 
 For a pSp-family model the offsets are always ``None``; for a
 :class:`~instyle.models.hyperstyle.HyperStyle` they are its ``weights_deltas`` (one entry
@@ -16,15 +17,12 @@ import torch
 
 from instyle.errors import InputError
 from instyle.inference.interpolation import interpolate_path
-from instyle.models.hyperstyle import HyperStyle
+from instyle.models.family import family_of
+from instyle.models.hyperstyle import OffsetsOps
 
 __all__ = [
     "Offsets",
-    "batch_slice",
     "check_offsets",
-    "blend_offsets",
-    "decode_with_offsets",
-    "encode_with_offsets",
     "frame_offsets",
     "path_coefficients",
     "sample_offsets",
@@ -35,30 +33,8 @@ Offsets = list[torch.Tensor | None]
 
 
 def uses_offsets(model) -> bool:
-    """Whether ``model.encode`` returns ``(w_plus, weights_deltas)`` (HyperStyle)."""
-
-    return isinstance(model, HyperStyle)
-
-
-def encode_with_offsets(model, x: torch.Tensor, iterations: int | None = None) -> tuple[torch.Tensor, Offsets | None]:
-    """Images ``[B, C, S, S]`` -> ``(w_plus [B, n_styles, D], offsets or None)``.
-
-    ``iterations``: ReStyle / HyperStyle refinement steps (default the model's); other
-    models take one step (None or 1)."""
-    if uses_offsets(model):
-        return model.encode(x, iterations=iterations)
-    return model.encode(x, iterations=iterations), None
-
-
-def decode_with_offsets(
-    model, w_plus: torch.Tensor, offsets: Sequence[torch.Tensor | None] | None = None, resize: bool = False
-) -> torch.Tensor:
-    """W+ ``[B, n_styles, D]`` -> images, on the tuned generator when ``offsets`` are given."""
-    if offsets is None:
-        return model.decode(w_plus, resize=resize)
-    if not uses_offsets(model):
-        raise ValueError("these latents carry HyperStyle weight offsets; render them with a HyperStyle model")
-    return model.decode(w_plus, weights_deltas=offsets, resize=resize)
+    """Whether the model's latents carry per-image generator offsets (its family's encoding)."""
+    return family_of(model).encoding == "offsets"
 
 
 def sample_offsets(offsets: Sequence[torch.Tensor | None] | None, i: int) -> Offsets | None:
@@ -68,31 +44,11 @@ def sample_offsets(offsets: Sequence[torch.Tensor | None] | None, i: int) -> Off
     return [None if d is None else d[i : i + 1] for d in offsets]
 
 
-def batch_slice(offsets: Sequence[torch.Tensor | None] | None, start: int, stop: int) -> Offsets | None:
-    """Rows ``start:stop`` of per-sample offsets; batch-1 offsets (shared) are kept whole."""
-    if offsets is None:
-        return None
-    return [d if d is None or d.shape[0] == 1 else d[start:stop] for d in offsets]
-
-
-def blend_offsets(offsets: Sequence[Sequence[torch.Tensor | None]], weights: Sequence[float]) -> Offsets:
-    """``sum_j weights[j] * offsets[j]`` layer by layer (batch-1 offsets of several images,
-    e.g. for the frames of an interpolation); a layer untuned in any input stays None."""
-    out: Offsets = []
-    for layer in zip(*offsets):
-        if any(d is None for d in layer):
-            out.append(None)
-            continue
-        k = max(d.shape[-1] for d in layer)
-        out.append(sum(float(wj) * d.expand(*d.shape[:-2], k, k) for wj, d in zip(weights, layer)))
-    return out
-
-
 def frame_offsets(offsets: Sequence[Sequence[torch.Tensor | None]], coefficients: torch.Tensor) -> Offsets:
     """Offsets of ``F`` frames blended from ``n`` images: ``coefficients [F, n]`` (e.g. the
-    interpolation weights) -> one list with ``[F, out, in, k, k]`` entries."""
-    frames = [blend_offsets(offsets, row.tolist()) for row in coefficients]
-    return [None if layer[0] is None else torch.cat(layer) for layer in zip(*frames)]
+    interpolation weights) -> one list with ``[F, out, in, k, k]`` entries (the family's
+    :meth:`~instyle.models.hyperstyle.OffsetsOps.blend`; a layer untuned in any input stays None)."""
+    return OffsetsOps.blend([list(o) for o in offsets], coefficients)
 
 
 def path_coefficients(n: int, steps_per_segment: int) -> torch.Tensor:

@@ -26,10 +26,9 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
-from instyle.alignment import DETECTORS, align_faces
 from instyle.errors import InputError, InstyleError
+from instyle.inference.encoding import encode, render, save_encoding
 from instyle.inference.io import (
-    ImageLoadError,
     InputFile,
     load_image,
     make_grid,
@@ -37,14 +36,14 @@ from instyle.inference.io import (
     save_image,
     tensor_to_pil,
 )
-from instyle.inference.latents import save_latent
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, sample_offsets, uses_offsets
+from instyle.inference.offsets import uses_offsets
 from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, face_record, paste_result
 from instyle.inference.preprocess import align_input_face, input_preview, prepare_input
-from instyle.models.iterative import DEFAULT_ITERATIONS
+from instyle.models.family import family_of
+from instyle.models.runtime import model_precision
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.config import ConfigError
-from instyle.utils.progress import Progress, track
+from instyle.utils.progress import Progress
 
 T = TypeVar("T")
 
@@ -276,18 +275,14 @@ class EncodeOptions:
         )
 
 
-def _is_fatal(e: BaseException) -> bool:
+def is_fatal_write_error(e: BaseException) -> bool:
+    """A write error that stops the job (disk full, read-only file system, ...)."""
     return isinstance(e, OSError) and e.errno in FATAL_WRITE_ERRNOS
 
 
 def _iterations(model, asked: int | None) -> int:
-    """The refinement steps an encode ran: ReStyle's and HyperStyle's default is 5."""
-
-    if uses_offsets(model):
-        return asked or model.config.iterations
-    if getattr(model, "family", "psp") == "restyle3":  # ReStyle over StyleGAN3: the checkpoint's (3)
-        return asked or model.default_iterations
-    return (asked or DEFAULT_ITERATIONS) if getattr(model, "family", "psp") == "restyle" else 1
+    """The refinement steps an encode ran (an iterative family's default: the model's)."""
+    return family_of(model).iterations(asked, model)
 
 
 def encode_files(
@@ -349,7 +344,7 @@ def encode_files(
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
         "output_size": model.output_size if options.full_resolution else model.config.resize_to,
-        "precision": model.runtime.precision if hasattr(model, "runtime") else "fp32",
+        "precision": model_precision(model),
         "iterations": _iterations(model, options.iterations),
         "rank": rank,
         "world_size": world_size,
@@ -412,9 +407,9 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
             if batch.tensors is not None:
                 x = batch.tensors.to(device)
                 with torch.inference_mode():
-                    w, offsets = encode_with_offsets(model, x, options.iterations)
-                    y = decode_with_offsets(model, w, offsets, resize=not options.full_resolution)
-                for k, ((i, name), xi, yi, wi) in enumerate(zip(batch.items, x, y, w)):
+                    enc = encode(model, x, options.iterations)
+                    y = render(model, enc, resize=not options.full_resolution)
+                for k, ((i, name), xi, yi) in enumerate(zip(batch.items, x, y)):
                     recon = tensor_to_pil(yi)
                     want_grid = options.grid and len(grid_rows) < 16
                     preview = input_preview(xi, model.config) if options.side_by_side or want_grid else None
@@ -425,9 +420,8 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     records[i]["status"] = "encoded"
                     writer.submit(save_image, image, out / f"{name}.{options.format}", tag=i)
                     if options.save_latents:
-                        deltas = {} if offsets is None else {"weights_deltas": sample_offsets(offsets, k)}
                         latent = out / "latents" / f"{name}.{options.latent_format}"
-                        writer.submit(save_latent, latent, wi.float().cpu(), **deltas, tag=i)
+                        writer.submit(save_encoding, latent, enc[k].to("cpu"), tag=i)
                     if options.align:
                         face = faces.pop(files[i].path)
                         writer.submit(save_image, face.image, out / ALIGNED_DIR / f"{name}.png", tag=i)
@@ -438,7 +432,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                     if want_grid:
                         grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))
-            if any(_is_fatal(e) for _, e in writer.errors):
+            if any(is_fatal_write_error(e) for _, e in writer.errors):
                 stopped = True
                 break
     batches.close()
@@ -459,7 +453,7 @@ def _record_write_errors(errors, records, files, log) -> None:
     fatal_logged = False
     for i, e in errors:
         records[i].update(status="failed", error=f"could not write output: {e.strerror if isinstance(e, OSError) else e}")
-        if _is_fatal(e):
+        if is_fatal_write_error(e):
             if not fatal_logged:
                 log(f"could not write output for {files[i].path}: {e.strerror or e}; stopped (outputs written so far are complete)")
             fatal_logged = True
@@ -471,148 +465,3 @@ def _pair_grid(pairs: list[list]):
     """Input|output pairs laid out four pairs per row."""
     rows = [sum(pairs[i : i + 4], []) for i in range(0, len(pairs), 4)]
     return make_grid(rows, cell=256)
-
-
-# --------------------------------------------------------------------------- face alignment
-
-#: With ``all_faces``, at most this many faces per photo are written (largest first).
-MAX_FACES_PER_PHOTO = 16
-
-
-@dataclass
-class AlignOptions:
-    """Settings of :func:`align_files` (validated on creation)."""
-
-    size: int = 1024
-    all_faces: bool = False
-    detector: str = "auto"
-    upsample: int = 1
-    overwrite: bool = False
-    workers: int = 1
-
-    def __post_init__(self) -> None:
-
-        for key, low in (("size", 1), ("upsample", 0), ("workers", 1)):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"{key}={value!r} must be an integer >= {low}")
-        if self.detector not in DETECTORS:
-            raise ConfigError(f"detector={self.detector!r} is not one of: {', '.join(DETECTORS)}")
-
-    def outputs(self, name: str) -> list[str]:
-        """Crops written for the photo named ``name``: the largest face, then (``all_faces``) the others."""
-        extra = range(1, MAX_FACES_PER_PHOTO) if self.all_faces else []
-        return [f"{name}.png"] + [f"{name}_{k}.png" for k in extra]
-
-
-def _face_record(face, source: Path) -> dict:
-    return {
-        "source": str(source),
-        "quad": [[round(float(v), 3) for v in pt] for pt in face.quad],
-        "box": [round(float(v), 1) for v in face.detection.box],
-        "score": round(face.detection.score, 4),
-        "detector": face.detection.detector,
-    }
-
-
-def read_alignment_index(path: Path, log: Callable[[str], None]) -> dict:
-    """``alignment.json`` as ``{crop file: record}``; a corrupt one is kept aside as
-    ``alignment.json.corrupt`` and rebuilt (its crops are redone), never silently trusted."""
-    if not path.is_file():
-        return {}
-    try:
-        index = json.loads(path.read_bytes())
-        if isinstance(index, dict) and all(isinstance(r, dict) and len(r.get("quad", ())) == 4 for r in index.values()):
-            return index
-        reason = "not a {crop: record} mapping with 4-point quads"
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    backup = path.with_name(path.name + ".corrupt")
-    os.replace(path, backup)
-    log(f"{path} is corrupt ({reason}); kept as {backup.name} and rebuilt: crops without a valid record are redone")
-    return {}
-
-
-def _ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
-    """``fn`` over ``items`` in ``workers`` threads, results in order, at most ``2 * workers`` pending."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: list[Future] = []
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.pop(0).result()
-        for f in pending:
-            yield f.result()
-
-
-def _same_file(a: str, b: Path) -> bool:
-    try:
-        return Path(a).resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def align_files(files: Sequence[InputFile], out: str | os.PathLike, options: AlignOptions, *, log, progress=False) -> dict:
-    """FFHQ-align the faces of ``files`` into ``out`` (``options.workers`` photos at a time).
-
-    Each photo's crops are written atomically, then its records are added to
-    ``out/alignment.json`` (rewritten atomically), so a killed run leaves every written crop
-    either recorded or redone by the rerun: a photo is skipped only when its crop exists and
-    is recorded with this source.
-
-    Returns:
-        Counts: ``faces``, ``images``, ``resumed``, ``no_face``, ``failed``, ``seconds``.
-    """
-    try:
-        names = output_names(files, options.outputs, ["alignment.json", "alignment.json.corrupt"])
-    except ValueError as e:
-        raise OutputFolderError(str(e)) from None
-    out = prepare_output_folder(out, files, [Path(out) / o for n in names for o in options.outputs(n)])
-    index_path = out / "alignment.json"
-    index = read_alignment_index(index_path, log)
-    counts = {"faces": 0, "images": 0, "resumed": 0, "no_face": 0, "failed": 0}
-    todo = []
-    for f, name in zip(files, names):
-        record = index.get(f"{name}.png")
-        if not options.overwrite and (out / f"{name}.png").is_file() and record and _same_file(record.get("source", ""), f.path):
-            counts["resumed"] += 1
-        else:
-            todo.append((f, name))
-    t0 = time.perf_counter()
-    results = _ordered_map(lambda item: (item, *_align_one(item[0].path, options)), todo, options.workers)
-    for (f, name), faces, problem in track(results, "align", "img", total=len(todo), enabled=progress):
-        if problem is not None or not faces:
-            log(problem or f"no face found in {f.path} (try --detector cnn or --upsample 2)")
-            counts["failed" if problem else "no_face"] += 1
-            continue
-        try:
-            for file, face in zip(options.outputs(name), faces):
-                save_image(face.image, out / file)
-                index[file] = _face_record(face, f.path)
-            atomic_write_bytes(index_path, (json.dumps(index, indent=1) + "\n").encode())
-        except OSError as e:
-            log(f"could not write the crops of {f.path}: {e.strerror or e}")
-            counts["failed"] += 1
-            if _is_fatal(e):
-                break
-            continue
-        counts["faces"] += len(faces)
-        counts["images"] += 1
-    counts["seconds"] = time.perf_counter() - t0
-    return counts
-
-
-def _align_one(path: Path, options: AlignOptions):
-    """``(faces, None)`` or ``(None, one-line problem)`` for one photo."""
-
-    try:
-        faces = align_faces(
-            load_image(path), size=options.size, all_faces=options.all_faces, detector=options.detector, upsample=options.upsample
-        )
-        return faces[:MAX_FACES_PER_PHOTO], None
-    except (ImageLoadError, ValueError, OSError) as e:
-        return None, f"skipped {e if str(path) in str(e) else f'{path}: {e}'}"

@@ -44,6 +44,7 @@ from instyle.inference.io import make_grid, save_image, tensor_to_pil
 from instyle.inference.latents import save_latent
 from instyle.inference.offsets import sample_offsets, uses_offsets
 from instyle.inference.preprocess import input_preview
+from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.progress import Progress, say
 
@@ -375,7 +376,8 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
 def _restyle(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
     """ReStyle's own loop, ``config.steps`` iterations from the average image (the original's
     ``inference_iterative.py``; ``w_init`` is not used: ReStyle never starts from a code)."""
-    if getattr(model, "family", None) != "restyle":
+    family = family_of(model)
+    if not (family.iterative and family.encoding == "latent"):  # ReStyle: refines the latent alone
         kind = getattr(getattr(model, "config", None), "encoder", None)
         raise RefineError(
             f"'restyle' refinement needs a ReStyle checkpoint (an iterative encoder); this model's encoder is "
@@ -395,7 +397,7 @@ def _hyperstyle(model, target, w_init, config: RefineConfig, lpips) -> RefineRes
     if not uses_offsets(model):
         raise RefineError(
             f"'hyperstyle' refinement needs a HyperStyle checkpoint (W-encoder + hypernetwork); this is a "
-            f"{getattr(model, 'family', type(model).__name__)} model. Use 'optimize' or 'pti'."
+            f"{family_of(model).title} model. Use 'optimize' or 'pti'."
         )
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -612,7 +614,7 @@ def refine_files(
             bar.update(1)
             continue
         with torch.no_grad():
-            w = model.encode(x)[0].float() if uses_offsets(model) else model.encode(x).float()
+            w = model.encode_for_render(x)[0].float()
         result = refine(model, x, w, method, dataclasses.replace(config, progress_label=name), lpips)
         try:
             meta = {"method": method, "steps": result.steps, "source": str(path)}

@@ -2,7 +2,7 @@
 for SFE models): images or saved encodings in, images and encodings out.
 
 SFE's code is W+ plus a feature map, so its "latent file" is an encoding ``.npz``
-(:func:`instyle.models.sfe.save_encoding`); ``edit`` re-renders from it without the image.
+(:func:`instyle.models.sfe.save_encoding`, read back with :func:`instyle.inference.encoding.load_sfe_encoding`); ``edit`` re-renders from it without the image.
 Inputs are read as the original's test transform does: RGB, resized to the generator's size
 (bilinear; identity for aligned 1024 px photos), scaled to [-1, 1]. One image at a time;
 a bad input is reported and skipped, the others are still processed.
@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from instyle.errors import InstyleError
+from instyle.inference.encoding import load_sfe_encoding as load_encoding
 from instyle.inference.io import caption, make_grid, save_image
 from instyle.inference.preprocess import align_input
 from instyle.inference.sfe_editing import edit_fn
-from instyle.models.sfe import SFE, SFEEncoding, load_encoding, save_encoding
+from instyle.models.sfe import SFE, SFEEncoding, save_encoding
 from instyle.utils.atomic import atomic_path
 from instyle.utils.image import pil_to_tensor, tensor_to_pil
 from instyle.utils.image_file import load_image

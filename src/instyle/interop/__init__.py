@@ -7,7 +7,6 @@ Readers never execute code from a file; converters are pure key-mapping function
 
 from instyle.errors import CheckpointError
 from instyle.interop.loading import (
-    PUBLISHED_CHECKPOINTS,
     cache_dir,
     detect_format,
     load_generator,
@@ -22,7 +21,6 @@ from instyle.interop.loading import (
 from instyle.interop.safe_load import safe_torch_load
 
 __all__ = [
-    "PUBLISHED_CHECKPOINTS",
     "CheckpointError",
     "cache_dir",
     "detect_format",

@@ -10,34 +10,47 @@ weights; the two must agree, or the file is refused naming both sides.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from instyle.errors import CheckpointError
 from instyle.interop.keymaps import (
-    DATASET_TYPE_TO_TASK,
     ArchitectureError,
     encoder_config_from_state_dict,
     generator_config_from_state_dict,
     psp_config_from_official,
     strip_prefix,
+    task_for_dataset_type,
 )
-from instyle.models.psp import PSPConfig
+from instyle.interop.published import Published, register_published
+from instyle.interop.readers import OfficialReader, register_reader
+from instyle.models.own_format import build_empty, load_state_checked
+from instyle.models.psp import PSP, PSPConfig
 from instyle.models.registry import encoder_class, list_encoders
 
-__all__ = ["FAMILY_CHECKPOINTS", "detect_family", "config_from_official"]
+__all__ = ["check_expected", "config_from_official", "detect_family", "psp_from_checkpoint", "read_official_psp"]
 
 E4E_DOWNLOADS = "https://github.com/omertov/encoder4editing#pretrained-models"
 RESTYLE_DOWNLOADS = "https://github.com/yuval-alaluf/restyle-encoder#pretrained-models"
 
-#: The checkpoints published by the e4e and ReStyle authors (file name -> facts from their
-#: READMEs). Informational: the architecture of a file is always read from the file.
-FAMILY_CHECKPOINTS: dict[str, dict] = {
-    "e4e_ffhq_encode.pt": {"family": "e4e", "domain": "faces (FFHQ)", "output_size": 1024, "url": E4E_DOWNLOADS},
-    "e4e_cars_encode.pt": {"family": "e4e", "domain": "cars", "output_size": 512, "url": E4E_DOWNLOADS},
-    "e4e_horse_encode.pt": {"family": "e4e", "domain": "horses", "output_size": 256, "url": E4E_DOWNLOADS},
-    "e4e_church_encode.pt": {"family": "e4e", "domain": "churches", "output_size": 256, "url": E4E_DOWNLOADS},
-}
+PSP_DOWNLOADS = "https://github.com/eladrich/pixel2style2pixel#pretrained-models"
+
+# The pSp README's table of pretrained models: (file, dataset_type, input channels).
+_PSP = (
+    ("psp_ffhq_encode.pt", "ffhq_encode", 3),
+    ("psp_ffhq_frontalization.pt", "ffhq_frontalize", 3),
+    ("psp_celebs_sketch_to_face.pt", "celebs_sketch_to_face", 1),
+    ("psp_celebs_seg_to_face.pt", "celebs_seg_to_face", 19),
+    ("psp_celebs_super_resolution.pt", "celebs_super_resolution", 3),
+    ("psp_ffhq_toonify.pt", "toonify", 3),
+)
+# e4e's README: (file stem, domain, generator size).
+_E4E = (("ffhq_encode", "faces (FFHQ)", 1024), ("cars_encode", "cars", 512), ("horse_encode", "horses", 256),
+        ("church_encode", "churches", 256))
 _RESTYLE = {  # (variant, file stem) -> (domain, generator size); ReStyle's README tables
     ("psp", "ffhq_encode"): ("faces (FFHQ)", 1024),
     ("psp", "cars_encode"): ("cars", 512),
@@ -50,10 +63,20 @@ _RESTYLE = {  # (variant, file stem) -> (domain, generator size); ReStyle's READ
     ("e4e", "afhq_wild_encode"): ("wild animals (AFHQ wild)", 512),
     ("e4e", "horse_encode"): ("horses", 256),
 }
-for (_variant, _stem), (_domain, _size) in _RESTYLE.items():
-    FAMILY_CHECKPOINTS[f"restyle_{_variant}_{_stem}.pt"] = {
-        "family": "restyle", "variant": _variant, "domain": _domain, "output_size": _size, "url": RESTYLE_DOWNLOADS,
-    }
+def _psp_domain(dataset_type: str) -> str:
+    if dataset_type == "toonify":
+        return "faces -> toons"
+    return "faces (CelebA-HQ)" if dataset_type.startswith("celebs") else "faces (FFHQ)"
+
+
+register_published(
+    *(Published(name, "psp", task_for_dataset_type(dt), _psp_domain(dt), 1024, PSP_DOWNLOADS, input_nc=nc,
+                dataset_type=dt, config="psp_ffhq_1024") for name, dt, nc in _PSP),
+    *(Published(f"e4e_{stem}.pt", "e4e", task_for_dataset_type(stem), domain, size, E4E_DOWNLOADS, dataset_type=stem)
+      for stem, domain, size in _E4E),
+    *(Published(f"restyle_{variant}_{stem}.pt", "restyle", task_for_dataset_type(stem), domain, size, RESTYLE_DOWNLOADS,
+                dataset_type=stem, note=f"{variant} encoder") for (variant, stem), (domain, size) in _RESTYLE.items()),
+)
 
 
 def detect_family(opts: Mapping) -> str:
@@ -72,14 +95,6 @@ def detect_family(opts: Mapping) -> str:
     except ValueError:
         return "psp"  # the pSp reader names the unknown type
     return "psp" if "psp" in families else families[0]
-
-
-def _task(dataset_type: str | None) -> str:
-    if not dataset_type:
-        return "inversion"
-    if dataset_type in DATASET_TYPE_TO_TASK:
-        return DATASET_TYPE_TO_TASK[dataset_type]
-    return "inversion" if dataset_type.endswith("_encode") else "image2image"
 
 
 def _check_opt(opts: Mapping, key: str, value, what: str) -> None:
@@ -138,6 +153,98 @@ def config_from_official(
         notes.append(f"cars model: {enc.input_size}x{enc.input_height} inputs, outputs cropped to rows {crop[0]}:{crop[1]}")
     config = PSPConfig(
         encoder=enc, generator=gen, start_from_latent_avg=bool(start), learn_in_w=False,
-        task=_task(opts.get("dataset_type")), family=family, output_crop=crop,
+        task=task_for_dataset_type(opts.get("dataset_type")), family=family, output_crop=crop,
     )
     return config, notes
+
+
+def _official_latent_avg(ckpt: Mapping, source: Any = "checkpoint") -> torch.Tensor | None:
+    avg = ckpt.get("latent_avg")
+    if avg is None:
+        return None
+    if not isinstance(avg, torch.Tensor):
+        raise CheckpointError(f"{source}: 'latent_avg' is a {type(avg).__name__}, expected a tensor")
+    return avg.float()
+
+
+def read_official_psp(ckpt: Mapping, source: Any = "checkpoint") -> tuple[PSPConfig, dict, torch.Tensor | None, list[str]]:
+    """Pure conversion of a loaded official pSp checkpoint object.
+
+    Returns:
+        ``(config, state_dict, latent_avg or None, notes)``; the state dict keys are
+        already instyle's (the official names are kept as they are).
+    """
+    sd = ckpt.get("state_dict")
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{source}: no 'state_dict' in this pSp checkpoint")
+    opts = ckpt.get("opts")
+    if opts is not None and not isinstance(opts, Mapping):
+        opts = vars(opts) if hasattr(opts, "__dict__") else None
+    try:
+        config, notes = config_from_official(sd, opts, "latent_avg" in ckpt)
+    except (ArchitectureError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    state = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder."))}
+    return config, state, _official_latent_avg(ckpt, source), notes
+
+
+def check_expected(config: Any, expected: Any, source: Any) -> None:
+    """Refuse a file whose architecture differs from ``expected`` (None: anything goes)."""
+    if expected is None:
+        return
+    if type(config) is not type(expected):
+        raise CheckpointError(f"{source}: holds a {type(config).__name__}, expected a {type(expected).__name__}")
+    a, b = config.to_dict(), expected.to_dict()
+    diffs = []
+    for section in ("encoder", "generator"):
+        for k in sorted(set(a[section]) | set(b[section])):
+            if a[section].get(k) != b[section].get(k):
+                diffs.append(f"{section}.{k}: file {a[section].get(k)!r} vs expected {b[section].get(k)!r}")
+    if diffs:
+        raise CheckpointError(f"{source}: architecture differs from the expected one: " + "; ".join(diffs[:5]))
+
+
+
+def is_psp_checkpoint(obj: Any) -> bool:
+    """A pSp-layout checkpoint (pSp, e4e, ReStyle): ``state_dict`` with ``encoder.*`` tensors."""
+    sd = obj.get("state_dict") if isinstance(obj, Mapping) else None
+    return isinstance(sd, Mapping) and any(str(k).startswith("encoder.") for k in sd)
+
+
+def psp_from_checkpoint(ckpt: Mapping, p: Path, resolve: Any = Path, expected: PSPConfig | None = None) -> PSP:
+    """A :class:`PSP` (CPU, eval) from a loaded official pSp, e4e or ReStyle checkpoint."""
+    config, state, latent_avg, notes = read_official_psp(ckpt, p)
+    check_expected(config, expected, p)
+    model = build_empty(PSP, config)
+    try:
+        avg = model.normalize_latent_avg(latent_avg if latent_avg is not None else torch.zeros(1, config.generator.style_dim))
+    except ValueError as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    load_state_checked(model, {**state, "latent_avg": avg}, p, assign=True)
+    if latent_avg is None and config.start_from_latent_avg:
+        warnings.warn(f"{p}: start_from_latent_avg is set but the file has no latent_avg; estimating it with mean_latent(4096, seed=0)", stacklevel=5)
+        avg = model.decoder.mean_latent(4096, seed=0)
+    for note in notes:
+        warnings.warn(f"{p}: {note}", stacklevel=5)
+    # Without start_from_latent_avg the decoder's average stays unknown (load_generator estimates it).
+    model.set_latent_avg(avg)
+    model.source = str(p)
+    return model.eval()
+
+
+def _peek(ckpt: Mapping) -> str | None:
+    opts = ckpt.get("opts")
+    opts = opts if isinstance(opts, Mapping) else vars(opts) if hasattr(opts, "__dict__") else None
+    return detect_family(opts) if opts is not None else None
+
+
+def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | None]:
+    _, state, latent_avg, _ = read_official_psp(ckpt, source)
+    return strip_prefix(state, "decoder."), latent_avg
+
+
+register_reader(OfficialReader(
+    family="psp", format="psp", recognise=is_psp_checkpoint,
+    read=lambda ckpt, p, resolve=Path, expected=None: psp_from_checkpoint(ckpt, p, resolve, expected),
+    generator=_generator_part, peek=_peek,
+))

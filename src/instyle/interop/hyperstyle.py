@@ -27,6 +27,8 @@ from instyle.interop.keymaps import (
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.published import Published, published, register_published
+from instyle.interop.readers import OfficialReader, register_reader
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.encoders.hypernetwork import HYPERNET_TYPES, SHARED_LAYERS, HyperNetConfig, weight_layer_shapes
 from instyle.models.encoders.w_encoder import WEncoderConfig
@@ -35,7 +37,6 @@ from instyle.models.own_format import build_empty, load_state_checked
 from instyle.models.stylegan2 import GeneratorConfig
 
 __all__ = [
-    "PUBLISHED_HYPERSTYLE",
     "is_hyperstyle_checkpoint",
     "hypernet_config_from_state_dict",
     "read_official_hyperstyle",
@@ -43,12 +44,16 @@ __all__ = [
     "hyperstyle_from_checkpoint",
 ]
 
-#: The published HyperStyle checkpoints and the W-encoder file each one needs.
-PUBLISHED_HYPERSTYLE: dict[str, dict[str, Any]] = {
-    "hyperstyle_ffhq.pt": {"domain": "faces", "output_size": 1024, "w_encoder": "faces_w_encoder.pt"},
-    "hyperstyle_cars.pt": {"domain": "cars", "output_size": 512, "w_encoder": "cars_w_encoder.pt"},
-    "hyperstyle_afhq_wild.pt": {"domain": "AFHQ wild", "output_size": 512, "w_encoder": "afhq_wild_w_encoder.pt"},
-}
+HYPERSTYLE_DOWNLOADS = "https://github.com/yuval-alaluf/hyperstyle#pretrained-models"
+# The published HyperStyle checkpoints and the W-encoder file each one needs.
+register_published(*(
+    Published(name, "hyperstyle", "inversion", domain, size, HYPERSTYLE_DOWNLOADS, companions={"w_encoder": w})
+    for name, domain, size, w in (
+        ("hyperstyle_ffhq.pt", "faces (FFHQ)", 1024, "faces_w_encoder.pt"),
+        ("hyperstyle_cars.pt", "cars", 512, "cars_w_encoder.pt"),
+        ("hyperstyle_afhq_wild.pt", "wild animals (AFHQ wild)", 512, "afhq_wild_w_encoder.pt"),
+    )
+))
 SHARED_PARAMS = ("w1", "b1", "w2", "b2")
 
 
@@ -244,9 +249,9 @@ def hyperstyle_from_checkpoint(
     gen, hyper, state, latent_avg, opts = read_official_hyperstyle(ckpt, source)
     if w_encoder is None:
         hint = opts.get("w_encoder_checkpoint_path")
-        published = PUBLISHED_HYPERSTYLE.get(Path(str(source)).name)
-        if published:
-            hint = f"{published['w_encoder']}, published with it"
+        entry = published(Path(str(source)).name)
+        if entry is not None and "w_encoder" in entry.companions:
+            hint = f"{entry.companions['w_encoder']}, published with it"
         raise CheckpointError(
             f"{source} is a HyperStyle checkpoint: it needs its W-encoder file, which it does not contain"
             + (f" ({hint!r})" if hint else "")
@@ -272,3 +277,16 @@ def hyperstyle_from_checkpoint(
     model.source = str(source)
     model.w_encoder_source = str(w_path)
     return model.eval()
+
+
+def _generator_part(ckpt: Mapping, source: Any) -> tuple[dict, torch.Tensor | None]:
+    """The tuned generator before any per-image offsets, and its average latent."""
+    avg = ckpt.get("latent_avg")
+    return strip_prefix(ckpt["state_dict"], "decoder."), avg.float() if isinstance(avg, torch.Tensor) else None
+
+
+register_reader(OfficialReader(
+    family="hyperstyle", format="hyperstyle", recognise=is_hyperstyle_checkpoint, priority=10,
+    read=lambda ckpt, p, resolve=Path, expected=None, w_encoder=None: hyperstyle_from_checkpoint(ckpt, p, w_encoder, resolve),
+    generator=_generator_part,
+))

@@ -23,6 +23,7 @@ __all__ = [
     "generator_config_from_state_dict",
     "encoder_config_from_state_dict",
     "psp_config_from_official",
+    "task_for_dataset_type",
 ]
 
 #: Official ``opts['dataset_type']`` values and the instyle task preset they correspond to.
@@ -35,6 +36,17 @@ DATASET_TYPE_TO_TASK = {
     "ffhq_aging": "image2image",
     "toonify": "image2image",
 }
+
+
+def task_for_dataset_type(dataset_type: str | None) -> str:
+    """The one rule from an official ``opts['dataset_type']`` to an instyle task name: none
+    given -> ``inversion``; a known type -> its task (:data:`DATASET_TYPE_TO_TASK`); another
+    ``*_encode`` type (cars, churches, horses, ...) -> ``inversion``; anything else -> ``image2image``."""
+    if not dataset_type:
+        return "inversion"
+    if dataset_type in DATASET_TYPE_TO_TASK:
+        return DATASET_TYPE_TO_TASK[dataset_type]
+    return "inversion" if str(dataset_type).endswith("_encode") else "image2image"
 
 
 class ArchitectureError(InstyleError, ValueError):
@@ -200,7 +212,7 @@ def psp_config_from_official(
         notes.append(f"opts has no 'start_from_latent_avg'; using {start} (latent_avg {'present' if has_latent_avg else 'absent'})")
     start = bool(start)
     dataset_type = opts.get("dataset_type", "ffhq_encode")
-    task = DATASET_TYPE_TO_TASK.get(dataset_type, "image2image")
+    task = task_for_dataset_type(dataset_type)
     label_nc = int(opts.get("label_nc") or 0)
     return (
         PSPConfig(

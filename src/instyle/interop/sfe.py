@@ -38,21 +38,27 @@ from instyle.interop.keymaps import (
     generator_config_from_state_dict,
     strip_prefix,
 )
+from instyle.interop.published import Published, register_published
+from instyle.interop.readers import OfficialReader, register_reader
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, check_finite, load_state_checked
 from instyle.models.sfe import SFE, SFEConfig, feature_resolution
 
-__all__ = ["PUBLISHED_SFE", "is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "sfe_config_from_state_dict", "sfe_from_checkpoint",
-           "read_e4e_file"]
+__all__ = ["is_sfe_checkpoint", "is_sfe_inverter_checkpoint", "read_e4e_file", "sfe_config_from_state_dict",
+           "sfe_from_checkpoint"]
 
-#: The published SFE files and what each needs (``configs/paths.py`` of the original).
-PUBLISHED_SFE: dict[str, dict[str, Any]] = {
-    "sfe_editor_light.pt": {"what": "inverter + feature editor (both phases)", "loads": True},
-    "sfe_inverter_light.pt": {"what": "inverter only (phase 1; no feature editor, inversion only)", "loads": True},
-}
 E4E_FILE = "e4e_ffhq_encode.pt"
 GENERATOR_FILE = "stylegan2-ffhq-config-f.pt"
 SOURCE = "https://github.com/ControlGenAI/StyleFeatureEditor#getting-started"
+# The published SFE files (``configs/paths.py`` of the original) and what each needs.
+register_published(*(
+    Published(name, "sfe", "inversion", "faces (FFHQ)", 1024, SOURCE, note=note,
+              companions={"e4e": E4E_FILE, "generator": GENERATOR_FILE})
+    for name, note in (
+        ("sfe_editor_light.pt", "inverter + feature editor (both phases)"),
+        ("sfe_inverter_light.pt", "inverter only (phase 1; no feature editor, inversion only)"),
+    )
+))
 
 
 def _state(obj: Any) -> Mapping | None:
@@ -258,3 +264,10 @@ def _adopt_latent_avg(model: SFE, latent_avg: torch.Tensor, source: Any) -> None
     left = [k for k, v in model.state_dict().items() if v.is_meta]
     if left:  # every part must have come from a file
         raise CheckpointError(f"{source}: the SFE model lacks weights for {left[:3]}")
+
+
+register_reader(OfficialReader(
+    family="sfe", format="sfe", priority=20,
+    recognise=lambda obj: is_sfe_checkpoint(obj) or is_sfe_inverter_checkpoint(obj),
+    read=lambda ckpt, p, resolve=Path, expected=None, e4e=None, generator=None: sfe_from_checkpoint(ckpt, p, e4e, generator, resolve),
+))

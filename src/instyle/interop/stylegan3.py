@@ -22,6 +22,8 @@ import torch
 from instyle.errors import CheckpointError
 from instyle.interop.keymaps import ArchitectureError, encoder_config_from_state_dict, strip_prefix
 from instyle.interop.nvidia import select_generator
+from instyle.interop.published import Published, register_published
+from instyle.interop.readers import OfficialReader, register_reader
 from instyle.interop.restricted_pickle import PersistentObject, read_pickle
 from instyle.interop.safe_load import safe_torch_load
 from instyle.models.own_format import build_empty, is_own_format, load_state_checked, read_config
@@ -31,7 +33,6 @@ from instyle.utils.config import ConfigError
 
 __all__ = [
     "TRANSFORM_KEY",
-    "STYLEGAN3_FILES",
     "is_stylegan3_state_dict",
     "stylegan3_config_from_state_dict",
     "stylegan3_from_state_dict",
@@ -47,17 +48,19 @@ TRANSFORM_KEY = "synthesis.input.transform"
 _LAYER = re.compile(r"synthesis\.L(\d{1,3})_(\d{1,5})_(\d{1,5})\.weight")
 
 SG3_EDITING = "https://github.com/yuval-alaluf/stylegan3-editing#pretrained-models"
-#: Files published with stylegan3-editing (informational; the architecture is read from each file).
-STYLEGAN3_FILES: dict[str, dict] = {
-    "restyle_pSp_ffhq.pt": {"kind": "encoder", "family": "ReStyle-pSp", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
-    "restyle_e4e_ffhq.pt": {"kind": "encoder", "family": "ReStyle-e4e", "generator": "sg3-r-ffhq-1024.pt", "url": SG3_EDITING},
-    "sg3-r-ffhq-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ (aligned)", "url": SG3_EDITING},
-    "sg3-r-ffhqu-1024.pt": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ-U (unaligned)", "url": SG3_EDITING},
-    "stylegan3-r-ffhq-1024x1024.pkl": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ (aligned)",
-                                       "url": "https://github.com/NVlabs/stylegan3"},
-    "stylegan3-r-ffhqu-1024x1024.pkl": {"kind": "generator", "config": "R", "size": 1024, "domain": "FFHQ-U (unaligned)",
-                                        "url": "https://github.com/NVlabs/stylegan3"},
-}
+# Files published with stylegan3-editing and NVIDIA (informational; the architecture is read from each file).
+register_published(
+    *(Published(f"restyle_{v}_ffhq.pt", "restyle3", "inversion", "faces (FFHQ, aligned)", 1024, SG3_EDITING,
+                note=f"ReStyle-{v}, 3 iterations; its own decoder, or generator=sg3-r-ffhq-1024.pt")
+      for v in ("pSp", "e4e")),
+    *(Published(name, "generator", "generation", domain, 1024, url, note="StyleGAN3-R generator")
+      for name, domain, url in (
+          ("sg3-r-ffhq-1024.pt", "faces (FFHQ, aligned)", SG3_EDITING),
+          ("sg3-r-ffhqu-1024.pt", "faces (FFHQ-U, unaligned)", SG3_EDITING),
+          ("stylegan3-r-ffhq-1024x1024.pkl", "faces (FFHQ, aligned)", "https://github.com/NVlabs/stylegan3"),
+          ("stylegan3-r-ffhqu-1024x1024.pkl", "faces (FFHQ-U, unaligned)", "https://github.com/NVlabs/stylegan3"),
+      )),
+)
 
 
 def is_stylegan3_state_dict(sd: Any, prefix: str = "") -> bool:
@@ -321,3 +324,10 @@ def restyle3_from_checkpoint(ckpt: Any, p: Any, generator: str | os.PathLike | N
     if generator is not None:
         model.replace_generator(load_stylegan3_generator(generator))
     return model.eval()
+
+
+register_reader(OfficialReader(
+    family="restyle3", format="restyle3", recognise=is_restyle3_checkpoint, priority=15,
+    read=lambda ckpt, p, resolve=Path, expected=None, generator=None: restyle3_from_checkpoint(ckpt, p, generator),
+    own=lambda p, generator=None: load_restyle3(p, generator),
+))

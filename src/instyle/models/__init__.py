@@ -6,6 +6,7 @@ from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.psp import FAMILIES, PSP, PSPConfig
 from instyle.models.registry import build_encoder, get_config, list_configs, list_encoders
 from instyle.models.restyle3 import ReStyle3, ReStyle3Config
+from instyle.models.sfe import SFE, SFEConfig  # noqa: F401  (registers its family)
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 

@@ -16,6 +16,7 @@ offset is constant over the kernel window) or ``None`` for untuned layers.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from instyle.models.encoders.hypernetwork import HyperNetConfig, HyperNetwork, weight_layer_shapes
 from instyle.models.encoders.w_encoder import WEncoder, WEncoderConfig
+from instyle.models.family import DEFAULT_ITERATIONS, Family, register_family  # the original's n_iters_per_batch
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError, check_positive_int, from_dict
@@ -39,8 +41,6 @@ __all__ = [
     "compact_deltas",
 ]
 
-#: ``--n_iters_per_batch`` default of the original inference script.
-DEFAULT_ITERATIONS = 5
 WeightsDeltas = list[torch.Tensor | None]
 
 
@@ -150,6 +150,7 @@ class HyperStyle(nn.Module):
     random_weights: bool = False
     #: Another runtime for ``encode`` / ``decode`` (``instyle.export.backends.attach_backend``); None: PyTorch.
     backend = None
+    family = "hyperstyle"
 
     def __init__(self, config: HyperStyleConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
@@ -177,6 +178,29 @@ class HyperStyle(nn.Module):
     @property
     def input_nc(self) -> int:
         return 3
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """``(height, width)`` of the input images (``3S/4 x S`` for the cars models)."""
+        s = self.config.resize_to
+        return (s * 3 // 4 if self.config.crop_cars else s, s)
+
+    def describe(self) -> str:
+        """One line for people: hypernetwork, tuned layers, sizes."""
+        hyper = self.config.hypernet
+        return (
+            f"HyperStyle model: {hyper.type}, {len(hyper.layers_to_tune)} tuned layers, "
+            f"output {self.output_size}px, {self.n_styles} styles"
+        )
+
+    @property
+    def default_iterations(self) -> int:
+        """Refinement steps of ``encode`` when none are asked (``config.iterations``)."""
+        return self.config.iterations
+
+    @default_iterations.setter
+    def default_iterations(self, n: int) -> None:
+        self.config = dataclasses.replace(self.config, iterations=n)
 
     def normalize_latent_avg(self, latent_avg: torch.Tensor) -> torch.Tensor:
         """``[512]``, ``[1, 512]`` or ``[n_styles, 512]`` -> ``[n_styles, 512]``."""
@@ -265,6 +289,17 @@ class HyperStyle(nn.Module):
         if return_all:
             return [result.w_plus] * len(result.weights_deltas), result.weights_deltas
         return result.w_plus, result.weights_deltas[-1]
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: the extra is the per-image generator offsets (``weights_deltas``);
+        ``return_all``: both lists, one entry per refinement step."""
+        return self.encode(x, iterations=iterations, return_all=return_all)
+
+    def synthesize(self, w_plus: torch.Tensor, extra=None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus`` on the generator tuned by ``extra`` (None: the plain generator)."""
+        return self.decode(w_plus, weights_deltas=extra, resize=resize)
 
     # ----------------------------------------------------------------- original forward
 
@@ -375,3 +410,40 @@ def compact_deltas(weights_deltas: Sequence[torch.Tensor | None]) -> WeightsDelt
             d = d[..., :1, :1].contiguous()
         out.append(d)
     return out
+
+
+class OffsetsOps:
+    """:class:`~instyle.models.family.ExtraOps` of HyperStyle's offsets (``weights_deltas``: one
+    ``[B or 1, out, in, k or 1, k or 1]`` tensor or None per generator weight layer)."""
+
+    @staticmethod
+    def take(extra: WeightsDeltas, index: slice) -> WeightsDeltas:
+        return [d if d is None or d.shape[0] == 1 else d[index] for d in extra]
+
+    @staticmethod
+    def cat(extras: list[WeightsDeltas]) -> WeightsDeltas:
+        return [None if layer[0] is None else torch.cat(layer) for layer in zip(*extras)]
+
+    @staticmethod
+    def blend(extras: list[WeightsDeltas], weights: torch.Tensor) -> WeightsDeltas:
+        out: WeightsDeltas = []
+        for layer in zip(*extras):
+            if any(d is None for d in layer):  # a layer untuned in any input stays untuned
+                out.append(None)
+                continue
+            k = max(d.shape[-1] for d in layer)
+            stack = torch.cat([d.expand(*d.shape[:-2], k, k) for d in layer])  # [n, out, in, k, k]
+            out.append(torch.einsum("fn,n...->f...", weights.to(stack), stack))
+        return out
+
+    @staticmethod
+    def to(extra: WeightsDeltas, device) -> WeightsDeltas:
+        return [d if d is None else d.to(device) for d in extra]
+
+
+register_family(Family(
+    name="hyperstyle", title="HyperStyle", model_class=HyperStyle, config_class=HyperStyleConfig, kind="hyperstyle",
+    encoding="offsets", iterative=True, default_iterations=DEFAULT_ITERATIONS, runtime=False,
+    companions={"w_encoder": "the W-encoder (an e4e or pSp-in-W checkpoint) it starts from"},
+    fixed_batch_graphs=True, exportable=True, extra_ops=OffsetsOps(), reader="instyle.interop.hyperstyle",
+))

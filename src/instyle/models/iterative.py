@@ -15,8 +15,7 @@ import torch.nn.functional as F
 
 __all__ = ["DEFAULT_ITERATIONS", "average_image", "refine"]
 
-#: The original's ``n_iters_per_batch`` default at inference.
-DEFAULT_ITERATIONS = 5
+from instyle.models.family import DEFAULT_ITERATIONS  # the original's n_iters_per_batch at inference
 
 
 def average_image(model) -> torch.Tensor:

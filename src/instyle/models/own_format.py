@@ -2,7 +2,7 @@
 
 ``config.json``::
 
-    {"format": "instyle", "kind": "psp" | "generator" | "hyperstyle" | "sfe", "version": 1,
+    {"format": "instyle", "kind": "generator" | "stylegan3" | a model family's kind, "version": 1,
      "config": {...architecture...}, "metadata": {...free-form provenance...},
      "random_weights": false}
 
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from instyle.errors import CheckpointError
+from instyle.models.family import family_for_kind, model_kinds
 from instyle.utils.atomic import atomic_path
 from instyle.utils.files import open_regular_file, read_json_file
 
@@ -52,7 +53,14 @@ __all__ = [
 
 FORMAT_VERSION = 1
 #: The model kinds a directory may hold (``config.json``'s ``kind``).
-KINDS = ("psp", "generator", "hyperstyle", "sfe", "stylegan3", "restyle3")
+#: The generator kinds a directory may hold; the model kinds come from the family registry
+#: (:func:`model_kinds`): ``config.json``'s ``kind`` is one of :func:`kinds`.
+GENERATOR_KINDS = ("generator", "stylegan3")
+
+
+def kinds() -> tuple[str, ...]:
+    """Every ``kind`` an own-format directory may hold."""
+    return (*GENERATOR_KINDS, *model_kinds())
 CONFIG_NAME = "config.json"
 #: Largest ``config.json`` read (real ones are a few KB).
 MAX_CONFIG_BYTES = 1 << 20
@@ -90,8 +98,8 @@ def write_pretrained(
 def read_config(directory: str | Path) -> dict:
     path = Path(directory) / CONFIG_NAME
     doc = read_json_file(path, "instyle config", CheckpointError, max_bytes=MAX_CONFIG_BYTES)
-    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in KINDS:
-        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind {'|'.join(KINDS)})")
+    if not isinstance(doc, dict) or doc.get("format") != "instyle" or doc.get("kind") not in kinds():
+        raise CheckpointError(f"{path}: not an instyle model config (expected format 'instyle', kind {'|'.join(kinds())})")
     for key, types, words in (("version", int, "an integer"), ("config", dict, "a JSON object"),
                               ("metadata", dict, "a JSON object"), ("random_weights", bool, "true or false")):
         value = doc.get(key, {"version": 0, "config": {}, "metadata": {}, "random_weights": False}[key])
@@ -130,9 +138,8 @@ def read_pretrained(directory: str | Path, kind: str) -> tuple[dict, dict[str, t
         )
     doc = read_config(directory)
     if doc["kind"] != kind:
-        names = {"psp": "pSp model", "generator": "generator", "hyperstyle": "HyperStyle model",
-                 "sfe": "StyleFeatureEditor model", "stylegan3": "StyleGAN3 generator",
-                 "restyle3": "ReStyle model over StyleGAN3"}
+        names = {"psp": "pSp model", "generator": "generator", "stylegan3": "StyleGAN3 generator"}
+        names.update({k: f"{family_for_kind(k).title} model" for k in model_kinds() if k not in names})
         hint = "instyle.load_generator" if doc["kind"] in ("generator", "stylegan3") else "instyle.load"
         raise CheckpointError(
             f"{directory}: this is a {names[doc['kind']]}, not a {names[kind]}; load it with {hint}"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
+from instyle.models.family import Family, get_family, register_family
 from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, encoder_class, register_config
@@ -217,6 +218,13 @@ class PSP(nn.Module):
     def input_size(self) -> int:
         return self.config.encoder.input_size
 
+    def describe(self) -> str:
+        """One line for people: family, encoder, sizes, task."""
+        return (
+            f"{get_family(self.family).title} model: {self.config.encoder.type}, input {self.input_nc}x{self.input_size}px, "
+            f"output {self.output_size}px, {self.n_styles} styles, task {self.config.task}"
+        )
+
     @property
     def output_size(self) -> int:
         return self.config.output_size
@@ -311,6 +319,23 @@ class PSP(nn.Module):
         if codes.ndim == 2:
             codes = codes.unsqueeze(1).repeat(1, self.n_styles, 1)
         return [codes] if return_all else codes
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)`` of :class:`~instyle.models.family.InversionModel`: nothing
+        beyond W+ is needed to re-render a pSp-family latent (``return_all``: both lists, one
+        entry per refinement step)."""
+        if return_all:
+            steps = self.encode(x, iterations=iterations, return_all=True)
+            return steps, [None] * len(steps)
+        return self.encode(x, iterations=iterations), None
+
+    def synthesize(self, w_plus: torch.Tensor, extra=None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus`` (``extra`` must be None: latents of this family carry nothing else)."""
+        if extra is not None:
+            raise ValueError("these latents carry another family's data (e.g. HyperStyle offsets); render them with that model")
+        return self.decode(w_plus, resize=resize)
 
     def decode(
         self,
@@ -470,3 +495,11 @@ def _quickstart() -> PSPConfig:
     )
     enc = EncoderConfig(n_styles=gen.n_latent, style_dim=128, widths=(16, 32, 64, 128))
     return PSPConfig(encoder=enc, generator=gen)
+
+
+register_family(Family(name="psp", title="pSp", model_class=PSP, config_class=PSPConfig, kind="psp", reader="instyle.interop.families", exportable=True))
+register_family(Family(name="e4e", title="e4e", model_class=PSP, config_class=PSPConfig, kind="psp", reader="instyle.interop.families", exportable=True))
+register_family(Family(
+    name="restyle", title="ReStyle", model_class=PSP, config_class=PSPConfig, kind="psp",
+    iterative=True, default_iterations=DEFAULT_ITERATIONS, reader="instyle.interop.families", exportable=True,
+))

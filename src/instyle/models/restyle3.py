@@ -16,6 +16,7 @@ input channels, one style per StyleGAN3 w: 16 at every resolution); the decoder 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
@@ -106,6 +108,8 @@ class ReStyle3(nn.Module):
     """
 
     family = "restyle3"
+    #: True for a randomly initialised (untrained) model (the family protocol's flag).
+    random_weights: bool = False
 
     def __init__(self, config: ReStyle3Config | None = None):
         super().__init__()
@@ -135,6 +139,35 @@ class ReStyle3(nn.Module):
     @property
     def default_iterations(self) -> int:
         return self.config.iterations
+
+    @default_iterations.setter
+    def default_iterations(self, n: int) -> None:
+        self.config = dataclasses.replace(self.config, iterations=n)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return (self.input_size, self.input_size)
+
+    def describe(self) -> str:
+        """One line for people: variant, sizes."""
+        return (
+            f"ReStyle over StyleGAN3 (ReStyle-{self.config.variant}): input 6x{self.config.encoder.input_size}px, "
+            f"output {self.output_size}px, {self.n_styles} styles"
+        )
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: a latent re-renders alone (a rendering transform is the caller's
+        choice); ``return_all``: both lists, one entry per iteration."""
+        if return_all:
+            steps = self.encode(x, iterations=iterations, return_all=True)
+            return steps, [None] * len(steps)
+        return self.encode(x, iterations=iterations), None
+
+    def synthesize(self, w_plus: torch.Tensor, extra: torch.Tensor | None = None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus``; ``extra``: an optional ``[3, 3]`` / ``[B, 3, 3]`` rendering transform."""
+        return self.decode(w_plus, transform=extra, resize=resize)
 
     def replace_generator(self, generator: StyleGAN3Generator) -> None:
         """Use ``generator`` instead of the checkpoint's decoder (the original's
@@ -222,3 +255,32 @@ class ReStyle3(nn.Module):
         model = adopt_state(cls, lambda: ReStyle3Config.from_dict(doc["config"]), tensors, Path(directory))
         model.metadata = doc.get("metadata", {})
         return model.to(resolve_device(device)).eval()
+
+
+class TransformOps:
+    """:class:`~instyle.models.family.ExtraOps` of a rendering transform (``[3, 3]`` shared or ``[B, 3, 3]``)."""
+
+    @staticmethod
+    def take(extra: torch.Tensor, index: slice) -> torch.Tensor:
+        return extra if extra.ndim == 2 or extra.shape[0] == 1 else extra[index]
+
+    @staticmethod
+    def cat(extras: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1, 3, 3) for t in extras])
+
+    @staticmethod
+    def blend(extras: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        stack = torch.cat([t.reshape(-1, 3, 3) for t in extras])
+        return torch.einsum("fn,nij->fij", weights.to(stack), stack)
+
+    @staticmethod
+    def to(extra: torch.Tensor, device) -> torch.Tensor:
+        return extra.to(device)
+
+
+register_family(Family(
+    name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
+    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True, extra_ops=TransformOps(),
+    companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
+    reader="instyle.interop.stylegan3",
+))

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from instyle.models.family import family_of
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PrecisionChoice, autocast, resolve_precision
 
-__all__ = ["COMPILE_MODES", "Runtime", "set_runtime"]
+__all__ = ["COMPILE_MODES", "Runtime", "model_precision", "set_runtime"]
 
 logger = logging.getLogger("instyle")
 
@@ -91,7 +92,7 @@ def set_runtime(model: nn.Module, precision: str = "fp32", compile: bool | str =
     """
     mode = _compile_mode(compile)
     device = next(model.parameters()).device
-    if not hasattr(model, "runtime"):  # HyperStyle: its hypernetwork path has no runtime settings
+    if not family_of(model).runtime:  # e.g. HyperStyle: its hypernetwork path has no runtime settings
         if precision != "fp32" or mode is not None:
             raise ConfigError(
                 f"precision={precision!r}, compile={compile!r}: {type(model).__name__} models run in fp32 without "
@@ -109,3 +110,8 @@ def set_runtime(model: nn.Module, precision: str = "fp32", compile: bool | str =
     model.runtime = Runtime(choice.name, channels_last, mode, choice.describe())
     logger.info("instyle model runtime: %s%s", choice.describe(), f", torch.compile mode {mode}" if mode else "")
     return choice
+
+
+def model_precision(model: nn.Module) -> str:
+    """The precision ``model`` runs in (``fp32`` for a family without runtime settings)."""
+    return model.runtime.precision if family_of(model).runtime else "fp32"

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instyle.errors import CheckpointError
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
+from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
@@ -54,7 +54,6 @@ __all__ = [
     "Inverter",
     "feature_resolution",
     "save_encoding",
-    "load_encoding",
 ]
 
 #: iresnet50's residual units per stage (ArcFace).
@@ -382,6 +381,14 @@ class SFE(nn.Module):
     output_size = property(lambda self: self.config.generator.size)
     input_size = property(lambda self: self.config.input_size)
     input_nc = 3
+    input_hw = property(lambda self: (self.config.input_size, self.config.input_size))
+
+    def describe(self) -> str:
+        """One line for people: sizes and the replaced feature."""
+        return (
+            f"StyleFeatureEditor model (+ e4e encoder and generator): output {self.output_size}px, "
+            f"{self.n_styles} styles, feature {self.config.feature_index}"
+        )
 
     def sync_decoder_latent_avg(self) -> None:
         self.decoder.latent_avg = self.latent_avg[None].clone()
@@ -459,6 +466,29 @@ class SFE(nn.Module):
         self._check(enc)
         feat = enc.edited_feat if enc.edited else self.edited_feature(enc.fused_feat)
         return self.render(enc.latents, feat)
+
+    # ----------------------------------------------------------------- the family protocol
+
+    def encode_for_render(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
+        """``(w_plus, extra)``: the extra is the whole :class:`SFEEncoding` (its feature maps);
+        ``return_all``: one-entry lists (a single step)."""
+        if iterations not in (None, 1):
+            raise ValueError(f"iterations={iterations!r}: StyleFeatureEditor encodes in one step (use None or 1)")
+        enc = self.encode(x)
+        return ([enc.latents], [enc]) if return_all else (enc.latents, enc)
+
+    @torch.no_grad()
+    def synthesize(self, w_plus: torch.Tensor, extra: SFEEncoding | None = None, resize: bool = False) -> torch.Tensor:
+        """Images of ``w_plus``: with its encoding, the encoding itself when ``w_plus`` is its
+        latent, else ``w_plus`` as an edit of it (the feature editor follows); without, the
+        plain generator. ``resize`` pools to ``resize_to``."""
+        if extra is None:
+            images = self.decoder.synthesize(w_plus)
+        elif w_plus.shape == extra.latents.shape and torch.equal(w_plus, extra.latents.to(w_plus)):
+            images = self.decode(extra)
+        else:
+            images = self.decode(self.edit(extra, lambda _w: w_plus))
+        return F.adaptive_avg_pool2d(images, self.config.resize_to) if resize else images
 
     @torch.no_grad()
     def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
@@ -555,39 +585,23 @@ def save_encoding(path: str | Path, enc: SFEEncoding, feature_dtype: str = "floa
     return path
 
 
-#: Bounds on an encoding file (a crafted file must not make us allocate gigabytes).
-MAX_ENCODING_ELEMENTS = 1 << 28
+class SFEEncodingOps:
+    """:class:`~instyle.models.family.ExtraOps` of :class:`SFEEncoding` extras."""
+
+    @staticmethod
+    def take(extra: SFEEncoding, index: slice) -> SFEEncoding:
+        return extra if len(extra) == 1 else extra[index]
+
+    cat = staticmethod(SFEEncoding.cat)
+    blend = staticmethod(SFEEncoding.blend)
+
+    @staticmethod
+    def to(extra: SFEEncoding, device) -> SFEEncoding:
+        return SFEEncoding(*(None if t is None else t.to(device) for t in extra._fields()))
 
 
-def load_encoding(path: str | Path) -> SFEEncoding:
-    """Read a file written by :func:`save_encoding` (float32 tensors)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "kind" not in data.files or str(data["kind"]) != ENCODING_KIND:
-                raise CheckpointError(f"{path}: not an SFE encoding file (no kind={ENCODING_KIND!r})")
-            if int(data["version"]) > ENCODING_VERSION:
-                raise CheckpointError(f"{path}: SFE encoding version {int(data['version'])} is newer than {ENCODING_VERSION}; upgrade instyle")
-            out = {}
-            for k in ("w_recon", "w_e4e", "fused_feat", "w_edit", "edited_feat"):
-                if k not in data.files:
-                    if k in ("w_e4e", "w_edit", "edited_feat"):
-                        continue
-                    raise CheckpointError(f"{path}: SFE encoding lacks {k!r}")
-                a = data[k]
-                if a.size > MAX_ENCODING_ELEMENTS or a.dtype not in (np.float32, np.float16):
-                    raise CheckpointError(f"{path}: {k} is {a.dtype} with {a.size} values; expected float32/float16, at most {MAX_ENCODING_ELEMENTS}")
-                out[k] = torch.from_numpy(a.astype(np.float32)).clone()  # own, aligned storage
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable SFE encoding ({e})") from None
-    enc = SFEEncoding(out["w_recon"], out.get("w_e4e"), out["fused_feat"], out.get("w_edit"), out.get("edited_feat"))
-    e4e_ok = enc.w_e4e is None or enc.w_e4e.shape == enc.w_recon.shape
-    w_ok = enc.w_edit is None or enc.w_edit.shape == enc.w_recon.shape
-    f_ok = enc.edited_feat is None or enc.edited_feat.shape == enc.fused_feat.shape
-    if not (enc.w_recon.ndim == 3 and e4e_ok and enc.fused_feat.ndim == 4
-            and enc.fused_feat.shape[0] == enc.w_recon.shape[0] and w_ok and f_ok
-            and (enc.w_edit is None) == (enc.edited_feat is None)):
-        raise CheckpointError(
-            f"{path}: inconsistent SFE encoding shapes w_recon {tuple(enc.w_recon.shape)}, w_e4e "
-            f"{None if enc.w_e4e is None else tuple(enc.w_e4e.shape)}, fused_feat {tuple(enc.fused_feat.shape)}"
-        )
-    return enc
+register_family(Family(
+    name="sfe", title="StyleFeatureEditor", model_class=SFE, config_class=SFEConfig, kind="sfe",
+    encoding="features", extra_ops=SFEEncodingOps(), runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
+    companions={"e4e": "the e4e encoder it edits with", "generator": "the StyleGAN2 generator it renders with"},
+))

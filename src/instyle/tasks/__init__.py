@@ -15,7 +15,6 @@ from instyle.tasks.base import (
     list_tasks,
     preview_input,
     register_task,
-    task_for_dataset_type,
 )
 
 # Built-in task files register themselves on import.
@@ -40,5 +39,4 @@ __all__ = [
     "list_tasks",
     "preview_input",
     "register_task",
-    "task_for_dataset_type",
 ]

@@ -32,7 +32,6 @@ import torch
 from PIL import Image
 
 from instyle.errors import InstyleError
-from instyle.interop.keymaps import DATASET_TYPE_TO_TASK
 from instyle.tasks.transforms.labels import labels_to_palette_image, onehot_to_labels
 from instyle.utils.config import ConfigError, check_positive_int
 from instyle.utils.image import pil_to_tensor
@@ -45,7 +44,6 @@ __all__ = [
     "register_task",
     "get_task",
     "list_tasks",
-    "task_for_dataset_type",
     "photo_to_tensor",
     "preview_input",
 ]
@@ -287,10 +285,3 @@ def preview_input(x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
     if task is None or task.input_nc != x.shape[0]:
         task = _GENERIC
     return task.preview(x)
-
-
-def task_for_dataset_type(dataset_type: str) -> Task:
-    """The preset for an official ``opts['dataset_type']`` (unknown types -> ``image2image``);
-    the one map is :data:`instyle.interop.keymaps.DATASET_TYPE_TO_TASK`."""
-    return get_task(DATASET_TYPE_TO_TASK.get(dataset_type, "image2image"))
-

@@ -21,6 +21,7 @@ from instyle.losses.e4e import delta_regularization, discriminator_loss, encoder
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.encoders.e4e import INFERENCE_STAGE
 from instyle.models.latent_discriminator import LatentCodesDiscriminator
+from instyle.training.hooks import TrainingHooks, register_training
 
 __all__ = ["LatentCodesPool", "E4ETraining", "progressive_steps"]
 
@@ -166,3 +167,11 @@ class E4EObjective(nn.Module):
             terms.update(deltas, total_delta_loss=float(total.detach()))
             loss = loss + cfg.delta_norm_lambda * total
         return ObjectiveOutput(loss, {**out.terms, **terms, "loss": float(loss.detach())}, out.id_logs)
+
+
+def _e4e_extras(cfg, model, objective: Objective, device, world_size: int):
+    e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, device)
+    return e4e, E4EObjective(objective, e4e, model)
+
+
+register_training("e4e", TrainingHooks(extras=_e4e_extras))

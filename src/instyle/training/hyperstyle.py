@@ -24,6 +24,8 @@ from instyle.models.own_format import is_own_format
 from instyle.models.psp import PSP
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
+from instyle.training.hooks import TrainingHooks, register_training
+from instyle.training.step import hyperstyle_forward_loss
 from instyle.utils.config import ConfigError
 
 __all__ = ["RESNET34_HUB_NAMES", "hyperstyle_config_for", "read_w_encoder_file", "init_hypernet_from_resnet34",
@@ -149,3 +151,12 @@ def build_hyperstyle(cfg: TrainConfig) -> HyperStyle:
     model.w_encoder.load_state_dict({k[len("w_encoder."):]: v for k, v in w_state.items()})
     model.sync_decoder_latent_avg()
     return model.train()
+
+
+register_training("hyperstyle", TrainingHooks(
+    build=lambda cfg, init_encoder=None: build_hyperstyle(cfg),
+    trained=lambda model: model.hypernet,
+    frozen=lambda model: [model.w_encoder],
+    forward=lambda net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler, train: (
+        hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)),
+))

@@ -30,17 +30,16 @@ from instyle.data import (
 from instyle.data.folders import data_layout
 from instyle.data.sampler import derive_seed
 from instyle.losses.objective import Objective, build_objective
-from instyle.models.hyperstyle import HyperStyle
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel
 from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
-from instyle.training.e4e import E4EObjective, E4ETraining
+from instyle.training.e4e import E4ETraining
+from instyle.training.hooks import training_hooks
 from instyle.training.logger import RunLogger
-from instyle.training.model import build_model, prepare_for_training
+from instyle.training.model import build_model, channels_last_module, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
-from instyle.training.restyle3 import restyle3_extras
 from instyle.training.sfe import SFEObjective
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
 from instyle.training.step import (
@@ -75,7 +74,7 @@ class Session:
     cfg: TrainConfig
     ctx: DistContext
     run: RunFolder
-    model: PSP | HyperStyle
+    model: InversionModel
     net: nn.Module
     objective: Objective
     optimizer: torch.optim.Optimizer
@@ -146,19 +145,14 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     params = prepare_for_training(model, cfg)
     model.to(ctx.device)
     if cfg.channels_last:  # the encoder's convs (the generator's modulated convs reshape their weights anyway)
-        (model.hypernet if isinstance(model, HyperStyle) else model.inverter if cfg.family == "sfe"
-         else model.encoder).to(memory_format=torch.channels_last)
+        channels_last_module(model).to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     objective = build_objective(cfg.objective(), ctx.device)
-    e4e = None
-    if cfg.family == "e4e":
-        e4e = E4ETraining(cfg, model.n_styles, model.config.generator.style_dim, ctx.device)
-        objective = E4EObjective(objective, e4e, model)
-    elif cfg.family == "restyle3":
-        e4e, objective = restyle3_extras(cfg, model, objective, ctx.device, ctx.world_size)
-    elif cfg.family == "sfe":
-        objective = SFEObjective(objective, cfg, model.config.generator, ctx.device)
+    e4e = None  # a family's extra training state (e4e's discriminator), saved with the run's state
+    extras = training_hooks(cfg.family).extras
+    if extras is not None:
+        e4e, objective = extras(cfg, model, objective, ctx.device, ctx.world_size)
     session = Session(
         cfg=cfg,
         ctx=ctx,

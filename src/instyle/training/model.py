@@ -11,15 +11,12 @@ from torch import nn
 from instyle.interop import load_generator, load_psp
 from instyle.losses.identity import read_ir_se50
 from instyle.models.encoders import EncoderConfig
-from instyle.models.hyperstyle import HyperStyle
+from instyle.models.family import InversionModel, family_of
 from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
-from instyle.models.sfe import SFE
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
-from instyle.training.hyperstyle import build_hyperstyle
+from instyle.training.hooks import training_hooks
 from instyle.training.presets import get_preset, list_presets
-from instyle.training.restyle3 import build_restyle3, restyle3_architecture
-from instyle.training.sfe import build_sfe, trained_modules
 from instyle.utils.config import ConfigError
 
 __all__ = [
@@ -29,6 +26,8 @@ __all__ = [
     "fine_tuning_base",
     "init_encoder_from_ir_se50",
     "prepare_for_training",
+    "trained_module",
+    "channels_last_module",
 ]
 
 log = logging.getLogger("instyle.training")
@@ -102,8 +101,9 @@ def checkpoint_architecture(path: str) -> dict:
     """The architecture keys of the pSp checkpoint at ``path`` (any format ``load_psp``
     reads) plus its ``task``: what fine-tuning from it needs no ``--set`` for."""
     model = load_psp(path)
-    if getattr(model, "family", None) == "restyle3":
-        return restyle3_architecture(model)
+    own = training_hooks(family_of(model).name).architecture
+    if own is not None:
+        return own(model)
     mc = model.config
     return {**architecture_keys(mc), "task": mc.task}
 
@@ -161,16 +161,14 @@ def build_model(cfg: TrainConfig) -> PSP:
       with ``seed`` and its backbone loaded from ``ir_se50_weights`` (``encoder_init``).
     * ``family='hyperstyle'``: see :func:`instyle.training.hyperstyle.build_hyperstyle`.
     """
-    if cfg.family == "hyperstyle":
-        return build_hyperstyle(cfg)
-    if cfg.family == "restyle3":
-        return build_restyle3(cfg, init_encoder_from_ir_se50)
-    if cfg.family == "sfe":
-        return build_sfe(cfg)
+    build = training_hooks(cfg.family).build
+    if build is not None:  # a family with a builder of its own (HyperStyle, ReStyle over StyleGAN3)
+        return build(cfg, init_encoder_from_ir_se50)
     if cfg.checkpoint_path:
         model = load_psp(cfg.checkpoint_path)  # every tensor in its own storage (load_state_checked)
-        if isinstance(model, HyperStyle):
-            raise ConfigError(f"{cfg.checkpoint_path}: a HyperStyle checkpoint; train it with family=hyperstyle")
+        found = family_of(model)
+        if training_hooks(found.name).build is not None:
+            raise ConfigError(f"{cfg.checkpoint_path}: a {found.title} checkpoint; train it with family={found.name}")
         _check_checkpoint_matches(cfg, model)
         model.random_weights = False  # a random-weight start (quickstart) is trained from here on
         return model.train()
@@ -190,15 +188,26 @@ def build_model(cfg: TrainConfig) -> PSP:
     return model.train()
 
 
-def prepare_for_training(model: PSP | HyperStyle, cfg: TrainConfig) -> list[nn.Parameter]:
+def trained_module(model) -> nn.Module:
+    """The module whose parameters a run optimises (the encoder; a family's hook may say otherwise)."""
+    own = training_hooks(family_of(model).name).trained
+    return own(model) if own is not None else model.encoder
+
+
+def channels_last_module(model) -> nn.Module:
+    """The module whose convolutions ``channels_last`` applies to (the trained one unless a hook says)."""
+    own = training_hooks(family_of(model).name).channels_last
+    return own(model) if own is not None else trained_module(model)
+
+
+def prepare_for_training(model: InversionModel, cfg: TrainConfig) -> list[nn.Parameter]:
     """Freeze what is not trained and return the parameters to optimise (encoder -- for
     HyperStyle the hypernetwork, its W-encoder frozen --, plus the decoder with
     ``train_decoder``), in a fixed order."""
-    trained = model.hypernet if isinstance(model, HyperStyle) else model.encoder
-    if isinstance(model, SFE):
-        trained = trained_modules(model)
-    if isinstance(model, HyperStyle):
-        model.w_encoder.requires_grad_(False)
+    hooks = training_hooks(family_of(model).name)
+    trained = trained_module(model)
+    for part in hooks.frozen(model) if hooks.frozen is not None else []:
+        part.requires_grad_(False)
     trained.requires_grad_(True)
     model.decoder.requires_grad_(cfg.train_decoder)
     params = list(trained.parameters())

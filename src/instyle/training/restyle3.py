@@ -31,6 +31,8 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.restyle3 import ReStyle3, ReStyle3Config
 from instyle.models.stylegan3 import StyleGAN3Generator
 from instyle.training.e4e import E4EObjective, E4ETraining
+from instyle.training.hooks import TrainingHooks, register_training
+from instyle.training.step import Precision, StepOutput
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["RESTYLE3_TRAIN_TYPES", "average_input", "check_restyle3_config", "build_restyle3", "restyle3_architecture", "restyle3_iterations",
@@ -250,3 +252,12 @@ RESTYLE3_RECIPES = {
         "README recipe)",
     ),
 }
+
+
+register_training(FAMILY, TrainingHooks(
+    build=build_restyle3,
+    architecture=restyle3_architecture,
+    forward=lambda net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler, train: StepOutput(
+        *restyle3_iterations(net, objective, latent_avg, x, y, n_iters or 1, precision or Precision(), scaler, train)),
+    extras=restyle3_extras,
+))

@@ -38,6 +38,8 @@ from instyle.losses.weights import find_weights, read_state_dict
 from instyle.models.discriminator import Discriminator
 from instyle.models.own_format import is_own_format
 from instyle.models.sfe import INFERENCE_FEATURE_SCALE, IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
+from instyle.training.hooks import TrainingHooks, register_training
+from instyle.training.step import Precision, StepOutput, backward
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
@@ -485,3 +487,19 @@ def sfe_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: tor
         renders = torch.cat([y_inv, y_w])
         out = objective(x2, y2, y_hat, torch.cat([w_recon, w_recon]), model.latent_avg, fused, w_feat, renders)
     return out, y_inv.detach(), w_recon.detach()
+
+
+def _sfe_step(net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler, train) -> StepOutput:
+    out, y_hat, latent = sfe_forward(net, objective, x, y, precision or Precision())
+    if train:
+        backward(out.loss, scaler)
+    return StepOutput(out, y_hat, latent)
+
+
+register_training("sfe", TrainingHooks(
+    build=lambda cfg, init_encoder=None: build_sfe(cfg),
+    trained=trained_modules,
+    channels_last=lambda model: model.inverter,
+    forward=_sfe_step,
+    extras=lambda cfg, model, objective, device, world_size: (None, SFEObjective(objective, cfg, model.config.generator, device)),
+))

@@ -48,7 +48,7 @@ import torch
 
 from instyle.interop import CheckpointError, load_psp, save_psp
 from instyle.interop.safe_load import safe_torch_load
-from instyle.models.psp import PSP
+from instyle.models.family import InversionModel
 from instyle.training.state_schema import check_training_state
 from instyle.utils.atomic import atomic_path, atomic_write_bytes
 
@@ -257,7 +257,7 @@ def _write_manifest(folder: Path, name: str, step: int) -> None:
     _fsync_dir(folder)
 
 
-def write_checkpoint(run: RunFolder, name: str, model: PSP, metadata: dict, state: dict | None = None) -> Path:
+def write_checkpoint(run: RunFolder, name: str, model: InversionModel, metadata: dict, state: dict | None = None) -> Path:
     """Write ``checkpoints/<name>`` (model in instyle's format, plus the training state
     when given) so that a crash at any point leaves a complete checkpoint (see the
     module docstring). ``metadata["step"]`` is the step recorded in the manifest.
@@ -283,7 +283,7 @@ def write_checkpoint(run: RunFolder, name: str, model: PSP, metadata: dict, stat
     return target
 
 
-def read_training_state(folder: Path) -> tuple[PSP, dict]:
+def read_training_state(folder: Path) -> tuple[InversionModel, dict]:
     """The model and training state of a checkpoint folder (hashes verified)."""
     verify_checkpoint(folder)
     state = safe_torch_load(folder / STATE_NAME, "training state")
@@ -295,7 +295,7 @@ def read_training_state(folder: Path) -> tuple[PSP, dict]:
     return load_psp(folder), state
 
 
-def read_latest_state(run: RunFolder) -> tuple[Path, PSP, dict] | None:
+def read_latest_state(run: RunFolder) -> tuple[Path, InversionModel, dict] | None:
     """The newest readable ``latest`` checkpoint of a run: ``(folder, model, state)``.
 
     A folder that fails verification or loading is reported and the previous complete

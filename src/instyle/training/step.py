@@ -17,11 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from instyle.losses.objective import Objective, ObjectiveOutput
-from instyle.models.hyperstyle import HyperStyle
+from instyle.models.family import family_of
 from instyle.models.iterative import average_image
-from instyle.models.sfe import SFE
-from instyle.training.restyle3 import restyle3_iterations
-from instyle.training.sfe import sfe_forward
+from instyle.training.hooks import training_hooks
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import PRECISIONS, autocast
 
@@ -169,22 +167,12 @@ def family_forward_loss(
     scaler: torch.amp.GradScaler | None = None,
     train: bool = True,
 ) -> StepOutput:
-    """The forward (and, with ``train``, backward) of one batch for the model's family:
-    pSp (one pass), ReStyle or HyperStyle (``n_iters`` iterations)."""
+    """The forward (and, with ``train``, backward) of one batch for the model's family: its
+    training hook (ReStyle's, HyperStyle's iterations, ...) or pSp's one pass."""
     model = getattr(net, "module", net)
-    if getattr(model, "family", None) == "restyle3":
-        return StepOutput(*restyle3_iterations(net, objective, latent_avg, x, y, n_iters or 1, precision or Precision(),
-                                               scaler, train))
-    if isinstance(model, SFE):
-        out, y_hat, latent = sfe_forward(net, objective, x, y, precision or Precision())
-        if train:
-            backward(out.loss, scaler)
-        return StepOutput(out, y_hat, latent)
-    if isinstance(model, HyperStyle):
-        return hyperstyle_forward_loss(net, objective, x, y, n_iters or 1, precision, scaler, train)
-    if getattr(model, "family", "psp") == "restyle":
-        return restyle_forward_loss(net, objective, latent_avg, x, y, n_iters or 1, randomize_noise, precision, scaler,
-                                    train)
+    forward = training_hooks(family_of(model).name).forward
+    if forward is not None:
+        return forward(net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler, train)
     out = forward_loss(net, objective, latent_avg, x, y, randomize_noise, precision)
     if train:
         backward(out.objective.loss, scaler)

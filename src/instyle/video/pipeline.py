@@ -42,8 +42,9 @@ from instyle.alignment.detect import DETECTORS, detect_faces
 from instyle.alignment.ffhq import paste_back, source_to_crop, warp_quad
 from instyle.errors import InputError
 from instyle.inference.editing import load_edit, named_file, resolve_edit
+from instyle.inference.encoding import as_encoding, encode, render
 from instyle.inference.io import save_image
-from instyle.inference.offsets import decode_with_offsets, encode_with_offsets, uses_offsets
+from instyle.inference.offsets import uses_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.inference.refine import apply_generator_delta, load_generator_delta, save_generator_delta
 from instyle.losses.lpips import LPIPSLoss
@@ -287,7 +288,7 @@ def _encode(model, crops: Path, n: int, folder: Path, options: VideoOptions, hoo
         if not path.is_file():
             x = torch.stack([prepare_input(_crop(crops, k), model.config) for k in range(s, min(n, s + b))]).to(device)
             with torch.inference_mode():
-                w, _ = encode_with_offsets(model, x)
+                w = encode(model, x).latents
             buf = io.BytesIO()
             np.save(buf, w.float().cpu().numpy())
             atomic_write_bytes(path, buf.getvalue())
@@ -347,13 +348,13 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
             if not all(p.is_file() for p in names):
                 w = torch.from_numpy(codes[s : s + b]).to(device)
                 with torch.inference_mode():
-                    offsets = None
+                    enc = as_encoding(model, w)
                     if uses_offsets(model):  # HyperStyle: the frames' own generator offsets, recomputed
                         x = torch.stack([prepare_input(_crop(crops, k), model.config) for k in idx]).to(device)
-                        offsets = encode_with_offsets(model, x)[1]
-                    images = [decode_with_offsets(model, w, offsets, resize=True)]
+                        enc = enc.with_extra(encode(model, x).extra)
+                    images = [render(model, enc, resize=True)]
                     if edits:
-                        images.append(decode_with_offsets(model, _edited_codes(w, edits, strengths[:, s : s + b]), offsets, resize=True))
+                        images.append(render(model, enc.with_latents(_edited_codes(w, edits, strengths[:, s : s + b])), resize=True))
                 for path, img in zip(names, torch.cat(images)):
                     save_image(tensor_to_pil(img), path)
                 hook("render", s)
