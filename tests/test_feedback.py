@@ -332,6 +332,25 @@ def test_encode_align_keeps_crops_and_pastes_back(aligned_run):
     assert summary["files"][0]["outputs"] == ["face.png", "latents/face.npy", "aligned/face.png", "pasted/face.png"]
 
 
+def test_refine_with_align_keeps_crops_and_pastes_back(tiny_dir, aligned_run, tmp_path):
+    """``encode --align --refine`` keeps what paste-back needs, as a plain ``encode --align`` does,
+    and ``--paste-back`` is not silently dropped when refining."""
+    src, _ = aligned_run
+    out = tmp_path / "refined"
+    assert main(["encode", "-c", str(tiny_dir), str(src), "--out", str(out), "--device", "cpu", "--align",
+                 "--paste-back", "--refine", "optimize", "--refine-steps", "2", "--refine-lpips", "0"]) == 0
+    index = json.loads((out / "aligned" / "alignment.json").read_text())
+    assert list(index) == ["face.png"] and Path(index["face.png"]["source"]).resolve() == (src / "face.jpg").resolve()
+    assert Image.open(out / "aligned" / "face.png").size == (64, 64)
+    assert Image.open(out / "pasted" / "face.png").size == Image.open(src / "face.jpg").size
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"][0]["outputs"] == ["face.png", "aligned/face.png", "pasted/face.png"]
+    # a resumed run keeps the index of the images it skips
+    assert main(["encode", "-c", str(tiny_dir), str(src), "--out", str(out), "--device", "cpu", "--align",
+                 "--paste-back", "--refine", "optimize", "--refine-steps", "2", "--refine-lpips", "0"]) == 0
+    assert list(json.loads((out / "aligned" / "alignment.json").read_text())) == ["face.png"]
+
+
 def test_edit_pastes_back_through_the_alignment_of_encode(tiny_dir, aligned_run, tmp_path, capsys):
     src, out = aligned_run
     d = tmp_path / "dir.npy"

@@ -262,16 +262,19 @@ def _face_tools_ready() -> bool:
 def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared) -> int:
     """``--refine``: output names and folder checks as for a plain encode, then the per-image loop."""
     from instyle.inference.io import output_names
+    from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME
     from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
     from instyle.inference.refine import refine_outputs
 
     files = files[: args.limit] if args.limit else files
     try:
-        outputs = lambda name: refine_outputs(name, args.refine, args.format, args.save_latents)
-        names = output_names(files, outputs, ["grid.png", "summary.json"])
+        outputs = lambda name: refine_outputs(name, args.refine, args.format, args.save_latents, args.align, args.paste_back)
+        names = output_names(files, outputs, ["grid.png", "summary.json", f"{ALIGNED_DIR}/{INDEX_NAME}"])
         prepare_output_folder(args.out, files, [Path(args.out) / o for n in names for o in outputs(n)])
     except (OutputFolderError, ValueError) as e:
         error(str(e))
         return 2
     items = [(f.path, n) for f, n in zip(files, names)]
-    return run_refine(args, model, items, input_preparer(model, args.align, args.resize_factor), n_skipped, prepared)
+    faces: dict | None = {} if args.align else None  # the aligned crops, kept as encode --align keeps them
+    prepare = input_preparer(model, args.align, args.resize_factor, faces)
+    return run_refine(args, model, items, prepare, n_skipped, prepared, faces)

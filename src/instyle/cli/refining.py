@@ -62,9 +62,10 @@ def prepare_refine(args: argparse.Namespace):
     return config, lpips
 
 
-def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int, prepared) -> int:
+def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: int, prepared, faces: dict | None = None) -> int:
     """``encode --refine``: the per-image loop lives in :func:`instyle.inference.refine.refine_files`.
-    ``prepared``: what :func:`prepare_refine` returned."""
+    ``prepared``: what :func:`prepare_refine` returned; ``faces``: the aligned faces ``prepare``
+    keeps (``--align``)."""
     from instyle.inference.refine import refine_files
     from instyle.interop import CheckpointError
     from instyle.utils.atomic import atomic_write_bytes
@@ -75,7 +76,8 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
             lpips = lpips.to(next(model.parameters()).device)
         out = Path(args.out)
         summary = refine_files(model, items, out, args.refine, config, prepare, lpips, args.format,
-                               args.save_latents, log=lambda m: print(m, file=sys.stderr), grid=args.grid)
+                               args.save_latents, log=lambda m: print(m, file=sys.stderr), grid=args.grid,
+                               faces=faces, paste_back=getattr(args, "paste_back", False))
     except (CheckpointError, ValueError, ImportError) as e:
         error(str(e))
         return 2

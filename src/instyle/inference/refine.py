@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -40,9 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from instyle.errors import InputError
+from instyle.inference.align_files import read_alignment_index
 from instyle.inference.io import make_grid, save_image, tensor_to_pil
 from instyle.inference.latents import save_latent
 from instyle.inference.offsets import sample_offsets, uses_offsets
+from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, face_record, paste_result
 from instyle.inference.preprocess import input_preview
 from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
@@ -548,15 +551,22 @@ def generator_delta_applied(model, delta: dict[str, torch.Tensor] | None):
 # --------------------------------------------------------------------------- folders
 
 
-def refine_outputs(name: str, method: str, fmt: str = "png", save_latents: bool = False) -> list[str]:
+def refine_outputs(
+    name: str, method: str, fmt: str = "png", save_latents: bool = False, align: bool = False, paste_back: bool = False
+) -> list[str]:
     """Files written for the input named ``name`` (relative to the output folder), as
     ``encode`` lists them: the image, the latent (always for pti: the tuned generator is
-    useless without its pivot code) and pti's generator delta."""
+    useless without its pivot code), pti's generator delta, and with ``align`` the aligned
+    crop (``paste_back``: the result pasted into the photo)."""
     files = [f"{name}.{fmt}"]
     if save_latents or method == "pti":
         files.append(f"latents/{name}.npz")
     if method == "pti":
         files.append(f"pti/{name}.safetensors")
+    if align:
+        files.append(f"{ALIGNED_DIR}/{name}.png")
+    if align and paste_back:
+        files.append(f"{PASTED_DIR}/{name}.{fmt}")
     return files
 
 
@@ -577,12 +587,18 @@ def refine_files(
     save_latents: bool = False,
     log: Callable[[str], None] = print,
     grid: bool = False,
+    faces: dict | None = None,
+    paste_back: bool = False,
 ) -> dict:
     """Encode + refine each ``(path, output name)`` and write, per image and atomically,
     :func:`refine_outputs`: ``pti/<name>.safetensors`` (pti's generator delta),
     ``latents/<name>.npz`` (code, noise maps, meta; for pti it references the delta by path
     and sha256) and ``<name>.<fmt>`` (last, so it marks the image done); with ``grid`` also
     ``grid.png`` (input | output, first 16), as ``encode`` does.
+
+    ``faces``: the dict an aligning ``prepare`` fills (:func:`~instyle.inference.pipeline.input_preparer`):
+    each image's aligned crop and its record in ``aligned/alignment.json`` are kept, as
+    ``encode --align`` keeps them, and with ``paste_back`` the result is pasted into its photo.
 
     Images already done are skipped (a stopped run resumes); a bad input is logged and
     counted, never stops the run. Every image uses ``config.seed``, so a resumed run gives
@@ -595,11 +611,12 @@ def refine_files(
     summary = {"method": method, "refined": 0, "resumed": 0, "failed": 0, "seconds": [], "steps": [], "files": []}
     device = next(model.parameters()).device
     grid_rows: list[list] = []
+    alignment: dict = {}
     bar = Progress(len(items), method, "img", every=1, enabled=config.progress)
     for path, name in items:
         record = {"input": str(path), "outputs": [], "status": "failed", "error": None}
         summary["files"].append(record)
-        outputs = refine_outputs(name, method, fmt, save_latents)
+        outputs = refine_outputs(name, method, fmt, save_latents, faces is not None, paste_back)
         if _done(out, name, fmt, method, save_latents):
             summary["resumed"] += 1
             record.update(outputs=outputs, status="resumed")
@@ -625,6 +642,12 @@ def refine_files(
             if f"latents/{name}.npz" in outputs:
                 save_latent(latent, result.latent.cpu(), result.noise, meta, weights_deltas=sample_offsets(result.weights_deltas, 0))
             recon = tensor_to_pil(result.image)
+            face = faces.pop(path, None) if faces is not None else None
+            if face is not None:
+                save_image(face.image, out / ALIGNED_DIR / f"{name}.png")
+                alignment[f"{name}.png"] = face_record(face, path)
+                if paste_back:
+                    save_image(paste_result(alignment[f"{name}.png"], recon), out / PASTED_DIR / f"{name}.{fmt}")
             save_image(recon, out / f"{name}.{fmt}")
         except OSError as e:
             log(f"instyle: could not write the outputs of {path}: {e}")
@@ -643,6 +666,13 @@ def refine_files(
             say(f"{method} {name}: {result.steps} steps in {result.seconds:.1f}s" + (f", loss {loss:.4g}" if loss is not None else ""))
         bar.update(1)
     bar.close()
+    if alignment:  # the records of images an earlier run did are kept
+        index = out / ALIGNED_DIR / INDEX_NAME
+        try:
+            merged = {**read_alignment_index(index, log), **alignment}
+            atomic_write_bytes(index, (json.dumps(merged, indent=1) + "\n").encode())
+        except OSError as e:
+            log(f"instyle: could not write {index}: {e}")
     if grid_rows:
         try:
             rows = [sum(grid_rows[i : i + 4], []) for i in range(0, len(grid_rows), 4)]
