@@ -18,7 +18,7 @@ What still runs in PyTorch: decoding with explicit or random noise, ``return_all
 Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 
 * ``onnxruntime`` fp32: checked at every export, <= 1e-4 (measured 2e-5 at 1024 px);
-* ``openvino`` fp32: within 1e-4 on the tiny models (``tests/test_backends.py``); OpenVINO
+* ``openvino`` fp32: within 1e-4 on the tiny models (``tests/onnx_runtimes/test_backends.py``); OpenVINO
   may reorder reductions, so larger models are checked by ``benchmarks/backends.py``;
 * ``openvino`` bf16 / fp16: 16-bit arithmetic like PyTorch's bf16 (>= 40 dB PSNR guarded).
 """
