@@ -180,6 +180,8 @@ def test_browser_reconstruct_mix_interpolate_and_bad_upload(served, browser, fac
 
         # The API tab's example calls this very server.
         page.get_by_role("tab", name="API").click()
+        # the tab renders after the click (on a loaded machine not yet when the click returns)
+        page.wait_for_function("s => document.body.innerText.includes(s)", arg=f'Client("{url}")', timeout=30_000)
         assert f'Client("{url}")' in page.inner_text("body")
         _save(page, "demo_api.png", tmp_path)
     finally:

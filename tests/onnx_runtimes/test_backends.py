@@ -233,7 +233,7 @@ def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys):
     from pathlib import Path
 
     pytest.importorskip("onnxruntime", reason="needs the deploy extra")
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backends.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "backends.py"
     spec = importlib.util.spec_from_file_location("bench_backends", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
