@@ -29,7 +29,7 @@ from instyle.interop.keymaps import (
 from instyle.interop.nvidia import load_nvidia_generator
 from instyle.interop.published import published, published_hint
 from instyle.interop.readers import official_readers, reader_for
-from instyle.interop.safe_load import ALLOWED_GLOBALS, safe_torch_load
+from instyle.interop.safe_load import safe_torch_load
 from instyle.interop.stylegan3 import (
     is_restyle3_checkpoint,
     is_stylegan3_state_dict,
@@ -171,8 +171,7 @@ def peek_family(path: str | os.PathLike) -> str | None:
                 return sharing[0]
             named = cfg.get("config", {}).get("family")  # one class for several families: its config says
             return named if named in sharing else sharing[0] if sharing else None
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = safe_torch_load(p, mmap=True)  # the loader's own bounds, tensors left on disk
         reader = reader_for(ckpt)
         if reader is None:
             return None

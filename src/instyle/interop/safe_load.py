@@ -47,8 +47,9 @@ def _posix_path(*parts: Any) -> str:
 ALLOWED_GLOBALS: list[Any] = [argparse.Namespace, (_posix_path, "pathlib.PosixPath")]
 
 
-def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True`` and the allow-list.
+def safe_torch_load(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load`` a file on the CPU with ``weights_only=True`` and the allow-list
+    (``mmap``: tensors memory-mapped from the file instead of read, for a quick look).
 
     Raises:
         CheckpointError: missing, empty, truncated or corrupt file, a pickle that would
@@ -62,7 +63,7 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         _check_declared_sizes(path, size, what)
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         check_loaded_tensors(obj, size, path)
         return obj
     except CheckpointError:
