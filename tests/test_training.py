@@ -345,7 +345,7 @@ RUNNER = textwrap.dedent(
 def _runner(tmp_path: Path) -> tuple[Path, dict]:
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "PYTHONFAULTHANDLER": "1"}
     return script, env
 
 

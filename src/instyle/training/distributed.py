@@ -8,6 +8,7 @@ Alone, every collective here is a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +44,22 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, succeeded: bool = True) -> None:
+        """Tear the process group down after a run.
+
+        After a successful run every rank first meets at a barrier, so that no rank closes
+        its connections while a peer is still finishing the last collective (a CI run once
+        saw a gloo rank abort at teardown: "terminate called without an active exception"), and
+        whatever still holds the group (a ``DistributedDataParallel`` wrapper kept alive by
+        a reference cycle) is collected. After a failed run the group is destroyed at once:
+        a peer may never reach the barrier.
+        """
+        if not (self.enabled and dist.is_initialized()):
+            return
+        if succeeded:
+            dist.barrier()
+            gc.collect()
+        dist.destroy_process_group()
 
 
 def init_distributed(device: str = "auto") -> DistContext:

@@ -289,10 +289,13 @@ def train(
     Works alone or under ``torchrun`` (one process per device, same code).
     """
     ctx = init_distributed(config.device)
+    succeeded = False
     try:
-        return _train(config, RunFolder(run_dir), resume, input_transform, ctx)
+        result = _train(config, RunFolder(run_dir), resume, input_transform, ctx)
+        succeeded = True
+        return result
     finally:
-        ctx.close()
+        ctx.close(succeeded)
 
 
 def _task_of(cfg: TrainConfig) -> Task | None:
