@@ -168,3 +168,17 @@ def test_latent_download_suffix_comes_from_the_encoding(tiny_psp, photo, tmp_pat
     assert r.encoding.file_suffix() == ".npy" and r.encoding.file_suffix({"method": "pti"}) == ".npz"
     assert actions.write_latent(r.encoding, tmp_path / "a.npz").suffix == ".npy"
     assert actions.write_latent(r.encoding, tmp_path / "b.npy", meta={"method": "pti"}).suffix == ".npz"
+
+
+def test_page_builds_with_sfe_first_and_a_stylegan3_model(sfe, sg3, tmp_path):
+    """The Edit tab times a generator pass at start-up: that pass must work for every family
+    (it called ``model.decode(w, resize=True)``, which an SFE model does not take)."""
+    pytest.importorskip("gradio", reason="the web demo needs the demo extra (pip install 'instyle[demo]')")
+    from instyle.demo import ModelEntry, ServeSettings
+    from instyle.demo.app import build_demo
+
+    path, _ = _direction(tmp_path, SFE_D)
+    store = ModelStore([ModelEntry("sfe", sfe), ModelEntry("sg3", sg3)])
+    demo = build_demo(store, ServeSettings(directions=(str(path),)))
+    texts = " ".join(str(c.get("props", {}).get("value")) for c in demo.config["components"])
+    assert "| sfe | sfe | 1 |" in texts and "| sg3 | restyle3 | 3 |" in texts

@@ -308,7 +308,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
             sources = load_sfe_source(model, f.path, name, align=args.align)
             for src in sources:
                 aligned.keep(src)  # a photo aligned here: its crop and record
-                if args.paste_back and not args.align:
+                if args.paste_back and src.face is None:
                     try:
                         aligned.find(src)  # an aligned crop, or the encoding of one
                     except PasteBackError as e:
