@@ -182,3 +182,29 @@ def test_page_builds_with_sfe_first_and_a_stylegan3_model(sfe, sg3, tmp_path):
     demo = build_demo(store, ServeSettings(directions=(str(path),)))
     texts = " ".join(str(c.get("props", {}).get("value")) for c in demo.config["components"])
     assert "| sfe | sfe | 1 |" in texts and "| sg3 | restyle3 | 3 |" in texts
+
+
+def test_edit_encoding_dispatch_and_its_refusals(tiny_psp, photo, tmp_path):
+    import importlib
+
+    from instyle.inference.editing import EditSpec, load_edit
+    from instyle.inference.encoding import edit_encoding, encode
+    from instyle.models.family import get_family, list_families
+
+    for name in list_families():  # a family that edits its own way names a module that does
+        module = get_family(name).editing
+        assert not module or callable(importlib.import_module(module).edit_encoding)
+    path, d = _direction(tmp_path, 64)
+    edit = load_edit(path)
+    with torch.no_grad():
+        enc = encode(tiny_psp, pil_to_tensor(photo, 64)[None])
+        two = edit_encoding(tiny_psp, enc, [[(edit, EditSpec("older", None, (1.0,)))], []])
+    torch.testing.assert_close(two.latents[0], enc.latents[0] + d, atol=1e-6, rtol=0)
+    assert torch.equal(two.latents[1], enc.latents[0])  # an empty chain: the inversion
+    with pytest.raises(ValueError, match="mask"):
+        edit_encoding(tiny_psp, enc, [[(edit, EditSpec("older", None, (1.0,)))]], mask=torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="one strength"):
+        edit_encoding(tiny_psp, enc, [[(edit, EditSpec("older", None, (1.0, 2.0)))]])
+    wrong = load_edit(_direction(tmp_path, 32, "short")[0])
+    with pytest.raises(ValueError):
+        edit_encoding(tiny_psp, enc, [[(wrong, EditSpec("short", None, (1.0,)))]])
