@@ -260,8 +260,8 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
 
     from instyle.errors import InstyleError
     from instyle.inference.io import make_grid, save_image
-    from instyle.inference.pipeline import OutputFolderError
     from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, PasteBackError
+    from instyle.inference.pipeline import OutputFolderError
     from instyle.inference.sfe_editing import edit_fn, preset_spec, read_mask
     from instyle.inference.sfe_runner import Alignments, edit_sfe_sources, load_sfe_source
     from instyle.inference.sources import plan_sources

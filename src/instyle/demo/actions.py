@@ -192,7 +192,7 @@ def interpolate_encodings(model: InversionModel, a: Encoding, b: Encoding, steps
     """``steps`` frames from one image's encoding to another's (both included), latents and
     extras (HyperStyle's offsets, StyleFeatureEditor's features) blended alike; ``progress(frames
     done)`` after each batch."""
-    if not 2 <= steps:
+    if steps < 2:
         raise DemoInputError(f"number of frames must be at least 2, got {steps}")
     lam = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
     out: list[Image.Image] = []
