@@ -37,7 +37,7 @@ def test_sliders_and_typed_edits_give_the_library_codes(tiny_psp, files):
     torch.testing.assert_close(r.latent, expected, atol=1e-5, rtol=1e-5)
     same = edit_photo(tiny_psp, photo, edits, {"older": 0.0})
     assert np.array_equal(np.asarray(same.before), np.asarray(same.after))
-    for bad in ("ganspace:9,0,4=1", "older=1,2", "nope=1"):
+    for bad in ("ganspace:9,0,4=1", "older=1,2; older=3,4", "nope=1"):  # (one strip is allowed, two are not)
         with pytest.raises(DemoInputError):
             edit_photo(tiny_psp, photo, edits, {}, bad)
 

@@ -50,8 +50,6 @@ ALLOWED: dict[str, tuple[int, str]] = {
     "training/model.py": (1, "the pSp builder: ReStyle's encoder sees [image, reconstruction]"),
     # SFE's training state and discriminator step (merged from main at the end; not yet hooks).
     "training/loop.py": (4, "SFE's objective state and discriminator step, not yet training hooks"),
-    # The demo's latent download names its suffix by whether offsets came with the code.
-    "demo/actions.py": (1, "write_latent: .npz when the code carries offsets"),
 }
 
 

@@ -351,7 +351,7 @@ def test_demo_actions_render_on_the_tuned_generator(tmp_path):
         assert np.abs(np.asarray(frame, dtype=np.int16) - np.asarray(want, dtype=np.int16)).max() <= 1
     variants = actions.mix(model, w_a, 2, layers="8-11", seed=0, offsets=off_a)
     assert len(variants) == 2
-    path = actions.write_latent(ra.latent, tmp_path / "face_latent.npy", ra.offsets)
+    path = actions.write_latent(ra.encoding, tmp_path / "face_latent.npy")
     assert path.suffix == ".npz" and load_weights_deltas(path)[0].shape == (1, 16, 16, 3, 3)
     from instyle.demo.store import ModelStore
 

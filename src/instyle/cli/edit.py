@@ -69,7 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--paste-back", action="store_true",
         help="also paste every edited face into its original photo (OUT/pasted/...): inputs are crops of "
-        "`instyle align` / `encode --align` or latents of `encode --align --save-latents`",
+        "`instyle align` / `encode --align` or latents of `encode --align --save-latents` (StyleFeatureEditor: "
+        "also photos aligned here with --align)",
+    )
+    d.add_argument(
+        "--align", action="store_true",
+        help="StyleFeatureEditor: FFHQ-align the face of each photo first, as the original (needs dlib); keeps the "
+        "crops and their alignment.json in OUT/aligned/; with --paste-back the edits go back into the photos",
+    )
+    d.add_argument(
+        "--mask", metavar="FILE",
+        help="StyleFeatureEditor: a square mask of the aligned face, white where the image stays unedited (the "
+        "original's mask_path; its learned face parser is not available, see docs/sfe.md); one mask for every input",
     )
     d.set_defaults(func=run_direction)
 
@@ -175,12 +186,26 @@ def run_direction(args: argparse.Namespace) -> int:
     except ValueError as e:
         error(str(e))
         return 2
+    if args.align:
+        from instyle.alignment import AlignmentUnavailable
+        from instyle.alignment.models import require_dlib
+
+        try:
+            require_dlib()
+        except AlignmentUnavailable as e:
+            error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
+            return 2
     loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
     model, device = loaded
     if not family_of(model).editable_latents:  # the family's own editing path (StyleFeatureEditor)
         return _run_direction_sfe(args, model)
+    if args.align or args.mask:
+        error(f"{'--align' if args.align else '--mask'}: StyleFeatureEditor models only; for this model align the photos "
+              "first (`instyle align` or `encode --align --save-latents`, then --paste-back), or edit a region of the "
+              "input with `instyle edit local --mask`")
+        return 2
     try:
         edits = _plan(args, model)
         layers = _layers(args.layers, model.n_styles)
@@ -235,9 +260,10 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
 
     from instyle.errors import InstyleError
     from instyle.inference.io import make_grid, save_image
+    from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, PasteBackError
     from instyle.inference.pipeline import OutputFolderError
-    from instyle.inference.sfe_editing import edit_fn, preset_spec
-    from instyle.inference.sfe_runner import edit_sfe_sources, load_sfe_source
+    from instyle.inference.sfe_editing import edit_fn, preset_spec, read_mask
+    from instyle.inference.sfe_runner import Alignments, edit_sfe_sources, load_sfe_source
     from instyle.inference.sources import plan_sources
 
     if not model.config.editor:
@@ -254,33 +280,47 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
         for edit, spec in edits:  # every component checked before any input is read
             for s in spec.strengths:
                 edit_fn(edit, s, spec.component)(probe)
+        mask = read_mask(args.mask) if args.mask else None  # read and checked once, before any input
     except ValueError as e:
         error(str(e))
         return 2
 
     def outputs(name: str) -> list[str]:
-        files = []
+        files = [f"{ALIGNED_DIR}/{name}.png"] if args.align else []
         for _, spec in edits:
             files += [f"{name}_{spec.slug}.{args.format}", f"latents/{name}/{spec.slug}.npz"]
-            files += [f"{name}/{spec.slug}/strength_{v:+.3f}.{args.format}" for v in spec.strengths]
+            strip = [f"{name}/{spec.slug}/strength_{v:+.3f}.{args.format}" for v in spec.strengths]
+            files += strip + ([f"{PASTED_DIR}/{f}" for f in strip] if args.paste_back else [])
         return files
 
     try:
-        files, names, problems = plan_sources(args.inputs, out=args.out, outputs=outputs, reserved=["grid.png"])
+        files, names, problems = plan_sources(args.inputs, out=args.out, outputs=outputs,
+                                              reserved=["grid.png", f"{ALIGNED_DIR}/{INDEX_NAME}"])
     except OutputFolderError as e:
         error(str(e))
         return 2
     for msg in problems:
         print(f"instyle: skipped {msg}", file=sys.stderr)
     failed, rows, count = len(problems), [], 0
+    aligned = Alignments(Path(args.out))
     for f, name in zip(files, names):
         try:
-            sources = load_sfe_source(model, f.path, name)
-            rows += edit_sfe_sources(model, sources, edits, args.out, full_resolution=args.full_resolution, fmt=args.format)
+            sources = load_sfe_source(model, f.path, name, align=args.align)
+            for src in sources:
+                aligned.keep(src)  # a photo aligned here: its crop and record
+                if args.paste_back and src.face is None:
+                    try:
+                        aligned.find(src)  # an aligned crop, or the encoding of one
+                    except PasteBackError as e:
+                        print(f"instyle: warning: cannot paste back: {e}", file=sys.stderr)
+                        failed += 1
+            rows += edit_sfe_sources(model, sources, edits, args.out, full_resolution=args.full_resolution, fmt=args.format,
+                                     mask=mask, alignments=aligned if args.paste_back else None)
             count += len(sources)
         except (InstyleError, OSError, ValueError) as e:
             print(f"instyle: skipped {e if str(f.path) in str(e) else f'{f.path}: {e}'}", file=sys.stderr)
             failed += 1
+    aligned.close()
     if not count:
         error("no usable inputs")
         return 1

@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
 def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> int:
     """StyleFeatureEditor: one image at a time; --save-latents writes encoding .npz files."""
     from instyle.inference.io import collect_input_files, output_names
+    from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR
     from instyle.inference.pipeline import OutputFolderError, prepare_output_folder
     from instyle.inference.sfe_runner import encode_sfe_files
 
@@ -206,16 +207,19 @@ def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> 
     if not files:
         error("no input images found")
         return 1
-    planned = (lambda n: [f"{n}.{args.format}"] + ([f"latents/{n}.npz"] if args.save_latents else []))
+    def planned(n: str) -> list[str]:
+        return ([f"{n}.{args.format}"] + ([f"latents/{n}.npz"] if args.save_latents else [])
+                + ([f"{ALIGNED_DIR}/{n}.png"] if args.align else []) + ([f"{PASTED_DIR}/{n}.{args.format}"] if args.paste_back else []))
+
     try:
-        names = output_names(files, planned, ["summary.json"])
+        names = output_names(files, planned, ["summary.json", f"{ALIGNED_DIR}/{INDEX_NAME}"])
         prepare_output_folder(args.out, files, [Path(args.out) / o for n in names for o in planned(n)])
     except (OutputFolderError, ValueError) as e:
         error(str(e))
         return 2
     summary = encode_sfe_files(
         model, [(f.path, n) for f, n in zip(files, names)], args.out, save_latents=args.save_latents,
-        full_resolution=args.full_resolution, fmt=args.format, align=args.align,
+        full_resolution=args.full_resolution, fmt=args.format, align=args.align, paste_back=args.paste_back,
         log=lambda m: print(f"instyle: {m}", file=sys.stderr), meta={"checkpoint": str(args.checkpoint)},
     )
     failed = summary["failed"] + len(problems)

@@ -10,6 +10,7 @@ from instyle.cli.common import (
     add_count,
     add_device_arg,
     add_precision_args,
+    add_sfe_args,
     apply_precision_args,
     error,
 )
@@ -36,10 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", action="append", default=[], metavar="[NAME=]CKPT",
-        help="pSp, e4e, ReStyle or HyperStyle checkpoint (official .pt or instyle model folder), shown as NAME (default: its file or "
+        help="pSp, e4e, ReStyle, HyperStyle, StyleFeatureEditor or ReStyle-over-StyleGAN3 checkpoint (official .pt or instyle "
+        "model folder), shown as NAME (default: its file or "
         "folder name); repeat to offer several",
     )  # fmt: skip
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint official HyperStyle files need")
+    add_sfe_args(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
     add_count(p, "--port", minimum=0, maximum=65535, default=7860, help="TCP port (default: 7860; 0 = any free port)")
     add_device_arg(p)
@@ -80,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             directions=tuple(args.direction),
         )
         load_edits(settings.directions)  # a bad file fails now, not on the page
-        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device, w_encoder=args.w_encoder)
+        store = ModelStore.from_checkpoints(args.checkpoint, device=args.device, w_encoder=args.w_encoder, e4e=args.e4e,
+                                            generator=args.generator)
         if args.iterations is not None:
             store.set_iterations(args.iterations)
         for name in store.names:

@@ -21,7 +21,7 @@ from instyle.inference.encoding import Encoding, as_encoding, render, render_bat
 from instyle.inference.encoding import encode as encode_images
 from instyle.inference.io import tensor_to_pil
 from instyle.inference.preprocess import prepare_input
-from instyle.models.family import InversionModel
+from instyle.models.family import InversionModel, family_of
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
@@ -33,7 +33,9 @@ __all__ = [
     "encode_image",
     "input_preview",
     "interpolate",
+    "interpolate_encodings",
     "mix",
+    "photo_size",
     "reconstruct",
     "write_animation",
     "write_latent",
@@ -47,7 +49,13 @@ class Reconstruction:
     input: Image.Image
     output: Image.Image
     latent: torch.Tensor
-    offsets: list | None = None  # HyperStyle: the image's generator offsets (batch 1, CPU)
+    #: the image's whole encoding (CPU): W+ and what its family re-renders it with
+    encoding: Encoding | None = None
+
+    @property
+    def offsets(self):
+        """The encoding's extra (HyperStyle: the image's generator offsets, batch 1)."""
+        return None if self.encoding is None else self.encoding.extra
 
 
 def align(image: Image.Image, size: int = 256) -> Image.Image:
@@ -74,9 +82,20 @@ def input_preview(x: torch.Tensor, task: str = "inversion") -> Image.Image:
     return tensor_to_pil(preview_input(x, preset))
 
 
+def photo_size(model: InversionModel) -> int:
+    """The side a photo is given to the model at (and aligned to): the encoder's input, or the
+    generator's output for a family that inverts photos at that size (StyleFeatureEditor)."""
+    return model.output_size if family_of(model).photos_at_output_size else max(256, model.input_size)
+
+
 def _prepare(model: InversionModel, image: Image.Image) -> torch.Tensor:
-    """PIL image -> ``[1, input_nc, S, S]`` on the model's device, prepared for the model's task."""
+    """PIL image -> ``[1, input_nc, S, S]`` on the model's device, prepared for the model's task
+    (a family that inverts photos at the generator's size gets them so, as its original)."""
     try:
+        if family_of(model).photos_at_output_size:
+            from instyle.utils.image import pil_to_tensor
+
+            return pil_to_tensor(image.convert("RGB"), model.output_size)[None].to(next(model.parameters()).device)
         x = prepare_input(image, model.config)
     except ValueError as e:  # TaskInputError, LabelError, ...: bad content for this task
         raise DemoInputError(str(e)) from None
@@ -119,7 +138,7 @@ def reconstruct(model: InversionModel, image: Image.Image) -> Reconstruction:
     y = render(model, enc, resize=True)
     preview = input_preview(x[0].cpu(), model.config.task)
     enc = enc.to("cpu")
-    return Reconstruction(preview, tensor_to_pil(y[0]), enc.latents[0].float(), enc.extra)
+    return Reconstruction(preview, tensor_to_pil(y[0]), enc.latents[0].float(), enc)
 
 
 def mix(
@@ -140,6 +159,10 @@ def mix(
     """
     from instyle.inference.mixing import style_mix
 
+    family = family_of(model)
+    if not family.editable_latents:
+        raise DemoInputError(f"{family.title} models edit their own inversion (W+ and a feature map): use the Edit tab; "
+                             "style mixing is not offered for them")
     try:
         codes = style_mix(model, latent[None], n_outputs, latent_mask=layers or None, alpha=alpha, seed=seed, truncation=truncation)
     except ValueError as e:
@@ -157,30 +180,42 @@ def interpolate(
     from instyle.inference.interpolation import interpolate as lerp
 
     try:
-        frames = lerp(w_a, w_b, steps)
+        lerp(w_a, w_b, steps)  # the same checks as the command (steps, shapes)
     except ValueError as e:
         raise DemoInputError(str(e)) from None
     a, b = offsets or (None, None)
     ends = [as_encoding(model, w_a[None], a), as_encoding(model, w_b[None], b)]
+    return interpolate_encodings(model, ends[0], ends[1], steps, progress)
+
+
+def interpolate_encodings(model: InversionModel, a: Encoding, b: Encoding, steps: int, progress=None) -> list[Image.Image]:
+    """``steps`` frames from one image's encoding to another's (both included), latents and
+    extras (HyperStyle's offsets, StyleFeatureEditor's features) blended alike; ``progress(frames
+    done)`` after each batch."""
+    if steps < 2:
+        raise DemoInputError(f"number of frames must be at least 2, got {steps}")
     lam = torch.linspace(1.0, 0.0, steps, dtype=torch.float64)
     out: list[Image.Image] = []
     for i in range(0, steps, 4):  # blended extras (offsets) are large (one set per frame): a few frames at a time
         coeff = torch.stack([lam[i : i + 4], 1 - lam[i : i + 4]], 1)
-        enc = Encoding.blend(ends, coeff).with_latents(frames[i : i + 4])
+        enc = Encoding.blend([a, b], coeff)
         out += [tensor_to_pil(t) for t in render(model, enc.to(model.latent_avg.device), resize=True)]
         if progress is not None:
             progress(len(out))
     return out
 
 
-def write_latent(latent: torch.Tensor, path: str | os.PathLike, offsets: list | None = None, meta: dict | None = None) -> Path:
-    """Write one code as ``.npy`` (float32 ``[n_styles, D]``), the format ``instyle`` tools read;
-    with HyperStyle offsets or ``meta``, ``.npz`` (the path's suffix is replaced)."""
+def write_latent(code: Encoding | torch.Tensor, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write one image's code in the file the ``instyle`` tools read, under the suffix its
+    encoding asks for (the path's suffix is replaced): ``.npy`` float32 ``[n_styles, D]`` for a
+    W+ code alone (a bare tensor), ``.npz`` with the family's extra (HyperStyle's offsets,
+    StyleFeatureEditor's features) or a ``meta``."""
+    from instyle.inference.encoding import save_encoding
     from instyle.inference.latents import save_latent
 
-    if offsets is not None or meta:
-        return save_latent(Path(path).with_suffix(".npz"), latent.float().cpu(), meta=meta, weights_deltas=offsets)
-    return save_latent(path, latent.float().cpu())
+    if isinstance(code, torch.Tensor):  # a bare W+ code (no model, no extra)
+        return save_latent(Path(path).with_suffix(".npz" if meta else ".npy"), code.float().cpu(), meta=meta)
+    return save_encoding(Path(path).with_suffix(code.file_suffix(meta)), code.to("cpu"), meta=meta)
 
 
 def write_animation(frames: Sequence[Image.Image], path: str | os.PathLike, fps: float = 8.0) -> Path:

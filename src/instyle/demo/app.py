@@ -251,10 +251,11 @@ class _Handlers:
     def _read(self, payload, what: str, mode: str | None = "RGB"):
         return read_upload(payload, what, self.settings, mode=mode, uploads=self.uploads)
 
-    def _latent_file(self, latent, stem: str, offsets=None, meta=None) -> str:
-        # named as `instyle encode --save-latents` names it: <name>.npy (.npz with offsets or meta)
-        path = self.outputs.new(f"{stem}.{'npz' if offsets or meta else 'npy'}")
-        return str(actions.write_latent(latent, path, offsets, meta))
+    def _latent_file(self, enc, stem: str, meta=None) -> str:
+        # named as `instyle encode --save-latents` names it: <name>.npy, or .npz where the
+        # encoding carries more (its family's extra, a meta)
+        path = self.outputs.new(f"{stem}{enc.file_suffix(meta)}")
+        return str(actions.write_latent(enc, path, meta))
 
     def _png(self, img, stem: str = "image") -> str:
         # Handing Gradio a finished file (written atomically) rather than a PIL image: Gradio
@@ -268,10 +269,10 @@ class _Handlers:
         image = self._read(photo, "a face photo")
         if align:
             progress(0.1, desc="aligning the face")
-            image = actions.align(image, size=max(256, entry.model.input_size))
+            image = actions.align(image, size=actions.photo_size(entry.model))
         progress(0.3, desc=_encoding(entry))
         r = actions.reconstruct(entry.model, image)
-        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.latent, _stem(photo, "image"), r.offsets)
+        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.encoding, _stem(photo, "image"))
 
     @_guard
     def task_run(self, model_name, payload, progress=gr.Progress()):  # noqa: B008 (Gradio's API)
@@ -281,7 +282,7 @@ class _Handlers:
         r = actions.reconstruct(entry.model, self._read(payload, what, mode=_mode_for(entry)))
         drawn = isinstance(payload, dict) and "composite" in payload  # editor canvases have no file name
         stem = entry.task if drawn else _stem(payload, entry.task)
-        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.latent, stem, r.offsets)
+        return self._png(r.output), self._png(r.input, "input"), self._latent_file(r.encoding, stem)
 
     @_guard
     def preview_labels(self, model_name, payload):
@@ -346,7 +347,7 @@ class _Handlers:
                     "further edits of this photo re-use it")
         before, after = self._png(r.before, "reconstruction"), self._png(r.after, "edited")
         stem = _stem(photo, "photo")
-        return before, after, self._latent_file(r.latent, f"{stem}_{r.name}", meta=r.meta)
+        return before, after, self._latent_file(r.encoding, f"{stem}_{r.name}", meta=r.meta)
 
 
 def _encoding(entry, what: str = "") -> str:
@@ -479,7 +480,7 @@ def _edit_tab(ui: _Ui, h: _Handlers) -> None:
                 e_model = gr.Dropdown(choices=choices, value=choices[0], label="Model", interactive=len(choices) > 1)
                 e_photo = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"], image_mode=None, elem_id="edit-input")
                 sliders = [gr.Slider(-5.0, 5.0, value=0.0, step=0.25, label=n) for n in h.edit_names]
-                e_extra = gr.Textbox(label="More edits (e.g. ganspace:54,7,8=20; sefa:0=3)", placeholder="ganspace:54,7,8=20")
+                e_extra = gr.Textbox(label="More edits (e.g. ganspace:54,7,8=20; sefa:0=3; one may be a strip: age=-3..3:7)", placeholder="ganspace:54,7,8=20")
                 default_steps, info = _refine_defaults(ui.store, choices[0], settings)
                 with gr.Row():
                     e_refine = gr.Radio(["none", "optimize", "pti"], value="none", label="Refine first")

@@ -15,13 +15,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
 
 from instyle.demo.actions import _prepare
 from instyle.demo.inputs import DemoInputError
+from instyle.inference.encoding import Encoding
 from instyle.inference.io import tensor_to_pil
 
 __all__ = ["EditResult", "EncodingCache", "edit_photo", "estimate_step_seconds", "load_edits", "slider_names"]
@@ -51,9 +52,10 @@ def slider_names(edits: Mapping) -> list[str]:
 
 @dataclass
 class EditResult:
-    """``before``/``after`` images, the edited ``latent``, ``name``: what the edit did as a file
-    stem (``older+2.000``), ``cached``: the encoding was re-used, ``refine_seconds``: time of the
-    refinement run by this call (0 when none ran)."""
+    """``before``/``after`` images (``after``: a captioned strip for an edit with several values),
+    the edited ``latent`` (``[n_styles, D]``, or ``[values, n_styles, D]`` for a strip), ``name``:
+    what the edit did as a file stem (``older+2``), ``cached``: the encoding was re-used,
+    ``refine_seconds``: time of the refinement run by this call (0 when none ran)."""
 
     before: Image.Image
     after: Image.Image
@@ -64,6 +66,10 @@ class EditResult:
     #: what the latent file must say about itself: a PTI code belongs to a tuned generator
     #: the download does not carry, so ``instyle`` commands refuse it rather than misrender it
     meta: dict | None = None
+    #: the edited code(s) with whatever the family re-renders them with (the download)
+    encoding: Encoding | None = None
+    #: one image per edited code (a strip's values; one image otherwise)
+    frames: list = field(default_factory=list)
 
 
 class EncodingCache:
@@ -103,40 +109,77 @@ def estimate_step_seconds(model) -> float:
     if w is None:
         return float("nan")
     w = w.expand(1, model.n_styles, -1) if w.ndim == 2 else w
+    from instyle.inference.encoding import as_encoding, render
+
+    enc = as_encoding(model, w)  # the plain generator pass of any family
     times = []
     with torch.no_grad():
-        model.decode(w, resize=True)
+        render(model, enc, resize=True)
         for _ in range(3):  # the fastest of three: a busy moment at start-up should not scare visitors off
             t0 = time.perf_counter()
-            model.decode(w, resize=True)
+            render(model, enc, resize=True)
             times.append(time.perf_counter() - t0)
     return 3 * min(times)
 
 
-def _codes(w: torch.Tensor, edits: Mapping, sliders: Mapping[str, float], extra: str) -> tuple[torch.Tensor, str]:
-    from instyle.inference.editing import EditSpec, edit_codes, parse_edit, resolve_edit
+#: Most values one typed strip edit (``age=-3..3:7``) may ask for in the demo.
+MAX_STRIP_VALUES = 12
+
+
+def _plan(edits: Mapping, sliders: Mapping[str, float], extra: str, max_values: int) -> list[tuple]:
+    """``[(edit, EditSpec)]``: the non-zero sliders, then the typed edits, in order. One typed
+    edit may take several values (a strip, as ``instyle edit --edit age=-3..3:7``)."""
+    from instyle.inference.editing import EditSpec, parse_edit, resolve_edit
 
     plan = [(edits[n], EditSpec(n, None, (float(v),))) for n, v in sliders.items() if float(v) != 0]
     for part in (p.strip() for p in re.split(r"[;\n]", extra or "")):
         if part:
             spec = parse_edit(part)
-            if len(spec.strengths) != 1:
-                raise ValueError(f"edit {part!r}: give one value here, e.g. {spec.name}=2")
             plan.append((resolve_edit(spec.name, edits), spec))
-    for edit, spec in plan:
-        edit.check_fits(w.shape[0], w.shape[1])
-        w = edit_codes(w, edit, spec)[0]
-    name = "_".join(f"{spec.slug}{spec.strengths[0]:+.3g}" for _, spec in plan) or "unedited"
-    return w, "".join(c if c.isalnum() or c in "-_+." else "_" for c in name)[:96]
+    strips = [spec for _, spec in plan if len(spec.strengths) > 1]
+    if len(strips) > 1:
+        raise ValueError(f"one edit may take several values (a strip, e.g. {strips[0].name}=-3..3:7); "
+                         f"give {', '.join(s.name for s in strips[1:])} one value each")
+    if strips and len(strips[0].strengths) > max_values:
+        raise ValueError(f"edit {strips[0].name!r} asks for {len(strips[0].strengths)} values; this demo renders at most {max_values}")
+    return plan
+
+
+def _steps(plan: list[tuple]) -> list[list[tuple]]:
+    """One chain of single-valued edits per output image (one per value of the strip)."""
+    values = next((spec.strengths for _, spec in plan if len(spec.strengths) > 1), (None,))
+    return [[(e, sp if len(sp.strengths) == 1 else replace(sp, strengths=(v,))) for e, sp in plan] for v in values]
+
+
+def _name(plan: list[tuple]) -> str:
+    parts = []
+    for _, spec in plan:
+        s = spec.strengths
+        parts.append(f"{spec.slug}{s[0]:+.3g}" if len(s) == 1 else f"{spec.slug}{s[0]:+.3g}..{s[-1]:+.3g}x{len(s)}")
+    name = "_".join(parts) or "unedited"
+    return "".join(c if c.isalnum() or c in "-_+." else "_" for c in name)[:96]
+
+
+def _caption_strip(plan: list[tuple], images: list[Image.Image]) -> Image.Image:
+    """The strip's images side by side, each captioned with its value (as ``instyle edit``'s strips)."""
+    from instyle.inference.io import caption, make_grid
+
+    spec = next(sp for _, sp in plan if len(sp.strengths) > 1)
+    return make_grid([[caption(im, spec.label(v)) for v, im in zip(spec.strengths, images)]], cell=images[0].size[1])
 
 
 def edit_photo(
     model, image: Image.Image, edits: Mapping, sliders: Mapping[str, float], extra: str = "",
     refine: str = "none", steps: int = 50, seed: int = 0, cache: EncodingCache | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None, max_values: int = MAX_STRIP_VALUES,
 ) -> EditResult:
     """Encode (and optionally refine) one photo, apply the slider and typed edits in order,
-    and render the reconstruction and the edited image (``resize_to`` px).
+    and render the reconstruction and the edited image (``resize_to`` px). A typed edit with
+    several values (``age=-3..3:7``) gives a captioned strip, one image per value.
+
+    The model's family edits its own way (:func:`instyle.inference.encoding.edit_encoding`):
+    StyleFeatureEditor through its feature editor with the original's degrees, the others by
+    moving the W+ code.
 
     ``cache``: re-use the encoding (and refinement) of the same image and settings;
     ``on_step(step, loss)``: called after each refinement step (the page's progress).
@@ -144,14 +187,20 @@ def edit_photo(
     Raises:
         DemoInputError: a bad edit, an edit that does not fit the model, or a refusal.
     """
-    from instyle.inference.encoding import encode, render
+    from instyle.inference.encoding import edit_encoding, encode, render
     from instyle.inference.refine import RefineConfig, apply_generator_delta
     from instyle.inference.refine import refine as run_refine
+    from instyle.models.family import family_of
 
+    family = family_of(model)
+    if refine != "none" and not family.editable_latents:
+        raise DemoInputError(f"{family.title} models edit their own detail-rich inversion: choose 'none' under "
+                             "'Refine first' (optimize / pti tune a W+ code alone)")
     key = EncodingCache.key(model, image, refine, steps, seed)
     hit = cache.get(key) if cache is not None else None
     seconds = 0.0
     try:
+        plan = _plan(edits, sliders, extra, max_values)
         if hit is None:
             x = _prepare(model, image)
             with torch.no_grad():
@@ -162,19 +211,27 @@ def edit_photo(
                 config = RefineConfig(steps=int(steps), lpips_weight=0.0, seed=int(seed), on_step=on_step)
                 res = run_refine(model, x, w, refine, config)
                 w, delta, seconds = res.latent, res.generator_delta, res.seconds
+                enc = enc.with_latents(w[None].to(enc.latents))
             if cache is not None:
                 cache.put(key, (w, delta, enc))
         else:
             w, delta, enc = hit
-        edited, name = _codes(w, edits, sliders, extra)
+        with torch.no_grad():
+            edited = edit_encoding(model, enc, _steps(plan))
     except ValueError as e:  # parse errors, shape mismatches, RefineError
         raise DemoInputError(str(e)) from None
-    generator = apply_generator_delta(model.decoder, delta) if delta is not None else model.decoder
     with torch.no_grad():
         if delta is None:  # with the image's own extra (HyperStyle: its tuned generator)
-            images = render(model, enc.with_latents(torch.stack([w, edited])), resize=True)
+            before = render(model, enc, resize=True)
+            after = render(model, edited, resize=True)
         else:  # PTI: the generator tuned for this image
-            images, _ = generator([torch.stack([w, edited])], input_is_latent=True, randomize_noise=False)
+            generator = apply_generator_delta(model.decoder, delta)
+            images, _ = generator([torch.cat([w[None], edited.latents])], input_is_latent=True, randomize_noise=False)
             images = model.face_pool(images)
+            before, after = images[:1], images[1:]
+    frames = [tensor_to_pil(t) for t in after]
+    shown = frames[0] if len(frames) == 1 else _caption_strip(plan, frames)
     meta = {"method": "pti", "steps": int(steps), "note": "tuned generator not included (web demo)"} if delta is not None else None
-    return EditResult(tensor_to_pil(images[0]), tensor_to_pil(images[1]), edited.cpu(), name, hit is not None, seconds, meta)
+    latent = edited.latents.float().cpu()
+    return EditResult(tensor_to_pil(before[0]), shown, latent[0] if len(latent) == 1 else latent, _name(plan), hit is not None,
+                      seconds, meta, edited.to("cpu"), frames)

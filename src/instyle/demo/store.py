@@ -54,7 +54,7 @@ class ModelEntry:
             "input_channels": cfg.image_nc,
             "input_size": cfg.encoder.input_size,
             "output_size": cfg.resize_to,
-            "n_styles": cfg.n_styles,
+            "n_styles": self.model.n_styles,
             "family": self.family,
             "iterations": self.iterations,
             "random_weights": self.random_weights,
@@ -122,31 +122,42 @@ class ModelStore:
 
     @classmethod
     def from_checkpoints(
-        cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto", w_encoder: str | os.PathLike | None = None
+        cls, checkpoints: Sequence[str | os.PathLike], device: str | torch.device = "auto", w_encoder: str | os.PathLike | None = None,
+        e4e: str | os.PathLike | None = None, generator: str | os.PathLike | None = None,
     ) -> ModelStore:
         """Load every checkpoint (official ``.pt`` or instyle folder) once; none -> :meth:`quickstart`.
 
         Each is a path (named after its file or folder) or ``"NAME=PATH"`` (named ``NAME``).
-        ``w_encoder``: the W-encoder file official HyperStyle checkpoints need (given to each
-        of them; instyle folders carry their own).
+        Companion files go to the official checkpoints whose family takes them
+        (``Family.companions``; instyle folders carry their own): ``w_encoder`` the W-encoder of
+        HyperStyle files, ``e4e`` and ``generator`` the e4e and StyleGAN2 files of
+        StyleFeatureEditor files, ``generator`` the replacement generator of an encoder over StyleGAN3.
 
         Raises:
             instyle.CheckpointError: a checkpoint cannot be loaded (the message names it).
+            ValueError: a companion file none of the checkpoints takes.
         """
         if not checkpoints:
             return cls.quickstart(device)
         from instyle.interop import load_psp
         from instyle.interop.loading import peek_family, resolve_path
+        from instyle.models.family import get_family
         from instyle.models.own_format import is_own_format
 
         dev = resolve_device(device)
         named = [split_named(c) for c in checkpoints]
-        needs = [w_encoder is not None and peek_family(p) == "hyperstyle" and not is_own_format(resolve_path(p)) for _, p in named]
-        if w_encoder is not None and not any(needs):
-            raise ValueError(f"--w-encoder {w_encoder}: none of the checkpoints is an official HyperStyle file that needs it")
+        given = {k: v for k, v in (("w_encoder", w_encoder), ("e4e", e4e), ("generator", generator)) if v is not None}
+        needs = []
+        for _, p in named:
+            found = peek_family(p) if given and not is_own_format(resolve_path(p)) else None
+            takes = get_family(found).companions if found is not None else {}
+            needs.append({k: v for k, v in given.items() if k in takes})
+        for k, v in given.items():
+            if not any(k in n for n in needs):
+                raise ValueError(f"--{k.replace('_', '-')} {v}: none of the checkpoints is an official file that needs it")
         entries = []
         for name, (_, p), need in zip(_unique_names(named), named, needs):
-            model = load_psp(p, device=dev, w_encoder=w_encoder if need else None).eval()
+            model = load_psp(p, device=dev, **need).eval()
             entries.append(ModelEntry(name, model, source=str(p), random_weights=bool(model.random_weights)))
         return cls(entries)
 

@@ -31,7 +31,7 @@ from instyle.models.family import family_of, get_family
 from instyle.models.sfe import ENCODING_KIND, ENCODING_VERSION, SFEEncoding
 from instyle.models.sfe import save_encoding as save_sfe_encoding
 
-__all__ = ["Encoding", "as_encoding", "encode", "encode_steps", "load_encoding", "load_sfe_encoding", "render", "render_batches", "save_encoding"]
+__all__ = ["Encoding", "as_encoding", "edit_encoding", "encode", "encode_steps", "load_encoding", "load_sfe_encoding", "render", "render_batches", "save_encoding"]
 
 
 @dataclass
@@ -64,6 +64,12 @@ class Encoding:
     def with_extra(self, extra: Any) -> Encoding:
         """These latents with another extra (e.g. recomputed from the images)."""
         return Encoding(self.family, self.latents, extra)
+
+    def file_suffix(self, meta: dict | None = None) -> str:
+        """The suffix :func:`save_encoding` writes this encoding under: ``.npy`` for W+ alone,
+        ``.npz`` when the file holds more (the family's extra, a ``meta``)."""
+        more = self.extra is not None or bool(meta) or get_family(self.family).encoding == "features"
+        return ".npz" if more else ".npy"
 
     def to(self, device: Any) -> Encoding:
         extra = None if self.extra is None else self._ops().to(self.extra, device)
@@ -136,6 +142,46 @@ def render(model, enc: Encoding, resize: bool = False, batch_size: int | None = 
 def as_encoding(model, latents: torch.Tensor, extra: Any = None) -> Encoding:
     """``latents`` (and ``extra``) of ``model``'s family as an :class:`Encoding`."""
     return Encoding(family_of(model).name, latents, extra)
+
+
+def edit_encoding(model, enc: Encoding, steps: Sequence[Sequence[tuple[Any, Any]]], mask: torch.Tensor | None = None) -> Encoding:
+    """One image's encoding edited once per entry of ``steps``: each entry is a list of
+    ``(edit, EditSpec)`` with one strength each (:mod:`instyle.inference.editing`), applied in
+    order. A family with its own editing (``Family.editing``: StyleFeatureEditor's feature
+    editor, with the original's strengths) edits there; the others move the W+ code with the
+    shared latent edits and re-render it on the image's own extra. Returns ``len(steps)``
+    encodings as one (render it for the images, save it for the files).
+
+    ``mask`` (``[1, 1, H, W]`` in [0, 1], 1 = keep unedited): only a family with its own
+    editing takes one.
+
+    Raises:
+        ValueError: an edit that does not fit the model, or a mask the family cannot use.
+    """
+    family = get_family(enc.family)
+    if len(enc) != 1:
+        raise ValueError(f"edit_encoding edits one image's encoding, got {len(enc)}")
+    for chain in steps:
+        for edit, spec in chain:
+            edit.check_fits(model.n_styles, enc.latents.shape[-1])
+            if len(spec.strengths) != 1:
+                raise ValueError(f"edit {spec.name!r}: one strength per step, got {len(spec.strengths)}")
+    if family.editing:
+        import importlib
+
+        return importlib.import_module(family.editing).edit_encoding(model, enc, steps, mask=mask)
+    if mask is not None:
+        raise ValueError(f"a mask keeps regions unedited in a family with its own editing; {family.title} models "
+                         "edit the W+ code only (use `instyle edit local --mask` to edit a region of the input)")
+    from instyle.inference.editing import edit_codes
+
+    codes = []
+    for chain in steps:
+        w = enc.latents[0]
+        for edit, spec in chain:
+            w = edit_codes(w, edit, spec)[0]
+        codes.append(w)
+    return enc.with_latents(torch.stack(codes))
 
 
 # --------------------------------------------------------------------------- files

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from instyle.errors import InputError
 from instyle.inference.editing import GANSpacePCA, LatentDirection, load_edit
 
 __all__ = [
@@ -32,6 +33,9 @@ __all__ = [
     "edit_fn",
     "named_edit_fn",
     "preset_spec",
+    "edit_encoding",
+    "read_mask",
+    "MAX_MASK_SIDE",
 ]
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
@@ -115,3 +119,58 @@ def named_edit_fn(name: str, degree: float, edits_dir: str | os.PathLike) -> Edi
         f"SFE edit {name!r}: no {direction.name} in {folder} and not a GANSpace preset "
         f"({', '.join(sorted(GANSPACE_PRESETS))})"
     )
+
+
+def _chain(fns: list[EditFn]) -> EditFn:
+    def fn(w: torch.Tensor) -> torch.Tensor:
+        for f in fns:
+            w = f(w)
+        return w
+
+    return fn
+
+
+def edit_encoding(model, enc, steps, mask: torch.Tensor | None = None):
+    """StyleFeatureEditor's own editing behind :func:`instyle.inference.encoding.edit_encoding`:
+    one :meth:`SFE.edit <instyle.models.sfe.SFE.edit>` of the image's inversion per entry of
+    ``steps`` (its ``(edit, EditSpec)`` pairs composed in order, each strength the original's
+    degree), with the optional ``mask`` (1 = keep unedited). Returns one ``Encoding`` whose
+    extra is the edited :class:`~instyle.models.sfe.SFEEncoding` of every step."""
+    from instyle.inference.encoding import Encoding
+    from instyle.models.sfe import SFEEncoding
+
+    device = model.latent_avg.device
+    source = enc.to(device).extra
+    if mask is not None:
+        mask = mask.to(device)
+    edited = [model.edit(source, _chain([edit_fn(e, sp.strengths[0], sp.component) for e, sp in chain]), mask=mask)
+              for chain in steps]
+    out = SFEEncoding.cat(edited)
+    return Encoding(enc.family, out.latents, out)
+
+
+#: Largest side of a user mask in pixels (the original's masks are the 1024 px aligned face's).
+MAX_MASK_SIDE = 4096
+
+
+def read_mask(path: str | os.PathLike) -> torch.Tensor:
+    """A user mask file -> ``[1, 1, S, S]`` in [0, 1] (white = keep unedited), read as the
+    original reads ``mask_path``: RGB, first channel, scaled to [0, 1]. The image is sized from
+    its header before it is decoded.
+
+    Raises:
+        InputError: not a readable image, not square, or larger than :data:`MAX_MASK_SIDE`.
+    """
+    import numpy as np
+
+    from instyle.utils.image_file import load_image
+
+    try:
+        image = load_image(path, mode="RGB", max_pixels=MAX_MASK_SIDE * MAX_MASK_SIDE)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--mask {path}: {e}") from None
+    w, h = image.size
+    if w != h:
+        raise InputError(f"--mask {path}: the mask must be square like the aligned face it covers, got {w}x{h} px")
+    red = np.asarray(image, dtype=np.float32)[..., 0] / 255.0
+    return torch.from_numpy(red.copy())[None, None]

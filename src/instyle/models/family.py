@@ -67,6 +67,9 @@ class Family:
         exportable: ``instyle export`` can trace it to ONNX graphs.
         editable_latents: its latents may be edited / mixed / interpolated by the shared
             latent tools (False: it has its own editing path).
+        editing: the ``inference`` module with the family's own editing (its
+            ``edit_encoding(model, enc, steps, mask=None)``, see
+            :func:`instyle.inference.encoding.edit_encoding`); empty: the shared latent edits.
         extra_ops: how the family's extra (see ``encoding``) is sliced, joined, blended and moved
             (:class:`ExtraOps`); None for a family whose latents carry nothing else.
         reader: the ``interop`` module that registers how an official file of the family is
@@ -90,6 +93,7 @@ class Family:
     photos_at_output_size: bool = False
     transform: bool = False
     editable_latents: bool = True
+    editing: str = ""
     extra_ops: Any = None
     reader: str = ""
     training: Any = None

@@ -491,13 +491,19 @@ class SFE(nn.Module):
         return F.adaptive_avg_pool2d(images, self.config.resize_to) if resize else images
 
     @torch.no_grad()
-    def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
+    def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor], mask: torch.Tensor | None = None) -> SFEEncoding:
         """The original's editing: ``fn`` (W+ batch -> edited W+ batch) moves both the
         inverter's and the e4e latents; the feature delta is the generator feature of the e4e
         latent minus that of its edit; the editor turns ``cat[fused, delta]`` into the new
         feature. Returns the encoding with ``w_edit = fn(w_recon)`` and ``edited_feat`` set;
-        an edit of an edited encoding starts again from its inversion (edits do not compound)."""
+        an edit of an edited encoding starts again from its inversion (edits do not compound).
+
+        ``mask``: ``[B or 1, 1, H, W]`` in [0, 1], 1 where the image keeps its inverted
+        features (the original's ``mask_path``, white = background): the delta is multiplied by
+        ``1 - mask`` resized bilinearly to the feature's resolution, as the original does."""
         self._check(enc)
+        if mask is not None and (mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, len(enc))):
+            raise ValueError(f"an SFE edit mask must be [1 or {len(enc)}, 1, H, W] in [0, 1], got {tuple(mask.shape)}")
         if not self.config.editor:
             raise ValueError(
                 "this SFE model is an inverter only (phase 1, e.g. sfe_inverter_light.pt): it has no feature editor "
@@ -510,6 +516,9 @@ class SFE(nn.Module):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"the edit function must map W+ {tuple(enc.w_recon.shape)} to the same shape; for {name} it gave {got}")
         delta = self.generator_feature(enc.w_e4e) - self.generator_feature(e4e_edit)
+        if mask is not None:
+            r = delta.shape[-1]
+            delta = delta * (1 - F.interpolate(mask.to(delta), size=(r, r), mode="bilinear", align_corners=False))
         return SFEEncoding(w_recon=enc.w_recon, w_e4e=enc.w_e4e, fused_feat=enc.fused_feat, w_edit=w_edit,
                            edited_feat=self.edited_feature(enc.fused_feat, delta))
 
@@ -603,5 +612,6 @@ class SFEEncodingOps:
 register_family(Family(
     name="sfe", title="StyleFeatureEditor", model_class=SFE, config_class=SFEConfig, kind="sfe",
     encoding="features", extra_ops=SFEEncodingOps(), runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
+    editing="instyle.inference.sfe_editing",
     companions={"e4e": "the e4e encoder it edits with", "generator": "the StyleGAN2 generator it renders with"},
 ))
