@@ -270,6 +270,12 @@ class TransformOps:
 
     @staticmethod
     def blend(extras: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the ``[3, 3]`` matrices themselves, as stylegan3-editing's
+        ``create_inversion_animation.py`` (``get_result_from_vecs``: ``landmarks_b * alpha +
+        landmarks_a * (1 - alpha)``) moves between two unaligned inversions: frame 0 and the
+        last frame render exactly as their encodings; between them the rotation part is a
+        blend of matrices, not a rotation by the blended angle (a 2x2 blend of two rotations
+        ``±θ`` scales by ``cos θ`` halfway, a slight zoom that the original shows too)."""
         stack = torch.cat([t.reshape(-1, 3, 3) for t in extras])
         return torch.einsum("fn,nij->fij", weights.to(stack), stack)
 
@@ -278,9 +284,18 @@ class TransformOps:
         return extra.to(device)
 
 
+#: stylegan3-editing's PTI for images (inversion/scripts/run_pti_images.py, ``RunConfig``):
+#: 350 steps of Adam at 3e-4 on LPIPS 1 + L2 1, stopping once LPIPS < 0.06, and no locality
+#: regulariser (its loss is the reconstruction alone). It also leaves the Fourier input layer
+#: untuned (``StyleGAN3Generator.frozen_in_tuning``). Unlike it, the loss is taken at the
+#: encoder's input size (256 px), not at the generator's 1024 px.
+PTI_DEFAULTS_SG3 = {"steps": 350, "lr": 3e-4, "lpips_weight": 1.0, "l2_weight": 1.0, "locality_weight": 0.0,
+                    "lpips_threshold": 0.06}
+
 register_family(Family(
     name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
     iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True, extra_ops=TransformOps(),
+    refine_defaults={"pti": PTI_DEFAULTS_SG3},
     companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
     reader="instyle.interop.stylegan3",
 ))
