@@ -36,7 +36,7 @@ from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import pil_to_tensor, tensor_to_pil
 from instyle.utils.image_file import load_image
 
-__all__ = ["UnalignedInput", "encode_unaligned", "encode_unaligned_files", "fixed_crop_quad", "transform_meta",
+__all__ = ["UnalignedInput", "crop_transform", "encode_unaligned", "encode_unaligned_files", "fixed_crop_quad", "transform_meta",
            "unaligned_input", "unaligned_preparer"]
 
 #: The frame the landmark transform is measured in (the original's 1024 px crops).
@@ -74,10 +74,16 @@ def unaligned_input(image: Image.Image, size: int = 256, detector: str = "auto")
     face = faces[0]
     quad = fixed_crop_quad(face.quad)
     crop = warp_quad(image, quad, size)
-    scale = TRANSFORM_FRAME / size
-    lm_aligned = source_to_crop(face.landmarks, face.quad, size) * scale
-    lm_crop = source_to_crop(face.landmarks, quad, size) * scale
-    return UnalignedInput(face.image, crop, stylegan_transform(lm_aligned, lm_crop, width=TRANSFORM_FRAME))
+    return UnalignedInput(face.image, crop, crop_transform(face.landmarks, face.quad, quad))
+
+
+def crop_transform(landmarks: np.ndarray, aligned_quad: np.ndarray, crop_quad: np.ndarray) -> StyleGANTransform:
+    """The landmark transform between the aligned crop (``aligned_quad``) and another crop
+    (``crop_quad``) of the same photo, from the photo's ``landmarks [68, 2]`` mapped into
+    each, measured in the original's 1024 px frame (pass ``.inverse_transform`` to the generator)."""
+    lm_aligned = source_to_crop(landmarks, aligned_quad, TRANSFORM_FRAME)
+    lm_crop = source_to_crop(landmarks, crop_quad, TRANSFORM_FRAME)
+    return stylegan_transform(lm_aligned, lm_crop, width=TRANSFORM_FRAME)
 
 
 def encode_unaligned(model, face: UnalignedInput, iterations: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
