@@ -249,8 +249,16 @@ class ReStyle3(nn.Module):
         latents = [w for w, _ in self.invert(x, iterations)]
         return latents if return_all else latents[-1]
 
-    def forward(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruction ``[B, 3, R, R]`` of ``x`` after the iterations."""
+    def forward(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None,
+                latent: torch.Tensor | None = None):
+        """Reconstruction ``[B, 3, R, R]`` of ``x`` after the iterations.
+
+        With ``latent`` (training: one iteration, run through ``forward`` so that
+        ``DistributedDataParallel`` sees it): ``x [B, 6, S, S]`` is ``[photo, feedback]`` and the
+        result ``(image pooled to pool_size, codes)`` with ``codes = encoder(x) + latent``."""
+        if latent is not None:
+            codes = self.encoder(x) + latent
+            return self.decode(codes, resize=True), codes
         return self.invert(x, iterations, transform)[-1][1]
 
     # ----------------------------------------------------------------- persistence
