@@ -269,12 +269,46 @@ def test_cli_trains_the_preset_from_a_stylegan3_generator(toy, tmp_path):
         build_model(tuned.replace(encoder_type="BackboneEncoder", w_discriminator_lambda=0.0))
 
 
-def test_several_processes_are_refused_naming_the_count(toy):
+def test_several_processes_are_refused_for_restyle_e4e_naming_the_count(toy):
     from instyle.training.restyle3 import restyle3_extras
 
-    cfg = sg3_config(toy)
-    with pytest.raises(ConfigError, match=r"got 2 processes"):
+    cfg = e4e_config(toy)
+    with pytest.raises(ConfigError, match=r"ProgressiveBackboneEncoder.*got 2 processes"):
         restyle3_extras(cfg, build_model(cfg), None, torch.device("cpu"), 2)
+    psp = sg3_config(toy)  # ReStyle-pSp trains under torchrun (test_ddp_... below)
+    assert restyle3_extras(psp, build_model(psp), "objective", torch.device("cpu"), 2) == (None, "objective")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
+    """ReStyle-pSp over StyleGAN3 under torchrun (gloo, CPU): 2 processes of batch 4 end where
+    1 process of batch 8 does (every iteration's forward runs through the DDP wrapper, so each
+    of the 3 backward passes is all-reduced)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.test_training import _runner
+
+    common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, flip=True,
+                  val_target=None, lpips_lambda=0.0)
+    script, env = _runner(tmp_path)
+    sg3_config(toy, batch_size=8, **common).save(tmp_path / "single.json")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
+                   check=True, capture_output=True)
+    sg3_config(toy, batch_size=4, **common).save(tmp_path / "ddp.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (load_file(str(tmp_path / r / "checkpoints" / "latest" / "model.safetensors")) for r in ("one", "two"))
+    start = build_model(sg3_config(toy, batch_size=8, **common)).state_dict()
+    moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("encoder."))
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest update {moved:.3g}, largest 1- vs 2-process difference {diff:.3g}")
+    assert moved > 1e-3
+    assert diff < 1e-5, f"2-process result differs by {diff} (update size {moved})"
 
 
 def test_training_continues_from_a_published_style_checkpoint(toy, tmp_path):

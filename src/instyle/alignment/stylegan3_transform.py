@@ -55,7 +55,9 @@ def rotation_from_eyes(left_unaligned, right_unaligned, left_aligned, right_alig
     b = np.asarray(right_aligned, np.float64) - np.asarray(left_aligned, np.float64)
     if not (np.linalg.norm(a) > 0 and np.linalg.norm(b) > 0):
         raise ValueError("the two eye centres coincide; no rotation can be measured")
-    cos_r = np.inner(a / np.linalg.norm(a), b / np.linalg.norm(b))
+    # clipped: parallel vectors can round to a cosine just above 1 (NaN from arccos; the
+    # original never meets it as it detects the landmarks of both images separately)
+    cos_r = float(np.clip(np.inner(a / np.linalg.norm(a), b / np.linalg.norm(b)), -1.0, 1.0))
     r = float(np.degrees(np.arccos(cos_r)))
     return 360 - r if right_unaligned[1] > left_unaligned[1] else r
 

@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         error("no input images found")
         return 1
     if getattr(args, "unaligned", False):
-        return _unaligned(args, model, files)
+        return _unaligned(args, model, files, len(problems), refining)
     if args.refine:
         return _refine(args, model, files, len(problems), refining)
     # Every process reports the files of its own shard.
@@ -227,17 +227,27 @@ def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> 
     return 1 if failed else 0
 
 
-def _unaligned(args: argparse.Namespace, model, files) -> int:
-    """``--unaligned``: ReStyle over StyleGAN3 with the landmark transform on the last iteration."""
+def _unaligned(args: argparse.Namespace, model, files, n_skipped: int = 0, refining=None) -> int:
+    """``--unaligned``: ReStyle over StyleGAN3 with the landmark transform on the last iteration;
+    with ``--refine optimize|pti`` the unaligned crop is fitted under that transform."""
     from instyle.inference.pipeline import OutputFolderError
-    from instyle.inference.unaligned import encode_unaligned_files
+    from instyle.inference.refine import LOSS_REFINERS
+    from instyle.inference.unaligned import encode_unaligned_files, unaligned_preparer
     from instyle.models.family import family_of
 
     if not family_of(model).transform:
         error("--unaligned needs an encoder over StyleGAN3 (e.g. restyle_pSp_ffhq.pt); this model's generator takes no transform")
         return 2
+    if args.refine and (args.refine not in LOSS_REFINERS or args.align):
+        error(f"--unaligned --refine {args.refine}{' --align' if args.align else ''}: the unaligned encode refines with "
+              f"{' or '.join(LOSS_REFINERS)} only, and aligns by itself (no --align; --iterations sets ReStyle's steps)")
+        return 2
     if not _face_tools_ready():
         return 2
+    if args.refine:
+        # as the unaligned encode, every image's latent (and its transform) is written
+        args = argparse.Namespace(**{**vars(args), "save_latents": True})
+        return _refine(args, model, files, n_skipped, refining, prepare=unaligned_preparer(model))
     files = files[: args.limit] if args.limit else files
     try:
         summary = encode_unaligned_files(
@@ -263,8 +273,9 @@ def _face_tools_ready() -> bool:
         return False
 
 
-def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared) -> int:
-    """``--refine``: output names and folder checks as for a plain encode, then the per-image loop."""
+def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared, prepare=None) -> int:
+    """``--refine``: output names and folder checks as for a plain encode, then the per-image loop
+    (``prepare``: path -> network input or RefineInput; default the plain / aligned input)."""
     from instyle.inference.io import output_names
     from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME
     from instyle.inference.pipeline import OutputFolderError, input_preparer, prepare_output_folder
@@ -280,5 +291,5 @@ def _refine(args: argparse.Namespace, model, files, n_skipped: int, prepared) ->
         return 2
     items = [(f.path, n) for f, n in zip(files, names)]
     faces: dict | None = {} if args.align else None  # the aligned crops, kept as encode --align keeps them
-    prepare = input_preparer(model, args.align, args.resize_factor, faces)
+    prepare = prepare or input_preparer(model, args.align, args.resize_factor, faces)
     return run_refine(args, model, items, prepare, n_skipped, prepared, faces)

@@ -13,6 +13,10 @@ to 0 in --steps frames per segment (A -> B -> C ...; shared endpoints appear onc
 are images or latent files (.npy/.npz). Writes frames/frame_NNNN.<fmt>, grid.png (one row,
 at most --grid-frames frames) and an animation (GIF by default; MP4 needs imageio-ffmpeg).
 An unreadable input is reported and skipped (exit code 1) as long as two inputs remain.
+
+Latent files of `instyle encode --unaligned` (StyleGAN3) render with their saved transform;
+between two of them the 3x3 transforms are blended with the same weights as the codes, as
+stylegan3-editing's inversion animation does (a matrix blend, not an angle blend).
 """
 
 #: Most frames per segment (each one a full image).

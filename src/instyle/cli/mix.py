@@ -27,7 +27,8 @@ For super-resolution the paper mixes the medium layers with --latent-mask 4-7 --
 
 Inputs are images (prepared for the checkpoint's task) or latent files (.npy/.npz from
 `instyle encode --save-latents`). Output k of every input uses the same random style.
-Writes <out>/<name>.png (input | outputs), outputs/<name>_<k>.<fmt>, grid.png and, with
+A latent file of `instyle encode --unaligned` (StyleGAN3) renders every output with its
+saved transform. Writes <out>/<name>.png (input | outputs), outputs/<name>_<k>.<fmt>, grid.png and, with
 --save-latents, latents/<name>.npy [N, n_styles, 512]. Bad inputs are reported and skipped
 (exit code 1 at the end).
 """

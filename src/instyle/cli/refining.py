@@ -19,11 +19,14 @@ def add_refine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine", choices=REFINE_METHODS, help="refine each image after encoding: latent optimisation, "
                    "pivotal tuning, or the model's own iterations (ReStyle / HyperStyle checkpoints only)")
     add_count(g, "--refine-steps", minimum=1, maximum=MAX_REFINE_STEPS,
-              help=f"optimiser steps per image (default: 200; restyle/hyperstyle: iterations, default 5, at most {MAX_ITERATIONS})")
+              help=f"optimiser steps per image (default: 200, pti over StyleGAN3: 350 as stylegan3-editing; restyle/hyperstyle: iterations, default 5, at most {MAX_ITERATIONS})")
     g.add_argument("--refine-time", type=float, help="stop refining an image after this many seconds")
+    g.add_argument("--refine-lpips-stop", type=float, metavar="T",
+                   help="stop refining an image once its LPIPS falls below T (default: none; pti over StyleGAN3: "
+                   "0.06 as stylegan3-editing)")
     g.add_argument("--refine-lr", type=float, help="learning rate (default: optimize 0.02, pti 3e-4)")
     g.add_argument("--refine-noise", action="store_true", help="optimize: also fit the noise maps (regularised)")
-    g.add_argument("--refine-lpips", type=float, default=1.0, help="LPIPS weight of the loss; 0 = MSE only (default: 1)")
+    g.add_argument("--refine-lpips", type=float, help="LPIPS weight of the loss; 0 = MSE only (default: 1)")
     g.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
 
 
@@ -32,7 +35,7 @@ def prepare_refine(args: argparse.Namespace):
     checkpoint's family runs the method, the LPIPS weights. ``(config, lpips)``, or None
     after printing the error."""
     from instyle.errors import InstyleError
-    from instyle.inference.refine import LOSS_REFINERS, RefineConfig, check_refiner_fits
+    from instyle.inference.refine import LOSS_REFINERS, check_refiner_fits, default_refine_config
     from instyle.interop.loading import peek_family
     from instyle.models.iterative import DEFAULT_ITERATIONS
     from instyle.utils.progress import timed
@@ -43,11 +46,14 @@ def prepare_refine(args: argparse.Namespace):
         if args.refine not in LOSS_REFINERS and (args.refine_steps or 0) > MAX_ITERATIONS:
             raise ValueError(f"--refine-steps={args.refine_steps}: --refine {args.refine} runs the model's iterations, "
                              f"at most {MAX_ITERATIONS}")
-        steps = args.refine_steps or (RefineConfig.steps if args.refine in LOSS_REFINERS else DEFAULT_ITERATIONS)
-        config = RefineConfig(steps=steps, lr=args.refine_lr, lpips_weight=args.refine_lpips,
-                              optimize_noise=args.refine_noise, time_budget=args.refine_time, seed=args.seed,
-                              progress=True)
-        check_refiner_fits(args.refine, peek_family(args.checkpoint))
+        family = peek_family(args.checkpoint)
+        steps = args.refine_steps or (None if args.refine in LOSS_REFINERS else DEFAULT_ITERATIONS)
+        # the family's published settings (e.g. stylegan3-editing's PTI) under what was typed
+        config = default_refine_config(family, args.refine, steps=steps, lr=args.refine_lr,
+                                       lpips_weight=args.refine_lpips, lpips_threshold=args.refine_lpips_stop,
+                                       optimize_noise=args.refine_noise or None,
+                                       time_budget=args.refine_time, seed=args.seed, progress=True)
+        check_refiner_fits(args.refine, family)
         lpips = None
         if args.refine in LOSS_REFINERS and config.lpips_weight > 0:
             from instyle.losses.lpips import LPIPSLoss

@@ -25,6 +25,11 @@ flicker, reconstruction per frame, frames whose face was interpolated).
 Edits: NAME[:COMPONENT]=STRENGTH (constant) or NAME=TIME:STRENGTH,... key-framed, TIME a
 frame number or seconds (2s); the strength moves linearly between keys. Every stage is
 cached in OUT/cache: a stopped run resumes where it stopped with the same result.
+
+Encoders over StyleGAN3 work as stylegan3-editing's video pipeline: every frame is encoded
+from its aligned crop and rendered under its landmark transform into the first frame's crop
+(transforms smoothed over time with the original's five-tap kernel), which is pasted back;
+--pti fits those crops under the same transforms; --stitch is not available for them.
 """
 
 
@@ -33,9 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("clip", metavar="CLIP", help="a video file (constant frame rate)")
     p.add_argument("--checkpoint", "-c", required=True,
-                   help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
+                   help="pSp, e4e, ReStyle, HyperStyle or ReStyle-over-StyleGAN3 checkpoint: official .pt or an instyle "
+                   "model folder")
     p.add_argument("--out", "-o", required=True, help="output folder (result.mp4, report.json, report.png, cache/)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
+    p.add_argument("--generator", metavar="PATH",
+                   help="encoders over StyleGAN3 only: a replacement StyleGAN3 generator (e.g. a PTI-tuned one)")
     p.add_argument("--direction", "-d", action="append", default=[], metavar="[NAME=]FILE",
                    help="edit file: .npy, InterFaceGAN .pt, GANSpace PCA .pt, SeFa .npz (repeatable)")
     p.add_argument("--edit", "-e", action="append", default=[], metavar="NAME[:COMP]=S|T:S,...",
@@ -87,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
             stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
             lpips_weights=args.lpips_weights, identity=args.identity, progress=True,
         )
-        model = load_psp(args.checkpoint, device=resolve_device(args.device), w_encoder=args.w_encoder).eval()
+        companions = {k: v for k, v in (("w_encoder", args.w_encoder), ("generator", args.generator)) if v}
+        model = load_psp(args.checkpoint, device=resolve_device(args.device), **companions).eval()
         edit_video(model, args.clip, args.out, options, log=say)
     except (InstyleError, OSError) as e:
         error(str(e).splitlines()[0] if str(e) else type(e).__name__)

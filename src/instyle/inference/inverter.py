@@ -187,9 +187,10 @@ class Inverter:
         """
         import dataclasses
 
-        from instyle.inference.refine import RefineConfig, refine
+        from instyle.inference.refine import default_refine_config, refine
 
-        config = dataclasses.replace(config or RefineConfig(), **overrides)
+        # the family's published settings (e.g. stylegan3-editing's PTI) unless a config is given
+        config = dataclasses.replace(config or default_refine_config(self.model, method), **overrides)
         if lpips is None and config.lpips_weight > 0:
             from instyle.losses.lpips import LPIPSLoss
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +56,12 @@ __all__ = [
     "REFINERS",
     "RefineConfig",
     "RefineError",
+    "RefineInput",
     "RefineResult",
     "apply_generator_delta",
     "blend_generator_deltas",
     "check_refiner_fits",
+    "default_refine_config",
     "load_generator_delta",
     "refine",
     "delta_reference",
@@ -89,6 +92,8 @@ class RefineConfig:
         locality_alpha: pti: distance of the regulariser's codes from the pivot (PTI: 30 for 512-D).
         locality_truncation: pti: truncation of the regulariser's random codes (PTI: 0.5).
         locality_interval: pti: apply the regulariser every this many steps (PTI: 1).
+        lpips_threshold: optimize / pti: stop once the LPIPS term of the reconstruction falls
+            below this (None: never; stylegan3-editing's PTI for images stops at 0.06).
         time_budget: seconds per image after which the refinement stops (None = no limit).
         seed: seed of everything random (the regulariser's codes).
         progress: show the steps and the loss (:class:`instyle.utils.progress.Progress`).
@@ -107,6 +112,7 @@ class RefineConfig:
     locality_alpha: float = 30.0
     locality_truncation: float = 0.5
     locality_interval: int = 1
+    lpips_threshold: float | None = None
     time_budget: float | None = None
     seed: int = 0
     progress: bool = False
@@ -125,8 +131,25 @@ class RefineConfig:
             raise RefineError(f"locality_interval={self.locality_interval!r} must be an integer >= 1")
         if self.lpips_weight == 0 and self.l2_weight == 0:
             raise RefineError("lpips_weight and l2_weight are both 0: nothing to fit")
+        if self.lpips_threshold is not None and not self.lpips_threshold > 0:
+            raise RefineError(f"lpips_threshold={self.lpips_threshold!r} must be > 0 (or None: no early stop)")
+        if self.lpips_threshold is not None and self.lpips_weight == 0:
+            raise RefineError("lpips_threshold stops on the LPIPS term; it needs lpips_weight > 0")
         if self.time_budget is not None and not self.time_budget > 0:
             raise RefineError(f"time_budget={self.time_budget!r} must be > 0 seconds (or None)")
+
+
+@dataclass
+class RefineInput:
+    """What :func:`refine_files`' ``prepare`` may return instead of the network input alone:
+    the encoder's input ``x [C, S, S]``, the image to fit (``target``, None: ``x``), the
+    encoding's ``extra`` it renders with and the ``meta`` its latent file keeps (an unaligned
+    StyleGAN3 encoding: the aligned crop, the unaligned crop, and the landmark transform)."""
+
+    x: torch.Tensor
+    target: torch.Tensor | None = None
+    extra: Any = None
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,7 +169,8 @@ class RefineResult:
     weights_deltas: list[torch.Tensor | None] | None = None
 
 
-#: name -> ``fn(model, target [1, 3, S, S], w [n_styles, D], config, lpips) -> RefineResult``.
+#: name -> ``fn(model, target [1, 3, S, S], w [n_styles, D], config, lpips) -> RefineResult``;
+#: a refiner that renders under the encoding's extra (a StyleGAN3 transform) also takes ``extra=``.
 REFINERS: dict[str, Callable] = {}
 #: the refiners that fit a loss (LPIPS + MSE); ``restyle`` and ``hyperstyle`` run the model's own iterations.
 LOSS_REFINERS = ("optimize", "pti")
@@ -164,7 +188,24 @@ def register_refiner(name: str, fn: Callable | None = None, *, replace: bool = F
     return add(fn) if fn is not None else add
 
 
-def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, config: RefineConfig | None = None, lpips=None) -> RefineResult:
+def default_refine_config(model, method: str, **overrides) -> RefineConfig:
+    """The :class:`RefineConfig` of ``method`` for ``model`` (a model, its family's name, or None):
+    the family's published defaults (``Family.refine_defaults``, e.g. stylegan3-editing's PTI
+    settings for encoders over StyleGAN3) under ``overrides`` (None values are ignored)."""
+    from instyle.models.family import get_family
+
+    if model is None:
+        defaults = {}
+    else:
+        defaults = dict((get_family(model) if isinstance(model, str) else family_of(model)).refine_defaults.get(method, {}))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("lpips_weight") == 0 and "lpips_threshold" not in given:
+        defaults.pop("lpips_threshold", None)  # an MSE-only fit has no LPIPS to stop on
+    return RefineConfig(**{**defaults, **given})
+
+
+def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, config: RefineConfig | None = None, lpips=None,
+           extra=None) -> RefineResult:
     """Refine one image's reconstruction.
 
     Args:
@@ -172,13 +213,19 @@ def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, confi
         target: the image ``[3, S, S]`` or ``[1, 3, S, S]`` in [-1, 1] (the network input).
         w_init: the encoder's code ``[n_styles, D]`` (or ``[1, n_styles, D]``).
         method: a name in :data:`REFINERS` (``optimize``, ``pti``, ``restyle``).
-        config: :class:`RefineConfig` (defaults when None).
+        config: :class:`RefineConfig` (None: :func:`default_refine_config`, the family's defaults).
         lpips: an LPIPS module (``instyle.losses.lpips.LPIPSLoss``); needed when
             ``config.lpips_weight > 0``.
+        extra: the encoding's extra the image renders with (an unaligned StyleGAN3 encoding's
+            ``[3, 3]`` transform: ``target`` is then the unaligned crop), rendered through
+            ``model.synthesize``; only ``optimize`` and ``pti`` take one.
     """
     if method not in REFINERS:
         raise RefineError(f"unknown refinement {method!r}; choose one of {', '.join(sorted(REFINERS))}")
-    config = config or RefineConfig()
+    config = config or default_refine_config(model, method)
+    if extra is not None and method not in LOSS_REFINERS:
+        raise RefineError(f"'{method}' refinement runs the model's own iterations on the image; it takes no "
+                          f"rendering transform / extra (use {' or '.join(LOSS_REFINERS)})")
     if method in LOSS_REFINERS and config.lpips_weight > 0 and lpips is None:
         raise RefineError("lpips_weight > 0 needs an LPIPS module (give LPIPS weights, or set lpips_weight=0)")
     if getattr(model, "input_nc", 3) != 3:
@@ -188,7 +235,8 @@ def refine(model, target: torch.Tensor, w_init: torch.Tensor, method: str, confi
     if target.shape[0] != 1 or w_init.shape[0] != 1:
         raise RefineError(f"refine takes one image and one code, got {tuple(target.shape)} and {tuple(w_init.shape)}")
     device = next(model.parameters()).device
-    return REFINERS[method](model, target.detach().to(device).float(), w_init.detach().clone().to(device).float(), config, lpips)
+    kw = {} if extra is None else {"extra": extra.to(device) if isinstance(extra, torch.Tensor) else extra}
+    return REFINERS[method](model, target.detach().to(device).float(), w_init.detach().clone().to(device).float(), config, lpips, **kw)
 
 
 #: refiners that run a model's own loop, and the family each needs
@@ -211,19 +259,46 @@ def check_refiner_fits(method: str, family: str | None) -> None:
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _render(model, generator, w: torch.Tensor, noise=None) -> torch.Tensor:
-    """``w [1, n, D]`` -> image at ``resize_to`` through ``generator`` (the model's or a tuned copy)."""
-    images, _ = generator([w], input_is_latent=True, noise=noise, randomize_noise=False)
-    return model.face_pool(images)
+def _render(model, generator, w: torch.Tensor, noise=None, extra=None) -> torch.Tensor:
+    """``w [1, n, D]`` -> image at ``resize_to`` through ``generator`` (the model's or a tuned
+    copy); with the encoding's ``extra`` (a rendering transform) through the model's
+    ``synthesize``, the one rendering every family offers."""
+    if extra is None:
+        images, _ = generator([w], input_is_latent=True, noise=noise, randomize_noise=False)
+        return model.face_pool(images)
+    if noise is not None:
+        raise RefineError("noise maps and a rendering transform cannot be fitted together")
+    with _generator_swapped(model, generator):
+        return model.synthesize(w, extra, resize=True)
 
 
-def _recon_loss(pred: torch.Tensor, target: torch.Tensor, config: RefineConfig, lpips) -> torch.Tensor:
+@contextmanager
+def _generator_swapped(model, generator):
+    """``model`` rendering through ``generator`` inside the block."""
+    base = model.decoder
+    model.decoder = generator
+    try:
+        yield model
+    finally:
+        model.decoder = base
+
+
+def _recon_loss(pred: torch.Tensor, target: torch.Tensor, config: RefineConfig, lpips, parts: dict | None = None) -> torch.Tensor:
+    """``l2_weight · MSE + lpips_weight · LPIPS``; ``parts`` receives the LPIPS term (a float)."""
     if pred.shape[-1] != target.shape[-1]:
         pred = F.interpolate(pred, size=target.shape[-2:], mode="area")
     loss = config.l2_weight * F.mse_loss(pred, target)
     if config.lpips_weight > 0:
-        loss = loss + config.lpips_weight * lpips(pred, target)
+        term = lpips(pred, target)
+        loss = loss + config.lpips_weight * term
+        if parts is not None:
+            parts["lpips"] = float(term.detach())
     return loss
+
+
+def _converged(config: RefineConfig, parts: dict) -> bool:
+    """The LPIPS term fell below ``config.lpips_threshold`` (stylegan3-editing's early stop)."""
+    return config.lpips_threshold is not None and parts.get("lpips", float("inf")) < config.lpips_threshold
 
 
 @contextmanager
@@ -290,10 +365,12 @@ def _noise_regularizer(noises: list[torch.Tensor]) -> torch.Tensor:
 
 
 @register_refiner("optimize")
-def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResult:
+def _optimize(model, target, w_init, config: RefineConfig, lpips, extra=None) -> RefineResult:
     gen = model.decoder
     base_lr = config.lr or 0.02
     w = w_init.clone().requires_grad_(True)
+    if config.optimize_noise and not callable(getattr(gen, "fixed_noise", None)):
+        raise RefineError(f"this {type(gen).__name__} has no noise inputs to fit; drop optimize_noise (--refine-noise)")
     noises = [n.detach().clone().requires_grad_(True) for n in gen.fixed_noise()] if config.optimize_noise else None
     opt = torch.optim.Adam([w, *(noises or [])], lr=base_lr, betas=(0.9, 0.999))
     budget, done = _Budget(config, "optimize"), 0
@@ -302,7 +379,10 @@ def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResul
         for step in budget:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(base_lr, step / config.steps)
-            loss = _recon_loss(_render(model, gen, w, noises), target, config, lpips)
+            parts: dict = {}
+            loss = _recon_loss(_render(model, gen, w, noises, extra), target, config, lpips, parts)
+            if _converged(config, parts):
+                break
             if noises is not None:
                 loss = loss + config.noise_regularize * _noise_regularizer(noises)
             opt.zero_grad(set_to_none=True)
@@ -315,7 +395,7 @@ def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResul
             losses.append(float(loss.detach()))
             done = step + 1
         with torch.no_grad():
-            image = _render(model, gen, w, noises)[0]
+            image = _render(model, gen, w, noises, extra)[0]
     noise_out = [n.detach() for n in noises] if noises is not None else None
     return RefineResult(image, w.detach()[0], "optimize", done, budget.seconds, losses, noise=noise_out)
 
@@ -324,8 +404,10 @@ def _optimize(model, target, w_init, config: RefineConfig, lpips) -> RefineResul
 
 
 def _tunable(generator) -> list[tuple[str, torch.nn.Parameter]]:
-    """The synthesis parameters (the mapping network is not used when rendering a code)."""
-    return [(n, p) for n, p in generator.named_parameters() if not n.startswith("style.")]
+    """The parameters PTI tunes: all but the generator's ``frozen_in_tuning`` prefixes (the
+    mapping network, which rendering a code never runs; StyleGAN3 also its Fourier input)."""
+    frozen = generator.frozen_in_tuning
+    return [(n, p) for n, p in generator.named_parameters() if not n.startswith(frozen)]
 
 
 def _locality_codes(base, pivot: torch.Tensor, config: RefineConfig, gen: torch.Generator) -> torch.Tensor:
@@ -339,12 +421,13 @@ def _locality_codes(base, pivot: torch.Tensor, config: RefineConfig, gen: torch.
 
 
 @register_refiner("pti")
-def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
+def _pti(model, target, pivot, config: RefineConfig, lpips, extra=None) -> RefineResult:
     base = model.decoder
     tuned = copy.deepcopy(base)
     params = _tunable(tuned)
+    tuned.requires_grad_(False)
     for _, p in params:
-        p.requires_grad_(True)  # whatever the base's flags, the copy's synthesis weights train
+        p.requires_grad_(True)  # whatever the base's flags, the copy's tuned weights train (and only they)
     opt = torch.optim.Adam([p for _, p in params], lr=config.lr or 3e-4)
     rng = torch.Generator().manual_seed(config.seed)
     budget, done = _Budget(config, "pti"), 0
@@ -352,7 +435,10 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
     with _frozen(base), torch.enable_grad():
         tuned.style.requires_grad_(False)
         for step in budget:
-            loss = _recon_loss(_render(model, tuned, pivot), target, config, lpips)
+            parts: dict = {}
+            loss = _recon_loss(_render(model, tuned, pivot, extra=extra), target, config, lpips, parts)
+            if _converged(config, parts):  # as stylegan3-editing: checked before the step
+                break
             if config.locality_weight > 0 and step % config.locality_interval == 0:
                 w_r = _locality_codes(base, pivot, config, rng)
                 with torch.no_grad():
@@ -366,7 +452,7 @@ def _pti(model, target, pivot, config: RefineConfig, lpips) -> RefineResult:
             losses.append(float(loss.detach()))
             done = step + 1
     with torch.no_grad():
-        image = _render(model, tuned, pivot)[0]
+        image = _render(model, tuned, pivot, extra=extra)[0]
         base_params = dict(base.named_parameters())
         delta = {n: (p - base_params[n]).detach().cpu() for n, p in params}
     return RefineResult(image, pivot[0], "pti", done, budget.seconds, losses, generator_delta=delta)
@@ -415,7 +501,9 @@ def _hyperstyle(model, target, w_init, config: RefineConfig, lpips) -> RefineRes
 def _fingerprint(generator) -> str:
     """A short hash of the tuned parameters of ``generator`` (to refuse a delta on another base)."""
     h = hashlib.sha256()
-    for name, p in _tunable(generator):
+    # every non-mapping parameter of a StyleGAN2 generator (what PTI tuned when deltas were
+    # first written), not _tunable's set, so the fingerprint of a saved delta never moves
+    for name, p in ((n, p) for n, p in generator.named_parameters() if not n.startswith("style.")):
         h.update(name.encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -581,7 +669,7 @@ def refine_files(
     out_dir: str | Path,
     method: str,
     config: RefineConfig,
-    prepare: Callable[[Path], torch.Tensor],
+    prepare: Callable[[Path], torch.Tensor | RefineInput],
     lpips=None,
     fmt: str = "png",
     save_latents: bool = False,
@@ -595,6 +683,9 @@ def refine_files(
     ``latents/<name>.npz`` (code, noise maps, meta; for pti it references the delta by path
     and sha256) and ``<name>.<fmt>`` (last, so it marks the image done); with ``grid`` also
     ``grid.png`` (input | output, first 16), as ``encode`` does.
+
+    ``prepare`` gives the network input, or a :class:`RefineInput` (the unaligned encode's:
+    the image to fit and the transform it renders with, kept in the latent's meta).
 
     ``faces``: the dict an aligning ``prepare`` fills (:func:`~instyle.inference.pipeline.input_preparer`):
     each image's aligned crop and its record in ``aligned/alignment.json`` are kept, as
@@ -623,7 +714,10 @@ def refine_files(
             bar.update(1)
             continue
         try:
-            x = prepare(path)[None].to(device)
+            item = prepare(path)
+            item = item if isinstance(item, RefineInput) else RefineInput(item)
+            x = item.x[None].to(device)
+            target = x if item.target is None else item.target[None].to(device)
         except ValueError as e:
             log(f"instyle: skipped {e}")
             summary["failed"] += 1
@@ -632,9 +726,9 @@ def refine_files(
             continue
         with torch.no_grad():
             w = model.encode_for_render(x)[0].float()
-        result = refine(model, x, w, method, dataclasses.replace(config, progress_label=name), lpips)
+        result = refine(model, target, w, method, dataclasses.replace(config, progress_label=name), lpips, extra=item.extra)
         try:
-            meta = {"method": method, "steps": result.steps, "source": str(path)}
+            meta = {**item.meta, "method": method, "steps": result.steps, "source": str(path)}
             latent = out / "latents" / f"{name}.npz"
             if result.generator_delta is not None:
                 delta = save_generator_delta(out / "pti" / f"{name}.safetensors", result.generator_delta, model.decoder)
@@ -658,7 +752,7 @@ def refine_files(
         loss = round(result.losses[-1], 6) if result.losses else None
         record.update(outputs=outputs, status="refined", steps=result.steps, seconds=round(result.seconds, 3), loss=loss)
         if grid and len(grid_rows) < 16:
-            grid_rows.append([input_preview(x[0], model.config), recon])
+            grid_rows.append([input_preview(target[0], model.config), recon])
         summary["refined"] += 1
         summary["seconds"].append(round(result.seconds, 3))
         summary["steps"].append(result.steps)

@@ -31,11 +31,13 @@ from instyle.errors import InputError, InstyleError
 from instyle.inference.io import InputFile, output_names, save_image
 from instyle.inference.latents import save_latent
 from instyle.inference.pipeline import prepare_output_folder
+from instyle.inference.refine import RefineInput
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import pil_to_tensor, tensor_to_pil
 from instyle.utils.image_file import load_image
 
-__all__ = ["UnalignedInput", "fixed_crop_quad", "unaligned_input", "encode_unaligned", "encode_unaligned_files"]
+__all__ = ["UnalignedInput", "crop_transform", "encode_unaligned", "encode_unaligned_files", "fixed_crop_quad", "transform_meta",
+           "unaligned_input", "unaligned_preparer"]
 
 #: The frame the landmark transform is measured in (the original's 1024 px crops).
 TRANSFORM_FRAME = 1024
@@ -72,10 +74,16 @@ def unaligned_input(image: Image.Image, size: int = 256, detector: str = "auto")
     face = faces[0]
     quad = fixed_crop_quad(face.quad)
     crop = warp_quad(image, quad, size)
-    scale = TRANSFORM_FRAME / size
-    lm_aligned = source_to_crop(face.landmarks, face.quad, size) * scale
-    lm_crop = source_to_crop(face.landmarks, quad, size) * scale
-    return UnalignedInput(face.image, crop, stylegan_transform(lm_aligned, lm_crop, width=TRANSFORM_FRAME))
+    return UnalignedInput(face.image, crop, crop_transform(face.landmarks, face.quad, quad))
+
+
+def crop_transform(landmarks: np.ndarray, aligned_quad: np.ndarray, crop_quad: np.ndarray) -> StyleGANTransform:
+    """The landmark transform between the aligned crop (``aligned_quad``) and another crop
+    (``crop_quad``) of the same photo, from the photo's ``landmarks [68, 2]`` mapped into
+    each, measured in the original's 1024 px frame (pass ``.inverse_transform`` to the generator)."""
+    lm_aligned = source_to_crop(landmarks, aligned_quad, TRANSFORM_FRAME)
+    lm_crop = source_to_crop(landmarks, crop_quad, TRANSFORM_FRAME)
+    return stylegan_transform(lm_aligned, lm_crop, width=TRANSFORM_FRAME)
 
 
 def encode_unaligned(model, face: UnalignedInput, iterations: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +95,32 @@ def encode_unaligned(model, face: UnalignedInput, iterations: int | None = None)
     with torch.inference_mode():
         w, image = model.invert(x, iterations, transform=t)[-1]
     return w[0], image[0]
+
+
+def transform_meta(t: StyleGANTransform) -> dict:
+    """What a latent file keeps of its landmark transform (``transform``: the inverse one the
+    generator renders with, read back by :func:`instyle.inference.encoding.load_encoding`)."""
+    return {"transform": t.inverse_transform.tolist(), "forward_transform": t.transform.tolist(),
+            "rotation_angle": t.rotation_angle, "translation": t.translation.tolist()}
+
+
+def unaligned_preparer(model, detector: str = "auto") -> Callable[[Path], RefineInput]:
+    """``path -> RefineInput`` for ``encode --unaligned --refine``: the aligned crop is
+    encoded, the unaligned crop is the image fitted, rendered under the inverse landmark
+    transform (as stylegan3-editing's ``run_pti_images.py --landmarks_transforms_path``)."""
+
+    def prepare(path: Path) -> RefineInput:
+        try:
+            face = unaligned_input(load_image(path, mode="RGB"), size=model.input_size, detector=detector)
+        except (InstyleError, OSError) as e:
+            raise InputError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+        if face is None:
+            raise InputError(f"{path}: no face found")
+        t = torch.from_numpy(face.transform.inverse_transform).float()
+        return RefineInput(pil_to_tensor(face.aligned, model.input_size), pil_to_tensor(face.crop, model.input_size), t,
+                           transform_meta(face.transform))
+
+    return prepare
 
 
 def encode_unaligned_files(
@@ -128,9 +162,7 @@ def encode_unaligned_files(
             pair.paste(face.crop.resize(result.size, Image.Resampling.BICUBIC), (0, 0))
             pair.paste(result, (result.width, 0))
             result = pair
-        t = face.transform
-        meta = {"transform": t.inverse_transform.tolist(), "forward_transform": t.transform.tolist(),
-                "rotation_angle": t.rotation_angle, "translation": t.translation.tolist()}
+        meta = transform_meta(face.transform)
         save_image(result, out / f"{name}.{image_format}")
         save_latent(out / "latents" / f"{name}.npz", w.float().cpu(), meta=meta)
         record.update(status="encoded", outputs=outputs(name))

@@ -64,6 +64,9 @@ class Family:
             only), not the task inputs at ``input_size``.
         transform: its generator renders a latent under a ``[3, 3]`` transform (StyleGAN3:
             ``encode --unaligned`` saves one with each latent).
+        refine_defaults: per refinement method (``"pti"``, ``"optimize"``), the
+            :class:`~instyle.inference.refine.RefineConfig` fields the family's publications
+            use instead of the general defaults (e.g. stylegan3-editing's PTI for images).
         exportable: ``instyle export`` can trace it to ONNX graphs.
         editable_latents: its latents may be edited / mixed / interpolated by the shared
             latent tools (False: it has its own editing path).
@@ -92,6 +95,7 @@ class Family:
     exportable: bool = False
     photos_at_output_size: bool = False
     transform: bool = False
+    refine_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     editable_latents: bool = True
     editing: str = ""
     extra_ops: Any = None

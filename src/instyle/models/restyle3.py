@@ -28,6 +28,7 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
+from instyle.models.runtime import Runtime
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
@@ -118,6 +119,9 @@ class ReStyle3(nn.Module):
         self.decoder = StyleGAN3Generator(self.config.generator)
         self.register_buffer("latent_avg", torch.zeros(self.config.generator.w_dim))
         self.face_pool = nn.AdaptiveAvgPool2d((self.config.pool_size, self.config.pool_size))
+        # precision / compile of the encoder and generator passes, as pSp's (instyle.models.runtime.set_runtime):
+        # fp32 (default) runs exactly the original's float32 path
+        self.runtime = Runtime()
 
     @property
     def n_styles(self) -> int:
@@ -190,7 +194,8 @@ class ReStyle3(nn.Module):
 
         ``transform``: ``[3, 3]`` or ``[B, 3, 3]`` inverse transform of the rendering (None:
         identity). ``resize`` pools to ``pool_size`` like the original's face_pool."""
-        images = self.decoder.synthesize(w_plus, transform=transform)
+        with self.runtime.context(w_plus):
+            images = self.runtime.finish(self.decoder.synthesize(w_plus, transform=transform))
         return self._pool(images) if resize else images
 
     def average_image(self) -> torch.Tensor:
@@ -198,6 +203,11 @@ class ReStyle3(nn.Module):
         ``get_average_image``)."""
         w = self.latent_avg.repeat(self.n_styles, 1).unsqueeze(0)
         return self.decode(w, resize=True)[0]
+
+    def _encoder_pass(self, x6: torch.Tensor) -> torch.Tensor:
+        """The encoder on ``[image, feedback]`` under the runtime's precision; float32 out."""
+        with self.runtime.context(x6):
+            return self.runtime.finish(self.encoder(self.runtime.encoder_input(x6)))
 
     def _check_image(self, x: torch.Tensor) -> None:
         s = self.config.encoder.input_size
@@ -225,7 +235,7 @@ class ReStyle3(nn.Module):
         latent = self.latent_avg.to(x.dtype).repeat(x.shape[0], 1, 1)
         steps = []
         for it in range(n):
-            latent = self.encoder(torch.cat([x, feedback], dim=1)) + latent
+            latent = self._encoder_pass(torch.cat([x, feedback], dim=1)) + latent
             images = self.decode(latent)
             feedback = self._pool(images)
             if transform is not None and it == n - 1:
@@ -239,8 +249,16 @@ class ReStyle3(nn.Module):
         latents = [w for w, _ in self.invert(x, iterations)]
         return latents if return_all else latents[-1]
 
-    def forward(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruction ``[B, 3, R, R]`` of ``x`` after the iterations."""
+    def forward(self, x: torch.Tensor, iterations: int | None = None, transform: torch.Tensor | None = None,
+                latent: torch.Tensor | None = None):
+        """Reconstruction ``[B, 3, R, R]`` of ``x`` after the iterations.
+
+        With ``latent`` (training: one iteration, run through ``forward`` so that
+        ``DistributedDataParallel`` sees it): ``x [B, 6, S, S]`` is ``[photo, feedback]`` and the
+        result ``(image pooled to pool_size, codes)`` with ``codes = encoder(x) + latent``."""
+        if latent is not None:
+            codes = self.encoder(x) + latent
+            return self.decode(codes, resize=True), codes
         return self.invert(x, iterations, transform)[-1][1]
 
     # ----------------------------------------------------------------- persistence
@@ -270,6 +288,12 @@ class TransformOps:
 
     @staticmethod
     def blend(extras: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of the ``[3, 3]`` matrices themselves, as stylegan3-editing's
+        ``create_inversion_animation.py`` (``get_result_from_vecs``: ``landmarks_b * alpha +
+        landmarks_a * (1 - alpha)``) moves between two unaligned inversions: frame 0 and the
+        last frame render exactly as their encodings; between them the rotation part is a
+        blend of matrices, not a rotation by the blended angle (a 2x2 blend of two rotations
+        ``±θ`` scales by ``cos θ`` halfway, a slight zoom that the original shows too)."""
         stack = torch.cat([t.reshape(-1, 3, 3) for t in extras])
         return torch.einsum("fn,nij->fij", weights.to(stack), stack)
 
@@ -278,9 +302,18 @@ class TransformOps:
         return extra.to(device)
 
 
+#: stylegan3-editing's PTI for images (inversion/scripts/run_pti_images.py, ``RunConfig``):
+#: 350 steps of Adam at 3e-4 on LPIPS 1 + L2 1, stopping once LPIPS < 0.06, and no locality
+#: regulariser (its loss is the reconstruction alone). It also leaves the Fourier input layer
+#: untuned (``StyleGAN3Generator.frozen_in_tuning``). Unlike it, the loss is taken at the
+#: encoder's input size (256 px), not at the generator's 1024 px.
+PTI_DEFAULTS_SG3 = {"steps": 350, "lr": 3e-4, "lpips_weight": 1.0, "l2_weight": 1.0, "locality_weight": 0.0,
+                    "lpips_threshold": 0.06}
+
 register_family(Family(
     name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
-    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, runtime=False, transform=True, extra_ops=TransformOps(),
+    iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, transform=True, extra_ops=TransformOps(),
+    refine_defaults={"pti": PTI_DEFAULTS_SG3},
     companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
     reader="instyle.interop.stylegan3",
 ))

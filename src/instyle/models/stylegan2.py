@@ -489,6 +489,10 @@ class Generator(nn.Module):
         img, w = g([w_plus], input_is_latent=True, randomize_noise=False, return_latents=True)
     """
 
+    #: Parameters (name prefixes) that pivotal tuning leaves alone: the mapping network, which
+    #: rendering a code never runs (PTI tunes the synthesis weights).
+    frozen_in_tuning: tuple[str, ...] = ("style.",)
+
     def __init__(self, config: GeneratorConfig | int | None = None, **overrides):
         super().__init__()
         if isinstance(config, int) and not isinstance(config, bool):

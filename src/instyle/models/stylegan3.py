@@ -471,6 +471,11 @@ class StyleGAN3Generator(nn.Module):
     """
 
     family = "stylegan3"
+    #: Parameters (name prefixes) that pivotal tuning leaves alone: the mapping network and the
+    #: Fourier-feature input layer, as stylegan3-editing's PTI ("do not alter the fourier
+    #: features": ``list(generator.synthesis.parameters())[3:]`` in
+    #: inversion/scripts/run_pti_images.py skips ``input.weight`` and ``input.affine.*``).
+    frozen_in_tuning: tuple[str, ...] = ("mapping.", "synthesis.input.")
 
     def __init__(self, config: StyleGAN3Config | None = None, **overrides):
         super().__init__()

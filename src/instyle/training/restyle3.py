@@ -190,8 +190,8 @@ def restyle3_iterations(net: nn.Module, objective: Objective, latent_avg, x: tor
     out = y_hat = None
     for _ in range(n_iters):
         with precision.autocast():
-            codes = model.encoder(torch.cat([x, feedback.detach()], dim=1)) + latent.detach()
-            y_hat = model.decode(codes, resize=True)  # identity transform, pooled to image_size
+            # through net (the DistributedDataParallel wrapper under torchrun): identity transform, pooled to image_size
+            y_hat, codes = net(torch.cat([x, feedback.detach()], dim=1), latent=latent.detach())
             out = objective(x, y, y_hat, codes, latent_avg)
         if train:
             (scaler.scale(out.loss) if scaler is not None else out.loss).backward()
@@ -220,8 +220,12 @@ class Restyle3E4ETraining(E4ETraining):
 def restyle3_extras(cfg, model: ReStyle3, objective: Objective, device, world_size: int):
     """``(e4e_training | None, objective)`` for a restyle3 run: ReStyle-e4e gets the stages,
     discriminator and pools; ReStyle-pSp the plain objective."""
-    if world_size > 1:
-        raise ConfigError(f"family='restyle3' trains in one process (got {world_size} processes under torchrun)")
+    if world_size > 1 and cfg.encoder_type == "ProgressiveBackboneEncoder":
+        # its progressive stages leave the later style heads unused (DistributedDataParallel
+        # needs every parameter in every backward) and its latent discriminator is per process
+        raise ConfigError(f"family='restyle3' with encoder_type='ProgressiveBackboneEncoder' (ReStyle-e4e) trains in one "
+                          f"process (got {world_size} processes under torchrun); ReStyle-pSp ('BackboneEncoder') "
+                          "trains under torchrun")
     if cfg.encoder_type != "ProgressiveBackboneEncoder":
         return None, objective
     e4e = Restyle3E4ETraining(cfg, model.n_styles, model.config.generator.w_dim, device)

@@ -7,6 +7,12 @@ resumable inside: a killed run redoes at most the unit it was working on):
 2. **track**: landmarks per frame, in chunks (``cache/track/``); frames without a face get
    interpolated landmarks and are listed in the report;
 3. **align**: FFHQ quads smoothed over time (STIT's sigmas), crops written per frame (``cache/crops/``);
+   An encoder over StyleGAN3 (a family with a rendering ``transform``) works as
+   stylegan3-editing's video pipeline (inversion/video/): every frame is also cut with the
+   *first* frame's quad (``cache/align/fixed/``), each frame's landmark transform between its
+   aligned crop and that fixed crop is computed (as ``encode --unaligned``) and smoothed with
+   the original's five-tap kernel, each frame renders under its transform, and the results
+   are pasted back through the fixed quad;
 4. **encode**: W+ codes per frame, batched in fixed chunks (``cache/latents/``);
 5. **tune** (``pti``): one generator tuned on all frames, checkpointed (``cache/pti/``);
 6. **render**: reconstructions and edits per frame (``cache/render/``), latents optionally
@@ -47,7 +53,9 @@ from instyle.inference.io import save_image
 from instyle.inference.offsets import uses_offsets
 from instyle.inference.preprocess import prepare_input
 from instyle.inference.refine import apply_generator_delta, load_generator_delta, save_generator_delta
+from instyle.inference.unaligned import crop_transform
 from instyle.losses.lpips import LPIPSLoss
+from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import tensor_to_pil
 from instyle.utils.progress import Progress
@@ -59,6 +67,7 @@ from instyle.video.track import (
     AXES_SIGMA,
     CENTER_SIGMA,
     fill_missing,
+    five_tap_smooth,
     follow_face,
     gaussian_smooth,
     landmark_quads,
@@ -334,7 +343,10 @@ def _edited_codes(w: torch.Tensor, edits, strengths: np.ndarray) -> torch.Tensor
     return out
 
 
-def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, strengths, folder: Path, options: VideoOptions, hook):
+def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, strengths, folder: Path, options: VideoOptions, hook,
+            transforms: np.ndarray | None = None):
+    """Reconstructions (and edits) per frame; ``transforms [N, 3, 3]``: each frame's rendering
+    transform (StyleGAN3: the frame's smoothed landmark transform), carried by its encoding."""
     device = next(model.parameters()).device
     n, b = len(codes), options.batch_size
     base = model.decoder
@@ -348,7 +360,8 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
             if not all(p.is_file() for p in names):
                 w = torch.from_numpy(codes[s : s + b]).to(device)
                 with torch.inference_mode():
-                    enc = as_encoding(model, w)
+                    extra = None if transforms is None else torch.from_numpy(transforms[s : s + b]).to(device)
+                    enc = as_encoding(model, w, extra)
                     if uses_offsets(model):  # HyperStyle: the frames' own generator offsets, recomputed
                         x = torch.stack([prepare_input(_crop(crops, k), model.config) for k in idx]).to(device)
                         enc = enc.with_extra(encode(model, x).extra)
@@ -473,6 +486,9 @@ def edit_video(
     sel = Selection.make(info, options.start, options.end, options.every)
     if uses_offsets(model) and (options.pti or options.stitch):
         raise InputError("--pti and --stitch tune a generator; a HyperStyle model tunes its own per frame: run it without them")
+    if family_of(model).transform and options.stitch:
+        raise InputError("--stitch tunes each frame's aligned crop; an encoder over StyleGAN3 renders the fixed crop under "
+                         "each frame's transform instead: run it without --stitch")
     edits = _load_edits(options, model) if options.edits else []
     lpips = _lpips(options)
     run = _Run(model, clip, info, sel, options, _Cache(out / "cache"), hook, log, edits, lpips)  # checks the edits' keys
@@ -483,11 +499,14 @@ def edit_video(
     run.write(out, faces, results)
     report = build_report(
         info=info, selection=sel, fps=run.fps, raw_quads=faces.raw_quads, quads=faces.quads, missing=faces.missing,
-        crops=faces.crops, render=results.render, results=results.folder, kind=results.kind,
+        crops=faces.targets, render=results.render, results=results.folder, kind=results.kind,
         edits=[t.spec for _, t in edits], strengths=run.strengths, lpips=lpips, identity=options.identity,
         pti=pti_summary, stitch=results.stitch, options=options.key_dict(),
     )
     report["output"]["audio_mode"] = run.audio_mode
+    if faces.transforms is not None:  # StyleGAN3: what each frame rendered with
+        report["transforms"] = {"fixed_quad": faces.quads[0].round(3).tolist(), "smoothing": "stylegan3-editing five-tap",
+                                "inverse": faces.transforms.round(6).tolist()}
     report["seconds"] = {**run.timings, "total": round(time.perf_counter() - t_start, 3)}
     report["outputs"] = [RESULT] + ([SIDE_BY_SIDE] if options.side_by_side else []) + [REPORT, PLOT]
     write_plot(report, out / PLOT)
@@ -506,6 +525,20 @@ class _Faces:
     raw_quads: np.ndarray
     quads: np.ndarray
     crops: Path
+    #: StyleGAN3: each frame's smoothed inverse landmark transform ``[N, 3, 3]`` and the folder
+    #: of the frames cut with the first frame's quad (what the renderings show); else None.
+    transforms: np.ndarray | None = None
+    fixed: Path | None = None
+
+    @property
+    def targets(self) -> Path:
+        """The crops the renderings reproduce (and PTI fits, and the report compares with)."""
+        return self.crops if self.fixed is None else self.fixed
+
+    @property
+    def paste_quads(self) -> np.ndarray:
+        """Per frame, the quad its rendering is pasted back through."""
+        return self.quads if self.transforms is None else np.repeat(self.quads[:1], len(self.quads), axis=0)
 
 
 @dataclass
@@ -552,10 +585,17 @@ class _Run:
         filled = fill_missing(landmarks, found)
         raw_quads = landmark_quads(filled)
         quads = smooth_quads(raw_quads, o.center_sigma, o.axes_sigma)
-        crops = self._stage("align", o.center_sigma, o.axes_sigma, self.size)
+        transform = family_of(self.model).transform
+        crops = self._stage("align", o.center_sigma, o.axes_sigma, self.size, *(["fixed first-frame crop"] if transform else []))
         _align(self.clip, sel, quads, crops, self.size, o, self.hook)
+        transforms = fixed = None
+        if transform:  # stylegan3-editing's video_handler: every frame cut with the first frame's alignment
+            fixed = crops / "fixed"
+            fixed.mkdir(exist_ok=True)
+            _align(self.clip, sel, np.repeat(quads[:1], len(quads), axis=0), fixed, self.size, o, self.hook)
+            transforms = frame_transforms(filled, quads)
         self._timed("align")
-        return _Faces(filled, missing, raw_quads, quads, crops)
+        return _Faces(filled, missing, raw_quads, quads, crops, transforms, fixed)
 
     def latents(self, faces: _Faces):
         """``(codes [N, n_styles, D], PTI's generator delta or None, PTI's summary or None)``."""
@@ -568,7 +608,7 @@ class _Run:
         folder = self._stage("pti", o.latent_sigma, o.pti, asdict(o.pti_config) if o.pti else None, o.lpips_weights)
         if not o.pti:
             return codes, None, None
-        delta, summary = _tune(self.model, faces.crops, codes, folder, o, self.lpips, self.hook)
+        delta, summary = _tune(self.model, faces.targets, codes, folder, o, self.lpips, self.hook, faces.transforms)
         self._timed("pti")
         return codes, delta, summary
 
@@ -577,7 +617,7 @@ class _Run:
         passes = pti_summary["passes"] if pti_summary else None  # a budget-stopped PTI continued: new renderings
         render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits],
                              passes)
-        _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook)
+        _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook, faces.transforms)
         self._timed("render")
         if not o.stitch:
             return _Results(render, render, "edit" if self.edits else "recon")
@@ -596,12 +636,12 @@ class _Run:
         if audio is None:
             self.log(f"{self.clip} has no audio track: the result has none")
         bar = _bar(len(sel), "write", o.progress)
-        frames = _result_frames(self.clip, sel, faces.quads, results.folder, results.kind, o, self.hook, bar)
+        frames = _result_frames(self.clip, sel, faces.paste_quads, results.folder, results.kind, o, self.hook, bar)
         write_mp4(out / RESULT, frames, self.fps, audio, span, o.crf, copy_audio=whole)
         bar.close()
         if o.side_by_side:
             bar = _bar(len(sel), "side by side", o.progress)
-            frames = _side_frames(self.clip, sel, faces.quads, results.render, results.folder, results.kind, o, bar)
+            frames = _side_frames(self.clip, sel, faces.paste_quads, results.render, results.folder, results.kind, o, bar)
             write_mp4(out / SIDE_BY_SIDE, frames, self.fps, audio, span, o.crf, copy_audio=whole)
             bar.close()
         self._timed("write")
@@ -613,7 +653,7 @@ def _lpips(options: VideoOptions):
     return LPIPSLoss(weights=options.lpips_weights).eval()
 
 
-def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOptions, lpips, hook):
+def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOptions, lpips, hook, transforms=None):
     final = folder / "generator_delta.safetensors"
     summary_path = folder / "summary.json"
     if final.is_file() and summary_path.is_file():
@@ -630,12 +670,21 @@ def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOpt
     delta, summary = tune_clip(
         model, targets, torch.from_numpy(codes), config, folder / "state.pt", lpips,
         on_step=lambda done: hook("pti", done), progress=options.progress,
+        extras=None if transforms is None else torch.from_numpy(transforms),
     )
     if lpips is None and options.pti_config.lpips_weight > 0:
         summary["note"] = "no LPIPS weights given: tuned on MSE only"
     save_generator_delta(final, delta, model.decoder, half=False)
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     return load_generator_delta(final, model.decoder), summary
+
+
+def frame_transforms(landmarks: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """``[N, 3, 3]`` float32: per frame, the inverse landmark transform between its aligned
+    crop (``quads[k]``) and the first frame's crop (``quads[0]``), smoothed over time with
+    stylegan3-editing's five-tap kernel (its ``smooth_ws`` on the landmark transforms)."""
+    raw = np.stack([crop_transform(landmarks[k], quads[k], quads[0]).inverse_transform for k in range(len(quads))])
+    return five_tap_smooth(raw).astype(np.float32)
 
 
 def _ranges(ks: list[int]) -> str:

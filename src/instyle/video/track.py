@@ -115,6 +115,26 @@ def gaussian_smooth(values: np.ndarray, sigma: float, truncate: float = 4.0) -> 
     return out
 
 
+#: stylegan3-editing's temporal kernel (inversion/video/post_processing.py, ``smooth_ws``):
+#: ``(w[i-2] / 4 + 3 w[i-1] / 4 + w[i] + 3 w[i+1] / 4 + w[i+2] / 4) / 3``.
+FIVE_TAP = np.array([0.25, 0.75, 1.0, 0.75, 0.25]) / 3.0
+
+
+def five_tap_smooth(values: np.ndarray) -> np.ndarray:
+    """stylegan3-editing's smoothing of the per-frame latents and landmark transforms along
+    axis 0 (:data:`FIVE_TAP`). The original keeps only the frames with two neighbours each
+    side (its output is 4 frames shorter); here the ends repeat their edge frame, so every
+    frame of the clip has a smoothed value."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return v.copy()
+    padded = np.pad(v, [(2, 2)] + [(0, 0)] * (v.ndim - 1), mode="edge")
+    out = np.zeros_like(v)
+    for k, w in enumerate(FIVE_TAP):
+        out += w * padded[k : k + len(v)]
+    return out
+
+
 def smooth_quads(quads: np.ndarray, center_sigma: float = CENTER_SIGMA, axes_sigma: float = AXES_SIGMA) -> np.ndarray:
     """``[N, 4, 2]`` quads smoothed over time: the centres with ``center_sigma``, the half-axes with ``axes_sigma``."""
     c, x, y = quad_axes(quads)

@@ -96,6 +96,7 @@ def tune_clip(
     lpips=None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = False,
+    extras: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Tune ``model.decoder`` on all frames; returns ``(delta {name: tuned - base}, summary)``.
 
@@ -104,10 +105,13 @@ def tune_clip(
         pivots: ``[N, n_styles, D]`` their codes.
         state_path: checkpoint file (read when present: the run resumes from it).
         on_step: called with the number of passes done after each pass.
+        extras: ``[N, 3, 3]`` each frame's rendering transform (StyleGAN3: the frames are the
+            fixed crops, fitted under their landmark transforms as stylegan3-editing's
+            ``run_pti_video.py``); None: none.
     """
     if uses_offsets(model):
         raise InputError("--pti tunes one generator for the clip; a HyperStyle model already tunes one per frame")
-    if len(targets) != len(pivots):
+    if len(targets) != len(pivots) or (extras is not None and len(extras) != len(pivots)):
         raise InputError(f"{len(targets)} frames but {len(pivots)} pivots")
     cfg = config.refine_config()
     if cfg.lpips_weight > 0 and lpips is None:
@@ -116,6 +120,7 @@ def tune_clip(
     base = model.decoder
     tuned = copy.deepcopy(base)
     params = _tunable(tuned)
+    tuned.requires_grad_(False)
     for _, p in params:
         p.requires_grad_(True)
     tuned.style.requires_grad_(False)
@@ -148,7 +153,8 @@ def tune_clip(
                 for k in range(len(targets)):
                     target = targets[k : k + 1].to(device).float() / 127.5 - 1.0
                     pivot = pivots[k : k + 1].to(device).float()
-                    loss = _recon_loss(_render(model, tuned, pivot), target, cfg, lpips)
+                    extra = None if extras is None else extras[k : k + 1].to(device)
+                    loss = _recon_loss(_render(model, tuned, pivot, extra=extra), target, cfg, lpips)
                     if cfg.locality_weight > 0:
                         w_r = _locality_codes(base, pivot, cfg, rng)
                         with torch.no_grad():
