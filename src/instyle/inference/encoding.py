@@ -14,6 +14,7 @@ extra. The model turns images into ``(latents, extra)`` (``model.encode_for_rend
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from instyle.errors import CheckpointError, InputError
+from instyle.inference.editing import edit_codes
 from instyle.inference.latents import read_latent_file, save_latent
 from instyle.inference.numpy_files import read_numpy_file
 from instyle.inference.offsets import check_offsets
@@ -167,14 +169,10 @@ def edit_encoding(model, enc: Encoding, steps: Sequence[Sequence[tuple[Any, Any]
             if len(spec.strengths) != 1:
                 raise ValueError(f"edit {spec.name!r}: one strength per step, got {len(spec.strengths)}")
     if family.editing:
-        import importlib
-
         return importlib.import_module(family.editing).edit_encoding(model, enc, steps, mask=mask)
     if mask is not None:
         raise ValueError(f"a mask keeps regions unedited in a family with its own editing; {family.title} models "
                          "edit the W+ code only (use `instyle edit local --mask` to edit a region of the input)")
-    from instyle.inference.editing import edit_codes
-
     codes = []
     for chain in steps:
         w = enc.latents[0]

@@ -48,7 +48,7 @@ from instyle.inference.latents import save_latent
 from instyle.inference.offsets import sample_offsets, uses_offsets
 from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, face_record, paste_result
 from instyle.inference.preprocess import input_preview
-from instyle.models.family import family_of
+from instyle.models.family import family_of, get_family
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.progress import Progress, say
 
@@ -192,8 +192,6 @@ def default_refine_config(model, method: str, **overrides) -> RefineConfig:
     """The :class:`RefineConfig` of ``method`` for ``model`` (a model, its family's name, or None):
     the family's published defaults (``Family.refine_defaults``, e.g. stylegan3-editing's PTI
     settings for encoders over StyleGAN3) under ``overrides`` (None values are ignored)."""
-    from instyle.models.family import get_family
-
     if model is None:
         defaults = {}
     else:

@@ -20,10 +20,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from instyle.errors import InputError
 from instyle.inference.editing import GANSpacePCA, LatentDirection, load_edit
+from instyle.inference.encoding import Encoding
+from instyle.models.sfe import SFEEncoding
+from instyle.utils.image_file import load_image
 
 __all__ = [
     "GANSPACE_PRESETS",
@@ -136,9 +140,6 @@ def edit_encoding(model, enc, steps, mask: torch.Tensor | None = None):
     ``steps`` (its ``(edit, EditSpec)`` pairs composed in order, each strength the original's
     degree), with the optional ``mask`` (1 = keep unedited). Returns one ``Encoding`` whose
     extra is the edited :class:`~instyle.models.sfe.SFEEncoding` of every step."""
-    from instyle.inference.encoding import Encoding
-    from instyle.models.sfe import SFEEncoding
-
     device = model.latent_avg.device
     source = enc.to(device).extra
     if mask is not None:
@@ -161,10 +162,6 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
     Raises:
         InputError: not a readable image, not square, or larger than :data:`MAX_MASK_SIDE`.
     """
-    import numpy as np
-
-    from instyle.utils.image_file import load_image
-
     try:
         image = load_image(path, mode="RGB", max_pixels=MAX_MASK_SIDE * MAX_MASK_SIDE)
     except (OSError, ValueError) as e:
