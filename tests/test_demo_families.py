@@ -15,6 +15,7 @@ from instyle.demo import DemoInputError, ModelStore, actions
 from instyle.demo.editing import edit_photo, load_edits
 from instyle.inference.encoding import load_encoding, load_sfe_encoding
 from instyle.inference.io import tensor_to_pil
+from instyle.models.family import family_of
 from instyle.utils.image import pil_to_tensor
 from tests.test_sfe import D as SFE_D
 from tests.test_sfe import tiny_model as tiny_sfe
@@ -161,6 +162,29 @@ def test_stylegan3_model_in_the_demo(sg3, photo, tmp_path):
     file = actions.write_latent(e.encoding, tmp_path / "edited.npz")
     assert file.suffix == ".npy"  # W+ alone: the plain latent file every command reads
     torch.testing.assert_close(load_encoding(file, model).latents, e.latent, atol=0, rtol=0)
+
+
+def test_stylegan3_model_refines_with_pti_before_editing_in_the_demo(sg3, photo, tmp_path, monkeypatch):
+    """'Refine first: pti' on a StyleGAN3 model renders through the tuned copy of its own
+    generator (the demo once called it as a StyleGAN2 generator) and starts from the family's
+    published PTI settings under the demo's step count and MSE-only fit."""
+    import instyle.inference.refine as refine_mod
+
+    seen = []
+    real = refine_mod.refine
+
+    def spy(model, x, w, method, config, *a, **k):
+        seen.append(config)
+        return real(model, x, w, method, config, *a, **k)
+
+    monkeypatch.setattr(refine_mod, "refine", spy)
+    path, _ = _direction(tmp_path, sg3.latent_avg.shape[0], "age", shape=(1, -1))
+    edits = load_edits([str(path)])
+    plain = edit_photo(sg3, photo, edits, {"age": 1.0})
+    tuned = edit_photo(sg3, photo, edits, {"age": 1.0}, refine="pti", steps=2)
+    assert len(seen) == 1 and seen[0].steps == 2 and seen[0].lpips_weight == 0.0
+    assert seen[0].lr == family_of(sg3).refine_defaults["pti"]["lr"]
+    assert np.abs(_pixels(tuned.after) - _pixels(plain.after)).max() > 0
 
 
 def test_latent_download_suffix_comes_from_the_encoding(tiny_psp, photo, tmp_path):

@@ -188,7 +188,7 @@ def edit_photo(
         DemoInputError: a bad edit, an edit that does not fit the model, or a refusal.
     """
     from instyle.inference.encoding import edit_encoding, encode, render
-    from instyle.inference.refine import RefineConfig, apply_generator_delta
+    from instyle.inference.refine import default_refine_config, tuned_model
     from instyle.inference.refine import refine as run_refine
     from instyle.models.family import family_of
 
@@ -208,7 +208,10 @@ def edit_photo(
             w = enc.latents[0].float()
             delta = None
             if refine != "none":
-                config = RefineConfig(steps=int(steps), lpips_weight=0.0, seed=int(seed), on_step=on_step)
+                # the family's published settings (StyleGAN3: stylegan3-editing's PTI) under the demo's
+                # few steps and MSE-only fit (no LPIPS weights are needed on a server)
+                config = default_refine_config(model, refine, steps=int(steps), lpips_weight=0.0, seed=int(seed),
+                                               on_step=on_step)
                 res = run_refine(model, x, w, refine, config)
                 w, delta, seconds = res.latent, res.generator_delta, res.seconds
                 enc = enc.with_latents(w[None].to(enc.latents))
@@ -220,15 +223,10 @@ def edit_photo(
             edited = edit_encoding(model, enc, _steps(plan))
     except ValueError as e:  # parse errors, shape mismatches, RefineError
         raise DemoInputError(str(e)) from None
-    with torch.no_grad():
-        if delta is None:  # with the image's own extra (HyperStyle: its tuned generator)
-            before = render(model, enc, resize=True)
-            after = render(model, edited, resize=True)
-        else:  # PTI: the generator tuned for this image
-            generator = apply_generator_delta(model.decoder, delta)
-            images, _ = generator([torch.cat([w[None], edited.latents])], input_is_latent=True, randomize_noise=False)
-            images = model.face_pool(images)
-            before, after = images[:1], images[1:]
+    shown_by = model if delta is None else tuned_model(model, delta)  # PTI: the generator tuned for this image
+    with torch.no_grad():  # with the encoding's own extra (HyperStyle: offsets; StyleGAN3: its transform)
+        before = render(shown_by, enc, resize=True)
+        after = render(shown_by, edited, resize=True)
     frames = [tensor_to_pil(t) for t in after]
     shown = frames[0] if len(frames) == 1 else _caption_strip(plan, frames)
     meta = {"method": "pti", "steps": int(steps), "note": "tuned generator not included (web demo)"} if delta is not None else None

@@ -201,13 +201,8 @@ class Inverter:
     def tuned(self, generator_delta) -> Inverter:
         """An Inverter whose generator carries PTI's tuned weights (a delta dict, or the path
         of a saved delta): decode / edit the refined latent with it."""
-        import copy
-
-        from instyle.inference.refine import apply_generator_delta, load_generator_delta
+        from instyle.inference.refine import load_generator_delta, tuned_model
 
         if not isinstance(generator_delta, dict):
             generator_delta = load_generator_delta(generator_delta, self.model.decoder)
-        model = copy.copy(self.model)
-        model._modules = dict(self.model._modules)
-        model.decoder = apply_generator_delta(self.model.decoder, generator_delta)
-        return Inverter(model, device=self.device, full_resolution=self.full_resolution)
+        return Inverter(tuned_model(self.model, generator_delta), device=self.device, full_resolution=self.full_resolution)

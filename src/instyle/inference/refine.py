@@ -53,6 +53,7 @@ from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.progress import Progress, say
 
 __all__ = [
+    "tuned_model",
     "REFINERS",
     "RefineConfig",
     "RefineError",
@@ -552,6 +553,16 @@ def apply_generator_delta(base, delta: dict[str, torch.Tensor]):
                 raise RefineError(f"delta {name} has shape {tuple(d.shape)}, the generator {tuple(params[name].shape)}")
             params[name].add_(d.to(params[name]))
     return tuned
+
+
+def tuned_model(model, delta: dict[str, torch.Tensor]):
+    """A shallow copy of the inversion ``model`` whose generator carries PTI's tuned weights
+    (``delta`` added to ``model.decoder``); ``model`` itself is unchanged. Render it with
+    :func:`instyle.inference.encoding.render` as any model of its family."""
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    out.decoder = apply_generator_delta(model.decoder, delta)
+    return out
 
 
 # --------------------------------------------------------------------------- tuned generators of saved latents
