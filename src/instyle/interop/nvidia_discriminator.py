@@ -10,12 +10,17 @@ The key map (``resnet`` architecture, the FFHQ config-f network StyleFeatureEdit
   2 (3x3) / 1 (1x1) before the stride-2 conv, as rosinality's blur does, and scales the conv and
   skip outputs by sqrt(0.5) where rosinality divides their sum by sqrt(2): the same values;
 * ``b4.conv`` / ``b4.fc`` / ``b4.out`` -> ``final_conv`` / ``final_linear.0`` / ``final_linear.1``;
-  ``b4.mbstd`` (group size, 1 channel) -> the minibatch standard deviation.
+  ``b4.mbstd`` (group size, 1 channel) -> the minibatch standard deviation; a group size of
+  ``None`` (what NVIDIA's ``legacy.py`` gives the TF-converted FFHQ pickle) is the whole batch;
+* ``conv_clamp`` (NVIDIA's training config writes 256; the TF-converted pickle has none) ->
+  the model's ``conv_clamp``: one value on every activated conv, none on the skips.
 
 Both use equalised learning rates with the same weight gains (``1/sqrt(fan_in)``, learning-rate
-multiplier 1), so tensors copy unchanged. Refused: conditional discriminators, other
-architectures, ``conv_clamp`` (the TF-converted FFHQ pickle has none) and ``mbstd`` with more
-than one channel.
+multiplier 1), so tensors copy unchanged. Checked against NVIDIA's own ``Discriminator``
+(``tests/fixtures/nvidia_discriminator``). NVIDIA runs its ``num_fp16_res`` highest
+resolutions in float16 on CUDA (float32 elsewhere); this model runs in the caller's dtype.
+Refused: conditional discriminators, other architectures, differing clamps and ``mbstd`` with
+more than one channel.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ def select_discriminator(data, source) -> PersistentObject:
     return rec
 
 
-def convert_discriminator(d: PersistentObject, source) -> tuple[dict[int, int], int, dict[str, torch.Tensor], int]:
-    """``(channels per resolution, image size, rosinality state dict, mbstd group size)``."""
+def convert_discriminator(d: PersistentObject, source) -> tuple[dict[int, int], int, dict[str, torch.Tensor], dict]:
+    """``(channels per resolution, image size, rosinality state dict, Discriminator options)``;
+    the options are ``stddev_group`` (``None``: the whole batch) and ``conv_clamp``."""
     init = d.attr("_init_kwargs") or {}
     if int(d.attr("c_dim", init.get("c_dim", 0)) or 0) != 0:
         raise CheckpointError(f"{source}: a conditional discriminator (c_dim > 0) is not supported")
@@ -53,11 +59,18 @@ def convert_discriminator(d: PersistentObject, source) -> tuple[dict[int, int], 
         raise CheckpointError(f"{source}: the discriminator has no b4 epilogue and resolution blocks")
     size = max(blocks)
     sd = d.state_dict()
+    clamps = {}  # NVIDIA gives every activated conv the same conv_clamp, and the skips none
     for name, rec in d.modules.items():
         for layer_name, layer in rec.modules.items():
-            if layer.attr("conv_clamp") is not None:
-                raise CheckpointError(f"{source}: {name}.{layer_name} has conv_clamp={layer.attr('conv_clamp')}; "
-                                      "only discriminators without clamping are supported")
+            if "conv_clamp" not in layer.state:  # mbstd, fc, out
+                continue
+            clamp = layer.attr("conv_clamp")
+            if layer_name == "skip":
+                if clamp is not None:
+                    raise CheckpointError(f"{source}: {name}.skip has conv_clamp={clamp}; NVIDIA never clamps the "
+                                          "skip path and this model does not either")
+            else:
+                clamps[f"{name}.{layer_name}"] = clamp
         arch = rec.attr("architecture")
         if name != "b4" and arch not in (None, "resnet"):
             raise CheckpointError(f"{source}: {name} has architecture={arch!r}; only 'resnet' is supported")
@@ -65,6 +78,11 @@ def convert_discriminator(d: PersistentObject, source) -> tuple[dict[int, int], 
     if mbstd is None or int(mbstd.attr("num_channels", 1)) != 1:
         raise CheckpointError(f"{source}: b4.mbstd must exist with num_channels=1")
     group = mbstd.attr("group_size")
+    first = next(iter(clamps.values()), None)
+    for layer_name, clamp in clamps.items():
+        if clamp != first:
+            raise CheckpointError(f"{source}: {layer_name} has conv_clamp={clamp} where the other convs have "
+                                  f"{first}; only one clamp for every activated conv is supported")
     out: dict[str, torch.Tensor] = {}
 
     def take(src: str, dst: str) -> None:
@@ -90,7 +108,9 @@ def convert_discriminator(d: PersistentObject, source) -> tuple[dict[int, int], 
     take("b4.conv.bias", "final_conv.1.bias")
     take("b4.fc.bias", "final_linear.0.bias")
     take("b4.out.bias", "final_linear.1.bias")
-    return channels, size, out, 4 if group is None else int(group)
+    options = {"stddev_group": None if group is None else int(group),
+               "conv_clamp": None if first is None else float(first)}
+    return channels, size, out, options
 
 
 def load_nvidia_discriminator(path: str | os.PathLike) -> Discriminator:
@@ -98,8 +118,8 @@ def load_nvidia_discriminator(path: str | os.PathLike) -> Discriminator:
     as an instyle :class:`Discriminator` (CPU). Raises :class:`CheckpointError` naming the file."""
     d_rec = select_discriminator(read_pickle(path), path)
     try:
-        channels, size, state, group = convert_discriminator(d_rec, path)
-        d = Discriminator(size, channels=channels, stddev_group=group)
+        channels, size, state, options = convert_discriminator(d_rec, path)
+        d = Discriminator(size, channels=channels, **options)
     except (TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path} [D]: {type(e).__name__}: {e}") from None
     own = d.state_dict()
