@@ -8,6 +8,8 @@ determinism, slicing, file round trip), iterations, precision settings, a descri
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from instyle.errors import InstyleError
 from instyle.inference.encoding import Encoding, encode, load_encoding, render, save_encoding
 from instyle.models.family import InversionModel, family_of, get_family, list_families
 from instyle.models.runtime import model_precision, set_runtime
+from instyle.utils.config import ConfigError
 from tests.test_families import tiny as tiny_psp_family
 from tests.test_hyperstyle import tiny_model as tiny_hyperstyle
 from tests.test_sfe import tiny_model as tiny_sfe
@@ -106,6 +109,20 @@ def test_own_format_round_trip(family, tmp_path):
     x = toy_images(model)
     with torch.no_grad():
         assert torch.equal(render(loaded, encode(loaded, x)), render(model, encode(model, x)))
+
+
+def test_config_dict_round_trip_and_bad_keys(family):
+    """The generic serialisation: every field to JSON and back, nested configs included; an
+    unknown key, top-level or nested, is refused naming it, its section and the accepted keys."""
+    config = model_of(family).config
+    data = json.loads(json.dumps(config.to_dict()))
+    assert type(config).from_dict(data) == config
+    with pytest.raises(ConfigError, match=r"unknown \w+ key\(s\) \['bogus'\]; accepted keys: \[.*'generator'"):
+        type(config).from_dict({**data, "bogus": 1})
+    with pytest.raises(ConfigError, match=r"unknown \w+\.generator key\(s\) \['bogus'\]; accepted keys: \["):
+        type(config).from_dict({**data, "generator": {**data["generator"], "bogus": 1}})
+    with pytest.raises(ConfigError, match=r"\w+\.generator\.\w+=.* must be"):
+        type(config).from_dict({**data, "generator": {**data["generator"], next(iter(data["generator"])): "x"}})
 
 
 def test_encoding_file_round_trip(family, tmp_path):

@@ -29,7 +29,7 @@ from instyle.models.encoders.w_encoder import WEncoder, WEncoderConfig
 from instyle.models.family import DEFAULT_ITERATIONS, Family, register_family  # the original's n_iters_per_batch
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_positive_int, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_positive_int
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -45,7 +45,7 @@ WeightsDeltas = list[torch.Tensor | None]
 
 
 @dataclass
-class HyperStyleConfig:
+class HyperStyleConfig(DictConfig):
     """Full description of a HyperStyle model.
 
     Attributes:
@@ -65,13 +65,10 @@ class HyperStyleConfig:
     resize_to: int = 256
     crop_cars: bool = False
 
+    SECTION = "hyperstyle"
+
     def __post_init__(self):
-        if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig.from_dict(self.generator)
-        if isinstance(self.hypernet, dict):
-            self.hypernet = HyperNetConfig.from_dict(self.hypernet)
-        if isinstance(self.w_encoder, dict):
-            self.w_encoder = WEncoderConfig.from_dict(self.w_encoder)
+        self._nested_from_dicts()
         gen = self.generator
         if self.hypernet is None:
             self.hypernet = HyperNetConfig.for_generator(gen)
@@ -112,18 +109,6 @@ class HyperStyleConfig:
     def encoder(self) -> WEncoderConfig:
         """The image encoder's config (``input_nc``, ``input_size``): the W-encoder's."""
         return self.w_encoder
-
-    def to_dict(self) -> dict:
-        return {
-            "generator": self.generator.to_dict(), "hypernet": self.hypernet.to_dict(),
-            "w_encoder": self.w_encoder.to_dict(), "iterations": self.iterations, "resize_to": self.resize_to,
-            "crop_cars": self.crop_cars,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HyperStyleConfig:
-
-        return from_dict(cls, dict(d), "hyperstyle")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
-from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
+from instyle.utils.config import ConfigError, DictConfig, check_int_range
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["DEFAULT_ITERATIONS_SG3", "ReStyle3Config", "ReStyle3"]
@@ -39,7 +39,7 @@ DEFAULT_ITERATIONS_SG3 = 3
 
 
 @dataclass
-class ReStyle3Config:
+class ReStyle3Config(DictConfig):
     """Architecture of a ReStyle model over StyleGAN3.
 
     Attributes:
@@ -55,11 +55,10 @@ class ReStyle3Config:
     iterations: int = DEFAULT_ITERATIONS_SG3
     pool_size: int = 256
 
+    SECTION = "restyle3"
+
     def __post_init__(self):
-        if isinstance(self.encoder, dict):
-            self.encoder = EncoderConfig(**self.encoder)
-        if isinstance(self.generator, dict):
-            self.generator = StyleGAN3Config.from_dict(self.generator)
+        self._nested_from_dicts()
         if self.encoder.type not in ("BackboneEncoder", "ProgressiveBackboneEncoder"):
             raise ConfigError(
                 f"restyle3.encoder.type={self.encoder.type!r} is not accepted; choose one of "
@@ -87,17 +86,6 @@ class ReStyle3Config:
     @property
     def variant(self) -> str:
         return "e4e" if self.encoder.type == "ProgressiveBackboneEncoder" else "psp"
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ReStyle3Config:
-        if not isinstance(d, dict) or set(d) - {"encoder", "generator", "iterations", "pool_size"}:
-            raise ConfigError(f"restyle3 config must have keys encoder, generator, iterations, pool_size; got {d!r:.200}")
-        return cls(encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
-                   generator=StyleGAN3Config.from_dict(d["generator"]),
-                   iterations=d.get("iterations", DEFAULT_ITERATIONS_SG3), pool_size=d.get("pool_size", 256))
 
 
 class ReStyle3(nn.Module):

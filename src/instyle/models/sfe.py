@@ -40,7 +40,7 @@ from instyle.models.family import Family, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
-from instyle.utils.config import ConfigError, check_int_range, check_power_of_two, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_int_range, check_power_of_two
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -70,7 +70,7 @@ def feature_resolution(index: int) -> int:
 
 
 @dataclass
-class SFEConfig:
+class SFEConfig(DictConfig):
     """Architecture of a StyleFeatureEditor model. Defaults are the original's (1024 px,
     18 styles, iresnet50 widths, ``ContentLayerDeepFast(6, 1024, 512)``, feature 9).
 
@@ -98,11 +98,10 @@ class SFEConfig:
     pool: int = 3
     editor: bool = True
 
+    SECTION = "sfe"
+
     def __post_init__(self):
-        if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig.from_dict(self.generator)
-        if isinstance(self.e4e, dict):
-            self.e4e = EncoderConfig.from_dict(self.e4e)
+        self._nested_from_dicts()
         gen = self.generator
         if not isinstance(self.editor, bool):
             raise ConfigError(f"sfe.editor={self.editor!r} must be true or false")
@@ -160,17 +159,6 @@ class SFEConfig:
         """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's (for an
         inverter-only model one with the same input)."""
         return self.e4e or EncoderConfig(n_styles=self.n_styles, style_dim=self.generator.style_dim, input_size=self.input_size)
-
-    def to_dict(self) -> dict:
-        return {
-            "generator": self.generator.to_dict(), "e4e": None if self.e4e is None else self.e4e.to_dict(), "widths": list(self.widths),
-            "units": list(self.units), "fuser_blocks": self.fuser_blocks, "feature_index": self.feature_index,
-            "input_size": self.input_size, "pool": self.pool, "editor": self.editor,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SFEConfig:
-        return from_dict(cls, dict(d), "sfe")
 
 
 # --------------------------------------------------------------------------- modules
