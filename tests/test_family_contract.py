@@ -12,10 +12,12 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import instyle
 from instyle.errors import InstyleError
 from instyle.inference.encoding import Encoding, encode, load_encoding, render, save_encoding
+from instyle.inference.preprocess import input_preview, prepare_input
 from instyle.models.family import InversionModel, family_of, get_family, list_families
 from instyle.models.runtime import model_precision, set_runtime
 from instyle.utils.config import ConfigError
@@ -64,6 +66,19 @@ def test_the_model_speaks_the_protocol_and_names_its_family(family):
     assert isinstance(model, InversionModel)
     assert record.title in model.describe()
     assert model.output_size > 0 and model.n_styles > 0 and model.input_nc in (1, 3)
+    spec = model.input_spec
+    assert spec == model.config.input_spec and (spec.channels, spec.width) == (model.input_nc, model.input_size)
+
+
+def test_inputs_are_prepared_from_the_input_spec(family):
+    """The shared input tools ask the model (or its config) for its InputSpec, nothing else."""
+    model = model_of(family)
+    spec = model.input_spec
+    photo = Image.new("RGB", (70, 50), (200, 120, 40))
+    x = prepare_input(photo, model)
+    assert x.shape == (spec.channels, spec.height, spec.width)
+    assert torch.equal(x, prepare_input(photo, model.config)) and torch.equal(x, prepare_input(photo, spec))
+    assert input_preview(x, model).size == (spec.width, spec.height)
 
 
 def test_encode_render_shapes_and_determinism(family):
@@ -78,7 +93,7 @@ def test_encode_render_shapes_and_determinism(family):
     assert enc.latents.shape[:2] == (2, model.n_styles)
     assert torch.equal(enc.latents, again.latents)
     assert images.shape[:2] == (2, 3) and images.shape[-1] == model.output_size
-    assert pooled.shape[-1] == model.config.resize_to
+    assert pooled.shape[-1] == model.pooled_size
     assert torch.isfinite(images).all()
     with torch.no_grad():
         assert torch.equal(render(model, enc), images)  # stored noise: rendering is deterministic

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
-from instyle.models.family import Family, get_family, register_family
+from instyle.models.family import Family, InputSpec, get_family, register_family
 from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, encoder_class, register_config
@@ -130,6 +130,12 @@ class PSPConfig(DictConfig):
     def output_size(self) -> int:
         return self.generator.size
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model's inputs are: this task's, ``image_nc`` channels at the encoder's size."""
+        enc = self.encoder
+        return InputSpec(self.task, self.image_nc, enc.input_height or enc.input_size, enc.input_size, self.label_nc)
+
     def with_overrides(self, **overrides) -> PSPConfig:
         """A copy with fields replaced; nested sections merge key by key, timm-style::
 
@@ -205,6 +211,15 @@ class PSP(nn.Module):
     @property
     def input_size(self) -> int:
         return self.config.encoder.input_size
+
+    @property
+    def pooled_size(self) -> int:
+        """Side of ``resize=True`` outputs (``config.resize_to``)."""
+        return self.config.resize_to
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.config.input_spec
 
     def describe(self) -> str:
         """One line for people: family, encoder, sizes, task."""

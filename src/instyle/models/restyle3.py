@@ -25,7 +25,7 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, register_family
+from instyle.models.family import Family, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
@@ -74,14 +74,11 @@ class ReStyle3Config(DictConfig):
         check_int_range("restyle3.iterations", self.iterations, 1, 100)
         check_int_range("restyle3.pool_size", self.pool_size, 16, 1024)
 
-    # what the encode pipeline reads from a model config (pSp's names)
-    image_nc = 3
-    label_nc = 0
-    task = "inversion"
-
     @property
-    def resize_to(self) -> int:
-        return self.pool_size
+    def input_spec(self) -> InputSpec:
+        """Photos (the encoder sees 6 channels: image + current output) at the encoder's size."""
+        s = self.encoder.input_size
+        return InputSpec("inversion", 3, s, s)
 
     @property
     def variant(self) -> str:
@@ -122,7 +119,15 @@ class ReStyle3(nn.Module):
     @property
     def input_nc(self) -> int:
         """Channels of the input images: 3 (the encoder sees 6: image + current output)."""
-        return self.config.image_nc
+        return self.config.input_spec.channels
+
+    @property
+    def pooled_size(self) -> int:
+        return self.config.pool_size
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.config.input_spec
 
     @property
     def default_iterations(self) -> int:

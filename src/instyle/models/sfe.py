@@ -36,7 +36,7 @@ from torch import nn
 
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, register_family
+from instyle.models.family import Family, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
@@ -62,6 +62,8 @@ MAX_UNITS = 64
 MAX_BLOCKS = 32
 #: ``feature_scale = min(1, 1e-4 * n_iter)`` of the original at inference (``n_iter = 1e5``).
 INFERENCE_FEATURE_SCALE = 1.0
+#: Side of ``resize=True`` outputs (pooled for evaluation, as the other families' 256).
+POOLED_SIZE = 256
 
 
 def feature_resolution(index: int) -> int:
@@ -147,18 +149,10 @@ class SFEConfig(DictConfig):
     def feature_channels(self) -> int:
         return self.generator.channel_table()[feature_resolution(self.feature_index)]
 
-    # What the shared inference and evaluation tools read from a model config.
-    task = "inversion"
-    family = "sfe"
-    label_nc = 0
-    image_nc = 3
-    resize_to = 256  # side outputs are pooled to for evaluation, as the other families
-
     @property
-    def encoder(self) -> EncoderConfig:
-        """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's (for an
-        inverter-only model one with the same input)."""
-        return self.e4e or EncoderConfig(n_styles=self.n_styles, style_dim=self.generator.style_dim, input_size=self.input_size)
+    def input_spec(self) -> InputSpec:
+        """Photos at ``input_size`` (the e4e encoder's and the FS backbone's)."""
+        return InputSpec("inversion", 3, self.input_size, self.input_size)
 
 
 # --------------------------------------------------------------------------- modules
@@ -370,6 +364,8 @@ class SFE(nn.Module):
     input_size = property(lambda self: self.config.input_size)
     input_nc = 3
     input_hw = property(lambda self: (self.config.input_size, self.config.input_size))
+    pooled_size = POOLED_SIZE
+    input_spec = property(lambda self: self.config.input_spec)
 
     def describe(self) -> str:
         """One line for people: sizes and the replaced feature."""
@@ -469,14 +465,14 @@ class SFE(nn.Module):
     def synthesize(self, w_plus: torch.Tensor, extra: SFEEncoding | None = None, resize: bool = False) -> torch.Tensor:
         """Images of ``w_plus``: with its encoding, the encoding itself when ``w_plus`` is its
         latent, else ``w_plus`` as an edit of it (the feature editor follows); without, the
-        plain generator. ``resize`` pools to ``resize_to``."""
+        plain generator. ``resize`` pools to ``POOLED_SIZE``."""
         if extra is None:
             images = self.decoder.synthesize(w_plus)
         elif w_plus.shape == extra.latents.shape and torch.equal(w_plus, extra.latents.to(w_plus)):
             images = self.decode(extra)
         else:
             images = self.decode(self.edit(extra, lambda _w: w_plus))
-        return F.adaptive_avg_pool2d(images, self.config.resize_to) if resize else images
+        return F.adaptive_avg_pool2d(images, self.pooled_size) if resize else images
 
     @torch.no_grad()
     def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor]) -> SFEEncoding:
