@@ -59,8 +59,9 @@ def tiny_psp():
 
 @pytest.fixture(scope="module")
 def single_thread():
-    """Run a module's models on one thread even when ``INSTYLE_TEST_THREADS`` asks for more
-    (``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    """Run a test's models on one thread even when ``INSTYLE_TEST_THREADS`` asks for more (the
+    benchmark tests time both loops alike); with the default one thread per process it changes
+    nothing, so tests that merely want one thread need no mark."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

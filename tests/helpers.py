@@ -118,3 +118,28 @@ def run_checkpoint_writer(script: Path, keys: Path, seed: int, out: Path, *extra
 def checkpoint_writes() -> int:
     """How many distinct checkpoints this session has written (for the cache's own test)."""
     return len(_WRITTEN)
+
+
+#: A tiny StyleGAN3 architecture (16 px, 4 layers, 8-d latents); tests override fields.
+TINY_SG3 = dict(z_dim=8, w_dim=8, img_resolution=16, channel_base=128, channel_max=16, num_layers=4, margin_size=2)
+
+
+def tiny_sg3_generator(seed: int = 0, **overrides):
+    """A tiny StyleGAN3-R generator (1x1 convs, radial filters; ``TINY_SG3`` plus ``overrides``)
+    with non-trivial values everywhere (NVIDIA initialises some to 0 / 1), in eval mode."""
+    import torch
+
+    from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+
+    torch.manual_seed(seed)
+    g = StyleGAN3Generator(StyleGAN3Config(**{**TINY_SG3, "conv_kernel": 1, "use_radial_filters": True, **overrides}))
+    with torch.no_grad():
+        for name, t in g.named_parameters():
+            if name.endswith("affine.weight"):
+                t.normal_(0, 0.3)
+        for name, b in g.named_buffers():
+            if name.endswith("magnitude_ema"):
+                b.fill_(0.8)
+            elif name.endswith("w_avg"):
+                b.normal_(0, 0.5)
+    return g.eval()

@@ -17,8 +17,6 @@ import torch
 
 from instyle.training.state import RunFolder, capture_rng, read_training_state, write_checkpoint
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 MUTATIONS = ("mkdir", "replace", "rename", "unlink", "remove", "rmdir")
 
 

@@ -12,8 +12,6 @@ from instyle.demo.editing import edit_photo, load_edits, slider_names
 from instyle.demo.inputs import DemoInputError
 from instyle.inference.io import pil_to_tensor
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture
 def files(tmp_path):

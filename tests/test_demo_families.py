@@ -63,7 +63,7 @@ def test_sfe_edit_uses_its_feature_editor_and_the_originals_degree(sfe, photo, t
     ref = sfe.edit(enc, lambda w: w + 1.0 * d)  # InterFaceGAN at degree / 2, on both latents
     torch.testing.assert_close(r.latent, ref.w_edit[0], atol=1e-6, rtol=0)
     torch.testing.assert_close(r.encoding.extra.edited_feat, ref.edited_feat, atol=1e-5, rtol=0)
-    want = tensor_to_pil(F.adaptive_avg_pool2d(sfe.decode(ref), sfe.config.resize_to)[0])
+    want = tensor_to_pil(F.adaptive_avg_pool2d(sfe.decode(ref), sfe.pooled_size)[0])
     assert np.abs(_pixels(r.after) - _pixels(want)).max() <= 1
     # the download is the edited SFE encoding: it re-renders without the photo
     file = actions.write_latent(r.encoding, tmp_path / "face_older+2.npy")
@@ -120,7 +120,7 @@ def test_sfe_reconstruct_interpolate_and_download(sfe, photo, tmp_path):
     frames = actions.interpolate(sfe, w_a, w_b, 3, (a, b))
     assert np.abs(_pixels(frames[0]) - _pixels(r.output)).max() <= 1
     mid = a.blend([a, b], torch.tensor([[0.5, 0.5]]))
-    want = tensor_to_pil(F.adaptive_avg_pool2d(sfe.decode(mid), sfe.config.resize_to)[0])
+    want = tensor_to_pil(F.adaptive_avg_pool2d(sfe.decode(mid), sfe.pooled_size)[0])
     assert np.abs(_pixels(frames[1]) - _pixels(want)).max() <= 1  # the features are blended, not edited
 
 
@@ -147,7 +147,7 @@ def test_stylegan3_model_in_the_demo(sg3, photo, tmp_path):
     with torch.no_grad():
         w = model.encode(x)
     torch.testing.assert_close(r.latent, w[0], atol=1e-5, rtol=0)
-    assert r.output.size == (model.config.resize_to,) * 2
+    assert r.output.size == (model.pooled_size,) * 2
     variants = actions.mix(model, r.latent, 2, layers="3-5", seed=1)
     assert len(variants) == 2 and np.abs(_pixels(variants[0]) - _pixels(variants[1])).max() > 0
     frames = actions.interpolate(model, r.latent, r.latent.flip(0), 3)

@@ -14,8 +14,6 @@ from instyle.inference.editing import DirectionSet, edit_codes, load_edit, parse
 from instyle.interop import save_generator
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def gen():

@@ -26,9 +26,6 @@ from .helpers import read_key_list
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 def _python_blocks(markdown: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", markdown.read_text(), flags=re.S)
 

@@ -25,8 +25,6 @@ from instyle.models.psp import PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from tests.conftest import shared_path
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def edits_file(*parts: str):
     return shared_path("data", "edits", *parts)

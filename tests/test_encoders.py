@@ -26,9 +26,6 @@ GRADUAL, INTO_W, INTO_WPLUS = ENCODER_TYPES
 NARROW = {"widths": (4, 8, 8, 16), "units": (1, 2, 1, 1), "style_dim": 16}
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 def narrow_encoder(kind: str, input_nc: int = 3, n_styles: int = 10, input_size: int = 64, seed: int = 0):
     torch.manual_seed(seed)
     cfg = EncoderConfig(type=kind, input_nc=input_nc, n_styles=n_styles, input_size=input_size, **NARROW)

@@ -17,8 +17,6 @@ from instyle.interop import CheckpointError
 from instyle.models import PSP, EncoderConfig, PSPConfig, build_encoder, get_config
 from instyle.utils.config import ConfigError
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 NARROW = dict(style_dim=64, widths=(8, 16, 32, 64), units=(1, 2, 2, 1), input_size=64)
 #: (e4e-style encoder, the encoder with the same tensors whose rows it combines)
 PAIRS = [

@@ -16,8 +16,6 @@ from instyle.training.toy import save_toy_generator, toy_config, toy_generator, 
 from instyle.utils.config import ConfigError
 from tests.test_training import _weights, kill_and_resume
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):

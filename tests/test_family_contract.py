@@ -8,14 +8,19 @@ determinism, slicing, file round trip), iterations, precision settings, a descri
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from PIL import Image
 
 import instyle
 from instyle.errors import InstyleError
 from instyle.inference.encoding import Encoding, encode, load_encoding, render, save_encoding
+from instyle.inference.preprocess import input_preview, prepare_input
 from instyle.models.family import InversionModel, family_of, get_family, list_families
 from instyle.models.runtime import model_precision, set_runtime
+from instyle.utils.config import ConfigError
 from tests.test_families import tiny as tiny_psp_family
 from tests.test_hyperstyle import tiny_model as tiny_hyperstyle
 from tests.test_sfe import tiny_model as tiny_sfe
@@ -61,6 +66,19 @@ def test_the_model_speaks_the_protocol_and_names_its_family(family):
     assert isinstance(model, InversionModel)
     assert record.title in model.describe()
     assert model.output_size > 0 and model.n_styles > 0 and model.input_nc in (1, 3)
+    spec = model.input_spec
+    assert spec == model.config.input_spec and (spec.channels, spec.width) == (model.input_nc, model.input_size)
+
+
+def test_inputs_are_prepared_from_the_input_spec(family):
+    """The shared input tools ask the model (or its config) for its InputSpec, nothing else."""
+    model = model_of(family)
+    spec = model.input_spec
+    photo = Image.new("RGB", (70, 50), (200, 120, 40))
+    x = prepare_input(photo, model)
+    assert x.shape == (spec.channels, spec.height, spec.width)
+    assert torch.equal(x, prepare_input(photo, model.config)) and torch.equal(x, prepare_input(photo, spec))
+    assert input_preview(x, model).size == (spec.width, spec.height)
 
 
 def test_encode_render_shapes_and_determinism(family):
@@ -75,7 +93,7 @@ def test_encode_render_shapes_and_determinism(family):
     assert enc.latents.shape[:2] == (2, model.n_styles)
     assert torch.equal(enc.latents, again.latents)
     assert images.shape[:2] == (2, 3) and images.shape[-1] == model.output_size
-    assert pooled.shape[-1] == model.config.resize_to
+    assert pooled.shape[-1] == model.pooled_size
     assert torch.isfinite(images).all()
     with torch.no_grad():
         assert torch.equal(render(model, enc), images)  # stored noise: rendering is deterministic
@@ -106,6 +124,20 @@ def test_own_format_round_trip(family, tmp_path):
     x = toy_images(model)
     with torch.no_grad():
         assert torch.equal(render(loaded, encode(loaded, x)), render(model, encode(model, x)))
+
+
+def test_config_dict_round_trip_and_bad_keys(family):
+    """The generic serialisation: every field to JSON and back, nested configs included; an
+    unknown key, top-level or nested, is refused naming it, its section and the accepted keys."""
+    config = model_of(family).config
+    data = json.loads(json.dumps(config.to_dict()))
+    assert type(config).from_dict(data) == config
+    with pytest.raises(ConfigError, match=r"unknown \w+ key\(s\) \['bogus'\]; accepted keys: \[.*'generator'"):
+        type(config).from_dict({**data, "bogus": 1})
+    with pytest.raises(ConfigError, match=r"unknown \w+\.generator key\(s\) \['bogus'\]; accepted keys: \["):
+        type(config).from_dict({**data, "generator": {**data["generator"], "bogus": 1}})
+    with pytest.raises(ConfigError, match=r"\w+\.generator\.\w+=.* must be"):
+        type(config).from_dict({**data, "generator": {**data["generator"], next(iter(data["generator"])): "x"}})
 
 
 def test_encoding_file_round_trip(family, tmp_path):

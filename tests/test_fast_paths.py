@@ -297,8 +297,6 @@ def test_retained_memory_restores_the_previous_setting():
         if not applied:
             pytest.skip("glibc malloc tuning is unavailable here (or INSTYLE_MALLOC=default)")
         assert is_retaining()
-        x = torch.ones(8 << 20)  # 32 MiB: served from the retained heap
-        assert x.sum().item() == 8 << 20
     assert is_retaining() == before
 
 

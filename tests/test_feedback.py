@@ -18,8 +18,6 @@ from instyle.models import get_config
 from instyle.models.init import random_psp
 from instyle.utils.progress import Progress, quiet, say, timed
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(autouse=True)
 def announce_at_once(monkeypatch):

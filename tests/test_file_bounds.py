@@ -25,7 +25,7 @@ from instyle.interop import CheckpointError, load_own, load_psp, save_generator,
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("single_thread")]
+pytestmark = pytest.mark.timeout(60)
 
 
 def _tiny_generator() -> Generator:
@@ -397,9 +397,11 @@ def test_pickle_running_too_many_operations_is_refused(tmp_path, kind, monkeypat
         instyle.load_generator(path)
 
 
-def test_train_resume_with_malformed_state_is_one_line(tmp_path, capsys):
+def test_train_resume_with_a_bad_state_file_is_one_line(tmp_path, capsys):
+    """A malformed training state (a field of the wrong type), then a truncated one (a corrupt
+    file): ``train --resume`` exits 2 with one line naming the file and the fault."""
     from instyle.training.model import build_model
-    from instyle.training.state import RunFolder, write_checkpoint
+    from instyle.training.state import STATE_NAME, RunFolder, write_checkpoint
     from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 
     g = toy_generator(size=32, style_dim=16, seed=0)
@@ -409,10 +411,19 @@ def test_train_resume_with_malformed_state_is_one_line(tmp_path, capsys):
     run = RunFolder(tmp_path / "run")
     run.root.mkdir()
     cfg.save(run.config)
-    write_checkpoint(run, "latest", build_model(cfg), {"step": 1}, {**_valid_state(), "optimizer": [1, 2]})
+    model = build_model(cfg)
+    write_checkpoint(run, "latest", model, {"step": 1}, {**_valid_state(), "optimizer": [1, 2]})
     rc, err = _run_cli("train", "--resume", str(run.root), capsys=capsys)
     assert rc == 2 and "Traceback" not in err
     assert "training_state.pt: malformed training state: 'optimizer' is a list" in err
+
+    write_checkpoint(run, "latest", model, {"step": 1}, _valid_state())
+    state = run.checkpoint("latest") / STATE_NAME
+    state.write_bytes(state.read_bytes()[:100])
+    rc, err = _run_cli("train", "--resume", str(run.root), capsys=capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "nothing to resume" not in err and "training_state.pt" in err and "corrupt" in err, err
+    assert "no complete checkpoint" in err, err
 
 
 # --- the private unpickler BoundedUnpickler builds on, under every supported CPython --------

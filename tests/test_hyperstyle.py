@@ -20,8 +20,6 @@ from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig, compact_delt
 from instyle.models.stylegan2 import Generator, GeneratorConfig
 from tests.helpers import read_key_list
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 LAYERS = (0, 2, 3, 5, 6, 8, 9, 11, 12, 13, 14, 15)  # shared 3x3, a ToRGB head, two 3x3 heads
 
 

@@ -29,8 +29,6 @@ from instyle.training.toy import save_toy_generator, toy_config, toy_generator, 
 from instyle.utils.config import ConfigError
 from tests.test_training import _runner, _weights, kill_and_resume
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 SIZE = 64  # the hypernetwork's map is 16x smaller: 4x4 at 64 px, the smallest it takes
 
 

@@ -37,9 +37,6 @@ GRADUAL, INTO_W, INTO_WPLUS = (
 STYLE_DIM = 32
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 # --------------------------------------------------------------------------- tiny models
 
 

@@ -24,7 +24,7 @@ from instyle.inference.latents import load_latent, load_weights_deltas, save_lat
 from instyle.models import get_config
 from instyle.models.init import random_psp
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("single_thread")]
+pytestmark = pytest.mark.timeout(120)
 
 N_STYLES, DIM = 10, 64  # the "tiny" pSp config
 

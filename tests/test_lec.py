@@ -12,8 +12,6 @@ from PIL import Image
 from instyle.cli.main import main
 from instyle.evaluation.lec import filter_outliers, latent_editing_consistency
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _original_lec_batch(model, x, shift):
     """metrics/LEC.py: encoder + latent_avg, edit, decoder(randomize_noise=False) + face_pool,

@@ -23,8 +23,6 @@ from instyle.losses.moco import moco_trunk_state
 from instyle.losses.w_norm import WNormLoss
 from instyle.utils.config import ConfigError
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def images(seed: int, b: int = 2, size: int = 256) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -47,9 +47,6 @@ TOLERANCES = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 # --------------------------------------------------------------------------- naive formulas
 
 

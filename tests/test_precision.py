@@ -21,8 +21,6 @@ from instyle.models.runtime import set_runtime
 from instyle.utils.config import ConfigError
 from instyle.utils.precision import autocast, cpu_bf16_features, resolve_precision
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""

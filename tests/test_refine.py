@@ -23,8 +23,6 @@ from instyle.losses.lpips import LPIPSLoss
 from instyle.models import get_config
 from instyle.models.init import random_psp
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.fixture(scope="module")
 def model():

@@ -13,42 +13,23 @@ import torch
 import instyle
 from instyle.data import PairedImageDataset
 from instyle.models.restyle3 import ReStyle3
-from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
 from instyle.training import TrainConfig, build_model, build_objective, prepare_for_training, train
 from instyle.training.presets import get_preset
 from instyle.training.step import family_forward_loss
 from instyle.training.toy import toy_config
 from instyle.utils.config import ConfigError
 from instyle.utils.image import tensor_to_pil
+from tests.helpers import tiny_sg3_generator
 from tests.test_families_training import _kill_and_resume
 from tests.test_training import ir_se50_file  # noqa: F401, F811 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = dict(z_dim=8, w_dim=8, img_resolution=32, channel_base=128, channel_max=16, num_layers=4, margin_size=2,
-            conv_kernel=1, use_radial_filters=True)
-
-
-def tiny_sg3(seed: int = 0) -> StyleGAN3Generator:
-    torch.manual_seed(seed)
-    g = StyleGAN3Generator(StyleGAN3Config(**TINY))
-    with torch.no_grad():  # non-trivial values (NVIDIA initialises some to 0 / 1)
-        for name, t in g.named_parameters():
-            if name.endswith("affine.weight"):
-                t.normal_(0, 0.3)
-        for name, b in g.named_buffers():
-            if name.endswith("magnitude_ema"):
-                b.fill_(0.8)
-            elif name.endswith("w_avg"):
-                b.normal_(0, 0.5)
-    return g.eval()
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A frozen random 32 px StyleGAN3 generator (own format) and its own samples."""
     root = tmp_path_factory.mktemp("sg3toy")
-    g = tiny_sg3()
+    g = tiny_sg3_generator(img_resolution=32)
     g.save_pretrained(root / "gen")
     for split, n, seed in (("train", 32, 1), ("val", 8, 2)):
         (root / split).mkdir()

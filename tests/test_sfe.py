@@ -17,8 +17,6 @@ from instyle.models.stylegan2 import Generator, GeneratorConfig
 from instyle.utils.config import ConfigError
 from instyle.utils.image import pil_to_tensor
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 D = 32
 
 

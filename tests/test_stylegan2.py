@@ -18,9 +18,6 @@ from .helpers import read_key_list
 STYLE_DIM = 16
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 def narrow_config(size: int, style_dim: int = STYLE_DIM, width: int = 8) -> GeneratorConfig:
     """A fast generator: ``width`` channels up to 32 px, half of it above."""
     channels = {2**i: width if 2**i <= 32 else max(width // 2, 2) for i in range(2, int(math.log2(size)) + 1)}

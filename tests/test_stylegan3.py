@@ -21,28 +21,12 @@ from instyle.models.encoders.psp_encoders import EncoderConfig
 from instyle.models.restyle3 import ReStyle3, ReStyle3Config
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator, design_lowpass_filter, layer_specs
 from instyle.utils.config import ConfigError
+from tests.helpers import TINY_SG3, tiny_sg3_generator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvidia"
 _spec = importlib.util.spec_from_file_location("nvidia_pickle_fixture_sg3", FIXTURES / "nvidia_pickle.py")
 nvp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(nvp)
-
-TINY = dict(z_dim=8, w_dim=8, img_resolution=16, channel_base=128, channel_max=16, num_layers=4, margin_size=2)
-
-
-def tiny_generator(seed: int = 0, **overrides) -> StyleGAN3Generator:
-    torch.manual_seed(seed)
-    g = StyleGAN3Generator(StyleGAN3Config(**{**TINY, "conv_kernel": 1, "use_radial_filters": True, **overrides}))
-    with torch.no_grad():  # non-trivial values everywhere (NVIDIA initialises some to 0 / 1)
-        for name, t in g.named_parameters():
-            if name.endswith("affine.weight"):
-                t.normal_(0, 0.3)
-        for name, b in g.named_buffers():
-            if name.endswith("magnitude_ema"):
-                b.fill_(0.8)
-            elif name.endswith("w_avg"):
-                b.normal_(0, 0.5)
-    return g.eval()
 
 
 def test_filter_design_matches_scipy():
@@ -66,11 +50,11 @@ def test_schedule_names_and_config_bounds():
     assert names[0] == "L0_36_256" and names[10] == "L10_84_203" and names[-1] == "L14_64_3"
     for bad in (dict(img_resolution=1 << 14), dict(num_layers=500), dict(conv_kernel=2), dict(channels=(4, 4))):
         with pytest.raises(ConfigError):
-            StyleGAN3Config(**{**TINY, **bad})
+            StyleGAN3Config(**{**TINY_SG3, **bad})
 
 
 def test_transform_batch_and_identity():
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     w = torch.randn(2, g.n_latent, 8, generator=torch.Generator().manual_seed(1))
     a = torch.tensor([[0.9, 0.2, 0.1], [-0.2, 0.9, -0.05], [0, 0, 1]])
     b = torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.0], [0, 0, 1]])
@@ -91,7 +75,7 @@ def test_transform_batch_and_identity():
 
 
 def test_magnitude_ema_updates_only_in_training():
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     z = torch.randn(4, 8)
     before = {k: v.clone() for k, v in g.state_dict().items() if k.endswith(("magnitude_ema", "w_avg"))}
     with torch.no_grad():
@@ -105,7 +89,7 @@ def test_magnitude_ema_updates_only_in_training():
 
 
 def test_state_dict_loads_strictly_ignoring_only_the_transform():
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     sd = dict(g.state_dict())
     assert "synthesis.input.transform" not in sd and "synthesis.L0_20_16.up_filter" in sd
     sd["synthesis.input.transform"] = torch.eye(3).repeat(2, 1, 1)  # as coach-saved files hold it
@@ -122,7 +106,7 @@ def test_state_dict_loads_strictly_ignoring_only_the_transform():
 
 
 def test_own_format_round_trip_is_bit_identical(tmp_path):
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     g.save_pretrained(tmp_path / "g")
     back = instyle.load_generator(tmp_path / "g")
     assert isinstance(back, StyleGAN3Generator) and back.config == g.config
@@ -165,7 +149,7 @@ def write_sg3_pickle(g: StyleGAN3Generator, path: Path, protocol: int = 3) -> Pa
 
 @pytest.mark.parametrize("protocol", [3, 4])
 def test_nvidia_pickle_to_own_format_is_bit_identical(tmp_path, protocol):
-    g = tiny_generator(seed=3)
+    g = tiny_sg3_generator(seed=3)
     pkl = write_sg3_pickle(g, tmp_path / "sg3.pkl", protocol)
     loaded = instyle.load_generator(pkl)
     assert isinstance(loaded, StyleGAN3Generator)
@@ -181,7 +165,7 @@ def test_nvidia_pickle_to_own_format_is_bit_identical(tmp_path, protocol):
 
 
 def test_crafted_pickles_are_refused(tmp_path):
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     # a NumPy record whose bytes do not match its declared shape
     good = pickle.dumps(np.arange(4, dtype=np.int64), protocol=3)
     forged = good.replace(b"K\x04\x85", b"J\x00\x00\x00\x10\x85", 1)  # shape (4,) -> (2**28,)
@@ -206,7 +190,7 @@ def test_crafted_pickles_are_refused(tmp_path):
 
 
 def tiny_restyle3(seed: int = 0, encoder_type: str = "BackboneEncoder") -> ReStyle3:
-    g = tiny_generator(seed)
+    g = tiny_sg3_generator(seed)
     enc = EncoderConfig(type=encoder_type, input_nc=6, n_styles=g.n_latent, style_dim=8, widths=(4, 6, 8, 10),
                         units=(1, 1, 1, 1), input_size=32)
     torch.manual_seed(seed)
@@ -239,7 +223,7 @@ def test_published_style_checkpoint_with_posix_paths(tmp_path):
         torch.testing.assert_close(steps[0][1], loaded.decode(ws[0]), atol=1e-6, rtol=0)
         assert loaded.decode(ws[-1]).shape == (2, 3, 16, 16)
     # a replacement generator (as the original's generator_path); latent_avg stays the checkpoint's
-    other = tiny_generator(seed=9)
+    other = tiny_sg3_generator(seed=9)
     other.save_pretrained(tmp_path / "gen")
     swapped = instyle.load(tmp_path / "restyle_pSp_ffhq.pt", generator=tmp_path / "gen")
     assert torch.equal(swapped.latent_avg, loaded.latent_avg)
@@ -313,7 +297,7 @@ def _transform_of(forward: np.ndarray):
 
 
 def test_stylegan2_style_call_is_served():
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     z = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         img, lat = g([z], return_latents=True, randomize_noise=False)
@@ -355,7 +339,7 @@ def test_latent_tools_run_on_a_stylegan3_model(tmp_path):
 def test_convert_command_writes_own_format(tmp_path):
     from instyle.cli.main import main
 
-    g = tiny_generator(seed=6)
+    g = tiny_sg3_generator(seed=6)
     pkl = write_sg3_pickle(g, tmp_path / "g.pkl")
     assert main(["convert", str(pkl), str(tmp_path / "own")]) == 0
     back = instyle.load_generator(tmp_path / "own")
@@ -373,7 +357,7 @@ def test_convert_command_writes_own_format(tmp_path):
 def test_sefa_on_stylegan3_weights():
     from instyle.inference.directions import sefa
 
-    g = tiny_generator()
+    g = tiny_sg3_generator()
     result = sefa(g)
     assert result.layers == tuple(range(1, g.n_latent - 1)) and result.directions.shape == (8, 8)
     a = g.synthesis.L1_20_16.affine.weight.detach().double()
@@ -415,7 +399,7 @@ def test_optimize_and_pti_refine_a_stylegan3_inversion(tmp_path):
 
 def test_generator_argument_is_refused_for_stylegan2_models(tmp_path, tiny_psp):
     tiny_psp.save_pretrained(tmp_path / "psp")
-    tiny_generator().save_pretrained(tmp_path / "g")
+    tiny_sg3_generator().save_pretrained(tmp_path / "g")
     with pytest.raises(CheckpointError, match="only for encoders over StyleGAN3"):
         instyle.load(tmp_path / "psp", generator=tmp_path / "g")
 

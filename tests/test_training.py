@@ -46,9 +46,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Tiny models gain nothing from intra-op threads (and lose a lot on busy cores).
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> dict[str, Path]:
     """A frozen 32 px random generator (16-D w) and 64 training / 16 validation images of it."""

@@ -34,7 +34,7 @@ from .conftest import shared_path
 from .helpers import run_checkpoint_writer
 
 # One intra-op thread: on a busy 2-core machine OpenMP spin-waiting makes 2 threads slower.
-pytestmark = [pytest.mark.conformance, pytest.mark.usefixtures("single_thread")]
+pytestmark = pytest.mark.conformance
 
 STEP_LOSS_KEYS = ["id_improve", "loss", "loss_id", "loss_l2", "loss_lpips"]
 

@@ -16,8 +16,6 @@ from instyle.cli.main import main
 from instyle.training import TrainConfig, build_model
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 #: A tiny W+ encoder for the toy generators (what a user passes with --set for a small model).
 TINY = [
     "--set", "encoder_init=random", "--set", "encoder_widths=[8,16,32,64]", "--set", "encoder_units=[1,1,1,1]",

@@ -19,8 +19,6 @@ from instyle.export.probe import Candidate, candidates, choose
 from instyle.utils.config import ConfigError
 from tests.test_families import tiny
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 ALL = ["torch", "onnxruntime", "openvino"]
 
 

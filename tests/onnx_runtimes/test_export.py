@@ -19,8 +19,6 @@ pytest.importorskip("onnxscript", reason="needs the deploy extra (pip install 'i
 
 from instyle.export import PARITY_BOUND, ExportError, export_onnx  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _run(path, **feeds) -> list[np.ndarray]:
     opts = ort.SessionOptions()

@@ -98,8 +98,13 @@ def count_help(text: str, minimum: int, maximum: int) -> str:
     return f"{text} (accepted: {minimum} to {maximum})"
 
 
-def add_count(p, *flags: str, minimum: int, maximum: int, help: str, **kwargs) -> None:
-    """``p.add_argument(*flags, type=bounded_int(minimum, maximum), ...)`` with the range in its help."""
+def add_count(p, *flags: str, help: str, minimum: int | None = None, maximum: int | None = None, **kwargs) -> None:
+    """``p.add_argument(*flags, type=bounded_int(minimum, maximum), ...)`` with the range in its help;
+    the bounds default to the flag's :data:`COUNT_BOUNDS` (the counts several commands share)."""
+    lo, hi = COUNT_BOUNDS.get(flags[0], (None, None))
+    minimum, maximum = lo if minimum is None else minimum, hi if maximum is None else maximum
+    if minimum is None or maximum is None:
+        raise TypeError(f"add_count({flags[0]!r}): give minimum and maximum (the flag has no shared bounds)")
     p.add_argument(*flags, type=bounded_int(minimum, maximum), help=count_help(help, minimum, maximum), **kwargs)
 
 
@@ -115,6 +120,13 @@ MAX_RESIZE_FACTOR = 64
 MAX_SIDE = 4096
 #: Most worker threads or concurrent model runs.
 MAX_WORKERS = 64
+#: The bounds of the count options several commands share: flag -> (minimum, maximum).
+COUNT_BOUNDS = {
+    "--batch-size": (1, MAX_BATCH),
+    "--iterations": (1, MAX_ITERATIONS),
+    "--limit": (1, MAX_INPUTS),
+    "--resize-factor": (1, MAX_RESIZE_FACTOR),
+}
 
 
 # --------------------------------------------------------------------------- model options

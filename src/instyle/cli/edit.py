@@ -394,12 +394,12 @@ def _edited_input(args, model):
 
     from instyle.inference.editing import label_map_to_array, paint_labels, paste_region, transplant_labels
 
-    is_labels = model.config.label_nc > 1
+    is_labels = model.input_spec.label_nc > 1
     original = _read(args.input, None if is_labels else ("L" if model.input_nc == 1 else "RGB"))
     if args.labels_from or args.set_label is not None:
         if not is_labels:
             raise ValueError("--labels-from / --set-label edit label maps; this model takes images (use --region-from)")
-        labels = label_map_to_array(original, model.config.label_nc)
+        labels = label_map_to_array(original, model.input_spec.label_nc)
         if args.labels_from:
             if not args.classes:
                 raise ValueError("--labels-from needs --classes (the class ids whose region to take)")
@@ -407,7 +407,7 @@ def _edited_input(args, model):
             if other.size != original.size:
                 other = other.resize(original.size, Image.Resampling.NEAREST)
             classes = [int(c) for c in args.classes.split(",")]
-            edited = transplant_labels(labels, label_map_to_array(other, model.config.label_nc), classes)
+            edited = transplant_labels(labels, label_map_to_array(other, model.input_spec.label_nc), classes)
         else:
             region = _region(args, labels.shape)
             if region is None:

@@ -10,10 +10,6 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import (
-    MAX_BATCH,
-    MAX_INPUTS,
-    MAX_ITERATIONS,
-    MAX_RESIZE_FACTOR,
     add_count,
     add_device_arg,
     add_precision_args,
@@ -63,8 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
-    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
+    add_count(p, "--batch-size", default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--iterations", default=None, metavar="N",
               help="ReStyle / HyperStyle refinement steps (default: 5, the originals'); pSp and e4e encode in one step")
     add_device_arg(p)
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
@@ -97,9 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for anything random (default: 0)")
     p.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format (default: png)")
-    add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N",
+    add_count(p, "--limit", metavar="N",
               help="encode only the first N inputs in path order (the original's --n_images)")
-    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+    add_count(p, "--resize-factor", metavar="N",
               help="super-resolution models: down-sample each full-resolution photo by N first (the original's "
               "--resize_factors); with --side-by-side each row is source | down-sampled | output")
     add_refine_args(p)

@@ -8,10 +8,7 @@ import sys
 from pathlib import Path
 
 from instyle.cli.common import (
-    MAX_BATCH,
-    MAX_INPUTS,
-    MAX_ITERATIONS,
-    MAX_RESIZE_FACTOR,
+    COUNT_BOUNDS,
     add_count,
     add_device_arg,
     add_precision_args,
@@ -72,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="folder of target photos, or a prepared folder (target/ + source/)")
     p.add_argument("--task", help="task making inputs from targets (default: the checkpoint's)")
     p.add_argument("--out", "-o", help="report folder")
-    add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
+    add_count(p, "--batch-size", default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)
     add_precision_args(p)
     p.add_argument("--lpips-weights", help="torchvision AlexNet weights for LPIPS (default: torchvision's cache)")
@@ -82,16 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--face-box", choices=["aligned", "detect"], default="aligned", help="dlib face box (default: aligned)")
     p.add_argument("--inception-weights", help="torchvision Inception-v3 weights; FID is computed only with them")
-    add_count(p, "--limit", minimum=1, maximum=MAX_INPUTS, metavar="N", help="evaluate only the first N images (as encode --limit)")
-    p.add_argument("--max-images", type=bounded_int(1, MAX_INPUTS), dest="limit", help=argparse.SUPPRESS)  # the old spelling
-    add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, metavar="N",
+    add_count(p, "--limit", metavar="N", help="evaluate only the first N images (as encode --limit)")
+    p.add_argument("--max-images", type=bounded_int(*COUNT_BOUNDS["--limit"]), dest="limit", help=argparse.SUPPRESS)  # the old spelling
+    add_count(p, "--iterations", metavar="N",
               help="ReStyle / HyperStyle refinement steps (default: the model's, 5); pSp and e4e encode in one step")
     p.add_argument(
         "--per-iteration", action="store_true",
         help="ReStyle / HyperStyle: also measure the reconstruction after every iteration (report.md table, "
         "report.json per_iteration), like the original scripts' per-step outputs",
     )
-    add_count(p, "--resize-factor", minimum=1, maximum=MAX_RESIZE_FACTOR, metavar="N",
+    add_count(p, "--resize-factor", metavar="N",
               help="super-resolution models: make each input by down-sampling its target xN (the original's "
               "--resize_factors; default: the largest training factor, named in the report)")
     add_count(p, "--warmup", minimum=0, maximum=100, default=None,

@@ -136,7 +136,7 @@ def reconstruct(model: InversionModel, image: Image.Image) -> Reconstruction:
     x = _prepare(model, image)
     enc = encode_images(model, x)
     y = render(model, enc, resize=True)
-    preview = input_preview(x[0].cpu(), model.config.task)
+    preview = input_preview(x[0].cpu(), model.input_spec.task)
     enc = enc.to("cpu")
     return Reconstruction(preview, tensor_to_pil(y[0]), enc.latents[0].float(), enc)
 

@@ -159,7 +159,7 @@ def _guard(fn: Callable) -> Callable:
 def _mode_for(entry) -> str | None:
     """PIL mode uploads are read in: label-map models keep palette / index images as they are,
     everything else becomes RGB (transparent pixels over white)."""
-    return None if entry.model.config.image_nc > 3 else "RGB"
+    return None if entry.model.input_nc > 3 else "RGB"
 
 
 def _stem(payload, default: str) -> str:

@@ -43,18 +43,18 @@ class ModelEntry:
 
     @property
     def task(self) -> str:
-        return self.model.config.task
+        return self.model.input_spec.task
 
     def describe(self) -> dict:
         """JSON-able summary (shown on the page and by ``/healthz``)."""
-        cfg = self.model.config
+        m = self.model
         return {
             "name": self.name,
-            "task": cfg.task,
-            "input_channels": cfg.image_nc,
-            "input_size": cfg.encoder.input_size,
-            "output_size": cfg.resize_to,
-            "n_styles": self.model.n_styles,
+            "task": m.input_spec.task,
+            "input_channels": m.input_nc,
+            "input_size": m.input_size,
+            "output_size": m.pooled_size,
+            "n_styles": m.n_styles,
             "family": self.family,
             "iterations": self.iterations,
             "random_weights": self.random_weights,

@@ -352,7 +352,7 @@ def auto_warmup(device: torch.device) -> int:
 
 def _input_maker(model, task_name: str | None, resize_factor: int | None = None):
     """``(path -> network input [input_nc, S, S], note on how inputs are made or None)``."""
-    name = task_name or model.config.task
+    name = task_name or model.input_spec.task
     if family_of(model).photos_at_output_size:  # the original's transform: the photo at the generator's size
         if name != "inversion" or resize_factor is not None:
             raise InputError(f"{family_of(model).title} models invert photos (task {name!r}, resize_factor {resize_factor} given)")
@@ -473,12 +473,12 @@ def evaluate(
     if net is not None:
         check_iterations(net, iterations)
     warmup = auto_warmup(device) if warmup is None else warmup
-    run = _Run(net, device, net.config.resize_to if net is not None else size, warmup, iterations, per_iteration)
+    run = _Run(net, device, net.pooled_size if net is not None else size, warmup, iterations, per_iteration)
     make_input, input_note = _input_maker(net, task, resize_factor) if net is not None else (None, None)
     cases = _Cases(grid_cases, "lpips" if measures.lpips is not None else "mse")
     rows = _score(run, samples, batch_size, make_input, measures, cases, log, failed, progress)
     settings = {
-        "task": (task or net.config.task) if net is not None else task,
+        "task": (task or net.input_spec.task) if net is not None else task,
         "batch_size": batch_size,
         "input_note": input_note,
         "name": name,

@@ -343,7 +343,7 @@ def encode_files(
         "not_done": sum(r["status"] == "pending" for r in mine),
         "seconds": round(elapsed, 3),
         "images_per_second": round(done / elapsed, 3) if elapsed > 0 else None,
-        "output_size": model.output_size if options.full_resolution else model.config.resize_to,
+        "output_size": model.output_size if options.full_resolution else model.pooled_size,
         "precision": model_precision(model),
         "iterations": _iterations(model, options.iterations),
         "rank": rank,

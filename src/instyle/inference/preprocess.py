@@ -4,6 +4,9 @@ Photos follow the original test transforms: resize to the encoder's input size
 (bilinear), ``ToTensor``, ``Normalize(0.5, 0.5)`` -> [-1, 1]. Inputs of other tasks
 (sketches, label maps, low-resolution or masked faces) are prepared by the model's
 task preset (:mod:`instyle.tasks`) when it defines ``prepare_inference_input``.
+
+What a model takes comes from its :class:`~instyle.models.family.InputSpec`: these functions
+accept the model, its config (every family's has ``input_spec``) or the spec itself.
 """
 
 from __future__ import annotations
@@ -18,20 +21,32 @@ from PIL import Image
 from instyle.alignment import align_face
 from instyle.errors import InputError
 from instyle.inference.io import load_image, pil_to_tensor, tensor_to_pil
-from instyle.models.psp import PSPConfig
+from instyle.models.family import InputSpec
 from instyle.tasks import get_task, preview_input
 from instyle.utils.config import ConfigError
 
-__all__ = ["align_input", "align_input_face", "degrade_for_super_resolution", "get_task_for", "input_preview", "prepare_input"]
+__all__ = [
+    "align_input", "align_input_face", "degrade_for_super_resolution", "get_task_for", "input_preview", "input_spec_of",
+    "prepare_input",
+]
 
 
-def get_task_for(config: PSPConfig):
-    """The task preset of a model config, or None for a task name no preset is registered for
-    (its inputs are then prepared by channel count)."""
+def input_spec_of(source) -> InputSpec:
+    """The :class:`~instyle.models.family.InputSpec` of a model, a model config or a spec."""
+    spec = source if isinstance(source, InputSpec) else getattr(source, "input_spec", None)
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"expected a model, a model config or an InputSpec, got {type(source).__name__}")
+    return spec
+
+
+def get_task_for(source):
+    """The task preset of a model (or its config / input spec), or None for a task name no
+    preset is registered for (its inputs are then prepared by channel count)."""
+    spec = input_spec_of(source)
     try:
-        task = get_task(config.task)
-        if config.label_nc and getattr(task, "label_nc", 0) and task.label_nc != config.label_nc:
-            task = task.with_options(label_nc=config.label_nc)  # e.g. an 11-class (Helen) seg2face model
+        task = get_task(spec.task)
+        if spec.label_nc and getattr(task, "label_nc", 0) and task.label_nc != spec.label_nc:
+            task = task.with_options(label_nc=spec.label_nc)  # e.g. an 11-class (Helen) seg2face model
         return task
     except ConfigError:
         return None
@@ -39,20 +54,22 @@ def get_task_for(config: PSPConfig):
 
 def prepare_input(
     image: str | os.PathLike | Image.Image | np.ndarray | torch.Tensor,
-    config: PSPConfig,
+    config,
     resize_factor: int | None = None,
 ) -> torch.Tensor:
-    """One input -> ``[input_nc, S, S]`` float32 tensor for a model with ``config``.
+    """One input -> ``[input_nc, S, S]`` float32 tensor for a model (``config``: the model, its
+    config or its :class:`~instyle.models.family.InputSpec`).
 
     Tensors are taken as already prepared (shape-checked). Paths are read with
     :func:`instyle.inference.io.load_image` (raising ``ImageLoadError`` on bad files).
     ``resize_factor`` (super-resolution models only; the original's ``--resize_factors``):
     the input is a full-resolution photo, down-sampled by this factor first, as in training.
     """
+    spec = input_spec_of(config)
     if resize_factor is not None:
-        image = degrade_for_super_resolution(image, config, resize_factor)
-    nc, size = config.image_nc, config.encoder.input_size  # ReStyle: 3 (its encoder sees 6)
-    hw = (getattr(config.encoder, "input_height", None) or size, size)  # the cars models take 192x256 photos
+        image = degrade_for_super_resolution(image, spec, resize_factor)
+    nc, size = spec.channels, spec.width  # ReStyle: 3 (its encoder sees 6)
+    hw = (spec.height, size)  # the cars models take 192x256 photos
     if isinstance(image, torch.Tensor):
         t = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
         if t.ndim != 3 or t.shape[0] != nc:
@@ -60,7 +77,7 @@ def prepare_input(
         if tuple(t.shape[-2:]) != hw:
             t = torch.nn.functional.interpolate(t[None].float(), size=hw, mode="bilinear", align_corners=False)[0]
         return t.float()
-    task = get_task_for(config) if hw[0] == size else None
+    task = get_task_for(spec) if hw[0] == size else None
     if task is not None and getattr(task, "input_nc", None) == nc:
         if isinstance(image, (str, os.PathLike, Path)):
             image = load_image(image, mode=None)  # keep palette / grayscale for label maps and sketches
@@ -78,18 +95,20 @@ def prepare_input(
     if nc == 1:
         return pil_to_tensor(image.convert("L"), hw)
     raise InputError(
-        f"this model takes {nc}-channel inputs (task {config.task!r}); give a prepared tensor "
+        f"this model takes {nc}-channel inputs (task {spec.task!r}); give a prepared tensor "
         f"[{nc}, {size}, {size}], or register a task that converts such files (instyle.tasks.register_task)"
     )
 
 
-def degrade_for_super_resolution(image, config: PSPConfig, factor: int) -> Image.Image:
+def degrade_for_super_resolution(image, config, factor: int) -> Image.Image:
     """A full-resolution photo down-sampled by ``factor`` (and back to the input size), the
-    way the super-resolution task makes its training inputs."""
-    task = get_task_for(config)
+    way the super-resolution task makes its training inputs (``config``: the model, its config
+    or its input spec)."""
+    spec = input_spec_of(config)
+    task = get_task_for(spec)
     if task is None or task.name != "super_resolution":
-        raise InputError(f"a resize factor applies to super-resolution models only; this model's task is {config.task!r}")
-    task = task.with_options(size=config.encoder.input_size, factors=(int(factor),))
+        raise InputError(f"a resize factor applies to super-resolution models only; this model's task is {spec.task!r}")
+    task = task.with_options(size=spec.width, factors=(int(factor),))
     if isinstance(image, (str, os.PathLike, Path)):
         image = load_image(image, mode="RGB")
     elif isinstance(image, np.ndarray):
@@ -118,7 +137,7 @@ def align_input_face(image: str | os.PathLike | Image.Image, size: int = 256, de
     return face
 
 
-def input_preview(x: torch.Tensor, config: PSPConfig) -> Image.Image:
-    """A viewable picture of a prepared network input ``[C, S, S]`` for a model with ``config``
-    (see :func:`instyle.tasks.preview_input`)."""
+def input_preview(x: torch.Tensor, config) -> Image.Image:
+    """A viewable picture of a prepared network input ``[C, S, S]`` for a model (``config``: the
+    model, its config or its input spec; see :func:`instyle.tasks.preview_input`)."""
     return tensor_to_pil(preview_input(x, get_task_for(config)))

@@ -8,7 +8,7 @@ dict has exactly the original's ``loss_dict`` keys and values (Python floats).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -19,7 +19,7 @@ from instyle.losses.lpips import LPIPS_NETS, LPIPSLoss
 from instyle.losses.moco import MocoLoss
 from instyle.losses.pixel import l2_loss
 from instyle.losses.w_norm import WNormLoss
-from instyle.utils.config import ConfigError, check_choice, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_choice
 
 __all__ = ["LAMBDAS", "ObjectiveConfig", "ObjectiveOutput", "Objective", "build_objective"]
 
@@ -36,7 +36,7 @@ LAMBDAS = (
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(DictConfig):
     """Weights of the loss terms and where the loss networks' weights come from.
 
     Defaults are the original's command-line defaults (its FFHQ inversion recipe adds
@@ -55,6 +55,8 @@ class ObjectiveConfig:
         moco_weights: ``moco_v2_800ep_pretrain.pth.tar``.
         random_loss_networks: random LPIPS backbone / ArcFace / MoCo weights (tests only).
     """
+
+    SECTION = 'objective'
 
     id_lambda: float = 0.0
     l2_lambda: float = 1.0
@@ -81,13 +83,6 @@ class ObjectiveConfig:
                 f"id_lambda={self.id_lambda} and moco_lambda={self.moco_lambda} are both > 0; pick one identity "
                 "loss (ArcFace for faces, MoCo for other domains)"
             )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ObjectiveConfig:
-        return from_dict(cls, d, "objective")
 
 
 class ObjectiveOutput(NamedTuple):

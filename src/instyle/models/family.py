@@ -26,6 +26,7 @@ __all__ = [
     "ENCODINGS",
     "ExtraOps",
     "Family",
+    "InputSpec",
     "InversionModel",
     "family_for_kind",
     "family_of",
@@ -114,6 +115,25 @@ class Family:
         if not self.iterative:
             return 1
         return asked or int(getattr(model, "default_iterations", None) or self.default_iterations)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's inputs are, for the shared input tools (preparation, previews, the demo).
+    Every family's config gives one (``config.input_spec``), and so does its model.
+
+    Attributes:
+        task: the task preset that makes its inputs (``instyle.tasks``; ``"inversion"``: photos).
+        channels: channels of the input images (ReStyle: 3, its encoder sees 6).
+        height, width: the side the inputs are prepared at (the cars models: 192 x 256).
+        label_nc: classes of a label-map input (0 otherwise).
+    """
+
+    task: str = "inversion"
+    channels: int = 3
+    height: int = 256
+    width: int = 256
+    label_nc: int = 0
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -219,6 +239,8 @@ class InversionModel(Protocol):
         config: the family's dataclass config.
         n_styles, output_size, input_size, input_nc: W+ rows, generated side, encoder
             input side, input image channels.
+        pooled_size: the side of ``resize=True`` outputs (256 for the published models).
+        input_spec: what its inputs are (:class:`InputSpec`: task, channels, size, label classes).
         latent_avg: the average latent the model starts from.
     """
 
@@ -238,6 +260,12 @@ class InversionModel(Protocol):
 
     @property
     def input_nc(self) -> int: ...
+
+    @property
+    def pooled_size(self) -> int: ...
+
+    @property
+    def input_spec(self) -> InputSpec: ...
 
     def encode(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any: ...
 

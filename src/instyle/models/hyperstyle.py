@@ -26,10 +26,15 @@ from torch import nn
 
 from instyle.models.encoders.hypernetwork import HyperNetConfig, HyperNetwork, weight_layer_shapes
 from instyle.models.encoders.w_encoder import WEncoder, WEncoderConfig
-from instyle.models.family import DEFAULT_ITERATIONS, Family, register_family  # the original's n_iters_per_batch
+from instyle.models.family import (  # DEFAULT_ITERATIONS: the original's n_iters_per_batch
+    DEFAULT_ITERATIONS,
+    Family,
+    InputSpec,
+    register_family,
+)
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_positive_int, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_positive_int
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -45,7 +50,7 @@ WeightsDeltas = list[torch.Tensor | None]
 
 
 @dataclass
-class HyperStyleConfig:
+class HyperStyleConfig(DictConfig):
     """Full description of a HyperStyle model.
 
     Attributes:
@@ -65,13 +70,10 @@ class HyperStyleConfig:
     resize_to: int = 256
     crop_cars: bool = False
 
+    SECTION = "hyperstyle"
+
     def __post_init__(self):
-        if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig.from_dict(self.generator)
-        if isinstance(self.hypernet, dict):
-            self.hypernet = HyperNetConfig.from_dict(self.hypernet)
-        if isinstance(self.w_encoder, dict):
-            self.w_encoder = WEncoderConfig.from_dict(self.w_encoder)
+        self._nested_from_dicts()
         gen = self.generator
         if self.hypernet is None:
             self.hypernet = HyperNetConfig.for_generator(gen)
@@ -99,31 +101,12 @@ class HyperStyleConfig:
     def n_styles(self) -> int:
         return self.generator.n_latent
 
-    # What the shared inference tools read from a model config (as PSPConfig's fields).
-    task = "inversion"
-    label_nc = 0
-
     @property
-    def image_nc(self) -> int:
-        """Channels of the images the model takes (photos; the hypernetwork sees 6)."""
-        return 3
-
-    @property
-    def encoder(self) -> WEncoderConfig:
-        """The image encoder's config (``input_nc``, ``input_size``): the W-encoder's."""
-        return self.w_encoder
-
-    def to_dict(self) -> dict:
-        return {
-            "generator": self.generator.to_dict(), "hypernet": self.hypernet.to_dict(),
-            "w_encoder": self.w_encoder.to_dict(), "iterations": self.iterations, "resize_to": self.resize_to,
-            "crop_cars": self.crop_cars,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HyperStyleConfig:
-
-        return from_dict(cls, dict(d), "hyperstyle")
+    def input_spec(self) -> InputSpec:
+        """Photos (the hypernetwork sees 6 channels: image + reconstruction) at the W-encoder's
+        size (the cars models crop them to 3/4 height themselves)."""
+        s = self.w_encoder.input_size
+        return InputSpec("inversion", 3, s, s)
 
 
 @dataclass
@@ -178,6 +161,14 @@ class HyperStyle(nn.Module):
     @property
     def input_nc(self) -> int:
         return 3
+
+    @property
+    def pooled_size(self) -> int:
+        return self.config.resize_to
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.config.input_spec
 
     @property
     def input_hw(self) -> tuple[int, int]:

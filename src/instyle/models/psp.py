@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, EncoderConfig
-from instyle.models.family import Family, get_family, register_family
+from instyle.models.family import Family, InputSpec, get_family, register_family
 from instyle.models.iterative import DEFAULT_ITERATIONS, refine
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder, encoder_class, register_config
 from instyle.models.runtime import Runtime
 from instyle.models.stylegan2 import MAX_SIZE, Generator, GeneratorConfig
-from instyle.utils.config import ConfigError, check_choice, check_int_range, from_dict, to_jsonable
+from instyle.utils.config import ConfigError, DictConfig, check_choice, check_int_range
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["FAMILIES", "PSPConfig", "PSP"]
@@ -38,7 +38,7 @@ RESTYLE_INPUT_NC = 6
 
 
 @dataclass
-class PSPConfig:
+class PSPConfig(DictConfig):
     """Full description of a pSp model.
 
     Attributes:
@@ -68,11 +68,10 @@ class PSPConfig:
     output_crop: tuple[int, int] | None = None
     family: str = "psp"
 
+    SECTION = "psp"
+
     def __post_init__(self):
-        if isinstance(self.encoder, dict):
-            self.encoder = EncoderConfig.from_dict(self.encoder)
-        if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig.from_dict(self.generator)
+        self._nested_from_dicts()
         # resize_to sizes the pooled output of every forward pass: bounded like the generator
         check_int_range("resize_to", self.resize_to, 1, MAX_SIZE)
         check_int_range("label_nc", self.label_nc, 0, MAX_INPUT_NC)
@@ -131,9 +130,11 @@ class PSPConfig:
     def output_size(self) -> int:
         return self.generator.size
 
-    def to_dict(self) -> dict:
-        """Every field (``config.json``'s ``config``), JSON-ready."""
-        return to_jsonable(self)
+    @property
+    def input_spec(self) -> InputSpec:
+        """What the model's inputs are: this task's, ``image_nc`` channels at the encoder's size."""
+        enc = self.encoder
+        return InputSpec(self.task, self.image_nc, enc.input_height or enc.input_size, enc.input_size, self.label_nc)
 
     def with_overrides(self, **overrides) -> PSPConfig:
         """A copy with fields replaced; nested sections merge key by key, timm-style::
@@ -152,13 +153,6 @@ class PSPConfig:
         if "generator" in overrides and not (isinstance(enc, dict) and "n_styles" in enc):
             d["encoder"]["n_styles"] = GeneratorConfig.from_dict(d["generator"]).n_latent
         return PSPConfig.from_dict(d)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PSPConfig:
-        d = dict(d)
-        enc = EncoderConfig.from_dict(d.pop("encoder", {}))
-        gen = GeneratorConfig.from_dict(d.pop("generator", {}))
-        return from_dict(cls, {**d, "encoder": enc, "generator": gen}, "psp")
 
     @classmethod
     def for_output_size(
@@ -217,6 +211,15 @@ class PSP(nn.Module):
     @property
     def input_size(self) -> int:
         return self.config.encoder.input_size
+
+    @property
+    def pooled_size(self) -> int:
+        """Side of ``resize=True`` outputs (``config.resize_to``)."""
+        return self.config.resize_to
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.config.input_spec
 
     def describe(self) -> str:
         """One line for people: family, encoder, sizes, task."""

@@ -25,12 +25,12 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, register_family
+from instyle.models.family import Family, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.runtime import Runtime
 from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
-from instyle.utils.config import ConfigError, check_int_range, from_dict, to_jsonable
+from instyle.utils.config import ConfigError, DictConfig, check_int_range
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = ["DEFAULT_ITERATIONS_SG3", "ReStyle3Config", "ReStyle3"]
@@ -40,7 +40,7 @@ DEFAULT_ITERATIONS_SG3 = 3
 
 
 @dataclass
-class ReStyle3Config:
+class ReStyle3Config(DictConfig):
     """Architecture of a ReStyle model over StyleGAN3.
 
     Attributes:
@@ -56,11 +56,10 @@ class ReStyle3Config:
     iterations: int = DEFAULT_ITERATIONS_SG3
     pool_size: int = 256
 
+    SECTION = "restyle3"
+
     def __post_init__(self):
-        if isinstance(self.encoder, dict):
-            self.encoder = EncoderConfig(**self.encoder)
-        if isinstance(self.generator, dict):
-            self.generator = StyleGAN3Config.from_dict(self.generator)
+        self._nested_from_dicts()
         if self.encoder.type not in ("BackboneEncoder", "ProgressiveBackboneEncoder"):
             raise ConfigError(
                 f"restyle3.encoder.type={self.encoder.type!r} is not accepted; choose one of "
@@ -76,29 +75,15 @@ class ReStyle3Config:
         check_int_range("restyle3.iterations", self.iterations, 1, 100)
         check_int_range("restyle3.pool_size", self.pool_size, 16, 1024)
 
-    # what the encode pipeline reads from a model config (pSp's names)
-    image_nc = 3
-    label_nc = 0
-    task = "inversion"
-
     @property
-    def resize_to(self) -> int:
-        return self.pool_size
+    def input_spec(self) -> InputSpec:
+        """Photos (the encoder sees 6 channels: image + current output) at the encoder's size."""
+        s = self.encoder.input_size
+        return InputSpec("inversion", 3, s, s)
 
     @property
     def variant(self) -> str:
         return "e4e" if self.encoder.type == "ProgressiveBackboneEncoder" else "psp"
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ReStyle3Config:
-        if not isinstance(d, dict) or set(d) - {"encoder", "generator", "iterations", "pool_size"}:
-            raise ConfigError(f"restyle3 config must have keys encoder, generator, iterations, pool_size; got {d!r:.200}")
-        return cls(encoder=from_dict(EncoderConfig, d["encoder"], "encoder"),
-                   generator=StyleGAN3Config.from_dict(d["generator"]),
-                   iterations=d.get("iterations", DEFAULT_ITERATIONS_SG3), pool_size=d.get("pool_size", 256))
 
 
 class ReStyle3(nn.Module):
@@ -138,7 +123,15 @@ class ReStyle3(nn.Module):
     @property
     def input_nc(self) -> int:
         """Channels of the input images: 3 (the encoder sees 6: image + current output)."""
-        return self.config.image_nc
+        return self.config.input_spec.channels
+
+    @property
+    def pooled_size(self) -> int:
+        return self.config.pool_size
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.config.input_spec
 
     @property
     def default_iterations(self) -> int:

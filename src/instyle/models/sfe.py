@@ -36,11 +36,11 @@ from torch import nn
 
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, register_family
+from instyle.models.family import Family, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
-from instyle.utils.config import ConfigError, check_int_range, check_power_of_two, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_int_range, check_power_of_two
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
 __all__ = [
@@ -62,6 +62,8 @@ MAX_UNITS = 64
 MAX_BLOCKS = 32
 #: ``feature_scale = min(1, 1e-4 * n_iter)`` of the original at inference (``n_iter = 1e5``).
 INFERENCE_FEATURE_SCALE = 1.0
+#: Side of ``resize=True`` outputs (pooled for evaluation, as the other families' 256).
+POOLED_SIZE = 256
 
 
 def feature_resolution(index: int) -> int:
@@ -70,7 +72,7 @@ def feature_resolution(index: int) -> int:
 
 
 @dataclass
-class SFEConfig:
+class SFEConfig(DictConfig):
     """Architecture of a StyleFeatureEditor model. Defaults are the original's (1024 px,
     18 styles, iresnet50 widths, ``ContentLayerDeepFast(6, 1024, 512)``, feature 9).
 
@@ -98,11 +100,10 @@ class SFEConfig:
     pool: int = 3
     editor: bool = True
 
+    SECTION = "sfe"
+
     def __post_init__(self):
-        if isinstance(self.generator, dict):
-            self.generator = GeneratorConfig.from_dict(self.generator)
-        if isinstance(self.e4e, dict):
-            self.e4e = EncoderConfig.from_dict(self.e4e)
+        self._nested_from_dicts()
         gen = self.generator
         if not isinstance(self.editor, bool):
             raise ConfigError(f"sfe.editor={self.editor!r} must be true or false")
@@ -148,29 +149,10 @@ class SFEConfig:
     def feature_channels(self) -> int:
         return self.generator.channel_table()[feature_resolution(self.feature_index)]
 
-    # What the shared inference and evaluation tools read from a model config.
-    task = "inversion"
-    family = "sfe"
-    label_nc = 0
-    image_nc = 3
-    resize_to = 256  # side outputs are pooled to for evaluation, as the other families
-
     @property
-    def encoder(self) -> EncoderConfig:
-        """The image encoder's config (``input_nc``, ``input_size``): the e4e encoder's (for an
-        inverter-only model one with the same input)."""
-        return self.e4e or EncoderConfig(n_styles=self.n_styles, style_dim=self.generator.style_dim, input_size=self.input_size)
-
-    def to_dict(self) -> dict:
-        return {
-            "generator": self.generator.to_dict(), "e4e": None if self.e4e is None else self.e4e.to_dict(), "widths": list(self.widths),
-            "units": list(self.units), "fuser_blocks": self.fuser_blocks, "feature_index": self.feature_index,
-            "input_size": self.input_size, "pool": self.pool, "editor": self.editor,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SFEConfig:
-        return from_dict(cls, dict(d), "sfe")
+    def input_spec(self) -> InputSpec:
+        """Photos at ``input_size`` (the e4e encoder's and the FS backbone's)."""
+        return InputSpec("inversion", 3, self.input_size, self.input_size)
 
 
 # --------------------------------------------------------------------------- modules
@@ -382,6 +364,8 @@ class SFE(nn.Module):
     input_size = property(lambda self: self.config.input_size)
     input_nc = 3
     input_hw = property(lambda self: (self.config.input_size, self.config.input_size))
+    pooled_size = POOLED_SIZE
+    input_spec = property(lambda self: self.config.input_spec)
 
     def describe(self) -> str:
         """One line for people: sizes and the replaced feature."""
@@ -481,14 +465,14 @@ class SFE(nn.Module):
     def synthesize(self, w_plus: torch.Tensor, extra: SFEEncoding | None = None, resize: bool = False) -> torch.Tensor:
         """Images of ``w_plus``: with its encoding, the encoding itself when ``w_plus`` is its
         latent, else ``w_plus`` as an edit of it (the feature editor follows); without, the
-        plain generator. ``resize`` pools to ``resize_to``."""
+        plain generator. ``resize`` pools to ``POOLED_SIZE``."""
         if extra is None:
             images = self.decoder.synthesize(w_plus)
         elif w_plus.shape == extra.latents.shape and torch.equal(w_plus, extra.latents.to(w_plus)):
             images = self.decode(extra)
         else:
             images = self.decode(self.edit(extra, lambda _w: w_plus))
-        return F.adaptive_avg_pool2d(images, self.config.resize_to) if resize else images
+        return F.adaptive_avg_pool2d(images, self.pooled_size) if resize else images
 
     @torch.no_grad()
     def edit(self, enc: SFEEncoding, fn: Callable[[torch.Tensor], torch.Tensor], mask: torch.Tensor | None = None) -> SFEEncoding:

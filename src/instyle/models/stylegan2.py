@@ -28,11 +28,10 @@ from instyle.models.own_format import adopt_state, check_finite, read_pretrained
 from instyle.ops import FusedLeakyReLU, fused_leaky_relu, make_kernel, modulated_conv2d, to_rgb, upfirdn2d
 from instyle.utils.config import (
     ConfigError,
+    DictConfig,
     check_int_range,
     check_positive_finite,
     check_power_of_two,
-    from_dict,
-    to_jsonable,
 )
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -89,7 +88,7 @@ def nvidia_channels(size: int, channel_base: int = 32768, channel_max: int = 512
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(DictConfig):
     """Architecture of a StyleGAN2 generator.
 
     Attributes:
@@ -104,6 +103,8 @@ class GeneratorConfig:
         conv_clamp: if set (a finite number > 0), clamp every conv/ToRGB activation to
             [-c, c] (NVIDIA).
     """
+
+    SECTION = 'generator'
 
     size: int = 1024
     style_dim: int = 512
@@ -165,13 +166,6 @@ class GeneratorConfig:
             return dict(self.channels)
         table = rosinality_channels(self.channel_multiplier)
         return {2**i: table[2**i] for i in range(2, self.log_size + 1)}
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GeneratorConfig:
-        return from_dict(cls, d, "generator")
 
 
 # --------------------------------------------------------------------------- layers

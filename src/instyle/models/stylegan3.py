@@ -40,11 +40,10 @@ from instyle.ops import filtered_lrelu, fused_leaky_relu
 from instyle.ops.stylegan3_conv import modulated_conv2d_sg3
 from instyle.utils.config import (
     ConfigError,
+    DictConfig,
     check_int_range,
     check_positive_finite,
     check_power_of_two,
-    from_dict,
-    to_jsonable,
 )
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -68,7 +67,7 @@ NOISE_MODES = ("random", "const", "none")
 
 
 @dataclass
-class StyleGAN3Config:
+class StyleGAN3Config(DictConfig):
     """Architecture of a StyleGAN3 generator (NVIDIA's constructor arguments).
 
     ``channels`` (``num_layers + 1`` output widths, the last one = ``img_channels``) and
@@ -76,6 +75,8 @@ class StyleGAN3Config:
     ``channel_base`` / ``channel_max`` as NVIDIA does. Config T: ``conv_kernel=3``;
     config R: ``conv_kernel=1, use_radial_filters=True`` (and doubled channel base / max).
     """
+
+    SECTION = 'stylegan3'
 
     z_dim: int = 512
     w_dim: int = 512
@@ -157,13 +158,6 @@ class StyleGAN3Config:
     def size(self) -> int:
         """``img_resolution`` under the StyleGAN2 config's name."""
         return self.img_resolution
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StyleGAN3Config:
-        return from_dict(cls, d, "stylegan3")
 
 
 def layer_specs(config: StyleGAN3Config) -> dict:

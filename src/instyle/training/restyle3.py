@@ -103,7 +103,7 @@ def restyle3_architecture(model: ReStyle3) -> dict:
     enc = model.config.encoder
     return {"family": FAMILY, "encoder_type": enc.type, "input_nc": 3, "label_nc": 0, "learn_in_w": False,
             "start_from_latent_avg": True, "image_size": enc.input_size, "output_size": model.output_size,
-            "n_iters_per_batch": model.config.iterations, "task": model.config.task}
+            "n_iters_per_batch": model.config.iterations, "task": model.input_spec.task}
 
 
 @torch.no_grad()

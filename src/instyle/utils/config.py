@@ -11,7 +11,7 @@ import math
 import types
 import typing
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from instyle.errors import InstyleError
 
@@ -132,6 +132,52 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     return value
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field annotation names (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+class DictConfig:
+    """Generic ``to_dict`` / ``from_dict`` for a dataclass config (``config.json``'s ``config``).
+
+    ``to_dict`` writes every field in declaration order (nested configs as mappings, tuples as
+    lists; :func:`to_jsonable`), so a new field cannot be left out of the saved file.
+    ``from_dict`` checks every key against the fields (an unknown key raises a
+    :class:`ConfigError` naming it and the accepted ones), coerces values to the annotated
+    types (nested configs included) and leaves missing keys at their defaults. ``SECTION``
+    names the config in messages (``"unknown psp key(s) ..."``).
+
+    A subclass's ``__post_init__`` calls :meth:`_nested_from_dicts` first so that
+    ``Config(generator={...})`` builds (and validates) the nested config too.
+    """
+
+    SECTION: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready."""
+        return to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build and validate from a mapping (see the class docstring)."""
+        return from_dict(cls, d, cls.SECTION)
+
+    def _nested_from_dicts(self) -> None:
+        """Replace mappings given for nested-config fields by validated configs."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            tp = _dataclass_in(hints[f.name]) if isinstance(value, dict) else None
+            if tp is not None:
+                name = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
+                setattr(self, f.name, from_dict(tp, value, name))
 
 
 def from_dict(cls, data: dict, prefix: str = ""):

@@ -385,7 +385,7 @@ def _stitch(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
     device = next(model.parameters()).device
     generator = apply_generator_delta(model.decoder, generator_delta) if generator_delta is not None else model.decoder
     config = options.stitch_config
-    size = model.config.resize_to
+    size = model.pooled_size
     bar = _bar(len(codes), "stitch", options.progress)
     steps_path = folder / "steps.json"
     record = json.loads(steps_path.read_text()) if steps_path.is_file() else {}
@@ -558,7 +558,7 @@ class _Run:
     def __init__(self, model, clip, info, sel, options, cache, hook, log, edits, lpips):
         self.model, self.clip, self.info, self.sel, self.options = model, clip, info, sel, options
         self.cache, self.hook, self.log, self.edits, self.lpips = cache, hook, log, edits, lpips
-        self.size = model.config.resize_to
+        self.size = model.pooled_size
         self.fps = sel.fps(info)
         self.strengths = np.stack([t.strengths(len(sel), self.fps) for _, t in edits]) if edits else np.zeros((0, len(sel)))
         self.timings: dict[str, float] = {}

@@ -27,7 +27,7 @@ from torch import nn
 
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, RESNET34_UNITS, make_resnet_body
 from instyle.models.stylegan2 import EqualLinear, GeneratorConfig
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_choice, check_positive_int
 
 __all__ = [
     "HYPERNET_TYPES",
@@ -64,7 +64,7 @@ def weight_layer_shapes(generator: GeneratorConfig) -> tuple[tuple[int, int, int
 
 
 @dataclass
-class HyperNetConfig:
+class HyperNetConfig(DictConfig):
     """Architecture of a HyperStyle hypernetwork.
 
     Attributes:
@@ -80,6 +80,8 @@ class HyperNetConfig:
         inner: inner channels of the other heads.
         feature_size: side of the trunk's output map the heads are sized for (16 at 256 px).
     """
+
+    SECTION = 'hypernet'
 
     layer_shapes: tuple[tuple[int, int, int], ...] = ()
     layers_to_tune: tuple[int, ...] = DEFAULT_LAYERS_TO_TUNE
@@ -128,19 +130,6 @@ class HyperNetConfig:
     @classmethod
     def for_generator(cls, generator: GeneratorConfig, **overrides) -> HyperNetConfig:
         return cls(layer_shapes=weight_layer_shapes(generator), **overrides)
-
-    def to_dict(self) -> dict:
-        return {
-            "layer_shapes": [list(s) for s in self.layer_shapes], "layers_to_tune": list(self.layers_to_tune),
-            "type": self.type, "input_nc": self.input_nc, "widths": list(self.widths), "units": list(self.units),
-            "code_dim": self.code_dim, "shared_inner": self.shared_inner, "inner": self.inner,
-            "feature_size": self.feature_size,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HyperNetConfig:
-
-        return from_dict(cls, d, "hypernet")
 
 
 def _conv_stack(in_c: int, inner: int, out_c: int, strides: list[int]) -> nn.Sequential:

@@ -28,11 +28,10 @@ from instyle.models.registry import list_encoders, register_encoder
 from instyle.models.stylegan2 import MAX_CHANNELS, MAX_SIZE, EqualLinear
 from instyle.utils.config import (
     ConfigError,
+    DictConfig,
     check_choice,
     check_int_range,
     check_power_of_two,
-    from_dict,
-    to_jsonable,
 )
 
 __all__ = [
@@ -59,7 +58,7 @@ MAX_STYLES = 2 * int(math.log2(MAX_SIZE)) - 2
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(DictConfig):
     """Architecture of a pSp encoder.
 
     Attributes:
@@ -79,6 +78,8 @@ class EncoderConfig:
         coarse: styles ``[0, coarse)`` read the coarsest map (GradualStyleEncoder).
         middle: styles ``[coarse, middle)`` read the middle map; the rest the finest.
     """
+
+    SECTION = 'encoder'
 
     type: str = "GradualStyleEncoder"
     num_layers: int = 50
@@ -120,13 +121,6 @@ class EncoderConfig:
             raise ConfigError(
                 f"encoder.coarse={self.coarse} and middle={self.middle} need 0 < coarse <= middle <= {MAX_STYLES}"
             )
-
-    def to_dict(self) -> dict:
-        return to_jsonable(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        return from_dict(cls, d, "encoder")
 
 
 def _check_input(config: EncoderConfig, x: torch.Tensor, name: str) -> None:

@@ -9,20 +9,20 @@ the average latent is added). Parameter names match the official checkpoints
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, UNITS, make_body, make_input_layer
 from instyle.models.stylegan2 import EqualLinear
-from instyle.utils.config import ConfigError, check_choice, check_positive_int, check_power_of_two, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_choice, check_positive_int, check_power_of_two
 
 __all__ = ["WEncoderConfig", "WEncoder"]
 
 
 @dataclass
-class WEncoderConfig:
+class WEncoderConfig(DictConfig):
     """Architecture of a W-encoder.
 
     Attributes:
@@ -34,6 +34,8 @@ class WEncoderConfig:
         units: residual units per stage; default from ``num_layers``.
         input_size: expected input side (the pooling accepts any, the check does not).
     """
+
+    SECTION = 'w_encoder'
 
     num_layers: int = 50
     mode: str = "ir_se"
@@ -62,17 +64,6 @@ class WEncoderConfig:
     def input_nc(self) -> int:
         """Always 3: the W-encoder reads RGB photos."""
         return 3
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        d["units"] = list(self.units) if self.units is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WEncoderConfig:
-
-        return from_dict(cls, d, "w_encoder")
 
 
 class WEncoder(nn.Module):
