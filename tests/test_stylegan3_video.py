@@ -1,6 +1,8 @@
 """``instyle video`` with an encoder over StyleGAN3: stylegan3-editing's video workflow
 (first-frame crop, per-frame landmark transforms smoothed with its five-tap kernel, renderings
-under the transforms, PTI fitted under them) on a tiny model and a synthetic clip."""
+under the transforms, the clip's codes post-processed as its ``post_processing.py``, PTI
+fitted under the transforms with its ``run_pti_video.py`` settings) on a tiny model and a
+synthetic clip."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ pytest.importorskip("av")
 pytest.importorskip("dlib")
 
 from instyle.errors import InputError  # noqa: E402
-from instyle.video import ClipTuneConfig, VideoOptions, edit_video, probe  # noqa: E402
-from instyle.video.track import FIVE_TAP, five_tap_smooth, quad_axes  # noqa: E402
+from instyle.models.family import family_of, get_family  # noqa: E402
+from instyle.video import ClipTuneConfig, VideoOptions, clip_tune_config, edit_video, probe  # noqa: E402
+from instyle.video.track import FIVE_TAP, five_tap_smooth, postprocess_latents, quad_axes  # noqa: E402
 from tests.test_stylegan3 import tiny_restyle3  # noqa: E402
 from tests.video_clips import frames, write_clip  # noqa: E402
 
@@ -40,6 +43,128 @@ def test_five_tap_smooth_is_the_originals_kernel_inside_and_keeps_every_frame():
     assert out.shape == v.shape and FIVE_TAP.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(out[0], (v[0] * 2 + v[1] * 0.75 + v[2] * 0.25) / 3, atol=1e-12)  # the edge frame repeats
     np.testing.assert_allclose(five_tap_smooth(np.ones((2, 3, 3))), np.ones((2, 3, 3)))
+
+
+def _original_postprocess(ws: np.ndarray) -> np.ndarray:
+    """stylegan3-editing's ``postprocess_and_smooth_inversions`` on the latents, restated:
+    the W+ rows from 9 on averaged over the frames, then ``smooth_ws`` (which keeps only the
+    frames with two neighbours each side)."""
+    ws = ws.copy()
+    ws[:, 9:, :] = ws[:, 9:, :].mean(axis=0)
+    return (ws[2:-2] + 0.75 * ws[3:-1] + 0.75 * ws[1:-3] + 0.25 * ws[:-4] + 0.25 * ws[4:]) / 3
+
+
+def test_stylegan3_family_post_processes_clip_codes_as_the_original():
+    """The published encoders' 16 W+ rows, synthetic codes of 8 frames."""
+    codes = np.random.default_rng(1).normal(size=(8, 16, 5)).astype(np.float32)
+    spec = get_family("restyle3").video_latents
+    out = postprocess_latents(codes, spec)
+    assert out.shape == codes.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[2:-2], _original_postprocess(codes.astype(np.float64)), atol=1e-6)
+    # the fine rows are one code for the whole clip; the coarse ones still move
+    np.testing.assert_allclose(out[:, 9:], np.broadcast_to(codes[:, 9:].mean(0), out[:, 9:].shape), atol=1e-6)
+    assert np.abs(np.diff(out[:, :9], axis=0)).max() > 0.1
+    # the ends repeat their edge frame (the original drops them)
+    avg = codes.astype(np.float64).copy()
+    avg[:, 9:] = avg[:, 9:].mean(0)
+    np.testing.assert_allclose(out[0], (2 * avg[0] + 0.75 * avg[1] + 0.25 * avg[2]) / 3, atol=1e-6)
+    # the other families' clips render as encoded
+    assert get_family("psp").video_latents == {}
+    np.testing.assert_array_equal(postprocess_latents(codes, {}), codes)
+    with pytest.raises(ValueError, match="five-tap"):
+        postprocess_latents(codes, {"smoothing": "gaussian"})
+
+
+def test_stylegan3_clip_renders_post_processed_codes_and_edits_before_post_processing(tmp_path):
+    """``_render``: the reconstruction renders the post-processed codes under each frame's
+    transform; an edit (key-framed: it does not commute with the averaging) is applied to each
+    frame's own code first and the edited codes are then post-processed, as the original's
+    ``VideoEditor.postprocess_and_smooth_edits``."""
+    from PIL import Image
+
+    from instyle.utils.image import tensor_to_pil
+    from instyle.video.keyframes import parse_timed_edit
+    from instyle.video.pipeline import _render
+
+    m = tiny_restyle3(seed=1)
+    n = 6
+    g = torch.Generator().manual_seed(0)
+    codes = (m.latent_avg + 0.5 * torch.randn(n, m.n_styles, 8, generator=g)).numpy().astype(np.float32)
+    angle = np.radians(np.linspace(0, 10, n))
+    transforms = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+    transforms[:, 0, 0], transforms[:, 0, 1] = np.cos(angle), -np.sin(angle)
+    transforms[:, 1, 0], transforms[:, 1, 1] = np.sin(angle), np.cos(angle)
+    direction = torch.randn(m.n_styles, 8, generator=g)
+
+    class Shift:
+        def edit(self, w, steps, component=None):
+            return [w + s * direction for s in steps]
+
+    timed = parse_timed_edit("shift=0:0,5:2")
+    strengths = timed.strengths(n, 1)[None]
+    spec = {"average_from": 2, "smoothing": "five-tap"}  # the tiny model has fewer than 9 rows
+    _render(m, None, tmp_path, codes, [(Shift(), timed)], strengths, tmp_path, VideoOptions(batch_size=4),
+            lambda *a: None, transforms, spec)
+    edited_raw = codes + strengths[0][:, None, None] * direction.numpy()
+    want_recon, want_edit = postprocess_latents(codes, spec), postprocess_latents(edited_raw, spec)
+    # editing the post-processed codes instead would give other codes
+    assert np.abs(want_edit - (want_recon + strengths[0][:, None, None] * direction.numpy())).max() > 1e-3
+    for k in (0, 3, 5):
+        for kind, w in (("recon", want_recon), ("edit", want_edit)):
+            with torch.no_grad():
+                y = m.decode(torch.from_numpy(w[k : k + 1]), transform=torch.from_numpy(transforms[k]), resize=True)
+            got = np.asarray(Image.open(tmp_path / f"{kind}_{k:06d}.png").convert("RGB")).astype(int)
+            assert np.abs(got - np.asarray(tensor_to_pil(y[0])).astype(int)).max() <= 1, (kind, k)
+
+
+def test_stylegan3_video_pti_defaults_are_run_pti_videos():
+    """stylegan3-editing's run_pti_video.py: 350 steps, lr 3e-4, batches of 4 shuffled, LPIPS 1 + L2 1;
+    the other families keep STIT's."""
+    m = tiny_restyle3()
+    cfg = clip_tune_config(m)
+    assert (cfg.steps, cfg.unit, cfg.batch_size, cfg.shuffle, cfg.lr) == (350, "step", 4, True, 3e-4)
+    assert (cfg.lpips_weight, cfg.l2_weight, cfg.locality_weight) == (1.0, 1.0, 0.0)
+    assert family_of(m).refine_defaults["video_pti"]["steps"] == 350
+    assert clip_tune_config(m, steps=7, lr=None).steps == 7 and clip_tune_config(m, lr=None).lr == 3e-4
+    from types import SimpleNamespace
+
+    assert clip_tune_config(SimpleNamespace(family="psp")) == ClipTuneConfig() and ClipTuneConfig().unit == "pass"
+    with pytest.raises(InputError, match="unit"):
+        ClipTuneConfig(unit="epoch")
+
+
+def test_clip_pti_in_steps_visits_shuffled_batches_and_resumes(tmp_path, monkeypatch):
+    """unit "step": each step one batch of a seeded shuffled pass (5 frames, batches of 4:
+    4 + 1 frames a pass), the last batch of a pass smaller, as the original's DataLoader
+    (shuffle=True, drop_last=False); a resumed run ends with the same weights."""
+    import instyle.video.tune as tune
+
+    m = tiny_restyle3(seed=2)
+    n = 5
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(n, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    pivots = m.latent_avg + 0.3 * torch.randn(n, m.n_styles, 8, generator=g)
+    extras = torch.eye(3).repeat(n, 1, 1)
+    seen = []
+    real = tune._render
+
+    def spy(model, generator, w, noise=None, extra=None):
+        seen.append([int(i) for i in torch.cdist(w.flatten(1), pivots.flatten(1)).argmin(1)])
+        return real(model, generator, w, noise=noise, extra=extra)
+
+    monkeypatch.setattr(tune, "_render", spy)
+    cfg = ClipTuneConfig(steps=3, unit="step", batch_size=4, shuffle=True, lr=1e-3, lpips_weight=0.0)
+    delta, summary = tune.tune_clip(m, targets, pivots, cfg, tmp_path / "a.pt", extras=extras)
+    assert [len(b) for b in seen] == [4, 1, 4] and summary["passes"] == 3 and summary["unit"] == "step"
+    assert sorted(seen[0] + seen[1]) == list(range(n))  # one pass covers every frame once
+    assert seen[2] != sorted(seen[2]) or seen[0] != sorted(seen[0])  # shuffled
+    first = seen[:]
+    seen.clear()
+    tune.tune_clip(m, targets, pivots, ClipTuneConfig(**{**cfg.__dict__, "steps": 2}), tmp_path / "b.pt", extras=extras)
+    resumed, _ = tune.tune_clip(m, targets, pivots, cfg, tmp_path / "b.pt", extras=extras)
+    assert seen == first  # the resumed step drew the same batch
+    for name in delta:
+        torch.testing.assert_close(resumed[name], delta[name])
 
 
 @pytest.mark.slow

@@ -67,7 +67,14 @@ class Family:
             ``encode --unaligned`` saves one with each latent).
         refine_defaults: per refinement method (``"pti"``, ``"optimize"``), the
             :class:`~instyle.inference.refine.RefineConfig` fields the family's publications
-            use instead of the general defaults (e.g. stylegan3-editing's PTI for images).
+            use instead of the general defaults (e.g. stylegan3-editing's PTI for images);
+            ``"video_pti"``: the :class:`~instyle.video.tune.ClipTuneConfig` fields of
+            ``video --pti`` (stylegan3-editing's ``run_pti_video.py``; else STIT's).
+        video_latents: how ``instyle video`` post-processes a clip's per-frame W+ codes before
+            rendering (:func:`instyle.video.track.postprocess_latents`): ``"average_from"``
+            (W+ rows from this index on replaced by their mean over the clip) and
+            ``"smoothing"`` (``"five-tap"``: the temporal kernel of stylegan3-editing's
+            ``smooth_ws``); empty: none (the clip's codes render as encoded).
         exportable: ``instyle export`` can trace it to ONNX graphs.
         editable_latents: its latents may be edited / mixed / interpolated by the shared
             latent tools (False: it has its own editing path).
@@ -97,6 +104,7 @@ class Family:
     photos_at_output_size: bool = False
     transform: bool = False
     refine_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    video_latents: dict[str, Any] = field(default_factory=dict)
     editable_latents: bool = True
     editing: str = ""
     extra_ops: Any = None

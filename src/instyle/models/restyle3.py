@@ -303,10 +303,24 @@ class TransformOps:
 PTI_DEFAULTS_SG3 = {"steps": 350, "lr": 3e-4, "lpips_weight": 1.0, "l2_weight": 1.0, "locality_weight": 0.0,
                     "lpips_threshold": 0.06}
 
+#: stylegan3-editing's video PTI (inversion/video/run_pti_video.py, ``RunConfig`` and
+#: ``VideoPTI.optimize_model``): one generator for the clip, 350 Adam steps at 3e-4 on
+#: shuffled batches of 4 frames (``DataLoader(batch_size=4, shuffle=True, drop_last=False)``),
+#: LPIPS 1 + L2 1, no locality regulariser, the Fourier input layer untuned (as for images).
+#: Not taken over: its ``lpips_threshold`` (0.06), which there only ends the current pass over
+#: the frames (the next pass starts; the step count is unchanged) -- a clip whose every batch
+#: is under it would never finish.
+VIDEO_PTI_DEFAULTS_SG3 = {"steps": 350, "unit": "step", "batch_size": 4, "shuffle": True, "lr": 3e-4, "lpips_weight": 1.0,
+                          "l2_weight": 1.0, "locality_weight": 0.0}
+#: stylegan3-editing's post-processing of a clip's latents (inversion/video/post_processing.py,
+#: ``postprocess_and_smooth_inversions``): ``result_latents[:, 9:, :] = result_latents[:, 9:, :].mean(axis=0)``
+#: (the fine W+ rows averaged over all frames), then ``smooth_ws`` (the five-tap temporal kernel).
+VIDEO_LATENTS_SG3 = {"average_from": 9, "smoothing": "five-tap"}
+
 register_family(Family(
     name="restyle3", title="ReStyle over StyleGAN3", model_class=ReStyle3, config_class=ReStyle3Config, kind="restyle3",
     iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, transform=True, extra_ops=TransformOps(),
-    refine_defaults={"pti": PTI_DEFAULTS_SG3},
+    refine_defaults={"pti": PTI_DEFAULTS_SG3, "video_pti": VIDEO_PTI_DEFAULTS_SG3}, video_latents=VIDEO_LATENTS_SG3,
     companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
     reader="instyle.interop.stylegan3",
 ))

@@ -12,8 +12,8 @@ from instyle.video.keyframes import TimedEdit, parse_timed_edit
 from instyle.video.media import Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.pipeline import STAGES, VideoOptions, edit_video
 from instyle.video.stitch import StitchConfig
-from instyle.video.track import fill_missing, gaussian_smooth, smooth_quads
-from instyle.video.tune import ClipTuneConfig, tune_clip
+from instyle.video.track import fill_missing, gaussian_smooth, postprocess_latents, smooth_quads
+from instyle.video.tune import ClipTuneConfig, clip_tune_config, tune_clip
 
 __all__ = [
     "STAGES",
@@ -24,11 +24,13 @@ __all__ = [
     "VideoError",
     "VideoInfo",
     "VideoOptions",
+    "clip_tune_config",
     "edit_video",
     "fill_missing",
     "gaussian_smooth",
     "iter_frames",
     "parse_timed_edit",
+    "postprocess_latents",
     "probe",
     "smooth_quads",
     "tune_clip",

@@ -12,11 +12,14 @@ resumable inside: a killed run redoes at most the unit it was working on):
    *first* frame's quad (``cache/align/fixed/``), each frame's landmark transform between its
    aligned crop and that fixed crop is computed (as ``encode --unaligned``) and smoothed with
    the original's five-tap kernel, each frame renders under its transform, and the results
-   are pasted back through the fixed quad;
+   are pasted back through the fixed quad; its codes are post-processed before rendering as
+   the family's ``video_latents`` asks (fine rows averaged over the clip, five-tap
+   smoothing), and PTI fits the unsmoothed codes under the unsmoothed transforms;
 4. **encode**: W+ codes per frame, batched in fixed chunks (``cache/latents/``);
 5. **tune** (``pti``): one generator tuned on all frames, checkpointed (``cache/pti/``);
 6. **render**: reconstructions and edits per frame (``cache/render/``), latents optionally
-   smoothed over time, edits constant or key-framed;
+   smoothed over time, edits constant or key-framed; a family's ``video_latents``
+   post-processing applies to the reconstruction's and to the edited codes of all frames;
 7. **write**: every full frame with its edited crop pasted back through the inverse of its
    smoothed quad (feathered), H.264 MP4 with the source's audio (``result.mp4``; with
    ``side_by_side`` also ``side_by_side.mp4``: source | reconstruction | edit), and the
@@ -71,9 +74,10 @@ from instyle.video.track import (
     follow_face,
     gaussian_smooth,
     landmark_quads,
+    postprocess_latents,
     smooth_quads,
 )
-from instyle.video.tune import ClipTuneConfig, tune_clip
+from instyle.video.tune import ClipTuneConfig, clip_tune_config, tune_clip
 
 __all__ = ["STAGES", "VideoOptions", "edit_video"]
 
@@ -99,7 +103,9 @@ class VideoOptions:
         workers: threads detecting faces (dlib runs them in parallel; the result is the same).
         directions: edit files, ``[NAME=]FILE`` (as ``instyle edit direction -d``).
         edits: ``NAME[:COMP]=STRENGTH`` or key-framed ``NAME=T:S,T:S`` (T: frame or ``2s``).
-        pti: tune one generator on all frames (:class:`~instyle.video.tune.ClipTuneConfig`).
+        pti: tune one generator on all frames; ``pti_config``: its
+            :class:`~instyle.video.tune.ClipTuneConfig` (None: the model family's published
+            settings, :func:`~instyle.video.tune.clip_tune_config`; STIT's by default).
         stitch: STIT's stitching tuning per frame (:class:`~instyle.video.stitch.StitchConfig`).
         side_by_side: also write ``side_by_side.mp4`` (source | reconstruction | edit).
         feather: width of the paste-back blend at the crop's edges, fraction of its side.
@@ -121,7 +127,7 @@ class VideoOptions:
     directions: tuple[str, ...] = ()
     edits: tuple[str, ...] = ()
     pti: bool = False
-    pti_config: ClipTuneConfig = field(default_factory=ClipTuneConfig)
+    pti_config: ClipTuneConfig | None = None
     stitch: bool = False
     stitch_config: StitchConfig = field(default_factory=StitchConfig)
     side_by_side: bool = False
@@ -344,11 +350,20 @@ def _edited_codes(w: torch.Tensor, edits, strengths: np.ndarray) -> torch.Tensor
 
 
 def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, strengths, folder: Path, options: VideoOptions, hook,
-            transforms: np.ndarray | None = None):
+            transforms: np.ndarray | None = None, video_latents: dict | None = None):
     """Reconstructions (and edits) per frame; ``transforms [N, 3, 3]``: each frame's rendering
-    transform (StyleGAN3: the frame's smoothed landmark transform), carried by its encoding."""
+    transform (StyleGAN3: the frame's smoothed landmark transform), carried by its encoding;
+    ``video_latents``: the family's post-processing of the clip's codes
+    (:func:`~instyle.video.track.postprocess_latents`), applied to the reconstruction's codes
+    and, after editing each frame, to the edited codes (as stylegan3-editing's
+    ``postprocess_and_smooth_inversions`` and ``VideoEditor.postprocess_and_smooth_edits``)."""
     device = next(model.parameters()).device
     n, b = len(codes), options.batch_size
+    edited_all = None
+    if video_latents:
+        if edits:
+            edited_all = postprocess_latents(_edited_codes(torch.from_numpy(codes), edits, strengths).numpy(), video_latents)
+        codes = postprocess_latents(codes, video_latents)
     base = model.decoder
     if generator_delta is not None:
         model.decoder = apply_generator_delta(base, generator_delta)
@@ -367,7 +382,9 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
                         enc = enc.with_extra(encode(model, x).extra)
                     images = [render(model, enc, resize=True)]
                     if edits:
-                        images.append(render(model, enc.with_latents(_edited_codes(w, edits, strengths[:, s : s + b])), resize=True))
+                        moved = (_edited_codes(w, edits, strengths[:, s : s + b]) if edited_all is None
+                                 else torch.from_numpy(edited_all[s : s + b]).to(device))
+                        images.append(render(model, enc.with_latents(moved), resize=True))
                 for path, img in zip(names, torch.cat(images)):
                     save_image(tensor_to_pil(img), path)
                 hook("render", s)
@@ -529,6 +546,8 @@ class _Faces:
     #: of the frames cut with the first frame's quad (what the renderings show); else None.
     transforms: np.ndarray | None = None
     fixed: Path | None = None
+    #: StyleGAN3: the same transforms unsmoothed (what PTI fits under, as ``run_pti_video.py``).
+    raw_transforms: np.ndarray | None = None
 
     @property
     def targets(self) -> Path:
@@ -564,6 +583,8 @@ class _Run:
         self.timings: dict[str, float] = {}
         self._mark = time.perf_counter()
         self.key = _hash(_file_id(clip), asdict(sel), options.detector)
+        self.pti_config = options.pti_config or clip_tune_config(model)
+        self.video_latents = dict(family_of(model).video_latents)
 
     def _timed(self, stage: str) -> None:
         now = time.perf_counter()
@@ -588,14 +609,15 @@ class _Run:
         transform = family_of(self.model).transform
         crops = self._stage("align", o.center_sigma, o.axes_sigma, self.size, *(["fixed first-frame crop"] if transform else []))
         _align(self.clip, sel, quads, crops, self.size, o, self.hook)
-        transforms = fixed = None
+        transforms = fixed = raw_transforms = None
         if transform:  # stylegan3-editing's video_handler: every frame cut with the first frame's alignment
             fixed = crops / "fixed"
             fixed.mkdir(exist_ok=True)
             _align(self.clip, sel, np.repeat(quads[:1], len(quads), axis=0), fixed, self.size, o, self.hook)
-            transforms = frame_transforms(filled, quads)
+            raw_transforms = frame_transforms(filled, quads, smooth=False)
+            transforms = five_tap_smooth(raw_transforms).astype(np.float32)
         self._timed("align")
-        return _Faces(filled, missing, raw_quads, quads, crops, transforms, fixed)
+        return _Faces(filled, missing, raw_quads, quads, crops, transforms, fixed, raw_transforms)
 
     def latents(self, faces: _Faces):
         """``(codes [N, n_styles, D], PTI's generator delta or None, PTI's summary or None)``."""
@@ -605,10 +627,14 @@ class _Run:
         self._timed("encode")
         if o.latent_sigma:
             codes = gaussian_smooth(codes, o.latent_sigma).astype(np.float32)
-        folder = self._stage("pti", o.latent_sigma, o.pti, asdict(o.pti_config) if o.pti else None, o.lpips_weights)
+        folder = self._stage("pti", o.latent_sigma, o.pti, asdict(self.pti_config) if o.pti else None, o.lpips_weights,
+                             *(["unsmoothed transforms"] if faces.raw_transforms is not None else []))
         if not o.pti:
             return codes, None, None
-        delta, summary = _tune(self.model, faces.targets, codes, folder, o, self.lpips, self.hook, faces.transforms)
+        # stylegan3-editing's run_pti_video.py fits the encoder's codes under the landmark transforms
+        # as inference_on_video.py saved them (latents.npy, the transforms file): both unsmoothed.
+        delta, summary = _tune(self.model, faces.targets, codes, folder, o, self.pti_config, self.lpips, self.hook,
+                               faces.raw_transforms)
         self._timed("pti")
         return codes, delta, summary
 
@@ -616,8 +642,9 @@ class _Run:
         o = self.options
         passes = pti_summary["passes"] if pti_summary else None  # a budget-stopped PTI continued: new renderings
         render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits],
-                             passes)
-        _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook, faces.transforms)
+                             passes, self.video_latents)
+        _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook, faces.transforms,
+                self.video_latents)
         self._timed("render")
         if not o.stitch:
             return _Results(render, render, "edit" if self.edits else "recon")
@@ -653,7 +680,8 @@ def _lpips(options: VideoOptions):
     return LPIPSLoss(weights=options.lpips_weights).eval()
 
 
-def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOptions, lpips, hook, transforms=None):
+def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOptions, config: ClipTuneConfig, lpips, hook,
+          transforms=None):
     final = folder / "generator_delta.safetensors"
     summary_path = folder / "summary.json"
     if final.is_file() and summary_path.is_file():
@@ -661,7 +689,7 @@ def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOpt
         if not summary.get("stopped_by_time_budget"):
             return load_generator_delta(final, model.decoder), summary
         # A run stopped by its time budget: this one continues from the checkpoint.
-    config = options.pti_config
+    asked = config
     if lpips is None and config.lpips_weight > 0:
         import dataclasses
 
@@ -672,19 +700,20 @@ def _tune(model, crops: Path, codes: np.ndarray, folder: Path, options: VideoOpt
         on_step=lambda done: hook("pti", done), progress=options.progress,
         extras=None if transforms is None else torch.from_numpy(transforms),
     )
-    if lpips is None and options.pti_config.lpips_weight > 0:
+    if lpips is None and asked.lpips_weight > 0:
         summary["note"] = "no LPIPS weights given: tuned on MSE only"
     save_generator_delta(final, delta, model.decoder, half=False)
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     return load_generator_delta(final, model.decoder), summary
 
 
-def frame_transforms(landmarks: np.ndarray, quads: np.ndarray) -> np.ndarray:
+def frame_transforms(landmarks: np.ndarray, quads: np.ndarray, smooth: bool = True) -> np.ndarray:
     """``[N, 3, 3]`` float32: per frame, the inverse landmark transform between its aligned
     crop (``quads[k]``) and the first frame's crop (``quads[0]``), smoothed over time with
-    stylegan3-editing's five-tap kernel (its ``smooth_ws`` on the landmark transforms)."""
+    stylegan3-editing's five-tap kernel (its ``smooth_ws`` on the landmark transforms) unless
+    ``smooth`` is False."""
     raw = np.stack([crop_transform(landmarks[k], quads[k], quads[0]).inverse_transform for k in range(len(quads))])
-    return five_tap_smooth(raw).astype(np.float32)
+    return (five_tap_smooth(raw) if smooth else raw).astype(np.float32)
 
 
 def _ranges(ks: list[int]) -> str:

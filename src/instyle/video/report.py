@@ -117,7 +117,7 @@ def format_report(report: dict) -> list[str]:
     ]
     if report.get("pti"):
         p = report["pti"]
-        lines.append(f"pti: {p['passes']}/{p['passes_asked']} passes, loss {p['loss_first']} -> {p['loss_last']}")
+        lines.append(f"pti: {p['passes']}/{p['passes_asked']} {'steps' if p.get('unit') == 'step' else 'passes'}, loss {p['loss_first']} -> {p['loss_last']}")
     return lines
 
 

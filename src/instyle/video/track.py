@@ -26,6 +26,7 @@ __all__ = [
     "fill_missing",
     "follow_face",
     "gaussian_smooth",
+    "postprocess_latents",
     "quad_axes",
     "smooth_quads",
 ]
@@ -133,6 +134,38 @@ def five_tap_smooth(values: np.ndarray) -> np.ndarray:
     for k, w in enumerate(FIVE_TAP):
         out += w * padded[k : k + len(v)]
     return out
+
+
+#: The temporal smoothings a family's ``video_latents`` may name.
+LATENT_SMOOTHINGS = ("five-tap",)
+
+
+def postprocess_latents(codes: np.ndarray, spec: dict) -> np.ndarray:
+    """A clip's ``[N, n_styles, D]`` codes post-processed as a family's ``video_latents``
+    asks (:class:`~instyle.models.family.Family`; empty: returned unchanged, as float32).
+
+    stylegan3-editing (inversion/video/post_processing.py, ``postprocess_and_smooth_inversions``;
+    and ``VideoEditor.postprocess_and_smooth_edits`` for the edited codes): the W+ rows from
+    ``average_from`` on are replaced by their mean over all frames, then every row is smoothed
+    over time with ``smooth_ws`` (:func:`five_tap_smooth`: here every frame keeps a value, the
+    original drops the first and last two).
+
+    Raises:
+        ValueError: an unknown key or smoothing (naming the accepted ones).
+    """
+    unknown = set(spec) - {"average_from", "smoothing"}
+    if unknown:
+        raise ValueError(f"video_latents keys {sorted(unknown)} are not among: average_from, smoothing")
+    out = np.array(codes, dtype=np.float64, copy=True)
+    start = spec.get("average_from")
+    if start is not None and len(out):
+        out[:, start:, :] = out[:, start:, :].mean(axis=0)
+    smoothing = spec.get("smoothing")
+    if smoothing is not None:
+        if smoothing not in LATENT_SMOOTHINGS:
+            raise ValueError(f"video_latents smoothing={smoothing!r} is not one of: {', '.join(LATENT_SMOOTHINGS)}")
+        out = five_tap_smooth(out)
+    return out.astype(np.float32)
 
 
 def smooth_quads(quads: np.ndarray, center_sigma: float = CENTER_SIGMA, axes_sigma: float = AXES_SIGMA) -> np.ndarray:
