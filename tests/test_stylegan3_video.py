@@ -168,8 +168,10 @@ def test_clip_pti_in_steps_visits_shuffled_batches_and_resumes(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_them(faces_dir, tmp_path):
+def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_them(faces_dir, tmp_path, monkeypatch):
     from PIL import Image
+
+    import instyle.video.pipeline as pipeline
 
     from instyle.inference.refine import apply_generator_delta, load_generator_delta
     from instyle.inference.unaligned import crop_transform
@@ -179,7 +181,17 @@ def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_t
     clip = write_clip(tmp_path / "c.mp4", frames(photo, 5, 128))
     m = tiny_restyle3(seed=3)
     # unsmoothed crops: the aligned crops follow the clip's 8 degree turn, the first frame's crop does not
-    opts = VideoOptions(detector="hog", center_sigma=0.0, axes_sigma=0.0, pti=True, pti_config=ClipTuneConfig(steps=1, lpips_weight=0.0), side_by_side=True)
+    # stylegan3-editing's video PTI (batches of 4 shuffled frames), one step
+    opts = VideoOptions(detector="hog", center_sigma=0.0, axes_sigma=0.0, pti=True,
+                        pti_config=clip_tune_config(m, steps=1, lpips_weight=0.0), side_by_side=True)
+    fitted = {}
+
+    def spy(model, targets, pivots, config, *a, extras=None, **kw):
+        fitted.update(pivots=pivots.numpy().copy(), extras=extras.numpy().copy(), config=config)
+        return tune_clip(model, targets, pivots, config, *a, extras=extras, **kw)
+
+    tune_clip = pipeline.tune_clip
+    monkeypatch.setattr(pipeline, "tune_clip", spy)
     report = edit_video(m, clip, tmp_path / "out", opts, log=lambda line: None)
     assert probe(tmp_path / "out" / "result.mp4").frames == 5
     assert probe(tmp_path / "out" / "side_by_side.mp4").frames == 5
@@ -198,9 +210,15 @@ def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_t
         angle = (raw[k].rotation_angle + 180.0) % 360.0 - 180.0  # the original reports it in [0, 360)
         assert abs(angle) == pytest.approx(abs(turned[k]), abs=0.05)
     np.testing.assert_allclose(inverse, five_tap_smooth(np.stack([t.inverse_transform for t in raw])), atol=1e-5)
-    # each frame rendered on the clip-tuned generator under its own transform
+    # PTI fitted the encoder's codes under the unsmoothed transforms (run_pti_video.py's inputs)
     cache = tmp_path / "out" / "cache"
     codes = np.concatenate([np.load(p) for p in sorted((cache / "encode").glob("*.npy"))])
+    np.testing.assert_allclose(fitted["extras"], np.stack([t.inverse_transform for t in raw]), atol=1e-5)
+    np.testing.assert_array_equal(fitted["pivots"], codes)
+    assert (fitted["config"].unit, fitted["config"].batch_size, report["pti"]["batch_size"]) == ("step", 4, 4)
+    # each frame rendered on the clip-tuned generator under its own transform, from the
+    # post-processed codes (post_processing.py: fine rows averaged, five-tap smoothing)
+    codes = postprocess_latents(codes, family_of(m).video_latents)
     tuned = apply_generator_delta(m.decoder, load_generator_delta(cache / "pti" / "generator_delta.safetensors", m.decoder))
     assert report["pti"]["passes"] == 1
     base = m.decoder
