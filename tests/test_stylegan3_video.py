@@ -167,6 +167,98 @@ def test_clip_pti_in_steps_visits_shuffled_batches_and_resumes(tmp_path, monkeyp
         torch.testing.assert_close(resumed[name], delta[name])
 
 
+def _original_expander(decode, w, landmark_t, res, left, right, top, bottom):
+    """stylegan3-editing's utils/fov_expansion.py ``Expander.generate_expanded_image``, restated
+    in numpy around ``decode(w, transform) -> [1, 3, res, res]``."""
+    def make_transform(translate, angle):
+        m = np.eye(3)
+        s, c = np.sin(angle / 360.0 * np.pi * 2), np.cos(angle / 360.0 * np.pi * 2)
+        m[0][0], m[0][1], m[0][2], m[1][0], m[1][1], m[1][2] = c, s, translate[0], -s, c, translate[1]
+        return m
+
+    def shift(h, v):
+        return None if (h is None or v is None) else make_transform((h / res, v / res), 0)
+
+    lf, rt, tp, bt = (left or None), (-right or None), (top or None), (-bottom or None)
+    transforms = [make_transform((0, 0), 0), shift(lf, 0), shift(0, tp), shift(rt, 0), shift(0, bt),
+                  shift(lf, tp), shift(rt, tp), shift(rt, bt), shift(lf, bt)]
+    images = [None if t is None else decode(w, landmark_t @ np.linalg.inv(t)).numpy() for t in transforms]
+    out = np.zeros((1, 3, top + res + bottom, left + res + right))
+    out[:, :, top:top + res, left:left + res] = images[0]
+    if left > 0:
+        out[:, :, top:top + res, :left] = images[1][:, :, :, 0:left]
+    if top > 0:
+        out[:, :, :top, left:left + res] = images[2][:, :, 0:top, :]
+    if right > 0:
+        out[:, :, top:top + res, left + res:] = images[3][:, :, :, res - right:]
+    if bottom > 0:
+        out[:, :, top + res:, left:left + res] = images[4][:, :, res - bottom:, :]
+    if top > 0 and left > 0:
+        out[:, :, :top, :left] = images[5][:, :, :top, :left]
+    if top > 0 and right > 0:
+        out[:, :, :top, res + left:] = images[6][:, :, :top, res - right:]
+    if bottom > 0 and right > 0:
+        out[:, :, res + top:, res + left:] = images[7][:, :, res - bottom:, res - right:]
+    if bottom > 0 and left > 0:
+        out[:, :, res + top:, :left] = images[8][:, :, res - bottom:, :left]
+    return out
+
+
+@pytest.mark.parametrize("amounts", [(3, 2, 4, 1), (0, 5, 0, 2), (2, 0, 0, 0)])
+def test_field_of_view_expansion_is_the_originals_expander(amounts):
+    from instyle.video.expand import expanded_render
+
+    m = tiny_restyle3(seed=4)
+    res = m.output_size
+    w = m.latent_avg + 0.5 * torch.randn(1, m.n_styles, 8, generator=torch.Generator().manual_seed(1))
+    a = np.radians(7.0)
+    t = np.array([[np.cos(a), -np.sin(a), 0.05], [np.sin(a), np.cos(a), -0.03], [0, 0, 1]])
+    with torch.no_grad():
+        got = expanded_render(lambda v, tr: m.synthesize(v, tr), w, torch.from_numpy(t), res, amounts)
+        want = _original_expander(lambda v, tr: m.decode(v, transform=torch.from_numpy(tr).float()), w, t, res, *amounts)
+    left, right, top, bottom = amounts
+    assert got.shape == (1, 3, top + res + bottom, left + res + right)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+    with torch.no_grad():  # the generator renders more than the crop: the added strips are not blank
+        assert got[..., :, :left].abs().mean() > 0.01 if left else got[..., :, res:].abs().mean() > 0.01
+
+
+def test_expanded_canvas_lies_around_the_crop_quad_and_is_pasted_over_its_rectangle():
+    from instyle.video.expand import canvas_mask, expanded_quad
+
+    quad = np.array([[10.0, 20.0], [10.0, 120.0], [110.0, 120.0], [110.0, 20.0]])  # a 100 px axis-aligned crop
+    q = expanded_quad(quad, 16, (4, 0, 2, 0))  # canvas 20 x 18 generator px, padded to 20 square
+    np.testing.assert_allclose(q, [[-15.0, 7.5], [-15.0, 132.5], [110.0, 132.5], [110.0, 7.5]])
+    np.testing.assert_allclose(expanded_quad(quad, 16, (0, 0, 0, 0)), quad)
+    mask = canvas_mask(40, 16, (4, 0, 2, 0), 0.1)
+    assert mask.shape == (40, 40) and mask[36:].max() == 0 and mask[:36].max() == pytest.approx(1.0)
+    assert mask[18, 20] == pytest.approx(1.0) and mask[0, 20] < 0.1
+
+
+def test_expand_renders_wide_canvases_whose_centre_is_the_crop(tmp_path):
+    from PIL import Image
+
+    from instyle.video.pipeline import _render
+
+    m = tiny_restyle3(seed=5)
+    n = 2
+    codes = (m.latent_avg + 0.4 * torch.randn(n, m.n_styles, 8, generator=torch.Generator().manual_seed(2))).numpy()
+    transforms = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+    transforms[1, 0, 2] = 0.1
+    opts = VideoOptions(expand=(2, 0, 4, 2))
+    _render(m, None, tmp_path, codes, [], np.zeros((0, n)), tmp_path, opts, lambda *a: None, transforms, {})
+    scale = m.pooled_size // m.output_size  # the tiny model pools 16 px renderings to 32
+    for k in range(n):
+        recon = np.asarray(Image.open(tmp_path / f"recon_{k:06d}.png")).astype(int)
+        wide = np.asarray(Image.open(tmp_path / f"wide_recon_{k:06d}.png")).astype(int)
+        assert wide.shape == (22 * scale, 22 * scale, 3)  # 18 wide, 22 high: padded on the right
+        centre = wide[4 * scale : 4 * scale + m.pooled_size, 2 * scale : 2 * scale + m.pooled_size]
+        assert np.abs(centre - recon).max() <= 1
+        assert wide[:, 18 * scale :].max() == 0
+    with pytest.raises(InputError, match="expand"):
+        VideoOptions(expand=(1, 2, 3))
+
+
 @pytest.mark.slow
 def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_them(faces_dir, tmp_path, monkeypatch):
     from PIL import Image

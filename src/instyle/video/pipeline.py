@@ -14,7 +14,9 @@ resumable inside: a killed run redoes at most the unit it was working on):
    the original's five-tap kernel, each frame renders under its transform, and the results
    are pasted back through the fixed quad; its codes are post-processed before rendering as
    the family's ``video_latents`` asks (fine rows averaged over the clip, five-tap
-   smoothing), and PTI fits the unsmoothed codes under the unsmoothed transforms;
+   smoothing), and PTI fits the unsmoothed codes under the unsmoothed transforms; ``expand``
+   renders a wider field of view through the transform (the original's ``Expander``,
+   :mod:`instyle.video.expand`) and pastes that wider canvas back;
 4. **encode**: W+ codes per frame, batched in fixed chunks (``cache/latents/``);
 5. **tune** (``pti``): one generator tuned on all frames, checkpointed (``cache/pti/``);
 6. **render**: reconstructions and edits per frame (``cache/render/``), latents optionally
@@ -62,6 +64,7 @@ from instyle.models.family import family_of
 from instyle.utils.atomic import atomic_write_bytes
 from instyle.utils.image import tensor_to_pil
 from instyle.utils.progress import Progress
+from instyle.video.expand import canvas_mask, expanded_quad, expanded_render, square_canvas
 from instyle.video.keyframes import TimedEdit, parse_timed_edit
 from instyle.video.media import MAX_SIDE, MP4_AUDIO, Selection, VideoError, VideoInfo, iter_frames, probe, write_mp4
 from instyle.video.report import build_report, format_report, write_plot
@@ -108,6 +111,10 @@ class VideoOptions:
             settings, :func:`~instyle.video.tune.clip_tune_config`; STIT's by default).
         stitch: STIT's stitching tuning per frame (:class:`~instyle.video.stitch.StitchConfig`).
         side_by_side: also write ``side_by_side.mp4`` (source | reconstruction | edit).
+        expand: field-of-view expansion ``(left, right, top, bottom)`` in generator pixels
+            (stylegan3-editing's ``expansion_amounts``): a model that renders under a transform
+            (encoders over StyleGAN3) renders that much more around the crop, and the wider
+            canvas is pasted back; all 0: none.
         feather: width of the paste-back blend at the crop's edges, fraction of its side.
         crf: H.264 quality (0-51, lower is better).
         max_side: largest frame side accepted.
@@ -131,6 +138,7 @@ class VideoOptions:
     stitch: bool = False
     stitch_config: StitchConfig = field(default_factory=StitchConfig)
     side_by_side: bool = False
+    expand: tuple[int, int, int, int] = (0, 0, 0, 0)
     feather: float = 0.1
     crf: int = 18
     max_side: int = MAX_SIDE
@@ -153,6 +161,9 @@ class VideoOptions:
             raise InputError(f"feather={self.feather!r} must be in [0, 0.5]")
         if not isinstance(self.max_side, int) or not 64 <= self.max_side <= 16384:
             raise InputError(f"max_side={self.max_side!r} must be an integer in [64, 16384]")
+        if (not isinstance(self.expand, (tuple, list)) or len(self.expand) != 4
+                or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a <= 4096 for a in self.expand)):
+            raise InputError(f"expand={self.expand!r} must be 4 integers (left, right, top, bottom) in [0, 4096] pixels")
         if self.edits and not self.directions:
             raise InputError("edits name directions: give the edit files too (--direction [NAME=]FILE)")
 
@@ -359,6 +370,9 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
     ``postprocess_and_smooth_inversions`` and ``VideoEditor.postprocess_and_smooth_edits``)."""
     device = next(model.parameters()).device
     n, b = len(codes), options.batch_size
+    wide = any(options.expand)
+    res = model.output_size
+    side = round(max(res + options.expand[0] + options.expand[1], res + options.expand[2] + options.expand[3]) * model.pooled_size / res)
     edited_all = None
     if video_latents:
         if edits:
@@ -371,8 +385,10 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
     try:
         for s in range(0, n, b):
             idx = range(s, min(n, s + b))
-            names = [folder / f"recon_{k:06d}.png" for k in idx] + ([folder / f"edit_{k:06d}.png" for k in idx] if edits else [])
-            if not all(p.is_file() for p in names):
+            kinds = ["recon"] + (["edit"] if edits else [])
+            names = [folder / f"{kind}_{k:06d}.png" for kind in kinds for k in idx]
+            wides = [folder / f"wide_{kind}_{k:06d}.png" for kind in kinds for k in idx] if wide else []
+            if not all(p.is_file() for p in names + wides):
                 w = torch.from_numpy(codes[s : s + b]).to(device)
                 with torch.inference_mode():
                     extra = None if transforms is None else torch.from_numpy(transforms[s : s + b]).to(device)
@@ -385,7 +401,13 @@ def _render(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
                         moved = (_edited_codes(w, edits, strengths[:, s : s + b]) if edited_all is None
                                  else torch.from_numpy(edited_all[s : s + b]).to(device))
                         images.append(render(model, enc.with_latents(moved), resize=True))
-                for path, img in zip(names, torch.cat(images)):
+                    canvases = []
+                    if wide:  # stylegan3-editing's Expander: the same codes, a wider view under the same transforms
+                        for latents in [w] + ([moved] if edits else []):
+                            canvas = square_canvas(expanded_render(lambda v, t: model.synthesize(v, t), latents, extra, res,
+                                                                   options.expand))
+                            canvases.append(torch.nn.functional.interpolate(canvas, size=(side, side), mode="area"))
+                for path, img in zip(names + wides, [*torch.cat(images), *(torch.cat(canvases) if canvases else [])]):
                     save_image(tensor_to_pil(img), path)
                 hook("render", s)
             bar.update(len(idx))
@@ -429,26 +451,29 @@ def _stitch(model, generator_delta, crops: Path, codes: np.ndarray, edits, stren
             "per_frame": {"steps": steps, "border_loss": losses}, "config": asdict(config)}
 
 
-def _paste_frames(clip: Path, sel: Selection, quads: np.ndarray, folder: Path, kind: str, options: VideoOptions):
+def _paste_frames(clip: Path, sel: Selection, quads: np.ndarray, folder: Path, kind: str, options: VideoOptions,
+                  res: int | None = None):
     for k, frame in iter_frames(clip, sel):
         crop = Image.open(folder / f"{kind}_{k:06d}.png").convert("RGB")
         mask = None
         if kind == "stitch":
             with Image.open(folder / f"mask_{k:06d}.png") as m:
                 mask = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
+        elif kind.startswith("wide_"):  # a field-of-view expanded canvas: its rendered rectangle, feathered
+            mask = canvas_mask(crop.width, res, options.expand, options.feather)
         yield k, frame, np.asarray(paste_back(Image.fromarray(frame), crop, quads[k], feather=options.feather, mask=mask))
 
 
-def _result_frames(clip, sel, quads, render, kind, options, hook, bar) -> Iterator[np.ndarray]:
-    for k, _, pasted in _paste_frames(clip, sel, quads, render, kind, options):
+def _result_frames(clip, sel, quads, render, kind, options, hook, bar, res=None) -> Iterator[np.ndarray]:
+    for k, _, pasted in _paste_frames(clip, sel, quads, render, kind, options, res):
         bar.update(1)
         hook("write", k)
         yield pasted
 
 
-def _side_frames(clip, sel, quads, render, folder, kind, options, bar) -> Iterator[np.ndarray]:
-    recon = _paste_frames(clip, sel, quads, render, "recon", options)
-    edited = _paste_frames(clip, sel, quads, folder, kind, options)
+def _side_frames(clip, sel, quads, render, folder, kind, options, bar, recon="recon", res=None) -> Iterator[np.ndarray]:
+    recon = _paste_frames(clip, sel, quads, render, recon, options, res)
+    edited = _paste_frames(clip, sel, quads, folder, kind, options, res)
     for (_, frame, r), (_, _, e) in zip(recon, edited):
         bar.update(1)
         yield np.concatenate([frame, r, e], axis=1)
@@ -503,6 +528,9 @@ def edit_video(
     sel = Selection.make(info, options.start, options.end, options.every)
     if uses_offsets(model) and (options.pti or options.stitch):
         raise InputError("--pti and --stitch tune a generator; a HyperStyle model tunes its own per frame: run it without them")
+    if any(options.expand) and not family_of(model).transform:
+        raise InputError("--expand renders a wider view through the generator's input transform; this model's generator "
+                         "takes none (encoders over StyleGAN3 do)")
     if family_of(model).transform and options.stitch:
         raise InputError("--stitch tunes each frame's aligned crop; an encoder over StyleGAN3 renders the fixed crop under "
                          "each frame's transform instead: run it without --stitch")
@@ -569,6 +597,8 @@ class _Results:
     folder: Path
     kind: str
     stitch: dict | None = None
+    #: the pasted crops are field-of-view expanded canvases (``wide_<kind>_K.png``)
+    wide: bool = False
 
 
 class _Run:
@@ -642,12 +672,12 @@ class _Run:
         o = self.options
         passes = pti_summary["passes"] if pti_summary else None  # a budget-stopped PTI continued: new renderings
         render = self._stage("render", [_file_id(named_file(d)[1]) for d in o.directions], [t.spec for _, t in self.edits],
-                             passes, self.video_latents)
+                             passes, self.video_latents, list(o.expand))
         _render(self.model, delta, faces.crops, codes, self.edits, self.strengths, render, o, self.hook, faces.transforms,
                 self.video_latents)
         self._timed("render")
         if not o.stitch:
-            return _Results(render, render, "edit" if self.edits else "recon")
+            return _Results(render, render, "edit" if self.edits else "recon", wide=any(o.expand))
         folder = self._stage("stitch", asdict(o.stitch_config))
         crop_landmarks = np.stack([source_to_crop(faces.landmarks[k], faces.quads[k], self.size) for k in range(len(codes))])
         summary = _stitch(self.model, delta, faces.crops, codes, self.edits, self.strengths, crop_landmarks, folder, o, self.hook)
@@ -663,16 +693,20 @@ class _Run:
         if audio is None:
             self.log(f"{self.clip} has no audio track: the result has none")
         bar = _bar(len(sel), "write", o.progress)
-        frames = _result_frames(self.clip, sel, faces.paste_quads, results.folder, results.kind, o, self.hook, bar)
+        quads, kind, wide, res = faces.paste_quads, results.kind, results.wide, self.model.output_size
+        if wide:
+            quads = np.stack([expanded_quad(q, self.model.output_size, o.expand) for q in quads])
+            kind = f"wide_{kind}"
+        frames = _result_frames(self.clip, sel, quads, results.folder, kind, o, self.hook, bar, res)
         write_mp4(out / RESULT, frames, self.fps, audio, span, o.crf, copy_audio=whole)
         bar.close()
         if o.side_by_side:
             bar = _bar(len(sel), "side by side", o.progress)
-            frames = _side_frames(self.clip, sel, faces.paste_quads, results.render, results.folder, results.kind, o, bar)
+            frames = _side_frames(self.clip, sel, quads, results.render, results.folder, kind, o, bar,
+                                  recon="wide_recon" if wide else "recon", res=res)
             write_mp4(out / SIDE_BY_SIDE, frames, self.fps, audio, span, o.crf, copy_audio=whole)
             bar.close()
         self._timed("write")
-
 
 def _lpips(options: VideoOptions):
     if not options.lpips_weights:
