@@ -259,12 +259,26 @@ def test_expand_renders_wide_canvases_whose_centre_is_the_crop(tmp_path):
         VideoOptions(expand=(1, 2, 3))
 
 
+def test_expand_is_refused_for_a_generator_without_input_transform_and_parsed_by_the_command(tmp_path):
+    import argparse
+
+    from instyle.cli.video import _expansion
+    from instyle.models import create_psp
+
+    clip = write_clip(tmp_path / "c.mp4", [np.full((64, 64, 3), 90, np.uint8)] * 2, audio=False)
+    with pytest.raises(InputError, match="--expand") as e:
+        edit_video(create_psp("tiny").eval(), clip, tmp_path / "out", VideoOptions(expand=(8, 8, 0, 0)), log=lambda line: None)
+    assert "\n" not in str(e.value) and not (tmp_path / "out" / "result.mp4").exists()
+    assert _expansion("4,0,2,1") == (4, 0, 2, 1) and _expansion("16") == (16,) * 4
+    with pytest.raises(argparse.ArgumentTypeError):
+        _expansion("1,2,-3,4")
+
+
 @pytest.mark.slow
 def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_them(faces_dir, tmp_path, monkeypatch):
     from PIL import Image
 
     import instyle.video.pipeline as pipeline
-
     from instyle.inference.refine import apply_generator_delta, load_generator_delta
     from instyle.inference.unaligned import crop_transform
     from instyle.utils.image import tensor_to_pil
@@ -274,8 +288,9 @@ def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_t
     m = tiny_restyle3(seed=3)
     # unsmoothed crops: the aligned crops follow the clip's 8 degree turn, the first frame's crop does not
     # stylegan3-editing's video PTI (batches of 4 shuffled frames), one step
+    # with the field of view expanded on the left and at the top (stylegan3-editing's expansion_amounts)
     opts = VideoOptions(detector="hog", center_sigma=0.0, axes_sigma=0.0, pti=True,
-                        pti_config=clip_tune_config(m, steps=1, lpips_weight=0.0), side_by_side=True)
+                        pti_config=clip_tune_config(m, steps=1, lpips_weight=0.0), side_by_side=True, expand=(4, 0, 2, 0))
     fitted = {}
 
     def spy(model, targets, pivots, config, *a, extras=None, **kw):
@@ -325,6 +340,12 @@ def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_t
         assert np.abs(got - np.asarray(tensor_to_pil(plain[0])).astype(int)).mean() > 2  # frame 4 is turned
     finally:
         m.decoder = base
+    # the expanded canvases (20 x 18 generator px, padded square) are what was pasted back
+    wide = np.asarray(Image.open(cache / "render" / "wide_recon_000004.png").convert("RGB")).astype(int)
+    side = m.pooled_size * 20 // m.output_size
+    assert wide.shape == (side, side, 3)
+    scale = m.pooled_size // m.output_size
+    np.testing.assert_allclose(wide[2 * scale : 2 * scale + m.pooled_size, 4 * scale : 4 * scale + m.pooled_size], got, atol=1)
     # the renderings show the first frame's crop: that is what the report compares them with
     assert (cache / "align" / "fixed" / "000004.png").is_file()
     with pytest.raises(InputError, match="--stitch") as e:

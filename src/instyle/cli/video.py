@@ -75,6 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="STIT's stitching tuning: per frame, tune the generator so the edit meets the frame around the face")
     add_count(p, "--stitch-steps", minimum=1, maximum=MAX_REFINE_STEPS, default=100,
               help="stitching tuning steps per frame (default 100, as STIT)")
+    p.add_argument("--expand", type=_expansion, default=(0, 0, 0, 0), metavar="L,R,T,B",
+                   help="encoders over StyleGAN3: render this many generator pixels more around the crop (left, right, "
+                   "top, bottom; stylegan3-editing's field-of-view expansion) and paste the wider view back (default 0,0,0,0)")
     p.add_argument("--side-by-side", action="store_true", help="also write side_by_side.mp4: source | reconstruction | edit")
     p.add_argument("--feather", type=float, default=0.1, help="paste-back blend width, fraction of the crop (default 0.1)")
     add_count(p, "--crf", minimum=0, maximum=51, default=18, help="H.264 quality, lower is better (default 18)")
@@ -83,6 +86,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of PTI's random codes (default 0)")
     add_device_arg(p)
     p.set_defaults(func=run)
+
+
+def _expansion(text: str) -> tuple[int, ...]:
+    """``L,R,T,B`` (or one number for all four sides) -> four non-negative integers."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 1:
+        parts *= 4
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0 or max(values) > 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: give L,R,T,B (or one number), integers in [0, 4096] pixels")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             center_sigma=args.center_sigma, axes_sigma=args.axes_sigma, latent_sigma=args.latent_sigma,
             batch_size=args.batch_size, workers=args.workers, directions=tuple(args.direction), edits=tuple(args.edit),
             pti=args.pti, pti_config=pti_config,
-            stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side, feather=args.feather, crf=args.crf,
+            stitch=args.stitch, stitch_config=StitchConfig(steps=args.stitch_steps), side_by_side=args.side_by_side,
+            expand=args.expand, feather=args.feather, crf=args.crf,
             lpips_weights=args.lpips_weights, identity=args.identity, progress=True,
         )
         edit_video(model, args.clip, args.out, options, log=say)
