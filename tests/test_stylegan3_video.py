@@ -305,6 +305,7 @@ def test_stylegan3_clip_renders_each_frame_under_its_transform_and_tunes_under_t
     inverse = np.array(report["transforms"]["inverse"])
     quads = np.array(report["quads"]["smoothed"])
     np.testing.assert_allclose(report["transforms"]["fixed_quad"], quads[0], atol=1e-3)
+    assert report["transforms"]["latents"] == {"average_from": 9, "smoothing": "five-tap"}
     # the transforms are the landmark transforms between each frame's aligned crop and the first
     # frame's crop, smoothed: the clip turns, so the later frames rotate against frame 0
     landmarks = _landmarks(tmp_path / "out" / "cache")

@@ -32,7 +32,11 @@ from its aligned crop and rendered under its landmark transform into the first f
 the codes are post-processed as the original's (fine W+ rows averaged over the clip, then
 the five-tap smoothing); --pti fits those crops under the unsmoothed transforms with the
 original's video PTI settings (350 Adam steps on shuffled batches of 4, lr 3e-4, LPIPS 1 +
-L2 1); --stitch is not available for them.
+L2 1); --expand L,R,T,B renders that many generator pixels more around the crop (the
+original's field-of-view expansion) and pastes the wider view back; --stitch is not
+available for them.
+
+  instyle video -c restyle_pSp_ffhq.pt clip.mp4 --out out/ --pti --expand 128,128,64,0
 """
 
 

@@ -551,7 +551,8 @@ def edit_video(
     report["output"]["audio_mode"] = run.audio_mode
     if faces.transforms is not None:  # StyleGAN3: what each frame rendered with
         report["transforms"] = {"fixed_quad": faces.quads[0].round(3).tolist(), "smoothing": "stylegan3-editing five-tap",
-                                "inverse": faces.transforms.round(6).tolist()}
+                                "inverse": faces.transforms.round(6).tolist(), "latents": run.video_latents,
+                                "expand": list(options.expand)}
     report["seconds"] = {**run.timings, "total": round(time.perf_counter() - t_start, 3)}
     report["outputs"] = [RESULT] + ([SIDE_BY_SIDE] if options.side_by_side else []) + [REPORT, PLOT]
     write_plot(report, out / PLOT)
