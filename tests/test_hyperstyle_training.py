@@ -222,7 +222,8 @@ def test_hypernetwork_starts_from_imagenet_resnet34_as_the_original(toy, tmp_pat
         build_model(cfg.replace(encoder_widths=[8, 16, 16, 32]))
     with pytest.raises(ConfigError, match="ResNet-34 weights do not fit this hypernetwork"):
         build_model(cfg.replace(encoder_units=[1, 1, 1, 1]))
-    with pytest.raises(ConfigError, match="encoder_init='resnet34' initialises HyperStyle's hypernetwork"):
+    with pytest.raises(ConfigError, match=r"encoder_init='resnet34': family='psp' starts its encoder from one of "
+                                          r"\['ir_se50', 'random'\]"):
         hs_config(toy, family="psp", encoder_type="GradualStyleEncoder", encoder_init="resnet34")
 
 

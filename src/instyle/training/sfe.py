@@ -43,7 +43,7 @@ from instyle.training.step import Precision, StepOutput, backward
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
-           "SFEObjective", "SFEDiscriminator", "init_fs_backbone_from_iresnet50", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
+           "SFEObjective", "SFEDiscriminator", "SFETraining", "init_fs_backbone_from_iresnet50", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
 
 #: The two training phases of the original: the inverter (FSEInverter), the feature editor (FSEFull).
 SFE_PHASES = ("inverter", "editor")
@@ -443,6 +443,35 @@ class SFEObjective(nn.Module):
             self.disc.load_state_dict(state)
 
 
+class SFETraining:
+    """The loop's :class:`~instyle.training.hooks.FamilyTrainingState` of an SFE run: the
+    objective learns the step count (feature-scale ramp, discriminator start) before each
+    encoder step, the discriminator takes its step after it; saved under ``"sfe"``."""
+
+    key = "sfe"
+
+    def __init__(self, objective: SFEObjective):
+        self.objective = objective
+
+    def before_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        self.objective.step = step
+        return {}
+
+    def after_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        return self.objective.train_discriminator(x, step)
+
+    def state_dict(self) -> dict | None:
+        return self.objective.training_state()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.objective.load_training_state(state)
+
+
+def _sfe_extras(cfg, model: SFE, objective: Objective, device, world_size: int):
+    sfe = SFEObjective(objective, cfg, model.config.generator, device)
+    return SFETraining(sfe), sfe
+
+
 def sfe_editor_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: torch.Tensor, precision):
     """Phase 2 (the original's ``fse_editor`` runner) on one batch: the inversion of ``x``
     with a zero delta, and a synthetic editing pair -- the e4e reconstruction ``x_E`` of ``x``
@@ -497,9 +526,12 @@ def _sfe_step(net, objective, latent_avg, x, y, n_iters, randomize_noise, precis
 
 
 register_training("sfe", TrainingHooks(
+    validate=check_sfe_config,
+    encoder_inits=("iresnet50", "random"),
+    objective_at_image_size=False,  # it pools images to the encoder's input size (256 px at feature 9)
     build=lambda cfg, init_encoder=None: build_sfe(cfg),
     trained=trained_modules,
     channels_last=lambda model: model.inverter,
     forward=_sfe_step,
-    extras=lambda cfg, model, objective, device, world_size: (None, SFEObjective(objective, cfg, model.config.generator, device)),
+    extras=_sfe_extras,
 ))
