@@ -1,20 +1,17 @@
 """Training ReStyle and e4e models with the pSp trainer: config checks, ReStyle's per-batch
 iterations (gradients of every iteration add up, feedback detached), e4e's losses, pools
-and progressive schedule, learning on the toy inversion problem and bit-exact resume after
-SIGKILL."""
+and progressive schedule (learning and bit-exact resume after SIGKILL:
+tests/test_family_contract.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import instyle
-from instyle.data import PairedImageDataset
 from instyle.training import TrainConfig, build_model, build_objective, train
 from instyle.training.step import restyle_forward_loss
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
-from tests.test_training import _weights, kill_and_resume
 
 
 @pytest.fixture(scope="module")
@@ -74,47 +71,6 @@ def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):
     assert out.objective.terms == last.terms
     for n, p in model.encoder.named_parameters():
         torch.testing.assert_close(got[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
-
-
-@pytest.mark.slow
-def test_restyle_encoder_learns_to_invert_a_frozen_generator(toy, tmp_path):
-    """250 steps (batch 8, Adam 2e-3, 2 iterations per batch) on 64 images of a frozen 32 px
-    generator: the L2 of 2-iteration reconstructions falls >= 5x."""
-    cfg = restyle_config(toy, max_steps=250, learning_rate=2e-3, val_target=None, board_interval=50)
-    ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
-    x = torch.stack([ds[i]["x"] for i in range(len(ds))])
-
-    def l2(model) -> float:
-        with torch.no_grad():
-            return float(((model.decode(model.encode(x, iterations=2), resize=True) - x) ** 2).mean())
-
-    start = l2(build_model(cfg).eval())
-    train(cfg, tmp_path / "run")
-    end = l2(instyle.load(tmp_path / "run" / "checkpoints" / "latest"))
-    print(f"L2 start {start:.4f} end {end:.4f} ratio {start / end:.2f}")
-    assert end < start / 5
-
-
-def _kill_and_resume(cfg: TrainConfig, tmp_path, n: int) -> None:
-    """Run ``cfg`` uninterrupted, and again killed mid-way then resumed: same weights and
-    training state."""
-    full, killed = kill_and_resume(cfg, tmp_path, n)
-    a = _weights(full)
-    start = build_model(cfg).state_dict()
-    assert not torch.equal(start["encoder.styles.0.linear.weight"], a["encoder.styles.0.linear.weight"])
-    sa, sb = (torch.load(r / "checkpoints" / "latest" / "training_state.pt", weights_only=True) for r in (full, killed))
-    if sa.get("e4e"):
-        for key in ("discriminator", "real_pool", "fake_pool"):
-            flat_a, flat_b = sa["e4e"][key], sb["e4e"][key]
-            assert all(torch.equal(flat_a[k], flat_b[k]) for k in flat_a), key
-
-
-@pytest.mark.slow
-def test_restyle_resume_after_sigkill_is_bit_exact(toy, tmp_path):
-    n = 12
-    cfg = restyle_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
-                         randomize_noise=True, batch_size=4)
-    _kill_and_resume(cfg, tmp_path, n)
 
 
 # --------------------------------------------------------------------------- e4e
@@ -182,35 +138,6 @@ def test_e4e_training_step_updates_the_discriminator_and_reports_its_terms(toy, 
     assert terms["total_delta_loss"] == 0.0  # stage 0 (before progressive_start): no offsets yet
     state = torch.load(tmp_path / "run" / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
     assert state["e4e"]["real_pool"]["codes"].shape == (24, 16) and "discriminator" in state["e4e"]
-
-
-@pytest.mark.slow
-def test_e4e_encoder_learns_to_invert_a_frozen_generator(toy, tmp_path):
-    """250 steps with the discriminator (lambda 0.1, R1 every 4 steps, pools) and the
-    progressive schedule (offsets enabled one by one from step 20, every 10 steps, with
-    delta regularisation): the L2 of the reconstructions falls >= 5x."""
-    cfg = e4e_config(toy, max_steps=250, learning_rate=2e-3, val_target=None, board_interval=50)
-    ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
-    x = torch.stack([ds[i]["x"] for i in range(len(ds))])
-
-    def l2(model) -> float:
-        with torch.no_grad():
-            return float(((model.decode(model.encode(x), resize=True) - x) ** 2).mean())
-
-    start = l2(build_model(cfg).eval())
-    train(cfg, tmp_path / "run")
-    end = l2(instyle.load(tmp_path / "run" / "checkpoints" / "latest"))
-    print(f"L2 start {start:.4f} end {end:.4f} ratio {start / end:.2f}")
-    assert end < start / 5
-
-
-@pytest.mark.slow
-def test_e4e_resume_after_sigkill_is_bit_exact(toy, tmp_path):
-    """The discriminator, its optimiser, both pools, R1 and the stage all cross the kill."""
-    n = 12
-    cfg = e4e_config(toy, max_steps=n, save_interval=4, val_interval=4, optim_name="ranger", learning_rate=1e-2,
-                     randomize_noise=True, batch_size=4, progressive_start=3, progressive_step_every=2, w_pool_size=6)
-    _kill_and_resume(cfg, tmp_path, n)
 
 
 @pytest.mark.parametrize("name, family", [("e4e_inversion", "e4e"), ("restyle_inversion", "restyle")])

@@ -1,11 +1,10 @@
 """Training StyleFeatureEditor with the pSp trainer: phase 1 (the inverter: FS backbone +
-fuser) -- config checks, the original's step written out, the feature-scale ramp, learning
-on a random generator's own samples, bf16, bit-exact resume after SIGKILL, checkpoints that
-load as SFE models."""
+fuser) -- config checks, the original's step written out, the feature-scale ramp, bf16, the
+discriminator; phase 2 (the feature editor) -- its step, learning and bit-exact resume after
+SIGKILL; both phases under 2-process DDP (phase 1's learning and resume:
+tests/test_family_contract.py)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -143,50 +142,6 @@ def test_bf16_step_runs_and_is_finite(toy):
     out = family_forward_loss(model, objective, model.latent_avg, x, x, precision=Precision("bf16"), train=True)
     assert torch.isfinite(torch.tensor(out.objective.terms["loss"]))
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.inverter.parameters())
-
-
-@pytest.mark.slow
-def test_sfe_inverter_learns_to_invert_a_frozen_generator(toy, tmp_path):
-    """100 steps (batch 8, Adam 1e-3, ramp over 20 steps) on 64 images of a random 32 px
-    generator: the L2 of the saved model's inversions (feature scale 1, as at inference)
-    falls >= 5x (measured 9.5x, ~25 s on one core); the checkpoint loads as an SFE model."""
-    cfg = sfe_config(toy, max_steps=100, board_interval=50)
-    ds = PairedImageDataset.from_folders(toy["train"], image_size=32)
-    x = torch.stack([ds[i]["x"] for i in range(len(ds))])
-
-    def l2(model) -> float:
-        with torch.no_grad():
-            return float(((model(x) - x) ** 2).mean())
-
-    start = l2(build_model(cfg).eval())
-    train(cfg, tmp_path / "run")
-    model = instyle.load(tmp_path / "run" / "checkpoints" / "latest")
-    assert isinstance(model, SFE) and not model.config.editor
-    end = l2(model)
-    print(f"L2 start {start:.4f} end {end:.4f} ratio {start / end:.2f}")
-    assert end < start / 5
-
-
-@pytest.mark.slow
-def test_sfe_resume_after_sigkill_is_bit_exact(toy, tmp_path):
-    """The feature-scale ramp (8 steps), the discriminator's start (step 3), its R1 steps
-    (every 5), its weights and Adam state, and Ranger's Lookahead all span the kill."""
-    n = 12
-    cfg = sfe_config(toy, max_steps=n, save_interval=4, optim_name="ranger", learning_rate=1e-2, batch_size=4,
-                     sfe_feature_scale_steps=8, adv_lambda=0.1, d_start_step=3, d_reg_every=5, board_interval=1)
-    full, killed = kill_and_resume(cfg, tmp_path, n)
-    start = build_model(cfg).state_dict()
-    a = _weights(full)
-    assert not torch.equal(start["inverter.fuser.conv.weight"], a["inverter.fuser.conv.weight"])
-    sa, sb = (torch.load(r / "checkpoints" / "latest" / "training_state.pt", weights_only=True)["sfe"]
-              for r in (full, killed))
-    d0 = load_discriminator(None, build_model(cfg).config.generator, cfg.seed + 1).state_dict()
-    assert not torch.equal(d0["final_linear.1.weight"], sa["discriminator"]["final_linear.1.weight"])  # D trained
-    assert all(torch.equal(sa["discriminator"][k], sb["discriminator"][k]) for k in sa["discriminator"])
-    assert all(torch.equal(sa["d_optimizer"]["state"][i]["exp_avg"], sb["d_optimizer"]["state"][i]["exp_avg"])
-               for i in sa["d_optimizer"]["state"])
-    lines = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert any("disc/r1_reg" in m for m in lines) and any("loss_adv" in m for m in lines)
 
 
 def test_discriminator_step_and_adversarial_term_follow_the_original(toy):
@@ -405,32 +360,71 @@ def test_editor_resume_after_sigkill_is_bit_exact(toy, phase2, tmp_path):
     assert not torch.equal(start["encoder.conv.weight"], a["encoder.conv.weight"])
 
 
+#: A torchrun worker: one SFE run, its discriminator's minibatch-stddev groups of one image.
+DDP_RUNNER = """
+import functools, sys, torch
+torch.set_num_threads(1)
+import instyle.training.sfe as sfe
+sfe.Discriminator = functools.partial(sfe.Discriminator, stddev_group=1)
+from instyle.training import TrainConfig, train
+train(TrainConfig.load(sys.argv[1]), sys.argv[2])
+"""
+
+
 @pytest.mark.slow
-def test_sfe_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
-    """Phase 1 under torchrun (2 CPU processes, frozen BatchNorm statistics): the same weights
-    as one process on the combined batch, to float tolerance."""
+@pytest.mark.parametrize("phase", ["inverter", "editor"])
+def test_sfe_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, phase2, phase, tmp_path, monkeypatch):
+    """Each phase under torchrun (2 CPU processes, gloo, frozen BatchNorm statistics) with the
+    discriminator on from step 1 (and its R1 step): the model and the discriminator (weights
+    and Adam state) end as in one process on the combined batch, to float tolerance; the
+    discriminator's gradients are averaged over the processes as the encoder's. Its
+    minibatch-stddev layer groups the images of one process (as the original's under DDP), so
+    both runs use groups of one image; phase 2 gets one edit, since each process draws its own."""
+    import functools
+    import os
     import subprocess
     import sys
 
-    from tests.test_training import _runner
+    import instyle.training.sfe as sfe_training
+    from tests.test_training import REPO
 
-    common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True)
-    script, env = _runner(tmp_path)
-    sfe_config(toy, batch_size=4, **common).save(tmp_path / "single.json")
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
-                   check=True, capture_output=True)
-    sfe_config(toy, batch_size=2, **common).save(tmp_path / "ddp.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
+    make = sfe_config if phase == "inverter" else functools.partial(editor_config, phase2=phase2, sfe_edits="age=5")
+    common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, adv_lambda=0.1,
+                  d_start_step=1, d_reg_every=2, d_learning_rate=1e-2)
+    monkeypatch.setattr(sfe_training, "Discriminator", functools.partial(sfe_training.Discriminator, stddev_group=1))
+    train(make(toy, batch_size=4, **common), tmp_path / "one")
+    make(toy, batch_size=2, **common).save(tmp_path / "ddp.json")
+    (tmp_path / "runner.py").write_text(DDP_RUNNER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "runner.py"), str(tmp_path / "ddp.json"), str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    start = build_model(sfe_config(toy)).state_dict()
-    moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("inverter."))
+    start = build_model(make(toy)).state_dict()
+    trained = "inverter." if phase == "inverter" else "encoder."
+    moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith(trained))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    print(f"largest update {moved:.3g}, largest 1- vs 2-process difference {diff:.3g}")
-    assert moved > 1e-4
-    assert diff < 1e-3 * moved, f"2-process result differs by {diff} (update size {moved})"
+    sa, sb = (torch.load(r / "checkpoints" / "latest" / "training_state.pt", weights_only=True)["sfe"]
+              for r in (tmp_path / "one", tmp_path / "two"))
+    d0 = load_discriminator(None, build_model(make(toy)).config.generator, 1).state_dict()
+    d_moved = max((sa["discriminator"][k] - d0[k]).abs().max().item() for k in d0)
+    d_diff = max((sa["discriminator"][k] - sb["discriminator"][k]).abs().max().item() for k in d0)
+
+    def adam(moment: str) -> float:  # largest difference of an Adam moment, relative to its size
+        a, b = sa["d_optimizer"]["state"], sb["d_optimizer"]["state"]
+        return max((a[i][moment] - b[i][moment]).abs().max().item() / a[i][moment].abs().max().item() for i in a)
+
+    print(f"{phase}: largest update {moved:.3g}, 1- vs 2-process difference {diff:.3g}; discriminator update "
+          f"{d_moved:.3g}, difference {d_diff:.3g}; Adam moments' relative differences {adam('exp_avg'):.3g}, "
+          f"{adam('exp_avg_sq'):.3g}")
+    assert moved > 1e-4 and d_moved > 1e-4
+    assert diff < 1e-3 * moved, f"2-process model differs by {diff} (update size {moved})"
+    # the discriminator's gradients (its Adam moments) agree to float tolerance; Adam's sign-like
+    # steps turn float noise in near-zero gradients into weight differences of a few % of a step
+    # (measured 1e-3 and 1.2e-2 of the update; unsynchronised: 2x the update, moments 1x-5x apart)
+    assert adam("exp_avg") < 1e-3 and adam("exp_avg_sq") < 1e-3
+    assert d_diff < 0.1 * d_moved, f"2-process discriminator differs by {d_diff} (update size {d_moved})"
 
 
 def test_fs_backbone_starts_from_arcface_iresnet50_as_the_original(toy, tmp_path):

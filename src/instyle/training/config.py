@@ -21,17 +21,17 @@ from typing import Any
 from instyle.data.transforms import SOURCE_MODES
 from instyle.losses.objective import ObjectiveConfig
 from instyle.models.encoders import ENCODER_TYPES
-from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE, HYPERNET_TYPES
+from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
+from instyle.training.hooks import training_hooks
 from instyle.training.optim import OPTIMIZERS
-from instyle.training.restyle3 import check_restyle3_config
-from instyle.training.sfe import DEFAULT_SFE_EDITS, check_sfe_config
+from instyle.training.sfe import DEFAULT_SFE_EDITS
 from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
 
-__all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys"]
+__all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys", "check_psp_options"]
 
 ENCODER_INITS = ("ir_se50", "resnet34", "iresnet50", "random")
 #: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
@@ -58,13 +58,12 @@ def default_workers(original: int) -> int:
 
 #: Families the trainer implements.
 TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "restyle3", "sfe")
-#: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
-E4E_TRAIN_TYPES = ("Encoder4Editing",)
-#: ReStyle's encoder types (``utils/model_utils.py`` ENCODER_TYPES of the original).
-RESTYLE_TRAIN_TYPES = (
-    "BackboneEncoder", "ResNetBackboneEncoder", "GradualStyleEncoder", "ResNetGradualStyleEncoder",
-    "ProgressiveBackboneEncoder", "ResNetProgressiveBackboneEncoder",
-)
+
+
+def check_psp_options(cfg: TrainConfig) -> None:
+    """The plain pSp family's own check (a family with a ``validate`` training hook checks
+    its options there, :mod:`instyle.training.hooks`)."""
+    check_choice("encoder_type", cfg.encoder_type, ENCODER_TYPES)
 
 
 @dataclass
@@ -208,36 +207,12 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("source_mode", self.source_mode, SOURCE_MODES)
         check_choice("family", self.family, TRAIN_FAMILIES)
-        if self.family == "psp":
-            check_choice("encoder_type", self.encoder_type, ENCODER_TYPES)
-        elif self.family == "e4e":
-            check_choice("encoder_type", self.encoder_type, E4E_TRAIN_TYPES)
-            for name in ("d_reg_every", "progressive_step_every"):
-                check_int_range(name, getattr(self, name), 1, MAX_STEPS)
-            check_int_range("w_pool_size", self.w_pool_size, 0, MAX_POOL)
-            if self.progressive_start is not None and self.progressive_start < 1:
-                raise ConfigError(f"progressive_start={self.progressive_start!r} must be >= 1 (or null)")
-            if min(self.w_discriminator_lambda, self.w_discriminator_lr, self.r1, self.delta_norm_lambda) < 0:
-                raise ConfigError("w_discriminator_lambda, w_discriminator_lr, r1 and delta_norm_lambda must be >= 0")
-        elif self.family == "restyle":
-            check_choice("encoder_type", self.encoder_type, RESTYLE_TRAIN_TYPES)
-            check_int_range("n_iters_per_batch", self.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
-            if self.input_nc != 3 or not self.start_from_latent_avg or self.learn_in_w:
-                raise ConfigError(
-                    f"family='restyle' trains on 3-channel photos from the average latent: needs input_nc=3 "
-                    f"(got {self.input_nc}), start_from_latent_avg=true (got {self.start_from_latent_avg}) and "
-                    f"learn_in_w=false"
-                )
-        elif self.family == "restyle3":
-            check_restyle3_config(self)
-        elif self.family == "sfe":
-            check_sfe_config(self)
-        else:
-            self._check_hyperstyle()
+        hooks = training_hooks(self.family)
+        (hooks.validate or check_psp_options)(self)
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
-        if self.encoder_init == "resnet34" and self.family != "hyperstyle":
-            raise ConfigError(f"encoder_init='resnet34' initialises HyperStyle's hypernetwork; family={self.family!r} "
-                              "takes 'ir_se50' or 'random'")
+        if self.encoder_init not in hooks.encoder_inits:
+            raise ConfigError(f"encoder_init={self.encoder_init!r}: family={self.family!r} starts its encoder from one "
+                              f"of {list(hooks.encoder_inits)}")
         check_choice("optim_name", self.optim_name, OPTIMIZERS)
         check_choice("precision", self.precision, PRECISIONS)
         check_power_of_two("image_size", self.image_size, minimum=32)
@@ -267,40 +242,12 @@ class TrainConfig:
             raise ConfigError(f"source_mode='gray' gives 1-channel inputs, but input_nc={self.input_nc}")
         if self.flip and self.source_mode == "label":
             raise ConfigError("flip=true with label-map inputs would mirror left/right classes; set flip=false")
-        if self.image_size != 256 and self.family != "sfe" and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
+        if self.image_size != 256 and hooks.objective_at_image_size and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
             raise ConfigError(
                 f"id_lambda, lpips_lambda_crop and l2_lambda_crop use the 256x256 face window; image_size="
                 f"{self.image_size} needs them at 0"
             )
         self.objective()  # validates the loss weights
-
-    def _check_hyperstyle(self) -> None:
-        """HyperStyle's coach: a hypernetwork (``encoder_type``) on 3-channel photos, stored
-        noise, the L2 / LPIPS / ID (or MoCo) terms only."""
-        check_choice("encoder_type", self.encoder_type, HYPERNET_TYPES)
-        check_int_range("n_iters_per_batch", self.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
-        self.tuned_layers()
-        if self.input_nc != 3 or self.learn_in_w or self.source_mode != "rgb":
-            raise ConfigError(
-                f"family='hyperstyle' trains on RGB photos: needs input_nc=3 (got {self.input_nc}), "
-                f"source_mode='rgb' (got {self.source_mode!r}) and learn_in_w=false"
-            )
-        if self.image_size < 64:
-            raise ConfigError(f"family='hyperstyle' needs image_size >= 64 (the hypernetwork's 16x smaller map is "
-                              f"at least 4x4); got {self.image_size}")
-        if self.randomize_noise:
-            raise ConfigError("family='hyperstyle' renders with the generator's stored noise, as the official coach; "
-                              "set randomize_noise=false")
-        if self.encoder_init == "ir_se50":
-            raise ConfigError(
-                "family='hyperstyle' with encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34 "
-                "(encoder_init=resnet34, the original) or a random initialisation (encoder_init=random)"
-            )
-        extra = {k: getattr(self, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop")
-                 if getattr(self, k)}
-        if extra:
-            raise ConfigError(f"family='hyperstyle' has no {sorted(extra)} terms (the official coach uses L2, LPIPS "
-                              f"and ID or MoCo); set them to 0 (got {extra})")
 
     def tuned_layers(self) -> tuple[int, ...]:
         """``layers_to_tune`` as indices (``"0,2,3"`` -> ``(0, 2, 3)``)."""

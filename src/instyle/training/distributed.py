@@ -20,7 +20,8 @@ from torch import nn
 from instyle.utils.config import ConfigError
 from instyle.utils.device import resolve_device
 
-__all__ = ["DistContext", "init_distributed", "wrap_model", "all_mean", "gather_objects", "broadcast_object"]
+__all__ = ["DistContext", "init_distributed", "wrap_model", "all_mean", "average_gradients", "gather_objects",
+           "broadcast_object"]
 
 
 @dataclass
@@ -107,6 +108,25 @@ def all_mean(values: dict[str, float], ctx: DistContext) -> dict[str, float]:
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=ctx.device)
     dist.all_reduce(t)
     return {k: float(v) / ctx.world_size for k, v in zip(keys, t.tolist())}
+
+
+def average_gradients(module: nn.Module, world_size: int) -> None:
+    """Replace the gradients of ``module``'s parameters by their mean over the processes (what
+    DDP does during backward), for a module trained outside the DDP-wrapped model (SFE's
+    discriminator); every process must call it with the same parameters holding gradients.
+    A no-op alone."""
+    if world_size <= 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

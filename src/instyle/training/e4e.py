@@ -21,9 +21,27 @@ from instyle.losses.e4e import delta_regularization, discriminator_loss, encoder
 from instyle.losses.objective import Objective, ObjectiveOutput
 from instyle.models.encoders.e4e import INFERENCE_STAGE
 from instyle.models.latent_discriminator import LatentCodesDiscriminator
+from instyle.training.config import MAX_POOL, MAX_STEPS
 from instyle.training.hooks import TrainingHooks, register_training
+from instyle.training.step import set_train_mode
+from instyle.utils.config import ConfigError, check_choice, check_int_range
 
-__all__ = ["LatentCodesPool", "E4ETraining", "progressive_steps"]
+__all__ = ["E4E_TRAIN_TYPES", "LatentCodesPool", "E4ETraining", "check_e4e_config", "progressive_steps"]
+
+#: e4e's trainable encoder types (its ``Encoder4Editing``; the W ablation has no stages).
+E4E_TRAIN_TYPES = ("Encoder4Editing",)
+
+
+def check_e4e_config(cfg) -> None:
+    """The ``family='e4e'`` checks of a :class:`~instyle.training.config.TrainConfig`."""
+    check_choice("encoder_type", cfg.encoder_type, E4E_TRAIN_TYPES)
+    for name in ("d_reg_every", "progressive_step_every"):
+        check_int_range(name, getattr(cfg, name), 1, MAX_STEPS)
+    check_int_range("w_pool_size", cfg.w_pool_size, 0, MAX_POOL)
+    if cfg.progressive_start is not None and cfg.progressive_start < 1:
+        raise ConfigError(f"progressive_start={cfg.progressive_start!r} must be >= 1 (or null)")
+    if min(cfg.w_discriminator_lambda, cfg.w_discriminator_lr, cfg.r1, cfg.delta_norm_lambda) < 0:
+        raise ConfigError("w_discriminator_lambda, w_discriminator_lr, r1 and delta_norm_lambda must be >= 0")
 
 
 def progressive_steps(n_styles: int, start: int | None, every: int) -> list[int] | None:
@@ -69,7 +87,10 @@ class LatentCodesPool:
 
 
 class E4ETraining:
-    """The discriminator, its optimiser, the pools and the schedule of one e4e run."""
+    """The discriminator, its optimiser, the pools and the schedule of one e4e run (the
+    loop's :class:`~instyle.training.hooks.FamilyTrainingState`)."""
+
+    key = "e4e"
 
     def __init__(self, cfg, n_styles: int, style_dim: int, device: torch.device):
         self.cfg = cfg
@@ -130,6 +151,16 @@ class E4ETraining:
         d.requires_grad_(False)
         return terms
 
+    def before_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        """Before the encoder step: the progressive stage for this step, then one
+        discriminator update (the original's order)."""
+        model.encoder.set_progressive_stage(self.stage(step))
+        set_train_mode(model, self.cfg.freeze_batchnorm)
+        return self.train_discriminator(model, x, step)
+
+    def after_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        return {}
+
     def state_dict(self) -> dict:
         state = {"real_pool": self.real_pool.state_dict(), "fake_pool": self.fake_pool.state_dict()}
         if self.discriminator is not None:
@@ -174,4 +205,4 @@ def _e4e_extras(cfg, model, objective: Objective, device, world_size: int):
     return e4e, E4EObjective(objective, e4e, model)
 
 
-register_training("e4e", TrainingHooks(extras=_e4e_extras))
+register_training("e4e", TrainingHooks(extras=_e4e_extras, validate=check_e4e_config))

@@ -11,9 +11,27 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["TRAINING_MODULES", "TrainingHooks", "register_training", "training_hooks"]
+__all__ = ["TRAINING_MODULES", "FamilyTrainingState", "TrainingHooks", "register_training", "training_hooks"]
+
+
+class FamilyTrainingState(Protocol):
+    """What a family trains besides its model (e4e's latent discriminator, SFE's image
+    discriminator), as the loop drives it: ``before_step`` ahead of each encoder step,
+    ``after_step`` after it (``step``: the optimizer steps done before this one; both return
+    loss terms to log), and its state under ``key`` in the run's training state."""
+
+    #: Its entry in ``training_state.pt`` (``"e4e"``, ``"sfe"``).
+    key: str
+
+    def before_step(self, model: Any, x: Any, step: int) -> dict[str, float]: ...
+
+    def after_step(self, model: Any, x: Any, step: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict | None: ...
+
+    def load_state_dict(self, state: dict | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,18 @@ class TrainingHooks:
         forward: ``(net, objective, latent_avg, x, y, n_iters, randomize_noise, precision,
             scaler, train) -> StepOutput``: one batch's forward (and, with ``train``, backward).
         extras: ``(cfg, model, objective, device, world_size) -> (extra state or None,
-            objective)``: e.g. e4e's discriminator, saved with the run's state.
+            objective)``: e.g. e4e's or SFE's discriminator; the extra state is a
+            :class:`FamilyTrainingState`, run around each step and saved with the run's state.
+        validate: ``(cfg) -> None``: the family's own checks of a
+            :class:`~instyle.training.config.TrainConfig` (encoder types, channels, its
+            options), raising :class:`~instyle.utils.config.ConfigError` naming the value;
+            default: the pSp checks (:func:`instyle.training.config.check_psp_options`).
+        encoder_inits: the ``encoder_init`` values the family starts its encoder from.
+        encoder_input_nc: ``(cfg) -> int``: the channels the pSp builder gives the encoder
+            (default ``cfg.input_nc``; ReStyle's encoder also sees its last output).
+        objective_at_image_size: the objective sees the images at ``image_size`` (so the
+            identity loss and the crops need 256 px); False: the family pools them to its
+            encoder's input size first (SFE).
     """
 
     build: Callable[..., Any] | None = None
@@ -41,6 +70,10 @@ class TrainingHooks:
     channels_last: Callable[[Any], Any] | None = None
     forward: Callable[..., Any] | None = None
     extras: Callable[..., Any] | None = None
+    validate: Callable[[Any], None] | None = None
+    encoder_inits: tuple[str, ...] = ("ir_se50", "random")
+    encoder_input_nc: Callable[[Any], int] | None = None
+    objective_at_image_size: bool = True
 
 
 #: The modules that register training hooks (imported on first use).

@@ -18,21 +18,49 @@ from instyle.interop.hyperstyle import read_w_encoder
 from instyle.interop.safe_load import safe_torch_load
 from instyle.losses.weights import find_weights, read_state_dict
 from instyle.models.encoders.backbone import DEFAULT_WIDTHS, RESNET34_UNITS
-from instyle.models.encoders.hypernetwork import HyperNetConfig, HyperNetwork
+from instyle.models.encoders.hypernetwork import HYPERNET_TYPES, HyperNetConfig, HyperNetwork
 from instyle.models.hyperstyle import HyperStyle, HyperStyleConfig
 from instyle.models.own_format import is_own_format
 from instyle.models.psp import PSP
 from instyle.models.stylegan2 import GeneratorConfig
-from instyle.training.config import TrainConfig
+from instyle.training.config import MAX_ITERS_PER_BATCH, TrainConfig
 from instyle.training.hooks import TrainingHooks, register_training
 from instyle.training.step import hyperstyle_forward_loss
-from instyle.utils.config import ConfigError
+from instyle.utils.config import ConfigError, check_choice, check_int_range
 
-__all__ = ["RESNET34_HUB_NAMES", "hyperstyle_config_for", "read_w_encoder_file", "init_hypernet_from_resnet34",
+__all__ = ["RESNET34_HUB_NAMES", "check_hyperstyle_config", "hyperstyle_config_for", "read_w_encoder_file", "init_hypernet_from_resnet34",
            "build_hyperstyle"]
 
 #: torchvision's file names for its ImageNet ResNet-34 (``resnet34(weights="IMAGENET1K_V1")``; older releases).
 RESNET34_HUB_NAMES = ("resnet34-b627a593.pth", "resnet34-333f7ec4.pth")
+
+
+def check_hyperstyle_config(cfg: TrainConfig) -> None:
+    """HyperStyle's coach: a hypernetwork (``encoder_type``) on 3-channel photos, stored
+    noise, the L2 / LPIPS / ID (or MoCo) terms only."""
+    check_choice("encoder_type", cfg.encoder_type, HYPERNET_TYPES)
+    check_int_range("n_iters_per_batch", cfg.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
+    cfg.tuned_layers()
+    if cfg.input_nc != 3 or cfg.learn_in_w or cfg.source_mode != "rgb":
+        raise ConfigError(
+            f"family='hyperstyle' trains on RGB photos: needs input_nc=3 (got {cfg.input_nc}), "
+            f"source_mode='rgb' (got {cfg.source_mode!r}) and learn_in_w=false"
+        )
+    if cfg.image_size < 64:
+        raise ConfigError(f"family='hyperstyle' needs image_size >= 64 (the hypernetwork's 16x smaller map is "
+                          f"at least 4x4); got {cfg.image_size}")
+    if cfg.randomize_noise:
+        raise ConfigError("family='hyperstyle' renders with the generator's stored noise, as the official coach; "
+                          "set randomize_noise=false")
+    if cfg.encoder_init == "ir_se50":
+        raise ConfigError(
+            "family='hyperstyle' with encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34 "
+            "(encoder_init=resnet34, the original) or a random initialisation (encoder_init=random)"
+        )
+    extra = {k: getattr(cfg, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop") if getattr(cfg, k)}
+    if extra:
+        raise ConfigError(f"family='hyperstyle' has no {sorted(extra)} terms (the official coach uses L2, LPIPS "
+                          f"and ID or MoCo); set them to 0 (got {extra})")
 
 
 def hyperstyle_config_for(cfg: TrainConfig, generator: GeneratorConfig, w_encoder=None) -> HyperStyleConfig:
@@ -154,6 +182,8 @@ def build_hyperstyle(cfg: TrainConfig) -> HyperStyle:
 
 
 register_training("hyperstyle", TrainingHooks(
+    validate=check_hyperstyle_config,
+    encoder_inits=("resnet34", "random"),
     build=lambda cfg, init_encoder=None: build_hyperstyle(cfg),
     trained=lambda model: model.hypernet,
     frozen=lambda model: [model.w_encoder],

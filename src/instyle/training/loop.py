@@ -34,20 +34,13 @@ from instyle.models.family import InversionModel
 from instyle.tasks import Task, get_task
 from instyle.training.config import TrainConfig
 from instyle.training.distributed import DistContext, all_mean, gather_objects, init_distributed, wrap_model
-from instyle.training.e4e import E4ETraining
-from instyle.training.hooks import training_hooks
+from instyle.training.hooks import FamilyTrainingState, training_hooks
 from instyle.training.logger import RunLogger
 from instyle.training.model import build_model, channels_last_module, prepare_for_training
 from instyle.training.optim import build_optimizer
 from instyle.training.presets import get_preset
-from instyle.training.sfe import SFEObjective
 from instyle.training.state import RunFolder, capture_rng, read_latest_state, restore_rng, write_checkpoint
-from instyle.training.step import (
-    Precision,
-    family_forward_loss,
-    set_train_mode,
-    train_step,
-)
+from instyle.training.step import Precision, family_forward_loss, train_step
 from instyle.utils.config import ConfigError
 
 __all__ = ["TrainResult", "train", "validate"]
@@ -83,7 +76,7 @@ class Session:
     step: int = 0
     best_val_loss: float | None = None
     best_step: int | None = None
-    e4e: E4ETraining | None = None
+    extra: FamilyTrainingState | None = None
 
 
 # ----------------------------------------------------------------------------- data
@@ -149,17 +142,17 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
     objective = build_objective(cfg.objective(), ctx.device)
-    e4e = None  # a family's extra training state (e4e's discriminator), saved with the run's state
+    extra = None  # a family's extra training state (e4e's, SFE's discriminator), saved with the run's state
     extras = training_hooks(cfg.family).extras
     if extras is not None:
-        e4e, objective = extras(cfg, model, objective, ctx.device, ctx.world_size)
+        extra, objective = extras(cfg, model, objective, ctx.device, ctx.world_size)
     session = Session(
         cfg=cfg,
         ctx=ctx,
         run=run,
         model=model,
         net=net,
-        e4e=e4e,
+        extra=extra,
         objective=objective,
         optimizer=build_optimizer(params, cfg.optim_name, cfg.learning_rate),
         precision=precision,
@@ -175,28 +168,14 @@ def _restore(s: Session, state: dict) -> None:
     if s.scaler is not None and state.get("scaler"):
         s.scaler.load_state_dict(state["scaler"])
     s.step = int(state["step"])
-    if s.e4e is not None:
-        s.e4e.load_state_dict(state["e4e"])
-    if isinstance(s.objective, SFEObjective):
-        s.objective.load_training_state(state.get("sfe"))
+    if s.extra is not None:
+        s.extra.load_state_dict(state.get(s.extra.key))
     s.best_val_loss = state.get("best_val_loss")
     s.best_step = state.get("best_step")
     same = {"world_size": s.ctx.world_size, "batch_size": s.cfg.batch_size, "seed": s.cfg.seed}
     changed = [f"{k} {state.get(k)} -> {v}" for k, v in same.items() if state.get(k) != v]
     if changed:
         log.warning("resuming with %s: the data order will differ from an uninterrupted run", ", ".join(changed))
-
-
-def _e4e_step(s: Session, x: torch.Tensor) -> dict[str, float]:
-    """e4e, before the encoder step: the progressive stage for this step, then one
-    discriminator update (the original's order)."""
-    if isinstance(s.objective, SFEObjective):
-        s.objective.step = s.step  # SFE: the feature-scale ramp
-    if s.e4e is None:
-        return {}
-    s.model.encoder.set_progressive_stage(s.e4e.stage(s.step))
-    set_train_mode(s.model, s.cfg.freeze_batchnorm)
-    return s.e4e.train_discriminator(s.model, x, s.step)
 
 
 def _seed_loop(s: Session, state: dict | None) -> None:
@@ -260,9 +239,9 @@ def _save_latest(s: Session, terms: dict[str, float] | None, bad: BadFileLog, da
         "seed": s.cfg.seed,
         "dataset_size": dataset_size,
         "bad_files": sorted(bad.seen),
-        "e4e": s.e4e.state_dict() if s.e4e is not None else None,
-        "sfe": s.objective.training_state() if isinstance(s.objective, SFEObjective) else None,
     }
+    if s.extra is not None:
+        state[s.extra.key] = s.extra.state_dict()
     write_checkpoint(s.run, "latest", s.model, _metadata(s, terms), state)
 
 
@@ -344,13 +323,13 @@ def _train(cfg: TrainConfig, run: RunFolder, resume: bool, transform, ctx: DistC
             batch = next(batches)
             bad.record(batch["bad"])
             x, y = _to_device(batch, s)
-            d_terms = _e4e_step(s, x)
+            d_terms = s.extra.before_step(s.model, x, s.step) if s.extra is not None else {}
             out = train_step(
                 s.net, s.objective, s.optimizer, s.model.latent_avg, x, y, cfg.randomize_noise, s.precision, s.scaler,
                 cfg.freeze_batchnorm, cfg.n_iters_per_batch,
             )
-            if isinstance(s.objective, SFEObjective):  # SFE: the discriminator after the encoder step
-                d_terms = s.objective.train_discriminator(x, s.step)
+            if s.extra is not None:
+                d_terms = {**d_terms, **s.extra.after_step(s.model, x, s.step)}
             s.step += 1
             terms = {**d_terms, **out.objective.terms}
             logger.advance(terms["loss"])

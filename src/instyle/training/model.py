@@ -12,7 +12,7 @@ from instyle.interop import load_generator, load_psp
 from instyle.losses.identity import read_ir_se50
 from instyle.models.encoders import EncoderConfig
 from instyle.models.family import InversionModel, family_of
-from instyle.models.psp import PSP, RESTYLE_INPUT_NC, PSPConfig
+from instyle.models.psp import PSP, PSPConfig
 from instyle.models.stylegan2 import GeneratorConfig
 from instyle.training.config import TrainConfig
 from instyle.training.hooks import training_hooks
@@ -37,9 +37,10 @@ def psp_config_for(cfg: TrainConfig, generator: GeneratorConfig) -> PSPConfig:
     """The pSp architecture a training config describes around a given generator."""
     if cfg.output_size is not None and cfg.output_size != generator.size:
         raise ConfigError(f"output_size={cfg.output_size} but the generator produces {generator.size}px images")
+    input_nc = training_hooks(cfg.family).encoder_input_nc
     enc = {
         "type": cfg.encoder_type,
-        "input_nc": RESTYLE_INPUT_NC if cfg.family == "restyle" else cfg.input_nc,
+        "input_nc": input_nc(cfg) if input_nc is not None else cfg.input_nc,
         "n_styles": generator.n_latent,
         "style_dim": generator.style_dim,
         "input_size": cfg.image_size,

@@ -259,6 +259,7 @@ RESTYLE3_RECIPES = {
 
 
 register_training(FAMILY, TrainingHooks(
+    validate=check_restyle3_config,
     build=build_restyle3,
     architecture=restyle3_architecture,
     forward=lambda net, objective, latent_avg, x, y, n_iters, randomize_noise, precision, scaler, train: StepOutput(

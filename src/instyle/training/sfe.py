@@ -38,12 +38,13 @@ from instyle.losses.weights import find_weights, read_state_dict
 from instyle.models.discriminator import Discriminator
 from instyle.models.own_format import is_own_format
 from instyle.models.sfe import INFERENCE_FEATURE_SCALE, IRESNET50_UNITS, SFE, SFEConfig, feature_resolution
+from instyle.training.distributed import average_gradients
 from instyle.training.hooks import TrainingHooks, register_training
 from instyle.training.step import Precision, StepOutput, backward
 from instyle.utils.config import ConfigError, check_choice, check_int_range
 
 __all__ = ["SFE_RECIPES", "SFE_PHASES", "SFE_TERMS", "check_sfe_config", "sfe_config_for", "build_sfe", "feature_scale",
-           "SFEObjective", "SFEDiscriminator", "init_fs_backbone_from_iresnet50", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
+           "SFEObjective", "SFEDiscriminator", "SFETraining", "init_fs_backbone_from_iresnet50", "DEFAULT_SFE_EDITS", "parse_edits", "sfe_editor_forward", "load_discriminator", "sfe_forward"]
 
 #: The two training phases of the original: the inverter (FSEInverter), the feature editor (FSEFull).
 SFE_PHASES = ("inverter", "editor")
@@ -340,10 +341,16 @@ class SFEDiscriminator:
     """The original's image discriminator on the feature path: from step ``d_start_step``
     the encoder gets ``adv_lambda * softplus(-D(renders)).mean()``, and after each encoder
     step D takes one Adam step on ``(softplus(-D(x)).mean() + softplus(D(renders)).mean()) / 2``
-    plus, every ``d_reg_every`` steps, ``r1 / 2 * R1 * d_reg_every`` (one backward, as the original)."""
+    plus, every ``d_reg_every`` steps, ``r1 / 2 * R1 * d_reg_every`` (one backward, as the original).
 
-    def __init__(self, cfg, generator, device: torch.device):
+    Under ``torchrun`` (``world_size`` > 1) its gradients are averaged over the processes before
+    each update, as DDP does the encoder's, so every process keeps the same discriminator: the
+    one of a single process on the combined batch (its minibatch-stddev layer groups the images
+    of one process, as the original's under DDP)."""
+
+    def __init__(self, cfg, generator, device: torch.device, world_size: int = 1):
         self.cfg = cfg
+        self.world_size = world_size
         self.d = load_discriminator(cfg.discriminator_weights, generator, cfg.seed + 1).to(device)
         self.optimizer = torch.optim.Adam(self.d.parameters(), lr=cfg.d_learning_rate, betas=(0.9, 0.999))
         self.d.requires_grad_(False)
@@ -369,6 +376,7 @@ class SFEDiscriminator:
             loss = loss + r1.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(d, self.world_size)
         self.optimizer.step()
         d.requires_grad_(False)
         self.fake = None
@@ -387,14 +395,15 @@ class SFEObjective(nn.Module):
     active, the adversarial term; ``step`` is set by the loop before each step (the
     feature-scale ramp and the discriminator's start read it)."""
 
-    def __init__(self, base: Objective, cfg, generator=None, device: torch.device | None = None):
+    def __init__(self, base: Objective, cfg, generator=None, device: torch.device | None = None, world_size: int = 1):
         super().__init__()
         self.base = base
         self.feat_rec_lambda = cfg.feat_rec_lambda
         self.adv_lambda = cfg.adv_lambda
         self.ramp = cfg.sfe_feature_scale_steps
         self.step = 0
-        self.disc = SFEDiscriminator(cfg, generator, device or torch.device("cpu")) if cfg.adv_lambda > 0 else None
+        self.disc = (SFEDiscriminator(cfg, generator, device or torch.device("cpu"), world_size) if cfg.adv_lambda > 0
+                     else None)
         self.edits = parse_edits(cfg.sfe_edits) if cfg.sfe_phase == "editor" else []
         self.edits_dir = cfg.sfe_edits_dir
         self._edit_fns: dict = {}
@@ -441,6 +450,35 @@ class SFEObjective(nn.Module):
     def load_training_state(self, state: dict | None) -> None:
         if self.disc is not None:
             self.disc.load_state_dict(state)
+
+
+class SFETraining:
+    """The loop's :class:`~instyle.training.hooks.FamilyTrainingState` of an SFE run: the
+    objective learns the step count (feature-scale ramp, discriminator start) before each
+    encoder step, the discriminator takes its step after it; saved under ``"sfe"``."""
+
+    key = "sfe"
+
+    def __init__(self, objective: SFEObjective):
+        self.objective = objective
+
+    def before_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        self.objective.step = step
+        return {}
+
+    def after_step(self, model: nn.Module, x: torch.Tensor, step: int) -> dict[str, float]:
+        return self.objective.train_discriminator(x, step)
+
+    def state_dict(self) -> dict | None:
+        return self.objective.training_state()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.objective.load_training_state(state)
+
+
+def _sfe_extras(cfg, model: SFE, objective: Objective, device, world_size: int):
+    sfe = SFEObjective(objective, cfg, model.config.generator, device, world_size)
+    return SFETraining(sfe), sfe
 
 
 def sfe_editor_forward(net: nn.Module, objective: SFEObjective, x: torch.Tensor, y: torch.Tensor, precision):
@@ -497,9 +535,12 @@ def _sfe_step(net, objective, latent_avg, x, y, n_iters, randomize_noise, precis
 
 
 register_training("sfe", TrainingHooks(
+    validate=check_sfe_config,
+    encoder_inits=("iresnet50", "random"),
+    objective_at_image_size=False,  # it pools images to the encoder's input size (256 px at feature 9)
     build=lambda cfg, init_encoder=None: build_sfe(cfg),
     trained=trained_modules,
     channels_last=lambda model: model.inverter,
     forward=_sfe_step,
-    extras=lambda cfg, model, objective, device, world_size: (None, SFEObjective(objective, cfg, model.config.generator, device)),
+    extras=_sfe_extras,
 ))
