@@ -213,9 +213,9 @@ def _nvidia_d_record(d):
 
 def test_discriminator_weights_load_from_an_nvidia_pickle(toy, tmp_path):
     """The key map from NVIDIA's names (``b{R}.conv0/conv1/skip``, ``b4.conv/fc/out``) through the
-    safe pickle reader: every tensor lands where it belongs, the outputs agree; a clamped or
-    conditional D is refused by name. (The numeric equality of the two layer conventions is
-    argued in ``interop/nvidia_discriminator.py``; no NVIDIA code runs here.)"""
+    safe pickle reader: every tensor lands where it belongs, the outputs agree; a D whose layers
+    disagree on ``conv_clamp`` (NVIDIA clamps every activated conv alike) or a conditional D is
+    refused by name. (NVIDIA's own outputs are checked in ``tests/test_nvidia_discriminator.py``.)"""
     from tests.fixtures.nvidia.nvidia_pickle import dump
 
     gen = build_model(sfe_config(toy)).config.generator
