@@ -104,3 +104,29 @@ def test_missing_fpie_is_one_line_naming_the_extra(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="feather, poisson"):
         paste_result(record, crop, blend="seamless")
     assert pasteback.BLENDS == ("feather", "poisson")
+
+
+@pytest.mark.parametrize("command", [
+    ["encode", "{inp}", "-c", "{ckpt}", "--out", "{out}", "--align", "--paste-back", "--blend", "poisson"],
+    ["edit", "direction", "{inp}", "-c", "{ckpt}", "-o", "{out}", "-d", "{ckpt}", "--paste-back", "--blend", "poisson"],
+])
+def test_cli_blend_poisson_without_fpie_is_one_error_line(command, monkeypatch, tmp_path, capsys):
+    from instyle.cli import encode as encode_cli
+    from instyle.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "fpie", None)
+    monkeypatch.setattr(encode_cli, "_face_tools_ready", lambda: True)  # the check under test comes next
+    names = {"ckpt": str(tmp_path / "missing.pt"), "inp": str(tmp_path / "in.png"), "out": str(tmp_path / "out")}
+    rc = main([a.format(**names) for a in command])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "instyle[poisson]" in err and "missing.pt" not in err  # refused before the model load
+
+
+def test_cli_blend_needs_paste_back(tmp_path, capsys):
+    from instyle.cli.main import main
+
+    rc = main(["edit", "direction", str(tmp_path / "in.png"), "-c", str(tmp_path / "m.pt"), "-o", str(tmp_path / "o"),
+               "-d", str(tmp_path / "d.npy"), "--blend", "poisson"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "instyle: error: --blend poisson needs --paste-back"

@@ -32,7 +32,7 @@ from instyle.inference.io import load_image
 
 __all__ = [
     "ALIGNED_DIR", "BLENDS", "INDEX_NAME", "PASTED_DIR", "POISSON_ITERATIONS", "PasteBackError", "face_record",
-    "find_alignment", "paste_result", "poisson_paste", "poisson_backend",
+    "find_alignment", "paste_result", "poisson_backend", "poisson_paste", "require_poisson",
 ]
 
 #: ``encode --align`` keeps the aligned crops (and their index) here, under its output folder
@@ -88,6 +88,16 @@ def find_alignment(path: str | os.PathLike) -> dict:
         f"{path}: no alignment record to paste it back (looked in {where}); make the input with "
         "`instyle align` or `instyle encode --align`"
     )
+
+
+def require_poisson() -> None:
+    """Check the ``poisson`` blend can run (before a long job).
+
+    Raises:
+        MissingExtraError: fpie (or OpenCV, which it reads images with) is missing; one line
+            naming the extra to install.
+    """
+    _fpie_processor()
 
 
 def _fpie_processor():
