@@ -101,8 +101,10 @@ def require_poisson() -> None:
 
 
 def _fpie_processor():
+    # taichi (fpie's fast backends) announces itself on stdout; commands keep stdout for their own
+    # output, and without its print buffer taichi takes the redirect for no console of its own
+    os.environ.setdefault("TI_ENABLE_PYBUF", "0")
     try:
-        # taichi announces itself on stdout when imported; commands keep stdout for their own output
         with contextlib.redirect_stdout(sys.stderr):
             from fpie import process
     except ImportError:
