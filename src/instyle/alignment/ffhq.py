@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter
 
 from instyle.errors import InputError
 
-__all__ = ["ffhq_quad", "crop_to_source", "source_to_crop", "warp_quad", "paste_back", "feather_mask"]
+__all__ = ["ffhq_quad", "crop_to_source", "source_to_crop", "warp_quad", "paste_back", "feather_mask", "warp_to_source"]
 
 
 def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
@@ -137,6 +137,58 @@ def feather_mask(size: int, feather: float = 0.1) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
+def warp_to_source(
+    source_size: tuple[int, int],
+    aligned: Image.Image,
+    quad: np.ndarray,
+    weights: np.ndarray,
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray] | None:
+    """An aligned crop and its blend weights warped onto the photo's pixels over ``quad``'s
+    bounding box (what :func:`paste_back` blends).
+
+    Args:
+        source_size: the photo's ``(width, height)``.
+        aligned: a square RGB image covering ``quad``.
+        quad: the crop's source quad from alignment.
+        weights: ``[S, S]`` float32 weights in crop space (``S`` the crop's side).
+
+    Returns:
+        ``((x0, y0, x1, y1), warped [h, w, 3] float32 in [0, 255], weights [h, w] float32)``
+        over the box ``x0:x1, y0:y1`` of the photo (outside the crop both are 0), or None
+        where the quad misses the photo.
+    """
+    crop = aligned.convert("RGB")
+    if crop.width != crop.height:
+        raise ValueError(f"aligned image must be square, got {crop.width}x{crop.height}")
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape != (crop.height, crop.width):
+        raise ValueError(f"mask shape {weights.shape} differs from the crop's {(crop.height, crop.width)}")
+    # Avoid aliasing when the crop is much larger than its footprint in the source.
+    footprint = float(np.hypot(*(np.asarray(quad)[3] - np.asarray(quad)[0])))
+    if crop.width > 2 * footprint:
+        side = max(8, int(round(footprint * 1.5)))
+        crop = crop.resize((side, side), Image.Resampling.LANCZOS)
+        weights = np.asarray(Image.fromarray(weights).resize((side, side), Image.Resampling.BILINEAR))
+    size = crop.width
+    # Only the quad's bounding box of the source changes.
+    q = np.asarray(quad, dtype=np.float64)
+    x0, y0 = np.maximum(np.floor(q.min(0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(q.max(0)).astype(int), [source_size[0], source_size[1]])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    c, x, y = _axes(q)
+    inv = np.linalg.inv(np.stack([x, y], axis=1))  # source offset -> (a, b) in [-1, 1]
+    # PIL AFFINE maps output (X, Y) (region coordinates) to input (u, v) = A [X, Y] + t.
+    a = inv * (size / 2.0)
+    t = a @ (np.array([x0, y0], dtype=np.float64) - c) + size / 2.0
+    data = (a[0, 0], a[0, 1], t[0], a[1, 0], a[1, 1], t[1])
+    region = (int(x1 - x0), int(y1 - y0))
+    warped = crop.transform(region, Image.Transform.AFFINE, data, Image.Resampling.BICUBIC)
+    wmask = Image.fromarray(weights).transform(region, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
+    m = np.clip(np.asarray(wmask, dtype=np.float32), 0.0, 1.0)
+    return (int(x0), int(y0), int(x1), int(y1)), np.asarray(warped, dtype=np.float32), m
+
+
 def paste_back(
     source: Image.Image,
     aligned: Image.Image,
@@ -157,36 +209,13 @@ def paste_back(
         An RGB image of ``source``'s size.
     """
     src = source.convert("RGB")
-    crop = aligned.convert("RGB")
-    if crop.width != crop.height:
-        raise ValueError(f"aligned image must be square, got {crop.width}x{crop.height}")
-    # Avoid aliasing when the crop is much larger than its footprint in the source.
-    footprint = float(np.hypot(*(np.asarray(quad)[3] - np.asarray(quad)[0])))
-    weights = feather_mask(crop.width, feather) if mask is None else np.asarray(mask, dtype=np.float32)
-    if weights.shape != (crop.height, crop.width):
-        raise ValueError(f"mask shape {weights.shape} differs from the crop's {(crop.height, crop.width)}")
-    if crop.width > 2 * footprint:
-        side = max(8, int(round(footprint * 1.5)))
-        crop = crop.resize((side, side), Image.Resampling.LANCZOS)
-        weights = np.asarray(Image.fromarray(weights).resize((side, side), Image.Resampling.BILINEAR))
-    size = crop.width
-    # Only the quad's bounding box of the source changes.
-    q = np.asarray(quad, dtype=np.float64)
-    x0, y0 = np.maximum(np.floor(q.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(q.max(0)).astype(int), [src.width, src.height])
-    if x1 <= x0 or y1 <= y0:
+    side = aligned.width
+    weights = feather_mask(side, feather) if mask is None else np.asarray(mask, dtype=np.float32)
+    warp = warp_to_source(src.size, aligned, quad, weights)
+    if warp is None:
         return src.copy()
-    c, x, y = _axes(q)
-    inv = np.linalg.inv(np.stack([x, y], axis=1))  # source offset -> (a, b) in [-1, 1]
-    # PIL AFFINE maps output (X, Y) (region coordinates) to input (u, v) = A [X, Y] + t.
-    a = inv * (size / 2.0)
-    t = a @ (np.array([x0, y0], dtype=np.float64) - c) + size / 2.0
-    data = (a[0, 0], a[0, 1], t[0], a[1, 0], a[1, 1], t[1])
-    region = (int(x1 - x0), int(y1 - y0))
-    warped = crop.transform(region, Image.Transform.AFFINE, data, Image.Resampling.BICUBIC)
-    wmask = Image.fromarray(weights).transform(region, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
-    m = np.clip(np.asarray(wmask, dtype=np.float32), 0.0, 1.0)[..., None]
+    (x0, y0, x1, y1), warped, m = warp
     out = np.asarray(src, dtype=np.float32).copy()
     patch = out[y0:y1, x0:x1]
-    out[y0:y1, x0:x1] = patch + (np.asarray(warped, dtype=np.float32) - patch) * m
+    out[y0:y1, x0:x1] = patch + (warped - patch) * m[..., None]
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))

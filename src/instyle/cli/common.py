@@ -15,6 +15,35 @@ def error(msg: str) -> None:
     print(f"instyle: error: {msg}", file=sys.stderr)
 
 
+def add_blend_arg(p: argparse.ArgumentParser) -> None:
+    """``--blend`` for commands that paste results back into photos."""
+    p.add_argument(
+        "--blend", choices=["feather", "poisson"], default="feather",
+        help="with --paste-back: how a result meets its photo: feather (a smooth ramp at the crop's edges, default) "
+        "or poisson (StyleFeatureEditor's fpie step: the crop pasted hard, the photo around it re-solved from its own "
+        "gradients; needs pip install 'instyle[poisson]', slow on a CPU)",
+    )
+
+
+def blend_ready(args: argparse.Namespace) -> bool:
+    """``--blend`` checked before a long job: it needs ``--paste-back``, and poisson needs fpie
+    (one error line each, naming the fix)."""
+    blend = getattr(args, "blend", "feather")
+    if blend == "feather":
+        return True
+    if not getattr(args, "paste_back", False):
+        error(f"--blend {blend} needs --paste-back")
+        return False
+    from instyle.inference.pasteback import require_poisson
+
+    try:
+        require_poisson()
+    except InstyleError as e:
+        error(str(e))
+        return False
+    return True
+
+
 def add_device_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device",

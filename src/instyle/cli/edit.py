@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instyle.cli.common import add_count, add_model_args, error, load_model
+from instyle.cli.common import add_blend_arg, add_count, add_model_args, blend_ready, error, load_model
 
 DESCRIPTION = """\
 Three kinds of edits (layer indices are 0-based, ranges inclusive: 0-7, 0,1,4-6):
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "`instyle align` / `encode --align` or latents of `encode --align --save-latents` (StyleFeatureEditor: "
         "also photos aligned here with --align)",
     )
+    add_blend_arg(d)
     d.add_argument(
         "--align", action="store_true",
         help="StyleFeatureEditor: FFHQ-align the face of each photo first, as the original (needs dlib); keeps the "
@@ -195,6 +196,8 @@ def run_direction(args: argparse.Namespace) -> int:
         except AlignmentUnavailable as e:
             error(f"--align needs the face tools (pip install 'instyle[faces]'): {e}")
             return 2
+    if not blend_ready(args):
+        return 2
     loaded = load_model(args, allow_sfe=True)
     if loaded is None:
         return 2
@@ -238,7 +241,7 @@ def run_direction(args: argparse.Namespace) -> int:
                 save_image(im, folder / f"strength_{s:+.3f}.{args.format}")
                 if src.name in alignments:  # the same relative path under pasted/
                     rel = (folder / f"strength_{s:+.3f}.{args.format}").relative_to(out)
-                    save_image(paste_result(alignments[src.name], im), out / PASTED_DIR / rel)
+                    save_image(paste_result(alignments[src.name], im, blend=args.blend), out / PASTED_DIR / rel)
             stem = f"{src.name}_{spec.slug}" if named else src.name
             save_latent(out / "latents" / (f"{src.name}/{spec.slug}.npy" if named else f"{src.name}.npy"), codes)
             row = ([src.preview] if src.preview is not None else []) + [
@@ -302,7 +305,7 @@ def _run_direction_sfe(args: argparse.Namespace, model) -> int:
     for msg in problems:
         print(f"instyle: skipped {msg}", file=sys.stderr)
     failed, rows, count = len(problems), [], 0
-    aligned = Alignments(Path(args.out))
+    aligned = Alignments(Path(args.out), blend=args.blend)
     for f, name in zip(files, names):
         try:
             sources = load_sfe_source(model, f.path, name, align=args.align)

@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import (
+    add_blend_arg,
     add_count,
     add_device_arg,
     add_precision_args,
     add_sfe_args,
     apply_precision_args,
+    blend_ready,
     companion_files,
     error,
 )
@@ -86,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--paste-back", action="store_true",
         help="with --align: also paste each reconstruction back into its original photo (OUT/pasted/<name>)",
     )
+    add_blend_arg(p)
     p.add_argument(
         "--unaligned", action="store_true",
         help="StyleGAN3 encoders: encode each photo's face aligned, render it where and as rotated as in an unaligned "
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, save_latents=args.save_latents, full_resolution=args.full_resolution,
             side_by_side=args.side_by_side, grid=args.grid, align=args.align, format=args.format,
             iterations=args.iterations, resize_factor=args.resize_factor, limit=args.limit,
-            paste_back=args.paste_back,
+            paste_back=args.paste_back, blend=args.blend,
         )
         device = resolve_device(args.device)
         if world_size > 1 and device.type == "cuda" and device.index is None:
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         error(str(e).replace("batch_size=", "--batch-size="))
         return 2
     if args.align and not _face_tools_ready():
+        return 2
+    if not blend_ready(args):
         return 2
     try:
         check_output_folder(args.out)  # before the long model load
@@ -216,7 +221,7 @@ def _encode_sfe(args: argparse.Namespace, model, rank: int, world_size: int) -> 
     summary = encode_sfe_files(
         model, [(f.path, n) for f, n in zip(files, names)], args.out, save_latents=args.save_latents,
         full_resolution=args.full_resolution, fmt=args.format, align=args.align, paste_back=args.paste_back,
-        log=lambda m: print(f"instyle: {m}", file=sys.stderr), meta={"checkpoint": str(args.checkpoint)},
+        blend=args.blend, log=lambda m: print(f"instyle: {m}", file=sys.stderr), meta={"checkpoint": str(args.checkpoint)},
     )
     failed = summary["failed"] + len(problems)
     print(f"encoded {summary['encoded']} image(s) into {args.out} in {summary['seconds']:.1f}s" + (f"; {failed} failed" if failed else ""))

@@ -83,7 +83,8 @@ def run_refine(args: argparse.Namespace, model, items: list, prepare, failed: in
         out = Path(args.out)
         summary = refine_files(model, items, out, args.refine, config, prepare, lpips, args.format,
                                args.save_latents, log=lambda m: print(m, file=sys.stderr), grid=args.grid,
-                               faces=faces, paste_back=getattr(args, "paste_back", False))
+                               faces=faces, paste_back=getattr(args, "paste_back", False),
+                               blend=getattr(args, "blend", "feather"))
     except (CheckpointError, ValueError, ImportError) as e:
         error(str(e))
         return 2

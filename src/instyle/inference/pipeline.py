@@ -37,7 +37,7 @@ from instyle.inference.io import (
     tensor_to_pil,
 )
 from instyle.inference.offsets import uses_offsets
-from instyle.inference.pasteback import ALIGNED_DIR, INDEX_NAME, PASTED_DIR, face_record, paste_result
+from instyle.inference.pasteback import ALIGNED_DIR, BLENDS, INDEX_NAME, PASTED_DIR, face_record, paste_result
 from instyle.inference.preprocess import align_input_face, input_preview, prepare_input
 from instyle.models.family import family_of
 from instyle.models.runtime import model_precision
@@ -251,6 +251,8 @@ class EncodeOptions:
     limit: int | None = None
     #: with ``align``: also paste each reconstruction back into its photo (``pasted/<name>.<format>``)
     paste_back: bool = False
+    #: how a pasted result meets its photo: ``feather`` or ``poisson`` (:mod:`~instyle.inference.pasteback`)
+    blend: str = "feather"
 
     def __post_init__(self) -> None:
 
@@ -260,6 +262,8 @@ class EncodeOptions:
             raise ConfigError(f"format={self.format!r} is not one of: png, jpg")
         if self.paste_back and not self.align:
             raise ConfigError("paste_back needs align (--paste-back --align): only aligned faces know where they came from")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"blend={self.blend!r} is not one of: {', '.join(BLENDS)}")
         for name in ("resize_factor", "limit"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -428,7 +432,7 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
                         alignment[f"{name}.png"] = face_record(face, files[i].path)
                         if options.paste_back:
                             writer.submit(_paste_and_save, alignment[f"{name}.png"], recon,
-                                          out / PASTED_DIR / f"{name}.{options.format}", tag=i)
+                                          out / PASTED_DIR / f"{name}.{options.format}", options.blend, tag=i)
                     if want_grid:
                         grid_rows.append([preview, recon])
             bar.update(len(batch.items) + len(batch.failures))
@@ -444,8 +448,8 @@ def _encode_items(model, files, items, records, out: Path, options: EncodeOption
     return grid_rows, stopped
 
 
-def _paste_and_save(record: dict, recon, path: Path) -> None:
-    save_image(paste_result(record, recon), path)
+def _paste_and_save(record: dict, recon, path: Path, blend: str = "feather") -> None:
+    save_image(paste_result(record, recon, blend=blend), path)
 
 
 def _record_write_errors(errors, records, files, log) -> None:

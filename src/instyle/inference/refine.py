@@ -686,6 +686,7 @@ def refine_files(
     grid: bool = False,
     faces: dict | None = None,
     paste_back: bool = False,
+    blend: str = "feather",
 ) -> dict:
     """Encode + refine each ``(path, output name)`` and write, per image and atomically,
     :func:`refine_outputs`: ``pti/<name>.safetensors`` (pti's generator delta),
@@ -750,7 +751,7 @@ def refine_files(
                 save_image(face.image, out / ALIGNED_DIR / f"{name}.png")
                 alignment[f"{name}.png"] = face_record(face, path)
                 if paste_back:
-                    save_image(paste_result(alignment[f"{name}.png"], recon), out / PASTED_DIR / f"{name}.{fmt}")
+                    save_image(paste_result(alignment[f"{name}.png"], recon, blend=blend), out / PASTED_DIR / f"{name}.{fmt}")
             save_image(recon, out / f"{name}.{fmt}")
         except OSError as e:
             log(f"instyle: could not write the outputs of {path}: {e}")

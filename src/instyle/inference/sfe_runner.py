@@ -91,8 +91,9 @@ class Alignments:
     ``OUT/aligned/alignment.json`` (what ``instyle encode --align`` writes for every family), and
     the record of each source name, for pasting results back into the photos."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, blend: str = "feather"):
         self.out = Path(out)
+        self.blend = blend
         self.records: dict[str, dict] = {}
         self.index: dict[str, dict] = {}
 
@@ -117,7 +118,7 @@ class Alignments:
 
     def paste(self, src: SFESource, image, path: Path) -> None:
         """``image`` (a result of ``src``'s crop, any size) pasted into its photo, written to ``path``."""
-        save_image(paste_result(self.records[src.name], image), path)
+        save_image(paste_result(self.records[src.name], image, blend=self.blend), path)
 
     def close(self) -> None:
         """Write ``alignment.json`` of the crops aligned here (atomically)."""
@@ -138,15 +139,17 @@ def encode_sfe_files(
     paste_back: bool = False,
     log: Callable[[str], None] = print,
     meta: dict | None = None,
+    blend: str = "feather",
 ) -> dict:
     """Encode ``(path, output name)`` items: ``OUT/<name>.<fmt>`` (and with ``save_latents``
     ``OUT/latents/<name>.npz``), ``OUT/summary.json``. With ``align`` the crops are kept in
     ``OUT/aligned/`` with their ``alignment.json``; ``paste_back`` also pastes each (full-size)
-    reconstruction into its photo, ``OUT/pasted/<name>.<fmt>``. Returns the summary."""
+    reconstruction into its photo, ``OUT/pasted/<name>.<fmt>`` (``blend``: see
+    :mod:`~instyle.inference.pasteback`). Returns the summary."""
     out = Path(out)
     t0 = time.perf_counter()
     records, encoded, failed = [], 0, 0
-    aligned = Alignments(out)
+    aligned = Alignments(out, blend=blend)
     for path, name in items:
         rec = {"input": str(path)}
         try:
