@@ -54,7 +54,7 @@ def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):
     computed here one call at a time (the official coach's loop written out)."""
     cfg = restyle_config(toy, lpips_lambda=0.0)
     model = build_model(cfg).eval()
-    objective = build_objective(cfg)
+    objective = build_objective(cfg.objective)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     model.zero_grad()
     out = restyle_forward_loss(model, objective, model.latent_avg, x, x, 2, randomize_noise=False)
@@ -145,4 +145,4 @@ def test_family_presets_are_valid_configs(name, family):
     from instyle.training import get_preset
 
     cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))
-    assert cfg.family == family and cfg.start_from_latent_avg and cfg.task == "inversion"
+    assert cfg.family == family and cfg.objective.start_from_latent_avg and cfg.task == "inversion"

@@ -101,7 +101,7 @@ def test_each_iteration_backpropagates_into_its_own_offsets(toy):
     model = build_model(cfg)
     prepare_for_training(model, cfg)
     model.train()
-    objective = build_objective(cfg.objective())
+    objective = build_objective(cfg.objective)
     x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     bn_before = {k: v.clone() for k, v in model.w_encoder.state_dict().items() if "running" in k}
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def test_bf16_step_runs_and_moves_only_the_hypernetwork(toy):
     model = build_model(cfg)
     params = prepare_for_training(model, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    objective = build_objective(cfg.objective())
+    objective = build_objective(cfg.objective)
     x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     out = train_step(model, objective, build_optimizer(params, "adam", 1e-3), model.latent_avg, x, x,
                      precision=Precision("bf16"), n_iters=2)

@@ -82,8 +82,9 @@ def test_presets_are_the_original_recipe():
     for name, enc in (("restyle3_inversion", "BackboneEncoder"), ("restyle3_e4e_inversion", "ProgressiveBackboneEncoder")):
         cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))
         assert (cfg.family, cfg.encoder_type, cfg.n_iters_per_batch) == ("restyle3", enc, 3)
-        assert (cfg.lpips_lambda, cfg.l2_lambda, cfg.id_lambda, cfg.w_norm_lambda, cfg.moco_lambda) == (0.8, 1, 0.1, 0, 0)
-        assert cfg.start_from_latent_avg and cfg.batch_size == 2
+        o = cfg.objective
+        assert (o.lpips_lambda, o.l2_lambda, o.id_lambda, o.w_norm_lambda, o.moco_lambda) == (0.8, 1, 0.1, 0, 0)
+        assert cfg.objective.start_from_latent_avg and cfg.batch_size == 2
     e4e = TrainConfig.from_dict(dict(get_preset("restyle3_e4e_inversion").overrides))
     assert (e4e.w_discriminator_lambda, e4e.use_w_pool, e4e.w_pool_size) == (0.1, True, 50)
 
@@ -115,7 +116,7 @@ def test_each_iteration_backpropagates_its_own_loss_on_detached_feedback(toy):
     cfg = sg3_config(toy, lpips_lambda=0.0, w_norm_lambda=0.1)
     model = build_model(cfg).eval()
     prepare_for_training(model, cfg)  # the generator frozen
-    objective = build_objective(cfg.objective())
+    objective = build_objective(cfg.objective)
     x = PairedImageDataset.from_folders(toy["train"], image_size=32)[0]["x"][None].repeat(2, 1, 1, 1)
     out = family_forward_loss(model, objective, model.latent_avg, x, x, 3, randomize_noise=False)
     got = {n: p.grad.clone() for n, p in model.encoder.named_parameters()}

@@ -68,7 +68,8 @@ def test_sfe_preset_is_the_originals_recipe():
     cfg = TrainConfig.from_dict(dict(get_preset("sfe_inverter").overrides))
     assert cfg.family == "sfe" and cfg.sfe_phase == "inverter" and cfg.task == "inversion"
     # configs/fse_inverter_train.yaml: l2 1, lpips 0.8, id 0.1, feat_rec 0.01; batch 8; ranger 1e-4
-    assert (cfg.l2_lambda, cfg.lpips_lambda, cfg.id_lambda, cfg.feat_rec_lambda) == (1.0, 0.8, 0.1, 0.01)
+    o = cfg.objective
+    assert (o.l2_lambda, o.lpips_lambda, o.id_lambda, cfg.feat_rec_lambda) == (1.0, 0.8, 0.1, 0.01)
     assert (cfg.batch_size, cfg.optim_name, cfg.learning_rate, cfg.randomize_noise) == (8, "ranger", 1e-4, False)
     assert cfg.encoder_init == "iresnet50"  # FSLikeBackbone loads ArcFace's iresnet50 first
     assert cfg.sfe_feature_scale_steps == 10000 and cfg.sfe_feature_index == 9 and cfg.image_size == 1024
@@ -89,7 +90,7 @@ def test_inverter_step_is_the_originals_written_out(toy):
     cfg = sfe_config(toy, lpips_lambda=0.0)
     model = build_model(cfg)
     assert isinstance(model, SFE) and not model.config.editor
-    objective = SFEObjective(build_objective(cfg), cfg)
+    objective = SFEObjective(build_objective(cfg.objective), cfg)
     objective.step = 7
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     model.eval()  # fixed BatchNorm statistics: both computations see the same network
@@ -127,7 +128,7 @@ def test_editor_bf16_step_runs_and_is_finite(toy, phase2):
     from instyle.training.model import prepare_for_training
 
     prepare_for_training(model, cfg)
-    objective = SFEObjective(build_objective(cfg), cfg)
+    objective = SFEObjective(build_objective(cfg.objective), cfg)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     out = family_forward_loss(model, objective, model.latent_avg, x, x, precision=Precision("bf16"), train=True)
     assert torch.isfinite(torch.tensor(out.objective.terms["loss"]))
@@ -137,7 +138,7 @@ def test_editor_bf16_step_runs_and_is_finite(toy, phase2):
 def test_bf16_step_runs_and_is_finite(toy):
     cfg = sfe_config(toy, precision="bf16")
     model = build_model(cfg)
-    objective = SFEObjective(build_objective(cfg), cfg)
+    objective = SFEObjective(build_objective(cfg.objective), cfg)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     out = family_forward_loss(model, objective, model.latent_avg, x, x, precision=Precision("bf16"), train=True)
     assert torch.isfinite(torch.tensor(out.objective.terms["loss"]))
@@ -149,7 +150,7 @@ def test_discriminator_step_and_adversarial_term_follow_the_original(toy):
     term is softplus(-D(renders)).mean() and D's loss the mean of its two softplus terms."""
     cfg = sfe_config(toy, adv_lambda=0.5, d_start_step=2, d_reg_every=1000)
     model = build_model(cfg)
-    objective = SFEObjective(build_objective(cfg), cfg, model.config.generator)
+    objective = SFEObjective(build_objective(cfg.objective), cfg, model.config.generator)
     x = torch.rand(4, 3, 32, 32) * 2 - 1
     objective.step = 1
     out = family_forward_loss(model, objective, model.latent_avg, x, x, train=True)
@@ -292,7 +293,7 @@ def test_editor_model_is_built_from_the_inverter_and_e4e_and_trains_only_the_edi
     with pytest.raises(ConfigError, match=r"needs the e4e encoder \(e4e_checkpoint_path"):
         build_model(editor_config(toy, phase2, e4e_checkpoint_path=None))
     with pytest.raises(ConfigError, match=r"sfe_edits: SFE edit 'smile': no smile.pt"):
-        SFEObjective(build_objective(cfg), cfg.replace(sfe_edits="smile=3")).sample_edit()
+        SFEObjective(build_objective(cfg.objective), cfg.replace(sfe_edits="smile=3")).sample_edit()
 
 
 def test_editor_step_is_the_originals_written_out(toy, phase2):
@@ -301,7 +302,7 @@ def test_editor_step_is_the_originals_written_out(toy, phase2):
     editor on cat[fused(x_E), delta], the render of the inverter's edited latent."""
     cfg = editor_config(toy, phase2, lpips_lambda=0.0)
     model = build_model(cfg).eval()
-    objective = SFEObjective(build_objective(cfg), cfg)
+    objective = SFEObjective(build_objective(cfg.objective), cfg)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     np.random.seed(3)
     out = family_forward_loss(model, objective, model.latent_avg, x, x, train=False)
@@ -334,7 +335,7 @@ def test_editor_loss_falls_on_a_random_generators_samples(toy, phase2, tmp_path)
     x = torch.stack([ds[i]["x"] for i in range(16)])
 
     def loss(model) -> float:
-        objective = SFEObjective(build_objective(cfg), cfg)
+        objective = SFEObjective(build_objective(cfg.objective), cfg)
         np.random.seed(0)
         with torch.no_grad():
             return family_forward_loss(model.eval(), objective, model.latent_avg, x, x, train=False).objective.terms["loss"]

@@ -95,8 +95,8 @@ def test_loss_weights_follow_the_published_commands(name):
     expected = {k: float(PUBLISHED[name].get(k, 0.0)) for k in LOSS_LAMBDAS}
     assert dict(task.loss) == expected
     cfg = TrainConfig.from_dict(dict(get_preset(name).overrides))  # accepted as the trainer's config
-    assert (cfg.optim_name, cfg.learning_rate, cfg.batch_size, cfg.start_from_latent_avg) == ("ranger", 1e-4, 8, True)
-    assert {k: float(getattr(cfg, k)) for k in LOSS_LAMBDAS} == expected
+    assert (cfg.optim_name, cfg.learning_rate, cfg.batch_size, cfg.objective.start_from_latent_avg) == ("ranger", 1e-4, 8, True)
+    assert {k: float(getattr(cfg.objective, k)) for k in LOSS_LAMBDAS} == expected
     assert (cfg.task, cfg.input_nc) == (name, task.input_nc)
 
 

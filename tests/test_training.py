@@ -23,13 +23,14 @@ from safetensors.torch import load_file
 import instyle
 from instyle.cli import train as train_cli
 from instyle.data import PairedImageDataset
-from instyle.losses import LAMBDAS
+from instyle.losses import LAMBDAS, ObjectiveConfig
 from instyle.models.encoders import Backbone
 from instyle.tasks import Task, register_task
 from instyle.tasks import base as task_base
 from instyle.training import (
     TrainConfig,
     TrainPreset,
+    accepted_keys,
     build_model,
     build_objective,
     build_optimizer,
@@ -80,7 +81,7 @@ def test_config_validation_names_bad_values():
         TrainConfig(image_size=64, id_lambda=0.1)
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp8")
-    assert set(LAMBDAS) <= set(TrainConfig().to_dict())
+    assert set(LAMBDAS) <= set(TrainConfig().to_dict()["objective"]) and set(LAMBDAS) <= set(accepted_keys())
     assert TrainConfig().learning_rate == 1e-4 and TrainConfig().optim_name == "ranger"
 
 
@@ -98,18 +99,46 @@ def test_default_loader_workers_fit_the_cpus(monkeypatch):
     assert TrainConfig(workers=8).workers == 8  # an explicit value is kept
 
 
-def test_train_config_loss_defaults_are_the_objective_defaults():
-    """TrainConfig repeats the loss options under the original's flat names; the two sets of
-    defaults must not drift apart, and every ObjectiveConfig field must be reachable."""
+def test_train_config_nests_the_objective_and_takes_its_keys_flat():
+    """The loss options live once, in the nested ObjectiveConfig; every one of its keys is still
+    accepted under the original's flat name (keywords, ``replace``, ``--set``)."""
     import dataclasses
 
     from instyle.losses import ObjectiveConfig
 
     cfg = TrainConfig()
-    assert cfg.objective() == ObjectiveConfig(start_from_latent_avg=cfg.start_from_latent_avg)
+    assert cfg.objective == ObjectiveConfig()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert {f.name for f in dataclasses.fields(ObjectiveConfig)} <= train_fields
-    assert cfg.replace(id_lambda=0.3, lpips_net="vgg").objective().id_lambda == 0.3
+    objective_fields = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    assert not objective_fields & train_fields  # declared once
+    assert objective_fields <= set(accepted_keys())
+    assert cfg.replace(id_lambda=0.3, lpips_net="vgg").objective == ObjectiveConfig(id_lambda=0.3, lpips_net="vgg")
+    assert dataclasses.replace(cfg, lpips_lambda=0.5).objective.lpips_lambda == 0.5
+    assert TrainConfig(lpips_lambda=0.5, objective=ObjectiveConfig(l2_lambda=2.0)).objective == ObjectiveConfig(
+        l2_lambda=2.0, lpips_lambda=0.5)  # a flat key goes into the nested one
+    with pytest.raises(ConfigError, match="l2_lambda=-1"):
+        TrainConfig(l2_lambda=-1)
+    with pytest.raises(ConfigError, match=r"unknown objective key\(s\) \['lpips'\]"):
+        TrainConfig.from_dict({"objective": {"lpips": 0.5}})
+
+
+def test_old_flat_config_json_loads_as_the_nested_form(tmp_path):
+    """A run folder written before the objective was nested (its keys flat at the top) still
+    loads (``--resume`` reads it), equal to the nested config; a new file is nested."""
+    flat = {"family": "psp", "image_size": 256, "batch_size": 2, "seed": 7, "id_lambda": 0.1, "lpips_lambda": 0.6,
+            "start_from_latent_avg": True, "lpips_net": "vgg", "ir_se50_weights": "/weights/model_ir_se50.pth"}
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    old = TrainConfig.load(tmp_path / "config.json")
+    nested = TrainConfig(family="psp", image_size=256, batch_size=2, seed=7, objective=ObjectiveConfig(
+        id_lambda=0.1, lpips_lambda=0.6, start_from_latent_avg=True, lpips_net="vgg",
+        ir_se50_weights="/weights/model_ir_se50.pth"))
+    assert old == nested
+    old.save(tmp_path / "new.json")
+    data = json.loads((tmp_path / "new.json").read_text())
+    assert data["objective"]["lpips_lambda"] == 0.6 and "lpips_lambda" not in data
+    assert TrainConfig.load(tmp_path / "new.json") == nested
+    # --resume's way: the saved (nested) config with a flat --set on top
+    assert TrainConfig.from_dict({**data, "lpips_lambda": 0.9}).objective.lpips_lambda == 0.9
 
 
 def test_config_overrides_and_json_round_trip(tmp_path):
@@ -125,14 +154,14 @@ def test_config_overrides_and_json_round_trip(tmp_path):
         parse_overrides(["nope=1"])
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lpips_lambda"])
-    obj = TrainConfig(id_lambda=0.1, start_from_latent_avg=True).objective()
+    obj = TrainConfig(id_lambda=0.1, start_from_latent_avg=True).objective
     assert obj.id_lambda == 0.1 and obj.start_from_latent_avg
 
 
 def test_presets_registry(monkeypatch):
     inv = get_preset("inversion")
     cfg = TrainConfig.from_dict(dict(inv.overrides))
-    assert cfg.id_lambda == 0.1 and cfg.lpips_lambda == 0.8 and cfg.start_from_latent_avg
+    assert cfg.objective.id_lambda == 0.1 and cfg.objective.lpips_lambda == 0.8 and cfg.objective.start_from_latent_avg
     # A new preset is a new task: one registry.
     monkeypatch.setattr(task_base, "_REGISTRY", dict(task_base._REGISTRY))  # undone after the test
     register_task(Task("unit_test_noise", description="t", loss={"l2_lambda": 2.0}))
@@ -198,7 +227,7 @@ def test_freeze_batchnorm_and_precision_options(toy):
     cfg = tiny_config(toy)
     model = build_model(cfg)
     opt = build_optimizer(prepare_for_training(model, cfg), "ranger", 1e-3)
-    obj = build_objective(cfg.objective())
+    obj = build_objective(cfg.objective)
     x = torch.stack([PairedImageDataset.from_folders(toy["train"], image_size=32)[i]["x"] for i in range(4)])
     bn = model.encoder.input_layer[1]
     stats = bn.running_mean.clone()

@@ -158,7 +158,7 @@ def run_official_step(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, named:
     model = build_model(cfg)
     params = prepare_for_training(model, cfg)
     optimizer = build_optimizer(params, cfg.optim_name, cfg.learning_rate)
-    objective = build_objective(cfg.objective())
+    objective = build_objective(cfg.objective)
     enc = {f"encoder.{k}": p for k, p in model.encoder.named_parameters()}
     before = {k: p.detach().clone() for k, p in enc.items()}
 

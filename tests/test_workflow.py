@@ -48,9 +48,9 @@ def test_fine_tuning_reads_the_architecture_from_the_checkpoint(toy, tmp_path, c
     _run("train", "--checkpoint", tmp_path / "psp", "--train", toy["train"], "--out", tmp_path / "run",
          "--set", "max_steps=1", *TINY)
     used = TrainConfig.load(tmp_path / "run" / "config.json")
-    assert (used.encoder_type, used.learn_in_w, used.image_size, used.start_from_latent_avg) == (
+    assert (used.encoder_type, used.learn_in_w, used.image_size, used.objective.start_from_latent_avg) == (
         "BackboneEncoderUsingLastLayerIntoW", True, 32, False)
-    assert used.task == "inversion" and used.l2_lambda == 1.0  # the checkpoint's task and its recipe
+    assert used.task == "inversion" and used.objective.l2_lambda == 1.0  # the checkpoint's task and its recipe
     # an explicit value contradicting the checkpoint is refused, naming the key and both values
     rc = main(["train", "--checkpoint", str(tmp_path / "psp"), "--train", str(toy["train"]), "--out",
                str(tmp_path / "run2"), "--set", "image_size=64", *TINY])

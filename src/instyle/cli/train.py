@@ -108,7 +108,7 @@ def run(args) -> int:
     from instyle.training import TrainConfig, list_presets, train
 
     if args.list_keys:
-        for k, v in TrainConfig().to_dict().items():
+        for k, v in TrainConfig().to_flat_dict().items():
             print(f"{k} = {json.dumps(v)}")
         return 0
     if args.list_presets:

@@ -10,11 +10,12 @@ the published recipes on top.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,14 @@ from instyle.models.encoders import ENCODER_TYPES
 from instyle.models.encoders.hypernetwork import DEFAULT_LAYERS_TO_TUNE
 from instyle.models.encoders.psp_encoders import MAX_INPUT_NC, MAX_INPUT_SIZE
 from instyle.models.stylegan2 import MAX_SIZE
-from instyle.training.hooks import training_hooks
+from instyle.training.hooks import training_families, training_hooks
 from instyle.training.optim import OPTIMIZERS
 from instyle.training.sfe import DEFAULT_SFE_EDITS
 from instyle.utils.atomic import atomic_path
-from instyle.utils.config import ConfigError, check_choice, check_int_range, check_power_of_two, from_dict
+from instyle.utils.config import ConfigError, DictConfig, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
 
-__all__ = ["PRECISIONS", "TrainConfig", "parse_overrides", "accepted_keys", "check_psp_options"]
+__all__ = ["OBJECTIVE_KEYS", "PRECISIONS", "TrainConfig", "nest_objective_keys", "parse_overrides", "accepted_keys", "check_psp_options"]
 
 ENCODER_INITS = ("ir_se50", "resnet34", "iresnet50", "random")
 #: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
@@ -56,8 +57,9 @@ def default_workers(original: int) -> int:
     return max(0, min(original, available_cpus()))
 
 
-#: Families the trainer implements.
-TRAIN_FAMILIES = ("psp", "e4e", "restyle", "hyperstyle", "restyle3", "sfe")
+#: The objective's keys, which a config also takes flat (``lpips_lambda=0.5``, ``--set
+#: lpips_lambda=0.5``, an older run's flat ``config.json``) besides nested under ``objective``.
+OBJECTIVE_KEYS = tuple(f.name for f in dataclasses.fields(ObjectiveConfig))
 
 
 def check_psp_options(cfg: TrainConfig) -> None:
@@ -66,9 +68,41 @@ def check_psp_options(cfg: TrainConfig) -> None:
     check_choice("encoder_type", cfg.encoder_type, ENCODER_TYPES)
 
 
+def nest_objective_keys(values: dict) -> dict:
+    """``values`` with its flat objective keys (``lpips_lambda`` ...) moved under ``objective``;
+    a flat key overrides the same key of a nested ``objective`` mapping (as ``--set`` overrides a
+    run's saved config), and a nested :class:`ObjectiveConfig` is taken as its fields."""
+    flat = {k: values[k] for k in OBJECTIVE_KEYS if k in values}
+    if not flat:
+        return values
+    out = {k: v for k, v in values.items() if k not in flat}
+    nested = out.get("objective")
+    if isinstance(nested, ObjectiveConfig):
+        nested = nested.to_dict()
+    elif nested is None:
+        nested = {}
+    elif not isinstance(nested, dict):
+        raise ConfigError(f"objective={nested!r} must be a mapping of {list(OBJECTIVE_KEYS)}")
+    out["objective"] = {**nested, **flat}
+    return out
+
+
+def _flat_objective_keys(cls):
+    """Let ``cls(...)`` (hence ``dataclasses.replace``) take the objective's keys flat."""
+    dataclass_init = cls.__init__
+
+    @functools.wraps(dataclass_init)
+    def __init__(self, *args, **kwargs):
+        dataclass_init(self, *args, **nest_objective_keys(kwargs))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_flat_objective_keys
 @dataclass
-class TrainConfig:
-    """All options of a training run (flat, JSON-serialisable).
+class TrainConfig(DictConfig):
+    """All options of a training run (JSON-serialisable; the objective nested).
 
     Data:
         task: name of the preset the run was set up from (stored in the model config).
@@ -86,8 +120,7 @@ class TrainConfig:
         stylegan_weights: pretrained StyleGAN2 (any format ``instyle.load_generator``
             reads), for training from scratch.
         checkpoint_path: start from this pSp checkpoint (official ``.pt`` or own) instead.
-        encoder_type, output_size (None: the generator's), start_from_latent_avg,
-        learn_in_w, train_decoder: as the original.
+        encoder_type, output_size (None: the generator's), learn_in_w, train_decoder: as the original.
         family: ``psp``, ``e4e``, ``restyle``, ``hyperstyle`` or ``restyle3`` (ReStyle-pSp / -e4e over
             StyleGAN3, :mod:`instyle.training.restyle3`). ReStyle: ``input_nc`` = the
             images' 3 channels, the encoder sees 6; ``n_iters_per_batch`` refinement steps per
@@ -106,7 +139,10 @@ class TrainConfig:
             ``random``; ``resnet34`` for HyperStyle's hypernetwork (torchvision's ImageNet
             ResNet-34 from ``resnet34_weights`` or torchvision's cache, as the original).
             encoder_widths / encoder_units: narrow encoders (tests, demos).
-    Objective: see :class:`instyle.losses.ObjectiveConfig` (same names).
+    Objective: ``objective``, an :class:`instyle.losses.ObjectiveConfig` (loss weights, loss
+        networks' weights and ``start_from_latent_avg``, which the model follows too). Its keys
+        are also accepted flat, as keywords (``TrainConfig(lpips_lambda=0.5)``), in
+        :meth:`from_dict` and ``--set lpips_lambda=0.5``; read them as ``cfg.objective.lpips_lambda``.
     Optimisation: optim_name (``ranger``/``adam``), learning_rate (1e-4 as the code;
         the paper says 1e-3), max_steps, seed, randomize_noise (fresh StyleGAN noise
         every forward, as the original; False uses the stored noise buffers).
@@ -165,26 +201,14 @@ class TrainConfig:
     e4e_checkpoint_path: str | None = None
     sfe_edits_dir: str | None = None
     sfe_edits: str = DEFAULT_SFE_EDITS
-    start_from_latent_avg: bool = False
     learn_in_w: bool = False
     train_decoder: bool = False
     freeze_batchnorm: bool = False
     encoder_init: str = "ir_se50"
     encoder_widths: tuple[int, int, int, int] | None = None
     encoder_units: tuple[int, int, int, int] | None = None
-    # objective
-    id_lambda: float = 0.0
-    l2_lambda: float = 1.0
-    lpips_lambda: float = 0.8
-    lpips_lambda_crop: float = 0.0
-    l2_lambda_crop: float = 0.0
-    w_norm_lambda: float = 0.0
-    moco_lambda: float = 0.0
-    lpips_net: str = "alex"
-    lpips_weights: str | None = None
-    ir_se50_weights: str | None = None
-    moco_weights: str | None = None
-    random_loss_networks: bool = False
+    # objective: the loss weights and loss networks, also given with their flat names
+    objective: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
     # optimisation
     optim_name: str = "ranger"
     learning_rate: float = 1e-4
@@ -205,8 +229,12 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self):
+        self._nested_from_dicts()
+        if not isinstance(self.objective, ObjectiveConfig):
+            raise ConfigError(f"objective={self.objective!r} must be an ObjectiveConfig or a mapping of "
+                              f"{list(OBJECTIVE_KEYS)}")
         check_choice("source_mode", self.source_mode, SOURCE_MODES)
-        check_choice("family", self.family, TRAIN_FAMILIES)
+        check_choice("family", self.family, training_families())
         hooks = training_hooks(self.family)
         (hooks.validate or check_psp_options)(self)
         check_choice("encoder_init", self.encoder_init, ENCODER_INITS)
@@ -242,12 +270,12 @@ class TrainConfig:
             raise ConfigError(f"source_mode='gray' gives 1-channel inputs, but input_nc={self.input_nc}")
         if self.flip and self.source_mode == "label":
             raise ConfigError("flip=true with label-map inputs would mirror left/right classes; set flip=false")
-        if self.image_size != 256 and hooks.objective_at_image_size and (self.id_lambda > 0 or self.lpips_lambda_crop > 0 or self.l2_lambda_crop > 0):
+        o = self.objective
+        if self.image_size != 256 and hooks.objective_at_image_size and (o.id_lambda > 0 or o.lpips_lambda_crop > 0 or o.l2_lambda_crop > 0):
             raise ConfigError(
                 f"id_lambda, lpips_lambda_crop and l2_lambda_crop use the 256x256 face window; image_size="
                 f"{self.image_size} needs them at 0"
             )
-        self.objective()  # validates the loss weights
 
     def tuned_layers(self) -> tuple[int, ...]:
         """``layers_to_tune`` as indices (``"0,2,3"`` -> ``(0, 2, 3)``)."""
@@ -262,30 +290,33 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ views
 
-    def objective(self) -> ObjectiveConfig:
-        """The :class:`ObjectiveConfig` part of this config."""
-        names = [f.name for f in dataclasses.fields(ObjectiveConfig)]
-        values = {n: getattr(self, n) for n in names if n != "start_from_latent_avg"}
-        return ObjectiveConfig(start_from_latent_avg=self.start_from_latent_avg, **values)
-
     @property
     def effective_save_interval(self) -> int:
         return self.save_interval or self.max_steps
 
     # ------------------------------------------------------------------ (de)serialisation
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("encoder_widths", "encoder_units"):
-            if d[k] is not None:
-                d[k] = list(d[k])
-        return d
+    # ``to_dict``: :class:`DictConfig`'s (every field, the objective nested).
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return from_dict(cls, d, "")
+        """Build and validate from a mapping: the nested form ``to_dict`` writes, or the flat
+        one (the objective's keys at the top, as older runs' ``config.json``), or both (a flat
+        key overrides the nested one). Unknown keys raise a :class:`ConfigError` naming them."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a mapping, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(accepted_keys()) - {"objective"})
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown}; accepted keys: {accepted_keys()}")
+        return from_dict(cls, nest_objective_keys(d), cls.SECTION)
+
+    def to_flat_dict(self) -> dict:
+        """Every key in its flat ``--set`` spelling (the objective's keys at the top)."""
+        d = self.to_dict()
+        return {**{k: v for k, v in d.items() if k != "objective"}, **d["objective"]}
 
     def replace(self, **changes) -> TrainConfig:
+        """A validated copy with ``changes`` (flat keys, JSON-ish values coerced)."""
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | Path) -> None:
@@ -307,7 +338,8 @@ class TrainConfig:
 
 
 def accepted_keys() -> list[str]:
-    return sorted(f.name for f in dataclasses.fields(TrainConfig))
+    """The keys a config takes in their flat ``--set`` spelling (the objective's included)."""
+    return sorted({f.name for f in dataclasses.fields(TrainConfig)} - {"objective"} | set(OBJECTIVE_KEYS))
 
 
 def _is_str_field(tp: Any) -> bool:
@@ -321,7 +353,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     Raises:
         ConfigError: malformed item or unknown key (listing the accepted keys).
     """
-    hints = typing.get_type_hints(TrainConfig)
+    hints = {**typing.get_type_hints(ObjectiveConfig), **typing.get_type_hints(TrainConfig)}
+    hints.pop("objective")
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")

@@ -9,11 +9,13 @@ entry (pSp) trains the plain way: the pSp builder, the encoder's parameters, one
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["TRAINING_MODULES", "FamilyTrainingState", "TrainingHooks", "register_training", "training_hooks"]
+__all__ = ["TRAINING_MODULES", "FamilyTrainingState", "TrainingHooks", "register_training", "training_families",
+           "training_hooks"]
 
 
 class FamilyTrainingState(Protocol):
@@ -80,17 +82,38 @@ class TrainingHooks:
 TRAINING_MODULES = ("instyle.training.e4e", "instyle.training.restyle", "instyle.training.hyperstyle",
                     "instyle.training.restyle3", "instyle.training.sfe")
 _HOOKS: dict[str, TrainingHooks] = {}
+_MODULE_OF: dict[str, str] = {}  # family -> the module that registered it (for a stable order)
 _PLAIN = TrainingHooks()
+#: The family trained the plain way (no hooks of its own).
+PLAIN_FAMILY = "psp"
 
 
 def register_training(family: str, hooks: TrainingHooks) -> TrainingHooks:
     """Register ``family``'s training hooks (its training module calls this once)."""
     _HOOKS[family] = hooks
+    _MODULE_OF[family] = sys._getframe(1).f_globals.get("__name__", "")
     return hooks
+
+
+def _import_training_modules() -> None:
+    # On first use, not at import: the family modules import the training config.
+    for module in TRAINING_MODULES:
+        importlib.import_module(module)
+
+
+def training_families() -> tuple[str, ...]:
+    """The families the trainer implements: the plain pSp one, then every registered family in
+    :data:`TRAINING_MODULES` order."""
+    _import_training_modules()
+
+    def order(family: str) -> int:
+        module = _MODULE_OF[family]
+        return TRAINING_MODULES.index(module) if module in TRAINING_MODULES else len(TRAINING_MODULES)
+
+    return (PLAIN_FAMILY, *sorted(_HOOKS, key=order))
 
 
 def training_hooks(family: str) -> TrainingHooks:
     """The hooks of ``family`` (a family without any trains the plain pSp way)."""
-    for module in TRAINING_MODULES:
-        importlib.import_module(module)
+    _import_training_modules()
     return _HOOKS.get(family, _PLAIN)

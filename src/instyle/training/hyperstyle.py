@@ -57,7 +57,8 @@ def check_hyperstyle_config(cfg: TrainConfig) -> None:
             "family='hyperstyle' with encoder_init='ir_se50': the hypernetwork starts from ImageNet ResNet-34 "
             "(encoder_init=resnet34, the original) or a random initialisation (encoder_init=random)"
         )
-    extra = {k: getattr(cfg, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop") if getattr(cfg, k)}
+    extra = {k: getattr(cfg.objective, k) for k in ("w_norm_lambda", "lpips_lambda_crop", "l2_lambda_crop")
+             if getattr(cfg.objective, k)}
     if extra:
         raise ConfigError(f"family='hyperstyle' has no {sorted(extra)} terms (the official coach uses L2, LPIPS "
                           f"and ID or MoCo); set them to 0 (got {extra})")

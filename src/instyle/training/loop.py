@@ -141,7 +141,7 @@ def _setup(cfg: TrainConfig, run: RunFolder, resume: bool, ctx: DistContext) -> 
         channels_last_module(model).to(memory_format=torch.channels_last)
     net = wrap_model(model, ctx, cfg.sync_batchnorm)
     precision = Precision(cfg.precision, ctx.device.type)
-    objective = build_objective(cfg.objective(), ctx.device)
+    objective = build_objective(cfg.objective, ctx.device)
     extra = None  # a family's extra training state (e4e's, SFE's discriminator), saved with the run's state
     extras = training_hooks(cfg.family).extras
     if extras is not None:

@@ -52,7 +52,7 @@ def psp_config_for(cfg: TrainConfig, generator: GeneratorConfig) -> PSPConfig:
     return PSPConfig(
         encoder=EncoderConfig(**enc),
         generator=generator,
-        start_from_latent_avg=cfg.start_from_latent_avg,
+        start_from_latent_avg=cfg.objective.start_from_latent_avg,
         learn_in_w=cfg.learn_in_w,
         task=cfg.task,
         label_nc=cfg.label_nc,
@@ -127,7 +127,8 @@ def _check_checkpoint_matches(cfg: TrainConfig, model: PSP) -> None:
     found = architecture_keys(model.config)
     if cfg.output_size is None:
         del found["output_size"]
-    diffs = [f"{k}: config {getattr(cfg, k)!r} vs checkpoint {v!r}" for k, v in found.items() if getattr(cfg, k) != v]
+    flat = cfg.to_flat_dict()
+    diffs = [f"{k}: config {flat[k]!r} vs checkpoint {v!r}" for k, v in found.items() if flat[k] != v]
     if diffs:
         raise ConfigError(
             f"{cfg.checkpoint_path}: the checkpoint's architecture differs from the config: " + "; ".join(diffs)
@@ -184,7 +185,7 @@ def build_model(cfg: TrainConfig) -> PSP:
     model.set_latent_avg(generator.latent_avg, generator_average=True)
     _describe(model, generator.config)
     if cfg.encoder_init == "ir_se50":
-        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.ir_se50_weights), model.config.encoder.input_nc)
+        n = init_encoder_from_ir_se50(model.encoder, read_ir_se50(cfg.objective.ir_se50_weights), model.config.encoder.input_nc)
         log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n)
     return model.train()
 

@@ -22,10 +22,10 @@ def check_restyle_config(cfg) -> None:
     """The ``family='restyle'`` checks of a :class:`~instyle.training.config.TrainConfig`."""
     check_choice("encoder_type", cfg.encoder_type, RESTYLE_TRAIN_TYPES)
     check_int_range("n_iters_per_batch", cfg.n_iters_per_batch, 1, MAX_ITERS_PER_BATCH)
-    if cfg.input_nc != 3 or not cfg.start_from_latent_avg or cfg.learn_in_w:
+    if cfg.input_nc != 3 or not cfg.objective.start_from_latent_avg or cfg.learn_in_w:
         raise ConfigError(
             f"family='restyle' trains on 3-channel photos from the average latent: needs input_nc=3 "
-            f"(got {cfg.input_nc}), start_from_latent_avg=true (got {cfg.start_from_latent_avg}) and "
+            f"(got {cfg.input_nc}), start_from_latent_avg=true (got {cfg.objective.start_from_latent_avg}) and "
             f"learn_in_w=false"
         )
 

@@ -49,10 +49,10 @@ def check_restyle3_config(cfg) -> None:
     """The ``family='restyle3'`` part of :class:`TrainConfig` validation (errors name the value)."""
     check_choice("encoder_type", cfg.encoder_type, RESTYLE3_TRAIN_TYPES)
     check_int_range("n_iters_per_batch", cfg.n_iters_per_batch, 1, 100)
-    if cfg.input_nc != 3 or not cfg.start_from_latent_avg or cfg.learn_in_w or cfg.source_mode != "rgb":
+    if cfg.input_nc != 3 or not cfg.objective.start_from_latent_avg or cfg.learn_in_w or cfg.source_mode != "rgb":
         raise ConfigError(
             f"family='restyle3' trains on RGB photos from the average latent: needs input_nc=3 (got {cfg.input_nc}), "
-            f"source_mode='rgb' (got {cfg.source_mode!r}), start_from_latent_avg=true (got {cfg.start_from_latent_avg}) "
+            f"source_mode='rgb' (got {cfg.source_mode!r}), start_from_latent_avg=true (got {cfg.objective.start_from_latent_avg}) "
             f"and learn_in_w=false (got {cfg.learn_in_w})"
         )
     for name in ("d_reg_every", "progressive_step_every"):
@@ -149,7 +149,7 @@ def build_restyle3(cfg, init_encoder: Callable | None = None) -> ReStyle3:
         if cfg.encoder_init == "ir_se50":
             if init_encoder is None:
                 raise ConfigError("encoder_init='ir_se50' needs the IR-SE-50 initialiser (build through build_model)")
-            state = read_ir_se50(cfg.ir_se50_weights)
+            state = read_ir_se50(cfg.objective.ir_se50_weights)
             n = init_encoder(model.encoder, state, 6)
             _six_channel_input_layer(model.encoder, state)
             log.info("encoder: %d tensors initialised from the IR-SE-50 weights", n + 1)

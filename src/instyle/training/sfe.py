@@ -136,7 +136,7 @@ def check_sfe_config(cfg) -> None:
             f"encoder_init={cfg.encoder_init!r}: family='sfe' starts its FS backbone from ArcFace's iresnet50 "
             "('iresnet50', the original) or at random ('random')"
         )
-    extra = [k for k in ("lpips_lambda_crop", "l2_lambda_crop", "w_norm_lambda") if getattr(cfg, k) > 0]
+    extra = [k for k in ("lpips_lambda_crop", "l2_lambda_crop", "w_norm_lambda") if getattr(cfg.objective, k) > 0]
     if extra or cfg.train_decoder or cfg.learn_in_w:
         raise ConfigError(f"family='sfe' has no {extra} terms, train_decoder or learn_in_w (the original's runners use "
                           f"{list(SFE_TERMS)} and feat_rec_lambda); set them to 0/false")
@@ -159,8 +159,8 @@ def sfe_config_for(cfg, generator) -> SFEConfig:
     if index > generator.num_layers:
         raise ConfigError(f"sfe_feature_index={index}: the {generator.size} px generator has features 2..{generator.num_layers}")
     input_size = 4 * feature_resolution(index)
-    if cfg.id_lambda > 0 and input_size != 256:
-        raise ConfigError(f"id_lambda={cfg.id_lambda}: the identity loss needs the 256 px loss images of feature 9 "
+    if cfg.objective.id_lambda > 0 and input_size != 256:
+        raise ConfigError(f"id_lambda={cfg.objective.id_lambda}: the identity loss needs the 256 px loss images of feature 9 "
                           f"(sfe_feature_index={index} gives {input_size} px); set id_lambda=0")
     return SFEConfig(generator=generator, widths=widths, units=units, feature_index=index, input_size=input_size,
                      editor=False)
