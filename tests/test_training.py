@@ -256,6 +256,20 @@ def cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+def test_cli_config_file_nested_objective_paths_absolute_and_flat_set_wins(tmp_path, monkeypatch):
+    """``--config`` with the nested objective (a new run's config.json): its weight files are made
+    absolute like the top-level ones, and ``--set`` of a flat objective key overrides it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text(json.dumps({"objective": {"lpips_weights": "alex.pth", "lpips_lambda": 0.3,
+                                                               "l2_lambda": 2.0}}))
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--config", "c.json", "--out", "run", "--set", "lpips_lambda=0.5"])
+    cfg, _ = train_cli.resolve_config(args)
+    assert cfg.objective == ObjectiveConfig(lpips_weights=str(tmp_path.resolve() / "alex.pth"), lpips_lambda=0.5,
+                                            l2_lambda=2.0)
+
+
 def test_cli_run_folder_contents_and_resume_extension(toy, tmp_path, capsys):
     cfg = tiny_config(toy, max_steps=4, val_interval=2, save_interval=2, image_interval=2, board_interval=1,
                       optim_name="ranger")
@@ -298,7 +312,8 @@ def test_cli_errors_are_one_clear_line(toy, tmp_path, capsys, monkeypatch):
     assert cli(["--preset", "inversion", "--generator", str(toy["gen"]), "--train", str(toy["train"]),
                 "--out", str(tmp_path / "r2"), "--set", "image_size=32", "--set", "id_lambda=0"]) == 2
     assert "model_ir_se50.pth" in capsys.readouterr().err  # encoder init needs the ArcFace weights
-    assert cli(["--list-keys"]) == 0 and "max_steps = 500000" in capsys.readouterr().out
+    listed = cli(["--list-keys"]) == 0 and capsys.readouterr().out
+    assert "max_steps = 500000" in listed and "lpips_lambda = 0.8" in listed and "objective" not in listed
     from instyle.cli.main import COMMANDS
 
     assert "train" in COMMANDS

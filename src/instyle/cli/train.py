@@ -69,6 +69,9 @@ def register(subparsers) -> None:
 
 
 def _absolute(values: dict) -> dict:
+    from instyle.training.config import flatten_objective_keys
+
+    values = flatten_objective_keys(values)  # the objective's weight files too, when nested
     return {k: (str(Path(v).expanduser().resolve()) if k in PATH_KEYS and isinstance(v, str) else v) for k, v in values.items()}
 
 

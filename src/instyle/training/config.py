@@ -32,7 +32,8 @@ from instyle.utils.atomic import atomic_path
 from instyle.utils.config import ConfigError, DictConfig, check_choice, check_int_range, check_power_of_two, from_dict
 from instyle.utils.precision import PRECISIONS
 
-__all__ = ["OBJECTIVE_KEYS", "PRECISIONS", "TrainConfig", "nest_objective_keys", "parse_overrides", "accepted_keys", "check_psp_options"]
+__all__ = ["OBJECTIVE_KEYS", "PRECISIONS", "TrainConfig", "accepted_keys", "check_psp_options", "flatten_objective_keys",
+           "nest_objective_keys", "parse_overrides"]
 
 ENCODER_INITS = ("ir_se50", "resnet34", "iresnet50", "random")
 #: Bounds of the counts a config (``--set KEY=VALUE`` or a run's config.json) may ask for.
@@ -85,6 +86,17 @@ def nest_objective_keys(values: dict) -> dict:
         raise ConfigError(f"objective={nested!r} must be a mapping of {list(OBJECTIVE_KEYS)}")
     out["objective"] = {**nested, **flat}
     return out
+
+
+def flatten_objective_keys(values: dict) -> dict:
+    """The inverse of :func:`nest_objective_keys`: a nested ``objective`` mapping's keys moved to
+    the top (a flat key already there wins, as in :func:`nest_objective_keys`)."""
+    nested = values.get("objective")
+    if isinstance(nested, ObjectiveConfig):
+        nested = nested.to_dict()
+    if not isinstance(nested, dict):
+        return values
+    return {**nested, **{k: v for k, v in values.items() if k != "objective"}}
 
 
 def _flat_objective_keys(cls):
@@ -312,8 +324,7 @@ class TrainConfig(DictConfig):
 
     def to_flat_dict(self) -> dict:
         """Every key in its flat ``--set`` spelling (the objective's keys at the top)."""
-        d = self.to_dict()
-        return {**{k: v for k, v in d.items() if k != "objective"}, **d["objective"]}
+        return flatten_objective_keys(self.to_dict())
 
     def replace(self, **changes) -> TrainConfig:
         """A validated copy with ``changes`` (flat keys, JSON-ish values coerced)."""
