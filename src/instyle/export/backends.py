@@ -25,9 +25,10 @@ Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-from dataclasses import dataclass
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "OnnxBackend",
     "attach_backend",
     "available_backends",
+    "detach_backend",
     "export_cache_dir",
 ]
 
@@ -89,7 +91,12 @@ def _threads() -> int:
 
 class GraphSession:
     """One ONNX graph on one runtime: ``feeds {name: array}`` -> outputs in graph order.
-    Uses ``torch.get_num_threads()`` threads (set it before creating the session)."""
+    Uses ``torch.get_num_threads()`` threads (set it before creating the session).
+
+    Holds no reference to itself (no ``lambda`` over ``self``): dropping the last reference
+    frees the native session at once, on the thread that dropped it, not whenever Python's
+    cycle collector runs (possibly on another thread, e.g. a server's worker). :meth:`close`
+    frees it explicitly; a closed session refuses to run."""
 
     def __init__(self, path: Path, backend: str, precision: str = "fp32", device: torch.device | str = "cpu"):
         device = torch.device(device)
@@ -103,17 +110,16 @@ class GraphSession:
             if device.type == "cuda":
                 providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
                              if p in ort.get_available_providers()] + providers
-            self._session = ort.InferenceSession(str(path), opts, providers=providers)
-            self.inputs = {i.name: i.shape for i in self._session.get_inputs()}
-            self._run = lambda feeds: self._session.run(None, feeds)
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.inputs = {i.name: i.shape for i in session.get_inputs()}
+            self._run = functools.partial(session.run, None)
         else:
             ov = require("openvino")
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": _OV_HINTS[precision]}
             compiled = core.compile_model(str(path), "CPU", config)
-            self._compiled = compiled
             self.inputs = {i.get_any_name(): list(i.get_partial_shape()) for i in compiled.inputs}
-            self._run = lambda feeds: self._infer(compiled, feeds)
+            self._run = functools.partial(GraphSession._infer, compiled)
 
     @staticmethod
     def _infer(compiled, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -122,28 +128,54 @@ class GraphSession:
         return [np.array(results[out]) for out in compiled.outputs]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._run is None:
+            raise ExportError(f"the {self.backend} session of {self.path.name} was closed")
         return self._run(feeds)
+
+    def close(self) -> None:
+        """Free the native session now (idempotent)."""
+        self._run = None
+
+    @property
+    def closed(self) -> bool:
+        return self._run is None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
 
-@dataclass
 class OnnxBackend:
-    """A model's encode/decode surface on ONNX graphs (made by :func:`attach_backend`)."""
+    """A model's encode/decode surface on ONNX graphs (made by :func:`attach_backend`).
 
-    model: torch.nn.Module
-    name: str
-    precision: str
-    directory: Path
-    metadata: dict
-    note: str = ""
+    It refers to its model weakly: ``model.backend = OnnxBackend(model, ...)`` makes no
+    reference cycle, so a dropped model frees its native sessions at once (see
+    :class:`GraphSession`); :meth:`close` frees them explicitly, as :func:`attach_backend`
+    does for the backend it replaces."""
 
-    def __post_init__(self):
-        self.device = next(self.model.parameters()).device
+    def __init__(self, model: torch.nn.Module, name: str, precision: str, directory: Path, metadata: dict,
+                 note: str = ""):
+        self._model = weakref.ref(model)
+        self.name, self.precision, self.directory, self.metadata, self.note = name, precision, directory, metadata, note
+        self.device = next(model.parameters()).device
         self._sessions: dict[str, GraphSession] = {}
         self._other_iterations: dict[int, OnnxBackend] = {}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        model = self._model()
+        if model is None:
+            raise ExportError("the model of this backend no longer exists")
+        return model
+
+    def close(self) -> None:
+        """Free every native session (those of other unrolled iteration counts too)."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+        for other in self._other_iterations.values():
+            other.close()
+        self._other_iterations.clear()
 
     def session(self, graph: str) -> GraphSession:
         if graph not in self._sessions:
@@ -253,6 +285,14 @@ def _prepare(model, backend: str, precision: str, iterations: int | None, batch:
     return OnnxBackend(model, backend, precision, folder, meta, note)
 
 
+def detach_backend(model: torch.nn.Module) -> None:
+    """Run ``model`` on PyTorch again, freeing the native sessions of an attached backend now."""
+    attached = getattr(model, "backend", None)
+    model.backend = None
+    if attached is not None and hasattr(attached, "close"):
+        attached.close()
+
+
 def attach_backend(
     model: torch.nn.Module, backend: str = "torch", precision: str = "fp32", batch: int | None = None,
     iterations: int | None = None,
@@ -280,13 +320,13 @@ def attach_backend(
             f"precision={precision!r} is not run by backend {backend!r}; it runs {list(BACKEND_PRECISIONS[backend])}"
         )
     if backend == "torch":
-        model.backend = None
+        detach_backend(model)
         return "backend torch"
     device = next(model.parameters()).device
     if device.type != "cpu" and not (backend == "onnxruntime" and device.type == "cuda"):
         raise ConfigError(f"backend {backend!r} runs on the CPU here, the model is on {device}; use --device cpu")
     require(_MODULES[backend])
-    model.backend = None
+    detach_backend(model)
     attached = _prepare(model, backend, precision, iterations, batch)
     model.backend = attached
     return attached.note
