@@ -8,12 +8,14 @@
 The first use exports the model's encoder and generator (:func:`instyle.export.export_onnx`,
 parity-checked) into ``<cache>/onnx/<fingerprint>-<family>-...`` (``$INSTYLE_CACHE`` or
 ``~/.cache/instyle``); later loads of the same weights reuse it. The cache key is the
-model's fingerprint (configuration and every weight), the unrolled iterations (ReStyle,
-HyperStyle) and HyperStyle's fixed batch; the precision is a runtime setting of the
-session, not of the file.
+model's fingerprint (configuration and every weight) and the unrolled iterations (ReStyle,
+HyperStyle, ReStyle over StyleGAN3); the precision is a runtime setting of the session, not
+of the file. StyleFeatureEditor's encode and the decode of an inversion run on the graphs;
+ReStyle over StyleGAN3's decode takes its transform (one per image or one for the batch).
 
 What still runs in PyTorch: decoding with explicit or random noise, ``return_all``
-(every ReStyle / HyperStyle iteration), training and anything else touching the modules.
+(every iteration), StyleFeatureEditor's edits (the edit's feature delta and the decode of
+an edited encoding), training and anything else touching the modules.
 
 Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 
@@ -207,6 +209,11 @@ class OnnxBackend:
 
     # ------------------------------------------------------------------ the model's surface
 
+    def run(self, graph: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs of ``graph`` (``encoder`` / ``generator``) on ``tensors``, in the order of
+        its inputs in ``export.json`` (a family's hooks call this for its own graphs' surface)."""
+        return self._batched(graph, tensors)
+
     def encode(self, x: torch.Tensor, iterations: int | None = None):
         """Latents of images ``x`` (HyperStyle: ``(w_plus, weights_deltas)``); ``iterations``
         must be those of the export (other counts export again, see :func:`attach_backend`)."""
@@ -300,12 +307,12 @@ def attach_backend(
     """Run ``model``'s encode/decode on ``backend`` from now on; returns what was chosen.
 
     Args:
-        model: a loaded pSp / e4e / ReStyle / HyperStyle model.
+        model: a loaded model of any registered family.
         backend: ``torch`` (detach any other), ``onnxruntime`` or ``openvino``.
         precision: a precision the backend runs (:data:`BACKEND_PRECISIONS`); for
             ``torch`` use :func:`instyle.models.runtime.set_runtime` instead.
-        batch: HyperStyle only: the exported graphs' fixed batch (default 1; other
-            batch sizes are chunked to it).
+        batch: a fixed-batch family's graphs' batch (``Family.fixed_batch_graphs``, none
+            today; default 1; other batch sizes are chunked to it).
         iterations: ReStyle / HyperStyle steps unrolled into the encoder graph (default
             the model's).
 
