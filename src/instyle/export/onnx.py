@@ -273,11 +273,11 @@ def _example_inputs(name: str, model, iterations, encoder: nn.Module, batch: int
 
 def _batch_dims(module: nn.Module, n: int, batch) -> tuple:
     """``dynamic_shapes`` for ``n`` positional tensors with the batch first, shaped like the
-    module's ``forward`` signature (``*args`` takes one nested tuple)."""
+    module's ``forward`` signature (``*args`` takes one nested tuple, none when empty)."""
     params = list(inspect.signature(module.forward).parameters.values())
     fixed = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:n]
     dims = tuple({0: batch} for _ in fixed)
-    if any(p.kind == p.VAR_POSITIONAL for p in params):
+    if n > len(fixed) and any(p.kind == p.VAR_POSITIONAL for p in params):
         dims += (tuple({0: batch} for _ in range(n - len(fixed))),)
     return dims
 
