@@ -279,11 +279,11 @@ def _identity_graph(path, name_in="image", name_out="w_plus"):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_a_dropped_model_frees_its_native_sessions_without_the_cycle_collector(tmp_path, runtime):
-    """The prime suspect of the suite's SIGSEGV (``tests/test_onnx_runtimes.py``):
-    ``model.backend`` <-> ``OnnxBackend.model`` (and a lambda over ``self`` in
+    """``model.backend`` <-> ``OnnxBackend.model`` (and a lambda over ``self`` in
     ``GraphSession``) were reference cycles, so a dropped model's ONNX Runtime / OpenVINO
     sessions and their thread pools lived on until Python's cycle collector ran, at a random
-    later point, on whatever thread allocated then. Without the collector they must go with
+    later point, on whatever thread allocated then (a suspect of the suite's SIGSEGV, ruled
+    out since: see ``tests/test_onnx_runtimes.py``). Without the collector they must go with
     the last reference, here."""
     import gc
     import weakref
