@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from instyle.errors import InstyleError
 from instyle.export import probe
 from instyle.export.backends import BACKEND_PRECISIONS, attach_backend
 from instyle.export.probe import Candidate, candidates, choose
@@ -258,3 +259,66 @@ def test_inverter_takes_a_backend(tmp_path, monkeypatch):
     got = inv.invert(img)
     assert (got.latent - ref.latent).abs().max() < 1e-4
     assert np.abs(np.asarray(got.image, dtype=int) - np.asarray(ref.image, dtype=int)).max() <= 1
+
+
+# --------------------------------------------------------------------------- native sessions' lifetime
+
+
+def _identity_graph(path, name_in="image", name_out="w_plus"):
+    onnx = pytest.importorskip("onnx", reason="needs the deploy extra")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(name_in, TensorProto.FLOAT, ["batch", 3])
+    y = helper.make_tensor_value_info(name_out, TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("Identity", [name_in], [name_out])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_dropped_model_frees_its_native_sessions_without_the_cycle_collector(tmp_path, runtime):
+    """``model.backend`` <-> ``OnnxBackend.model`` (and a lambda over ``self`` in
+    ``GraphSession``) were reference cycles, so a dropped model's ONNX Runtime / OpenVINO
+    sessions and their thread pools lived on until Python's cycle collector ran, at a random
+    later point, on whatever thread allocated then (a suspect of the suite's SIGSEGV, ruled
+    out since: see ``tests/test_onnx_runtimes.py``). Without the collector they must go with
+    the last reference, here."""
+    import gc
+    import weakref
+
+    pytest.importorskip(runtime, reason="needs the deploy extra")
+    from instyle.export.backends import GraphSession, OnnxBackend
+
+    path = _identity_graph(tmp_path / "encoder.onnx")
+    meta = {"graphs": {"encoder": {"file": path.name, "inputs": ["image"], "outputs": ["w_plus"]}}}
+    model = tiny("psp", "GradualStyleEncoder")
+    model.backend = OnnxBackend(model, runtime, "fp32", tmp_path, meta)
+    session = model.backend.session("encoder")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert np.array_equal(session({"image": x})[0], x)
+    backend_ref, session_ref, model_ref = weakref.ref(model.backend), weakref.ref(session), weakref.ref(model)
+    del session
+    gc.disable()
+    try:
+        del model
+        alive = [name for name, ref in (("model", model_ref), ("backend", backend_ref), ("session", session_ref)) if ref()]
+        assert alive == [], f"kept alive by a reference cycle: {alive}"
+    finally:
+        gc.enable()
+    # A closed session (detach_backend / attach_backend close the one they replace) refuses to run.
+    closed = GraphSession(path, runtime)
+    closed.close()
+    with pytest.raises(InstyleError, match="was closed"):
+        closed({"image": x})
+
+
+def test_attach_backend_closes_the_backend_it_replaces(tmp_path, tiny_psp):
+    pytest.importorskip("onnxruntime", reason="needs the deploy extra")
+    from instyle.export.backends import OnnxBackend
+
+    path = _identity_graph(tmp_path / "encoder.onnx")
+    meta = {"graphs": {"encoder": {"file": path.name, "inputs": ["image"], "outputs": ["w_plus"]}}}
+    tiny_psp.backend = old = OnnxBackend(tiny_psp, "onnxruntime", "fp32", tmp_path, meta)
+    session = old.session("encoder")
+    assert attach_backend(tiny_psp, "torch") == "backend torch"
+    assert tiny_psp.backend is None and session.closed

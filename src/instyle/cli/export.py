@@ -7,18 +7,23 @@ import argparse
 from instyle.cli.common import MAX_BATCH, MAX_ITERATIONS, add_count, error
 
 DESCRIPTION = """\
-Export a pSp, e4e, ReStyle or HyperStyle checkpoint to ONNX for deployment without
-instyle or PyTorch (ONNX Runtime, OpenVINO, TensorRT, ...). OUT receives:
+Export a checkpoint of any family (pSp, e4e, ReStyle, HyperStyle, StyleFeatureEditor,
+ReStyle over StyleGAN3) to ONNX for deployment without instyle or PyTorch (ONNX Runtime,
+OpenVINO, TensorRT, ...). OUT receives:
 
   encoder.onnx    image [B, C, H, W] in [-1, 1] -> w_plus [B, styles, style_dim]
                   (ReStyle: --iterations refinement steps unrolled; HyperStyle: also its
-                  per-image generator offsets delta_<layer>, explicit outputs)
-  generator.onnx  w_plus (HyperStyle: and the delta_<layer> offsets) -> image [B, 3, S, S]
+                  per-image generator offsets delta_<layer>; StyleFeatureEditor: also
+                  w_e4e and fused_feat, explicit outputs)
+  generator.onnx  w_plus and the per-image extras (HyperStyle: delta_<layer>;
+                  StyleFeatureEditor: fused_feat, feature_delta; ReStyle over StyleGAN3:
+                  transform [B, 3, 3]) -> image [B, 3, S, S]
   model.onnx      image -> reconstruction, one graph
   export.json     source checkpoint and fingerprint, family, input size, normalisation,
-                  styles, output size and crop, every graph's inputs/outputs, parity
+                  styles, output size and crop, every graph's inputs/outputs, what to feed
+                  the extras, parity
 
-The batch size is dynamic (HyperStyle: fixed, --batch). The generator's stored noise maps are
+The batch size is dynamic. The generator's stored noise maps are
 constants in the graphs (instyle's deterministic output). Every export ends with a parity
 check against PyTorch fp32 at batch 1 and 2 (max abs difference printed); an export above
 the bound (1e-4, the conformance bound) is refused and nothing is written.
@@ -33,17 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="a checkpoint of any family: official .pt or an instyle model folder")
     p.add_argument("--out", "-o", required=True, help="output folder (created; an earlier export there is replaced)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
-              help="ReStyle / HyperStyle: refinement steps unrolled into the encoder (default: the model's, 5)")
+              help="ReStyle / HyperStyle / ReStyle over StyleGAN3: refinement steps unrolled into the encoder "
+                   "(default: the model's)")
     p.add_argument(
         "--graphs", default="encoder,generator,model", metavar="G[,G]",
         help="which graphs to write: encoder, generator, model (default: all three)",
     )
     add_count(p, "--batch", minimum=1, maximum=MAX_BATCH, default=None, metavar="N",
-              help="HyperStyle only: the graphs' fixed batch size (default 1)")
+              help="a fixed batch for a family whose graphs cannot take a dynamic one (none today)")
     p.set_defaults(func=run)
 
 

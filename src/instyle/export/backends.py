@@ -8,12 +8,14 @@
 The first use exports the model's encoder and generator (:func:`instyle.export.export_onnx`,
 parity-checked) into ``<cache>/onnx/<fingerprint>-<family>-...`` (``$INSTYLE_CACHE`` or
 ``~/.cache/instyle``); later loads of the same weights reuse it. The cache key is the
-model's fingerprint (configuration and every weight), the unrolled iterations (ReStyle,
-HyperStyle) and HyperStyle's fixed batch; the precision is a runtime setting of the
-session, not of the file.
+model's fingerprint (configuration and every weight) and the unrolled iterations (ReStyle,
+HyperStyle, ReStyle over StyleGAN3); the precision is a runtime setting of the session, not
+of the file. StyleFeatureEditor's encode and the decode of an inversion run on the graphs;
+ReStyle over StyleGAN3's decode takes its transform (one per image or one for the batch).
 
 What still runs in PyTorch: decoding with explicit or random noise, ``return_all``
-(every ReStyle / HyperStyle iteration), training and anything else touching the modules.
+(every iteration), StyleFeatureEditor's edits (the edit's feature delta and the decode of
+an edited encoding), training and anything else touching the modules.
 
 Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 
@@ -25,9 +27,10 @@ Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-from dataclasses import dataclass
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,7 @@ __all__ = [
     "OnnxBackend",
     "attach_backend",
     "available_backends",
+    "detach_backend",
     "export_cache_dir",
 ]
 
@@ -89,7 +93,12 @@ def _threads() -> int:
 
 class GraphSession:
     """One ONNX graph on one runtime: ``feeds {name: array}`` -> outputs in graph order.
-    Uses ``torch.get_num_threads()`` threads (set it before creating the session)."""
+    Uses ``torch.get_num_threads()`` threads (set it before creating the session).
+
+    Holds no reference to itself (no ``lambda`` over ``self``): dropping the last reference
+    frees the native session at once, on the thread that dropped it, not whenever Python's
+    cycle collector runs (possibly on another thread, e.g. a server's worker). :meth:`close`
+    frees it explicitly; a closed session refuses to run."""
 
     def __init__(self, path: Path, backend: str, precision: str = "fp32", device: torch.device | str = "cpu"):
         device = torch.device(device)
@@ -103,17 +112,16 @@ class GraphSession:
             if device.type == "cuda":
                 providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
                              if p in ort.get_available_providers()] + providers
-            self._session = ort.InferenceSession(str(path), opts, providers=providers)
-            self.inputs = {i.name: i.shape for i in self._session.get_inputs()}
-            self._run = lambda feeds: self._session.run(None, feeds)
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+            self.inputs = {i.name: i.shape for i in session.get_inputs()}
+            self._run = functools.partial(session.run, None)
         else:
             ov = require("openvino")
             core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": _OV_HINTS[precision]}
             compiled = core.compile_model(str(path), "CPU", config)
-            self._compiled = compiled
             self.inputs = {i.get_any_name(): list(i.get_partial_shape()) for i in compiled.inputs}
-            self._run = lambda feeds: self._infer(compiled, feeds)
+            self._run = functools.partial(GraphSession._infer, compiled)
 
     @staticmethod
     def _infer(compiled, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -122,28 +130,54 @@ class GraphSession:
         return [np.array(results[out]) for out in compiled.outputs]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self._run is None:
+            raise ExportError(f"the {self.backend} session of {self.path.name} was closed")
         return self._run(feeds)
+
+    def close(self) -> None:
+        """Free the native session now (idempotent)."""
+        self._run = None
+
+    @property
+    def closed(self) -> bool:
+        return self._run is None
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().float().cpu().numpy())
 
 
-@dataclass
 class OnnxBackend:
-    """A model's encode/decode surface on ONNX graphs (made by :func:`attach_backend`)."""
+    """A model's encode/decode surface on ONNX graphs (made by :func:`attach_backend`).
 
-    model: torch.nn.Module
-    name: str
-    precision: str
-    directory: Path
-    metadata: dict
-    note: str = ""
+    It refers to its model weakly: ``model.backend = OnnxBackend(model, ...)`` makes no
+    reference cycle, so a dropped model frees its native sessions at once (see
+    :class:`GraphSession`); :meth:`close` frees them explicitly, as :func:`attach_backend`
+    does for the backend it replaces."""
 
-    def __post_init__(self):
-        self.device = next(self.model.parameters()).device
+    def __init__(self, model: torch.nn.Module, name: str, precision: str, directory: Path, metadata: dict,
+                 note: str = ""):
+        self._model = weakref.ref(model)
+        self.name, self.precision, self.directory, self.metadata, self.note = name, precision, directory, metadata, note
+        self.device = next(model.parameters()).device
         self._sessions: dict[str, GraphSession] = {}
         self._other_iterations: dict[int, OnnxBackend] = {}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        model = self._model()
+        if model is None:
+            raise ExportError("the model of this backend no longer exists")
+        return model
+
+    def close(self) -> None:
+        """Free every native session (those of other unrolled iteration counts too)."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
+        for other in self._other_iterations.values():
+            other.close()
+        self._other_iterations.clear()
 
     def session(self, graph: str) -> GraphSession:
         if graph not in self._sessions:
@@ -174,6 +208,11 @@ class OnnxBackend:
         return [torch.from_numpy(np.concatenate(parts)).to(self.device) for parts in zip(*outs)]
 
     # ------------------------------------------------------------------ the model's surface
+
+    def run(self, graph: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The outputs of ``graph`` (``encoder`` / ``generator``) on ``tensors``, in the order of
+        its inputs in ``export.json`` (a family's hooks call this for its own graphs' surface)."""
+        return self._batched(graph, tensors)
 
     def encode(self, x: torch.Tensor, iterations: int | None = None):
         """Latents of images ``x`` (HyperStyle: ``(w_plus, weights_deltas)``); ``iterations``
@@ -253,6 +292,14 @@ def _prepare(model, backend: str, precision: str, iterations: int | None, batch:
     return OnnxBackend(model, backend, precision, folder, meta, note)
 
 
+def detach_backend(model: torch.nn.Module) -> None:
+    """Run ``model`` on PyTorch again, freeing the native sessions of an attached backend now."""
+    attached = getattr(model, "backend", None)
+    model.backend = None
+    if attached is not None and hasattr(attached, "close"):
+        attached.close()
+
+
 def attach_backend(
     model: torch.nn.Module, backend: str = "torch", precision: str = "fp32", batch: int | None = None,
     iterations: int | None = None,
@@ -260,12 +307,12 @@ def attach_backend(
     """Run ``model``'s encode/decode on ``backend`` from now on; returns what was chosen.
 
     Args:
-        model: a loaded pSp / e4e / ReStyle / HyperStyle model.
+        model: a loaded model of any registered family.
         backend: ``torch`` (detach any other), ``onnxruntime`` or ``openvino``.
         precision: a precision the backend runs (:data:`BACKEND_PRECISIONS`); for
             ``torch`` use :func:`instyle.models.runtime.set_runtime` instead.
-        batch: HyperStyle only: the exported graphs' fixed batch (default 1; other
-            batch sizes are chunked to it).
+        batch: a fixed-batch family's graphs' batch (``Family.fixed_batch_graphs``, none
+            today; default 1; other batch sizes are chunked to it).
         iterations: ReStyle / HyperStyle steps unrolled into the encoder graph (default
             the model's).
 
@@ -280,13 +327,13 @@ def attach_backend(
             f"precision={precision!r} is not run by backend {backend!r}; it runs {list(BACKEND_PRECISIONS[backend])}"
         )
     if backend == "torch":
-        model.backend = None
+        detach_backend(model)
         return "backend torch"
     device = next(model.parameters()).device
     if device.type != "cpu" and not (backend == "onnxruntime" and device.type == "cuda"):
         raise ConfigError(f"backend {backend!r} runs on the CPU here, the model is on {device}; use --device cpu")
     require(_MODULES[backend])
-    model.backend = None
+    detach_backend(model)
     attached = _prepare(model, backend, precision, iterations, batch)
     model.backend = attached
     return attached.note

@@ -1,4 +1,4 @@
-"""ONNX export of pSp, e4e, ReStyle and HyperStyle models, checked against PyTorch.
+"""ONNX export of every registered family's models, checked against PyTorch.
 
     result = export_onnx(model, "deploy/psp_ffhq", source="psp_ffhq_encode.pt")
     result.parity          # {"encoder": 2.4e-07, "generator": 2.1e-05, "model": 2.1e-05}
@@ -7,19 +7,25 @@ writes into the folder:
 
 * ``encoder.onnx``: ``image [B, C, H, W]`` -> ``w_plus [B, n_styles, style_dim]`` (the
   average latent added; ReStyle's refinement unrolled ``iterations`` times; HyperStyle also
-  returns its per-image generator offsets ``delta_<layer>``).
-* ``generator.onnx``: ``w_plus`` (HyperStyle: and the ``delta_<layer>`` offsets) -> the
-  generator's full-resolution ``image [B, 3, size, size]`` (raw, not clamped, not cropped).
+  returns its per-image generator offsets ``delta_<layer>``; StyleFeatureEditor also
+  ``w_e4e`` and its fused feature ``fused_feat [B, C, R, R]``).
+* ``generator.onnx``: ``w_plus`` and the family's per-image extras -> the generator's
+  full-resolution ``image [B, 3, size, size]`` (raw, not clamped, not cropped). The extras:
+  HyperStyle's ``delta_<layer>`` offsets; StyleFeatureEditor's ``fused_feat`` and
+  ``feature_delta`` (the feature editor runs in the graph; zeros reconstruct); ReStyle over
+  StyleGAN3's ``transform [B, 3, 3]`` (the identity for an aligned face).
 * ``model.onnx``: ``image`` -> that reconstruction, in one graph.
 * ``export.json``: the source checkpoint and its fingerprint, family, input size and
   channels, normalisation, styles, output size and crop, iterations, every graph's inputs
-  and outputs, and the measured parity.
+  and outputs (``extra_inputs`` says what to feed the extras), and the measured parity.
 
 The batch dimension is dynamic: graphs are traced at batch 2, because the fast modulated
 convolution has a separate ``batch == 1`` branch that a batch-1 trace would bake in (the
-batch-2 path computes the same for one image). The generator's stored noise maps are
-**constants** in the graphs (instyle's deterministic ``randomize_noise=False``): a deployer
-gets the same image for the same latent, as ``instyle encode`` does.
+batch-2 path computes the same for one image); HyperStyle's per-image kernels are traced as
+one batched product per kernel tap instead of a convolution with ``groups = batch`` (whose
+group count ONNX fixes). The generator's stored noise maps are **constants** in the graphs
+(instyle's deterministic ``randomize_noise=False``): a deployer gets the same image for the
+same latent, as ``instyle encode`` does.
 
 Every export ends with a parity check: each graph runs (ONNX Runtime, else OpenVINO) on
 seeded inputs at batch 1 and 2 and is compared with PyTorch fp32; an export whose maximum
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -172,6 +179,18 @@ class _Generator(nn.Module):
         return _raw_image(self.decoder, w_plus, deltas)
 
 
+class _SurfaceGraph(nn.Module):
+    """One callable of a family's :class:`~instyle.models.family.GraphSurface` as a module
+    (holding the model, so the exporter lifts its weights)."""
+
+    def __init__(self, model, surface, fn):
+        super().__init__()
+        self.model, self.surface, self.fn = model, surface, fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
 class _Whole(nn.Module):
     def __init__(self, model, iterations: int | None, layers: list[int] | None):
         super().__init__()
@@ -217,8 +236,21 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
+def _surface(model, iterations: int | None):
+    """The family's own graph surface, or None where the exporter's W+ / offsets graphs serve."""
+    own = getattr(model, "graph_surface", None)
+    return None if own is None else own(iterations)
+
+
 def _graph_specs(model, iterations: int | None) -> dict[str, tuple[nn.Module, list[str], list[str]]]:
     """``name -> (module, input names, output names)`` of the three graphs."""
+    surface = _surface(model, iterations)
+    if surface is not None:
+        return {
+            "encoder": (_SurfaceGraph(model, surface, surface.encode), ["image"], list(surface.encoder_outputs)),
+            "generator": (_SurfaceGraph(model, surface, surface.render), list(surface.generator_inputs), ["image"]),
+            "model": (_SurfaceGraph(model, surface, surface.reconstruct), ["image"], ["reconstruction"]),
+        }
     layers = _delta_layers(model, iterations) if _family(model).encoding == "offsets" else None
     deltas = [f"delta_{i}" for i in layers or []]
     return {
@@ -233,7 +265,21 @@ def _example_inputs(name: str, model, iterations, encoder: nn.Module, batch: int
     if name in ("encoder", "model"):
         return (x,)
     with torch.no_grad():
-        return _as_tuple(encoder(x))
+        outs = _as_tuple(encoder(x))
+    if isinstance(encoder, _SurfaceGraph):
+        return tuple(encoder.surface.example_inputs(outs, seed))
+    return outs
+
+
+def _batch_dims(module: nn.Module, n: int, batch) -> tuple:
+    """``dynamic_shapes`` for ``n`` positional tensors with the batch first, shaped like the
+    module's ``forward`` signature (``*args`` takes one nested tuple, none when empty)."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    fixed = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:n]
+    dims = tuple({0: batch} for _ in fixed)
+    if n > len(fixed) and any(p.kind == p.VAR_POSITIONAL for p in params):
+        dims += (tuple({0: batch} for _ in range(n - len(fixed))),)
+    return dims
 
 
 def _export_graph(
@@ -242,7 +288,7 @@ def _export_graph(
     require("onnx")
     require("onnxscript")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic_shapes = tuple({0: batch} for _ in args) if dynamic else None
+    dynamic_shapes = _batch_dims(module, len(args), batch) if dynamic else None
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     module.eval()
     try:
@@ -296,6 +342,7 @@ def _metadata(
     family = _family(model)
     cfg = model.config
     h, w = input_hw(model)
+    surface = next((m.surface for m, _, _ in specs.values() if isinstance(m, _SurfaceGraph)), None)
     gen = model.decoder.config if hasattr(model.decoder, "config") else cfg.generator
     graphs = {}
     for name, (_, inputs, outputs) in specs.items():
@@ -325,11 +372,17 @@ def _metadata(
             "output_crop": list(cfg.output_crop) if getattr(cfg, "output_crop", None) else None,
         },
         "iterations": iterations,
+        "extra_inputs": {} if surface is None else dict(surface.described),
         "noise": "the generator's stored noise maps are constants in the graphs (randomize_noise=False)",
         "batch": "dynamic" if fixed is None else fixed,
         "parity_bound": PARITY_BOUND,
         "graphs": graphs,
     }
+
+
+def _listing(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def export_onnx(
@@ -342,20 +395,19 @@ def export_onnx(
     log: Callable[[str], None] | None = None,
     batch: int | None = None,
 ) -> ExportResult:
-    """Export ``model`` (pSp, e4e, ReStyle or HyperStyle, fp32) to ONNX graphs in ``out_dir``.
+    """Export ``model`` (any registered family, fp32) to ONNX graphs in ``out_dir``.
 
     Args:
         model: a loaded model (its device: CPU is what the parity check runs on).
         out_dir: the folder to write (created; files of an earlier export are replaced).
         source: the checkpoint it came from, recorded in ``export.json``.
-        iterations: ReStyle / HyperStyle refinement steps unrolled into the encoder
-            (default: the model's own, 5).
+        iterations: refinement steps (ReStyle, HyperStyle, ReStyle over StyleGAN3) unrolled
+            into the encoder (default: the model's own).
         graphs: which of ``encoder``, ``generator``, ``model`` to write.
         bound: refuse an export whose parity error exceeds this (default :data:`PARITY_BOUND`).
         log: called with one line per step (e.g. ``print``).
-        batch: HyperStyle only: the graphs' fixed batch size (default 1). Its offsets make
-            per-image kernels, a convolution with ``groups = batch`` that ONNX cannot leave
-            symbolic; the other families always export a dynamic batch.
+        batch: the fixed batch of a family whose graphs cannot take a dynamic one
+            (``Family.fixed_batch_graphs``; none today: every family exports a dynamic batch).
 
     Raises:
         ExportError: a graph failed to export or differs from PyTorch by more than ``bound``.
@@ -368,15 +420,16 @@ def export_onnx(
     if not family.exportable:
         raise ExportError(f"family={family.name!r} cannot be exported yet; accepted: {', '.join(exportable)}")
     if not family.iterative and iterations not in (None, 1):
-        refining = " and ".join(get_family(f).title for f in exportable if get_family(f).iterative)
+        refining = _listing([get_family(f).title for f in exportable if get_family(f).iterative])
         raise ExportError(f"iterations={iterations!r}: only {refining} models refine; {family.name} encodes in one step")
     if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)
                                    or not 1 <= iterations <= MAX_ITERATIONS):
         raise ExportError(f"iterations={iterations!r}: unrolled refinement takes 1 to {MAX_ITERATIONS} steps")
     iterations = iterations or _default_iterations(model) if family.iterative else None
     if not family.fixed_batch_graphs and batch is not None:
-        fixed_ones = " and ".join(get_family(f).title for f in exportable if get_family(f).fixed_batch_graphs)
-        raise ExportError(f"batch={batch}: only {fixed_ones} graphs have a fixed batch; {family.name} graphs take any batch")
+        fixed_ones = [get_family(f).title for f in exportable if get_family(f).fixed_batch_graphs]
+        only = f"only {_listing(fixed_ones)} graphs have a fixed batch; " if fixed_ones else ""
+        raise ExportError(f"batch={batch}: {only}{family.name} graphs take any batch (leave batch out)")
     fixed = (1 if batch is None else batch) if family.fixed_batch_graphs else None
     if fixed is not None and not (isinstance(fixed, int) and 1 <= fixed <= 256):
         raise ExportError(f"batch={batch!r}: a {family.title} export takes a fixed batch of 1 to 256")

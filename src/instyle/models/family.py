@@ -15,6 +15,7 @@ keeps adding a family to "add its files, add one registry line" (see ``docs/fami
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +27,7 @@ __all__ = [
     "ENCODINGS",
     "ExtraOps",
     "Family",
+    "GraphSurface",
     "InputSpec",
     "InversionModel",
     "family_for_kind",
@@ -216,6 +218,31 @@ def model_kinds() -> dict[str, type]:
     for f in map(get_family, list_families()):
         out.setdefault(f.kind, f.model_class)
     return out
+
+
+@dataclass
+class GraphSurface:
+    """What an ONNX export traces of a model whose encoding is more than W+ (a family's model
+    returns one from ``graph_surface(iterations)``; pSp, e4e, ReStyle and HyperStyle use the
+    exporter's own). Every tensor has the batch first; each callable is plain PyTorch.
+
+    Attributes:
+        encode: ``image [B, C, H, W]`` (at ``input_hw``) -> the tensors ``encoder_outputs`` names.
+        render: the tensors ``generator_inputs`` names -> the generator's raw image ``[B, 3, S, S]``.
+        reconstruct: ``image`` -> what the model reconstructs (render of the inversion).
+        encoder_outputs, generator_inputs: the graphs' tensor names (the first is ``w_plus``).
+        example_inputs: ``(encoder outputs, seed)`` -> generator inputs that exercise every
+            input (e.g. random edit deltas or transforms), for tracing and the parity check.
+        described: what a deployer feeds each extra input (recorded in ``export.json``).
+    """
+
+    encode: Callable[..., tuple]
+    render: Callable[..., torch.Tensor]
+    reconstruct: Callable[[torch.Tensor], torch.Tensor]
+    encoder_outputs: tuple[str, ...]
+    generator_inputs: tuple[str, ...]
+    example_inputs: Callable[[tuple, int], tuple]
+    described: dict[str, str] = field(default_factory=dict)
 
 
 class ExtraOps(Protocol):

@@ -436,5 +436,5 @@ register_family(Family(
     name="hyperstyle", title="HyperStyle", model_class=HyperStyle, config_class=HyperStyleConfig, kind="hyperstyle",
     encoding="offsets", iterative=True, default_iterations=DEFAULT_ITERATIONS, runtime=False,
     companions={"w_encoder": "the W-encoder (an e4e or pSp-in-W checkpoint) it starts from"},
-    fixed_batch_graphs=True, exportable=True, extra_ops=OffsetsOps(), reader="instyle.interop.hyperstyle",
+    exportable=True, extra_ops=OffsetsOps(), reader="instyle.interop.hyperstyle",
 ))

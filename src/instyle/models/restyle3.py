@@ -25,11 +25,11 @@ from torch import nn
 
 from instyle.errors import CheckpointError
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, InputSpec, register_family
+from instyle.models.family import Family, GraphSurface, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.registry import build_encoder
 from instyle.models.runtime import Runtime
-from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator
+from instyle.models.stylegan3 import StyleGAN3Config, StyleGAN3Generator, _check_transform
 from instyle.utils.config import ConfigError, DictConfig, check_int_range
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
 
@@ -96,6 +96,8 @@ class ReStyle3(nn.Module):
     family = "restyle3"
     #: True for a randomly initialised (untrained) model (the family protocol's flag).
     random_weights: bool = False
+    #: Another runtime for ``encode`` / ``decode`` (``instyle.export.backends.attach_backend``); None: PyTorch.
+    backend = None
 
     def __init__(self, config: ReStyle3Config | None = None):
         super().__init__()
@@ -187,6 +189,12 @@ class ReStyle3(nn.Module):
 
         ``transform``: ``[3, 3]`` or ``[B, 3, 3]`` inverse transform of the rendering (None:
         identity). ``resize`` pools to ``pool_size`` like the original's face_pool."""
+        if self.backend is not None:  # the exported generator graph takes a transform per image
+            batch = w_plus.shape[0]
+            t = torch.eye(3) if transform is None else torch.as_tensor(transform)
+            t = _check_transform(t.to(device=w_plus.device, dtype=torch.float32), batch).expand(batch, 3, 3)
+            images = self.backend.run("generator", [w_plus, t])[0]
+            return self._pool(images) if resize else images
         with self.runtime.context(w_plus):
             images = self.runtime.finish(self.decoder.synthesize(w_plus, transform=transform))
         return self._pool(images) if resize else images
@@ -239,6 +247,8 @@ class ReStyle3(nn.Module):
     def encode(self, x: torch.Tensor, iterations: int | None = None, return_all: bool = False):
         """Images ``[B, 3, 256, 256]`` -> W+ ``[B, n_styles, w_dim]`` (the last iteration's), or
         with ``return_all`` the list of every iteration's."""
+        if self.backend is not None and not return_all:
+            return self.backend.encode(x, self.default_iterations if iterations is None else iterations)
         latents = [w for w, _ in self.invert(x, iterations)]
         return latents if return_all else latents[-1]
 
@@ -253,6 +263,41 @@ class ReStyle3(nn.Module):
             codes = self.encoder(x) + latent
             return self.decode(codes, resize=True), codes
         return self.invert(x, iterations, transform)[-1][1]
+
+    # ----------------------------------------------------------------- ONNX export
+
+    def graph_surface(self, iterations: int | None = None) -> GraphSurface:
+        """The ONNX graphs' surface: the encoder unrolls ``iterations`` refinement steps
+        (identity transform, the average image a constant) into ``w_plus``; the generator
+        renders ``w_plus`` under a ``transform [B, 3, 3]`` per image (the identity for an
+        aligned face; ``encode --unaligned`` saves one with each latent)."""
+        n = self.default_iterations if iterations is None else iterations
+        average = self.average_image().detach()
+
+        def encode(x):
+            return (self.invert(x, n, average=average)[-1][0],)
+
+        def render(w_plus, transform):
+            return self.decoder.synthesize(w_plus, transform=transform)
+
+        def reconstruct(x):
+            return self.invert(x, n, average=average)[-1][1]
+
+        def example_inputs(outs, seed):
+            # small random rotations and translations, so the graph cannot bake in the identity
+            g = torch.Generator().manual_seed(seed)
+            angle, shift = (0.2 * torch.randn(len(outs[0]), generator=g), 0.1 * torch.randn(len(outs[0]), 2, generator=g))
+            t = torch.eye(3).repeat(len(outs[0]), 1, 1)
+            t[:, 0, 0], t[:, 0, 1], t[:, 1, 0], t[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+            t[:, :2, 2] = shift
+            return outs[0], t.to(outs[0])
+
+        return GraphSurface(
+            encode=encode, render=render, reconstruct=reconstruct, encoder_outputs=("w_plus",),
+            generator_inputs=("w_plus", "transform"), example_inputs=example_inputs,
+            described={"transform": "[batch, 3, 3]: the inverse transform of each rendered image (NVIDIA's "
+                                    "synthesis.input.transform); the identity for an aligned face"},
+        )
 
     # ----------------------------------------------------------------- persistence
 
@@ -322,5 +367,5 @@ register_family(Family(
     iterative=True, default_iterations=DEFAULT_ITERATIONS_SG3, transform=True, extra_ops=TransformOps(),
     refine_defaults={"pti": PTI_DEFAULTS_SG3, "video_pti": VIDEO_PTI_DEFAULTS_SG3}, video_latents=VIDEO_LATENTS_SG3,
     companions={"generator": "a replacement StyleGAN3 generator, only for encoders over StyleGAN3 (optional)"},
-    reader="instyle.interop.stylegan3",
+    reader="instyle.interop.stylegan3", exportable=True,
 ))

@@ -36,7 +36,7 @@ from torch import nn
 
 from instyle.models.encoders.e4e import Encoder4Editing
 from instyle.models.encoders.psp_encoders import EncoderConfig
-from instyle.models.family import Family, InputSpec, register_family
+from instyle.models.family import Family, GraphSurface, InputSpec, register_family
 from instyle.models.own_format import adopt_state, read_pretrained, write_pretrained
 from instyle.models.stylegan2 import MAX_CHANNELS, Generator, GeneratorConfig
 from instyle.utils.atomic import atomic_path
@@ -345,6 +345,8 @@ class SFE(nn.Module):
 
     random_weights: bool = False
     family = "sfe"
+    #: Another runtime for ``encode`` / ``decode`` (``instyle.export.backends.attach_backend``); None: PyTorch.
+    backend = None
 
     def __init__(self, config: SFEConfig | None = None, latent_avg: torch.Tensor | None = None):
         super().__init__()
@@ -425,6 +427,9 @@ class SFE(nn.Module):
         """Images ``[B, 3, H, W]`` in [-1, 1] (aligned faces; 1024 px for the published models)
         -> :class:`SFEEncoding` (inversion of the original's inference runner)."""
         x = self.resize_input(x)
+        if self.backend is not None:  # the exported encoder graph: w_recon, (w_e4e,) fused_feat
+            outs = self.backend.run("encoder", [x])
+            return SFEEncoding(w_recon=outs[0], w_e4e=outs[1] if self.config.editor else None, fused_feat=outs[-1])
         w_raw, predicted = self.inverter.fs_backbone(x)
         w_recon = w_raw + self.latent_avg
         fused = self.inverter.fuser(torch.cat([predicted, self.generator_feature(w_recon)], 1))
@@ -448,6 +453,9 @@ class SFE(nn.Module):
         if isinstance(enc, torch.Tensor):
             return self.decoder.synthesize(enc)
         self._check(enc)
+        if self.backend is not None and not enc.edited:  # the exported generator graph, editor included
+            delta = [torch.zeros_like(enc.fused_feat)] if self.config.editor else []
+            return self.backend.run("generator", [enc.latents, enc.fused_feat, *delta])[0]
         feat = enc.edited_feat if enc.edited else self.edited_feature(enc.fused_feat)
         return self.render(enc.latents, feat)
 
@@ -532,6 +540,55 @@ class SFE(nn.Module):
         edited = self.render(w_edit, self.encoder(torch.cat([fused_e, delta], 1)), INFERENCE_FEATURE_SCALE)
         return images, w_recon, fused, w_feat, edited
 
+    # ----------------------------------------------------------------- ONNX export
+
+    def graph_surface(self, iterations: int | None = None) -> GraphSurface:
+        """The ONNX graphs' surface: the encoder gives ``w_plus`` (``w_recon``), ``w_e4e``
+        (full model) and ``fused_feat [B, C, R, R]``; the generator renders ``w_plus`` with
+        feature ``feature_index`` replaced by ``editor(cat[fused_feat, feature_delta])``
+        (inverter-only: by ``fused_feat`` itself), so the feature editor runs in the graph.
+        ``feature_delta`` is zeros for the inversion; an edit's is the generator feature of
+        ``w_e4e`` minus that of its edited copy (:meth:`edit`)."""
+        if iterations not in (None, 1):
+            raise ValueError(f"iterations={iterations!r}: StyleFeatureEditor encodes in one step (use None or 1)")
+        editor = self.config.editor
+
+        def encode(x):
+            w_raw, predicted = self.inverter.fs_backbone(self.resize_input(x))
+            w_recon = w_raw + self.latent_avg
+            fused = self.inverter.fuser(torch.cat([predicted, self.generator_feature(w_recon)], 1))
+            if not editor:
+                return w_recon, fused
+            return w_recon, self.e4e_encoder(x) + self.latent_avg, fused
+
+        def render(w_plus, fused, delta=None):
+            return self.render(w_plus, fused if delta is None else self.encoder(torch.cat([fused, delta], 1)))
+
+        def reconstruct(x):
+            outs = encode(x)
+            return render(outs[0], outs[-1], torch.zeros_like(outs[-1]) if editor else None)
+
+        def example_inputs(outs, seed):
+            if not editor:
+                return outs[0], outs[-1]
+            g = torch.Generator().manual_seed(seed)
+            delta = 0.1 * torch.randn(outs[-1].shape, generator=g).to(outs[-1])
+            return outs[0], outs[-1], delta
+
+        c, r = self.config.feature_channels, feature_resolution(self.config.feature_index)
+        described = {"fused_feat": f"[batch, {c}, {r}, {r}]: the encoder's fused feature of the image"}
+        if editor:
+            described["feature_delta"] = (
+                f"[batch, {c}, {r}, {r}]: zeros to reconstruct; for an edit, generator feature "
+                f"{self.config.feature_index} of w_e4e minus that of the edited w_e4e"
+            )
+        return GraphSurface(
+            encode=encode, render=render, reconstruct=reconstruct,
+            encoder_outputs=("w_plus", "w_e4e", "fused_feat") if editor else ("w_plus", "fused_feat"),
+            generator_inputs=("w_plus", "fused_feat", "feature_delta") if editor else ("w_plus", "fused_feat"),
+            example_inputs=example_inputs, described=described,
+        )
+
     # ----------------------------------------------------------------- persistence
 
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
@@ -597,5 +654,6 @@ register_family(Family(
     name="sfe", title="StyleFeatureEditor", model_class=SFE, config_class=SFEConfig, kind="sfe",
     encoding="features", extra_ops=SFEEncodingOps(), runtime=False, editable_latents=False, photos_at_output_size=True, reader="instyle.interop.sfe",
     editing="instyle.inference.sfe_editing",
+    exportable=True,
     companions={"e4e": "the e4e encoder it edits with", "generator": "the StyleGAN2 generator it renders with"},
 ))

@@ -342,6 +342,8 @@ class ModulatedConv2d(nn.Module):
         batch, in_channel, height, width = x.shape
         k = self.kernel_size
         weight = self.modulated_weight(style, weights_delta)
+        if torch.compiler.is_exporting():  # an ONNX graph with a symbolic batch
+            return self._per_sample_conv_by_taps(x, weight)
         if self.upsample:
             x = x.reshape(1, batch * in_channel, height, width)
             weight = weight.transpose(1, 2).reshape(batch * in_channel, self.out_channel, k, k)
@@ -352,6 +354,34 @@ class ModulatedConv2d(nn.Module):
         weight = weight.reshape(batch * self.out_channel, in_channel, k, k)
         out = F.conv2d(x, weight, padding=self.padding, groups=batch)
         return out.view(batch, self.out_channel, out.shape[-2], out.shape[-1])
+
+    def _per_sample_conv_by_taps(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`_forward_with_delta` without ``groups = batch``, for export: a grouped
+        convolution's group count is a constant in ONNX, so a graph built from it only takes the
+        batch it was traced at. Here each kernel tap is one batched matrix product
+        (``[B, out, in] @ x [B, in, H, W]``) over a shifted view of ``x`` (upsampling: scattered
+        to every second pixel, the transposed convolution), so the batch stays symbolic. The
+        same sums in another order: equal to the grouped convolution within float32 rounding."""
+        k = self.kernel_size
+        height, width = x.shape[-2:]
+        if self.upsample:  # conv_transpose2d(stride 2, padding 0): out[2y + dy, 2x + dx] += W[dy, dx] x[y, x]
+            out = 0
+            for dy in range(k):
+                for dx in range(k):
+                    tap = torch.einsum("boi,bihw->bohw", weight[..., dy, dx], x)
+                    spread = F.pad(tap[:, :, :, None, :, None], (0, 1, 0, 0, 0, 1))  # [B, O, H, 2, W, 2]
+                    spread = spread.reshape(tap.shape[0], tap.shape[1], 2 * height, 2 * width)
+                    spread = F.pad(spread, (dx, k - 1 - dx, dy, k - 1 - dy))
+                    out = out + spread[:, :, : 2 * height + k - 2, : 2 * width + k - 2]
+            return self.blur(out)
+        p = self.padding
+        padded = F.pad(x, (p, p, p, p))
+        out = 0
+        for dy in range(k):
+            for dx in range(k):
+                window = padded[:, :, dy:dy + height + 2 * p - k + 1, dx:dx + width + 2 * p - k + 1]
+                out = out + torch.einsum("boi,bihw->bohw", weight[..., dy, dx], window)
+        return out
 
     def _check_delta(self, delta: torch.Tensor, batch: int) -> None:
         o, i, k = self.out_channel, self.in_channel, self.kernel_size
