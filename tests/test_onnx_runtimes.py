@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_onnx_export_and_backend_cases_pass_in_a_child_process(request):
     markexpr = request.config.getoption("markexpr") or ""
-    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "onnx_runtimes"), "-q", "-rfE", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", str(REPO / "tests" / "onnx_runtimes"), "-q", "-rfE", "-p", "no:cacheprovider", "-n", "0"]
     if markexpr:
         cmd += ["-m", markexpr]
     env = {**os.environ, "INSTYLE_ONNX_CHILD": "1"}
