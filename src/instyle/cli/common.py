@@ -161,9 +161,14 @@ COUNT_BOUNDS = {
 # --------------------------------------------------------------------------- model options
 
 
+#: The --checkpoint help of every command that loads a model (it names every family).
+CHECKPOINT_HELP = ("a checkpoint of any family (pSp, e4e, ReStyle, HyperStyle, StyleFeatureEditor, ReStyle over "
+                   "StyleGAN3): official .pt or an instyle model folder")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Options shared by the latent-space commands."""
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", minimum=1, maximum=MAX_BATCH, default=4, help="images per forward pass (default: 4)")
     add_device_arg(p)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from instyle.cli.common import (
+    CHECKPOINT_HELP,
     add_blend_arg,
     add_count,
     add_device_arg,
@@ -23,7 +24,8 @@ from instyle.cli.common import (
 from instyle.cli.refining import add_refine_args, prepare_refine, run_refine
 
 DESCRIPTION = """\
-Encode images with a pSp, e4e, ReStyle or HyperStyle checkpoint and write the reconstructions (and
+Encode images with a checkpoint of any family (pSp, e4e, ReStyle, HyperStyle, StyleFeatureEditor,
+ReStyle over StyleGAN3) and write the reconstructions (and
 optionally the W+ latents). ReStyle models refine their latents --iterations times
 (default 5, as the original's inference script). Inputs are files, folders (searched recursively) or glob patterns.
 Photos are prepared like the original test transforms (resize to 256x256 bilinear,
@@ -59,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    p.add_argument("--checkpoint", "-c", required=True, help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", "-o", required=True, help="output folder")
     add_count(p, "--batch-size", default=4, help="images per forward pass (default: 4)")
     add_count(p, "--iterations", default=None, metavar="N",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from instyle.cli.common import (
+    CHECKPOINT_HELP,
     COUNT_BOUNDS,
     add_count,
     add_device_arg,
@@ -60,8 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint", "-c", metavar="[NAME=]PATH",
-        help="pSp, e4e, ReStyle or HyperStyle checkpoint: official .pt or an instyle model folder; NAME labels it in the report "
-        "(default: its file or folder name)",
+        help=CHECKPOINT_HELP + "; NAME labels it in the report (default: its file or folder name)",
     )
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_sfe_args(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from instyle.cli.common import MAX_BATCH, MAX_ITERATIONS, add_count, error
+from instyle.cli.common import CHECKPOINT_HELP, MAX_BATCH, MAX_ITERATIONS, add_count, error
 
 DESCRIPTION = """\
 Export a checkpoint of any family (pSp, e4e, ReStyle, HyperStyle, StyleFeatureEditor,
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", "-c", required=True, help="a checkpoint of any family: official .pt or an instyle model folder")
+    p.add_argument("--checkpoint", "-c", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--out", "-o", required=True, help="output folder (created; an earlier export there is replaced)")
     p.add_argument("--w-encoder", metavar="PATH", help="HyperStyle only: the W-encoder checkpoint the model needs")
     add_count(p, "--iterations", minimum=1, maximum=MAX_ITERATIONS, default=None, metavar="N",
