@@ -5,9 +5,6 @@ and bit-exact resume after SIGKILL: tests/test_family_contract.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -25,7 +22,7 @@ from instyle.training.optim import build_optimizer
 from instyle.training.step import hyperstyle_forward_loss
 from instyle.training.toy import save_toy_generator, toy_config, toy_generator, write_toy_dataset
 from instyle.utils.config import ConfigError
-from tests.test_training import _runner, _weights
+from tests.test_training import single_and_two_processes
 
 SIZE = 64  # the hypernetwork's map is 16x smaller: 4x4 at 64 px, the smallest it takes
 
@@ -144,16 +141,8 @@ def test_bf16_step_runs_and_moves_only_the_hypernetwork(toy):
 @pytest.mark.slow
 def test_hyperstyle_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
     common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, val_target=None)
-    script, env = _runner(tmp_path)
-    hs_config(toy, batch_size=4, **common).save(tmp_path / "single.json")
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
-                   check=True, capture_output=True)
-    hs_config(toy, batch_size=2, **common).save(tmp_path / "ddp.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    one, two = single_and_two_processes(hs_config(toy, batch_size=4, **common), hs_config(toy, batch_size=2, **common),
+                                        tmp_path)
     start = build_model(hs_config(toy)).state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("hypernet."))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)

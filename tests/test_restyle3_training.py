@@ -234,25 +234,12 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path
     """ReStyle-pSp over StyleGAN3 under torchrun (gloo, CPU): 2 processes of batch 4 end where
     1 process of batch 8 does (every iteration's forward runs through the DDP wrapper, so each
     of the 3 backward passes is all-reduced)."""
-    import subprocess
-    import sys
-
-    from safetensors.torch import load_file
-
-    from tests.test_training import _runner
+    from tests.test_training import single_and_two_processes
 
     common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, flip=True,
                   val_target=None, lpips_lambda=0.0)
-    script, env = _runner(tmp_path)
-    sg3_config(toy, batch_size=8, **common).save(tmp_path / "single.json")
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
-                   check=True, capture_output=True)
-    sg3_config(toy, batch_size=4, **common).save(tmp_path / "ddp.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = (load_file(str(tmp_path / r / "checkpoints" / "latest" / "model.safetensors")) for r in ("one", "two"))
+    one, two = single_and_two_processes(sg3_config(toy, batch_size=8, **common), sg3_config(toy, batch_size=4, **common),
+                                        tmp_path)
     start = build_model(sg3_config(toy, batch_size=8, **common)).state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("encoder."))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)

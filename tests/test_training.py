@@ -352,6 +352,21 @@ def _runner(tmp_path: Path) -> tuple[Path, dict]:
     return script, env
 
 
+def single_and_two_processes(single: TrainConfig, per_process: TrainConfig, tmp_path: Path) -> tuple[dict, dict]:
+    """Train ``single`` in one process and ``per_process`` under ``torch.distributed.run`` with
+    two processes (each its half of the combined batch); the two runs' final weights."""
+    script, env = _runner(tmp_path)
+    single.save(tmp_path / "single.json")
+    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
+                   check=True, capture_output=True)
+    per_process.save(tmp_path / "ddp.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _weights(tmp_path / "one"), _weights(tmp_path / "two")
+
+
 def _latest_step(run: Path) -> int | None:
     try:
         return json.loads((run / "checkpoints" / "latest" / "config.json").read_text())["metadata"]["step"]
@@ -399,17 +414,8 @@ def kill_and_resume(cfg: TrainConfig, tmp_path: Path, n: int) -> tuple[Path, Pat
 def test_ddp_two_processes_equal_one_process_on_the_combined_batch(toy, tmp_path):
     common = dict(max_steps=3, optim_name="ranger", learning_rate=1e-2, freeze_batchnorm=True, flip=True,
                   val_target=None)
-    script, env = _runner(tmp_path)
     single = tiny_config(toy, batch_size=8, **common)
-    single.save(tmp_path / "single.json")
-    subprocess.run([sys.executable, str(script), str(tmp_path / "single.json"), str(tmp_path / "one"), "fresh"], env=env,
-                   check=True, capture_output=True)
-    tiny_config(toy, batch_size=4, **common).save(tmp_path / "ddp.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path / "ddp.json"), str(tmp_path / "two"), "fresh"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    one, two = single_and_two_processes(single, tiny_config(toy, batch_size=4, **common), tmp_path)
     start = build_model(single).state_dict()
     moved = max((one[k] - start[k]).abs().max().item() for k in one if k.startswith("encoder."))
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
