@@ -19,11 +19,6 @@ torch.set_num_threads(_THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The ONNX Runtime / OpenVINO tests run in a child pytest process (tests/test_onnx_runtimes.py):
-# in one process with the rest of the suite, the pytest process is killed by SIGSEGV a few
-# modules after them (root cause open; see that file). The child sets INSTYLE_ONNX_CHILD=1 to
-# collect them.
-collect_ignore = [] if os.environ.get("INSTYLE_ONNX_CHILD") else ["onnx_runtimes"]
 #: The shared fixtures folder beside the project root (override with INSTYLE_SHARED).
 SHARED = Path(os.environ.get("INSTYLE_SHARED", REPO.parent / "shared")).resolve()
 

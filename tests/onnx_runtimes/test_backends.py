@@ -281,8 +281,8 @@ def test_a_dropped_model_frees_its_native_sessions_without_the_cycle_collector(t
     ``GraphSession``) were reference cycles, so a dropped model's ONNX Runtime / OpenVINO
     sessions and their thread pools lived on until Python's cycle collector ran, at a random
     later point, on whatever thread allocated then (a suspect of the suite's SIGSEGV, ruled
-    out since: see ``tests/test_onnx_runtimes.py``). Without the collector they must go with
-    the last reference, here."""
+    out: see ``test_openvino_sessions_freed_in_any_order_leave_signal_delivery_working``).
+    Without the collector they must go with the last reference, here."""
     import gc
     import weakref
 
@@ -322,3 +322,45 @@ def test_attach_backend_closes_the_backend_it_replaces(tmp_path, tiny_psp):
     session = old.session("encoder")
     assert attach_backend(tiny_psp, "torch") == "backend torch"
     assert tiny_psp.backend is None and session.closed
+
+
+_SIGALTSTACK_SCRIPT = r"""
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+from instyle.export.backends import GraphSession
+sys.path.insert(0, sys.argv[2])
+from tests.onnx_runtimes.test_backends import _identity_graph
+
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(1))  # CPython's handlers run on the alternate stack
+folder = Path(sys.argv[1])
+first = GraphSession(_identity_graph(folder / "a.onnx"), "openvino")
+second = GraphSession(_identity_graph(folder / "b.onnx"), "openvino")
+x = np.ones((2, 3), np.float32)
+first({"image": x}), second({"image": x})
+del first   # freed first-in first-out: the order a server's cache or the garbage collector may take
+del second
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled", len(handled))
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="needs POSIX signals")
+def test_openvino_sessions_freed_in_any_order_leave_signal_delivery_working(tmp_path):
+    """Each OpenVINO ``Core`` installs an alternate signal stack of its own on the thread
+    that first compiles with it and, when freed, puts back the one it found. With one
+    ``Core`` per session, freeing two sessions first-in first-out left the thread's
+    alternate stack in the freed memory of the first one; the next signal handled on it (a
+    Python handler, faulthandler's) killed the process with SIGSEGV, silently: the crash
+    that made the suite run these tests in a child pytest process (found with gdb: the main
+    thread got SIGSEGV inside ``wait4``, a signal the kernel could not deliver)."""
+    pytest.importorskip("openvino", reason="needs the deploy extra")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _SIGALTSTACK_SCRIPT, str(tmp_path), str(repo)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "handled 1" in r.stdout, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"

@@ -41,6 +41,7 @@ from instyle.export.onnx import (
     ExportError,
     export_onnx,
     model_fingerprint,
+    openvino_core,
     read_export,
     require,
 )
@@ -116,10 +117,8 @@ class GraphSession:
             self.inputs = {i.name: i.shape for i in session.get_inputs()}
             self._run = functools.partial(session.run, None)
         else:
-            ov = require("openvino")
-            core = ov.Core()
             config = {"INFERENCE_NUM_THREADS": _threads(), "INFERENCE_PRECISION_HINT": _OV_HINTS[precision]}
-            compiled = core.compile_model(str(path), "CPU", config)
+            compiled = openvino_core().compile_model(str(path), "CPU", config)
             self.inputs = {i.get_any_name(): list(i.get_partial_shape()) for i in compiled.inputs}
             self._run = functools.partial(GraphSession._infer, compiled)
 

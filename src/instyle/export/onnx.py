@@ -36,6 +36,7 @@ exceeds 1) is refused and nothing is written to the output folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import inspect
@@ -69,6 +70,7 @@ __all__ = [
     "ExportResult",
     "export_onnx",
     "model_fingerprint",
+    "openvino_core",
     "require",
 ]
 
@@ -108,6 +110,18 @@ def require(module: str):
         raise MissingExtraError(
             f"{module} is not installed: pip install 'instyle[deploy]' (onnx, onnxscript, onnxruntime, openvino)"
         ) from e
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_core():
+    """The process's one OpenVINO ``Core``, created on first use and never freed.
+
+    Every ``Core`` installs an alternate signal stack of its own on the thread that first
+    compiles with it and, when freed, puts back the stack it found there. Several cores
+    freed in another order than they were made leave a thread's alternate stack in freed
+    memory, and the next signal handled on it (any Python handler, faulthandler's) kills
+    the process with SIGSEGV. One core that lives as long as the process cannot."""
+    return require("openvino").Core()
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -308,8 +322,7 @@ def parity_runner(path: Path, threads: int | None = None) -> Callable[[dict[str,
     try:
         ort = importlib.import_module("onnxruntime")
     except ImportError:
-        ov = require("openvino")
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+        compiled = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                               "INFERENCE_PRECISION_HINT": "f32"})
         return lambda feeds: [np.asarray(v) for v in compiled(feeds).values()]
     opts = ort.SessionOptions()
