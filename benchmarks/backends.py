@@ -12,7 +12,9 @@ times the same inputs on one backend and precision:
 * ``torch bf16`` / ``fp16``: the user option (autocast);
 * ``onnxruntime fp32``: the exported graph on ONNX Runtime's CPU provider;
 * ``openvino fp32`` / ``bf16`` / ``fp16``: the graph on OpenVINO's CPU plugin with that
-  ``INFERENCE_PRECISION_HINT`` (16-bit where the CPU computes it natively, else it stays fp32).
+  ``INFERENCE_PRECISION_HINT`` (16-bit where the CPU computes it natively, else it stays fp32);
+  in 16 bits only the convolutions, as instyle runs it (``instyle.export.openvino_precision``);
+* ``openvino bf16-all`` / ``fp16-all``: the plain hint, every operation in 16 bits.
 
 Rows of one (part, threads, batch) alternate within each repetition (medians reported), so
 background load hits them alike. GFLOP are counted once per part on PyTorch's reference path;
@@ -52,7 +54,7 @@ from instyle.utils.precision import cpu_bf16_features  # noqa: E402
 
 #: Parts and the exported graph each one times.
 GRAPH_OF = {"encoder": "encoder", "generator": "generator", "pSp": "model"}
-DEFAULT_VARIANTS = "torch:fp32,torch:bf16,onnxruntime:fp32,openvino:fp32,openvino:bf16"
+DEFAULT_VARIANTS = "torch:fp32,torch:bf16,onnxruntime:fp32,openvino:fp32,openvino:bf16,openvino:bf16-all"
 
 
 @dataclass
@@ -111,7 +113,10 @@ def rows_for(model, config: str, directory: Path, part: str, threads: int, batch
             if backend == "torch":
                 fns[key] = _torch_fn(model, part, precision)
             else:
-                fns[key] = _graph_fn(GraphSession(directory / f"{graph}.onnx", backend, precision), input_name)
+                plain = precision.endswith("-all")  # the hint alone, without instyle's float32 operations
+                session = GraphSession(directory / f"{graph}.onnx", backend, precision.removesuffix("-all"),
+                                       keep_fp32_ops=not plain)
+                fns[key] = _graph_fn(session, input_name)
         except Exception as e:  # a missing runtime is a row note, not the end of the run
             notes[key] = f"unavailable: {e!r}"[:80]
     outputs, times, peaks = {}, {k: [] for k in fns}, {}
