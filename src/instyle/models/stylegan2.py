@@ -34,6 +34,7 @@ from instyle.utils.config import (
     check_power_of_two,
 )
 from instyle.utils.device import DEFAULT_DEVICE, resolve_device
+from instyle.utils.precision import float32_under_autocast
 
 __all__ = [
     "GeneratorConfig",
@@ -305,13 +306,20 @@ class ModulatedConv2d(nn.Module):
             f"upsample={self.upsample}, demodulate={self.demodulate}"
         )
 
+    def styles(self, style: torch.Tensor) -> torch.Tensor:
+        """The modulation ``[B, in]`` of ``style`` ``[B, style_dim]``; in float32 under a
+        16-bit autocast (a rounded style scales a whole feature map: 39.7 -> see
+        docs/performance.md), the convolutions stay 16-bit."""
+        with float32_under_autocast(style.device.type):
+            return self.modulation(style.float() if style.dtype in (torch.float16, torch.bfloat16) else style)
+
     def modulated_weight(self, style: torch.Tensor, weights_delta: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample weights ``[B, out, in, k, k]`` for styles ``[B, style_dim]``.
 
         ``weights_delta`` (HyperStyle): relative offsets ``[B, out, in, k or 1, k or 1]``,
         the kernel becomes ``W * (1 + delta)`` before modulation."""
         batch = style.shape[0]
-        s = self.modulation(style).view(batch, 1, self.in_channel, 1, 1)
+        s = self.styles(style).view(batch, 1, self.in_channel, 1, 1)
         if weights_delta is None:
             weight = self.scale * self.weight * s
         else:
@@ -333,7 +341,7 @@ class ModulatedConv2d(nn.Module):
             return self._forward_with_delta(x, style, weights_delta)
         blur = {"blur_kernel": self.blur.kernel, "blur_pad": self.blur.pad} if self.upsample else {}
         return modulated_conv2d(
-            x, self.weight[0] * self.scale, self.modulation(style), demodulate=self.demodulate,
+            x, self.weight[0] * self.scale, self.styles(style), demodulate=self.demodulate,
             upsample=self.upsample, padding=self.padding, eps=self.eps, **blur,
         )
 
@@ -497,7 +505,7 @@ class ToRGB(nn.Module):
                 out = out.clamp(-self.conv_clamp, self.conv_clamp)
             return out if skip is None else out + self.upsample(skip)
         skip = self.upsample(skip.contiguous()) if skip is not None else None
-        return to_rgb(x, conv.weight[0] * conv.scale, conv.modulation(style), self.bias, skip, self.conv_clamp)
+        return to_rgb(x, conv.weight[0] * conv.scale, conv.styles(style), self.bias, skip, self.conv_clamp)
 
 
 # --------------------------------------------------------------------------- generator

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from instyle.ops._backend import register_fast_path
 from instyle.ops.upfirdn2d import upfirdn2d
+from instyle.utils.precision import float32_under_autocast
 
 __all__ = ["CHANNELS_LAST_MIN_PIXELS", "modulated_conv2d_fast", "to_rgb_fast"]
 
@@ -68,11 +69,15 @@ def modulated_conv2d_fast(
 ) -> torch.Tensor:
     """Same contract as :func:`instyle.ops.modulated_conv2d_reference`."""
     batch = x.shape[0]
-    s = styles.to(x.dtype)
+    # Styles and demodulation stay in the styles' dtype (float32 under a 16-bit autocast: each
+    # factor scales a whole feature map); the 16-bit rounding falls on their products only.
+    s = styles if torch.is_autocast_enabled(x.device.type) else styles.to(x.dtype)
     d = None
     if demodulate:
-        energy = weight.square().sum([2, 3]).to(styles.dtype)  # [out, in]
-        d = torch.rsqrt(styles.square() @ energy.t() + eps).to(x.dtype)  # [B, out]
+        with float32_under_autocast(x.device.type):
+            energy = weight.square().sum([2, 3]).to(styles.dtype)  # [out, in]
+            d = torch.rsqrt(styles.square() @ energy.t() + eps)  # [B, out]
+        d = d if torch.is_autocast_enabled(x.device.type) else d.to(x.dtype)
     x = _memory_format(x)
     if batch == 1:
         factor = s[0].view(1, -1) if d is None else d[0].view(-1, 1) * s[0].view(1, -1)
@@ -105,7 +110,7 @@ def to_rgb_fast(
 ) -> torch.Tensor:
     """Same contract as :func:`instyle.ops.to_rgb_reference`; the result is contiguous NCHW."""
     b, c, h, w = x.shape
-    per_sample = weight[None, :, :, 0, 0] * styles.to(x.dtype)[:, None, :]  # [B, 3, C]
+    per_sample = (weight[None, :, :, 0, 0] * styles[:, None, :]).to(x.dtype)  # [B, 3, C], rounded once
     out = torch.bmm(per_sample, _flat_channels(x)).view(b, -1, h, w)
     inplace = not _grad_needed(out)
     bias = bias.to(out.dtype)

@@ -30,6 +30,7 @@ __all__ = [
     "PrecisionChoice",
     "autocast",
     "cpu_bf16_features",
+    "float32_under_autocast",
     "resolve_precision",
 ]
 
@@ -128,6 +129,16 @@ def resolve_precision(
     if precision != "auto":
         return PrecisionChoice(precision, precision)
     return _auto(torch.device(device), cpu_flags)
+
+
+def float32_under_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Suspend an active ``torch.autocast`` (compute in the inputs' own dtype) for a few small
+    ops whose 16-bit rounding costs quality out of proportion to their time: StyleGAN2's style
+    affines and demodulation factors, each of which scales a whole feature map. Outside
+    autocast (fp32, ONNX export) it is a no-op context, so traced graphs see plain code."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager:
