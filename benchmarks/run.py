@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # smoke run: 256-px model, batch 1 and 2, one repetition
     python benchmarks/run.py --configs "" --train psp_256   # training step: the original loop vs instyle's
     python benchmarks/run.py --configs psp_ffhq_1024 --batches 1 --variants reference --precisions bf16  # CPU bf16
+    python benchmarks/run.py backends [--batches 1,8 --threads 1,2 ...]  # PyTorch / ONNX Runtime / OpenVINO (backends.py)
 
 Every CPU row times the plain reference path (``INSTYLE_OPS=reference``, default glibc
 allocator) and the fast path (fast ops + :func:`instyle.ops.fast_memory.retain_freed_memory`)
@@ -465,6 +466,12 @@ def print_table(rows: list[Row], peak: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["backends"]:  # backend x precision x threads x batch rows: benchmarks/backends.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from backends import main as backends_main
+
+        return backends_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 256-px model, batch 1 and 2, one repetition")
     parser.add_argument("--configs", default="psp_256,psp_ffhq_1024", help="comma-separated registered pSp configs")

@@ -225,8 +225,9 @@ def test_cli_encode_with_an_onnx_backend_matches_torch(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.slow
-def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys):
-    """``benchmarks/backends.py --tiny`` end to end (no timing asserted)."""
+def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys, tmp_path):
+    """``benchmarks/backends.py --tiny`` end to end (no timing asserted); a second run with the
+    same ``--export-dir`` reuses the export."""
     import importlib.util
     import sys
     from pathlib import Path
@@ -237,12 +238,16 @@ def test_backends_benchmark_dry_run_prints_side_by_side_rows(capsys):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    assert module.main(["--tiny", "--parts", "generator", "--variants", "torch:fp32,onnxruntime:fp32"]) == 0
+    args = ["--tiny", "--parts", "generator", "--variants", "torch:fp32,onnxruntime:fp32", "--export-dir", str(tmp_path)]
+    assert module.main(args) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("tiny ")]
     assert len(rows) == 4  # 2 variants x batch 1 and 2
     assert "matmul GFLOP/s" in out and "parity vs PyTorch fp32" in out
     assert all("1.00x" in r for r in rows if "| torch " in r)
+    assert "reused from" not in out
+    assert module.main(args) == 0
+    assert f"reused from {tmp_path}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
