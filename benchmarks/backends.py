@@ -95,7 +95,8 @@ def _graph_fn(session: GraphSession, name: str):
     return lambda x: torch.from_numpy(session({name: x.numpy()})[0])
 
 
-def rows_for(model, config: str, directory: Path, part: str, threads: int, batch: int, variants, reps: int) -> list[Row]:
+def rows_for(model, config: str, directory: Path, part: str, threads: int, batch: int, variants, reps: int,
+             settle: float = 0.0) -> list[Row]:
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(batch)
     x = torch.rand(batch, model.input_nc, *input_hw(model), generator=g) * 2 - 1
@@ -130,6 +131,7 @@ def rows_for(model, config: str, directory: Path, part: str, threads: int, batch
         for rep in range(reps):
             for key in live:
                 ok = reset_peak_rss() if rep == 0 else False
+                time.sleep(settle)  # the previous runtime's worker threads stop spinning first
                 t = time.perf_counter()
                 fns[key](x)
                 times[key].append(time.perf_counter() - t)
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="pSp", help="comma-separated parts: encoder, generator, pSp (default: pSp)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"backend:precision pairs (default: {DEFAULT_VARIANTS})")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per row (median reported)")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds of rest before each timed call, so one runtime's spinning worker threads "
+                             "do not slow the next (default 0.5)")
     parser.add_argument("--export-dir", type=Path, default=None,
                         help="keep the export here and reuse it when it holds this model's graphs (same config and "
                              "seed: same fingerprint), e.g. to run batch 8 variants in separate processes")
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",") if b]
     threads = [int(t) for t in args.threads.split(",") if t]
     if args.tiny:
-        config, batches, threads, reps = "tiny", [1, 2], [1], 1
+        config, batches, threads, reps, args.settle = "tiny", [1, 2], [1], 1, 0.0
     parts = [p for p in args.parts.split(",") if p]
     if any(p not in GRAPH_OF for p in parts):
         parser.error(f"--parts={args.parts!r}: accepted are {', '.join(GRAPH_OF)}")
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for part in parts:
             for n_threads in threads:
                 for batch in batches:
-                    rows += rows_for(model, config, folder, part, n_threads, batch, variants, reps)
+                    rows += rows_for(model, config, folder, part, n_threads, batch, variants, reps, args.settle)
     peak_runs.append(_peaks(threads, mm_reps, mm_n))
     load1 = os.getloadavg()
     # What 16-bit rows can reach at most: the bfloat16 matmul (PyTorch's native kernels).
