@@ -23,8 +23,8 @@ Exactness against PyTorch fp32 (the conformance bound is 1e-4):
 * ``openvino`` fp32: within 1e-4 on the tiny models (``tests/onnx_runtimes/test_backends.py``); OpenVINO
   may reorder reductions, so larger models are checked by ``benchmarks/backends.py``;
 * ``openvino`` bf16 / fp16: the convolutions in 16 bits, everything else in float32
-  (:mod:`instyle.export.openvino_precision`): 41.5 dB PSNR on the 1024-px generator where
-  the plain hint gave 38.9 and PyTorch's bf16 39.7 (>= 40 dB guarded on the tiny model).
+  (:mod:`instyle.export.openvino_precision`): 42.3 dB PSNR on the whole 1024-px pSp where
+  the plain hint gave 38.9 (>= 40 dB guarded on the tiny model).
 """
 
 from __future__ import annotations
