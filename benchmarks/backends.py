@@ -103,8 +103,9 @@ def rows_for(model, config: str, directory: Path, part: str, threads: int, batch
     if part == "generator":
         with torch.no_grad():
             x = model.encode(x)
-    with use_backend("reference"), torch.no_grad():  # per image, counted on one (the reference path at
-        gflop = count_flops(lambda: _torch_fn(model, part, "fp32")(x[:1])) / 1e9  # batch 8 needs ~25 GB at 1024 px)
+    # Per image, counted on one: the reference path at batch 8 needs ~25 GB at 1024 px.
+    with use_backend("reference"), torch.no_grad():
+        gflop = count_flops(lambda: _torch_fn(model, part, "fp32")(x[:1])) / 1e9
     fns, notes = {}, {}
     graph = GRAPH_OF[part]
     input_name = "w_plus" if part == "generator" else "image"
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     busy = load0[0] > 0.5 * cpus or load1[0] - max(threads) > 0.5 * cpus
     print(f"load average (1 min): {load0[0]:.2f} at start, {load1[0]:.2f} at end"
           + (" -- UNDER LOAD: absolute times are inflated, compare ratios within one (part, threads, batch)" if busy else ""))
-    print(f"export of {', '.join(parity)} " + (f"reused from {folder}" if reused else f"in {export_s:.0f} s") + "; parity vs PyTorch fp32 (max abs): "
+    made = f"reused from {folder}" if reused else f"in {export_s:.0f} s"
+    print(f"export of {', '.join(parity)} {made}; parity vs PyTorch fp32 (max abs): "
           + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
     print(f"rows alternate within each repetition; medians of {reps}; GFLOP counted on the reference path")
     print_table(rows, peak)

@@ -21,8 +21,9 @@ error does not average out over the pixels the way rounding of activations does.
 
 so only the convolutions, where the time goes, run in 16 bits. Measured on that generator,
 8 images: 42.8-44.2 dB (mean 43.6) instead of 38.2-39.7 dB (mean 39.2), at the same speed
-within the noise (the benchmark's ``openvino bf16-all`` rows are the plain hint). OpenVINO honours the marks only in a model
-it reads from its own IR, so the model is written to a temporary folder and read back.
+within the noise (the benchmark's ``openvino bf16-all`` rows are the plain hint). OpenVINO
+honours the marks only in a model it reads from its own IR, so the model is written to a
+temporary folder and read back.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ MAX_REWRITTEN_WEIGHTS = 1 << 20
 _UNMARKED = CONVOLUTIONS | {"Parameter", "Result", "Constant"}
 
 
-def _rewrite_products(model) -> int:
-    """Replace the small ``[B, K] @ [K, N]`` products of ``model`` in place; their count."""
+def _replace(op, out) -> None:
+    """Put ``out`` where ``op``'s output was, under ``op``'s name."""
+    out.set_friendly_name(op.get_friendly_name())
+    op.output(0).replace(out.output(0))
+
+
+def _rewrite_products(model) -> None:
+    """Replace the small ``[B, K] @ [K, N]`` products of ``model`` in place."""
     ops = require("openvino.opset13")
-    count = 0
     for op in list(model.get_ordered_ops()):
         if op.get_type_name() != "MatMul":
             continue
@@ -70,28 +76,20 @@ def _rewrite_products(model) -> int:
         else:  # b is [K, N]
             product = ops.multiply(ops.unsqueeze(a, ops.constant([2])), b)
             out = ops.reduce_sum(product, ops.constant([1]), False)
-        out.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(out.output(0))
-        count += 1
-    return count
+        _replace(op, out)
 
 
-def _rewrite_reciprocal_roots(model) -> int:
-    """Replace ``c / sqrt(x)`` (demodulation) by ``c * x ** -0.5`` in place; their count.
+def _rewrite_reciprocal_roots(model) -> None:
+    """Replace ``c / sqrt(x)`` (demodulation) by ``c * x ** -0.5`` in place.
     OpenVINO fuses the former into an ``rsqrt`` layer that drops the float32 mark: the
     demodulation factors then ran in bfloat16 (41.5 dB instead of 43.1 dB on the 1024-px
     generator, the image of the module's text)."""
     ops = require("openvino.opset13")
-    count = 0
     for op in list(model.get_ordered_ops()):
         if op.get_type_name() != "Divide" or op.input_value(1).get_node().get_type_name() != "Sqrt":
             continue
         x = op.input_value(1).get_node().input_value(0)
-        out = ops.multiply(op.input_value(0), ops.power(x, ops.constant(np.float32(-0.5))))
-        out.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(out.output(0))
-        count += 1
-    return count
+        _replace(op, ops.multiply(op.input_value(0), ops.power(x, ops.constant(np.float32(-0.5)))))
 
 
 def mixed_precision_model(path: Path | str):

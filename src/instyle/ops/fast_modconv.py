@@ -71,13 +71,14 @@ def modulated_conv2d_fast(
     batch = x.shape[0]
     # Styles and demodulation stay in the styles' dtype (float32 under a 16-bit autocast: each
     # factor scales a whole feature map); the 16-bit rounding falls on their products only.
-    s = styles if torch.is_autocast_enabled(x.device.type) else styles.to(x.dtype)
+    under_autocast = torch.is_autocast_enabled(x.device.type)
+    s = styles if under_autocast else styles.to(x.dtype)
     d = None
     if demodulate:
         with float32_under_autocast(x.device.type):
             energy = weight.square().sum([2, 3]).to(styles.dtype)  # [out, in]
             d = torch.rsqrt(styles.square() @ energy.t() + eps)  # [B, out]
-        d = d if torch.is_autocast_enabled(x.device.type) else d.to(x.dtype)
+        d = d if under_autocast else d.to(x.dtype)
     x = _memory_format(x)
     if batch == 1:
         factor = s[0].view(1, -1) if d is None else d[0].view(-1, 1) * s[0].view(1, -1)
